@@ -1,0 +1,3 @@
+//! # patchbay-blocks
+//!
+//! Transformer building blocks implementing [`patchbay_combinators::Layer`].

@@ -1,0 +1,285 @@
+//! The [`Layer`] trait, the forward-pass context and self-description nodes.
+
+use patchbay_primitives::{Act, ShapeError, Simd, Threads};
+
+/// Why a forward pass could not run.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum LayerError {
+    /// An activation had the wrong shape for the layer.
+    #[error("{layer}: input has {found} features, expected {expected}")]
+    InputDim {
+        /// The layer's name.
+        layer: &'static str,
+        /// Features the layer takes.
+        expected: usize,
+        /// Features the input has.
+        found: usize,
+    },
+    /// More rows than the state was sized for.
+    #[error("{layer}: batch of {rows} rows exceeds the capacity of {max_rows}")]
+    BatchTooLarge {
+        /// The layer's name.
+        layer: &'static str,
+        /// Rows asked for.
+        rows: usize,
+        /// Rows the state holds.
+        max_rows: usize,
+    },
+    /// A position beyond the context the state (KV cache) was sized for.
+    #[error("{layer}: position {pos} is beyond the context length {max_context}")]
+    ContextFull {
+        /// The layer's name.
+        layer: &'static str,
+        /// Position (first row's position plus rows) asked for.
+        pos: usize,
+        /// Context the state holds.
+        max_context: usize,
+    },
+    /// A token id outside the vocabulary.
+    #[error("{layer}: token id {id} is outside the vocabulary of {vocab}")]
+    TokenOutOfRange {
+        /// The layer's name.
+        layer: &'static str,
+        /// The offending id.
+        id: f32,
+        /// Vocabulary size.
+        vocab: usize,
+    },
+    /// A primitive rejected a shape.
+    #[error(transparent)]
+    Shape(#[from] ShapeError),
+}
+
+/// How much a state must hold: sized once, before the first forward pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capacity {
+    /// Most rows (tokens) in one forward call: the prompt batch size.
+    pub max_rows: usize,
+    /// Most positions a sequence may reach: the KV cache length.
+    pub max_context: usize,
+}
+
+impl Capacity {
+    /// A capacity for batches of up to `max_rows` rows and `max_context` positions.
+    pub fn new(max_rows: usize, max_context: usize) -> Capacity {
+        Capacity {
+            max_rows: max_rows.max(1),
+            max_context: max_context.max(1),
+        }
+    }
+}
+
+/// Which rows of the final output a caller needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Rows {
+    /// Every row (scoring a text: perplexity, logits).
+    #[default]
+    All,
+    /// Only the last row (generation): heads may skip the others.
+    Last,
+}
+
+/// What a forward pass needs besides the activations and the state.
+///
+/// Copy it freely: it is a few words. Combinators pass it down unchanged, except
+/// [`Loop`](crate::Loop) which advances `pos` between autoregressive steps.
+#[derive(Debug, Clone, Copy)]
+pub struct Ctx<'a> {
+    /// The SIMD level kernels dispatch to.
+    pub simd: Simd,
+    /// Worker threads for kernels that split rows.
+    pub threads: &'a Threads,
+    /// Absolute position of the first input row in the sequence.
+    pub pos: usize,
+    /// Which output rows are wanted (layers that can skip work honour it).
+    pub rows: Rows,
+}
+
+impl<'a> Ctx<'a> {
+    /// A context at position 0 wanting every row.
+    pub fn new(simd: Simd, threads: &'a Threads) -> Ctx<'a> {
+        Ctx {
+            simd,
+            threads,
+            pos: 0,
+            rows: Rows::All,
+        }
+    }
+
+    /// The same context at another position.
+    pub fn at(self, pos: usize) -> Ctx<'a> {
+        Ctx { pos, ..self }
+    }
+
+    /// The same context wanting other rows.
+    pub fn with_rows(self, rows: Rows) -> Ctx<'a> {
+        Ctx { rows, ..self }
+    }
+}
+
+/// A node of the graph as a layer describes itself.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Node {
+    /// What the node is (`Series`, `Linear`, `Attention`, ...).
+    pub name: String,
+    /// Extra facts worth printing (`heads=9 kv=3`, `q4_1`, `x30`).
+    pub detail: String,
+    /// Features per row in.
+    pub in_dim: usize,
+    /// Features per row out.
+    pub out_dim: usize,
+    /// Parameters owned by this node itself, not counting children.
+    pub own_params: u64,
+    /// Sub-nodes in data-flow order.
+    pub children: Vec<Node>,
+}
+
+impl Node {
+    /// A leaf node.
+    pub fn leaf(name: impl Into<String>, in_dim: usize, out_dim: usize, params: u64) -> Node {
+        Node {
+            name: name.into(),
+            detail: String::new(),
+            in_dim,
+            out_dim,
+            own_params: params,
+            children: Vec::new(),
+        }
+    }
+
+    /// A node that only wires children together.
+    pub fn wiring(name: impl Into<String>, in_dim: usize, out_dim: usize, children: Vec<Node>) -> Node {
+        Node {
+            name: name.into(),
+            detail: String::new(),
+            in_dim,
+            out_dim,
+            own_params: 0,
+            children,
+        }
+    }
+
+    /// Adds a detail string.
+    pub fn with_detail(mut self, detail: impl Into<String>) -> Node {
+        self.detail = detail.into();
+        self
+    }
+
+    /// Parameters of this node and everything below it.
+    pub fn params(&self) -> u64 {
+        self.own_params + self.children.iter().map(Node::params).sum::<u64>()
+    }
+
+    /// Renders the tree, one node a line, indented by depth.
+    pub fn tree(&self) -> String {
+        let mut out = String::new();
+        self.write_tree(&mut out, "", true, true);
+        out
+    }
+
+    fn write_tree(&self, out: &mut String, prefix: &str, last: bool, root: bool) {
+        use std::fmt::Write;
+        let branch = if root {
+            ""
+        } else if last {
+            "└─ "
+        } else {
+            "├─ "
+        };
+        let detail = if self.detail.is_empty() {
+            String::new()
+        } else {
+            format!(" [{}]", self.detail)
+        };
+        let _ = writeln!(
+            out,
+            "{prefix}{branch}{}{detail} {}→{} params={}",
+            self.name,
+            self.in_dim,
+            self.out_dim,
+            self.params()
+        );
+        let child_prefix = if root {
+            String::new()
+        } else {
+            format!("{prefix}{}", if last { "   " } else { "│  " })
+        };
+        for (i, c) in self.children.iter().enumerate() {
+            c.write_tree(out, &child_prefix, i + 1 == self.children.len(), false);
+        }
+    }
+}
+
+impl std::fmt::Display for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.tree())
+    }
+}
+
+/// A stage of a pipeline: maps a `rows x in_dim` activation to `rows' x out_dim`.
+///
+/// Sizes are run-time values; the wiring is the type. A layer owns its weights
+/// (usually views into a memory map) and is immutable during a forward pass;
+/// everything that changes — KV caches, sampler RNGs, scratch buffers between
+/// stages — lives in its [`Layer::State`], built once by [`Layer::new_state`]
+/// for a [`Capacity`]. `forward` must not allocate once the state exists.
+pub trait Layer {
+    /// Mutable per-sequence state: caches, RNG, scratch buffers.
+    type State;
+
+    /// True only for [`Identity`](crate::Identity): lets [`Sum`](crate::Sum)
+    /// specialise the residual `x + F(x)` without a scratch copy.
+    const IS_IDENTITY: bool = false;
+
+    /// Features per input row.
+    fn in_dim(&self) -> usize;
+
+    /// Features per output row.
+    fn out_dim(&self) -> usize;
+
+    /// Builds the state for up to `cap.max_rows` rows per call and
+    /// `cap.max_context` positions.
+    fn new_state(&self, cap: Capacity) -> Self::State;
+
+    /// Forgets everything a sequence left in the state (KV cache contents,
+    /// sampler history) without freeing memory.
+    fn reset(&self, _state: &mut Self::State) {}
+
+    /// Computes `y = self(x)`; `y` is reshaped as needed.
+    fn forward(
+        &self,
+        x: &Act,
+        y: &mut Act,
+        state: &mut Self::State,
+        ctx: &Ctx<'_>,
+    ) -> Result<(), LayerError>;
+
+    /// Describes this node and its children.
+    fn describe(&self) -> Node;
+
+    /// Runs `self` on `x` into a fresh buffer (convenience; allocates).
+    fn apply(&self, x: &Act, state: &mut Self::State, ctx: &Ctx<'_>) -> Result<Act, LayerError> {
+        let mut y = Act::with_capacity(x.rows(), self.out_dim());
+        self.forward(x, &mut y, state, ctx)?;
+        Ok(y)
+    }
+}
+
+/// Checks the input's feature count against the layer's.
+#[inline]
+pub fn check_in(layer: &'static str, expected: usize, x: &Act) -> Result<(), LayerError> {
+    if x.cols() != expected {
+        return Err(LayerError::InputDim {
+            layer,
+            expected,
+            found: x.cols(),
+        });
+    }
+    Ok(())
+}
+
+/// An empty scratch buffer able to hold `cap.max_rows x cols`.
+pub fn scratch(cap: Capacity, cols: usize) -> Act {
+    Act::with_capacity(cap.max_rows, cols)
+}

@@ -1,0 +1,807 @@
+//! The combinators: [`Identity`], [`Series`], [`Parallel`], [`Sum`], [`Gate`],
+//! [`Stack`] and [`Loop`].
+
+use crate::layer::{check_in, scratch, Capacity, Ctx, Layer, LayerError, Node, Rows};
+use patchbay_primitives::{kernels, Act};
+
+/// `x -> x`. As the first branch of a [`Sum`] it makes a residual connection.
+///
+/// ```
+/// use patchbay_combinators::{Identity, Layer, Ctx};
+/// use patchbay_primitives::{Act, Simd, Threads};
+/// let id = Identity::new(3);
+/// let threads = Threads::single();
+/// let ctx = Ctx::new(Simd::detect(), &threads);
+/// let x = Act::from_vec(1, 3, vec![1.0, 2.0, 3.0]).unwrap();
+/// let y = id.apply(&x, &mut id.new_state(patchbay_combinators::Capacity::new(1, 1)), &ctx).unwrap();
+/// assert_eq!(y.as_slice(), x.as_slice());
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Identity {
+    dim: usize,
+}
+
+impl Identity {
+    /// The identity on `dim` features.
+    pub fn new(dim: usize) -> Identity {
+        Identity { dim }
+    }
+}
+
+impl Layer for Identity {
+    type State = ();
+    const IS_IDENTITY: bool = true;
+
+    fn in_dim(&self) -> usize {
+        self.dim
+    }
+    fn out_dim(&self) -> usize {
+        self.dim
+    }
+    fn new_state(&self, _cap: Capacity) {}
+    fn forward(&self, x: &Act, y: &mut Act, _: &mut (), _: &Ctx<'_>) -> Result<(), LayerError> {
+        check_in("Identity", self.dim, x)?;
+        y.copy_from(x);
+        Ok(())
+    }
+    fn describe(&self) -> Node {
+        Node::leaf("Identity", self.dim, self.dim, 0)
+    }
+}
+
+/// Series composition: `x -> B(A(x))`.
+///
+/// ```
+/// use patchbay_combinators::{Series, Identity, Layer, Ctx, Capacity};
+/// use patchbay_primitives::{Act, Simd, Threads};
+/// let s = Series::new(Identity::new(2), Identity::new(2));
+/// let threads = Threads::single();
+/// let ctx = Ctx::new(Simd::detect(), &threads);
+/// let x = Act::from_vec(2, 2, vec![1.0, 2.0, 3.0, 4.0]).unwrap();
+/// let y = s.apply(&x, &mut s.new_state(Capacity::new(2, 2)), &ctx).unwrap();
+/// assert_eq!(y.as_slice(), x.as_slice());
+/// assert_eq!(s.describe().children.len(), 2);
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct Series<A, B> {
+    /// Runs first.
+    pub first: A,
+    /// Runs on the first's output.
+    pub second: B,
+}
+
+impl<A: Layer, B: Layer> Series<A, B> {
+    /// `x -> second(first(x))`.
+    pub fn new(first: A, second: B) -> Self {
+        Series { first, second }
+    }
+}
+
+/// State of a [`Series`]: both children's states and the buffer between them.
+#[derive(Debug)]
+pub struct SeriesState<SA, SB> {
+    /// The first layer's state.
+    pub first: SA,
+    /// The second layer's state.
+    pub second: SB,
+    mid: Act,
+}
+
+impl<A: Layer, B: Layer> Layer for Series<A, B> {
+    type State = SeriesState<A::State, B::State>;
+
+    fn in_dim(&self) -> usize {
+        self.first.in_dim()
+    }
+    fn out_dim(&self) -> usize {
+        self.second.out_dim()
+    }
+    fn new_state(&self, cap: Capacity) -> Self::State {
+        SeriesState {
+            first: self.first.new_state(cap),
+            second: self.second.new_state(cap),
+            mid: scratch(cap, self.first.out_dim()),
+        }
+    }
+    fn reset(&self, st: &mut Self::State) {
+        self.first.reset(&mut st.first);
+        self.second.reset(&mut st.second);
+    }
+    #[inline]
+    fn forward(
+        &self,
+        x: &Act,
+        y: &mut Act,
+        st: &mut Self::State,
+        ctx: &Ctx<'_>,
+    ) -> Result<(), LayerError> {
+        self.first.forward(x, &mut st.mid, &mut st.first, ctx)?;
+        self.second.forward(&st.mid, y, &mut st.second, ctx)
+    }
+    fn describe(&self) -> Node {
+        // Flatten right- or left-nested chains so `series![A, B, C]` prints flat.
+        let mut children = Vec::new();
+        for n in [self.first.describe(), self.second.describe()] {
+            if n.name == "Series" {
+                children.extend(n.children);
+            } else {
+                children.push(n);
+            }
+        }
+        Node::wiring("Series", self.in_dim(), self.out_dim(), children)
+    }
+}
+
+/// Parallel fork: `x -> (A(x), B(x))`, the two outputs side by side in one row
+/// (`out_dim = A.out_dim + B.out_dim`), for a merge to consume.
+///
+/// ```
+/// use patchbay_combinators::{Parallel, Identity, Layer, Ctx, Capacity};
+/// use patchbay_primitives::{Act, Simd, Threads};
+/// let p = Parallel::new(Identity::new(2), Identity::new(2));
+/// let threads = Threads::single();
+/// let ctx = Ctx::new(Simd::detect(), &threads);
+/// let x = Act::from_vec(1, 2, vec![1.0, 2.0]).unwrap();
+/// let y = p.apply(&x, &mut p.new_state(Capacity::new(1, 1)), &ctx).unwrap();
+/// assert_eq!(y.as_slice(), &[1.0, 2.0, 1.0, 2.0]);
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct Parallel<A, B> {
+    /// Left branch.
+    pub left: A,
+    /// Right branch.
+    pub right: B,
+}
+
+impl<A: Layer, B: Layer> Parallel<A, B> {
+    /// Both branches see the same input.
+    pub fn new(left: A, right: B) -> Self {
+        Parallel { left, right }
+    }
+}
+
+/// State of a two-branch combinator: each branch's state and output buffers.
+#[derive(Debug)]
+pub struct PairState<SA, SB> {
+    /// The left (first) branch's state.
+    pub left: SA,
+    /// The right (second) branch's state.
+    pub right: SB,
+    a: Act,
+    b: Act,
+}
+
+impl<A: Layer, B: Layer> Layer for Parallel<A, B> {
+    type State = PairState<A::State, B::State>;
+
+    fn in_dim(&self) -> usize {
+        self.left.in_dim()
+    }
+    fn out_dim(&self) -> usize {
+        self.left.out_dim() + self.right.out_dim()
+    }
+    fn new_state(&self, cap: Capacity) -> Self::State {
+        PairState {
+            left: self.left.new_state(cap),
+            right: self.right.new_state(cap),
+            a: scratch(cap, self.left.out_dim()),
+            b: scratch(cap, self.right.out_dim()),
+        }
+    }
+    fn reset(&self, st: &mut Self::State) {
+        self.left.reset(&mut st.left);
+        self.right.reset(&mut st.right);
+    }
+    fn forward(
+        &self,
+        x: &Act,
+        y: &mut Act,
+        st: &mut Self::State,
+        ctx: &Ctx<'_>,
+    ) -> Result<(), LayerError> {
+        check_in("Parallel", self.in_dim(), x)?;
+        self.left.forward(x, &mut st.a, &mut st.left, ctx)?;
+        self.right.forward(x, &mut st.b, &mut st.right, ctx)?;
+        let (da, db) = (st.a.cols(), st.b.cols());
+        let rows = st.a.rows().min(st.b.rows());
+        y.reshape(rows, da + db);
+        // Branches honouring `Rows::Last` return only their last row; align by the end.
+        let (oa, ob) = (st.a.rows() - rows, st.b.rows() - rows);
+        for r in 0..rows {
+            let row = y.row_mut(r);
+            row[..da].copy_from_slice(st.a.row(oa + r));
+            row[da..].copy_from_slice(st.b.row(ob + r));
+        }
+        Ok(())
+    }
+    fn describe(&self) -> Node {
+        Node::wiring(
+            "Parallel",
+            self.in_dim(),
+            self.out_dim(),
+            vec![self.left.describe(), self.right.describe()],
+        )
+    }
+}
+
+/// The merge that follows a [`Parallel`]: adds the two halves of each row.
+///
+/// `Series<Parallel<A, B>, AddHalves>` computes the same as `Sum<A, B>`.
+///
+/// ```
+/// use patchbay_combinators::{AddHalves, Layer, Ctx, Capacity};
+/// use patchbay_primitives::{Act, Simd, Threads};
+/// let m = AddHalves::new(2);
+/// let threads = Threads::single();
+/// let ctx = Ctx::new(Simd::detect(), &threads);
+/// let x = Act::from_vec(1, 4, vec![1.0, 2.0, 10.0, 20.0]).unwrap();
+/// let y = m.apply(&x, &mut (), &ctx).unwrap();
+/// assert_eq!(y.as_slice(), &[11.0, 22.0]);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AddHalves {
+    dim: usize,
+}
+
+impl AddHalves {
+    /// Takes rows of `2 * dim` features and returns `dim`.
+    pub fn new(dim: usize) -> AddHalves {
+        AddHalves { dim }
+    }
+}
+
+impl Layer for AddHalves {
+    type State = ();
+    fn in_dim(&self) -> usize {
+        2 * self.dim
+    }
+    fn out_dim(&self) -> usize {
+        self.dim
+    }
+    fn new_state(&self, _cap: Capacity) {}
+    fn forward(&self, x: &Act, y: &mut Act, _: &mut (), ctx: &Ctx<'_>) -> Result<(), LayerError> {
+        check_in("AddHalves", 2 * self.dim, x)?;
+        y.reshape(x.rows(), self.dim);
+        for r in 0..x.rows() {
+            let (a, b) = x.row(r).split_at(self.dim);
+            let out = y.row_mut(r);
+            out.copy_from_slice(a);
+            kernels::add_assign(ctx.simd, out, b);
+        }
+        Ok(())
+    }
+    fn describe(&self) -> Node {
+        Node::leaf("AddHalves", 2 * self.dim, self.dim, 0)
+    }
+}
+
+/// Additive merge: `x -> A(x) + B(x)`.
+///
+/// With `A = Identity` this is a residual connection ([`Residual`]), which is
+/// computed as `y = B(x); y += x` with no scratch buffer.
+///
+/// ```
+/// use patchbay_combinators::{Residual, Sum, Identity, Layer, Ctx, Capacity};
+/// use patchbay_primitives::{Act, Simd, Threads};
+/// // x + x = 2x
+/// let r: Residual<Identity> = Sum::new(Identity::new(2), Identity::new(2));
+/// let threads = Threads::single();
+/// let ctx = Ctx::new(Simd::detect(), &threads);
+/// let x = Act::from_vec(1, 2, vec![1.5, -2.0]).unwrap();
+/// let y = r.apply(&x, &mut r.new_state(Capacity::new(1, 1)), &ctx).unwrap();
+/// assert_eq!(y.as_slice(), &[3.0, -4.0]);
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sum<A, B> {
+    /// First term (the skip path of a residual).
+    pub left: A,
+    /// Second term.
+    pub right: B,
+}
+
+impl<A: Layer, B: Layer> Sum<A, B> {
+    /// `x -> left(x) + right(x)`.
+    pub fn new(left: A, right: B) -> Self {
+        Sum { left, right }
+    }
+}
+
+/// A residual connection `x -> x + F(x)`.
+pub type Residual<F> = Sum<Identity, F>;
+
+/// Wraps `f` in a residual connection.
+pub fn residual<F: Layer>(f: F) -> Residual<F> {
+    Sum::new(Identity::new(f.in_dim()), f)
+}
+
+/// Aligns `x`'s rows with `y`'s: when a branch kept only the last rows.
+#[inline]
+fn tail_rows(x: &Act, rows: usize) -> &[f32] {
+    let s = x.as_slice();
+    &s[s.len() - rows * x.cols()..]
+}
+
+impl<A: Layer, B: Layer> Layer for Sum<A, B> {
+    type State = PairState<A::State, B::State>;
+
+    fn in_dim(&self) -> usize {
+        self.left.in_dim()
+    }
+    fn out_dim(&self) -> usize {
+        self.right.out_dim()
+    }
+    fn new_state(&self, cap: Capacity) -> Self::State {
+        // The residual case needs no buffer for its identity branch.
+        let a_cap = if A::IS_IDENTITY {
+            Capacity::new(0, cap.max_context)
+        } else {
+            cap
+        };
+        PairState {
+            left: self.left.new_state(cap),
+            right: self.right.new_state(cap),
+            a: scratch(a_cap, self.left.out_dim()),
+            b: Act::default(),
+        }
+    }
+    fn reset(&self, st: &mut Self::State) {
+        self.left.reset(&mut st.left);
+        self.right.reset(&mut st.right);
+    }
+    #[inline]
+    fn forward(
+        &self,
+        x: &Act,
+        y: &mut Act,
+        st: &mut Self::State,
+        ctx: &Ctx<'_>,
+    ) -> Result<(), LayerError> {
+        check_in("Sum", self.in_dim(), x)?;
+        self.right.forward(x, y, &mut st.right, ctx)?;
+        if A::IS_IDENTITY {
+            if y.cols() != x.cols() {
+                return Err(LayerError::InputDim {
+                    layer: "Residual",
+                    expected: x.cols(),
+                    found: y.cols(),
+                });
+            }
+            let rows = y.rows();
+            kernels::add_assign(ctx.simd, y.as_mut_slice(), tail_rows(x, rows));
+        } else {
+            self.left.forward(x, &mut st.a, &mut st.left, ctx)?;
+            if st.a.cols() != y.cols() {
+                return Err(LayerError::InputDim {
+                    layer: "Sum",
+                    expected: y.cols(),
+                    found: st.a.cols(),
+                });
+            }
+            let rows = y.rows().min(st.a.rows());
+            let skip = y.rows() - rows;
+            let cols = y.cols();
+            // Sum is symmetric in value: compute A + B in this order for every row.
+            let out = &mut y.as_mut_slice()[skip * cols..];
+            let a = tail_rows(&st.a, rows);
+            for (o, &av) in out.iter_mut().zip(a) {
+                *o = av + *o;
+            }
+        }
+        Ok(())
+    }
+    fn describe(&self) -> Node {
+        let name = if A::IS_IDENTITY { "Residual" } else { "Sum" };
+        let children = if A::IS_IDENTITY {
+            vec![self.right.describe()]
+        } else {
+            vec![self.left.describe(), self.right.describe()]
+        };
+        Node::wiring(name, self.in_dim(), self.out_dim(), children)
+    }
+}
+
+/// Multiplicative gating: `x -> A(x) * B(x)` element-wise (SwiGLU, GeGLU).
+///
+/// ```
+/// use patchbay_combinators::{Gate, Identity, Layer, Ctx, Capacity};
+/// use patchbay_primitives::{Act, Simd, Threads};
+/// let g = Gate::new(Identity::new(2), Identity::new(2));
+/// let threads = Threads::single();
+/// let ctx = Ctx::new(Simd::detect(), &threads);
+/// let x = Act::from_vec(1, 2, vec![3.0, -2.0]).unwrap();
+/// let y = g.apply(&x, &mut g.new_state(Capacity::new(1, 1)), &ctx).unwrap();
+/// assert_eq!(y.as_slice(), &[9.0, 4.0]);
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct Gate<A, B> {
+    /// The gate branch (e.g. `Linear` then `Silu`).
+    pub gate: A,
+    /// The value branch (e.g. the up projection).
+    pub value: B,
+}
+
+impl<A: Layer, B: Layer> Gate<A, B> {
+    /// `x -> gate(x) * value(x)`.
+    pub fn new(gate: A, value: B) -> Self {
+        Gate { gate, value }
+    }
+}
+
+impl<A: Layer, B: Layer> Layer for Gate<A, B> {
+    type State = PairState<A::State, B::State>;
+
+    fn in_dim(&self) -> usize {
+        self.gate.in_dim()
+    }
+    fn out_dim(&self) -> usize {
+        self.gate.out_dim()
+    }
+    fn new_state(&self, cap: Capacity) -> Self::State {
+        PairState {
+            left: self.gate.new_state(cap),
+            right: self.value.new_state(cap),
+            a: Act::default(),
+            b: scratch(cap, self.value.out_dim()),
+        }
+    }
+    fn reset(&self, st: &mut Self::State) {
+        self.gate.reset(&mut st.left);
+        self.value.reset(&mut st.right);
+    }
+    #[inline]
+    fn forward(
+        &self,
+        x: &Act,
+        y: &mut Act,
+        st: &mut Self::State,
+        ctx: &Ctx<'_>,
+    ) -> Result<(), LayerError> {
+        check_in("Gate", self.in_dim(), x)?;
+        self.gate.forward(x, y, &mut st.left, ctx)?;
+        self.value.forward(x, &mut st.b, &mut st.right, ctx)?;
+        if st.b.cols() != y.cols() || st.b.rows() != y.rows() {
+            return Err(LayerError::InputDim {
+                layer: "Gate",
+                expected: y.cols(),
+                found: st.b.cols(),
+            });
+        }
+        kernels::mul_assign(ctx.simd, y.as_mut_slice(), st.b.as_slice());
+        Ok(())
+    }
+    fn describe(&self) -> Node {
+        Node::wiring(
+            "Gate",
+            self.in_dim(),
+            self.out_dim(),
+            vec![self.gate.describe(), self.value.describe()],
+        )
+    }
+}
+
+/// A homogeneous series: N layers of one type with distinct weights, run in
+/// order (a decoder stack).
+///
+/// ```
+/// use patchbay_combinators::{Stack, Identity, Layer, Ctx, Capacity};
+/// use patchbay_primitives::{Act, Simd, Threads};
+/// let s = Stack::new(vec![Identity::new(2); 3]);
+/// let threads = Threads::single();
+/// let ctx = Ctx::new(Simd::detect(), &threads);
+/// let x = Act::from_vec(1, 2, vec![1.0, 2.0]).unwrap();
+/// let y = s.apply(&x, &mut s.new_state(Capacity::new(1, 1)), &ctx).unwrap();
+/// assert_eq!(y.as_slice(), x.as_slice());
+/// assert_eq!(s.len(), 3);
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stack<L> {
+    /// The layers, first to last.
+    pub layers: Vec<L>,
+    dim: usize,
+}
+
+impl<L: Layer> Stack<L> {
+    /// A stack of `layers` (each must map `d -> d`; an empty stack is the identity
+    /// on the first layer's width, or 0).
+    pub fn new(layers: Vec<L>) -> Stack<L> {
+        let dim = layers.first().map_or(0, |l| l.in_dim());
+        Stack { layers, dim }
+    }
+
+    /// An empty stack over `dim` features (the identity).
+    pub fn empty(dim: usize) -> Stack<L> {
+        Stack {
+            layers: Vec::new(),
+            dim,
+        }
+    }
+
+    /// Number of layers.
+    pub fn len(&self) -> usize {
+        self.layers.len()
+    }
+
+    /// True when there are no layers.
+    pub fn is_empty(&self) -> bool {
+        self.layers.is_empty()
+    }
+}
+
+/// State of a [`Stack`]: one state per layer and two ping-pong buffers.
+#[derive(Debug)]
+pub struct StackState<S> {
+    /// Per-layer states, in order.
+    pub layers: Vec<S>,
+    ping: Act,
+    pong: Act,
+}
+
+impl<L: Layer> Layer for Stack<L> {
+    type State = StackState<L::State>;
+
+    fn in_dim(&self) -> usize {
+        self.layers.first().map_or(self.dim, |l| l.in_dim())
+    }
+    fn out_dim(&self) -> usize {
+        self.layers.last().map_or(self.dim, |l| l.out_dim())
+    }
+    fn new_state(&self, cap: Capacity) -> Self::State {
+        let width = self.layers.iter().map(|l| l.out_dim()).max().unwrap_or(0);
+        StackState {
+            layers: self.layers.iter().map(|l| l.new_state(cap)).collect(),
+            ping: scratch(cap, width),
+            pong: scratch(cap, width),
+        }
+    }
+    fn reset(&self, st: &mut Self::State) {
+        for (l, s) in self.layers.iter().zip(&mut st.layers) {
+            l.reset(s);
+        }
+    }
+    fn forward(
+        &self,
+        x: &Act,
+        y: &mut Act,
+        st: &mut Self::State,
+        ctx: &Ctx<'_>,
+    ) -> Result<(), LayerError> {
+        let n = self.layers.len();
+        if n == 0 {
+            check_in("Stack", self.dim, x)?;
+            y.copy_from(x);
+            return Ok(());
+        }
+        let StackState { layers, ping, pong } = st;
+        for (i, (layer, s)) in self.layers.iter().zip(layers.iter_mut()).enumerate() {
+            let last = i + 1 == n;
+            // Even steps read the previous step's output from `ping`, odd ones from `pong`.
+            let (src, dst): (&Act, &mut Act) = match (i, i % 2) {
+                (0, _) => (x, if last { &mut *y } else { &mut *ping }),
+                (_, 1) => (&*ping, if last { &mut *y } else { &mut *pong }),
+                _ => (&*pong, if last { &mut *y } else { &mut *ping }),
+            };
+            layer.forward(src, dst, s, ctx)?;
+        }
+        Ok(())
+    }
+    fn describe(&self) -> Node {
+        let children: Vec<Node> = self.layers.iter().map(Layer::describe).collect();
+        Node::wiring("Stack", self.in_dim(), self.out_dim(), children)
+            .with_detail(format!("x{}", self.layers.len()))
+    }
+}
+
+/// How a [`Loop`] feeds its body's output back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Feedback {
+    /// Weight-tied repetition: the whole output re-enters at the same positions,
+    /// `iterations` times.
+    Repeat {
+        /// Number of passes through the body.
+        iterations: usize,
+    },
+    /// Autoregression: the body's last output row is the next input, one
+    /// position further on; the body's state (the KV cache) carries the past.
+    /// The loop's output stacks the rows produced at each step.
+    Autoregressive {
+        /// Number of steps (outputs produced).
+        steps: usize,
+    },
+}
+
+/// Recurrence: the body's output re-enters the body, its state carried across
+/// iterations.
+///
+/// ```
+/// use patchbay_combinators::{Loop, Gate, Identity, Layer, Ctx, Capacity};
+/// use patchbay_primitives::{Act, Simd, Threads};
+/// // Squaring three times: x^8.
+/// let l = Loop::repeat(Gate::new(Identity::new(1), Identity::new(1)), 3);
+/// let threads = Threads::single();
+/// let ctx = Ctx::new(Simd::detect(), &threads);
+/// let x = Act::from_vec(1, 1, vec![2.0]).unwrap();
+/// let y = l.apply(&x, &mut l.new_state(Capacity::new(1, 1)), &ctx).unwrap();
+/// assert_eq!(y.as_slice(), &[256.0]);
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct Loop<B> {
+    /// The recurrent body (`in_dim == out_dim`).
+    pub body: B,
+    /// How outputs are fed back.
+    pub feedback: Feedback,
+}
+
+/// State of a [`Loop`]: the body's state and feedback buffers.
+#[derive(Debug)]
+pub struct LoopState<S> {
+    /// The body's state, carried across iterations (e.g. the KV cache).
+    pub body: S,
+    a: Act,
+    b: Act,
+}
+
+/// What a step callback tells [`Loop::run`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Feed this output back and go on.
+    Continue,
+    /// Stop after this step.
+    Stop,
+}
+
+impl<B: Layer> Loop<B> {
+    /// Weight-tied repetition `iterations` times.
+    pub fn repeat(body: B, iterations: usize) -> Loop<B> {
+        Loop {
+            body,
+            feedback: Feedback::Repeat { iterations },
+        }
+    }
+
+    /// Autoregressive decoding for up to `steps` steps.
+    pub fn autoregressive(body: B, steps: usize) -> Loop<B> {
+        Loop {
+            body,
+            feedback: Feedback::Autoregressive { steps },
+        }
+    }
+
+    /// Runs the autoregressive loop from `x` (the prompt, processed as one batch
+    /// at `ctx.pos`), calling `on_step(step, output_row)` after each step; the
+    /// callback may stop early. Returns the number of steps taken and the
+    /// position after the last fed-back row.
+    ///
+    /// The body runs with [`Rows::Last`], so heads compute only what is fed back.
+    /// Steady-state steps do not allocate.
+    pub fn run(
+        &self,
+        x: &Act,
+        st: &mut LoopState<B::State>,
+        ctx: &Ctx<'_>,
+        max_steps: usize,
+        mut on_step: impl FnMut(usize, &[f32]) -> Step,
+    ) -> Result<(usize, usize), LayerError> {
+        let ctx = ctx.with_rows(Rows::Last);
+        let mut pos = ctx.pos;
+        let LoopState { body, a, b } = st;
+        // Step 0 consumes the whole prompt.
+        self.body.forward(x, a, body, &ctx.at(pos))?;
+        pos += x.rows();
+        let mut steps = 0;
+        while steps < max_steps {
+            let last = a.rows().saturating_sub(1);
+            let keep_going = on_step(steps, a.row(last));
+            steps += 1;
+            if keep_going == Step::Stop || steps == max_steps {
+                break;
+            }
+            // Feed the last row back as a one-row input at the next position.
+            let cols = a.cols();
+            b.reshape(1, cols);
+            b.as_mut_slice().copy_from_slice(a.row(last));
+            self.body.forward(b, a, body, &ctx.at(pos))?;
+            pos += 1;
+        }
+        Ok((steps, pos))
+    }
+}
+
+impl<B: Layer> Layer for Loop<B> {
+    type State = LoopState<B::State>;
+
+    fn in_dim(&self) -> usize {
+        self.body.in_dim()
+    }
+    fn out_dim(&self) -> usize {
+        self.body.out_dim()
+    }
+    fn new_state(&self, cap: Capacity) -> Self::State {
+        LoopState {
+            body: self.body.new_state(cap),
+            a: scratch(cap, self.body.out_dim()),
+            b: scratch(cap, self.body.out_dim()),
+        }
+    }
+    fn reset(&self, st: &mut Self::State) {
+        self.body.reset(&mut st.body);
+    }
+    fn forward(
+        &self,
+        x: &Act,
+        y: &mut Act,
+        st: &mut Self::State,
+        ctx: &Ctx<'_>,
+    ) -> Result<(), LayerError> {
+        check_in("Loop", self.in_dim(), x)?;
+        match self.feedback {
+            Feedback::Repeat { iterations } => {
+                if iterations == 0 {
+                    y.copy_from(x);
+                    return Ok(());
+                }
+                let LoopState { body, a, b } = st;
+                for i in 0..iterations {
+                    let last = i + 1 == iterations;
+                    let (src, dst): (&Act, &mut Act) = match (i, i % 2) {
+                        (0, _) => (x, if last { &mut *y } else { &mut *a }),
+                        (_, 1) => (&*a, if last { &mut *y } else { &mut *b }),
+                        _ => (&*b, if last { &mut *y } else { &mut *a }),
+                    };
+                    self.body.forward(src, dst, body, ctx)?;
+                }
+                Ok(())
+            }
+            Feedback::Autoregressive { steps } => {
+                let cols = self.out_dim();
+                y.reshape(0, cols);
+                let mut out = std::mem::take(y);
+                out.reshape(steps, cols);
+                let res = self.run(x, st, ctx, steps, |i, row| {
+                    out.row_mut(i).copy_from_slice(row);
+                    Step::Continue
+                });
+                *y = out;
+                res.map(|_| ())
+            }
+        }
+    }
+    fn describe(&self) -> Node {
+        let detail = match self.feedback {
+            Feedback::Repeat { iterations } => format!("repeat x{iterations}"),
+            Feedback::Autoregressive { steps } => format!("autoregressive, {steps} steps"),
+        };
+        Node::wiring("Loop", self.in_dim(), self.out_dim(), vec![self.body.describe()])
+            .with_detail(detail)
+    }
+}
+
+/// Builder methods available on every layer.
+pub trait LayerExt: Layer + Sized {
+    /// `self` then `next`: `Series<Self, N>`.
+    fn then<N: Layer>(self, next: N) -> Series<Self, N> {
+        Series::new(self, next)
+    }
+}
+
+impl<L: Layer> LayerExt for L {}
+
+/// Flat type-level sugar for left-nested [`Series`] chains:
+/// `series![A, B, C]` is `Series<Series<A, B>, C>`, the type `a.then(b).then(c)` builds.
+///
+/// ```
+/// use patchbay_combinators::{series, Identity, Series, LayerExt};
+/// type Three = series![Identity, Identity, Identity];
+/// let s: Three = Identity::new(4).then(Identity::new(4)).then(Identity::new(4));
+/// let _: Series<Series<Identity, Identity>, Identity> = s;
+/// ```
+#[macro_export]
+macro_rules! series {
+    ($a:ty $(,)?) => { $a };
+    ($a:ty, $b:ty $(, $rest:ty)* $(,)?) => {
+        $crate::series!(@acc $crate::Series<$a, $b> $(, $rest)*)
+    };
+    (@acc $acc:ty) => { $acc };
+    (@acc $acc:ty, $next:ty $(, $rest:ty)*) => {
+        $crate::series!(@acc $crate::Series<$acc, $next> $(, $rest)*)
+    };
+}

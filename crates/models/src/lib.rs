@@ -1,0 +1,10 @@
+//! # patchbay-models
+//!
+//! Weight files (GGUF, safetensors, llama2.c), tokenizers, and model families
+//! written as types over `patchbay-blocks`.
+
+pub mod gguf;
+pub mod llama2c;
+pub mod safetensors_file;
+pub mod source;
+pub mod tokenizer;

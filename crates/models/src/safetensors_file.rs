@@ -1,0 +1,1 @@
+//! HF safetensors checkpoints (single or sharded) and `config.json`, memory-mapped.

@@ -1,0 +1,1 @@
+//! f16 / bf16 <-> f32 conversion.

@@ -1,0 +1,1 @@
+//! Rotary position embeddings: precomputed tables, interleaved and half-split layouts.
