@@ -5,6 +5,7 @@
 
 pub mod gguf;
 pub mod llama2c;
+pub mod paths;
 pub mod safetensors_file;
 pub mod source;
 pub mod tokenizer;
