@@ -1,5 +1,37 @@
 //! `patchbay`: run transformer language models on the CPU.
 
-fn main() {
-    println!("patchbay {}", env!("CARGO_PKG_VERSION"));
+use clap::{Parser, Subcommand};
+
+mod inspect;
+mod tokenize;
+
+/// Run transformer language models on the CPU.
+#[derive(Parser, Debug)]
+#[command(name = "patchbay", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Show a model file's format, architecture, hyper-parameters and tensors.
+    Inspect(inspect::InspectArgs),
+    /// Print the token ids of a text as a JSON array.
+    Tokenize(tokenize::TokenizeArgs),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        Command::Inspect(a) => inspect::run(a),
+        Command::Tokenize(a) => tokenize::run(a),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }

@@ -13,11 +13,13 @@ pub mod matmul;
 pub mod quant;
 pub mod rope;
 pub mod simd;
+pub mod storage;
 pub mod tensor;
 pub mod threads;
 
 pub use dtype::DType;
 pub use error::ShapeError;
 pub use simd::{Level, Simd};
+pub use storage::{Storage, Tensor};
 pub use tensor::{Act, MatRef};
 pub use threads::Threads;
