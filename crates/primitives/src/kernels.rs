@@ -1,21 +1,682 @@
-//! f32 vector kernels, each generic over [`pulp::Simd`] and dispatched on a [`Simd`].
+//! f32 vector kernels, each written once generic over [`pulp::Simd`] and
+//! dispatched on a [`Simd`] level.
 //!
-//! (Placeholder bodies; the SIMD implementations land with the kernel work.)
+//! Conventions shared by every kernel here:
+//! - Slices that must have equal lengths are checked with `assert_eq!`: a
+//!   mismatch is a programmer error, not a data error.
+//! - Nothing allocates.
+//! - Reductions (`dot`, `sum`, the statistics of the norms) accumulate in f32
+//!   vector registers over blocks of [`BLOCK`] elements with four independent
+//!   accumulators, and add the block totals in f64. This keeps the error close
+//!   to that of pairwise summation at the cost of one horizontal add per block.
+//!   The summation order depends on the level (lane count) but never on
+//!   anything else, so each level is deterministic.
+//! - Transcendentals (`exp`, and the sigmoid/erf built on it) use one Cephes-style
+//!   polynomial for every level, so levels differ only by FMA contraction
+//!   (the scalar level uses unfused multiply-add where the vector levels fuse).
+
+use pulp::{Simd as PSimd, WithSimd};
 
 use crate::simd::Simd;
 
-/// `y[i] += x[i]`. Lengths must match.
-pub fn add_assign(_s: Simd, y: &mut [f32], x: &[f32]) {
-    assert_eq!(y.len(), x.len(), "add_assign: length mismatch");
-    for (a, b) in y.iter_mut().zip(x) {
-        *a += *b;
+/// Elements per block of a blocked reduction (see the module docs).
+const BLOCK: usize = 1024;
+
+/// Declares a `WithSimd` operation struct whose `with_simd` forwards its fields
+/// to a generic `#[inline(always)]` implementation function.
+macro_rules! simd_op {
+    ($name:ident { $($f:ident : $t:ty),* $(,)? } -> $out:ty => $imp:ident) => {
+        struct $name<'a> {
+            $($f: $t,)*
+            _life: std::marker::PhantomData<&'a ()>,
+        }
+        impl WithSimd for $name<'_> {
+            type Output = $out;
+            #[inline(always)]
+            fn with_simd<S: PSimd>(self, simd: S) -> $out {
+                let $name { $($f,)* _life } = self;
+                let _ = _life;
+                $imp(simd, $($f),*)
+            }
+        }
+    };
+}
+
+/// Runs `$imp(simd, args...)` at level `$s` through the op struct `$name`.
+macro_rules! run {
+    ($s:expr, $name:ident { $($f:ident $(: $v:expr)?),* $(,)? }) => {
+        $s.vectorize($name { $($f $(: $v)?,)* _life: std::marker::PhantomData })
+    };
+}
+
+// ---------------------------------------------------------------------------
+// Small generic building blocks.
+// ---------------------------------------------------------------------------
+
+/// Loads a tail shorter than one register, padding the missing lanes with `fill`.
+#[inline(always)]
+fn load_tail_fill<S: PSimd>(s: S, tail: &[f32], fill: f32) -> S::f32s {
+    // 64 covers any register width pulp supports; copying a few floats is
+    // cheaper than a masked select and works for every level.
+    let mut buf = [fill; 64];
+    buf[..tail.len()].copy_from_slice(tail);
+    s.partial_load_f32s(&buf[..S::F32_LANES])
+}
+
+/// Applies `f` lane-wise to `y` in place.
+#[inline(always)]
+fn map1<S: PSimd>(s: S, y: &mut [f32], f: impl Fn(S::f32s) -> S::f32s) {
+    let (yh, yt) = S::as_mut_simd_f32s(y);
+    for v in yh {
+        *v = f(*v);
+    }
+    if !yt.is_empty() {
+        let v = f(s.partial_load_f32s(yt));
+        s.partial_store_f32s(yt, v);
     }
 }
 
-/// `y[i] *= x[i]`. Lengths must match.
-pub fn mul_assign(_s: Simd, y: &mut [f32], x: &[f32]) {
-    assert_eq!(y.len(), x.len(), "mul_assign: length mismatch");
-    for (a, b) in y.iter_mut().zip(x) {
-        *a *= *b;
+/// `y = f(y, x)` lane-wise.
+#[inline(always)]
+fn map2<S: PSimd>(s: S, y: &mut [f32], x: &[f32], f: impl Fn(S::f32s, S::f32s) -> S::f32s) {
+    let (yh, yt) = S::as_mut_simd_f32s(y);
+    let (xh, xt) = S::as_simd_f32s(x);
+    for (v, &w) in yh.iter_mut().zip(xh) {
+        *v = f(*v, w);
     }
+    if !yt.is_empty() {
+        let v = f(s.partial_load_f32s(yt), s.partial_load_f32s(xt));
+        s.partial_store_f32s(yt, v);
+    }
+}
+
+/// `out = f(a, b)` lane-wise.
+#[inline(always)]
+fn map2_out<S: PSimd>(
+    s: S,
+    a: &[f32],
+    b: &[f32],
+    out: &mut [f32],
+    f: impl Fn(S::f32s, S::f32s) -> S::f32s,
+) {
+    let (oh, ot) = S::as_mut_simd_f32s(out);
+    let (ah, at) = S::as_simd_f32s(a);
+    let (bh, bt) = S::as_simd_f32s(b);
+    for ((o, &x), &y) in oh.iter_mut().zip(ah).zip(bh) {
+        *o = f(x, y);
+    }
+    if !ot.is_empty() {
+        let v = f(s.partial_load_f32s(at), s.partial_load_f32s(bt));
+        s.partial_store_f32s(ot, v);
+    }
+}
+
+/// Blocked reduction of `sum_i f(a_i, b_i)` (see the module docs), with zero
+/// padding of the tail (so `f(0, 0)` must be 0).
+#[inline(always)]
+fn reduce2<S: PSimd>(
+    s: S,
+    a: &[f32],
+    b: &[f32],
+    f: impl Fn(S::f32s, S::f32s, S::f32s) -> S::f32s,
+) -> f64 {
+    let mut total = 0.0f64;
+    let zero = s.splat_f32s(0.0);
+    for (ab, bb) in a.chunks(BLOCK).zip(b.chunks(BLOCK)) {
+        let (ah, at) = S::as_simd_f32s(ab);
+        let (bh, bt) = S::as_simd_f32s(bb);
+        let (a4, a1) = ah.as_chunks::<4>();
+        let (b4, b1) = bh.as_chunks::<4>();
+        let mut acc = [zero; 4];
+        for (x, y) in a4.iter().zip(b4) {
+            acc[0] = f(x[0], y[0], acc[0]);
+            acc[1] = f(x[1], y[1], acc[1]);
+            acc[2] = f(x[2], y[2], acc[2]);
+            acc[3] = f(x[3], y[3], acc[3]);
+        }
+        for (i, (&x, &y)) in a1.iter().zip(b1).enumerate() {
+            acc[i] = f(x, y, acc[i]);
+        }
+        if !at.is_empty() {
+            acc[3] = f(s.partial_load_f32s(at), s.partial_load_f32s(bt), acc[3]);
+        }
+        let v = s.add_f32s(s.add_f32s(acc[0], acc[1]), s.add_f32s(acc[2], acc[3]));
+        total += s.reduce_sum_f32s(v) as f64;
+    }
+    total
+}
+
+/// Blocked reduction of `sum_i f(x_i)`; the tail is padded with `fill`, so
+/// `f(fill, acc)` must return `acc` (up to rounding).
+#[inline(always)]
+fn reduce1<S: PSimd>(s: S, x: &[f32], fill: f32, f: impl Fn(S::f32s, S::f32s) -> S::f32s) -> f64 {
+    let mut total = 0.0f64;
+    let zero = s.splat_f32s(0.0);
+    for xb in x.chunks(BLOCK) {
+        let (xh, xt) = S::as_simd_f32s(xb);
+        let (x4, x1) = xh.as_chunks::<4>();
+        let mut acc = [zero; 4];
+        for v in x4 {
+            acc[0] = f(v[0], acc[0]);
+            acc[1] = f(v[1], acc[1]);
+            acc[2] = f(v[2], acc[2]);
+            acc[3] = f(v[3], acc[3]);
+        }
+        for (i, &v) in x1.iter().enumerate() {
+            acc[i] = f(v, acc[i]);
+        }
+        if !xt.is_empty() {
+            let v = if fill == 0.0 {
+                s.partial_load_f32s(xt)
+            } else {
+                load_tail_fill(s, xt, fill)
+            };
+            acc[3] = f(v, acc[3]);
+        }
+        let v = s.add_f32s(s.add_f32s(acc[0], acc[1]), s.add_f32s(acc[2], acc[3]));
+        total += s.reduce_sum_f32s(v) as f64;
+    }
+    total
+}
+
+/// Largest element, ignoring NaN; `-inf` for an empty or all-NaN slice.
+#[inline(always)]
+fn max_impl<S: PSimd>(s: S, x: &[f32]) -> f32 {
+    // `select(x > acc, x, acc)` rather than `max_f32s`: its NaN behaviour is
+    // the same at every level (a NaN compares false and is skipped).
+    let upd = |v: S::f32s, acc: S::f32s| s.select_f32s(s.greater_than_f32s(v, acc), v, acc);
+    let ninf = s.splat_f32s(f32::NEG_INFINITY);
+    let (xh, xt) = S::as_simd_f32s(x);
+    let (x4, x1) = xh.as_chunks::<4>();
+    let mut acc = [ninf; 4];
+    for v in x4 {
+        acc[0] = upd(v[0], acc[0]);
+        acc[1] = upd(v[1], acc[1]);
+        acc[2] = upd(v[2], acc[2]);
+        acc[3] = upd(v[3], acc[3]);
+    }
+    for (i, &v) in x1.iter().enumerate() {
+        acc[i] = upd(v, acc[i]);
+    }
+    if !xt.is_empty() {
+        acc[3] = upd(load_tail_fill(s, xt, f32::NEG_INFINITY), acc[3]);
+    }
+    let v = upd(upd(acc[0], acc[1]), upd(acc[2], acc[3]));
+    s.reduce_max_f32s(v)
+}
+
+// ---------------------------------------------------------------------------
+// Transcendentals.
+// ---------------------------------------------------------------------------
+
+/// Above this `exp` overflows f32 (largest f32 below ln(f32::MAX)).
+const EXP_HI: f32 = 88.72283;
+/// Below this `exp` rounds to 0 even as a subnormal (ln 2^-150).
+const EXP_LO: f32 = -103.97208;
+/// Adding 1.5 * 2^23 rounds a float of magnitude < 2^22 to an integer.
+const ROUND_MAGIC: f32 = 12_582_912.0;
+
+/// `2^k` for integer-valued `k` in [-126, 127], built from the exponent bits.
+#[inline(always)]
+fn pow2i<S: PSimd>(s: S, k: S::f32s) -> S::f32s {
+    // The low mantissa bits of `k + 1.5*2^23 + 127` hold `k + 127`; shifting
+    // them into the exponent field gives 2^k.
+    let t = s.add_f32s(k, s.splat_f32s(ROUND_MAGIC + 127.0));
+    let bits = s.wrapping_dyn_shl_u32s(s.transmute_u32s_f32s(t), s.splat_u32s(23));
+    s.transmute_f32s_u32s(bits)
+}
+
+/// Vectorised `exp`, Cephes `expf` polynomial (about 1-2 ulp over the whole
+/// range, subnormal results included); `exp(-inf) = 0`, `exp(+inf) = inf`,
+/// NaN propagates.
+#[inline(always)]
+pub(crate) fn exp_v<S: PSimd>(s: S, x: S::f32s) -> S::f32s {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    // ln 2 split so that n * C1 is exact for |n| < 2^15.
+    const C1: f32 = 0.693_359_4;
+    const C2: f32 = -2.121_944_4e-4;
+    let magic = s.splat_f32s(ROUND_MAGIC);
+    // n = round(x / ln 2) by the magic-number trick (exact for |n| < 2^22).
+    let t = s.mul_add_e_f32s(x, s.splat_f32s(LOG2E), magic);
+    let n = s.sub_f32s(t, magic);
+    let r = s.mul_add_e_f32s(n, s.splat_f32s(-C1), x);
+    let r = s.mul_add_e_f32s(n, s.splat_f32s(-C2), r);
+    let mut p = s.splat_f32s(1.987_569_1e-4);
+    p = s.mul_add_e_f32s(p, r, s.splat_f32s(1.398_199_9e-3));
+    p = s.mul_add_e_f32s(p, r, s.splat_f32s(8.333_452e-3));
+    p = s.mul_add_e_f32s(p, r, s.splat_f32s(4.166_579_6e-2));
+    p = s.mul_add_e_f32s(p, r, s.splat_f32s(1.666_666_5e-1));
+    p = s.mul_add_e_f32s(p, r, s.splat_f32s(5.000_000_1e-1));
+    let r2 = s.mul_f32s(r, r);
+    p = s.add_f32s(s.mul_add_e_f32s(p, r2, r), s.splat_f32s(1.0));
+    // Scale by 2^n in two steps so that n in [-150, 128] (subnormal and
+    // near-overflow results) never needs an out-of-range exponent field.
+    let n1 = s.min_f32s(s.max_f32s(n, s.splat_f32s(-126.0)), s.splat_f32s(127.0));
+    let n2 = s.sub_f32s(n, n1);
+    let y = s.mul_f32s(s.mul_f32s(p, pow2i(s, n1)), pow2i(s, n2));
+    // Out-of-range inputs (including +-inf) produced garbage above: fix them.
+    // NaN compares false on both and keeps the NaN computed from it.
+    let y = s.select_f32s(
+        s.less_than_f32s(x, s.splat_f32s(EXP_LO)),
+        s.splat_f32s(0.0),
+        y,
+    );
+    s.select_f32s(
+        s.greater_than_f32s(x, s.splat_f32s(EXP_HI)),
+        s.splat_f32s(f32::INFINITY),
+        y,
+    )
+}
+
+/// `x * sigmoid(x) = x / (1 + exp(-x))`: exp overflow gives `x / inf = -0`,
+/// never NaN.
+#[inline(always)]
+fn silu_v<S: PSimd>(s: S, x: S::f32s) -> S::f32s {
+    let e = exp_v(s, s.neg_f32s(x));
+    s.div_f32s(x, s.add_f32s(s.splat_f32s(1.0), e))
+}
+
+/// GELU, tanh approximation: `0.5 x (1 + tanh(u)) = x * sigmoid(2u)` with
+/// `u = sqrt(2/pi) (x + 0.044715 x^3)`; the sigmoid form avoids the
+/// cancellation of `1 + tanh(u)` for negative `u` and cannot produce NaN.
+#[inline(always)]
+fn gelu_tanh_v<S: PSimd>(s: S, x: S::f32s) -> S::f32s {
+    // -2u = x * (A + B x^2)
+    const A: f32 = -2.0 * 0.797_884_6;
+    const B: f32 = A * 0.044_715;
+    let x2 = s.mul_f32s(x, x);
+    let z = s.mul_f32s(x, s.mul_add_e_f32s(s.splat_f32s(B), x2, s.splat_f32s(A)));
+    let e = exp_v(s, z);
+    s.div_f32s(x, s.add_f32s(s.splat_f32s(1.0), e))
+}
+
+/// `erfc(a)` for `a >= 0`, relative error about 1e-6 (Numerical Recipes'
+/// Chebyshev fit `erfcc`, fractional error < 1.2e-7, evaluated with
+/// `exp(-a^2)` split so that the rounding of `a^2` does not cost accuracy).
+#[inline(always)]
+fn erfc_pos_v<S: PSimd>(s: S, a: S::f32s) -> S::f32s {
+    let one = s.splat_f32s(1.0);
+    let t = s.div_f32s(one, s.mul_add_e_f32s(s.splat_f32s(0.5), a, one));
+    const P: [f32; 10] = [
+        0.170_872_77,
+        -0.822_152_23,
+        1.488_515_9,
+        -1.135_204,
+        0.278_868_07,
+        -0.186_288_06,
+        0.096_784_18,
+        0.374_091_96,
+        1.000_023_7,
+        -1.265_512_2,
+    ];
+    let mut p = s.splat_f32s(P[0]);
+    for &c in &P[1..] {
+        p = s.mul_add_e_f32s(p, t, s.splat_f32s(c));
+    }
+    // a^2 = hi + lo exactly.
+    let hi = s.mul_f32s(a, a);
+    let lo = if S::IS_SCALAR {
+        // No hardware FMA assumed: Dekker's exact product.
+        let split = s.mul_f32s(a, s.splat_f32s(4097.0));
+        let ah = s.sub_f32s(split, s.sub_f32s(split, a));
+        let al = s.sub_f32s(a, ah);
+        let e = s.sub_f32s(s.mul_f32s(ah, ah), hi);
+        let e = s.add_f32s(e, s.mul_f32s(s.add_f32s(ah, ah), al));
+        s.add_f32s(e, s.mul_f32s(al, al))
+    } else {
+        s.mul_add_f32s(a, a, s.neg_f32s(hi))
+    };
+    let e1 = exp_v(s, s.neg_f32s(hi));
+    let e2 = exp_v(s, s.sub_f32s(p, lo));
+    s.mul_f32s(s.mul_f32s(t, e1), e2)
+}
+
+/// Exact GELU: `0.5 x erfc(-x / sqrt 2)`.
+#[inline(always)]
+fn gelu_erf_v<S: PSimd>(s: S, x: S::f32s) -> S::f32s {
+    let z = s.mul_f32s(x, s.splat_f32s(-std::f32::consts::FRAC_1_SQRT_2));
+    let c = erfc_pos_v(s, s.abs_f32s(z));
+    // erfc(z) = 2 - erfc(-z) for z < 0; there erfc(z) is in [1, 2], so the
+    // subtraction loses nothing that matters.
+    let e = s.select_f32s(
+        s.less_than_f32s(z, s.splat_f32s(0.0)),
+        s.sub_f32s(s.splat_f32s(2.0), c),
+        c,
+    );
+    s.mul_f32s(s.mul_f32s(s.splat_f32s(0.5), x), e)
+}
+
+// ---------------------------------------------------------------------------
+// Generic implementations.
+// ---------------------------------------------------------------------------
+
+#[inline(always)]
+fn dot_impl<S: PSimd>(s: S, a: &[f32], b: &[f32]) -> f32 {
+    reduce2(s, a, b, |x, y, acc| s.mul_add_e_f32s(x, y, acc)) as f32
+}
+
+#[inline(always)]
+fn sum_impl<S: PSimd>(s: S, x: &[f32]) -> f32 {
+    reduce1(s, x, 0.0, |v, acc| s.add_f32s(v, acc)) as f32
+}
+
+#[inline(always)]
+fn axpy_impl<S: PSimd>(s: S, alpha: f32, x: &[f32], y: &mut [f32]) {
+    let a = s.splat_f32s(alpha);
+    map2(s, y, x, |yv, xv| s.mul_add_e_f32s(a, xv, yv));
+}
+
+#[inline(always)]
+fn add_impl<S: PSimd>(s: S, a: &[f32], b: &[f32], out: &mut [f32]) {
+    map2_out(s, a, b, out, |x, y| s.add_f32s(x, y));
+}
+
+#[inline(always)]
+fn add_assign_impl<S: PSimd>(s: S, y: &mut [f32], x: &[f32]) {
+    map2(s, y, x, |a, b| s.add_f32s(a, b));
+}
+
+#[inline(always)]
+fn mul_assign_impl<S: PSimd>(s: S, y: &mut [f32], x: &[f32]) {
+    map2(s, y, x, |a, b| s.mul_f32s(a, b));
+}
+
+#[inline(always)]
+fn scale_impl<S: PSimd>(s: S, y: &mut [f32], alpha: f32) {
+    let a = s.splat_f32s(alpha);
+    map1(s, y, |v| s.mul_f32s(v, a));
+}
+
+#[inline(always)]
+fn argmax_impl<S: PSimd>(s: S, x: &[f32]) -> usize {
+    // One vectorised pass over chunks, remembering the first chunk whose
+    // maximum is strictly larger than all before it; then a short scalar scan
+    // of that chunk. NaN never compares greater or equal, so it is skipped.
+    const CHUNK: usize = 256;
+    let mut best = f32::NEG_INFINITY;
+    let mut best_chunk = 0;
+    for (c, xc) in x.chunks(CHUNK).enumerate() {
+        let m = max_impl(s, xc);
+        if m > best {
+            best = m;
+            best_chunk = c;
+        }
+    }
+    let start = best_chunk * CHUNK;
+    let end = (start + CHUNK).min(x.len());
+    match x[start..end].iter().position(|&v| v == best) {
+        Some(p) => start + p,
+        // Only when no element exceeds -inf: the first -inf, else 0 (empty or
+        // all NaN).
+        None => x.iter().position(|&v| v == best).unwrap_or(0),
+    }
+}
+
+#[inline(always)]
+fn softmax_impl<S: PSimd>(s: S, x: &mut [f32]) {
+    let m = max_impl(s, x);
+    if m == f32::NEG_INFINITY {
+        // Empty, all -inf (a fully masked row) or all NaN: no mass anywhere.
+        // Zeros rather than NaN so that a masked row contributes nothing.
+        x.fill(0.0);
+        return;
+    }
+    let mv = s.splat_f32s(m);
+    // exp in place, summing as we go (blocked like `reduce1`).
+    let mut total = 0.0f64;
+    for xb in x.chunks_mut(BLOCK) {
+        let (xh, xt) = S::as_mut_simd_f32s(xb);
+        let mut acc0 = s.splat_f32s(0.0);
+        let mut acc1 = acc0;
+        let (x2, x1) = xh.as_chunks_mut::<2>();
+        for v in x2 {
+            v[0] = exp_v(s, s.sub_f32s(v[0], mv));
+            v[1] = exp_v(s, s.sub_f32s(v[1], mv));
+            acc0 = s.add_f32s(acc0, v[0]);
+            acc1 = s.add_f32s(acc1, v[1]);
+        }
+        for v in x1 {
+            *v = exp_v(s, s.sub_f32s(*v, mv));
+            acc0 = s.add_f32s(acc0, *v);
+        }
+        if !xt.is_empty() {
+            // Padding -inf gives exp = 0, so the padded lanes add nothing.
+            let e = exp_v(s, s.sub_f32s(load_tail_fill(s, xt, f32::NEG_INFINITY), mv));
+            s.partial_store_f32s(xt, e);
+            acc1 = s.add_f32s(acc1, e);
+        }
+        total += s.reduce_sum_f32s(s.add_f32s(acc0, acc1)) as f64;
+    }
+    // total >= 1 (the maximum contributes exp(0) = 1), unless m = +inf or a
+    // NaN slipped through, in which case NaN is the honest answer.
+    let inv = (1.0 / total) as f32;
+    scale_impl(s, x, inv);
+}
+
+#[inline(always)]
+fn log_sum_exp_impl<S: PSimd>(s: S, x: &[f32]) -> f32 {
+    let m = max_impl(s, x);
+    if m.is_infinite() {
+        // -inf: empty or all -inf (log 0). +inf: the sum is infinite.
+        return m;
+    }
+    let mv = s.splat_f32s(m);
+    // Tail padded with -inf: exp(-inf - m) = 0 adds nothing.
+    let total = reduce1(s, x, f32::NEG_INFINITY, |v, acc| {
+        s.add_f32s(acc, exp_v(s, s.sub_f32s(v, mv)))
+    });
+    (m as f64 + total.ln()) as f32
+}
+
+#[inline(always)]
+fn rms_norm_impl<S: PSimd>(s: S, x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
+    let ss = reduce1(s, x, 0.0, |v, acc| s.mul_add_e_f32s(v, v, acc));
+    let n = x.len().max(1) as f64;
+    let inv = (1.0 / (ss / n + eps as f64).sqrt()) as f32;
+    let iv = s.splat_f32s(inv);
+    map2_out(s, x, weight, out, |xv, wv| s.mul_f32s(s.mul_f32s(xv, iv), wv));
+}
+
+#[inline(always)]
+fn layer_norm_impl<S: PSimd>(
+    s: S,
+    x: &[f32],
+    weight: &[f32],
+    bias: Option<&[f32]>,
+    eps: f32,
+    out: &mut [f32],
+) {
+    let n = x.len().max(1) as f64;
+    let mean = reduce1(s, x, 0.0, |v, acc| s.add_f32s(v, acc)) / n;
+    let mf = mean as f32;
+    let mv = s.splat_f32s(mf);
+    // Two-pass variance: no cancellation between E[x^2] and E[x]^2. The tail
+    // is padded with the mean itself, so padded lanes add exactly 0.
+    let var_sum = reduce1(s, x, mf, |v, acc| {
+        let d = s.sub_f32s(v, mv);
+        s.mul_add_e_f32s(d, d, acc)
+    });
+    let var = var_sum / n;
+    let inv = (1.0 / (var + eps as f64).sqrt()) as f32;
+    let iv = s.splat_f32s(inv);
+    map2_out(s, x, weight, out, |xv, wv| {
+        s.mul_f32s(s.mul_f32s(s.sub_f32s(xv, mv), iv), wv)
+    });
+    if let Some(b) = bias {
+        add_assign_impl(s, out, b);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// WithSimd plumbing.
+// ---------------------------------------------------------------------------
+
+simd_op!(DotOp { a: &'a [f32], b: &'a [f32] } -> f32 => dot_impl);
+simd_op!(SumOp { x: &'a [f32] } -> f32 => sum_impl);
+simd_op!(MaxOp { x: &'a [f32] } -> f32 => max_impl);
+simd_op!(ArgmaxOp { x: &'a [f32] } -> usize => argmax_impl);
+simd_op!(AxpyOp { alpha: f32, x: &'a [f32], y: &'a mut [f32] } -> () => axpy_impl);
+simd_op!(AddOp { a: &'a [f32], b: &'a [f32], out: &'a mut [f32] } -> () => add_impl);
+simd_op!(AddAssignOp { y: &'a mut [f32], x: &'a [f32] } -> () => add_assign_impl);
+simd_op!(MulAssignOp { y: &'a mut [f32], x: &'a [f32] } -> () => mul_assign_impl);
+simd_op!(ScaleOp { y: &'a mut [f32], alpha: f32 } -> () => scale_impl);
+simd_op!(SoftmaxOp { x: &'a mut [f32] } -> () => softmax_impl);
+simd_op!(LseOp { x: &'a [f32] } -> f32 => log_sum_exp_impl);
+simd_op!(RmsNormOp { x: &'a [f32], weight: &'a [f32], eps: f32, out: &'a mut [f32] } -> () => rms_norm_impl);
+simd_op!(LayerNormOp {
+    x: &'a [f32],
+    weight: &'a [f32],
+    bias: Option<&'a [f32]>,
+    eps: f32,
+    out: &'a mut [f32],
+} -> () => layer_norm_impl);
+
+#[inline(always)]
+fn silu_impl<S: PSimd>(s: S, x: &mut [f32]) {
+    map1(s, x, |v| silu_v(s, v));
+}
+#[inline(always)]
+fn silu_mul_impl<S: PSimd>(s: S, gate: &mut [f32], up: &[f32]) {
+    map2(s, gate, up, |g, u| s.mul_f32s(silu_v(s, g), u));
+}
+#[inline(always)]
+fn gelu_tanh_impl<S: PSimd>(s: S, x: &mut [f32]) {
+    map1(s, x, |v| gelu_tanh_v(s, v));
+}
+#[inline(always)]
+fn gelu_tanh_mul_impl<S: PSimd>(s: S, gate: &mut [f32], up: &[f32]) {
+    map2(s, gate, up, |g, u| s.mul_f32s(gelu_tanh_v(s, g), u));
+}
+#[inline(always)]
+fn gelu_erf_impl<S: PSimd>(s: S, x: &mut [f32]) {
+    map1(s, x, |v| gelu_erf_v(s, v));
+}
+
+simd_op!(SiluOp { x: &'a mut [f32] } -> () => silu_impl);
+simd_op!(SiluMulOp { gate: &'a mut [f32], up: &'a [f32] } -> () => silu_mul_impl);
+simd_op!(GeluTanhOp { x: &'a mut [f32] } -> () => gelu_tanh_impl);
+simd_op!(GeluTanhMulOp { gate: &'a mut [f32], up: &'a [f32] } -> () => gelu_tanh_mul_impl);
+simd_op!(GeluErfOp { x: &'a mut [f32] } -> () => gelu_erf_impl);
+
+// ---------------------------------------------------------------------------
+// Public API.
+// ---------------------------------------------------------------------------
+
+/// `sum_i a[i] * b[i]`. Lengths must match.
+pub fn dot(s: Simd, a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "dot: length mismatch");
+    run!(s, DotOp { a, b })
+}
+
+/// `y[i] += alpha * x[i]`. Lengths must match.
+pub fn axpy(s: Simd, alpha: f32, x: &[f32], y: &mut [f32]) {
+    assert_eq!(x.len(), y.len(), "axpy: length mismatch");
+    run!(s, AxpyOp { alpha, x, y })
+}
+
+/// `out[i] = a[i] + b[i]`. Lengths must match.
+pub fn add(s: Simd, a: &[f32], b: &[f32], out: &mut [f32]) {
+    assert_eq!(a.len(), b.len(), "add: length mismatch");
+    assert_eq!(a.len(), out.len(), "add: output length mismatch");
+    run!(s, AddOp { a, b, out })
+}
+
+/// `y[i] += x[i]`. Lengths must match.
+pub fn add_assign(s: Simd, y: &mut [f32], x: &[f32]) {
+    assert_eq!(y.len(), x.len(), "add_assign: length mismatch");
+    run!(s, AddAssignOp { y, x })
+}
+
+/// `y[i] *= x[i]`. Lengths must match.
+pub fn mul_assign(s: Simd, y: &mut [f32], x: &[f32]) {
+    assert_eq!(y.len(), x.len(), "mul_assign: length mismatch");
+    run!(s, MulAssignOp { y, x })
+}
+
+/// `y[i] *= alpha`.
+pub fn scale(s: Simd, y: &mut [f32], alpha: f32) {
+    run!(s, ScaleOp { y, alpha })
+}
+
+/// `sum_i x[i]` (blocked, f64 across blocks; 0 for empty).
+pub fn sum(s: Simd, x: &[f32]) -> f32 {
+    run!(s, SumOp { x })
+}
+
+/// The largest element, ignoring NaN; `-inf` for an empty (or all-NaN) slice.
+pub fn max(s: Simd, x: &[f32]) -> f32 {
+    run!(s, MaxOp { x })
+}
+
+/// Index of the first occurrence of the largest element, ignoring NaN; 0 for
+/// an empty or all-NaN slice.
+pub fn argmax(s: Simd, x: &[f32]) -> usize {
+    run!(s, ArgmaxOp { x })
+}
+
+/// In-place softmax, `exp(x - max) / sum`. `-inf` entries become exactly 0;
+/// a row that is entirely `-inf` (fully masked) becomes all zeros, not NaN.
+pub fn softmax(s: Simd, x: &mut [f32]) {
+    run!(s, SoftmaxOp { x })
+}
+
+/// `ln(sum_i exp(x[i]))`, computed stably around the maximum; `-inf` for an
+/// empty or all `-inf` slice.
+pub fn log_sum_exp(s: Simd, x: &[f32]) -> f32 {
+    run!(s, LseOp { x })
+}
+
+/// RMSNorm: `out = x / sqrt(mean(x^2) + eps) * weight`. The sum of squares is
+/// accumulated blockwise with an f64 total (see the module docs); elements of
+/// magnitude above ~1e19 overflow the f32 squares. Lengths must match.
+pub fn rms_norm(s: Simd, x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
+    assert_eq!(x.len(), weight.len(), "rms_norm: weight length mismatch");
+    assert_eq!(x.len(), out.len(), "rms_norm: output length mismatch");
+    run!(s, RmsNormOp { x, weight, eps, out })
+}
+
+/// LayerNorm: `out = (x - mean) / sqrt(var + eps) * weight (+ bias)`, with the
+/// biased (population) variance computed in two passes. Lengths must match.
+pub fn layer_norm(
+    s: Simd,
+    x: &[f32],
+    weight: &[f32],
+    bias: Option<&[f32]>,
+    eps: f32,
+    out: &mut [f32],
+) {
+    assert_eq!(x.len(), weight.len(), "layer_norm: weight length mismatch");
+    assert_eq!(x.len(), out.len(), "layer_norm: output length mismatch");
+    if let Some(b) = bias {
+        assert_eq!(x.len(), b.len(), "layer_norm: bias length mismatch");
+    }
+    run!(s, LayerNormOp { x, weight, bias, eps, out })
+}
+
+/// In-place SiLU, `x * sigmoid(x)`; finite for every finite input.
+pub fn silu(s: Simd, x: &mut [f32]) {
+    run!(s, SiluOp { x })
+}
+
+/// Fused SwiGLU: `gate[i] = silu(gate[i]) * up[i]`. Lengths must match.
+pub fn silu_mul(s: Simd, gate: &mut [f32], up: &[f32]) {
+    assert_eq!(gate.len(), up.len(), "silu_mul: length mismatch");
+    run!(s, SiluMulOp { gate, up })
+}
+
+/// In-place GELU, tanh approximation (`gelu_pytorch_tanh`, llama.cpp's `gelu`):
+/// `0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))`.
+pub fn gelu_tanh(s: Simd, x: &mut [f32]) {
+    run!(s, GeluTanhOp { x })
+}
+
+/// In-place exact GELU, `0.5 x (1 + erf(x / sqrt 2))`, relative error about 1e-6.
+pub fn gelu_erf(s: Simd, x: &mut [f32]) {
+    run!(s, GeluErfOp { x })
+}
+
+/// Fused GeGLU: `gate[i] = gelu_tanh(gate[i]) * up[i]`. Lengths must match.
+pub fn gelu_tanh_mul(s: Simd, gate: &mut [f32], up: &[f32]) {
+    assert_eq!(gate.len(), up.len(), "gelu_tanh_mul: length mismatch");
+    run!(s, GeluTanhMulOp { gate, up })
 }
