@@ -46,9 +46,14 @@ impl RopeTable {
     ///
     /// # Panics
     /// If `rot_dim` is zero or odd.
-    pub fn with_freq_scale(rot_dim: usize, base: f64, max_pos: usize, freq_scale: f64) -> RopeTable {
+    pub fn with_freq_scale(
+        rot_dim: usize,
+        base: f64,
+        max_pos: usize,
+        freq_scale: f64,
+    ) -> RopeTable {
         assert!(
-            rot_dim > 0 && rot_dim % 2 == 0,
+            rot_dim > 0 && rot_dim.is_multiple_of(2),
             "RopeTable: rot_dim must be even and > 0, got {rot_dim}"
         );
         let half = rot_dim / 2;
@@ -100,7 +105,14 @@ impl RopeTable {
 /// `pos >= table.max_pos()`, `head_dim < table.rot_dim()` or `x.len()` not a
 /// multiple of `head_dim` are programmer errors: the caller sizes the table
 /// from the context length and checks positions before calling.
-pub fn rope(s: Simd, table: &RopeTable, layout: RopeLayout, x: &mut [f32], head_dim: usize, pos: usize) {
+pub fn rope(
+    s: Simd,
+    table: &RopeTable,
+    layout: RopeLayout,
+    x: &mut [f32],
+    head_dim: usize,
+    pos: usize,
+) {
     assert!(
         pos < table.max_pos,
         "rope: position {pos} outside the table (max_pos {})",
@@ -147,13 +159,14 @@ impl WithSimd for RopeOp<'_> {
             x,
             head_dim,
         } = self;
-        let half = cos.len();
-        for head in x.chunks_exact_mut(head_dim) {
-            let r = &mut head[..2 * half];
-            match layout {
-                RopeLayout::HalfSplit => rope_half_split(s, cos, sin, r),
-                RopeLayout::Interleaved => rope_interleaved(s, cos, sin, r),
+        match layout {
+            RopeLayout::HalfSplit => {
+                let half = cos.len();
+                for head in x.chunks_exact_mut(head_dim) {
+                    rope_half_split(s, cos, sin, &mut head[..2 * half]);
+                }
             }
+            RopeLayout::Interleaved => rope_interleaved(s, cos, sin, x, head_dim),
         }
     }
 }
@@ -189,44 +202,76 @@ fn rope_half_split<S: PSimd>(s: S, cos: &[f32], sin: &[f32], r: &mut [f32]) {
     }
 }
 
+/// Frequencies per chunk of the interleaved path's permuted cos/sin buffers
+/// (a multiple of every register width).
+const CHUNK: usize = 128;
+
 #[inline(always)]
-fn rope_interleaved<S: PSimd>(s: S, cos: &[f32], sin: &[f32], r: &mut [f32]) {
-    // Two registers hold LANES pairs: split them into evens and odds, rotate
-    // like the half-split layout, and interleave back.
-    let (rh, _) = S::as_mut_simd_f32s(r);
-    let (pairs, _) = rh.as_chunks_mut::<2>();
-    let (ch, _) = S::as_simd_f32s(cos);
-    let (sh, _) = S::as_simd_f32s(sin);
-    let mut done = 0;
-    for ((v, &c), &sn) in pairs.iter_mut().zip(ch).zip(sh) {
-        let [e, o] = s.deinterleave_shfl_f32s(*v);
-        let (e2, o2) = rotate(s, e, o, c, sn);
-        *v = s.interleave_shfl_f32s([e2, o2]);
-        done += 1;
+fn rope_interleaved<S: PSimd>(s: S, cos: &[f32], sin: &[f32], x: &mut [f32], head_dim: usize) {
+    let lanes = S::F32_LANES;
+    let half = cos.len();
+    // Two registers hold `lanes` pairs. pulp's deinterleave splits them into
+    // evens and odds, but in a level-specific lane order: lane k of the
+    // output holds pair `perm[k]`. Find `perm` by deinterleaving indices, and
+    // lay cos/sin out in that order once per call (shared by all heads).
+    let mut idx = [0.0f32; 64];
+    for (i, v) in idx.iter_mut().enumerate() {
+        *v = i as f32;
     }
-    // Remaining pairs (fewer than LANES): gather, rotate with the same lane
-    // arithmetic as above (so both layouts give identical bits), scatter.
-    let start = done * S::F32_LANES;
-    let rem = cos.len() - start;
-    if rem > 0 {
+    let (iv, _) = S::as_simd_f32s(&idx[..2 * lanes]);
+    let [pe, _] = s.deinterleave_shfl_f32s([iv[0], iv[1]]);
+    let mut perm = [0.0f32; 64];
+    s.partial_store_f32s(&mut perm[..lanes], pe);
+    let full = half / lanes * lanes;
+    let mut pc = [0.0f32; CHUNK];
+    let mut ps = [0.0f32; CHUNK];
+    for c0 in (0..full).step_by(CHUNK) {
+        let n = CHUNK.min(full - c0);
+        for r in (0..n).step_by(lanes) {
+            for k in 0..lanes {
+                let j = c0 + r + perm[k] as usize / 2;
+                pc[r + k] = cos[j];
+                ps[r + k] = sin[j];
+            }
+        }
+        let (ch, _) = S::as_simd_f32s(&pc[..n]);
+        let (sh, _) = S::as_simd_f32s(&ps[..n]);
+        for head in x.chunks_exact_mut(head_dim) {
+            let (rh, _) = S::as_mut_simd_f32s(&mut head[2 * c0..2 * (c0 + n)]);
+            let (pairs, _) = rh.as_chunks_mut::<2>();
+            for ((v, &c), &sn) in pairs.iter_mut().zip(ch).zip(sh) {
+                let [e, o] = s.deinterleave_shfl_f32s(*v);
+                let (e2, o2) = rotate(s, e, o, c, sn);
+                *v = s.interleave_shfl_f32s([e2, o2]);
+            }
+        }
+    }
+    // Remaining pairs (fewer than `lanes`): gather, rotate with the same lane
+    // arithmetic as the half-split tail (so both layouts give identical
+    // bits), scatter.
+    let rem = half - full;
+    if rem == 0 {
+        return;
+    }
+    for head in x.chunks_exact_mut(head_dim) {
         let mut a = [0.0f32; 64];
         let mut b = [0.0f32; 64];
         for k in 0..rem {
-            a[k] = r[2 * (start + k)];
-            b[k] = r[2 * (start + k) + 1];
+            a[k] = head[2 * (full + k)];
+            b[k] = head[2 * (full + k) + 1];
         }
         let (a2, b2) = rotate(
             s,
             s.partial_load_f32s(&a[..rem]),
             s.partial_load_f32s(&b[..rem]),
-            s.partial_load_f32s(&cos[start..]),
-            s.partial_load_f32s(&sin[start..]),
+            s.partial_load_f32s(&cos[full..]),
+            s.partial_load_f32s(&sin[full..]),
         );
         s.partial_store_f32s(&mut a[..rem], a2);
         s.partial_store_f32s(&mut b[..rem], b2);
         for k in 0..rem {
-            r[2 * (start + k)] = a[k];
-            r[2 * (start + k) + 1] = b[k];
+            head[2 * (full + k)] = a[k];
+            head[2 * (full + k) + 1] = b[k];
         }
     }
 }
