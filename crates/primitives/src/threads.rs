@@ -72,6 +72,12 @@ impl Threads {
     {
         let chunk_len = chunk_len.max(1);
         match &self.pool {
+            // One chunk: waking the pool would cost more than the work saves.
+            Some(_) if out.len() <= chunk_len => {
+                if !out.is_empty() {
+                    f(0, out);
+                }
+            }
             None => {
                 for (i, c) in out.chunks_mut(chunk_len).enumerate() {
                     f(i, c);
@@ -85,6 +91,25 @@ impl Threads {
                         .for_each(|(i, c)| f(i, c))
                 });
             }
+        }
+    }
+}
+
+impl Threads {
+    /// Calls `f(i)` for every `i` in `0..count`, spreading the calls over the pool.
+    ///
+    /// For work whose outputs are not one contiguous slice (e.g. column blocks of a
+    /// row-major matrix); the caller guarantees the calls touch disjoint data.
+    pub fn for_each_index<F>(&self, count: usize, f: F)
+    where
+        F: Fn(usize) + Sync + Send,
+    {
+        match &self.pool {
+            Some(pool) if count > 1 => {
+                use rayon::prelude::*;
+                pool.install(|| (0..count).into_par_iter().for_each(&f));
+            }
+            _ => (0..count).for_each(f),
         }
     }
 }
@@ -110,6 +135,21 @@ mod tests {
                 }
             });
             assert!(out.iter().enumerate().all(|(i, &v)| v == i + 1));
+        }
+    }
+
+    #[test]
+    fn indices_visited_once() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        for n in [1, 2, 3] {
+            let t = Threads::new(n);
+            for count in [0, 1, 7] {
+                let hits: Vec<AtomicUsize> = (0..count).map(|_| AtomicUsize::new(0)).collect();
+                t.for_each_index(count, |i| {
+                    hits[i].fetch_add(1, Ordering::Relaxed);
+                });
+                assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1));
+            }
         }
     }
 }
