@@ -805,3 +805,36 @@ macro_rules! series {
         $crate::series!(@acc $crate::Series<$acc, $next> $(, $rest)*)
     };
 }
+
+/// A borrowed layer is a layer: lets a loop or series use a model it does not
+/// own (`Series<&Model, Sampler>`), so one set of weights serves many pipelines.
+impl<L: Layer + ?Sized> Layer for &L {
+    type State = L::State;
+    const IS_IDENTITY: bool = L::IS_IDENTITY;
+
+    fn in_dim(&self) -> usize {
+        (**self).in_dim()
+    }
+    fn out_dim(&self) -> usize {
+        (**self).out_dim()
+    }
+    fn new_state(&self, cap: Capacity) -> Self::State {
+        (**self).new_state(cap)
+    }
+    fn reset(&self, st: &mut Self::State) {
+        (**self).reset(st)
+    }
+    #[inline]
+    fn forward(
+        &self,
+        x: &Act,
+        y: &mut Act,
+        st: &mut Self::State,
+        ctx: &Ctx<'_>,
+    ) -> Result<(), LayerError> {
+        (**self).forward(x, y, st, ctx)
+    }
+    fn describe(&self) -> Node {
+        (**self).describe()
+    }
+}

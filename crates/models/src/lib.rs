@@ -4,6 +4,7 @@
 //! written as types over `patchbay-blocks`.
 
 pub mod gguf;
+pub mod golden;
 pub mod llama2c;
 pub mod paths;
 pub mod safetensors_file;
