@@ -55,6 +55,68 @@ macro_rules! run {
 // Small generic building blocks.
 // ---------------------------------------------------------------------------
 
+// Lane-wise functions are passed to the loop helpers below as small structs
+// implementing these traits, not as closures: a closure is a separate function
+// without the level's target features, and LLVM does not always inline a large
+// one (one with an `exp` inside) into the vectorised caller, which then calls
+// every intrinsic out of line.
+
+/// A lane-wise function of one register.
+trait F1: Copy {
+    fn call<S: PSimd>(self, s: S, x: S::f32s) -> S::f32s;
+}
+/// A lane-wise function of two registers.
+trait F2: Copy {
+    fn call<S: PSimd>(self, s: S, a: S::f32s, b: S::f32s) -> S::f32s;
+}
+/// A lane-wise function of three registers.
+trait F3: Copy {
+    fn call<S: PSimd>(self, s: S, a: S::f32s, b: S::f32s, c: S::f32s) -> S::f32s;
+}
+
+/// Defines a `Copy` struct with f32 parameters implementing `F1`/`F2`/`F3`.
+macro_rules! lane_fn {
+    ($tr:ident $name:ident { $($p:ident),* } |$s:ident, $($a:ident),+| $body:expr) => {
+        #[derive(Clone, Copy)]
+        struct $name {
+            $($p: f32,)*
+        }
+        impl $tr for $name {
+            #[inline(always)]
+            fn call<S: PSimd>(self, $s: S, $($a: S::f32s),+) -> S::f32s {
+                let $name { $($p,)* } = self;
+                $body
+            }
+        }
+    };
+}
+
+lane_fn!(F2 AddF {} |s, a, b| s.add_f32s(a, b));
+lane_fn!(F2 MulF {} |s, a, b| s.mul_f32s(a, b));
+lane_fn!(F1 ScaleF { alpha } |s, x| s.mul_f32s(x, s.splat_f32s(alpha)));
+lane_fn!(F2 AxpyF { alpha } |s, y, x| s.mul_add_e_f32s(s.splat_f32s(alpha), x, y));
+lane_fn!(F3 FmaF {} |s, a, b, acc| s.mul_add_e_f32s(a, b, acc));
+lane_fn!(F2 SqAccF {} |s, v, acc| s.mul_add_e_f32s(v, v, acc));
+lane_fn!(F2 DevSqAccF { mean } |s, v, acc| {
+    let d = s.sub_f32s(v, s.splat_f32s(mean));
+    s.mul_add_e_f32s(d, d, acc)
+});
+lane_fn!(F2 ExpAccF { m } |s, v, acc| s.add_f32s(acc, exp_v(s, s.sub_f32s(v, s.splat_f32s(m)))));
+lane_fn!(F2 MaxF {} |s, v, acc| {
+    // `select(v > acc, v, acc)` rather than `max_f32s`: its NaN behaviour is
+    // the same at every level (a NaN compares false and is skipped).
+    s.select_f32s(s.greater_than_f32s(v, acc), v, acc)
+});
+lane_fn!(F2 RmsF { inv } |s, x, w| s.mul_f32s(s.mul_f32s(x, s.splat_f32s(inv)), w));
+lane_fn!(F2 LnF { mean, inv } |s, x, w| {
+    s.mul_f32s(s.mul_f32s(s.sub_f32s(x, s.splat_f32s(mean)), s.splat_f32s(inv)), w)
+});
+lane_fn!(F1 SiluF {} |s, x| silu_v(s, x));
+lane_fn!(F2 SiluMulF {} |s, g, u| s.mul_f32s(silu_v(s, g), u));
+lane_fn!(F1 GeluTanhF {} |s, x| gelu_tanh_v(s, x));
+lane_fn!(F2 GeluTanhMulF {} |s, g, u| s.mul_f32s(gelu_tanh_v(s, g), u));
+lane_fn!(F1 GeluErfF {} |s, x| gelu_erf_v(s, x));
+
 /// Loads a tail shorter than one register, padding the missing lanes with `fill`.
 #[inline(always)]
 fn load_tail_fill<S: PSimd>(s: S, tail: &[f32], fill: f32) -> S::f32s {
@@ -67,61 +129,50 @@ fn load_tail_fill<S: PSimd>(s: S, tail: &[f32], fill: f32) -> S::f32s {
 
 /// Applies `f` lane-wise to `y` in place.
 #[inline(always)]
-fn map1<S: PSimd>(s: S, y: &mut [f32], f: impl Fn(S::f32s) -> S::f32s) {
+fn map1<S: PSimd>(s: S, y: &mut [f32], f: impl F1) {
     let (yh, yt) = S::as_mut_simd_f32s(y);
     for v in yh {
-        *v = f(*v);
+        *v = f.call(s, *v);
     }
     if !yt.is_empty() {
-        let v = f(s.partial_load_f32s(yt));
+        let v = f.call(s, s.partial_load_f32s(yt));
         s.partial_store_f32s(yt, v);
     }
 }
 
-/// `y = f(y, x)` lane-wise.
+/// `y = f.call(s, y, x)` lane-wise.
 #[inline(always)]
-fn map2<S: PSimd>(s: S, y: &mut [f32], x: &[f32], f: impl Fn(S::f32s, S::f32s) -> S::f32s) {
+fn map2<S: PSimd>(s: S, y: &mut [f32], x: &[f32], f: impl F2) {
     let (yh, yt) = S::as_mut_simd_f32s(y);
     let (xh, xt) = S::as_simd_f32s(x);
     for (v, &w) in yh.iter_mut().zip(xh) {
-        *v = f(*v, w);
+        *v = f.call(s, *v, w);
     }
     if !yt.is_empty() {
-        let v = f(s.partial_load_f32s(yt), s.partial_load_f32s(xt));
+        let v = f.call(s, s.partial_load_f32s(yt), s.partial_load_f32s(xt));
         s.partial_store_f32s(yt, v);
     }
 }
 
-/// `out = f(a, b)` lane-wise.
+/// `out = f.call(s, a, b)` lane-wise.
 #[inline(always)]
-fn map2_out<S: PSimd>(
-    s: S,
-    a: &[f32],
-    b: &[f32],
-    out: &mut [f32],
-    f: impl Fn(S::f32s, S::f32s) -> S::f32s,
-) {
+fn map2_out<S: PSimd>(s: S, a: &[f32], b: &[f32], out: &mut [f32], f: impl F2) {
     let (oh, ot) = S::as_mut_simd_f32s(out);
     let (ah, at) = S::as_simd_f32s(a);
     let (bh, bt) = S::as_simd_f32s(b);
     for ((o, &x), &y) in oh.iter_mut().zip(ah).zip(bh) {
-        *o = f(x, y);
+        *o = f.call(s, x, y);
     }
     if !ot.is_empty() {
-        let v = f(s.partial_load_f32s(at), s.partial_load_f32s(bt));
+        let v = f.call(s, s.partial_load_f32s(at), s.partial_load_f32s(bt));
         s.partial_store_f32s(ot, v);
     }
 }
 
-/// Blocked reduction of `sum_i f(a_i, b_i)` (see the module docs), with zero
-/// padding of the tail (so `f(0, 0)` must be 0).
+/// Blocked reduction of `sum_i f.call(s, a_i, b_i)` (see the module docs), with zero
+/// padding of the tail (so `f.call(s, 0, 0)` must be 0).
 #[inline(always)]
-fn reduce2<S: PSimd>(
-    s: S,
-    a: &[f32],
-    b: &[f32],
-    f: impl Fn(S::f32s, S::f32s, S::f32s) -> S::f32s,
-) -> f64 {
+fn reduce2<S: PSimd>(s: S, a: &[f32], b: &[f32], f: impl F3) -> f64 {
     let mut total = 0.0f64;
     let zero = s.splat_f32s(0.0);
     let block = BLOCK_REGS * S::F32_LANES;
@@ -132,16 +183,16 @@ fn reduce2<S: PSimd>(
         let (b4, b1) = bh.as_chunks::<4>();
         let mut acc = [zero; 4];
         for (x, y) in a4.iter().zip(b4) {
-            acc[0] = f(x[0], y[0], acc[0]);
-            acc[1] = f(x[1], y[1], acc[1]);
-            acc[2] = f(x[2], y[2], acc[2]);
-            acc[3] = f(x[3], y[3], acc[3]);
+            acc[0] = f.call(s, x[0], y[0], acc[0]);
+            acc[1] = f.call(s, x[1], y[1], acc[1]);
+            acc[2] = f.call(s, x[2], y[2], acc[2]);
+            acc[3] = f.call(s, x[3], y[3], acc[3]);
         }
         for (i, (&x, &y)) in a1.iter().zip(b1).enumerate() {
-            acc[i] = f(x, y, acc[i]);
+            acc[i] = f.call(s, x, y, acc[i]);
         }
         if !at.is_empty() {
-            acc[3] = f(s.partial_load_f32s(at), s.partial_load_f32s(bt), acc[3]);
+            acc[3] = f.call(s, s.partial_load_f32s(at), s.partial_load_f32s(bt), acc[3]);
         }
         let v = s.add_f32s(s.add_f32s(acc[0], acc[1]), s.add_f32s(acc[2], acc[3]));
         total += s.reduce_sum_f32s(v) as f64;
@@ -149,10 +200,10 @@ fn reduce2<S: PSimd>(
     total
 }
 
-/// Blocked reduction of `sum_i f(x_i)`; the tail is padded with `fill`, so
-/// `f(fill, acc)` must return `acc` (up to rounding).
+/// Blocked reduction of `sum_i f.call(s, x_i)`; the tail is padded with `fill`, so
+/// `f.call(s, fill, acc)` must return `acc` (up to rounding).
 #[inline(always)]
-fn reduce1<S: PSimd>(s: S, x: &[f32], fill: f32, f: impl Fn(S::f32s, S::f32s) -> S::f32s) -> f64 {
+fn reduce1<S: PSimd>(s: S, x: &[f32], fill: f32, f: impl F2) -> f64 {
     let mut total = 0.0f64;
     let zero = s.splat_f32s(0.0);
     for xb in x.chunks(BLOCK_REGS * S::F32_LANES) {
@@ -160,13 +211,13 @@ fn reduce1<S: PSimd>(s: S, x: &[f32], fill: f32, f: impl Fn(S::f32s, S::f32s) ->
         let (x4, x1) = xh.as_chunks::<4>();
         let mut acc = [zero; 4];
         for v in x4 {
-            acc[0] = f(v[0], acc[0]);
-            acc[1] = f(v[1], acc[1]);
-            acc[2] = f(v[2], acc[2]);
-            acc[3] = f(v[3], acc[3]);
+            acc[0] = f.call(s, v[0], acc[0]);
+            acc[1] = f.call(s, v[1], acc[1]);
+            acc[2] = f.call(s, v[2], acc[2]);
+            acc[3] = f.call(s, v[3], acc[3]);
         }
         for (i, &v) in x1.iter().enumerate() {
-            acc[i] = f(v, acc[i]);
+            acc[i] = f.call(s, v, acc[i]);
         }
         if !xt.is_empty() {
             let v = if fill == 0.0 {
@@ -174,7 +225,7 @@ fn reduce1<S: PSimd>(s: S, x: &[f32], fill: f32, f: impl Fn(S::f32s, S::f32s) ->
             } else {
                 load_tail_fill(s, xt, fill)
             };
-            acc[3] = f(v, acc[3]);
+            acc[3] = f.call(s, v, acc[3]);
         }
         let v = s.add_f32s(s.add_f32s(acc[0], acc[1]), s.add_f32s(acc[2], acc[3]));
         total += s.reduce_sum_f32s(v) as f64;
@@ -185,26 +236,27 @@ fn reduce1<S: PSimd>(s: S, x: &[f32], fill: f32, f: impl Fn(S::f32s, S::f32s) ->
 /// Largest element, ignoring NaN; `-inf` for an empty or all-NaN slice.
 #[inline(always)]
 fn max_impl<S: PSimd>(s: S, x: &[f32]) -> f32 {
-    // `select(x > acc, x, acc)` rather than `max_f32s`: its NaN behaviour is
-    // the same at every level (a NaN compares false and is skipped).
-    let upd = |v: S::f32s, acc: S::f32s| s.select_f32s(s.greater_than_f32s(v, acc), v, acc);
     let ninf = s.splat_f32s(f32::NEG_INFINITY);
     let (xh, xt) = S::as_simd_f32s(x);
     let (x4, x1) = xh.as_chunks::<4>();
     let mut acc = [ninf; 4];
     for v in x4 {
-        acc[0] = upd(v[0], acc[0]);
-        acc[1] = upd(v[1], acc[1]);
-        acc[2] = upd(v[2], acc[2]);
-        acc[3] = upd(v[3], acc[3]);
+        acc[0] = MaxF {}.call(s, v[0], acc[0]);
+        acc[1] = MaxF {}.call(s, v[1], acc[1]);
+        acc[2] = MaxF {}.call(s, v[2], acc[2]);
+        acc[3] = MaxF {}.call(s, v[3], acc[3]);
     }
     for (i, &v) in x1.iter().enumerate() {
-        acc[i] = upd(v, acc[i]);
+        acc[i] = MaxF {}.call(s, v, acc[i]);
     }
     if !xt.is_empty() {
-        acc[3] = upd(load_tail_fill(s, xt, f32::NEG_INFINITY), acc[3]);
+        acc[3] = MaxF {}.call(s, load_tail_fill(s, xt, f32::NEG_INFINITY), acc[3]);
     }
-    let v = upd(upd(acc[0], acc[1]), upd(acc[2], acc[3]));
+    let v = MaxF {}.call(
+        s,
+        MaxF {}.call(s, acc[0], acc[1]),
+        MaxF {}.call(s, acc[2], acc[3]),
+    );
     s.reduce_max_f32s(v)
 }
 
@@ -362,39 +414,37 @@ fn gelu_erf_v<S: PSimd>(s: S, x: S::f32s) -> S::f32s {
 
 #[inline(always)]
 fn dot_impl<S: PSimd>(s: S, a: &[f32], b: &[f32]) -> f32 {
-    reduce2(s, a, b, |x, y, acc| s.mul_add_e_f32s(x, y, acc)) as f32
+    reduce2(s, a, b, FmaF {}) as f32
 }
 
 #[inline(always)]
 fn sum_impl<S: PSimd>(s: S, x: &[f32]) -> f32 {
-    reduce1(s, x, 0.0, |v, acc| s.add_f32s(v, acc)) as f32
+    reduce1(s, x, 0.0, AddF {}) as f32
 }
 
 #[inline(always)]
 fn axpy_impl<S: PSimd>(s: S, alpha: f32, x: &[f32], y: &mut [f32]) {
-    let a = s.splat_f32s(alpha);
-    map2(s, y, x, |yv, xv| s.mul_add_e_f32s(a, xv, yv));
+    map2(s, y, x, AxpyF { alpha });
 }
 
 #[inline(always)]
 fn add_impl<S: PSimd>(s: S, a: &[f32], b: &[f32], out: &mut [f32]) {
-    map2_out(s, a, b, out, |x, y| s.add_f32s(x, y));
+    map2_out(s, a, b, out, AddF {});
 }
 
 #[inline(always)]
 fn add_assign_impl<S: PSimd>(s: S, y: &mut [f32], x: &[f32]) {
-    map2(s, y, x, |a, b| s.add_f32s(a, b));
+    map2(s, y, x, AddF {});
 }
 
 #[inline(always)]
 fn mul_assign_impl<S: PSimd>(s: S, y: &mut [f32], x: &[f32]) {
-    map2(s, y, x, |a, b| s.mul_f32s(a, b));
+    map2(s, y, x, MulF {});
 }
 
 #[inline(always)]
 fn scale_impl<S: PSimd>(s: S, y: &mut [f32], alpha: f32) {
-    let a = s.splat_f32s(alpha);
-    map1(s, y, |v| s.mul_f32s(v, a));
+    map1(s, y, ScaleF { alpha });
 }
 
 #[inline(always)]
@@ -470,23 +520,17 @@ fn log_sum_exp_impl<S: PSimd>(s: S, x: &[f32]) -> f32 {
         // -inf: empty or all -inf (log 0). +inf: the sum is infinite.
         return m;
     }
-    let mv = s.splat_f32s(m);
     // Tail padded with -inf: exp(-inf - m) = 0 adds nothing.
-    let total = reduce1(s, x, f32::NEG_INFINITY, |v, acc| {
-        s.add_f32s(acc, exp_v(s, s.sub_f32s(v, mv)))
-    });
+    let total = reduce1(s, x, f32::NEG_INFINITY, ExpAccF { m });
     (m as f64 + total.ln()) as f32
 }
 
 #[inline(always)]
 fn rms_norm_impl<S: PSimd>(s: S, x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
-    let ss = reduce1(s, x, 0.0, |v, acc| s.mul_add_e_f32s(v, v, acc));
+    let ss = reduce1(s, x, 0.0, SqAccF {});
     let n = x.len().max(1) as f64;
     let inv = (1.0 / (ss / n + eps as f64).sqrt()) as f32;
-    let iv = s.splat_f32s(inv);
-    map2_out(s, x, weight, out, |xv, wv| {
-        s.mul_f32s(s.mul_f32s(xv, iv), wv)
-    });
+    map2_out(s, x, weight, out, RmsF { inv });
 }
 
 #[inline(always)]
@@ -499,21 +543,14 @@ fn layer_norm_impl<S: PSimd>(
     out: &mut [f32],
 ) {
     let n = x.len().max(1) as f64;
-    let mean = reduce1(s, x, 0.0, |v, acc| s.add_f32s(v, acc)) / n;
+    let mean = reduce1(s, x, 0.0, AddF {}) / n;
     let mf = mean as f32;
-    let mv = s.splat_f32s(mf);
     // Two-pass variance: no cancellation between E[x^2] and E[x]^2. The tail
     // is padded with the mean itself, so padded lanes add exactly 0.
-    let var_sum = reduce1(s, x, mf, |v, acc| {
-        let d = s.sub_f32s(v, mv);
-        s.mul_add_e_f32s(d, d, acc)
-    });
+    let var_sum = reduce1(s, x, mf, DevSqAccF { mean: mf });
     let var = var_sum / n;
     let inv = (1.0 / (var + eps as f64).sqrt()) as f32;
-    let iv = s.splat_f32s(inv);
-    map2_out(s, x, weight, out, |xv, wv| {
-        s.mul_f32s(s.mul_f32s(s.sub_f32s(xv, mv), iv), wv)
-    });
+    map2_out(s, x, weight, out, LnF { mean: mf, inv });
     if let Some(b) = bias {
         add_assign_impl(s, out, b);
     }
@@ -545,23 +582,23 @@ simd_op!(LayerNormOp {
 
 #[inline(always)]
 fn silu_impl<S: PSimd>(s: S, x: &mut [f32]) {
-    map1(s, x, |v| silu_v(s, v));
+    map1(s, x, SiluF {});
 }
 #[inline(always)]
 fn silu_mul_impl<S: PSimd>(s: S, gate: &mut [f32], up: &[f32]) {
-    map2(s, gate, up, |g, u| s.mul_f32s(silu_v(s, g), u));
+    map2(s, gate, up, SiluMulF {});
 }
 #[inline(always)]
 fn gelu_tanh_impl<S: PSimd>(s: S, x: &mut [f32]) {
-    map1(s, x, |v| gelu_tanh_v(s, v));
+    map1(s, x, GeluTanhF {});
 }
 #[inline(always)]
 fn gelu_tanh_mul_impl<S: PSimd>(s: S, gate: &mut [f32], up: &[f32]) {
-    map2(s, gate, up, |g, u| s.mul_f32s(gelu_tanh_v(s, g), u));
+    map2(s, gate, up, GeluTanhMulF {});
 }
 #[inline(always)]
 fn gelu_erf_impl<S: PSimd>(s: S, x: &mut [f32]) {
-    map1(s, x, |v| gelu_erf_v(s, v));
+    map1(s, x, GeluErfF {});
 }
 
 simd_op!(SiluOp { x: &'a mut [f32] } -> () => silu_impl);
