@@ -1,0 +1,91 @@
+//! Decode matrix-vector products on GGML block formats: weight bytes streamed
+//! per second (criterion prints GB/s from `Throughput::Bytes`).
+//!
+//! Quick run: `cargo bench -p patchbay-benches --bench quant -- --warm-up-time 1 --measurement-time 2`
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use patchbay_primitives::quant::{matmul_q, matvec_q, DotMode, QuantizedActs};
+use patchbay_primitives::{DType, MatRef, Simd, Threads};
+
+/// Random blocks with finite, small f16 scales at the format's scale offsets.
+fn weights(dtype: DType, rows: usize, cols: usize) -> Vec<u8> {
+    let n = dtype.bytes_for(rows * cols).expect("whole blocks");
+    let mut state = 0x1234_5678_9abc_def0u64;
+    let mut w: Vec<u8> = (0..n)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect();
+    let offs: &[usize] = match dtype {
+        DType::Q6_K => &[208],
+        DType::Q4_1 | DType::Q5_1 | DType::Q4_K | DType::Q5_K => &[0, 2],
+        _ => &[0],
+    };
+    let scale = half::f16::from_f32(0.01).to_bits().to_le_bytes();
+    for b in w.chunks_exact_mut(dtype.block_bytes()) {
+        for &o in offs {
+            b[o..o + 2].copy_from_slice(&scale);
+        }
+    }
+    w
+}
+
+fn bench_matvec(c: &mut Criterion) {
+    let s = Simd::detect();
+    let cases = [
+        (DType::Q4_1, 576, 1536),
+        (DType::Q8_0, 576, 1536),
+        (DType::Q4_K, 896, 4864),
+        (DType::Q6_K, 896, 4864),
+        (DType::Q5_0, 896, 4864),
+    ];
+    let mut g = c.benchmark_group("matvec_q");
+    for (dtype, rows, cols) in cases {
+        let w = weights(dtype, rows, cols);
+        let x: Vec<f32> = (0..cols).map(|i| (i as f32 * 0.1).sin()).collect();
+        let mut y = vec![0.0f32; rows];
+        let mut scratch = QuantizedActs::with_capacity(cols);
+        g.throughput(Throughput::Bytes(w.len() as u64));
+        for threads in [1, 2] {
+            let t = Threads::new(threads);
+            for mode in [DotMode::Q8, DotMode::Exact] {
+                let id = format!("{dtype}_{rows}x{cols}/{mode:?}/t{threads}");
+                g.bench_function(BenchmarkId::from_parameter(id), |b| {
+                    b.iter(|| {
+                        matvec_q(s, &t, dtype, &w, rows, cols, &x, &mut y, mode, &mut scratch)
+                            .unwrap()
+                    })
+                });
+            }
+        }
+    }
+    g.finish();
+}
+
+fn bench_matmul(c: &mut Criterion) {
+    let s = Simd::detect();
+    let (dtype, rows, cols, m) = (DType::Q4_K, 896, 4864, 64);
+    let w = weights(dtype, rows, cols);
+    let x: Vec<f32> = (0..m * cols).map(|i| (i as f32 * 0.1).sin()).collect();
+    let mut y = vec![0.0f32; m * rows];
+    let mut scratch = Vec::new();
+    let mut g = c.benchmark_group("matmul_q");
+    g.throughput(Throughput::Elements((2 * m * rows * cols) as u64));
+    for threads in [1, 2] {
+        let t = Threads::new(threads);
+        let id = format!("{dtype}_{rows}x{cols}_m{m}/t{threads} (elements = flop)");
+        g.bench_function(BenchmarkId::from_parameter(id), |b| {
+            b.iter(|| {
+                let xm = MatRef::new(&x, m, cols).unwrap();
+                matmul_q(s, &t, dtype, &w, rows, cols, xm, &mut y, &mut scratch).unwrap()
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bench_matvec, bench_matmul);
+criterion_main!(benches);

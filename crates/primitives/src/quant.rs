@@ -1,1 +1,0 @@
-//! GGML block formats (Q4_0 ... Q6_K): views, dequantisation and dot products.

@@ -1,0 +1,448 @@
+//! GGML block formats (Q4_0 ... Q6_K): dequantisation, dot products and the
+//! matrix-vector / matrix products that decoding and prefill run on them.
+//!
+//! Weights stay in GGML's byte layout (read in place from a memory-mapped GGUF
+//! file) and are only ever read through byte slices, since GGUF aligns a tensor
+//! start to 32 bytes at most and blocks are 18, 22, 210 ... bytes long.
+//!
+//! Two kinds of dot product:
+//! - [`dot_row`] ([`DotMode::Exact`]): weights dequantised bit-exactly in
+//!   registers (an L1-resident stretch of 256 at a time) times f32 activations.
+//! - [`dot_row_q8`] ([`DotMode::Q8`]): the activations are quantised once per
+//!   token ([`quantize_acts`]) to int8 blocks and each row is an integer dot
+//!   product with per-block float scales, as llama.cpp's `vec_dot` kernels
+//!   (AVX-512 VNNI, AVX2 `maddubs`, or portable scalar code).
+//!
+//! [`matvec_q`] splits rows over threads in fixed chunks, each output element
+//! reduced entirely by one thread, so results do not depend on the thread count.
+
+mod acts;
+mod blocks;
+mod exact;
+mod int;
+#[cfg(target_arch = "x86_64")]
+mod x86;
+
+pub use acts::{ActsKind, QuantizedActs};
+pub use blocks::{QK, QK_K};
+
+use crate::dtype::DType;
+use crate::error::ShapeError;
+use crate::simd::{Level, Simd};
+use crate::tensor::MatRef;
+use crate::threads::Threads;
+
+/// How [`matvec_q`] multiplies weights with activations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DotMode {
+    /// f32 activations; dequantised weights in f32 (closest to the float model).
+    Exact,
+    /// int8-quantised activations and integer dot products (fastest; what llama.cpp does).
+    #[default]
+    Q8,
+}
+
+/// Rows computed per task by [`matvec_q`]: fixed, so the split never depends on the thread count.
+pub const MATVEC_CHUNK_ROWS: usize = 16;
+
+/// Weight rows dequantised per panel by [`matmul_q`].
+pub const MATMUL_PANEL_ROWS: usize = 64;
+
+fn check_row(dtype: DType, bytes: usize, n: usize, what: &'static str) -> Result<(), ShapeError> {
+    let need = dtype.bytes_for(n).ok_or(ShapeError::Mismatch {
+        what,
+        left: n,
+        right: dtype.block_len(),
+    })?;
+    if bytes != need {
+        return Err(ShapeError::Len {
+            what,
+            expected: need,
+            found: bytes,
+        });
+    }
+    Ok(())
+}
+
+fn check_supported(dtype: DType, what: &'static str) -> Result<(), ShapeError> {
+    if matches!(dtype, DType::I32 | DType::I64) {
+        // Integer tensors are not weights; no dot product is defined on them.
+        return Err(ShapeError::Mismatch {
+            what,
+            left: dtype.ggml_id() as usize,
+            right: 0,
+        });
+    }
+    Ok(())
+}
+
+/// Dequantises a row (or any whole number of blocks) of `dtype` from `src` into
+/// `dst`, bit-exactly as ggml does. Works for every weight format including
+/// F32, F16 and BF16. `dst.len()` values are produced; `src` must hold exactly
+/// their bytes.
+pub fn dequantize_row(dtype: DType, src: &[u8], dst: &mut [f32]) -> Result<(), ShapeError> {
+    dequantize_row_at(Simd::detect(), dtype, src, dst)
+}
+
+/// [`dequantize_row`] compiled for SIMD level `s` (same bits at every level).
+pub fn dequantize_row_at(
+    s: Simd,
+    dtype: DType,
+    src: &[u8],
+    dst: &mut [f32],
+) -> Result<(), ShapeError> {
+    check_supported(dtype, "dequantize_row dtype")?;
+    check_row(dtype, src.len(), dst.len(), "dequantize_row")?;
+    exact::dequant_simd(s, dtype, src, dst);
+    Ok(())
+}
+
+/// Quantises `src` into blocks of `dtype` in `dst`, exactly as ggml's reference
+/// quantisers (`quantize_row_*_ref`). Supported: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0,
+/// F32, F16, BF16 (K-quants need ggml's iterative search and are not provided).
+///
+/// # Panics
+/// When `dtype` is a K-quant, or when the lengths do not match (`src.len()` a
+/// multiple of the block length, `dst.len()` its byte count).
+pub fn quantize_row(dtype: DType, src: &[f32], dst: &mut [u8]) {
+    let bl = dtype.block_len();
+    let bb = dtype.block_bytes();
+    assert!(
+        src.len() % bl == 0 && dst.len() == src.len() / bl * bb,
+        "quantize_row: {} values cannot fill {} bytes of {dtype}",
+        src.len(),
+        dst.len()
+    );
+    let f: fn(&[f32], &mut [u8]) = match dtype {
+        DType::Q4_0 => blocks::quant_q4_0,
+        DType::Q4_1 => blocks::quant_q4_1,
+        DType::Q5_0 => blocks::quant_q5_0,
+        DType::Q5_1 => blocks::quant_q5_1,
+        DType::Q8_0 => blocks::quant_q8_0,
+        DType::F32 => |x, b| b.copy_from_slice(&x[0].to_le_bytes()),
+        DType::F16 => |x, b| b.copy_from_slice(&blocks::f32_to_f16(x[0]).to_le_bytes()),
+        DType::BF16 => |x, b| {
+            b.copy_from_slice(&half::bf16::from_f32(x[0]).to_bits().to_le_bytes());
+        },
+        _ => panic!("quantize_row: quantising to {dtype} is not supported"),
+    };
+    for (x, b) in src.chunks_exact(bl).zip(dst.chunks_exact_mut(bb)) {
+        f(x, b);
+    }
+}
+
+/// Dot product of one weight row (`x.len()` values of `dtype`) with f32 `x`:
+/// the weights are dequantised exactly (in registers / L1) and multiplied in f32.
+///
+/// # Panics
+/// When `row` does not hold exactly `x.len()` values of `dtype` (an internal
+/// invariant: callers check shapes once per matrix).
+pub fn dot_row(s: Simd, dtype: DType, row: &[u8], x: &[f32]) -> f32 {
+    assert_eq!(
+        dtype.bytes_for(x.len()),
+        Some(row.len()),
+        "dot_row: {} bytes of {dtype} vs {} activations",
+        row.len(),
+        x.len()
+    );
+    exact::dot_f32(s, dtype, row, x)
+}
+
+/// Quantises `x` for multiplication with weights of `for_dtype`: Q8_0 blocks of
+/// 32 for Q4_0/Q4_1/Q5_0/Q5_1/Q8_0, Q8_K super-blocks of 256 for the K-quants,
+/// a plain copy for float weights. Reuses `out`'s buffers (no allocation once
+/// they have grown to `x.len()`).
+pub fn quantize_acts(s: Simd, x: &[f32], for_dtype: DType, out: &mut QuantizedActs) {
+    let kind = QuantizedActs::kind_for(for_dtype);
+    struct Op<'a> {
+        x: &'a [f32],
+        kind: ActsKind,
+        out: &'a mut QuantizedActs,
+    }
+    impl pulp::WithSimd for Op<'_> {
+        type Output = ();
+        #[inline(always)]
+        fn with_simd<S: pulp::Simd>(self, _s: S) {
+            // Compiled with the level's features so the block loops vectorise.
+            self.out.quantize_scalar(self.x, self.kind)
+        }
+    }
+    s.vectorize(Op { x, kind, out });
+}
+
+type RowKernel = fn(&[u8], &QuantizedActs) -> f32;
+
+/// The integer kernel for `dtype` at level `s`, if there is a SIMD one.
+fn int_kernel(s: Simd, dtype: DType) -> Option<RowKernel> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        macro_rules! pick {
+            ($m:ident) => {
+                match dtype {
+                    // SAFETY (for each closure): the module's features were checked
+                    // at run time just below, before any of these is returned.
+                    DType::Q4_0 => Some(|r, x| unsafe { x86::$m::dot_q4_0(r, x) }),
+                    DType::Q4_1 => Some(|r, x| unsafe { x86::$m::dot_q4_1(r, x) }),
+                    DType::Q5_0 => Some(|r, x| unsafe { x86::$m::dot_q5_0(r, x) }),
+                    DType::Q5_1 => Some(|r, x| unsafe { x86::$m::dot_q5_1(r, x) }),
+                    DType::Q8_0 => Some(|r, x| unsafe { x86::$m::dot_q8_0(r, x) }),
+                    DType::Q4_K => Some(|r, x| unsafe { x86::$m::dot_q4_k(r, x) }),
+                    DType::Q5_K => Some(|r, x| unsafe { x86::$m::dot_q5_k(r, x) }),
+                    DType::Q6_K => Some(|r, x| unsafe { x86::$m::dot_q6_k(r, x) }),
+                    _ => None,
+                }
+            };
+        }
+        let (vnni, avx2) = features();
+        if s.level() >= Level::Avx512 && vnni {
+            return pick!(vnni);
+        }
+        if s.level() >= Level::Avx2 && avx2 {
+            return pick!(avx2);
+        }
+    }
+    let _ = (s, dtype);
+    None
+}
+
+#[cfg(target_arch = "x86_64")]
+fn features() -> (bool, bool) {
+    static F: std::sync::OnceLock<(bool, bool)> = std::sync::OnceLock::new();
+    *F.get_or_init(|| (x86::has_vnni(), x86::has_avx2()))
+}
+
+/// Which integer kernel [`dot_row_q8`] runs at level `s`: `"vnni"`, `"avx2"` or `"scalar"`.
+pub fn int_kernel_name(s: Simd) -> &'static str {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let (vnni, avx2) = features();
+        if s.level() >= Level::Avx512 && vnni {
+            return "vnni";
+        }
+        if s.level() >= Level::Avx2 && avx2 {
+            return "avx2";
+        }
+    }
+    let _ = s;
+    "scalar"
+}
+
+/// Dot product of one weight row with activations quantised by [`quantize_acts`]
+/// (integer products, per-block float scales). Float weight formats fall back
+/// to the f32 dot product with the copy of `x` kept in `xq`.
+///
+/// # Panics
+/// When `xq` was not quantised for `dtype`'s layout, or `row` does not hold
+/// `xq.len()` values (internal invariants).
+pub fn dot_row_q8(s: Simd, dtype: DType, row: &[u8], xq: &QuantizedActs) -> f32 {
+    assert_eq!(
+        xq.kind,
+        QuantizedActs::kind_for(dtype),
+        "dot_row_q8: activations quantised for another format than {dtype}"
+    );
+    assert_eq!(
+        dtype.bytes_for(xq.n),
+        Some(row.len()),
+        "dot_row_q8: {} bytes of {dtype} vs {} activations",
+        row.len(),
+        xq.n
+    );
+    if xq.kind == ActsKind::F32 {
+        return exact::dot_f32(s, dtype, row, &xq.xf);
+    }
+    match int_kernel(s, dtype) {
+        Some(k) => k(row, xq),
+        None => int::dot_row_q8_scalar(dtype, row, xq),
+    }
+}
+
+/// `y = W · x` for a `rows x cols` weight matrix `w` of `dtype` (row-major, GGML
+/// layout). Rows are split over `threads` in fixed chunks of
+/// [`MATVEC_CHUNK_ROWS`], so `y` is bit-identical for any thread count.
+/// In [`DotMode::Q8`], `x` is quantised once into `scratch`.
+#[allow(clippy::too_many_arguments)]
+pub fn matvec_q(
+    s: Simd,
+    threads: &Threads,
+    dtype: DType,
+    w: &[u8],
+    rows: usize,
+    cols: usize,
+    x: &[f32],
+    y: &mut [f32],
+    mode: DotMode,
+    scratch: &mut QuantizedActs,
+) -> Result<(), ShapeError> {
+    check_supported(dtype, "matvec_q dtype")?;
+    let row_bytes = dtype.bytes_for(cols).ok_or(ShapeError::Mismatch {
+        what: "matvec_q cols vs block length",
+        left: cols,
+        right: dtype.block_len(),
+    })?;
+    let total = rows
+        .checked_mul(row_bytes)
+        .ok_or(ShapeError::Overflow { what: "matvec_q" })?;
+    if w.len() != total {
+        return Err(ShapeError::Len {
+            what: "matvec_q weights (bytes)",
+            expected: total,
+            found: w.len(),
+        });
+    }
+    if x.len() != cols {
+        return Err(ShapeError::Len {
+            what: "matvec_q x",
+            expected: cols,
+            found: x.len(),
+        });
+    }
+    if y.len() != rows {
+        return Err(ShapeError::Len {
+            what: "matvec_q y",
+            expected: rows,
+            found: y.len(),
+        });
+    }
+    if rows == 0 {
+        return Ok(());
+    }
+    let kernel = match mode {
+        DotMode::Q8 if dtype.is_quantized() => {
+            quantize_acts(s, x, dtype, scratch);
+            Some(int_kernel(s, dtype))
+        }
+        _ => None,
+    };
+    let xq: &QuantizedActs = scratch;
+    threads.for_each_chunk(y, MATVEC_CHUNK_ROWS, |ci, yc| {
+        let r0 = ci * MATVEC_CHUNK_ROWS;
+        let wc = &w[r0 * row_bytes..(r0 + yc.len()) * row_bytes];
+        match kernel {
+            None => exact::dot_rows_f32(s, dtype, wc, row_bytes, x, yc),
+            Some(Some(k)) => {
+                for (r, yv) in wc.chunks_exact(row_bytes).zip(yc.iter_mut()) {
+                    *yv = k(r, xq);
+                }
+            }
+            Some(None) => {
+                for (r, yv) in wc.chunks_exact(row_bytes).zip(yc.iter_mut()) {
+                    *yv = int::dot_row_q8_scalar(dtype, r, xq);
+                }
+            }
+        }
+    });
+    Ok(())
+}
+
+/// Prefill product `y (m x rows) = x (m x cols) · Wᵀ` for a `rows x cols`
+/// weight matrix `w` of `dtype`. Panels of [`MATMUL_PANEL_ROWS`] weight rows
+/// are dequantised (exactly) to f32 in `scratch` and multiplied with faer,
+/// one panel per task; the panel split is fixed, so results do not depend on
+/// the thread count. `y` is row-major with `rows` columns.
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_q(
+    s: Simd,
+    threads: &Threads,
+    dtype: DType,
+    w: &[u8],
+    rows: usize,
+    cols: usize,
+    x: MatRef<'_>,
+    y: &mut [f32],
+    scratch: &mut Vec<f32>,
+) -> Result<(), ShapeError> {
+    check_supported(dtype, "matmul_q dtype")?;
+    let row_bytes = dtype.bytes_for(cols).ok_or(ShapeError::Mismatch {
+        what: "matmul_q cols vs block length",
+        left: cols,
+        right: dtype.block_len(),
+    })?;
+    let total = rows
+        .checked_mul(row_bytes)
+        .ok_or(ShapeError::Overflow { what: "matmul_q" })?;
+    if w.len() != total {
+        return Err(ShapeError::Len {
+            what: "matmul_q weights (bytes)",
+            expected: total,
+            found: w.len(),
+        });
+    }
+    if x.cols() != cols {
+        return Err(ShapeError::Mismatch {
+            what: "matmul_q x cols vs weight cols",
+            left: x.cols(),
+            right: cols,
+        });
+    }
+    let m = x.rows();
+    let ylen = m
+        .checked_mul(rows)
+        .ok_or(ShapeError::Overflow { what: "matmul_q y" })?;
+    if y.len() != ylen {
+        return Err(ShapeError::Len {
+            what: "matmul_q y",
+            expected: ylen,
+            found: y.len(),
+        });
+    }
+    if m == 0 || rows == 0 {
+        return Ok(());
+    }
+    let n_slots = threads.count().max(1);
+    let panel = MATMUL_PANEL_ROWS * cols;
+    if scratch.len() < n_slots * panel {
+        scratch.resize(n_slots * panel, 0.0);
+    }
+    let slots: Vec<std::sync::Mutex<&mut [f32]>> = scratch
+        .chunks_mut(panel)
+        .take(n_slots)
+        .map(std::sync::Mutex::new)
+        .collect();
+    let xs = x.as_slice();
+    let xm = faer::MatRef::from_row_major_slice_with_stride(
+        &xs[..(m - 1) * x.stride() + cols],
+        m,
+        cols,
+        x.stride(),
+    );
+    let ym = faer::MatMut::from_row_major_slice_mut(y, m, rows);
+    let work = |p: usize, mut yp: faer::MatMut<'_, f32>| {
+        let r0 = p * MATMUL_PANEL_ROWS;
+        let nr = yp.ncols();
+        let slot = rayon::current_thread_index().unwrap_or(0) % n_slots;
+        let mut guard = slots[slot].lock().unwrap_or_else(|e| e.into_inner());
+        let buf = &mut guard[..nr * cols];
+        exact::dequant_simd(s, dtype, &w[r0 * row_bytes..(r0 + nr) * row_bytes], buf);
+        let wp = faer::MatRef::from_row_major_slice(&buf[..], nr, cols);
+        faer::linalg::matmul::matmul(
+            yp.as_mut(),
+            faer::Accum::Replace,
+            xm,
+            wp.transpose(),
+            1.0f32,
+            faer::Par::Seq,
+        );
+    };
+    match threads.pool() {
+        None => {
+            let mut rest = ym;
+            let mut p = 0;
+            while rest.ncols() > 0 {
+                let k = rest.ncols().min(MATMUL_PANEL_ROWS);
+                let (a, b) = rest.split_at_col_mut(k);
+                work(p, a);
+                rest = b;
+                p += 1;
+            }
+        }
+        Some(pool) => {
+            use rayon::prelude::*;
+            pool.install(|| {
+                ym.par_col_chunks_mut(MATMUL_PANEL_ROWS)
+                    .enumerate()
+                    .for_each(|(p, yp)| work(p, yp))
+            });
+        }
+    }
+    Ok(())
+}
