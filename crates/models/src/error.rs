@@ -1,0 +1,171 @@
+//! Errors raised while reading weight files and configs.
+//!
+//! Every variant names the file; those about a tensor or a metadata key name it
+//! too, and checks say what was expected and what was found.
+
+use std::path::PathBuf;
+
+/// Reading a model file failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    /// The operating system refused to open, stat or map the file.
+    #[error("{path}: {source}", path = path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file ends before a structure its header announces.
+    #[error("{path}: truncated: {what} needs bytes up to {needed}, but the file has {file_len}", path = path.display())]
+    Truncated {
+        /// The file.
+        path: PathBuf,
+        /// What was being read.
+        what: String,
+        /// Byte offset the structure ends at.
+        needed: u64,
+        /// Length of the file.
+        file_len: u64,
+    },
+    /// The file does not start with the format's magic bytes.
+    #[error("{path}: not a {format} file: expected magic {expected:?}, found {found:?}", path = path.display())]
+    BadMagic {
+        /// The file.
+        path: PathBuf,
+        /// The format looked for.
+        format: &'static str,
+        /// The expected magic.
+        expected: String,
+        /// What the file holds instead.
+        found: String,
+    },
+    /// A format version this reader does not implement.
+    #[error("{path}: unsupported {format} version {found} (supported: {supported})", path = path.display())]
+    UnsupportedVersion {
+        /// The file.
+        path: PathBuf,
+        /// The format.
+        format: &'static str,
+        /// The version in the file.
+        found: u64,
+        /// The versions this reader supports.
+        supported: &'static str,
+    },
+    /// A header field holds an impossible value (counts, lengths, types, JSON).
+    #[error("{path}: corrupt header: {what}: {detail}", path = path.display())]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// Which field.
+        what: String,
+        /// Expected vs found.
+        detail: String,
+    },
+    /// A tensor's element type is unknown or not supported.
+    #[error("{path}: tensor '{tensor}': unsupported element type {found}", path = path.display())]
+    UnsupportedType {
+        /// The file.
+        path: PathBuf,
+        /// The tensor.
+        tensor: String,
+        /// The type as the file names it (GGML id or safetensors dtype).
+        found: String,
+    },
+    /// A tensor's extent is invalid: out of the file, overlapping another,
+    /// misaligned, or its byte count overflows.
+    #[error("{path}: tensor '{tensor}': {detail}", path = path.display())]
+    BadTensor {
+        /// The file.
+        path: PathBuf,
+        /// The tensor.
+        tensor: String,
+        /// Expected vs found.
+        detail: String,
+    },
+    /// A tensor the model needs is not in the file.
+    #[error("{path}: tensor '{tensor}' not found", path = path.display())]
+    MissingTensor {
+        /// The file.
+        path: PathBuf,
+        /// The tensor (canonical or file name).
+        tensor: String,
+    },
+    /// A tensor's shape disagrees with the hyper-parameters.
+    #[error("{path}: tensor '{tensor}': expected shape {expected:?}, found {found:?}", path = path.display())]
+    ShapeMismatch {
+        /// The file.
+        path: PathBuf,
+        /// The tensor.
+        tensor: String,
+        /// Shape the hyper-parameters imply (row-major).
+        expected: Vec<usize>,
+        /// Shape in the file (row-major).
+        found: Vec<usize>,
+    },
+    /// A metadata or config key is absent.
+    #[error("{path}: key '{key}' not found", path = path.display())]
+    MissingKey {
+        /// The file.
+        path: PathBuf,
+        /// The key.
+        key: String,
+    },
+    /// A metadata or config key holds a value of another type or out of range.
+    #[error("{path}: key '{key}': expected {expected}, found {found}", path = path.display())]
+    WrongType {
+        /// The file.
+        path: PathBuf,
+        /// The key.
+        key: String,
+        /// What the reader wanted.
+        expected: &'static str,
+        /// What the file holds.
+        found: String,
+    },
+    /// The file is valid but describes something patchbay does not handle.
+    #[error("{path}: unsupported: {detail}", path = path.display())]
+    Unsupported {
+        /// The file.
+        path: PathBuf,
+        /// What is not supported.
+        detail: String,
+    },
+}
+
+impl ModelError {
+    /// An [`ModelError::Io`] for `path`.
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> ModelError {
+        ModelError::Io {
+            path: path.into(),
+            source,
+        }
+    }
+
+    /// A [`ModelError::Corrupt`] for `path`.
+    pub fn corrupt(
+        path: impl Into<PathBuf>,
+        what: impl Into<String>,
+        detail: impl Into<String>,
+    ) -> ModelError {
+        ModelError::Corrupt {
+            path: path.into(),
+            what: what.into(),
+            detail: detail.into(),
+        }
+    }
+
+    /// A [`ModelError::BadTensor`] for `path`.
+    pub fn bad_tensor(
+        path: impl Into<PathBuf>,
+        tensor: impl Into<String>,
+        detail: impl Into<String>,
+    ) -> ModelError {
+        ModelError::BadTensor {
+            path: path.into(),
+            tensor: tensor.into(),
+            detail: detail.into(),
+        }
+    }
+}
