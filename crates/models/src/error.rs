@@ -132,6 +132,34 @@ pub enum ModelError {
         /// What is not supported.
         detail: String,
     },
+    /// A block rejected a tensor while the model was being built.
+    #[error("{path}: tensor '{tensor}': {source}", path = path.display())]
+    Block {
+        /// The file.
+        path: PathBuf,
+        /// The tensor or block.
+        tensor: String,
+        /// What the block said.
+        #[source]
+        source: patchbay_blocks::BlockError,
+    },
+    /// A forward pass failed (context full, token out of range, ...).
+    #[error(transparent)]
+    Layer(#[from] patchbay_combinators::LayerError),
+    /// A sequence would not fit the KV cache.
+    #[error("the sequence needs {needed} positions but the context holds {max_context}; use a shorter prompt or a larger --max-context (up to the model's limit)")]
+    ContextFull {
+        /// Positions needed.
+        needed: usize,
+        /// Positions available.
+        max_context: usize,
+    },
+    /// Generation needs at least one prompt token.
+    #[error("the prompt is empty: there is no token to continue from")]
+    EmptyPrompt,
+    /// A request that cannot be met as given.
+    #[error("{0}")]
+    Usage(String),
 }
 
 impl ModelError {

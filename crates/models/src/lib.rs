@@ -6,6 +6,7 @@
 pub mod error;
 pub mod gguf;
 pub mod golden;
+pub mod llama;
 pub mod llama2c;
 pub mod paths;
 pub mod safetensors_file;

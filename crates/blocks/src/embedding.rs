@@ -1,0 +1,110 @@
+//! [`Embedding`]: token ids to vectors, reading (quantised) rows in place.
+
+use patchbay_combinators::{check_in, Capacity, Ctx, Layer, LayerError, Node};
+use patchbay_primitives::{kernels, quant, Act, Tensor};
+
+use crate::BlockError;
+
+/// Looks up rows of a `vocab x dim` table. Input rows hold one token id each (as
+/// f32, exact below 2^24); each is dequantised straight from the table.
+/// An optional scale multiplies the result (Gemma scales by `sqrt(dim)`).
+///
+/// ```
+/// use patchbay_blocks::Embedding;
+/// use patchbay_combinators::{Capacity, Ctx, Layer};
+/// use patchbay_primitives::{Act, Simd, Tensor, Threads};
+/// let table = Tensor::from_f32(&[0.0, 0.1, 1.0, 1.1, 2.0, 2.1], vec![3, 2]).unwrap();
+/// let emb = Embedding::new(table).unwrap();
+/// let threads = Threads::single();
+/// let ctx = Ctx::new(Simd::detect(), &threads);
+/// let ids = Act::from_vec(2, 1, vec![2.0, 0.0]).unwrap();
+/// let y = emb.apply(&ids, &mut (), &ctx).unwrap();
+/// assert_eq!(y.as_slice(), &[2.0, 2.1, 0.0, 0.1]);
+/// // An id outside the vocabulary is an error, not a panic.
+/// assert!(emb.apply(&Act::from_vec(1, 1, vec![3.0]).unwrap(), &mut (), &ctx).is_err());
+/// ```
+#[derive(Debug, Clone)]
+pub struct Embedding {
+    table: Tensor,
+    vocab: usize,
+    dim: usize,
+    scale: Option<f32>,
+}
+
+impl Embedding {
+    /// An embedding over `table` (`vocab x dim`, any dtype).
+    pub fn new(table: Tensor) -> Result<Embedding, BlockError> {
+        let shape = table.shape();
+        if shape.len() != 2 {
+            return Err(BlockError::Shape {
+                what: "Embedding table must be 2-D",
+                expected: vec![0, 0],
+                found: shape.to_vec(),
+            });
+        }
+        Ok(Embedding {
+            vocab: shape[0],
+            dim: shape[1],
+            table,
+            scale: None,
+        })
+    }
+
+    /// Multiplies every embedding by `scale`.
+    pub fn with_scale(mut self, scale: Option<f32>) -> Embedding {
+        self.scale = scale;
+        self
+    }
+
+    /// The table.
+    pub fn table(&self) -> &Tensor {
+        &self.table
+    }
+
+    /// Vocabulary size.
+    pub fn vocab(&self) -> usize {
+        self.vocab
+    }
+}
+
+impl Layer for Embedding {
+    type State = ();
+
+    fn in_dim(&self) -> usize {
+        1
+    }
+    fn out_dim(&self) -> usize {
+        self.dim
+    }
+    fn new_state(&self, _cap: Capacity) {}
+    fn forward(&self, x: &Act, y: &mut Act, _: &mut (), ctx: &Ctx<'_>) -> Result<(), LayerError> {
+        check_in("Embedding", 1, x)?;
+        y.reshape(x.rows(), self.dim);
+        let row_bytes = self.table.bytes().len() / self.vocab.max(1);
+        for r in 0..x.rows() {
+            let id = x.row(r)[0];
+            if !(id >= 0.0 && (id as usize) < self.vocab && id.fract() == 0.0) {
+                return Err(LayerError::TokenOutOfRange {
+                    layer: "Embedding",
+                    id,
+                    vocab: self.vocab,
+                });
+            }
+            let i = id as usize;
+            let src = &self.table.bytes()[i * row_bytes..(i + 1) * row_bytes];
+            let out = y.row_mut(r);
+            quant::dequantize_row(self.table.dtype(), src, out)?;
+            if let Some(s) = self.scale {
+                kernels::scale(ctx.simd, out, s);
+            }
+        }
+        Ok(())
+    }
+    fn describe(&self) -> Node {
+        Node::leaf("Embedding", 1, self.dim, (self.vocab * self.dim) as u64).with_detail(format!(
+            "vocab={} {}",
+            self.vocab,
+            self.table.dtype()
+        ))
+    }
+}

@@ -1,0 +1,291 @@
+//! [`Linear`]: `y = W x + b` over any weight format, read in place.
+
+use patchbay_combinators::{check_in, Capacity, Ctx, Layer, LayerError, Node, Rows};
+use patchbay_primitives::quant::{self, DotMode, QuantizedActs};
+use patchbay_primitives::{kernels, matmul, Act, DType, MatRef, ShapeError, Tensor};
+
+use crate::BlockError;
+
+/// A dense projection `y = W x (+ b)`; `W` is `out x in` (rows are output
+/// features, as in GGUF and `nn.Linear`), in any [`DType`] — f32, f16, bf16 or a
+/// GGML block format — and stays in the memory map.
+///
+/// One row (decoding) runs a threaded matrix-vector product streaming the
+/// weights once; several rows (a prompt) run a matrix product.
+///
+/// ```
+/// use patchbay_blocks::Linear;
+/// use patchbay_combinators::{Capacity, Ctx, Layer};
+/// use patchbay_primitives::{Act, Simd, Tensor, Threads};
+/// // 2 outputs from 3 inputs: [[1,0,0],[0,1,1]] plus bias [0.5, 0].
+/// let w = Tensor::from_f32(&[1.0, 0.0, 0.0, 0.0, 1.0, 1.0], vec![2, 3]).unwrap();
+/// let lin = Linear::new(w, Some(vec![0.5, 0.0])).unwrap();
+/// let threads = Threads::single();
+/// let ctx = Ctx::new(Simd::detect(), &threads);
+/// let x = Act::from_vec(1, 3, vec![2.0, 3.0, 4.0]).unwrap();
+/// let y = lin.apply(&x, &mut lin.new_state(Capacity::new(1, 1)), &ctx).unwrap();
+/// assert_eq!(y.as_slice(), &[2.5, 7.0]);
+/// ```
+#[derive(Debug, Clone)]
+pub struct Linear {
+    weight: Tensor,
+    bias: Option<Vec<f32>>,
+    out_dim: usize,
+    in_dim: usize,
+    mode: DotMode,
+    name: &'static str,
+}
+
+/// Scratch of a [`Linear`]: quantised activations and a dequantised weight panel.
+#[derive(Debug, Default)]
+pub struct LinearState {
+    acts: QuantizedActs,
+    panel: Vec<f32>,
+}
+
+impl Linear {
+    /// A projection with weight `out x in` and an optional bias of `out` values.
+    pub fn new(weight: Tensor, bias: Option<Vec<f32>>) -> Result<Linear, BlockError> {
+        let shape = weight.shape();
+        if shape.len() != 2 {
+            return Err(BlockError::Shape {
+                what: "Linear weight must be 2-D",
+                expected: vec![0, 0],
+                found: shape.to_vec(),
+            });
+        }
+        let (out_dim, in_dim) = (shape[0], shape[1]);
+        if let Some(b) = &bias {
+            if b.len() != out_dim {
+                return Err(BlockError::Shape {
+                    what: "Linear bias",
+                    expected: vec![out_dim],
+                    found: vec![b.len()],
+                });
+            }
+        }
+        if matches!(weight.dtype(), DType::I32 | DType::I64) {
+            return Err(BlockError::DType {
+                what: "Linear weight",
+                found: weight.dtype(),
+            });
+        }
+        // An f32 weight that is not 4-byte aligned in its file is copied once.
+        let weight = if weight.dtype() == DType::F32 && weight.as_f32().is_none() {
+            let v: Vec<f32> = weight
+                .bytes()
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect();
+            Tensor::from_f32(&v, vec![out_dim, in_dim])?
+        } else {
+            weight
+        };
+        Ok(Linear {
+            weight,
+            bias,
+            out_dim,
+            in_dim,
+            mode: DotMode::Exact,
+            name: "Linear",
+        })
+    }
+
+    /// Chooses how quantised weights meet activations: exact f32 math or int8
+    /// activations with integer dot products (faster, as llama.cpp does).
+    pub fn with_mode(mut self, mode: DotMode) -> Linear {
+        self.mode = mode;
+        self
+    }
+
+    /// A display name for the graph (`attn_q`, `ffn_up`, ...).
+    pub fn named(mut self, name: &'static str) -> Linear {
+        self.name = name;
+        self
+    }
+
+    /// Output features (usable before the `Layer` trait is in scope).
+    pub fn out_dim_hint(&self) -> usize {
+        self.out_dim
+    }
+
+    /// The weight tensor.
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+
+    /// The bias, if any.
+    pub fn bias(&self) -> Option<&[f32]> {
+        self.bias.as_deref()
+    }
+
+    /// Computes rows `x` (each `in_dim`) into `y` (`rows x out_dim`).
+    pub(crate) fn project(
+        &self,
+        x: MatRef<'_>,
+        y: &mut [f32],
+        st: &mut LinearState,
+        ctx: &Ctx<'_>,
+    ) -> Result<(), ShapeError> {
+        let w = &self.weight;
+        let (m, n, k) = (x.rows(), self.out_dim, self.in_dim);
+        match (w.as_f32(), m) {
+            (Some(wf), 1) => {
+                matmul::matvec(ctx.simd, ctx.threads, MatRef::new(wf, n, k)?, x.row(0), y)?
+            }
+            (Some(wf), _) => matmul::matmul(ctx.simd, ctx.threads, x, MatRef::new(wf, n, k)?, y)?,
+            (None, 1) if w.dtype().is_quantized() => quant::matvec_q(
+                ctx.simd,
+                ctx.threads,
+                w.dtype(),
+                w.bytes(),
+                n,
+                k,
+                x.row(0),
+                y,
+                self.mode,
+                &mut st.acts,
+            )?,
+            (None, _) => quant::matmul_q(
+                ctx.simd,
+                ctx.threads,
+                w.dtype(),
+                w.bytes(),
+                n,
+                k,
+                x,
+                y,
+                &mut st.panel,
+            )?,
+        }
+        if let Some(b) = &self.bias {
+            for row in y.chunks_exact_mut(n) {
+                kernels::add_assign(ctx.simd, row, b);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Layer for Linear {
+    type State = LinearState;
+
+    fn in_dim(&self) -> usize {
+        self.in_dim
+    }
+    fn out_dim(&self) -> usize {
+        self.out_dim
+    }
+    fn new_state(&self, cap: Capacity) -> LinearState {
+        let mut st = LinearState::default();
+        if !self.weight.dtype().is_quantized() && self.weight.dtype() != DType::F32 {
+            st.panel.reserve(64 * self.in_dim);
+        }
+        let _ = cap;
+        st
+    }
+    fn forward(
+        &self,
+        x: &Act,
+        y: &mut Act,
+        st: &mut LinearState,
+        ctx: &Ctx<'_>,
+    ) -> Result<(), LayerError> {
+        check_in(self.name, self.in_dim, x)?;
+        y.reshape(x.rows(), self.out_dim);
+        self.project(x.view(), y.as_mut_slice(), st, ctx)?;
+        Ok(())
+    }
+    fn describe(&self) -> Node {
+        let params = (self.in_dim * self.out_dim + self.bias.as_ref().map_or(0, Vec::len)) as u64;
+        let bias = if self.bias.is_some() { " +bias" } else { "" };
+        Node::leaf(self.name, self.in_dim, self.out_dim, params)
+            .with_detail(format!("{}{bias}", self.weight.dtype()))
+    }
+}
+
+/// The language-model head: a [`Linear`] to vocabulary logits that computes
+/// only the last row when the caller asks for [`Rows::Last`], with optional
+/// final logit soft-capping (`cap * tanh(logit / cap)`).
+///
+/// ```
+/// use patchbay_blocks::{Linear, LmHead};
+/// use patchbay_combinators::{Capacity, Ctx, Layer, Rows};
+/// use patchbay_primitives::{Act, Simd, Tensor, Threads};
+/// let w = Tensor::from_f32(&[1.0, 0.0, 0.0, 1.0, 1.0, 1.0], vec![3, 2]).unwrap();
+/// let head = LmHead::new(Linear::new(w, None).unwrap());
+/// let threads = Threads::single();
+/// let ctx = Ctx::new(Simd::detect(), &threads).with_rows(Rows::Last);
+/// let x = Act::from_vec(2, 2, vec![9.0, 9.0, 1.0, 2.0]).unwrap();
+/// let y = head.apply(&x, &mut head.new_state(Capacity::new(2, 2)), &ctx).unwrap();
+/// assert_eq!(y.as_slice(), &[1.0, 2.0, 3.0]); // the last row only
+/// ```
+#[derive(Debug, Clone)]
+pub struct LmHead {
+    linear: Linear,
+    softcap: Option<f32>,
+}
+
+impl LmHead {
+    /// A head over `linear` (vocab x width).
+    pub fn new(linear: Linear) -> LmHead {
+        LmHead {
+            linear: linear.named("lm_head"),
+            softcap: None,
+        }
+    }
+
+    /// Applies `cap * tanh(logit / cap)` to the logits.
+    pub fn with_softcap(mut self, cap: Option<f32>) -> LmHead {
+        self.softcap = cap;
+        self
+    }
+
+    /// The projection.
+    pub fn linear(&self) -> &Linear {
+        &self.linear
+    }
+}
+
+impl Layer for LmHead {
+    type State = LinearState;
+
+    fn in_dim(&self) -> usize {
+        self.linear.in_dim
+    }
+    fn out_dim(&self) -> usize {
+        self.linear.out_dim
+    }
+    fn new_state(&self, cap: Capacity) -> LinearState {
+        self.linear.new_state(cap)
+    }
+    fn forward(
+        &self,
+        x: &Act,
+        y: &mut Act,
+        st: &mut LinearState,
+        ctx: &Ctx<'_>,
+    ) -> Result<(), LayerError> {
+        check_in("lm_head", self.linear.in_dim, x)?;
+        let first = match ctx.rows {
+            Rows::All => 0,
+            Rows::Last => x.rows().saturating_sub(1),
+        };
+        let rows = x.rows() - first;
+        let k = self.linear.in_dim;
+        let view = MatRef::new(&x.as_slice()[first * k..], rows, k)?;
+        y.reshape(rows, self.linear.out_dim);
+        self.linear.project(view, y.as_mut_slice(), st, ctx)?;
+        if let Some(cap) = self.softcap {
+            for v in y.as_mut_slice() {
+                *v = cap * (*v / cap).tanh();
+            }
+        }
+        Ok(())
+    }
+    fn describe(&self) -> Node {
+        let mut n = self.linear.describe();
+        n.name = "LmHead".into();
+        n
+    }
+}

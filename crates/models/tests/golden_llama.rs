@@ -1,0 +1,108 @@
+//! The Llama-family models against `../shared/golden`, by the five rules of its
+//! README (measured against the `exact` answers).
+
+use std::path::PathBuf;
+
+use patchbay_blocks::{Sampler, SamplerConfig};
+use patchbay_combinators::{Capacity, Ctx, Layer, Loop, Series, Step};
+use patchbay_models::golden::{self, GoldenCase};
+use patchbay_models::llama::{self, BuildOptions};
+use patchbay_models::paths;
+use patchbay_models::source::ModelSource;
+use patchbay_primitives::quant::DotMode;
+use patchbay_primitives::{Act, Simd, Threads};
+
+fn model_path(name: &str) -> PathBuf {
+    paths::resolve_model(name).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn cases(name: &str) -> Vec<(String, GoldenCase)> {
+    let m = paths::known(name).unwrap();
+    let dir = paths::golden_dir(m);
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e} (set PATCHBAY_SHARED to the shared folder)", dir.display()))
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    files.sort();
+    assert!(!files.is_empty(), "no golden cases in {}", dir.display());
+    files
+        .into_iter()
+        .map(|p| {
+            let name = p.file_stem().unwrap().to_string_lossy().into_owned();
+            (name, GoldenCase::load(&p).unwrap())
+        })
+        .collect()
+}
+
+/// Runs every golden case of `name` through the model with golden token ids;
+/// returns the reports.
+fn run_model(name: &str, mode: DotMode, threads: usize) -> Vec<(String, golden::GoldenReport)> {
+    let source = ModelSource::open(model_path(name)).unwrap();
+    let opts = BuildOptions { dot_mode: mode, max_context: 512 };
+    let model = llama::build(&source, &opts).unwrap();
+    let threads = Threads::new(threads);
+    let ctx = Ctx::new(Simd::detect(), &threads);
+    let mut out = Vec::new();
+    for (case_name, case) in cases(name) {
+        let toks = &case.tokens;
+        let cap = Capacity::new(toks.len().max(1), 512);
+        let mut st = model.net.new_state(cap);
+        let x = Act::from_vec(toks.len(), 1, toks.iter().map(|&t| t as f32).collect()).unwrap();
+        let logits = model.net.apply(&x, &mut st, &ctx).unwrap();
+        let rows: Vec<Vec<f32>> = (0..toks.len()).map(|i| logits.row(i).to_vec()).collect();
+        // Greedy continuation through the autoregressive Loop.
+        let n = case.exact.greedy.len();
+        let sampler = Sampler::new(model.config.vocab, SamplerConfig::greedy()).unwrap();
+        let decoder = Loop::autoregressive(Series::new(&model.net, sampler), n);
+        let mut dst = decoder.new_state(cap);
+        let mut greedy = Vec::new();
+        decoder
+            .run(&x, &mut dst, &ctx, n, |_, row| {
+                greedy.push(row[0] as u32);
+                Step::Continue
+            })
+            .unwrap();
+        let report = golden::check(&case, toks, &rows, &greedy);
+        eprintln!(
+            "{name}/{case_name} ({mode:?}): mean KL {:.3e} (bound {:.1e}), worst |dlogprob| {:.4} (bound {:.3}), greedy checked {} steps",
+            report.mean_kl, report.kl_bound, report.max_abs_logprob, report.logprob_bound, report.greedy_checked
+        );
+        out.push((case_name, report));
+    }
+    out
+}
+
+fn assert_agrees(name: &str, mode: DotMode) {
+    let reports = run_model(name, mode, 2);
+    let failures: Vec<String> = reports
+        .iter()
+        .flat_map(|(c, r)| r.failures.iter().map(move |f| format!("{name}/{c}: {f}")))
+        .collect();
+    assert!(failures.is_empty(), "golden disagreements:\n{}", failures.join("\n"));
+}
+
+#[test]
+fn stories260k_agrees_with_golden() {
+    assert_agrees("stories260k", DotMode::Exact);
+}
+
+#[test]
+fn smollm2_agrees_with_golden_exact() {
+    assert_agrees("smollm2-135m", DotMode::Exact);
+}
+
+#[test]
+fn smollm2_agrees_with_golden_q8() {
+    assert_agrees("smollm2-135m", DotMode::Q8);
+}
+
+#[test]
+fn qwen25_agrees_with_golden_exact() {
+    assert_agrees("qwen2.5-0.5b", DotMode::Exact);
+}
+
+#[test]
+fn qwen25_agrees_with_golden_q8() {
+    assert_agrees("qwen2.5-0.5b", DotMode::Q8);
+}
