@@ -1,6 +1,9 @@
 //! f32 kernel throughput at 4096 elements (a typical hidden size / attention
 //! row): the detected SIMD level and scalar for comparison.
 
+// `criterion_group!` generates an undocumented public function.
+#![allow(missing_docs)]
+
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use patchbay_primitives::kernels;
 use patchbay_primitives::Simd;
