@@ -713,7 +713,7 @@ fn hf_hparams(ckpt: &Checkpoint, c: &HfConfig) -> Result<HParams, ModelError> {
         sliding_window: sliding,
         sliding_window_pattern: c.opt_usize("sliding_window_pattern")?,
         causal: !bert,
-        tied_embeddings: ckpt.tensor_info("lm_head.weight").is_none(),
+        tied_embeddings: !bert && ckpt.tensor_info("lm_head.weight").is_none(),
         norm_weight_offset: if gemma { 1.0 } else { 0.0 },
         arch,
     })
