@@ -145,8 +145,16 @@ pub fn run(args: &InspectArgs) -> anyhow::Result<()> {
         }
     );
     println!("tensors ({}):", tensors.len());
-    let w = tensors.iter().map(|t| t.name.len()).max().unwrap_or(4).max(4);
-    println!("  {:<w$}  {:<5}  {:<20}  {:>12}", "name", "dtype", "shape", "bytes");
+    let w = tensors
+        .iter()
+        .map(|t| t.name.len())
+        .max()
+        .unwrap_or(4)
+        .max(4);
+    println!(
+        "  {:<w$}  {:<5}  {:<20}  {:>12}",
+        "name", "dtype", "shape", "bytes"
+    );
     for t in &tensors {
         println!(
             "  {:<w$}  {:<5}  {:<20}  {:>12}",
