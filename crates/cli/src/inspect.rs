@@ -1,5 +1,10 @@
 //! `patchbay inspect MODEL`.
 
+use anyhow::Context;
+use patchbay_models::paths::resolve_model;
+use patchbay_models::source::{HParams, ModelSource, RopeLayout};
+use serde_json::json;
+
 /// Arguments of `patchbay inspect`.
 #[derive(clap::Args, Debug)]
 pub struct InspectArgs {
@@ -10,7 +15,154 @@ pub struct InspectArgs {
     pub json: bool,
 }
 
+fn hparams_json(h: &HParams) -> serde_json::Value {
+    json!({
+        "arch": h.arch,
+        "n_vocab": h.n_vocab,
+        "n_embd": h.n_embd,
+        "n_layer": h.n_layer,
+        "n_head": h.n_head,
+        "n_head_kv": h.n_head_kv,
+        "n_ff": h.n_ff,
+        "head_dim": h.head_dim,
+        "head_dim_v": h.head_dim_v,
+        "n_ctx": h.n_ctx,
+        "rope_dim": h.rope_dim,
+        "rope_base": h.rope_base,
+        "rope_base_local": h.rope_base_local,
+        "rope_scaling": h.rope_scaling,
+        "norm_eps": h.norm_eps,
+        "sliding_window": h.sliding_window,
+        "sliding_window_pattern": h.sliding_window_pattern,
+        "causal": h.causal,
+        "tied_embeddings": h.tied_embeddings,
+        "norm_weight_offset": h.norm_weight_offset,
+    })
+}
+
+fn rope_name(r: Option<RopeLayout>) -> &'static str {
+    match r {
+        None => "none",
+        Some(RopeLayout::Interleaved) => "interleaved",
+        Some(RopeLayout::HalfSplit) => "half-split (neox)",
+    }
+}
+
+fn human_bytes(b: usize) -> String {
+    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
+    let mut x = b as f64;
+    let mut u = 0;
+    while x >= 1024.0 && u + 1 < UNITS.len() {
+        x /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{b} B")
+    } else {
+        format!("{x:.1} {}", UNITS[u])
+    }
+}
+
 /// Runs `patchbay inspect`.
 pub fn run(args: &InspectArgs) -> anyhow::Result<()> {
-    anyhow::bail!("inspect {}: not implemented yet", args.model)
+    let path = resolve_model(&args.model).map_err(anyhow::Error::msg)?;
+    let src = ModelSource::open(&path).with_context(|| format!("opening {}", path.display()))?;
+    let h = src.hparams();
+    let tensors = src.tensor_entries();
+    let total_bytes: usize = tensors.iter().map(|t| t.bytes).sum();
+    let params = src.parameter_count();
+    let format = match src.gguf() {
+        Some(g) => format!("gguf v{}", g.version()),
+        None => src.format().name().to_owned(),
+    };
+    let tokenizer = src.tokenizer_kind();
+
+    if args.json {
+        let out = json!({
+            "path": path.display().to_string(),
+            "format": format,
+            "architecture": src.arch(),
+            "rope_layout": rope_name(src.rope_layout()),
+            "tokenizer": tokenizer,
+            "hparams": hparams_json(h),
+            "parameters": params,
+            "tensor_bytes": total_bytes,
+            "tensors": tensors.iter().map(|t| json!({
+                "name": t.name,
+                "dtype": t.dtype.name(),
+                "shape": t.shape,
+                "bytes": t.bytes,
+            })).collect::<Vec<_>>(),
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+
+    println!("model:        {}", path.display());
+    println!("format:       {format}");
+    println!("architecture: {}", src.arch());
+    println!(
+        "tokenizer:    {}",
+        tokenizer.as_deref().unwrap_or("(none found)")
+    );
+    println!("rope layout:  {}", rope_name(src.rope_layout()));
+    println!(
+        "parameters:   {params} ({:.2} M), {} of tensor data",
+        params as f64 / 1e6,
+        human_bytes(total_bytes)
+    );
+    println!("hyper-parameters:");
+    println!(
+        "  vocab {}  width {}  layers {}  heads {} / {} kv  head dim {} (v {})  ffn {}",
+        h.n_vocab, h.n_embd, h.n_layer, h.n_head, h.n_head_kv, h.head_dim, h.head_dim_v, h.n_ff
+    );
+    println!(
+        "  context {}  rope dim {}  rope base {}{}{}  norm eps {:e}",
+        h.n_ctx,
+        h.rope_dim,
+        h.rope_base,
+        h.rope_base_local
+            .map_or(String::new(), |b| format!(" (local {b})")),
+        h.rope_scaling
+            .map_or(String::new(), |s| format!(" scaling x{s}")),
+        h.norm_eps
+    );
+    if let Some(w) = h.sliding_window {
+        println!(
+            "  sliding window {w}{}",
+            h.sliding_window_pattern
+                .map_or(String::new(), |p| format!(", every {p}th layer global"))
+        );
+    }
+    println!(
+        "  causal {}  tied embeddings {}{}",
+        h.causal,
+        h.tied_embeddings,
+        if h.norm_weight_offset != 0.0 {
+            format!("  norm weight offset +{}", h.norm_weight_offset)
+        } else {
+            String::new()
+        }
+    );
+    println!("tensors ({}):", tensors.len());
+    let w = tensors
+        .iter()
+        .map(|t| t.name.len())
+        .max()
+        .unwrap_or(4)
+        .max(4);
+    println!(
+        "  {:<w$}  {:<5}  {:<20}  {:>12}",
+        "name", "dtype", "shape", "bytes"
+    );
+    for t in &tensors {
+        println!(
+            "  {:<w$}  {:<5}  {:<20}  {:>12}",
+            t.name,
+            t.dtype.name(),
+            format!("{:?}", t.shape),
+            t.bytes
+        );
+    }
+    Ok(())
 }

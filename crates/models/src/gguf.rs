@@ -314,7 +314,11 @@ impl Value {
     pub fn summary(&self) -> String {
         match self {
             Value::String(s) if s.chars().count() > 60 => {
-                format!("{:?}... ({} bytes)", s.chars().take(57).collect::<String>(), s.len())
+                format!(
+                    "{:?}... ({} bytes)",
+                    s.chars().take(57).collect::<String>(),
+                    s.len()
+                )
             }
             Value::String(s) => format!("{s:?}"),
             Value::Array(a) => format!("[{}; {}]", a.type_name(), a.len()),
@@ -434,11 +438,7 @@ impl<'a> Cursor<'a> {
 
     /// An element count whose elements take at least `min_size` bytes each:
     /// a count the rest of the file cannot hold is rejected before allocating.
-    fn count(
-        &mut self,
-        min_size: usize,
-        what: &dyn Fn() -> String,
-    ) -> Result<usize, ModelError> {
+    fn count(&mut self, min_size: usize, what: &dyn Fn() -> String) -> Result<usize, ModelError> {
         let n = self.u64(what)?;
         let fits = usize::try_from(n)
             .ok()
@@ -585,12 +585,14 @@ impl Gguf {
     pub fn from_storage(storage: Arc<Storage>, path: &Path) -> Result<Gguf, ModelError> {
         let buf = storage.bytes();
         let mut c = Cursor { buf, pos: 0, path };
-        let magic = c.take(4, &|| "magic".into()).map_err(|_| ModelError::BadMagic {
-            path: path.into(),
-            format: "GGUF",
-            expected: "GGUF".into(),
-            found: String::from_utf8_lossy(buf).into_owned(),
-        })?;
+        let magic = c
+            .take(4, &|| "magic".into())
+            .map_err(|_| ModelError::BadMagic {
+                path: path.into(),
+                format: "GGUF",
+                expected: "GGUF".into(),
+                found: String::from_utf8_lossy(buf).into_owned(),
+            })?;
         if magic != MAGIC {
             return Err(ModelError::BadMagic {
                 path: path.into(),
@@ -634,9 +636,7 @@ impl Gguf {
             Some(&i) => {
                 let v = &metadata[i].1;
                 match v.as_int() {
-                    Some(a) if a > 0 && (a as u64).is_power_of_two() && a <= 1 << 20 => {
-                        a as usize
-                    }
+                    Some(a) if a > 0 && (a as u64).is_power_of_two() && a <= 1 << 20 => a as usize,
                     _ => {
                         return Err(ModelError::WrongType {
                             path: path.into(),
@@ -672,11 +672,12 @@ impl Gguf {
             shape.reverse();
             let type_id = c.u32(&what)?;
             let offset = c.u64(&what)?;
-            let dtype = DType::from_ggml_id(type_id).ok_or_else(|| ModelError::UnsupportedType {
-                path: path.into(),
-                tensor: name.clone(),
-                found: format!("ggml type {type_id}"),
-            })?;
+            let dtype =
+                DType::from_ggml_id(type_id).ok_or_else(|| ModelError::UnsupportedType {
+                    path: path.into(),
+                    tensor: name.clone(),
+                    found: format!("ggml type {type_id}"),
+                })?;
             if tensor_index.insert(name.clone(), raw.len()).is_some() {
                 return Err(ModelError::bad_tensor(path, &name, "appears twice"));
             }
@@ -1047,13 +1048,16 @@ pub mod write {
     }
 
     /// Serialises a GGUF file of `version` (2 or 3). The alignment is taken
-    /// from a `general.alignment` entry of `metadata` when present.
+    /// from a `general.alignment` entry of `metadata` when it is a power of two.
     pub fn to_bytes(version: u32, metadata: &[(String, Value)], tensors: &[TensorData]) -> Vec<u8> {
         let alignment = metadata
             .iter()
             .find(|(k, _)| k == "general.alignment")
             .and_then(|(_, v)| v.as_int())
-            .map_or(DEFAULT_ALIGNMENT, |a| a as usize);
+            .and_then(|a| usize::try_from(a).ok())
+            // An invalid value is still written (to craft bad files) but not used.
+            .filter(|a| a.is_power_of_two())
+            .unwrap_or(DEFAULT_ALIGNMENT);
         let mut out = Vec::new();
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&version.to_le_bytes());

@@ -127,7 +127,11 @@ impl Llama2c {
             .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]))
             .collect();
         let field = |i: usize, name: &str| -> Result<usize, ModelError> {
-            let v = if i == 5 { h[i].unsigned_abs() as i64 } else { h[i] as i64 };
+            let v = if i == 5 {
+                h[i].unsigned_abs() as i64
+            } else {
+                h[i] as i64
+            };
             if v <= 0 {
                 return Err(ModelError::corrupt(
                     path,
@@ -248,10 +252,11 @@ impl Llama2c {
 
     /// Tensor `name`.
     pub fn tensor(&self, name: &str) -> Result<Tensor, ModelError> {
-        self.try_tensor(name)?.ok_or_else(|| ModelError::MissingTensor {
-            path: self.path.clone(),
-            tensor: name.into(),
-        })
+        self.try_tensor(name)?
+            .ok_or_else(|| ModelError::MissingTensor {
+                path: self.path.clone(),
+                tensor: name.into(),
+            })
     }
 
     /// Layer `layer` of the stacked tensor `name`, with the layer dimension

@@ -56,7 +56,9 @@ fn workspace_root() -> Option<PathBuf> {
     // CARGO_MANIFEST_DIR is crates/models at compile time.
     let here = Path::new(env!("CARGO_MANIFEST_DIR"));
     let root = here.parent()?.parent()?;
-    root.join("Cargo.toml").is_file().then(|| root.to_path_buf())
+    root.join("Cargo.toml")
+        .is_file()
+        .then(|| root.to_path_buf())
 }
 
 /// The models directory (see the module docs).

@@ -104,7 +104,9 @@ impl SafetensorsFile {
         }
         let mut tensors = Vec::new();
         for name in meta.offset_keys() {
-            let Some(info) = meta.info(&name) else { continue };
+            let Some(info) = meta.info(&name) else {
+                continue;
+            };
             let dtype = map_dtype(info.dtype).ok_or_else(|| ModelError::UnsupportedType {
                 path: path.into(),
                 tensor: name.clone(),
@@ -118,7 +120,11 @@ impl SafetensorsFile {
                 return Err(ModelError::bad_tensor(
                     path,
                     &name,
-                    format!("expected {bytes} bytes for {dtype} {:?}, found {}", info.shape, e - s),
+                    format!(
+                        "expected {bytes} bytes for {dtype} {:?}, found {}",
+                        info.shape,
+                        e - s
+                    ),
                 ));
             }
             tensors.push(TensorInfo {
@@ -172,10 +178,20 @@ impl SafetensorsFile {
         let align = info.dtype.block_bytes();
         let base = self.storage.bytes().as_ptr() as usize;
         let t = if (base + info.offset) % align == 0 {
-            Tensor::new(self.storage.clone(), info.offset, info.dtype, info.shape.clone())
+            Tensor::new(
+                self.storage.clone(),
+                info.offset,
+                info.dtype,
+                info.shape.clone(),
+            )
         } else {
             let bytes = &self.storage.bytes()[info.offset..info.offset + info.bytes];
-            Tensor::new(Arc::new(Storage::from_bytes(bytes)), 0, info.dtype, info.shape.clone())
+            Tensor::new(
+                Arc::new(Storage::from_bytes(bytes)),
+                0,
+                info.dtype,
+                info.shape.clone(),
+            )
         };
         t.map(Some)
             .map_err(|e| ModelError::bad_tensor(&self.path, name, e.to_string()))
@@ -183,10 +199,11 @@ impl SafetensorsFile {
 
     /// Tensor `name`.
     pub fn tensor(&self, name: &str) -> Result<Tensor, ModelError> {
-        self.try_tensor(name)?.ok_or_else(|| ModelError::MissingTensor {
-            path: self.path.clone(),
-            tensor: name.into(),
-        })
+        self.try_tensor(name)?
+            .ok_or_else(|| ModelError::MissingTensor {
+                path: self.path.clone(),
+                tensor: name.into(),
+            })
     }
 }
 
@@ -216,8 +233,9 @@ impl Checkpoint {
             } else {
                 return Err(ModelError::Unsupported {
                     path: path.into(),
-                    detail: "directory holds neither model.safetensors nor model.safetensors.index.json"
-                        .into(),
+                    detail:
+                        "directory holds neither model.safetensors nor model.safetensors.index.json"
+                            .into(),
                 });
             }
         } else {
@@ -334,10 +352,11 @@ impl Checkpoint {
 
     /// Tensor `name`.
     pub fn tensor(&self, name: &str) -> Result<Tensor, ModelError> {
-        self.try_tensor(name)?.ok_or_else(|| ModelError::MissingTensor {
-            path: self.path.clone(),
-            tensor: name.into(),
-        })
+        self.try_tensor(name)?
+            .ok_or_else(|| ModelError::MissingTensor {
+                path: self.path.clone(),
+                tensor: name.into(),
+            })
     }
 }
 
@@ -362,7 +381,11 @@ impl HfConfig {
         let json: serde_json::Value = serde_json::from_str(text)
             .map_err(|e| ModelError::corrupt(path, "config JSON", e.to_string()))?;
         if !json.is_object() {
-            return Err(ModelError::corrupt(path, "config JSON", "expected an object"));
+            return Err(ModelError::corrupt(
+                path,
+                "config JSON",
+                "expected an object",
+            ));
         }
         Ok(HfConfig {
             path: path.into(),
@@ -422,7 +445,10 @@ impl HfConfig {
     pub fn opt_f64(&self, key: &str) -> Result<Option<f64>, ModelError> {
         match self.get(key) {
             None => Ok(None),
-            Some(v) => v.as_f64().map(Some).ok_or_else(|| self.wrong(key, "a number")),
+            Some(v) => v
+                .as_f64()
+                .map(Some)
+                .ok_or_else(|| self.wrong(key, "a number")),
         }
     }
 
@@ -435,7 +461,10 @@ impl HfConfig {
     pub fn opt_str(&self, key: &str) -> Result<Option<&str>, ModelError> {
         match self.get(key) {
             None => Ok(None),
-            Some(v) => v.as_str().map(Some).ok_or_else(|| self.wrong(key, "a string")),
+            Some(v) => v
+                .as_str()
+                .map(Some)
+                .ok_or_else(|| self.wrong(key, "a string")),
         }
     }
 
@@ -448,7 +477,10 @@ impl HfConfig {
     pub fn opt_bool(&self, key: &str) -> Result<Option<bool>, ModelError> {
         match self.get(key) {
             None => Ok(None),
-            Some(v) => v.as_bool().map(Some).ok_or_else(|| self.wrong(key, "a bool")),
+            Some(v) => v
+                .as_bool()
+                .map(Some)
+                .ok_or_else(|| self.wrong(key, "a bool")),
         }
     }
 

@@ -147,9 +147,27 @@ impl std::fmt::Debug for ModelSource {
 /// GGUF architectures whose Q/K llama.cpp stores for the half-split rotation
 /// (its `LLAMA_ROPE_TYPE_NEOX` list, abridged).
 const NEOX_ARCHS: &[&str] = &[
-    "qwen", "qwen2", "qwen2moe", "qwen3", "qwen3moe", "gemma", "gemma2", "gemma3", "phi2",
-    "phi3", "gptneox", "stablelm", "falcon", "starcoder2", "olmo2", "codeshell", "nemotron",
-    "exaone", "bitnet", "openelm", "minicpm3",
+    "qwen",
+    "qwen2",
+    "qwen2moe",
+    "qwen3",
+    "qwen3moe",
+    "gemma",
+    "gemma2",
+    "gemma3",
+    "phi2",
+    "phi3",
+    "gptneox",
+    "stablelm",
+    "falcon",
+    "starcoder2",
+    "olmo2",
+    "codeshell",
+    "nemotron",
+    "exaone",
+    "bitnet",
+    "openelm",
+    "minicpm3",
 ];
 
 /// The HF name of canonical tensor `name` for `arch` (`None` if it has none).
@@ -430,10 +448,11 @@ impl ModelSource {
 
     /// Canonical tensor `name`; [`ModelError::MissingTensor`] when absent.
     pub fn tensor(&self, name: &str) -> Result<Tensor, ModelError> {
-        self.try_tensor(name)?.ok_or_else(|| ModelError::MissingTensor {
-            path: self.path.clone(),
-            tensor: name.into(),
-        })
+        self.try_tensor(name)?
+            .ok_or_else(|| ModelError::MissingTensor {
+                path: self.path.clone(),
+                tensor: name.into(),
+            })
     }
 
     /// Canonical tensor `name`, checked to have `shape` (row-major).
@@ -562,7 +581,10 @@ impl ModelSource {
             check(format!("blk.{i}.attn_q.weight"), &[q, e])?;
             check(format!("blk.{i}.attn_k.weight"), &[kv, e])?;
             check(format!("blk.{i}.attn_v.weight"), &[kvv, e])?;
-            check(format!("blk.{i}.attn_output.weight"), &[e, h.n_head * h.head_dim_v])?;
+            check(
+                format!("blk.{i}.attn_output.weight"),
+                &[e, h.n_head * h.head_dim_v],
+            )?;
             optional(format!("blk.{i}.attn_q.bias"), &[q])?;
             optional(format!("blk.{i}.attn_k.bias"), &[kv])?;
             optional(format!("blk.{i}.attn_v.bias"), &[kvv])?;
@@ -713,7 +735,7 @@ fn hf_hparams(ckpt: &Checkpoint, c: &HfConfig) -> Result<HParams, ModelError> {
         sliding_window: sliding,
         sliding_window_pattern: c.opt_usize("sliding_window_pattern")?,
         causal: !bert,
-        tied_embeddings: ckpt.tensor_info("lm_head.weight").is_none(),
+        tied_embeddings: !bert && ckpt.tensor_info("lm_head.weight").is_none(),
         norm_weight_offset: if gemma { 1.0 } else { 0.0 },
         arch,
     })
