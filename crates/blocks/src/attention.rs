@@ -268,8 +268,22 @@ impl Layer for Attention {
         }
         if let Some(table) = &self.cfg.rope {
             for r in 0..m {
-                rope::rope(ctx.simd, table, self.cfg.rope_layout, st.q.row_mut(r), hd, pos + r);
-                rope::rope(ctx.simd, table, self.cfg.rope_layout, st.k.row_mut(r), hd, pos + r);
+                rope::rope(
+                    ctx.simd,
+                    table,
+                    self.cfg.rope_layout,
+                    st.q.row_mut(r),
+                    hd,
+                    pos + r,
+                );
+                rope::rope(
+                    ctx.simd,
+                    table,
+                    self.cfg.rope_layout,
+                    st.k.row_mut(r),
+                    hd,
+                    pos + r,
+                );
             }
         }
         // Append this batch's keys and values to the cache.
@@ -315,18 +329,17 @@ impl Layer for Attention {
     }
     fn describe(&self) -> Node {
         let c = &self.cfg;
-        let mut detail = format!("heads={} kv={} head_dim={}", c.n_heads, c.n_kv_heads, c.head_dim);
+        let mut detail = format!(
+            "heads={} kv={} head_dim={}",
+            c.n_heads, c.n_kv_heads, c.head_dim
+        );
         if let Some(t) = &c.rope {
             detail.push_str(&format!(" rope={:?}/{}", c.rope_layout, t.rot_dim()));
         }
         if let Some(w) = c.window {
             detail.push_str(&format!(" window={w}"));
         }
-        let mut children = vec![
-            self.wq.describe(),
-            self.wk.describe(),
-            self.wv.describe(),
-        ];
+        let mut children = vec![self.wq.describe(), self.wk.describe(), self.wv.describe()];
         if let (Some(q), Some(k)) = (&self.q_norm, &self.k_norm) {
             children.push(q.describe());
             children.push(k.describe());

@@ -29,7 +29,10 @@ pub type SwiGlu = Series<Gate<Series<Linear, Silu>, Linear>, Linear>;
 pub fn swiglu(gate: Linear, up: Linear, down: Linear) -> SwiGlu {
     let width = gate.out_dim_hint();
     Series::new(
-        Gate::new(Series::new(gate.named("ffn_gate"), Silu::new(width)), up.named("ffn_up")),
+        Gate::new(
+            Series::new(gate.named("ffn_gate"), Silu::new(width)),
+            up.named("ffn_up"),
+        ),
         down.named("ffn_down"),
     )
 }
@@ -41,7 +44,10 @@ pub type GeGlu = Series<Gate<Series<Linear, GeluTanh>, Linear>, Linear>;
 pub fn geglu(gate: Linear, up: Linear, down: Linear) -> GeGlu {
     let width = gate.out_dim_hint();
     Series::new(
-        Gate::new(Series::new(gate.named("ffn_gate"), GeluTanh::new(width)), up.named("ffn_up")),
+        Gate::new(
+            Series::new(gate.named("ffn_gate"), GeluTanh::new(width)),
+            up.named("ffn_up"),
+        ),
         down.named("ffn_down"),
     )
 }

@@ -173,4 +173,3 @@ impl Layer for LayerNorm {
         Node::leaf("LayerNorm", self.dim, self.dim, params as u64)
     }
 }
-

@@ -52,7 +52,9 @@ impl SamplerConfig {
     /// Checks every value, naming the first that is out of range.
     pub fn validate(&self) -> Result<(), BlockError> {
         let bad = |what: &str, v: f32, range: &str| {
-            Err(BlockError::Config(format!("{what} = {v} is invalid: it must be {range}")))
+            Err(BlockError::Config(format!(
+                "{what} = {v} is invalid: it must be {range}"
+            )))
         };
         if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
             return bad("temperature", self.temperature, "a finite number >= 0");
@@ -143,7 +145,11 @@ impl Sampler {
                     continue;
                 }
                 if let Some(e) = st.cand.get_mut(t as usize) {
-                    e.0 = if e.0 > 0.0 { e.0 / c.repeat_penalty } else { e.0 * c.repeat_penalty };
+                    e.0 = if e.0 > 0.0 {
+                        e.0 / c.repeat_penalty
+                    } else {
+                        e.0 * c.repeat_penalty
+                    };
                 }
             }
         }
@@ -304,7 +310,13 @@ mod tests {
     #[test]
     fn same_seed_same_tokens_other_seed_other_tokens() {
         let logits: Vec<f32> = (0..50).map(|i| (i % 7) as f32 * 0.3).collect();
-        let cfg = SamplerConfig { temperature: 1.0, top_k: 0, top_p: 1.0, min_p: 0.0, ..SamplerConfig::default() };
+        let cfg = SamplerConfig {
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.0,
+            ..SamplerConfig::default()
+        };
         let a = draw(cfg, &logits, 64);
         assert_eq!(a, draw(cfg, &logits, 64));
         assert_ne!(a, draw(SamplerConfig { seed: 7, ..cfg }, &logits, 64));
@@ -313,23 +325,57 @@ mod tests {
     #[test]
     fn filters_keep_only_allowed_tokens() {
         let logits = [5.0, 4.9, 0.0, -3.0, 4.8, -10.0];
-        let top2 = SamplerConfig { temperature: 1.0, top_k: 2, top_p: 1.0, min_p: 0.0, ..SamplerConfig::default() };
+        let top2 = SamplerConfig {
+            temperature: 1.0,
+            top_k: 2,
+            top_p: 1.0,
+            min_p: 0.0,
+            ..SamplerConfig::default()
+        };
         assert!(draw(top2, &logits, 200).iter().all(|&t| t == 0 || t == 1));
         // min-p 0.5: only tokens within ln 2 of the best logit.
-        let minp = SamplerConfig { temperature: 1.0, top_k: 0, top_p: 1.0, min_p: 0.5, ..SamplerConfig::default() };
-        assert!(draw(minp, &logits, 200).iter().all(|&t| [0, 1, 4].contains(&t)));
+        let minp = SamplerConfig {
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.5,
+            ..SamplerConfig::default()
+        };
+        assert!(draw(minp, &logits, 200)
+            .iter()
+            .all(|&t| [0, 1, 4].contains(&t)));
         // top-p tiny: only the best token.
-        let topp = SamplerConfig { temperature: 1.0, top_k: 0, top_p: 1e-6, min_p: 0.0, ..SamplerConfig::default() };
+        let topp = SamplerConfig {
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 1e-6,
+            min_p: 0.0,
+            ..SamplerConfig::default()
+        };
         assert!(draw(topp, &logits, 50).iter().all(|&t| t == 0));
         // All tokens reachable with no filters at high temperature.
-        let free = SamplerConfig { temperature: 5.0, top_k: 0, top_p: 1.0, min_p: 0.0, ..SamplerConfig::default() };
+        let free = SamplerConfig {
+            temperature: 5.0,
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.0,
+            ..SamplerConfig::default()
+        };
         let seen = draw(free, &logits, 2000);
         assert!((0..5).all(|t| seen.contains(&t)), "{seen:?}");
     }
 
     #[test]
     fn repetition_penalty_moves_greedy_choice() {
-        let s = Sampler::new(3, SamplerConfig { temperature: 0.0, repeat_penalty: 2.0, ..SamplerConfig::default() }).unwrap();
+        let s = Sampler::new(
+            3,
+            SamplerConfig {
+                temperature: 0.0,
+                repeat_penalty: 2.0,
+                ..SamplerConfig::default()
+            },
+        )
+        .unwrap();
         let threads = Threads::single();
         let ctx = Ctx::new(Simd::detect(), &threads);
         let mut st = s.new_state(Capacity::new(1, 1));
@@ -343,12 +389,30 @@ mod tests {
     #[test]
     fn invalid_settings_are_errors() {
         for cfg in [
-            SamplerConfig { top_p: 1.5, ..SamplerConfig::default() },
-            SamplerConfig { top_p: 0.0, ..SamplerConfig::default() },
-            SamplerConfig { temperature: -1.0, ..SamplerConfig::default() },
-            SamplerConfig { temperature: f32::NAN, ..SamplerConfig::default() },
-            SamplerConfig { min_p: 2.0, ..SamplerConfig::default() },
-            SamplerConfig { repeat_penalty: 0.0, ..SamplerConfig::default() },
+            SamplerConfig {
+                top_p: 1.5,
+                ..SamplerConfig::default()
+            },
+            SamplerConfig {
+                top_p: 0.0,
+                ..SamplerConfig::default()
+            },
+            SamplerConfig {
+                temperature: -1.0,
+                ..SamplerConfig::default()
+            },
+            SamplerConfig {
+                temperature: f32::NAN,
+                ..SamplerConfig::default()
+            },
+            SamplerConfig {
+                min_p: 2.0,
+                ..SamplerConfig::default()
+            },
+            SamplerConfig {
+                repeat_penalty: 0.0,
+                ..SamplerConfig::default()
+            },
         ] {
             let e = Sampler::new(4, cfg).unwrap_err().to_string();
             assert!(e.contains("invalid"), "{e}");

@@ -149,7 +149,12 @@ impl Node {
     }
 
     /// A node that only wires children together.
-    pub fn wiring(name: impl Into<String>, in_dim: usize, out_dim: usize, children: Vec<Node>) -> Node {
+    pub fn wiring(
+        name: impl Into<String>,
+        in_dim: usize,
+        out_dim: usize,
+        children: Vec<Node>,
+    ) -> Node {
         Node {
             name: name.into(),
             detail: String::new(),

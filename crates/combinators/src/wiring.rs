@@ -770,8 +770,13 @@ impl<B: Layer> Layer for Loop<B> {
             Feedback::Repeat { iterations } => format!("repeat x{iterations}"),
             Feedback::Autoregressive { steps } => format!("autoregressive, {steps} steps"),
         };
-        Node::wiring("Loop", self.in_dim(), self.out_dim(), vec![self.body.describe()])
-            .with_detail(detail)
+        Node::wiring(
+            "Loop",
+            self.in_dim(),
+            self.out_dim(),
+            vec![self.body.describe()],
+        )
+        .with_detail(detail)
     }
 }
 

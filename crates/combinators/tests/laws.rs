@@ -43,7 +43,12 @@ impl Layer for Dense {
         Ok(())
     }
     fn describe(&self) -> Node {
-        Node::leaf("Dense", self.k, self.n, (self.w.len() + self.b.len()) as u64)
+        Node::leaf(
+            "Dense",
+            self.k,
+            self.n,
+            (self.w.len() + self.b.len()) as u64,
+        )
     }
 }
 
@@ -95,21 +100,22 @@ fn run<L: Layer>(l: &L, x: &Act) -> Act {
 
 /// Three chained dims and an input.
 fn chain() -> impl Strategy<Value = (Dense, Dense, Dense, Act)> {
-    (1usize..6, 1usize..9, 1usize..9, 1usize..9, 1usize..5).prop_flat_map(|(rows, d0, d1, d2, d3)| {
-        (
-            dense(d1, d0, true),
-            dense(d2, d1, false),
-            dense(d3, d2, true),
-            act(rows, d0),
-        )
-    })
+    (1usize..6, 1usize..9, 1usize..9, 1usize..9, 1usize..5).prop_flat_map(
+        |(rows, d0, d1, d2, d3)| {
+            (
+                dense(d1, d0, true),
+                dense(d2, d1, false),
+                dense(d3, d2, true),
+                act(rows, d0),
+            )
+        },
+    )
 }
 
 /// Two layers of one shape and an input.
 fn pair() -> impl Strategy<Value = (Dense, Dense, Act)> {
-    (1usize..6, 1usize..9, 1usize..9, any::<bool>()).prop_flat_map(|(rows, k, n, t)| {
-        (dense(n, k, t), dense(n, k, !t), act(rows, k))
-    })
+    (1usize..6, 1usize..9, 1usize..9, any::<bool>())
+        .prop_flat_map(|(rows, k, n, t)| (dense(n, k, t), dense(n, k, !t), act(rows, k)))
 }
 
 proptest! {
@@ -193,7 +199,13 @@ impl Layer for PosEcho {
     fn reset(&self, calls: &mut usize) {
         *calls = 0;
     }
-    fn forward(&self, x: &Act, y: &mut Act, calls: &mut usize, ctx: &Ctx<'_>) -> Result<(), LayerError> {
+    fn forward(
+        &self,
+        x: &Act,
+        y: &mut Act,
+        calls: &mut usize,
+        ctx: &Ctx<'_>,
+    ) -> Result<(), LayerError> {
         *calls += 1;
         y.reshape(x.rows(), 1);
         for r in 0..x.rows() {
@@ -225,7 +237,11 @@ fn autoregressive_loop_feeds_last_row_back_one_position_on() {
     let (steps, pos) = l
         .run(&prompt, &mut st, &ctx, 10, |i, row| {
             seen.push(row[0]);
-            if i == 1 { Step::Stop } else { Step::Continue }
+            if i == 1 {
+                Step::Stop
+            } else {
+                Step::Continue
+            }
         })
         .unwrap();
     assert_eq!((steps, pos), (2, 3));
@@ -238,14 +254,38 @@ fn wrong_input_width_is_an_error_not_a_panic() {
     let ctx = Ctx::new(Simd::detect(), &threads);
     let r = residual(Identity::new(4));
     let x = Act::zeros(1, 3);
-    let err = r.apply(&x, &mut r.new_state(Capacity::new(1, 1)), &ctx).unwrap_err();
-    assert!(matches!(err, LayerError::InputDim { expected: 4, found: 3, .. }), "{err}");
+    let err = r
+        .apply(&x, &mut r.new_state(Capacity::new(1, 1)), &ctx)
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            LayerError::InputDim {
+                expected: 4,
+                found: 3,
+                ..
+            }
+        ),
+        "{err}"
+    );
 }
 
 #[test]
 fn describe_prints_the_tree_with_parameter_counts() {
-    let a = Dense { w: vec![0.0; 6], b: vec![0.0; 3], n: 3, k: 2, tanh: false };
-    let b = Dense { w: vec![0.0; 9], b: vec![0.0; 3], n: 3, k: 3, tanh: true };
+    let a = Dense {
+        w: vec![0.0; 6],
+        b: vec![0.0; 3],
+        n: 3,
+        k: 2,
+        tanh: false,
+    };
+    let b = Dense {
+        w: vec![0.0; 9],
+        b: vec![0.0; 3],
+        n: 3,
+        k: 3,
+        tanh: true,
+    };
     let model = a.then(residual(Gate::new(b.clone(), b)));
     let node = model.describe();
     assert_eq!(node.params(), 9 + 12 + 12);

@@ -89,7 +89,12 @@ fn log_sum_exp(x: &[f32]) -> f64 {
 
 /// Applies the README's five rules. `tokens` are our prompt ids, `logits[i]`
 /// our full logit row at prompt position `i`, `greedy` our greedy continuation.
-pub fn check(case: &GoldenCase, tokens: &[u32], logits: &[Vec<f32>], greedy: &[u32]) -> GoldenReport {
+pub fn check(
+    case: &GoldenCase,
+    tokens: &[u32],
+    logits: &[Vec<f32>],
+    greedy: &[u32],
+) -> GoldenReport {
     const TOP: usize = 40;
     let mut r = GoldenReport::default();
     let ll = case.llamacpp_vs_exact;
@@ -98,7 +103,10 @@ pub fn check(case: &GoldenCase, tokens: &[u32], logits: &[Vec<f32>], greedy: &[u
 
     // 1. token ids identical.
     if tokens != case.tokens.as_slice() {
-        r.failures.push(format!("token ids differ: ours {tokens:?}, golden {:?}", case.tokens));
+        r.failures.push(format!(
+            "token ids differ: ours {tokens:?}, golden {:?}",
+            case.tokens
+        ));
     }
     if logits.len() != case.exact.positions.len() {
         r.failures.push(format!(
@@ -117,7 +125,11 @@ pub fn check(case: &GoldenCase, tokens: &[u32], logits: &[Vec<f32>], greedy: &[u
             ours[b as usize].total_cmp(&ours[a as usize])
         });
         idx.truncate(k);
-        idx.sort_by(|&a, &b| ours[b as usize].total_cmp(&ours[a as usize]).then(a.cmp(&b)));
+        idx.sort_by(|&a, &b| {
+            ours[b as usize]
+                .total_cmp(&ours[a as usize])
+                .then(a.cmp(&b))
+        });
         // 2. argmax where the exact margin is at least 0.5.
         if ex.top.len() >= 2 {
             let margin = ex.top[0].1 - ex.top[1].1;
@@ -134,7 +146,8 @@ pub fn check(case: &GoldenCase, tokens: &[u32], logits: &[Vec<f32>], greedy: &[u
         for &(id, logit) in &ex.top {
             let lp_exact = logit - ex.logsumexp;
             let Some(&ol) = ours.get(id as usize) else {
-                r.failures.push(format!("position {i}: token {id} outside our vocabulary"));
+                r.failures
+                    .push(format!("position {i}: token {id} outside our vocabulary"));
                 continue;
             };
             let lp_ours = ol as f64 - lse;
@@ -160,7 +173,8 @@ pub fn check(case: &GoldenCase, tokens: &[u32], logits: &[Vec<f32>], greedy: &[u
     }
     r.mean_kl = kl_sum / logits.len().max(1) as f64;
     if r.mean_kl > r.kl_bound {
-        r.failures.push(format!("mean KL {:.3e} > {:.3e}", r.mean_kl, r.kl_bound));
+        r.failures
+            .push(format!("mean KL {:.3e} > {:.3e}", r.mean_kl, r.kl_bound));
     }
     // 5. greedy identical up to the first step whose margin is under 0.5.
     let stop = case

@@ -192,7 +192,11 @@ impl LlamaConfig {
             n_heads: h.n_head,
             n_kv_heads: h.n_head_kv,
             head_dim: h.head_dim,
-            rope_dim: if h.rope_dim == 0 { h.head_dim } else { h.rope_dim },
+            rope_dim: if h.rope_dim == 0 {
+                h.head_dim
+            } else {
+                h.rope_dim
+            },
             rope_base: h.rope_base as f64,
             rope_layout,
             rms_eps: h.norm_eps,

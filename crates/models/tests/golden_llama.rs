@@ -20,7 +20,12 @@ fn cases(name: &str) -> Vec<(String, GoldenCase)> {
     let m = paths::known(name).unwrap();
     let dir = paths::golden_dir(m);
     let mut files: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e} (set PATCHBAY_SHARED to the shared folder)", dir.display()))
+        .unwrap_or_else(|e| {
+            panic!(
+                "{}: {e} (set PATCHBAY_SHARED to the shared folder)",
+                dir.display()
+            )
+        })
         .map(|e| e.unwrap().path())
         .filter(|p| p.extension().is_some_and(|x| x == "json"))
         .collect();
@@ -39,7 +44,10 @@ fn cases(name: &str) -> Vec<(String, GoldenCase)> {
 /// returns the reports.
 fn run_model(name: &str, mode: DotMode, threads: usize) -> Vec<(String, golden::GoldenReport)> {
     let source = ModelSource::open(model_path(name)).unwrap();
-    let opts = BuildOptions { dot_mode: mode, max_context: 512 };
+    let opts = BuildOptions {
+        dot_mode: mode,
+        max_context: 512,
+    };
     let model = llama::build(&source, &opts).unwrap();
     let threads = Threads::new(threads);
     let ctx = Ctx::new(Simd::detect(), &threads);
@@ -79,7 +87,11 @@ fn assert_agrees(name: &str, mode: DotMode) {
         .iter()
         .flat_map(|(c, r)| r.failures.iter().map(move |f| format!("{name}/{c}: {f}")))
         .collect();
-    assert!(failures.is_empty(), "golden disagreements:\n{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "golden disagreements:\n{}",
+        failures.join("\n")
+    );
 }
 
 #[test]

@@ -67,7 +67,11 @@ pub struct Tensor {
 
 impl std::fmt::Debug for Tensor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Tensor({} {:?}, {} bytes)", self.dtype, self.shape, self.len)
+        write!(
+            f,
+            "Tensor({} {:?}, {} bytes)",
+            self.dtype, self.shape, self.len
+        )
     }
 }
 
@@ -112,7 +116,9 @@ impl Tensor {
         let outer = shape[..shape.len().saturating_sub(1)]
             .iter()
             .try_fold(1usize, |a, &d| a.checked_mul(d))
-            .ok_or(ShapeError::Overflow { what: "Tensor shape" })?;
+            .ok_or(ShapeError::Overflow {
+                what: "Tensor shape",
+            })?;
         if inner % dtype.block_len() != 0 {
             return Err(ShapeError::Mismatch {
                 what: "Tensor row length vs block length",
@@ -123,7 +129,9 @@ impl Tensor {
         dtype
             .bytes_for(inner)
             .and_then(|row| row.checked_mul(outer))
-            .ok_or(ShapeError::Overflow { what: "Tensor shape" })
+            .ok_or(ShapeError::Overflow {
+                what: "Tensor shape",
+            })
     }
 
     /// The element format.
@@ -157,7 +165,7 @@ impl Tensor {
     /// Rows x columns when viewed as a matrix (leading dims folded into rows).
     pub fn matrix_dims(&self) -> (usize, usize) {
         let cols = self.shape.last().copied().unwrap_or(1);
-        let rows = if cols == 0 { 0 } else { self.numel() / cols };
+        let rows = self.numel().checked_div(cols).unwrap_or(0);
         (rows, cols)
     }
 
@@ -211,7 +219,10 @@ mod tests {
         assert!(Tensor::new(s.clone(), 0, DType::F32, vec![usize::MAX, 4]).is_err());
         assert!(Tensor::new(s.clone(), usize::MAX, DType::F32, vec![1]).is_err());
         let t = Tensor::from_f32(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], vec![3, 2]).unwrap();
-        assert_eq!(t.rows(1, 2).unwrap().as_f32().unwrap(), &[3.0, 4.0, 5.0, 6.0]);
+        assert_eq!(
+            t.rows(1, 2).unwrap().as_f32().unwrap(),
+            &[3.0, 4.0, 5.0, 6.0]
+        );
         assert!(t.rows(2, 2).is_err());
         assert_eq!(t.matrix_dims(), (3, 2));
     }

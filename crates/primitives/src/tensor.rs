@@ -45,7 +45,9 @@ impl Act {
 
     /// Wraps `data` as a `rows x cols` matrix, checking its length.
     pub fn from_vec(rows: usize, cols: usize, data: Vec<f32>) -> Result<Act, ShapeError> {
-        let expected = rows.checked_mul(cols).ok_or(ShapeError::Overflow { what: "Act" })?;
+        let expected = rows
+            .checked_mul(cols)
+            .ok_or(ShapeError::Overflow { what: "Act" })?;
         if data.len() != expected {
             return Err(ShapeError::Len {
                 what: "Act::from_vec",
