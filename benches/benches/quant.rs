@@ -35,6 +35,11 @@ fn weights(dtype: DType, rows: usize, cols: usize) -> Vec<u8> {
 
 fn bench_matvec(c: &mut Criterion) {
     let s = Simd::detect();
+    eprintln!(
+        "simd level {:?}, int8 kernel {}",
+        s.level(),
+        patchbay_primitives::quant::int_kernel_name(s)
+    );
     let cases = [
         (DType::Q4_1, 576, 1536),
         (DType::Q8_0, 576, 1536),

@@ -13,10 +13,22 @@ pub const QK_K: usize = 256;
 /// Values in a 32-element block (Q4_0 ... Q8_0).
 pub const QK: usize = 32;
 
-/// f16 bits to f32 (exact).
+/// f16 bits to f32 (exact for every input, NaN payloads kept).
+///
+/// Branch-light bit manipulation rather than `half`'s run-time F16C dispatch,
+/// so block loops inline it and vectorise: the exponent is rebased by a
+/// multiplication with 2^112 (exact, also for subnormals), then infinities and
+/// NaNs get the full f32 exponent.
 #[inline(always)]
 pub fn f16_to_f32(bits: u16) -> f32 {
-    half::f16::from_bits(bits).to_f32()
+    let h = bits as u32;
+    let mag = f32::from_bits((h & 0x7fff) << 13) * f32::from_bits(0x7780_0000); // 2^112
+    let mag = if h & 0x7c00 == 0x7c00 {
+        f32::from_bits(0x7f80_0000 | ((h & 0x3ff) << 13))
+    } else {
+        mag
+    };
+    f32::from_bits(mag.to_bits() | ((h & 0x8000) << 16))
 }
 
 /// Little-endian f16 at `b[at..at + 2]`, as f32.
@@ -296,4 +308,22 @@ pub fn quant_q5_1(x: &[f32], b: &mut [u8]) {
         qh |= (((x1 & 0x10) >> 4) as u32) << (j + 16);
     }
     b[4..8].copy_from_slice(&qh.to_le_bytes());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn f16_conversion_is_exact_for_every_bit_pattern() {
+        for h in 0..=u16::MAX {
+            let want = half::f16::from_bits(h).to_f32();
+            let got = f16_to_f32(h);
+            if want.is_nan() {
+                assert!(got.is_nan(), "{h:#06x}");
+            } else {
+                assert_eq!(got.to_bits(), want.to_bits(), "{h:#06x}");
+            }
+        }
+    }
 }

@@ -108,7 +108,7 @@ pub fn quantize_row(dtype: DType, src: &[f32], dst: &mut [u8]) {
     let bl = dtype.block_len();
     let bb = dtype.block_bytes();
     assert!(
-        src.len() % bl == 0 && dst.len() == src.len() / bl * bb,
+        src.len().is_multiple_of(bl) && dst.len() == src.len() / bl * bb,
         "quantize_row: {} values cannot fill {} bytes of {dtype}",
         src.len(),
         dst.len()
@@ -176,19 +176,26 @@ type RowKernel = fn(&[u8], &QuantizedActs) -> f32;
 fn int_kernel(s: Simd, dtype: DType) -> Option<RowKernel> {
     #[cfg(target_arch = "x86_64")]
     {
+        macro_rules! k {
+            ($m:ident, $f:ident) => {
+                Some(|r, x| {
+                    // SAFETY: `int_kernel` returns this only after checking at run
+                    // time that the CPU has the features module `$m` is compiled for.
+                    unsafe { x86::$m::$f(r, x) }
+                })
+            };
+        }
         macro_rules! pick {
             ($m:ident) => {
                 match dtype {
-                    // SAFETY (for each closure): the module's features were checked
-                    // at run time just below, before any of these is returned.
-                    DType::Q4_0 => Some(|r, x| unsafe { x86::$m::dot_q4_0(r, x) }),
-                    DType::Q4_1 => Some(|r, x| unsafe { x86::$m::dot_q4_1(r, x) }),
-                    DType::Q5_0 => Some(|r, x| unsafe { x86::$m::dot_q5_0(r, x) }),
-                    DType::Q5_1 => Some(|r, x| unsafe { x86::$m::dot_q5_1(r, x) }),
-                    DType::Q8_0 => Some(|r, x| unsafe { x86::$m::dot_q8_0(r, x) }),
-                    DType::Q4_K => Some(|r, x| unsafe { x86::$m::dot_q4_k(r, x) }),
-                    DType::Q5_K => Some(|r, x| unsafe { x86::$m::dot_q5_k(r, x) }),
-                    DType::Q6_K => Some(|r, x| unsafe { x86::$m::dot_q6_k(r, x) }),
+                    DType::Q4_0 => k!($m, dot_q4_0),
+                    DType::Q4_1 => k!($m, dot_q4_1),
+                    DType::Q5_0 => k!($m, dot_q5_0),
+                    DType::Q5_1 => k!($m, dot_q5_1),
+                    DType::Q8_0 => k!($m, dot_q8_0),
+                    DType::Q4_K => k!($m, dot_q4_k),
+                    DType::Q5_K => k!($m, dot_q5_k),
+                    DType::Q6_K => k!($m, dot_q6_k),
                     _ => None,
                 }
             };
