@@ -380,11 +380,11 @@ impl<A: Layer, B: Layer> Layer for Sum<A, B> {
             let rows = y.rows().min(st.a.rows());
             let skip = y.rows() - rows;
             let cols = y.cols();
-            // Sum is symmetric in value: compute A + B in this order for every row.
+            // IEEE addition is commutative, so `B + A` has the bits of `A + B`.
             let out = &mut y.as_mut_slice()[skip * cols..];
             let a = tail_rows(&st.a, rows);
             for (o, &av) in out.iter_mut().zip(a) {
-                *o = av + *o;
+                *o += av;
             }
         }
         Ok(())
