@@ -1,0 +1,98 @@
+//! `patchbay bench`: prompt processing and generation speed, as `llama-bench`
+//! measures them (pp: a batch of N prompt tokens; tg: N tokens decoded one by
+//! one), on synthetic token ids so the tokenizer plays no part.
+
+use std::time::Instant;
+
+use anyhow::Result;
+use patchbay_combinators::{Capacity, Ctx, Layer, Rows};
+use patchbay_models::llama::{self, BuildOptions};
+use patchbay_models::paths;
+use patchbay_models::source::ModelSource;
+use patchbay_primitives::quant::DotMode;
+use patchbay_primitives::{Act, Simd, Threads};
+
+/// Arguments of `patchbay bench`.
+#[derive(clap::Args, Debug)]
+pub struct BenchArgs {
+    /// Model short name or path.
+    #[arg(short, long, default_value = paths::DEFAULT_MODEL)]
+    pub model: String,
+    /// Prompt tokens per prompt-processing run (0 to skip).
+    #[arg(short = 'p', long, default_value_t = 128)]
+    pub n_prompt: usize,
+    /// Tokens per generation run (0 to skip).
+    #[arg(short = 'n', long, default_value_t = 64)]
+    pub n_gen: usize,
+    /// Repetitions (the figure is their mean).
+    #[arg(short = 'r', long, default_value_t = 3)]
+    pub repetitions: usize,
+    /// Worker threads (0 = one per core).
+    #[arg(short = 't', long, default_value_t = 0)]
+    pub threads: usize,
+    /// Exact f32 activations instead of int8 ones for quantised weights.
+    #[arg(long)]
+    pub exact: bool,
+}
+
+/// Runs `patchbay bench`.
+pub fn run(args: &BenchArgs) -> Result<()> {
+    let path = paths::resolve_model(&args.model).map_err(anyhow::Error::msg)?;
+    let source = ModelSource::open(&path)?;
+    let ctx_len = (args.n_prompt + args.n_gen).max(1);
+    let opts = BuildOptions {
+        dot_mode: if args.exact { DotMode::Exact } else { DotMode::Q8 },
+        max_context: ctx_len,
+    };
+    let model = llama::build(&source, &opts)?;
+    let threads = Threads::new(args.threads);
+    let simd = Simd::detect();
+    let vocab = model.config.vocab;
+    let cap = Capacity::new(args.n_prompt.max(1), ctx_len);
+    let mut st = model.net.new_state(cap);
+    let mut out = Act::default();
+    // Deterministic pseudo-random ids, as llama-bench uses random tokens.
+    let ids: Vec<f32> = (0..ctx_len)
+        .map(|i| ((i as u64 * 2_654_435_761 + 12345) % vocab as u64) as f32)
+        .collect();
+    let reps = args.repetitions.max(1);
+    let name = path.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+    println!(
+        "| model | threads | simd | mode | test | t/s |\n|---|---|---|---|---|---|"
+    );
+    let mode = if args.exact { "exact" } else { "q8" };
+    let row = |test: String, tps: f64| {
+        println!(
+            "| {name} | {} | {} | {mode} | {test} | {tps:.2} |",
+            threads.count(),
+            simd.level()
+        )
+    };
+    if args.n_prompt > 0 {
+        let x = Act::from_vec(args.n_prompt, 1, ids[..args.n_prompt].to_vec())?;
+        let ctx = Ctx::new(simd, &threads).with_rows(Rows::Last);
+        model.net.forward(&x, &mut out, &mut st, &ctx)?; // warm-up
+        let t0 = Instant::now();
+        for _ in 0..reps {
+            model.net.reset(&mut st);
+            model.net.forward(&x, &mut out, &mut st, &ctx)?;
+        }
+        row(format!("pp{}", args.n_prompt), (args.n_prompt * reps) as f64 / t0.elapsed().as_secs_f64());
+    }
+    if args.n_gen > 0 {
+        let mut x = Act::zeros(1, 1);
+        let mut total = 0.0;
+        for _ in 0..reps {
+            model.net.reset(&mut st);
+            let t0 = Instant::now();
+            for pos in 0..args.n_gen {
+                x.as_mut_slice()[0] = ids[pos];
+                let ctx = Ctx::new(simd, &threads).at(pos).with_rows(Rows::Last);
+                model.net.forward(&x, &mut out, &mut st, &ctx)?;
+            }
+            total += t0.elapsed().as_secs_f64();
+        }
+        row(format!("tg{}", args.n_gen), (args.n_gen * reps) as f64 / total);
+    }
+    Ok(())
+}
