@@ -2,6 +2,7 @@
 
 use clap::{Parser, Subcommand};
 
+mod bench;
 mod inspect;
 mod tokenize;
 
@@ -15,6 +16,8 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Prompt-processing and generation speed, like llama-bench.
+    Bench(bench::BenchArgs),
     /// Show a model file's format, architecture, hyper-parameters and tensors.
     Inspect(inspect::InspectArgs),
     /// Print the token ids of a text as a JSON array.
@@ -24,6 +27,7 @@ enum Command {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
+        Command::Bench(a) => bench::run(a),
         Command::Inspect(a) => inspect::run(a),
         Command::Tokenize(a) => tokenize::run(a),
     };
