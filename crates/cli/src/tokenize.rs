@@ -16,7 +16,29 @@ pub struct TokenizeArgs {
     pub no_special: bool,
 }
 
-/// Runs `patchbay tokenize`.
+/// Runs `patchbay tokenize`: prints the ids as a JSON array, or with
+/// `--pieces` an array of `[id, "piece"]`.
 pub fn run(args: &TokenizeArgs) -> anyhow::Result<()> {
-    anyhow::bail!("tokenize {:?}: not implemented yet", args.text)
+    use anyhow::Context;
+    use patchbay_models::{paths, tokenizer::Tokenizer};
+
+    let path = paths::resolve_model(&args.model).map_err(anyhow::Error::msg)?;
+    let tok = Tokenizer::load(&path)
+        .with_context(|| format!("loading the tokenizer of {}", path.display()))?;
+    let special = !args.no_special;
+    let ids = tok.encode_with(&args.text, special, special);
+    let json = if args.pieces {
+        let rows: Vec<serde_json::Value> = ids
+            .iter()
+            .map(|&id| {
+                let piece = String::from_utf8_lossy(&tok.token_piece(id)).into_owned();
+                serde_json::json!([id, piece])
+            })
+            .collect();
+        serde_json::to_string(&rows)?
+    } else {
+        serde_json::to_string(&ids)?
+    };
+    println!("{json}");
+    Ok(())
 }
