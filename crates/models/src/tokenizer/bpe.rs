@@ -151,7 +151,7 @@ impl Bpe {
             let start = chars[a].0;
             let end = chars.get(b).map_or(text.len(), |c| c.0);
             word.clear();
-            for &byte in text[start..end].as_bytes() {
+            for &byte in &text.as_bytes()[start..end] {
                 word.push(self.byte_chars[byte as usize]);
             }
             if self.pre == PreTokenizer::Llama3 {

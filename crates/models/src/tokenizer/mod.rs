@@ -334,7 +334,7 @@ pub struct GgufTokenizer {
 
 #[derive(Debug, Clone)]
 enum GgufKind {
-    Bpe(bpe::Bpe),
+    Bpe(Box<bpe::Bpe>),
     Spm,
 }
 
@@ -345,7 +345,7 @@ impl GgufTokenizer {
         let kind = match v.model.as_str() {
             "gpt2" => {
                 let pre = PreTokenizer::from_name(v.pre.as_deref())?;
-                GgufKind::Bpe(bpe::Bpe::new(&core, &v.merges, pre))
+                GgufKind::Bpe(Box::new(bpe::Bpe::new(&core, &v.merges, pre)))
             }
             "llama" => GgufKind::Spm,
             other => {
