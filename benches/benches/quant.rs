@@ -3,6 +3,8 @@
 //!
 //! Quick run: `cargo bench -p patchbay-benches --bench quant -- --warm-up-time 1 --measurement-time 2`
 
+#![allow(missing_docs)] // criterion_group! generates undocumented items.
+
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use patchbay_primitives::quant::{matmul_q, matvec_q, DotMode, QuantizedActs};
 use patchbay_primitives::{DType, MatRef, Simd, Threads};

@@ -244,7 +244,7 @@ impl Layer for Attention {
         let m = x.rows();
         let (h, kv, hd) = (self.cfg.n_heads, self.cfg.n_kv_heads, self.cfg.head_dim);
         let pos = ctx.pos;
-        let end = pos.checked_add(m).unwrap_or(usize::MAX);
+        let end = pos.saturating_add(m);
         if end > st.max_context {
             return Err(LayerError::ContextFull {
                 layer: "Attention",

@@ -41,7 +41,11 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let source = ModelSource::open(&path)?;
     let ctx_len = (args.n_prompt + args.n_gen).max(1);
     let opts = BuildOptions {
-        dot_mode: if args.exact { DotMode::Exact } else { DotMode::Q8 },
+        dot_mode: if args.exact {
+            DotMode::Exact
+        } else {
+            DotMode::Q8
+        },
         max_context: ctx_len,
     };
     let model = llama::build(&source, &opts)?;
@@ -56,10 +60,10 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         .map(|i| ((i as u64 * 2_654_435_761 + 12345) % vocab as u64) as f32)
         .collect();
     let reps = args.repetitions.max(1);
-    let name = path.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned());
-    println!(
-        "| model | threads | simd | mode | test | t/s |\n|---|---|---|---|---|---|"
-    );
+    let name = path
+        .file_name()
+        .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+    println!("| model | threads | simd | mode | test | t/s |\n|---|---|---|---|---|---|");
     let mode = if args.exact { "exact" } else { "q8" };
     let row = |test: String, tps: f64| {
         println!(
@@ -77,7 +81,10 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             model.net.reset(&mut st);
             model.net.forward(&x, &mut out, &mut st, &ctx)?;
         }
-        row(format!("pp{}", args.n_prompt), (args.n_prompt * reps) as f64 / t0.elapsed().as_secs_f64());
+        row(
+            format!("pp{}", args.n_prompt),
+            (args.n_prompt * reps) as f64 / t0.elapsed().as_secs_f64(),
+        );
     }
     if args.n_gen > 0 {
         let mut x = Act::zeros(1, 1);
@@ -85,14 +92,17 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         for _ in 0..reps {
             model.net.reset(&mut st);
             let t0 = Instant::now();
-            for pos in 0..args.n_gen {
-                x.as_mut_slice()[0] = ids[pos];
+            for (pos, &id) in ids.iter().enumerate().take(args.n_gen) {
+                x.as_mut_slice()[0] = id;
                 let ctx = Ctx::new(simd, &threads).at(pos).with_rows(Rows::Last);
                 model.net.forward(&x, &mut out, &mut st, &ctx)?;
             }
             total += t0.elapsed().as_secs_f64();
         }
-        row(format!("tg{}", args.n_gen), (args.n_gen * reps) as f64 / total);
+        row(
+            format!("tg{}", args.n_gen),
+            (args.n_gen * reps) as f64 / total,
+        );
     }
     Ok(())
 }

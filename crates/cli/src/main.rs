@@ -3,7 +3,12 @@
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod chat;
+mod common;
+mod generate;
 mod inspect;
+mod logits;
+mod perplexity;
 mod tokenize;
 
 /// Run transformer language models on the CPU.
@@ -16,6 +21,14 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Continue a prompt, streaming the text as it is produced.
+    Generate(generate::GenerateArgs),
+    /// Chat with the model's own template (one user turn per stdin line).
+    Chat(chat::ChatArgs),
+    /// Per-position logsumexp and top logits as JSON (the golden files' shape).
+    Logits(logits::LogitsArgs),
+    /// Perplexity of a text file, by llama.cpp's method.
+    Perplexity(perplexity::PerplexityArgs),
     /// Prompt-processing and generation speed, like llama-bench.
     Bench(bench::BenchArgs),
     /// Show a model file's format, architecture, hyper-parameters and tensors.
@@ -27,6 +40,10 @@ enum Command {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
+        Command::Generate(a) => generate::run(a),
+        Command::Chat(a) => chat::run(a),
+        Command::Logits(a) => logits::run(a),
+        Command::Perplexity(a) => perplexity::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Inspect(a) => inspect::run(a),
         Command::Tokenize(a) => tokenize::run(a),

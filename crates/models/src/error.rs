@@ -154,6 +154,9 @@ pub enum ModelError {
         /// Positions available.
         max_context: usize,
     },
+    /// The tokenizer could not be loaded or used.
+    #[error(transparent)]
+    Tokenizer(#[from] crate::tokenizer::TokenizerError),
     /// Generation needs at least one prompt token.
     #[error("the prompt is empty: there is no token to continue from")]
     EmptyPrompt,

@@ -9,6 +9,8 @@ pub mod golden;
 pub mod llama;
 pub mod llama2c;
 pub mod paths;
+pub mod perplexity;
 pub mod safetensors_file;
+pub mod session;
 pub mod source;
 pub mod tokenizer;

@@ -152,7 +152,10 @@ impl Llama2c {
             shared_classifier: h[5] > 0,
         };
         let c = &config;
-        if c.dim % c.n_heads != 0 || c.n_heads % c.n_kv_heads != 0 || c.head_size() % 2 != 0 {
+        if !c.dim.is_multiple_of(c.n_heads)
+            || !c.n_heads.is_multiple_of(c.n_kv_heads)
+            || !c.head_size().is_multiple_of(2)
+        {
             return Err(ModelError::corrupt(
                 path,
                 "llama2.c header",

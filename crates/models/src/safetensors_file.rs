@@ -84,7 +84,7 @@ impl SafetensorsFile {
             return Err(truncated("header length", 8));
         };
         let n = u64::from_le_bytes(head.try_into().unwrap_or_default());
-        let header_end = n.checked_add(8).unwrap_or(u64::MAX);
+        let header_end = n.saturating_add(8);
         if header_end > file_len {
             return Err(truncated(&format!("JSON header of {n} bytes"), header_end));
         }
@@ -177,7 +177,7 @@ impl SafetensorsFile {
         };
         let align = info.dtype.block_bytes();
         let base = self.storage.bytes().as_ptr() as usize;
-        let t = if (base + info.offset) % align == 0 {
+        let t = if (base + info.offset).is_multiple_of(align) {
             Tensor::new(
                 self.storage.clone(),
                 info.offset,

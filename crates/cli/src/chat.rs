@@ -1,0 +1,103 @@
+//! `patchbay chat`: multi-turn chat with the model's own template.
+//!
+//! Interactive on a terminal; with piped stdin each line is one user turn, so
+//! it is scriptable. Ctrl-D (end of input) ends it. The KV cache persists across
+//! turns: each turn only processes the new tokens.
+
+use std::io::{BufRead, IsTerminal, Write};
+
+use anyhow::Result;
+use patchbay_combinators::Step;
+use patchbay_models::tokenizer::{render_chat, ChatMessage, Tokenizer};
+
+use crate::common::{self, ModelArgs, SamplingArgs};
+
+/// Arguments of `patchbay chat`.
+#[derive(clap::Args, Debug)]
+pub struct ChatArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// A system prompt.
+    #[arg(long)]
+    pub system: Option<String>,
+    /// Most tokens per reply.
+    #[arg(short = 'n', long, default_value_t = 512)]
+    pub n_predict: usize,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+}
+
+/// Runs `patchbay chat`.
+pub fn run(args: &ChatArgs) -> Result<()> {
+    let mut session = common::open(&args.model, args.sampling.config()?)?;
+    let interactive = std::io::stdin().is_terminal();
+    let mut messages: Vec<ChatMessage> = Vec::new();
+    if let Some(s) = &args.system {
+        messages.push(ChatMessage::new("system", s));
+    }
+    // The rendered conversation already in the KV cache.
+    let mut rendered_done = String::new();
+    let stdin = std::io::stdin();
+    let mut lines = stdin.lock().lines();
+    let tok = session.tokenizer.clone();
+    let Some(template) = tok.chat_template().map(str::to_owned) else {
+        anyhow::bail!("this model has no chat template; use `patchbay generate` instead");
+    };
+    loop {
+        if interactive {
+            eprint!("> ");
+            let _ = std::io::stderr().flush();
+        }
+        let Some(line) = lines.next() else { break };
+        let line = line?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        messages.push(ChatMessage::new("user", &line));
+        let full = render(&tok, &template, &messages)?;
+        // Only the text beyond what the cache holds is new.
+        let new_text = full.strip_prefix(rendered_done.as_str()).map(str::to_owned);
+        let tokens = match new_text {
+            Some(t) => tok.encode_with(&t, rendered_done.is_empty(), true),
+            None => {
+                // The template re-rendered history differently: start over.
+                session.reset();
+                tok.encode_with(&full, true, true)
+            }
+        };
+        let mut reply_ids = Vec::new();
+        let mut dec = tok.stream();
+        let mut out = std::io::stdout().lock();
+        let room = session
+            .max_context()
+            .saturating_sub(session.position() + tokens.len());
+        if room == 0 {
+            anyhow::bail!("the conversation has filled the context ({} tokens); start a new chat or raise --max-context", session.max_context());
+        }
+        session.generate(&tokens, args.n_predict.min(room), |t| {
+            reply_ids.push(t);
+            let _ = out.write_all(dec.push(t).as_bytes());
+            let _ = out.flush();
+            Step::Continue
+        })?;
+        let _ = out.write_all(dec.finish().as_bytes());
+        let _ = writeln!(out);
+        let reply = tok.decode(&reply_ids);
+        messages.push(ChatMessage::new("assistant", reply.trim_end()));
+        // What the cache holds now: the prompt so far plus the reply as generated.
+        rendered_done = full + &reply;
+    }
+    Ok(())
+}
+
+/// Renders the conversation with the model's template and its BOS/EOS texts.
+fn render(tok: &Tokenizer, template: &str, messages: &[ChatMessage]) -> Result<String> {
+    let text = |id: Option<u32>| id.and_then(|i| tok.token_text(i)).unwrap_or_default();
+    Ok(render_chat(
+        template,
+        messages,
+        true,
+        &text(tok.bos()),
+        &text(tok.eos()),
+    )?)
+}

@@ -1,0 +1,120 @@
+//! Perplexity by llama.cpp's method, so numbers compare with `llama-perplexity`.
+//!
+//! Tokenize the whole text (BOS first when the model adds one), cut it into
+//! chunks of `ctx` tokens, put BOS in each chunk's first slot when the model
+//! uses one, score only the second half of each chunk (each prediction has at
+//! least `ctx/2` tokens of context), and report `exp(mean NLL)` with the
+//! standard error propagated as llama.cpp does.
+
+use crate::error::ModelError;
+use crate::session::Session;
+
+/// Running perplexity totals.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Perplexity {
+    /// Tokens scored so far.
+    pub count: usize,
+    /// Σ NLL.
+    pub nll: f64,
+    /// Σ NLL².
+    pub nll2: f64,
+}
+
+impl Perplexity {
+    /// `exp(mean NLL)`.
+    pub fn ppl(&self) -> f64 {
+        (self.nll / self.count.max(1) as f64).exp()
+    }
+
+    /// Standard error of the perplexity (llama.cpp's formula).
+    pub fn std_error(&self) -> f64 {
+        if self.count < 2 {
+            return f64::NAN;
+        }
+        let n = self.count as f64;
+        let mean = self.nll / n;
+        let var = (self.nll2 / n - mean * mean).max(0.0);
+        self.ppl() * (var / (n - 1.0)).sqrt()
+    }
+}
+
+/// Chunks of `ctx` tokens llama.cpp would score from `tokens`.
+pub fn chunk_count(n_tokens: usize, ctx: usize, max_chunks: Option<usize>) -> usize {
+    let n = n_tokens / ctx.max(1);
+    max_chunks.map_or(n, |m| n.min(m))
+}
+
+/// Scores `tokens` in chunks of `ctx`; `on_chunk(i, n, running)` reports progress.
+pub fn perplexity(
+    session: &mut Session,
+    tokens: &[u32],
+    ctx: usize,
+    max_chunks: Option<usize>,
+    mut on_chunk: impl FnMut(usize, usize, &Perplexity),
+) -> Result<Perplexity, ModelError> {
+    if ctx < 2 {
+        return Err(ModelError::Usage(format!(
+            "--ctx {ctx} is too small (at least 2)"
+        )));
+    }
+    if ctx > session.max_context() {
+        return Err(ModelError::Usage(format!(
+            "--ctx {ctx} exceeds the context this session holds ({})",
+            session.max_context()
+        )));
+    }
+    let n_chunks = chunk_count(tokens.len(), ctx, max_chunks);
+    if n_chunks == 0 {
+        return Err(ModelError::Usage(format!(
+            "the text has {} tokens, fewer than one chunk of {ctx}",
+            tokens.len()
+        )));
+    }
+    let bos = session
+        .tokenizer
+        .add_bos()
+        .then(|| session.tokenizer.bos())
+        .flatten();
+    let first = ctx / 2;
+    let mut acc = Perplexity::default();
+    let mut chunk = vec![0u32; ctx];
+    for c in 0..n_chunks {
+        chunk.copy_from_slice(&tokens[c * ctx..(c + 1) * ctx]);
+        if let Some(b) = bos {
+            chunk[0] = b;
+        }
+        session.reset();
+        let vocab = session.config.vocab;
+        let logits = session.logits(&chunk)?;
+        for i in first..ctx - 1 {
+            let row = &logits.as_slice()[i * vocab..(i + 1) * vocab];
+            let target = tokens[c * ctx + i + 1] as usize;
+            let m = row.iter().fold(f64::NEG_INFINITY, |m, &v| m.max(v as f64));
+            let lse = m + row.iter().map(|&v| (v as f64 - m).exp()).sum::<f64>().ln();
+            let nll = lse - row[target] as f64;
+            acc.count += 1;
+            acc.nll += nll;
+            acc.nll2 += nll * nll;
+        }
+        on_chunk(c, n_chunks, &acc);
+    }
+    Ok(acc)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statistics_follow_the_formulas() {
+        let p = Perplexity {
+            count: 4,
+            nll: 4.0 * 2.0,
+            nll2: 4.0 * 4.0 + 0.0,
+        };
+        assert!((p.ppl() - 2f64.exp()).abs() < 1e-12);
+        assert_eq!(p.std_error(), 0.0);
+        assert_eq!(chunk_count(1000, 512, None), 1);
+        assert_eq!(chunk_count(100_000, 512, Some(40)), 40);
+    }
+}

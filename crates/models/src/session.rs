@@ -1,0 +1,309 @@
+//! A loaded model ready to run: network, tokenizer, KV cache and sampler, with
+//! prompt processing, autoregressive generation (a [`Loop`]), and per-position
+//! logits for scoring.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use patchbay_blocks::{Sampler, SamplerConfig};
+use patchbay_combinators::{Capacity, Ctx, Layer, Loop, LoopState, Rows, Series, Step};
+use patchbay_primitives::{Act, Simd, Threads};
+
+use crate::error::ModelError;
+use crate::llama::{self, BuildOptions, Llama, LlamaNet};
+use crate::source::ModelSource;
+use crate::tokenizer::Tokenizer;
+
+/// The generation pipeline: the model and the sampler in a loop.
+pub type Decoder = Loop<Series<LlamaNet, Sampler>>;
+
+/// Settings for opening a session.
+#[derive(Debug, Clone)]
+pub struct SessionOptions {
+    /// Worker threads (0 = one per core).
+    pub threads: usize,
+    /// Longest sequence (prompt + generated) to size the KV cache for;
+    /// capped by the model's context length.
+    pub max_context: usize,
+    /// Most prompt tokens processed in one batch.
+    pub batch: usize,
+    /// Sampling settings.
+    pub sampler: SamplerConfig,
+    /// Model build options.
+    pub build: BuildOptions,
+}
+
+impl Default for SessionOptions {
+    fn default() -> Self {
+        SessionOptions {
+            threads: 0,
+            max_context: 4096,
+            batch: 512,
+            sampler: SamplerConfig::default(),
+            build: BuildOptions::default(),
+        }
+    }
+}
+
+/// Timings of one generation, for the summary line.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct GenStats {
+    /// Prompt tokens processed.
+    pub prompt_tokens: usize,
+    /// Time to process them (up to the first sampled token).
+    pub prompt_time: Duration,
+    /// Tokens generated.
+    pub gen_tokens: usize,
+    /// Time spent generating after the first token.
+    pub gen_time: Duration,
+}
+
+impl GenStats {
+    /// Prompt tokens per second.
+    pub fn prompt_tps(&self) -> f64 {
+        self.prompt_tokens as f64 / self.prompt_time.as_secs_f64().max(1e-9)
+    }
+    /// Generated tokens per second (excluding the first, which the prompt pass yields).
+    pub fn gen_tps(&self) -> f64 {
+        self.gen_tokens.saturating_sub(1) as f64 / self.gen_time.as_secs_f64().max(1e-9)
+    }
+}
+
+/// A model with its tokenizer and one sequence's state.
+pub struct Session {
+    /// The tokenizer.
+    pub tokenizer: Tokenizer,
+    /// The model's configuration.
+    pub config: llama::LlamaConfig,
+    decoder: Decoder,
+    state: LoopState<<Series<LlamaNet, Sampler> as Layer>::State>,
+    threads: Threads,
+    simd: Simd,
+    pos: usize,
+    max_context: usize,
+    batch: usize,
+    ids: Act,
+    logits: Act,
+    /// The last sampled token, not yet fed to the network.
+    pending: Option<u32>,
+    /// Time it took to open the files and build the network.
+    pub load_time: Duration,
+}
+
+impl Session {
+    /// Opens a model file (GGUF, safetensors directory or llama2.c `.bin`).
+    pub fn open(path: &Path, opts: &SessionOptions) -> Result<Session, ModelError> {
+        let t0 = Instant::now();
+        let source = ModelSource::open(path)?;
+        let tokenizer = Tokenizer::load(path)?;
+        let max_context = opts.max_context.min(source_context(&source)?).max(1);
+        let build = BuildOptions {
+            max_context,
+            ..opts.build
+        };
+        let Llama { config, net } = llama::build(&source, &build)?;
+        let sampler = Sampler::new(config.vocab, opts.sampler).map_err(|e| ModelError::Block {
+            path: path.to_path_buf(),
+            tensor: "sampler".into(),
+            source: e,
+        })?;
+        let batch = opts.batch.max(1);
+        let decoder = Loop::autoregressive(Series::new(net, sampler), usize::MAX);
+        let state = decoder.new_state(Capacity::new(batch, max_context));
+        Ok(Session {
+            tokenizer,
+            config,
+            decoder,
+            state,
+            threads: Threads::new(opts.threads),
+            simd: Simd::detect(),
+            pos: 0,
+            max_context,
+            batch,
+            ids: Act::with_capacity(batch, 1),
+            logits: Act::default(),
+            pending: None,
+            load_time: t0.elapsed(),
+        })
+    }
+
+    /// The network.
+    pub fn net(&self) -> &LlamaNet {
+        &self.decoder.body.first
+    }
+
+    /// Positions used so far in the sequence.
+    pub fn position(&self) -> usize {
+        self.pos
+    }
+
+    /// The KV cache length.
+    pub fn max_context(&self) -> usize {
+        self.max_context
+    }
+
+    /// Worker threads in use.
+    pub fn threads(&self) -> usize {
+        self.threads.count()
+    }
+
+    /// Forgets the sequence (KV cache, sampler history).
+    pub fn reset(&mut self) {
+        self.decoder.reset(&mut self.state);
+        self.pos = 0;
+        self.pending = None;
+    }
+
+    fn check_room(&self, n: usize) -> Result<(), ModelError> {
+        if self.pos + n > self.max_context {
+            return Err(ModelError::ContextFull {
+                needed: self.pos + n,
+                max_context: self.max_context,
+            });
+        }
+        Ok(())
+    }
+
+    fn load_ids(&mut self, tokens: &[u32]) {
+        self.ids.reshape(tokens.len(), 1);
+        for (d, &t) in self.ids.as_mut_slice().iter_mut().zip(tokens) {
+            *d = t as f32;
+        }
+    }
+
+    /// Runs `tokens` through the network at the current position and returns
+    /// the logits of every position (`tokens.len() x vocab`), in batches.
+    pub fn logits(&mut self, tokens: &[u32]) -> Result<&Act, ModelError> {
+        self.check_room(tokens.len())?;
+        let vocab = self.config.vocab;
+        let mut all = std::mem::take(&mut self.logits);
+        all.reshape(tokens.len(), vocab);
+        let mut out = Act::default();
+        for (c, chunk) in tokens.chunks(self.batch).enumerate() {
+            self.load_ids(chunk);
+            let ctx = Ctx::new(self.simd, &self.threads).at(self.pos);
+            let net = &self.decoder.body.first;
+            net.forward(&self.ids, &mut out, &mut self.state.body.first, &ctx)?;
+            let start = c * self.batch * vocab;
+            all.as_mut_slice()[start..start + chunk.len() * vocab].copy_from_slice(out.as_slice());
+            self.pos += chunk.len();
+        }
+        self.logits = all;
+        Ok(&self.logits)
+    }
+
+    /// Processes `prompt` and generates up to `max_tokens` tokens, calling
+    /// `on_token` with each; stops at an end-of-generation token (not passed to
+    /// `on_token`), when `on_token` returns `Step::Stop`, or when the context is
+    /// full.
+    pub fn generate(
+        &mut self,
+        prompt: &[u32],
+        max_tokens: usize,
+        on_token: impl FnMut(u32) -> Step,
+    ) -> Result<GenStats, ModelError> {
+        self.generate_inner(prompt, max_tokens, true, on_token)
+    }
+
+    /// Like [`Session::generate`] but end-of-generation tokens are passed to
+    /// `on_token` too (generation still stops after one): what reference
+    /// greedy continuations contain.
+    pub fn generate_raw(
+        &mut self,
+        prompt: &[u32],
+        max_tokens: usize,
+        on_token: impl FnMut(u32) -> Step,
+    ) -> Result<GenStats, ModelError> {
+        self.generate_inner(prompt, max_tokens, false, on_token)
+    }
+
+    fn generate_inner(
+        &mut self,
+        prompt: &[u32],
+        max_tokens: usize,
+        hide_eog: bool,
+        mut on_token: impl FnMut(u32) -> Step,
+    ) -> Result<GenStats, ModelError> {
+        // A token sampled last time but never fed goes first.
+        let joined: Vec<u32>;
+        let prompt = match self.pending.take() {
+            Some(t) => {
+                joined = std::iter::once(t).chain(prompt.iter().copied()).collect();
+                &joined[..]
+            }
+            None => prompt,
+        };
+        let mut stats = GenStats {
+            prompt_tokens: prompt.len(),
+            ..GenStats::default()
+        };
+        if prompt.is_empty() {
+            return Err(ModelError::EmptyPrompt);
+        }
+        if max_tokens == 0 {
+            return Ok(stats);
+        }
+        self.check_room(prompt.len())?;
+        let t0 = Instant::now();
+        // The sampler's repetition window sees the prompt too.
+        for &t in prompt {
+            self.state.body.second.observe(t);
+        }
+        // All but the last batch go straight through the network.
+        let (head, tail) = prompt.split_at(prompt.len() - ((prompt.len() - 1) % self.batch + 1));
+        for chunk in head.chunks(self.batch) {
+            self.load_ids(chunk);
+            let ctx = Ctx::new(self.simd, &self.threads)
+                .at(self.pos)
+                .with_rows(Rows::Last);
+            let mut scratch = std::mem::take(&mut self.logits);
+            self.decoder.body.first.forward(
+                &self.ids,
+                &mut scratch,
+                &mut self.state.body.first,
+                &ctx,
+            )?;
+            self.logits = scratch;
+            self.pos += chunk.len();
+        }
+        self.load_ids(tail);
+        // Each step after the first feeds one token back; the last is never fed.
+        let room = self.max_context - self.pos - tail.len() + 1;
+        let steps = max_tokens.min(room);
+        let mut t_first = None;
+        let tokenizer = &self.tokenizer;
+        let ctx = Ctx::new(self.simd, &self.threads).at(self.pos);
+        let ids = std::mem::take(&mut self.ids);
+        let mut last = None;
+        let res = self
+            .decoder
+            .run(&ids, &mut self.state, &ctx, steps, |_, row| {
+                let t = row[0] as u32;
+                last = Some(t);
+                if t_first.is_none() {
+                    t_first = Some(Instant::now());
+                }
+                let eog = tokenizer.is_eog(t);
+                if eog && hide_eog {
+                    return Step::Stop;
+                }
+                stats.gen_tokens += 1;
+                match on_token(t) {
+                    _ if eog => Step::Stop,
+                    step => step,
+                }
+            });
+        self.ids = ids;
+        let (_, pos) = res?;
+        self.pos = pos;
+        self.pending = last;
+        let t_first = t_first.unwrap_or_else(Instant::now);
+        stats.prompt_time = t_first - t0;
+        stats.gen_time = t_first.elapsed();
+        Ok(stats)
+    }
+}
+
+fn source_context(source: &ModelSource) -> Result<usize, ModelError> {
+    Ok(llama::LlamaConfig::from_source(source)?.context_length)
+}
