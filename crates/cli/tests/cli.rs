@@ -1,0 +1,222 @@
+//! The `patchbay` binary end to end: the main job, and clear errors (never a
+//! panic) for bad prompts, files and flags.
+
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+
+fn patchbay(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_patchbay"))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run patchbay")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Fails with the fetch hint when the default model is missing.
+fn require(name: &str) {
+    if let Err(e) = patchbay_models::paths::resolve_model(name) {
+        panic!("{e}");
+    }
+}
+
+#[test]
+fn generate_the_capital_of_france() {
+    require("smollm2-135m");
+    let o = patchbay(&[
+        "generate",
+        "-p",
+        "The capital of France is",
+        "-n",
+        "16",
+        "--temp",
+        "0",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = String::from_utf8(o.stdout.clone()).unwrap();
+    assert!(text.starts_with(" Paris."), "{text:?}");
+    let err = stderr(&o);
+    assert!(
+        err.contains("prompt 5 tokens") && err.contains("t/s"),
+        "{err}"
+    );
+}
+
+#[test]
+fn same_seed_same_text() {
+    require("stories260k");
+    let run = |seed: &str| {
+        let o = patchbay(&[
+            "generate",
+            "-m",
+            "stories260k",
+            "-p",
+            "Once upon",
+            "-n",
+            "30",
+            "--seed",
+            seed,
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        o.stdout
+    };
+    assert_eq!(run("7"), run("7"));
+    assert_ne!(run("7"), run("8"));
+}
+
+#[test]
+fn bad_input_gives_clear_errors_not_panics() {
+    require("stories260k");
+    require("smollm2-135m");
+    let dir = std::env::temp_dir().join(format!("patchbay-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bad_utf8 = dir.join("bad.txt");
+    std::fs::write(&bad_utf8, b"hello \xff\xfe world").unwrap();
+    let bad_utf8 = bad_utf8.to_str().unwrap();
+    let long = "word ".repeat(400);
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec!["generate", "-m", "stories260k", "-p", "x", "--top-p", "1.5"],
+            "top-p",
+        ),
+        (
+            vec!["generate", "-m", "stories260k", "-p", "x", "--temp", "-1"],
+            "temperature",
+        ),
+        (
+            vec!["generate", "-m", "stories260k", "-p", "x", "--min-p", "2"],
+            "min-p",
+        ),
+        (
+            vec!["generate", "-m", "stories260k", "-f", bad_utf8],
+            "not valid UTF-8",
+        ),
+        (
+            vec!["generate", "-m", "stories260k", "-f", "/no/such/file.txt"],
+            "/no/such/file.txt",
+        ),
+        (vec!["generate", "-m", "stories260k"], "no prompt"),
+        (
+            vec!["generate", "-m", "no-such-model", "-p", "x"],
+            "known model",
+        ),
+        (
+            vec!["generate", "-m", "/no/such/model.gguf", "-p", "x"],
+            "model.gguf",
+        ),
+        (vec!["generate", "-p", ""], "empty"),
+        (
+            vec![
+                "generate",
+                "-m",
+                "stories260k",
+                "-p",
+                &long,
+                "--max-context",
+                "64",
+            ],
+            "context",
+        ),
+        (vec!["inspect", bad_utf8], "bad.txt"),
+    ];
+    for (args, needle) in cases {
+        let o = patchbay(&args);
+        let err = stderr(&o);
+        assert!(!o.status.success(), "{args:?} succeeded");
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{args:?} panicked: {err}");
+        assert!(
+            err.contains(needle),
+            "{args:?}: expected {needle:?} in {err:?}"
+        );
+    }
+}
+
+#[test]
+fn generation_stops_at_the_context_limit() {
+    require("stories260k");
+    let o = patchbay(&[
+        "generate",
+        "-m",
+        "stories260k",
+        "-p",
+        "Once upon a time",
+        "-n",
+        "500",
+        "--max-context",
+        "32",
+        "--temp",
+        "0",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let err = stderr(&o);
+    // 5 prompt tokens (with BOS) in a 32-position cache leave room for 28 tokens.
+    assert!(err.contains("generated 28 tokens"), "{err}");
+}
+
+#[test]
+fn chat_reads_one_turn_per_line_from_a_pipe() {
+    require("smollm2-135m");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_patchbay"))
+        .args([
+            "chat",
+            "--temp",
+            "0",
+            "-n",
+            "24",
+            "--system",
+            "You are a helpful AI assistant named SmolLM, trained by Hugging Face",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"What is the capital of France?\nWhat is the capital of Italy?\n")
+        .unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = String::from_utf8(o.stdout.clone()).unwrap();
+    let replies: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(text.contains("Paris"), "{text}");
+    assert!(text.contains("Rome"), "{text}");
+    assert!(replies.len() >= 2, "{text}");
+}
+
+#[test]
+fn logits_json_has_the_golden_shape() {
+    require("stories260k");
+    let o = patchbay(&[
+        "logits",
+        "-m",
+        "stories260k",
+        "-p",
+        "The dog",
+        "--top",
+        "5",
+        "--greedy",
+        "4",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let tokens = v["tokens"].as_array().unwrap();
+    let positions = v["positions"].as_array().unwrap();
+    assert_eq!(tokens[0], 1, "BOS first");
+    assert_eq!(tokens.len(), positions.len());
+    for p in positions {
+        let top = p["top"].as_array().unwrap();
+        assert_eq!(top.len(), 5);
+        let best = top[0][1].as_f64().unwrap();
+        assert!(p["logsumexp"].as_f64().unwrap() >= best);
+        assert!(top.windows(2).all(|w| w[0][1].as_f64() >= w[1][1].as_f64()));
+    }
+    assert_eq!(v["greedy"].as_array().unwrap().len(), 4);
+}
