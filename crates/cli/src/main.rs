@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod chat;
 mod common;
+mod convert;
 mod generate;
 mod inspect;
 mod logits;
@@ -31,6 +32,8 @@ enum Command {
     Perplexity(perplexity::PerplexityArgs),
     /// Prompt-processing and generation speed, like llama-bench.
     Bench(bench::BenchArgs),
+    /// Export a GGUF model as an HF safetensors directory.
+    Convert(convert::ConvertArgs),
     /// Show a model file's format, architecture, hyper-parameters and tensors.
     Inspect(inspect::InspectArgs),
     /// Print the token ids of a text as a JSON array.
@@ -45,6 +48,7 @@ fn main() -> std::process::ExitCode {
         Command::Logits(a) => logits::run(a),
         Command::Perplexity(a) => perplexity::run(a),
         Command::Bench(a) => bench::run(a),
+        Command::Convert(a) => convert::run(a),
         Command::Inspect(a) => inspect::run(a),
         Command::Tokenize(a) => tokenize::run(a),
     };

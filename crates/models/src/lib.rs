@@ -3,6 +3,7 @@
 //! Weight files (GGUF, safetensors, llama2.c), tokenizers, and model families
 //! written as types over `patchbay-blocks`.
 
+pub mod convert;
 pub mod error;
 pub mod gguf;
 pub mod golden;

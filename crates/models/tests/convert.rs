@@ -1,0 +1,82 @@
+//! `convert` exports SmolLM2 as an HF safetensors directory that loads through
+//! the safetensors path of the same Llama type and computes the same float
+//! math as the GGUF (it holds the dequantised weights): mean KL under 1e-6 and
+//! every logit within 1e-2, on every golden case, which also still agrees
+//! with the golden `exact` answers. Its tokenizer.json gives the golden ids.
+
+use patchbay_combinators::{Capacity, Ctx, Layer};
+use patchbay_models::convert::{to_safetensors, ExportDType};
+use patchbay_models::golden::{self, GoldenCase};
+use patchbay_models::llama::{self, BuildOptions, Llama};
+use patchbay_models::paths;
+use patchbay_models::source::{Format, ModelSource};
+use patchbay_models::tokenizer::Tokenizer;
+use patchbay_primitives::quant::DotMode;
+use patchbay_primitives::{Act, Simd, Threads};
+
+fn logits(model: &Llama, tokens: &[u32]) -> Vec<Vec<f32>> {
+    let threads = Threads::new(2);
+    let ctx = Ctx::new(Simd::detect(), &threads);
+    let mut st = model.net.new_state(Capacity::new(tokens.len(), 512));
+    let x = Act::from_vec(tokens.len(), 1, tokens.iter().map(|&t| t as f32).collect()).unwrap();
+    let y = model.net.apply(&x, &mut st, &ctx).unwrap();
+    (0..tokens.len()).map(|i| y.row(i).to_vec()).collect()
+}
+
+fn log_softmax(x: &[f32]) -> Vec<f64> {
+    let m = x.iter().fold(f64::NEG_INFINITY, |m, &v| m.max(v as f64));
+    let lse = m + x.iter().map(|&v| (v as f64 - m).exp()).sum::<f64>().ln();
+    x.iter().map(|&v| v as f64 - lse).collect()
+}
+
+#[test]
+fn converted_smollm2_matches_the_gguf_and_the_goldens() {
+    let gguf = paths::resolve_model("smollm2-135m").unwrap_or_else(|e| panic!("{e}"));
+    let dir = std::env::temp_dir().join(format!("patchbay-convert-{}", std::process::id()));
+    let files = to_safetensors(&gguf, &dir, ExportDType::F32).unwrap();
+    assert_eq!(files.len(), 4);
+    let opts = BuildOptions {
+        dot_mode: DotMode::Exact,
+        max_context: 512,
+    };
+    let original = llama::build(&ModelSource::open(&gguf).unwrap(), &opts).unwrap();
+    let source = ModelSource::open(&dir).unwrap();
+    assert_eq!(source.format(), Format::Safetensors);
+    let converted = llama::build(&source, &opts).unwrap();
+    let tokenizer = Tokenizer::load(&dir).unwrap();
+    let cases = paths::golden_dir(paths::known("smollm2-135m").unwrap());
+    let mut n = 0;
+    for entry in std::fs::read_dir(&cases).unwrap() {
+        let path = entry.unwrap().path();
+        let case = GoldenCase::load(&path).unwrap();
+        let ids = tokenizer.encode(&case.prompt, case.add_special);
+        assert_eq!(ids, case.tokens, "{}: tokenizer.json ids", path.display());
+        let (a, b) = (
+            logits(&original, &case.tokens),
+            logits(&converted, &case.tokens),
+        );
+        let mut kl = 0.0;
+        for (ra, rb) in a.iter().zip(&b) {
+            let worst = ra
+                .iter()
+                .zip(rb)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0.0f32, f32::max);
+            assert!(worst < 1e-2, "{}: logit differs by {worst}", path.display());
+            let (pa, pb) = (log_softmax(ra), log_softmax(rb));
+            kl += pa
+                .iter()
+                .zip(&pb)
+                .map(|(p, q)| p.exp() * (p - q))
+                .sum::<f64>();
+        }
+        let mean_kl = kl / a.len() as f64;
+        assert!(mean_kl < 1e-6, "{}: mean KL {mean_kl}", path.display());
+        // Rules 1-4 against the exact answers (greedy is covered by the GGUF tests).
+        let report = golden::check(&case, &ids, &b, &case.exact.greedy);
+        assert!(report.agrees(), "{}: {:?}", path.display(), report.failures);
+        n += 1;
+    }
+    assert_eq!(n, 6);
+    let _ = std::fs::remove_dir_all(&dir);
+}
