@@ -13,8 +13,9 @@
 //!   product with per-block float scales, as llama.cpp's `vec_dot` kernels
 //!   (AVX-512 VNNI, AVX2 `maddubs`, or portable scalar code).
 //!
-//! [`matvec_q`] splits rows over threads in fixed chunks, each output element
-//! reduced entirely by one thread, so results do not depend on the thread count.
+//! [`matvec_q`] splits rows over threads, each output element reduced entirely
+//! by one thread with operations that do not depend on the split, so results
+//! do not depend on the thread count.
 
 mod acts;
 mod blocks;
@@ -42,7 +43,9 @@ pub enum DotMode {
     Q8,
 }
 
-/// Rows computed per task by [`matvec_q`]: fixed, so the split never depends on the thread count.
+/// Granule of the row split of [`matvec_q`] (tasks hold a multiple of it). The
+/// split may depend on the thread count; results do not, since every row is
+/// computed by the same operations whatever rows it is grouped with.
 pub const MATVEC_CHUNK_ROWS: usize = 16;
 
 /// Weight rows dequantised per panel by [`matmul_q`].
@@ -154,6 +157,11 @@ pub fn dot_row(s: Simd, dtype: DType, row: &[u8], x: &[f32]) -> f32 {
 /// they have grown to `x.len()`).
 pub fn quantize_acts(s: Simd, x: &[f32], for_dtype: DType, out: &mut QuantizedActs) {
     let kind = QuantizedActs::kind_for(for_dtype);
+    #[cfg(target_arch = "x86_64")]
+    if s.level() >= Level::Avx2 && features().1 {
+        out.quantize(x, kind, true);
+        return;
+    }
     struct Op<'a> {
         x: &'a [f32],
         kind: ActsKind,
@@ -164,38 +172,57 @@ pub fn quantize_acts(s: Simd, x: &[f32], for_dtype: DType, out: &mut QuantizedAc
         #[inline(always)]
         fn with_simd<S: pulp::Simd>(self, _s: S) {
             // Compiled with the level's features so the block loops vectorise.
-            self.out.quantize_scalar(self.x, self.kind)
+            self.out.quantize(self.x, self.kind, false)
         }
     }
     s.vectorize(Op { x, kind, out });
 }
 
 type RowKernel = fn(&[u8], &QuantizedActs) -> f32;
+type Rows4Kernel = fn([&[u8]; 4], &QuantizedActs) -> [f32; 4];
+
+/// A SIMD integer kernel: one row, and four rows sharing the activation loads
+/// (each row bit-identical to the one-row kernel).
+#[derive(Clone, Copy)]
+struct IntKernel {
+    one: RowKernel,
+    four: Rows4Kernel,
+}
 
 /// The integer kernel for `dtype` at level `s`, if there is a SIMD one.
-fn int_kernel(s: Simd, dtype: DType) -> Option<RowKernel> {
+fn int_kernel(s: Simd, dtype: DType) -> Option<IntKernel> {
     #[cfg(target_arch = "x86_64")]
     {
+        // SAFETY (both macros): `int_kernel` returns these only after checking at
+        // run time that the CPU has the features module `$m` is compiled for.
         macro_rules! k {
+            ($m:ident, $f:ident, $f4:ident) => {
+                Some(IntKernel {
+                    one: |r, x| unsafe { x86::$m::$f(r, x) },
+                    four: |r, x| unsafe { x86::$m::$f4::<4>(r, x) },
+                })
+            };
+        }
+        // Formats without a multi-row kernel: four one-row calls.
+        macro_rules! k1 {
             ($m:ident, $f:ident) => {
-                Some(|r, x| {
-                    // SAFETY: `int_kernel` returns this only after checking at run
-                    // time that the CPU has the features module `$m` is compiled for.
-                    unsafe { x86::$m::$f(r, x) }
+                Some(IntKernel {
+                    one: |r, x| unsafe { x86::$m::$f(r, x) },
+                    four: |r, x| unsafe { r.map(|r| x86::$m::$f(r, x)) },
                 })
             };
         }
         macro_rules! pick {
             ($m:ident) => {
                 match dtype {
-                    DType::Q4_0 => k!($m, dot_q4_0),
-                    DType::Q4_1 => k!($m, dot_q4_1),
-                    DType::Q5_0 => k!($m, dot_q5_0),
-                    DType::Q5_1 => k!($m, dot_q5_1),
-                    DType::Q8_0 => k!($m, dot_q8_0),
-                    DType::Q4_K => k!($m, dot_q4_k),
-                    DType::Q5_K => k!($m, dot_q5_k),
-                    DType::Q6_K => k!($m, dot_q6_k),
+                    DType::Q4_0 => k!($m, dot_q4_0, dot_q4_0_rows),
+                    DType::Q4_1 => k!($m, dot_q4_1, dot_q4_1_rows),
+                    DType::Q5_0 => k!($m, dot_q5_0, dot_q5_0_rows),
+                    DType::Q5_1 => k!($m, dot_q5_1, dot_q5_1_rows),
+                    DType::Q8_0 => k!($m, dot_q8_0, dot_q8_0_rows),
+                    DType::Q4_K => k1!($m, dot_q4_k),
+                    DType::Q5_K => k1!($m, dot_q5_k),
+                    DType::Q6_K => k1!($m, dot_q6_k),
                     _ => None,
                 }
             };
@@ -258,14 +285,15 @@ pub fn dot_row_q8(s: Simd, dtype: DType, row: &[u8], xq: &QuantizedActs) -> f32 
         return exact::dot_f32(s, dtype, row, &xq.xf);
     }
     match int_kernel(s, dtype) {
-        Some(k) => k(row, xq),
+        Some(k) => (k.one)(row, xq),
         None => int::dot_row_q8_scalar(dtype, row, xq),
     }
 }
 
 /// `y = W · x` for a `rows x cols` weight matrix `w` of `dtype` (row-major, GGML
-/// layout). Rows are split over `threads` in fixed chunks of
-/// [`MATVEC_CHUNK_ROWS`], so `y` is bit-identical for any thread count.
+/// layout). Rows are split over `threads` in multiples of
+/// [`MATVEC_CHUNK_ROWS`]; each row's dot product is computed by the same
+/// operations whatever the split, so `y` is bit-identical for any thread count.
 /// In [`DotMode::Q8`], `x` is quantised once into `scratch`.
 #[allow(clippy::too_many_arguments)]
 pub fn matvec_q(
@@ -321,14 +349,21 @@ pub fn matvec_q(
         _ => None,
     };
     let xq: &QuantizedActs = scratch;
-    threads.for_each_chunk(y, MATVEC_CHUNK_ROWS, |ci, yc| {
-        let r0 = ci * MATVEC_CHUNK_ROWS;
+    let chunk = matvec_chunk_rows(rows, threads.count());
+    threads.for_each_chunk(y, chunk, |ci, yc| {
+        let r0 = ci * chunk;
         let wc = &w[r0 * row_bytes..(r0 + yc.len()) * row_bytes];
         match kernel {
             None => exact::dot_rows_f32(s, dtype, wc, row_bytes, x, yc),
             Some(Some(k)) => {
-                for (r, yv) in wc.chunks_exact(row_bytes).zip(yc.iter_mut()) {
-                    *yv = k(r, xq);
+                let mut rs = wc.chunks_exact(row_bytes);
+                let mut ys = yc.chunks_exact_mut(4);
+                for y4 in &mut ys {
+                    let r4 = [(); 4].map(|_| rs.next().unwrap_or_default());
+                    y4.copy_from_slice(&(k.four)(r4, xq));
+                }
+                for (r, yv) in rs.zip(ys.into_remainder()) {
+                    *yv = (k.one)(r, xq);
                 }
             }
             Some(None) => {
@@ -339,6 +374,19 @@ pub fn matvec_q(
         }
     });
     Ok(())
+}
+
+/// Rows per task of [`matvec_q`]: a multiple of [`MATVEC_CHUNK_ROWS`], about
+/// four tasks per thread (few hand-offs, still some balancing). Any split
+/// gives the same bits: each row's dot product never depends on its neighbours.
+fn matvec_chunk_rows(rows: usize, threads: usize) -> usize {
+    if threads <= 1 {
+        return rows.max(1);
+    }
+    rows.div_ceil(4 * threads)
+        .div_ceil(MATVEC_CHUNK_ROWS)
+        .max(1)
+        * MATVEC_CHUNK_ROWS
 }
 
 /// Prefill product `y (m x rows) = x (m x cols) · Wᵀ` for a `rows x cols`
