@@ -41,6 +41,9 @@ static PAIR_SHUF: [[u8; 16]; 8] = {
     t
 };
 
+/// How far ahead (bytes) the block kernels prefetch weights.
+const PREFETCH: usize = 768;
+
 macro_rules! ops_common {
     ($feat:literal) => {
         #[inline]
@@ -183,6 +186,10 @@ macro_rules! ops_common {
                     // SAFETY: as above; [d, d * sum] of activation block i (8 bytes).
                     let dd = unsafe { _mm_castpd_ps(_mm_load_sd(ddp.add(i).cast())) };
                     for r in 0..R {
+                        // Weights stream from memory once: ask for them early.
+                        _mm_prefetch::<_MM_HINT_T0>(
+                            base[r].wrapping_add($bb * i + PREFETCH).cast(),
+                        );
                         // SAFETY: every row is nb * $bb bytes (asserted), so block i
                         // is the $bb readable bytes at offset $bb * i.
                         let (p, sc) = unsafe {
