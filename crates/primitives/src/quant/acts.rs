@@ -33,7 +33,7 @@ pub struct QuantizedActs {
     /// `Q8_0`: `[d, d * sum(qs)]` per block (the second for the min / offset
     /// terms), interleaved so a kernel loads both with one 8-byte load.
     pub(crate) dd: Vec<[f32; 2]>,
-    /// `Q8K`: integer sum of each run of 16 values.
+    /// `Q8K`: integer sum of each run of 16 values; `Q8_0`: of each block of 32.
     pub(crate) bsums: Vec<i16>,
     /// `F32`: the activations themselves.
     pub(crate) xf: Vec<f32>,
@@ -138,6 +138,7 @@ impl QuantizedActs {
                 self.d.resize(nb, 0.0);
                 if kind == ActsKind::Q8_0 {
                     self.dd.resize(nb, [0.0; 2]);
+                    self.bsums.resize(nb, 0);
                 } else {
                     self.bsums.resize(n.div_ceil(16), 0);
                 }
@@ -167,6 +168,7 @@ impl QuantizedActs {
             if bl == QK {
                 let s: i32 = qb.iter().map(|&q| q as i32).sum();
                 self.dd[i] = [d, d * s as f32];
+                self.bsums[i] = s as i16;
             } else {
                 for (j, g) in qb.chunks(16).enumerate() {
                     self.bsums[16 * i + j] = g.iter().map(|&q| q as i16).sum();
@@ -251,7 +253,9 @@ impl QuantizedActs {
             }
             self.d[i] = d;
             if bl == QK {
-                self.dd[i] = [d, d * hsum_i(sum) as f32];
+                let s = hsum_i(sum);
+                self.dd[i] = [d, d * s as f32];
+                self.bsums[i] = s as i16;
             }
         }
     }

@@ -501,3 +501,145 @@ pub fn matmul_q(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A small deterministic generator (xorshift64*).
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+        fn f(&mut self) -> f32 {
+            (self.next() >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+        }
+    }
+
+    /// Random weight blocks: valid (finite, modest) f16 scales, random quant bytes.
+    fn random_row(rng: &mut Rng, dtype: DType, n: usize) -> Vec<u8> {
+        let mut x: Vec<f32> = (0..n).map(|_| rng.f()).collect();
+        if matches!(
+            dtype,
+            DType::Q4_0 | DType::Q4_1 | DType::Q5_0 | DType::Q5_1 | DType::Q8_0
+        ) {
+            let mut b = vec![0u8; dtype.bytes_for(n).unwrap()];
+            quantize_row(dtype, &x, &mut b);
+            return b;
+        }
+        // K-quants: random bytes with the f16 scales overwritten by small values.
+        x.clear();
+        let mut b: Vec<u8> = (0..dtype.bytes_for(n).unwrap())
+            .map(|_| rng.next() as u8)
+            .collect();
+        let bb = dtype.block_bytes();
+        for blk in b.chunks_exact_mut(bb) {
+            let at: &[usize] = if dtype == DType::Q6_K {
+                &[208]
+            } else {
+                &[0, 2]
+            };
+            for &o in at {
+                let h = blocks::f32_to_f16(rng.f() * 0.01);
+                blk[o..o + 2].copy_from_slice(&h.to_le_bytes());
+            }
+        }
+        b
+    }
+
+    /// The four-row kernels give each row the one-row kernel's bits, and both
+    /// stay within 2e-5 (relative to sum |w x|) of the f64 dot product.
+    #[test]
+    fn four_row_kernels_equal_one_row_kernels() {
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        let dtypes = [
+            DType::Q4_0,
+            DType::Q4_1,
+            DType::Q5_0,
+            DType::Q5_1,
+            DType::Q8_0,
+            DType::Q4_K,
+            DType::Q5_K,
+            DType::Q6_K,
+        ];
+        for s in Simd::available() {
+            for dtype in dtypes {
+                let Some(k) = int_kernel(s, dtype) else {
+                    continue;
+                };
+                for blocks in [1usize, 2, 3, 7, 18, 65] {
+                    let n = blocks * dtype.block_len();
+                    let rows: Vec<Vec<u8>> =
+                        (0..4).map(|_| random_row(&mut rng, dtype, n)).collect();
+                    let x: Vec<f32> = (0..n).map(|_| rng.f() * 3.0).collect();
+                    let mut xq = QuantizedActs::new();
+                    quantize_acts(s, &x, dtype, &mut xq);
+                    let four = (k.four)([&rows[0], &rows[1], &rows[2], &rows[3]], &xq);
+                    for (r, row) in rows.iter().enumerate() {
+                        let one = (k.one)(row, &xq);
+                        assert_eq!(
+                            four[r].to_bits(),
+                            one.to_bits(),
+                            "{dtype} {s:?} n={n} row {r}"
+                        );
+                        let mut w = vec![0.0f32; n];
+                        dequantize_row(dtype, row, &mut w).unwrap();
+                        let (mut want, mut mag) = (0.0f64, 0.0f64);
+                        for (i, wi) in w.iter().enumerate() {
+                            let p = *wi as f64 * xq.value(i) as f64;
+                            want += p;
+                            mag += p.abs();
+                        }
+                        assert!(
+                            (one as f64 - want).abs() <= 2e-5 * mag + 1e-30,
+                            "{dtype} {s:?} n={n}: {one} vs {want}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// The AVX2 activation quantiser produces the scalar quantiser's bits.
+    #[test]
+    fn simd_activation_quantiser_matches_scalar() {
+        #[cfg(target_arch = "x86_64")]
+        if features().1 {
+            let mut rng = Rng(42);
+            for n in [32usize, 64, 256, 576, 2304] {
+                for scale in [0.0f32, 1e-3, 1.0, 300.0] {
+                    let mut x: Vec<f32> = (0..n).map(|_| rng.f() * scale).collect();
+                    // Exact halves after scaling exercise the rounding rule.
+                    x[0] = scale;
+                    if n > 3 {
+                        x[1] = scale * 0.5 / 127.0;
+                        x[2] = -scale * 2.5 / 127.0;
+                    }
+                    for kind in [ActsKind::Q8_0, ActsKind::Q8K] {
+                        if kind == ActsKind::Q8K && n % QK_K != 0 {
+                            continue;
+                        }
+                        let (mut a, mut b) = (QuantizedActs::new(), QuantizedActs::new());
+                        a.quantize(&x, kind, true);
+                        b.quantize(&x, kind, false);
+                        assert_eq!(a.qs, b.qs, "{kind:?} n={n} scale={scale}");
+                        assert_eq!(a.bsums, b.bsums, "{kind:?} n={n}");
+                        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                        assert_eq!(bits(&a.d), bits(&b.d));
+                        let dd = |q: &QuantizedActs| {
+                            q.dd.iter()
+                                .flatten()
+                                .map(|f| f.to_bits())
+                                .collect::<Vec<_>>()
+                        };
+                        assert_eq!(dd(&a), dd(&b));
+                    }
+                }
+            }
+        }
+    }
+}

@@ -42,7 +42,8 @@ static PAIR_SHUF: [[u8; 16]; 8] = {
 };
 
 /// How far ahead (bytes) the block kernels prefetch weights.
-const PREFETCH: usize = 768;
+/// (Measured on SmolLM2 decode: 0 B -> 61 t/s, 768 B -> 70, 3072 B -> 81.)
+const PREFETCH: usize = 3072;
 
 macro_rules! ops_common {
     ($feat:literal) => {
@@ -157,12 +158,14 @@ macro_rules! ops_common {
         /// maps a block pointer `$b` and the activation block `$y` to
         /// `(i32 lanes of sum(q * y), [d, m])`: lane 0 is the block scale and
         /// lane 1 the factor multiplied with the activation block sum `d_y *
-        /// sum(y)`, accumulated and finally scaled by `$coef` (0 = no offset term).
+        /// sum(y)`, accumulated and finally scaled by `$coef` (0 = no such term).
+        /// A constant bias `2^$shift` of the quants (Q4_0, Q5_0) is removed in
+        /// integers instead: `- 2^$shift * sum(y)` (no float accumulator needed).
         ///
         /// Every row runs exactly the same operations whatever `R` is, so a row's
         /// result does not depend on the rows it is computed with.
         macro_rules! blocks32 {
-            ($rows:expr, $xq:expr, $bb:expr, $coef:expr, |$b:ident, $y:ident| $body:block) => {{
+            ($rows:expr, $xq:expr, $bb:expr, $coef:expr, $shift:literal, |$b:ident, $y:ident| $body:block) => {{
                 let xq: &QuantizedActs = $xq;
                 let rows: [&[u8]; R] = $rows;
                 let nb = rows[0].len() / $bb;
@@ -172,23 +175,34 @@ macro_rules! ops_common {
                     "row lengths differ"
                 );
                 assert!(
-                    xq.qs.len() >= nb * 32 && xq.dd.len() >= nb,
+                    xq.qs.len() >= nb * 32 && xq.dd.len() >= nb && xq.bsums.len() >= nb,
                     "activations too short"
                 );
+                let bsp = xq.bsums.as_ptr();
                 let base: [*const u8; R] = rows.map(|r| r.as_ptr());
                 let yp = xq.qs.as_ptr();
                 let ddp = xq.dd.as_ptr();
                 let mut acc = [_mm256_setzero_ps(); R];
                 let mut corr = [_mm_setzero_ps(); R];
+                let pfd = PREFETCH;
                 for i in 0..nb {
                     // SAFETY: i < nb, `qs` holds at least 32 * nb values and `dd` nb pairs.
                     let $y = unsafe { _mm256_loadu_si256(yp.add(32 * i).cast()) };
                     // SAFETY: as above; [d, d * sum] of activation block i (8 bytes).
                     let dd = unsafe { _mm_castpd_ps(_mm_load_sd(ddp.add(i).cast())) };
+                    // Integer offset term `-(2^shift) * sum(y)` in lane 0 (formats
+                    // whose quants are stored with a constant bias of 2^shift).
+                    let off = if $shift > 0 {
+                        // SAFETY: i < nb <= bsums.len().
+                        let ys = unsafe { *bsp.add(i) } as i32;
+                        _mm256_zextsi128_si256(_mm_cvtsi32_si128(ys << $shift))
+                    } else {
+                        _mm256_setzero_si256()
+                    };
                     for r in 0..R {
                         // Weights stream from memory once: ask for them early.
                         _mm_prefetch::<_MM_HINT_T0>(
-                            base[r].wrapping_add($bb * i + PREFETCH).cast(),
+                            base[r].wrapping_add($bb * i + pfd).cast(),
                         );
                         // SAFETY: every row is nb * $bb bytes (asserted), so block i
                         // is the $bb readable bytes at offset $bb * i.
@@ -196,6 +210,7 @@ macro_rules! ops_common {
                             let $b = base[r].add($bb * i);
                             $body
                         };
+                        let p = if $shift > 0 { _mm256_sub_epi32(p, off) } else { p };
                         let s2 = _mm_mul_ps(sc, dd);
                         acc[r] = _mm256_fmadd_ps(
                             _mm256_cvtepi32_ps(p),
@@ -222,16 +237,15 @@ macro_rules! ops_common {
         /// `R` Q4_0 rows · Q8_0 activations.
         #[target_feature(enable = $feat)]
         pub fn dot_q4_0_rows<const R: usize>(rows: [&[u8]; R], xq: &QuantizedActs) -> [f32; R] {
-            blocks32!(rows, xq, 18, -8.0f32, |b, y| {
-                let h = rd_u16(b) as u32;
-                (dot_us(nibbles_p(b.add(2)), y), f16x2(h | (h << 16)))
+            blocks32!(rows, xq, 18, 0.0f32, 3, |b, y| {
+                (dot_us(nibbles_p(b.add(2)), y), f16x2(rd_u16(b) as u32))
             })
         }
 
         /// `R` Q4_1 rows · Q8_0 activations.
         #[target_feature(enable = $feat)]
         pub fn dot_q4_1_rows<const R: usize>(rows: [&[u8]; R], xq: &QuantizedActs) -> [f32; R] {
-            blocks32!(rows, xq, 20, 1.0f32, |b, y| {
+            blocks32!(rows, xq, 20, 1.0f32, 0, |b, y| {
                 (dot_us(nibbles_p(b.add(4)), y), f16x2(rd_u32(b)))
             })
         }
@@ -239,18 +253,17 @@ macro_rules! ops_common {
         /// `R` Q5_0 rows · Q8_0 activations.
         #[target_feature(enable = $feat)]
         pub fn dot_q5_0_rows<const R: usize>(rows: [&[u8]; R], xq: &QuantizedActs) -> [f32; R] {
-            blocks32!(rows, xq, 22, -16.0f32, |b, y| {
-                let h = rd_u16(b) as u32;
+            blocks32!(rows, xq, 22, 0.0f32, 4, |b, y| {
                 let hb = _mm256_and_si256(bits_to_bytes(rd_u32(b.add(2))), _mm256_set1_epi8(0x10));
                 let q = _mm256_or_si256(nibbles_p(b.add(6)), hb);
-                (dot_us(q, y), f16x2(h | (h << 16)))
+                (dot_us(q, y), f16x2(rd_u16(b) as u32))
             })
         }
 
         /// `R` Q5_1 rows · Q8_0 activations.
         #[target_feature(enable = $feat)]
         pub fn dot_q5_1_rows<const R: usize>(rows: [&[u8]; R], xq: &QuantizedActs) -> [f32; R] {
-            blocks32!(rows, xq, 24, 1.0f32, |b, y| {
+            blocks32!(rows, xq, 24, 1.0f32, 0, |b, y| {
                 let hb = _mm256_and_si256(bits_to_bytes(rd_u32(b.add(4))), _mm256_set1_epi8(0x10));
                 let q = _mm256_or_si256(nibbles_p(b.add(8)), hb);
                 (dot_us(q, y), f16x2(rd_u32(b)))
@@ -260,7 +273,7 @@ macro_rules! ops_common {
         /// `R` Q8_0 rows · Q8_0 activations.
         #[target_feature(enable = $feat)]
         pub fn dot_q8_0_rows<const R: usize>(rows: [&[u8]; R], xq: &QuantizedActs) -> [f32; R] {
-            blocks32!(rows, xq, 34, 0.0f32, |b, y| {
+            blocks32!(rows, xq, 34, 0.0f32, 0, |b, y| {
                 let w = _mm256_loadu_si256(b.add(2).cast());
                 // |w| as unsigned times y with w's sign: the u8 x i8 form of a signed product.
                 let p = dot_us(_mm256_abs_epi8(w), _mm256_sign_epi8(y, w));
@@ -307,7 +320,11 @@ macro_rules! ops_common {
             let one = _mm256_set1_epi8(1);
             let mut acc = _mm256_setzero_ps();
             let mut accm = _mm256_setzero_ps();
+            let pfd = PREFETCH;
             for (i, b) in row.chunks_exact(bb).enumerate() {
+                _mm_prefetch::<_MM_HINT_T0>(b.as_ptr().wrapping_add(pfd).cast());
+                _mm_prefetch::<_MM_HINT_T0>(b.as_ptr().wrapping_add(pfd + 64).cast());
+                _mm_prefetch::<_MM_HINT_T0>(b.as_ptr().wrapping_add(pfd + 128).cast());
                 let dx = xq.d[i];
                 let d = h16(b, 0) * dx;
                 let dmin = h16(b, 2) * dx;
@@ -371,7 +388,11 @@ macro_rules! ops_common {
             let m4 = _mm256_set1_epi8(0x0F);
             let m2 = _mm256_set1_epi8(0x03);
             let mut acc = _mm256_setzero_ps();
+            let pfd = PREFETCH;
             for (i, b) in row.chunks_exact(210).enumerate() {
+                for l in 0..4 {
+                    _mm_prefetch::<_MM_HINT_T0>(b.as_ptr().wrapping_add(pfd + 64 * l).cast());
+                }
                 let d = h16(b, 208) * xq.d[i];
                 let sc = ld128(&b[192..208]);
                 let y = &xq.qs[256 * i..256 * i + 256];
