@@ -104,7 +104,7 @@ impl Shared {
                     break;
                 }
                 spins = spins.wrapping_add(1);
-                if spins % 256 != 0 {
+                if !spins.is_multiple_of(256) {
                     std::hint::spin_loop();
                     continue;
                 }

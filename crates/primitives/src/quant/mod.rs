@@ -193,12 +193,13 @@ struct IntKernel {
 fn int_kernel(s: Simd, dtype: DType) -> Option<IntKernel> {
     #[cfg(target_arch = "x86_64")]
     {
-        // SAFETY (both macros): `int_kernel` returns these only after checking at
-        // run time that the CPU has the features module `$m` is compiled for.
         macro_rules! k {
             ($m:ident, $f:ident, $f4:ident) => {
                 Some(IntKernel {
+                    // SAFETY: `int_kernel` returns this only after checking at run
+                    // time that the CPU has the features module `$m` is compiled for.
                     one: |r, x| unsafe { x86::$m::$f(r, x) },
+                    // SAFETY: as above.
                     four: |r, x| unsafe { x86::$m::$f4::<4>(r, x) },
                 })
             };
@@ -207,8 +208,10 @@ fn int_kernel(s: Simd, dtype: DType) -> Option<IntKernel> {
         macro_rules! k1 {
             ($m:ident, $f:ident) => {
                 Some(IntKernel {
+                    // SAFETY: as in `k!`.
                     one: |r, x| unsafe { x86::$m::$f(r, x) },
-                    four: |r, x| unsafe { r.map(|r| x86::$m::$f(r, x)) },
+                    // SAFETY: as in `k!`.
+                    four: |r, x| r.map(|r| unsafe { x86::$m::$f(r, x) }),
                 })
             };
         }
