@@ -3,19 +3,258 @@
 //! Work is always split by *output element*: each output is reduced entirely
 //! inside one thread in a fixed order, so results are bit-identical for any
 //! thread count (DESIGN.md principle 5).
+//!
+//! Decoding runs a few hundred small matrix-vector products per token, each
+//! worth only microseconds, so the pool is built for hand-off latency: one job
+//! is broadcast through a single atomic word, workers spin briefly before they
+//! park, the caller works on the job too, and nothing is allocated per call.
+//! A rayon pool (created on first use) serves the callers that want rayon.
 
-use std::sync::Arc;
+use std::cell::UnsafeCell;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+/// Most tasks one job can hold (`next` and `n` share the state word with the generation).
+const MAX_TASKS: usize = 0xFFFF;
+
+/// How long an idle worker polls for the next job before it parks.
+const SPIN_TIME: Duration = Duration::from_micros(300);
+
+type Job = dyn Fn(usize) + Sync;
+
+/// State shared between the submitting thread and the workers.
+struct Shared {
+    /// `generation << 32 | n_tasks << 16 | next_task`: a job is published by
+    /// storing a new generation; tasks are claimed by incrementing `next_task`
+    /// while the generation still matches.
+    state: AtomicU64,
+    /// The current job; its lifetime is erased (see `Pool::run` for why reads are sound).
+    job: UnsafeCell<*const Job>,
+    /// Tasks of the current job finished (by anyone).
+    done: AtomicUsize,
+    /// A task of the current job panicked.
+    panicked: AtomicBool,
+    /// Workers parked (or about to park) on `cv`.
+    sleepers: AtomicUsize,
+    lock: Mutex<()>,
+    cv: Condvar,
+    quit: AtomicBool,
+    /// One job at a time; a nested or concurrent call runs on its caller instead.
+    submit: Mutex<()>,
+}
+
+// SAFETY: `job` is written only by the holder of `submit` while no task of the
+// previous job can still read it (all its tasks are done), and read only by a
+// thread that has claimed a task of the current job, which the writer waits
+// for (see `Pool::run`). Everything else is atomics and std locks.
+unsafe impl Sync for Shared {}
+// SAFETY: as above; the raw pointer carries no thread affinity.
+unsafe impl Send for Shared {}
+
+#[inline]
+fn gen_of(st: u64) -> u32 {
+    (st >> 32) as u32
+}
+
+impl Shared {
+    /// Claims and runs tasks of generation `g` until none is left.
+    fn run_tasks(&self, g: u32) {
+        loop {
+            let mut st = self.state.load(Ordering::Acquire);
+            let idx = loop {
+                let (n, next) = ((st >> 16) & 0xFFFF, st & 0xFFFF);
+                if gen_of(st) != g || next >= n {
+                    return;
+                }
+                match self.state.compare_exchange_weak(
+                    st,
+                    st + 1,
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                ) {
+                    Ok(_) => break next as usize,
+                    Err(cur) => st = cur,
+                }
+            };
+            // SAFETY: task `idx` of generation `g` is claimed and not yet counted
+            // in `done`, so the submitter is still inside `run` and the job it
+            // published (before the acquire-read generation) is alive.
+            let f: &Job = unsafe { &**self.job.get() };
+            if catch_unwind(AssertUnwindSafe(|| f(idx))).is_err() {
+                self.panicked.store(true, Ordering::Relaxed);
+            }
+            self.done.fetch_add(1, Ordering::Release);
+        }
+    }
+
+    fn worker(&self) {
+        let mut seen = gen_of(self.state.load(Ordering::Acquire));
+        loop {
+            let mut start: Option<Instant> = None;
+            let mut spins = 0u32;
+            loop {
+                let g = gen_of(self.state.load(Ordering::Acquire));
+                if self.quit.load(Ordering::Relaxed) {
+                    return;
+                }
+                if g != seen {
+                    seen = g;
+                    break;
+                }
+                spins = spins.wrapping_add(1);
+                if !spins.is_multiple_of(256) {
+                    std::hint::spin_loop();
+                    continue;
+                }
+                let t0 = *start.get_or_insert_with(Instant::now);
+                if t0.elapsed() < SPIN_TIME {
+                    continue;
+                }
+                // Park. `sleepers` is raised before the generation is re-read, and
+                // the submitter reads `sleepers` after publishing (both SeqCst),
+                // so either we see the new job or it sees us and notifies.
+                let mut guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+                self.sleepers.fetch_add(1, Ordering::SeqCst);
+                while gen_of(self.state.load(Ordering::SeqCst)) == seen
+                    && !self.quit.load(Ordering::SeqCst)
+                {
+                    guard = self.cv.wait(guard).unwrap_or_else(|e| e.into_inner());
+                }
+                self.sleepers.fetch_sub(1, Ordering::SeqCst);
+                drop(guard);
+                start = None;
+            }
+            self.run_tasks(seen);
+        }
+    }
+}
+
+/// The worker threads (`count - 1` of them; the caller is the last worker).
+struct Pool {
+    shared: Arc<Shared>,
+    handles: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Pool {
+    fn new(workers: usize) -> Option<Pool> {
+        let shared = Arc::new(Shared {
+            state: AtomicU64::new(0),
+            job: UnsafeCell::new(std::ptr::null::<fn(usize)>() as *const Job),
+            done: AtomicUsize::new(0),
+            panicked: AtomicBool::new(false),
+            sleepers: AtomicUsize::new(0),
+            lock: Mutex::new(()),
+            cv: Condvar::new(),
+            quit: AtomicBool::new(false),
+            submit: Mutex::new(()),
+        });
+        let mut pool = Pool {
+            shared,
+            handles: Vec::with_capacity(workers),
+        };
+        for i in 0..workers {
+            let sh = pool.shared.clone();
+            let h = std::thread::Builder::new()
+                .name(format!("patchbay-w{i}"))
+                .spawn(move || sh.worker())
+                .ok()?; // on failure `pool` drops and joins the ones started
+            pool.handles.push(h);
+        }
+        Some(pool)
+    }
+
+    /// Runs `f(0) .. f(n - 1)` (`n <= MAX_TASKS`) over the workers and the caller.
+    fn run<'a>(&self, n: usize, f: &'a (dyn Fn(usize) + Sync + 'a)) {
+        debug_assert!(n <= MAX_TASKS);
+        let sh = &*self.shared;
+        let Ok(_guard) = sh.submit.try_lock() else {
+            // Called from inside a task, or from two threads at once.
+            (0..n).for_each(f);
+            return;
+        };
+        sh.done.store(0, Ordering::Relaxed);
+        sh.panicked.store(false, Ordering::Relaxed);
+        // SAFETY: the previous job's tasks are all done (we waited for them), so
+        // no thread reads `job` now; readers of the new value claim a task first,
+        // and we do not return (so `f` outlives them) before every task is done.
+        // The lifetime is erased only for the duration of this call.
+        unsafe {
+            *sh.job.get() =
+                std::mem::transmute::<*const (dyn Fn(usize) + Sync + 'a), *const Job>(f);
+        }
+        let g = gen_of(sh.state.load(Ordering::Relaxed)).wrapping_add(1);
+        sh.state
+            .store(((g as u64) << 32) | ((n as u64) << 16), Ordering::SeqCst);
+        if sh.sleepers.load(Ordering::SeqCst) > 0 {
+            let _l = sh.lock.lock().unwrap_or_else(|e| e.into_inner());
+            sh.cv.notify_all();
+        }
+        sh.run_tasks(g);
+        let mut spins = 0u32;
+        while sh.done.load(Ordering::Acquire) < n {
+            spins = spins.saturating_add(1);
+            if spins < 1 << 14 {
+                std::hint::spin_loop();
+            } else {
+                // A worker holding a task was descheduled: let it run.
+                std::thread::yield_now();
+            }
+        }
+        if sh.panicked.load(Ordering::Relaxed) {
+            // Unlock first: a poisoned `submit` would make every later call serial.
+            drop(_guard);
+            panic!("a patchbay worker task panicked");
+        }
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        self.shared.quit.store(true, Ordering::SeqCst);
+        {
+            let _l = self.shared.lock.lock().unwrap_or_else(|e| e.into_inner());
+            self.shared.cv.notify_all();
+        }
+        for h in self.handles.drain(..) {
+            let _ = h.join();
+        }
+    }
+}
+
+struct Inner {
+    pool: Pool,
+    rayon: OnceLock<Option<rayon::ThreadPool>>,
+}
 
 /// A handle on a fixed-size pool of worker threads (cheap to clone).
 #[derive(Clone)]
 pub struct Threads {
-    pool: Option<Arc<rayon::ThreadPool>>,
+    inner: Option<Arc<Inner>>,
     n: usize,
 }
 
 impl std::fmt::Debug for Threads {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "Threads({})", self.n)
+    }
+}
+
+/// A raw pointer handed to tasks that touch disjoint elements.
+struct SendPtr<T>(*mut T);
+
+// SAFETY: only used by `for_each_chunk` to give tasks disjoint chunks of one
+// exclusively borrowed slice of `T: Send`.
+unsafe impl<T: Send> Sync for SendPtr<T> {}
+// SAFETY: as above.
+unsafe impl<T: Send> Send for SendPtr<T> {}
+
+impl<T> SendPtr<T> {
+    /// A method (not field access) so closures capture the `Sync` wrapper.
+    #[inline]
+    fn get(&self) -> *mut T {
+        self.0
     }
 }
 
@@ -32,23 +271,22 @@ impl Threads {
         if n == 1 {
             return Threads::single();
         }
-        match rayon::ThreadPoolBuilder::new()
-            .num_threads(n)
-            .thread_name(|i| format!("patchbay-{i}"))
-            .build()
-        {
-            Ok(pool) => Threads {
-                pool: Some(Arc::new(pool)),
+        match Pool::new(n - 1) {
+            Some(pool) => Threads {
+                inner: Some(Arc::new(Inner {
+                    pool,
+                    rayon: OnceLock::new(),
+                })),
                 n,
             },
             // Could not spawn workers (resource limits): degrade to the caller's thread.
-            Err(_) => Threads::single(),
+            None => Threads::single(),
         }
     }
 
     /// Runs everything on the calling thread.
     pub fn single() -> Threads {
-        Threads { pool: None, n: 1 }
+        Threads { inner: None, n: 1 }
     }
 
     /// Number of threads work is split across.
@@ -56,9 +294,20 @@ impl Threads {
         self.n
     }
 
-    /// The rayon pool, when there is more than one thread.
+    /// A rayon pool of [`count`](Self::count) threads (built on first use), when
+    /// there is more than one thread.
     pub fn pool(&self) -> Option<&rayon::ThreadPool> {
-        self.pool.as_deref()
+        let inner = self.inner.as_ref()?;
+        inner
+            .rayon
+            .get_or_init(|| {
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(self.n)
+                    .thread_name(|i| format!("patchbay-{i}"))
+                    .build()
+                    .ok()
+            })
+            .as_ref()
     }
 
     /// Calls `f(chunk_index, chunk)` on `out` cut into chunks of `chunk_len`
@@ -71,31 +320,26 @@ impl Threads {
         F: Fn(usize, &mut [T]) + Sync + Send,
     {
         let chunk_len = chunk_len.max(1);
-        match &self.pool {
-            // One chunk: waking the pool would cost more than the work saves.
-            Some(_) if out.len() <= chunk_len => {
-                if !out.is_empty() {
-                    f(0, out);
-                }
+        let len = out.len();
+        let count = len.div_ceil(chunk_len);
+        if self.inner.is_none() || count <= 1 {
+            for (i, c) in out.chunks_mut(chunk_len).enumerate() {
+                f(i, c);
             }
-            None => {
-                for (i, c) in out.chunks_mut(chunk_len).enumerate() {
-                    f(i, c);
-                }
-            }
-            Some(pool) => {
-                use rayon::prelude::*;
-                pool.install(|| {
-                    out.par_chunks_mut(chunk_len)
-                        .enumerate()
-                        .for_each(|(i, c)| f(i, c))
-                });
-            }
+            return;
         }
+        let base = SendPtr(out.as_mut_ptr());
+        self.for_each_index(count, |i| {
+            let start = i * chunk_len;
+            let n = chunk_len.min(len - start);
+            // SAFETY: chunk i is out[start .. start + n], inside `out` (i < count);
+            // each index is visited once, so chunks never alias, and `out` is
+            // exclusively borrowed until `for_each_index` returns.
+            let c = unsafe { std::slice::from_raw_parts_mut(base.get().add(start), n) };
+            f(i, c);
+        });
     }
-}
 
-impl Threads {
     /// Calls `f(i)` for every `i` in `0..count`, spreading the calls over the pool.
     ///
     /// For work whose outputs are not one contiguous slice (e.g. column blocks of a
@@ -104,10 +348,17 @@ impl Threads {
     where
         F: Fn(usize) + Sync + Send,
     {
-        match &self.pool {
-            Some(pool) if count > 1 => {
-                use rayon::prelude::*;
-                pool.install(|| (0..count).into_par_iter().for_each(&f));
+        match &self.inner {
+            Some(inner) if count > 1 => {
+                if count <= MAX_TASKS {
+                    inner.pool.run(count, &f);
+                } else {
+                    // More indices than a job holds: contiguous runs per task.
+                    let per = count.div_ceil(MAX_TASKS);
+                    inner.pool.run(count.div_ceil(per), &|t| {
+                        (t * per..((t + 1) * per).min(count)).for_each(&f)
+                    });
+                }
             }
             _ => (0..count).for_each(f),
         }
@@ -140,10 +391,9 @@ mod tests {
 
     #[test]
     fn indices_visited_once() {
-        use std::sync::atomic::{AtomicUsize, Ordering};
         for n in [1, 2, 3] {
             let t = Threads::new(n);
-            for count in [0, 1, 7] {
+            for count in [0, 1, 7, 1000, MAX_TASKS + 3] {
                 let hits: Vec<AtomicUsize> = (0..count).map(|_| AtomicUsize::new(0)).collect();
                 t.for_each_index(count, |i| {
                     hits[i].fetch_add(1, Ordering::Relaxed);
@@ -151,5 +401,54 @@ mod tests {
                 assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1));
             }
         }
+    }
+
+    #[test]
+    fn many_small_jobs_and_parked_workers() {
+        let t = Threads::new(3);
+        let total = AtomicUsize::new(0);
+        for round in 0..2000 {
+            if round == 1000 {
+                // Long enough for the workers to park; the next job must wake them.
+                std::thread::sleep(SPIN_TIME * 4);
+            }
+            t.for_each_index(5, |i| {
+                total.fetch_add(i + 1, Ordering::Relaxed);
+            });
+        }
+        assert_eq!(total.load(Ordering::Relaxed), 2000 * 15);
+    }
+
+    #[test]
+    fn nested_calls_run_inline() {
+        let t = Threads::new(2);
+        let hits = AtomicUsize::new(0);
+        t.for_each_index(4, |_| {
+            t.for_each_index(3, |_| {
+                hits.fetch_add(1, Ordering::Relaxed);
+            });
+        });
+        assert_eq!(hits.load(Ordering::Relaxed), 12);
+    }
+
+    #[test]
+    fn a_panicking_task_panics_the_caller_and_the_pool_survives() {
+        let t = Threads::new(2);
+        let r = catch_unwind(AssertUnwindSafe(|| {
+            t.for_each_index(8, |i| assert!(i != 5, "boom"));
+        }));
+        assert!(r.is_err());
+        let hits = AtomicUsize::new(0);
+        t.for_each_index(8, |_| {
+            hits.fetch_add(1, Ordering::Relaxed);
+        });
+        assert_eq!(hits.load(Ordering::Relaxed), 8);
+    }
+
+    #[test]
+    fn rayon_pool_is_available_with_threads() {
+        assert!(Threads::single().pool().is_none());
+        let t = Threads::new(2);
+        assert_eq!(t.pool().map(|p| p.current_num_threads()), Some(2));
     }
 }

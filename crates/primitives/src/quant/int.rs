@@ -37,7 +37,7 @@ pub fn dot_row_q8_scalar(dtype: DType, row: &[u8], xq: &QuantizedActs) -> f32 {
             for (i, b) in row.chunks_exact(bb).enumerate() {
                 let y = &xq.qs[QK * i..QK * i + QK];
                 let dx = xq.d[i];
-                let ds = xq.ds[i];
+                let ds = xq.dd[i][1];
                 let d = f16_at(b, 0);
                 acc += match dtype {
                     DType::Q4_0 => d * (dx * dot_u4(&b[2..18], y) as f32) - 8.0 * d * ds,

@@ -13,8 +13,9 @@
 //!   product with per-block float scales, as llama.cpp's `vec_dot` kernels
 //!   (AVX-512 VNNI, AVX2 `maddubs`, or portable scalar code).
 //!
-//! [`matvec_q`] splits rows over threads in fixed chunks, each output element
-//! reduced entirely by one thread, so results do not depend on the thread count.
+//! [`matvec_q`] splits rows over threads, each output element reduced entirely
+//! by one thread with operations that do not depend on the split, so results
+//! do not depend on the thread count.
 
 mod acts;
 mod blocks;
@@ -42,7 +43,9 @@ pub enum DotMode {
     Q8,
 }
 
-/// Rows computed per task by [`matvec_q`]: fixed, so the split never depends on the thread count.
+/// Granule of the row split of [`matvec_q`] (tasks hold a multiple of it). The
+/// split may depend on the thread count; results do not, since every row is
+/// computed by the same operations whatever rows it is grouped with.
 pub const MATVEC_CHUNK_ROWS: usize = 16;
 
 /// Weight rows dequantised per panel by [`matmul_q`].
@@ -154,6 +157,11 @@ pub fn dot_row(s: Simd, dtype: DType, row: &[u8], x: &[f32]) -> f32 {
 /// they have grown to `x.len()`).
 pub fn quantize_acts(s: Simd, x: &[f32], for_dtype: DType, out: &mut QuantizedActs) {
     let kind = QuantizedActs::kind_for(for_dtype);
+    #[cfg(target_arch = "x86_64")]
+    if s.level() >= Level::Avx2 && features().1 {
+        out.quantize(x, kind, true);
+        return;
+    }
     struct Op<'a> {
         x: &'a [f32],
         kind: ActsKind,
@@ -164,38 +172,60 @@ pub fn quantize_acts(s: Simd, x: &[f32], for_dtype: DType, out: &mut QuantizedAc
         #[inline(always)]
         fn with_simd<S: pulp::Simd>(self, _s: S) {
             // Compiled with the level's features so the block loops vectorise.
-            self.out.quantize_scalar(self.x, self.kind)
+            self.out.quantize(self.x, self.kind, false)
         }
     }
     s.vectorize(Op { x, kind, out });
 }
 
 type RowKernel = fn(&[u8], &QuantizedActs) -> f32;
+type Rows4Kernel = fn([&[u8]; 4], &QuantizedActs) -> [f32; 4];
+
+/// A SIMD integer kernel: one row, and four rows sharing the activation loads
+/// (each row bit-identical to the one-row kernel).
+#[derive(Clone, Copy)]
+struct IntKernel {
+    one: RowKernel,
+    four: Rows4Kernel,
+}
 
 /// The integer kernel for `dtype` at level `s`, if there is a SIMD one.
-fn int_kernel(s: Simd, dtype: DType) -> Option<RowKernel> {
+fn int_kernel(s: Simd, dtype: DType) -> Option<IntKernel> {
     #[cfg(target_arch = "x86_64")]
     {
         macro_rules! k {
-            ($m:ident, $f:ident) => {
-                Some(|r, x| {
+            ($m:ident, $f:ident, $f4:ident) => {
+                Some(IntKernel {
                     // SAFETY: `int_kernel` returns this only after checking at run
                     // time that the CPU has the features module `$m` is compiled for.
-                    unsafe { x86::$m::$f(r, x) }
+                    one: |r, x| unsafe { x86::$m::$f(r, x) },
+                    // SAFETY: as above.
+                    four: |r, x| unsafe { x86::$m::$f4::<4>(r, x) },
+                })
+            };
+        }
+        // Formats without a multi-row kernel: four one-row calls.
+        macro_rules! k1 {
+            ($m:ident, $f:ident) => {
+                Some(IntKernel {
+                    // SAFETY: as in `k!`.
+                    one: |r, x| unsafe { x86::$m::$f(r, x) },
+                    // SAFETY: as in `k!`.
+                    four: |r, x| r.map(|r| unsafe { x86::$m::$f(r, x) }),
                 })
             };
         }
         macro_rules! pick {
             ($m:ident) => {
                 match dtype {
-                    DType::Q4_0 => k!($m, dot_q4_0),
-                    DType::Q4_1 => k!($m, dot_q4_1),
-                    DType::Q5_0 => k!($m, dot_q5_0),
-                    DType::Q5_1 => k!($m, dot_q5_1),
-                    DType::Q8_0 => k!($m, dot_q8_0),
-                    DType::Q4_K => k!($m, dot_q4_k),
-                    DType::Q5_K => k!($m, dot_q5_k),
-                    DType::Q6_K => k!($m, dot_q6_k),
+                    DType::Q4_0 => k!($m, dot_q4_0, dot_q4_0_rows),
+                    DType::Q4_1 => k!($m, dot_q4_1, dot_q4_1_rows),
+                    DType::Q5_0 => k!($m, dot_q5_0, dot_q5_0_rows),
+                    DType::Q5_1 => k!($m, dot_q5_1, dot_q5_1_rows),
+                    DType::Q8_0 => k!($m, dot_q8_0, dot_q8_0_rows),
+                    DType::Q4_K => k1!($m, dot_q4_k),
+                    DType::Q5_K => k1!($m, dot_q5_k),
+                    DType::Q6_K => k1!($m, dot_q6_k),
                     _ => None,
                 }
             };
@@ -258,14 +288,15 @@ pub fn dot_row_q8(s: Simd, dtype: DType, row: &[u8], xq: &QuantizedActs) -> f32 
         return exact::dot_f32(s, dtype, row, &xq.xf);
     }
     match int_kernel(s, dtype) {
-        Some(k) => k(row, xq),
+        Some(k) => (k.one)(row, xq),
         None => int::dot_row_q8_scalar(dtype, row, xq),
     }
 }
 
 /// `y = W · x` for a `rows x cols` weight matrix `w` of `dtype` (row-major, GGML
-/// layout). Rows are split over `threads` in fixed chunks of
-/// [`MATVEC_CHUNK_ROWS`], so `y` is bit-identical for any thread count.
+/// layout). Rows are split over `threads` in multiples of
+/// [`MATVEC_CHUNK_ROWS`]; each row's dot product is computed by the same
+/// operations whatever the split, so `y` is bit-identical for any thread count.
 /// In [`DotMode::Q8`], `x` is quantised once into `scratch`.
 #[allow(clippy::too_many_arguments)]
 pub fn matvec_q(
@@ -321,14 +352,21 @@ pub fn matvec_q(
         _ => None,
     };
     let xq: &QuantizedActs = scratch;
-    threads.for_each_chunk(y, MATVEC_CHUNK_ROWS, |ci, yc| {
-        let r0 = ci * MATVEC_CHUNK_ROWS;
+    let chunk = matvec_chunk_rows(rows, threads.count());
+    threads.for_each_chunk(y, chunk, |ci, yc| {
+        let r0 = ci * chunk;
         let wc = &w[r0 * row_bytes..(r0 + yc.len()) * row_bytes];
         match kernel {
             None => exact::dot_rows_f32(s, dtype, wc, row_bytes, x, yc),
             Some(Some(k)) => {
-                for (r, yv) in wc.chunks_exact(row_bytes).zip(yc.iter_mut()) {
-                    *yv = k(r, xq);
+                let mut rs = wc.chunks_exact(row_bytes);
+                let mut ys = yc.chunks_exact_mut(4);
+                for y4 in &mut ys {
+                    let r4 = [(); 4].map(|_| rs.next().unwrap_or_default());
+                    y4.copy_from_slice(&(k.four)(r4, xq));
+                }
+                for (r, yv) in rs.zip(ys.into_remainder()) {
+                    *yv = (k.one)(r, xq);
                 }
             }
             Some(None) => {
@@ -339,6 +377,19 @@ pub fn matvec_q(
         }
     });
     Ok(())
+}
+
+/// Rows per task of [`matvec_q`]: a multiple of [`MATVEC_CHUNK_ROWS`], about
+/// four tasks per thread (few hand-offs, still some balancing). Any split
+/// gives the same bits: each row's dot product never depends on its neighbours.
+fn matvec_chunk_rows(rows: usize, threads: usize) -> usize {
+    if threads <= 1 {
+        return rows.max(1);
+    }
+    rows.div_ceil(4 * threads)
+        .div_ceil(MATVEC_CHUNK_ROWS)
+        .max(1)
+        * MATVEC_CHUNK_ROWS
 }
 
 /// Prefill product `y (m x rows) = x (m x cols) · Wᵀ` for a `rows x cols`
@@ -452,4 +503,146 @@ pub fn matmul_q(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A small deterministic generator (xorshift64*).
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+        fn f(&mut self) -> f32 {
+            (self.next() >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+        }
+    }
+
+    /// Random weight blocks: valid (finite, modest) f16 scales, random quant bytes.
+    fn random_row(rng: &mut Rng, dtype: DType, n: usize) -> Vec<u8> {
+        let mut x: Vec<f32> = (0..n).map(|_| rng.f()).collect();
+        if matches!(
+            dtype,
+            DType::Q4_0 | DType::Q4_1 | DType::Q5_0 | DType::Q5_1 | DType::Q8_0
+        ) {
+            let mut b = vec![0u8; dtype.bytes_for(n).unwrap()];
+            quantize_row(dtype, &x, &mut b);
+            return b;
+        }
+        // K-quants: random bytes with the f16 scales overwritten by small values.
+        x.clear();
+        let mut b: Vec<u8> = (0..dtype.bytes_for(n).unwrap())
+            .map(|_| rng.next() as u8)
+            .collect();
+        let bb = dtype.block_bytes();
+        for blk in b.chunks_exact_mut(bb) {
+            let at: &[usize] = if dtype == DType::Q6_K {
+                &[208]
+            } else {
+                &[0, 2]
+            };
+            for &o in at {
+                let h = blocks::f32_to_f16(rng.f() * 0.01);
+                blk[o..o + 2].copy_from_slice(&h.to_le_bytes());
+            }
+        }
+        b
+    }
+
+    /// The four-row kernels give each row the one-row kernel's bits, and both
+    /// stay within 2e-5 (relative to sum |w x|) of the f64 dot product.
+    #[test]
+    fn four_row_kernels_equal_one_row_kernels() {
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        let dtypes = [
+            DType::Q4_0,
+            DType::Q4_1,
+            DType::Q5_0,
+            DType::Q5_1,
+            DType::Q8_0,
+            DType::Q4_K,
+            DType::Q5_K,
+            DType::Q6_K,
+        ];
+        for s in Simd::available() {
+            for dtype in dtypes {
+                let Some(k) = int_kernel(s, dtype) else {
+                    continue;
+                };
+                for blocks in [1usize, 2, 3, 7, 18, 65] {
+                    let n = blocks * dtype.block_len();
+                    let rows: Vec<Vec<u8>> =
+                        (0..4).map(|_| random_row(&mut rng, dtype, n)).collect();
+                    let x: Vec<f32> = (0..n).map(|_| rng.f() * 3.0).collect();
+                    let mut xq = QuantizedActs::new();
+                    quantize_acts(s, &x, dtype, &mut xq);
+                    let four = (k.four)([&rows[0], &rows[1], &rows[2], &rows[3]], &xq);
+                    for (r, row) in rows.iter().enumerate() {
+                        let one = (k.one)(row, &xq);
+                        assert_eq!(
+                            four[r].to_bits(),
+                            one.to_bits(),
+                            "{dtype} {s:?} n={n} row {r}"
+                        );
+                        let mut w = vec![0.0f32; n];
+                        dequantize_row(dtype, row, &mut w).unwrap();
+                        let (mut want, mut mag) = (0.0f64, 0.0f64);
+                        for (i, wi) in w.iter().enumerate() {
+                            let p = *wi as f64 * xq.value(i) as f64;
+                            want += p;
+                            mag += p.abs();
+                        }
+                        assert!(
+                            (one as f64 - want).abs() <= 2e-5 * mag + 1e-30,
+                            "{dtype} {s:?} n={n}: {one} vs {want}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// The AVX2 activation quantiser produces the scalar quantiser's bits.
+    #[test]
+    fn simd_activation_quantiser_matches_scalar() {
+        #[cfg(target_arch = "x86_64")]
+        if features().1 {
+            let mut rng = Rng(42);
+            for n in [32usize, 64, 256, 576, 2304] {
+                for scale in [0.0f32, 1e-3, 1.0, 300.0] {
+                    let mut x: Vec<f32> = (0..n).map(|_| rng.f() * scale).collect();
+                    // Exact halves after scaling exercise the rounding rule.
+                    x[0] = scale;
+                    if n > 3 {
+                        x[1] = scale * 0.5 / 127.0;
+                        x[2] = -scale * 2.5 / 127.0;
+                    }
+                    for kind in [ActsKind::Q8_0, ActsKind::Q8K] {
+                        if kind == ActsKind::Q8K && n % QK_K != 0 {
+                            continue;
+                        }
+                        let (mut a, mut b) = (QuantizedActs::new(), QuantizedActs::new());
+                        a.quantize(&x, kind, true);
+                        b.quantize(&x, kind, false);
+                        assert_eq!(a.qs, b.qs, "{kind:?} n={n} scale={scale}");
+                        assert_eq!(a.bsums, b.bsums, "{kind:?} n={n}");
+                        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                        assert_eq!(bits(&a.d), bits(&b.d));
+                        let dd = |q: &QuantizedActs| {
+                            q.dd.iter()
+                                .flatten()
+                                .map(|f| f.to_bits())
+                                .collect::<Vec<_>>()
+                        };
+                        assert_eq!(dd(&a), dd(&b));
+                    }
+                }
+            }
+        }
+    }
 }

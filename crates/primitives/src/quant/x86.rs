@@ -41,6 +41,10 @@ static PAIR_SHUF: [[u8; 16]; 8] = {
     t
 };
 
+/// How far ahead (bytes) the block kernels prefetch weights.
+/// (Measured on SmolLM2 decode: 0 B -> 61 t/s, 768 B -> 70, 3072 B -> 81.)
+const PREFETCH: usize = 3072;
+
 macro_rules! ops_common {
     ($feat:literal) => {
         #[inline]
@@ -82,17 +86,6 @@ macro_rules! ops_common {
             _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(h as i32)))
         }
 
-        /// 16 bytes of packed nibbles to 32 bytes: low nibbles first, then high.
-        #[inline]
-        #[target_feature(enable = $feat)]
-        fn nibbles16(b: &[u8]) -> __m256i {
-            let v = ld128(b);
-            let m4 = _mm_set1_epi8(0x0F);
-            let lo = _mm_and_si128(v, m4);
-            let hi = _mm_and_si128(_mm_srli_epi16::<4>(v), m4);
-            _mm256_set_m128i(hi, lo)
-        }
-
         #[inline]
         #[target_feature(enable = $feat)]
         fn hsum_ps(v: __m256) -> f32 {
@@ -122,95 +115,200 @@ macro_rules! ops_common {
             )
         }
 
-        /// Sum over blocks 32 of a 32-value block format, `$q` giving
-        /// `(unsigned quants, d, offset coefficient)` for a block.
+        /// Unaligned 16-byte load from a raw pointer.
+        #[inline]
+        #[target_feature(enable = $feat)]
+        unsafe fn ldp128(p: *const u8) -> __m128i {
+            // SAFETY: the caller guarantees 16 readable bytes at `p`.
+            unsafe { _mm_loadu_si128(p.cast()) }
+        }
+
+        /// 16 bytes of packed nibbles at `p` to 32 bytes: low nibbles first, then high.
+        #[inline]
+        #[target_feature(enable = $feat)]
+        unsafe fn nibbles_p(p: *const u8) -> __m256i {
+            // SAFETY: forwarded from the caller (16 readable bytes).
+            let v = unsafe { ldp128(p) };
+            let both = _mm256_set_m128i(_mm_srli_epi16::<4>(v), v);
+            _mm256_and_si256(both, _mm256_set1_epi8(0x0F))
+        }
+
+        /// Little-endian u32 at `p` (no alignment).
+        #[inline(always)]
+        unsafe fn rd_u32(p: *const u8) -> u32 {
+            // SAFETY: the caller guarantees 4 readable bytes at `p`.
+            u32::from_le(unsafe { p.cast::<u32>().read_unaligned() })
+        }
+
+        /// Little-endian u16 at `p` (no alignment).
+        #[inline(always)]
+        unsafe fn rd_u16(p: *const u8) -> u16 {
+            // SAFETY: the caller guarantees 2 readable bytes at `p`.
+            u16::from_le(unsafe { p.cast::<u16>().read_unaligned() })
+        }
+
+        /// Lanes 0 and 1 of the f16 pair packed in `bits` (low half first).
+        #[inline]
+        #[target_feature(enable = $feat)]
+        fn f16x2(bits: u32) -> __m128 {
+            _mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32))
+        }
+
+        /// `R` rows of a 32-value block format times Q8_0 activations. `$body`
+        /// maps a block pointer `$b` and the activation block `$y` to
+        /// `(i32 lanes of sum(q * y), [d, m])`: lane 0 is the block scale and
+        /// lane 1 the factor multiplied with the activation block sum `d_y *
+        /// sum(y)`, accumulated and finally scaled by `$coef` (0 = no such term).
+        /// A constant bias `2^$shift` of the quants (Q4_0, Q5_0) is removed in
+        /// integers instead: `- 2^$shift * sum(y)` (no float accumulator needed).
+        ///
+        /// Every row runs exactly the same operations whatever `R` is, so a row's
+        /// result does not depend on the rows it is computed with.
         macro_rules! blocks32 {
-            ($row:expr, $xq:expr, $bb:expr, |$b:ident, $y:ident| $body:block) => {{
+            ($rows:expr, $xq:expr, $bb:expr, $coef:expr, $shift:literal, |$b:ident, $y:ident| $body:block) => {{
                 let xq: &QuantizedActs = $xq;
-                let mut acc0 = _mm256_setzero_ps();
-                let mut acc1 = _mm256_setzero_ps();
-                let mut corr = 0.0f32;
-                let nb = $row.len() / $bb;
-                let mut i = 0;
-                while i + 2 <= nb {
-                    let $b = &$row[$bb * i..$bb * i + $bb];
-                    let $y = ld256i(&xq.qs[32 * i..]);
-                    let (p, d, c) = $body;
-                    acc0 =
-                        _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(d * xq.d[i]), acc0);
-                    corr += c * xq.ds[i];
-                    let $b = &$row[$bb * (i + 1)..$bb * (i + 1) + $bb];
-                    let $y = ld256i(&xq.qs[32 * (i + 1)..]);
-                    let (p, d, c) = $body;
-                    acc1 = _mm256_fmadd_ps(
-                        _mm256_cvtepi32_ps(p),
-                        _mm256_set1_ps(d * xq.d[i + 1]),
-                        acc1,
-                    );
-                    corr += c * xq.ds[i + 1];
-                    i += 2;
+                let rows: [&[u8]; R] = $rows;
+                let nb = rows[0].len() / $bb;
+                // Lengths proven once per call; the block loop then reads unchecked.
+                assert!(
+                    rows.iter().all(|r| r.len() == nb * $bb),
+                    "row lengths differ"
+                );
+                assert!(
+                    xq.qs.len() >= nb * 32 && xq.dd.len() >= nb && xq.bsums.len() >= nb,
+                    "activations too short"
+                );
+                let bsp = xq.bsums.as_ptr();
+                let base: [*const u8; R] = rows.map(|r| r.as_ptr());
+                let yp = xq.qs.as_ptr();
+                let ddp = xq.dd.as_ptr();
+                let mut acc = [_mm256_setzero_ps(); R];
+                let mut corr = [_mm_setzero_ps(); R];
+                let pfd = PREFETCH;
+                for i in 0..nb {
+                    // SAFETY: i < nb, `qs` holds at least 32 * nb values and `dd` nb pairs.
+                    let $y = unsafe { _mm256_loadu_si256(yp.add(32 * i).cast()) };
+                    // SAFETY: as above; [d, d * sum] of activation block i (8 bytes).
+                    let dd = unsafe { _mm_castpd_ps(_mm_load_sd(ddp.add(i).cast())) };
+                    // Integer offset term `-(2^shift) * sum(y)` in lane 0 (formats
+                    // whose quants are stored with a constant bias of 2^shift).
+                    let off = if $shift > 0 {
+                        // SAFETY: i < nb <= bsums.len().
+                        let ys = unsafe { *bsp.add(i) } as i32;
+                        _mm256_zextsi128_si256(_mm_cvtsi32_si128(ys << $shift))
+                    } else {
+                        _mm256_setzero_si256()
+                    };
+                    for r in 0..R {
+                        // Weights stream from memory once: ask for them early.
+                        _mm_prefetch::<_MM_HINT_T0>(
+                            base[r].wrapping_add($bb * i + pfd).cast(),
+                        );
+                        // SAFETY: every row is nb * $bb bytes (asserted), so block i
+                        // is the $bb readable bytes at offset $bb * i.
+                        let (p, sc) = unsafe {
+                            let $b = base[r].add($bb * i);
+                            $body
+                        };
+                        let p = if $shift > 0 { _mm256_sub_epi32(p, off) } else { p };
+                        let s2 = _mm_mul_ps(sc, dd);
+                        acc[r] = _mm256_fmadd_ps(
+                            _mm256_cvtepi32_ps(p),
+                            _mm256_broadcastss_ps(s2),
+                            acc[r],
+                        );
+                        if $coef != 0.0 {
+                            corr[r] = _mm_add_ps(corr[r], s2);
+                        }
+                    }
                 }
-                if i < nb {
-                    let $b = &$row[$bb * i..$bb * i + $bb];
-                    let $y = ld256i(&xq.qs[32 * i..]);
-                    let (p, d, c) = $body;
-                    acc0 =
-                        _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(d * xq.d[i]), acc0);
-                    corr += c * xq.ds[i];
+                let mut out = [0.0f32; R];
+                for r in 0..R {
+                    out[r] = if $coef != 0.0 {
+                        hsum_ps(acc[r]) + $coef * _mm_cvtss_f32(_mm_movehdup_ps(corr[r]))
+                    } else {
+                        hsum_ps(acc[r])
+                    };
                 }
-                hsum_ps(_mm256_add_ps(acc0, acc1)) + corr
+                out
             }};
+        }
+
+        /// `R` Q4_0 rows · Q8_0 activations.
+        #[target_feature(enable = $feat)]
+        pub fn dot_q4_0_rows<const R: usize>(rows: [&[u8]; R], xq: &QuantizedActs) -> [f32; R] {
+            blocks32!(rows, xq, 18, 0.0f32, 3, |b, y| {
+                (dot_us(nibbles_p(b.add(2)), y), f16x2(rd_u16(b) as u32))
+            })
+        }
+
+        /// `R` Q4_1 rows · Q8_0 activations.
+        #[target_feature(enable = $feat)]
+        pub fn dot_q4_1_rows<const R: usize>(rows: [&[u8]; R], xq: &QuantizedActs) -> [f32; R] {
+            blocks32!(rows, xq, 20, 1.0f32, 0, |b, y| {
+                (dot_us(nibbles_p(b.add(4)), y), f16x2(rd_u32(b)))
+            })
+        }
+
+        /// `R` Q5_0 rows · Q8_0 activations.
+        #[target_feature(enable = $feat)]
+        pub fn dot_q5_0_rows<const R: usize>(rows: [&[u8]; R], xq: &QuantizedActs) -> [f32; R] {
+            blocks32!(rows, xq, 22, 0.0f32, 4, |b, y| {
+                let hb = _mm256_and_si256(bits_to_bytes(rd_u32(b.add(2))), _mm256_set1_epi8(0x10));
+                let q = _mm256_or_si256(nibbles_p(b.add(6)), hb);
+                (dot_us(q, y), f16x2(rd_u16(b) as u32))
+            })
+        }
+
+        /// `R` Q5_1 rows · Q8_0 activations.
+        #[target_feature(enable = $feat)]
+        pub fn dot_q5_1_rows<const R: usize>(rows: [&[u8]; R], xq: &QuantizedActs) -> [f32; R] {
+            blocks32!(rows, xq, 24, 1.0f32, 0, |b, y| {
+                let hb = _mm256_and_si256(bits_to_bytes(rd_u32(b.add(4))), _mm256_set1_epi8(0x10));
+                let q = _mm256_or_si256(nibbles_p(b.add(8)), hb);
+                (dot_us(q, y), f16x2(rd_u32(b)))
+            })
+        }
+
+        /// `R` Q8_0 rows · Q8_0 activations.
+        #[target_feature(enable = $feat)]
+        pub fn dot_q8_0_rows<const R: usize>(rows: [&[u8]; R], xq: &QuantizedActs) -> [f32; R] {
+            blocks32!(rows, xq, 34, 0.0f32, 0, |b, y| {
+                let w = _mm256_loadu_si256(b.add(2).cast());
+                // |w| as unsigned times y with w's sign: the u8 x i8 form of a signed product.
+                let p = dot_us(_mm256_abs_epi8(w), _mm256_sign_epi8(y, w));
+                (p, f16x2(rd_u16(b) as u32))
+            })
         }
 
         /// Q4_0 row · Q8_0 activations.
         #[target_feature(enable = $feat)]
         pub fn dot_q4_0(row: &[u8], xq: &QuantizedActs) -> f32 {
-            blocks32!(row, xq, 18, |b, y| {
-                let d = h16(b, 0);
-                (dot_us(nibbles16(&b[2..]), y), d, -8.0 * d)
-            })
+            dot_q4_0_rows([row], xq)[0]
         }
 
         /// Q4_1 row · Q8_0 activations.
         #[target_feature(enable = $feat)]
         pub fn dot_q4_1(row: &[u8], xq: &QuantizedActs) -> f32 {
-            blocks32!(row, xq, 20, |b, y| {
-                (dot_us(nibbles16(&b[4..]), y), h16(b, 0), h16(b, 2))
-            })
+            dot_q4_1_rows([row], xq)[0]
         }
 
         /// Q5_0 row · Q8_0 activations.
         #[target_feature(enable = $feat)]
         pub fn dot_q5_0(row: &[u8], xq: &QuantizedActs) -> f32 {
-            blocks32!(row, xq, 22, |b, y| {
-                let d = h16(b, 0);
-                let qh = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
-                let hb = _mm256_and_si256(bits_to_bytes(qh), _mm256_set1_epi8(0x10));
-                let q = _mm256_or_si256(nibbles16(&b[6..]), hb);
-                (dot_us(q, y), d, -16.0 * d)
-            })
+            dot_q5_0_rows([row], xq)[0]
         }
 
         /// Q5_1 row · Q8_0 activations.
         #[target_feature(enable = $feat)]
         pub fn dot_q5_1(row: &[u8], xq: &QuantizedActs) -> f32 {
-            blocks32!(row, xq, 24, |b, y| {
-                let qh = u32::from_le_bytes([b[4], b[5], b[6], b[7]]);
-                let hb = _mm256_and_si256(bits_to_bytes(qh), _mm256_set1_epi8(0x10));
-                let q = _mm256_or_si256(nibbles16(&b[8..]), hb);
-                (dot_us(q, y), h16(b, 0), h16(b, 2))
-            })
+            dot_q5_1_rows([row], xq)[0]
         }
 
         /// Q8_0 row · Q8_0 activations.
         #[target_feature(enable = $feat)]
         pub fn dot_q8_0(row: &[u8], xq: &QuantizedActs) -> f32 {
-            blocks32!(row, xq, 34, |b, y| {
-                let w = ld256(&b[2..]);
-                // |w| as unsigned times y with w's sign: the u8 x i8 form of a signed product.
-                let p = dot_us(_mm256_abs_epi8(w), _mm256_sign_epi8(y, w));
-                (p, h16(b, 0), 0.0f32)
-            })
+            dot_q8_0_rows([row], xq)[0]
         }
 
         /// Q4_K / Q5_K row · Q8_K activations (`five` adds the fifth bit from `qh`).
@@ -222,7 +320,11 @@ macro_rules! ops_common {
             let one = _mm256_set1_epi8(1);
             let mut acc = _mm256_setzero_ps();
             let mut accm = _mm256_setzero_ps();
+            let pfd = PREFETCH;
             for (i, b) in row.chunks_exact(bb).enumerate() {
+                _mm_prefetch::<_MM_HINT_T0>(b.as_ptr().wrapping_add(pfd).cast());
+                _mm_prefetch::<_MM_HINT_T0>(b.as_ptr().wrapping_add(pfd + 64).cast());
+                _mm_prefetch::<_MM_HINT_T0>(b.as_ptr().wrapping_add(pfd + 128).cast());
                 let dx = xq.d[i];
                 let d = h16(b, 0) * dx;
                 let dmin = h16(b, 2) * dx;
@@ -286,7 +388,11 @@ macro_rules! ops_common {
             let m4 = _mm256_set1_epi8(0x0F);
             let m2 = _mm256_set1_epi8(0x03);
             let mut acc = _mm256_setzero_ps();
+            let pfd = PREFETCH;
             for (i, b) in row.chunks_exact(210).enumerate() {
+                for l in 0..4 {
+                    _mm_prefetch::<_MM_HINT_T0>(b.as_ptr().wrapping_add(pfd + 64 * l).cast());
+                }
                 let d = h16(b, 208) * xq.d[i];
                 let sc = ld128(&b[192..208]);
                 let y = &xq.qs[256 * i..256 * i + 256];
