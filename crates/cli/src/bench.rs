@@ -30,9 +30,10 @@ pub struct BenchArgs {
     /// Worker threads (0 = one per core).
     #[arg(short = 't', long, default_value_t = 0)]
     pub threads: usize,
-    /// Exact f32 activations instead of int8 ones for quantised weights.
+    /// Int8 activations for quantised weights (as `generate --fast`); the
+    /// default is the exact f32 path that `generate` uses by default.
     #[arg(long)]
-    pub exact: bool,
+    pub fast: bool,
 }
 
 /// Runs `patchbay bench`.
@@ -41,10 +42,10 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let source = ModelSource::open(&path)?;
     let ctx_len = (args.n_prompt + args.n_gen).max(1);
     let opts = BuildOptions {
-        dot_mode: if args.exact {
-            DotMode::Exact
-        } else {
+        dot_mode: if args.fast {
             DotMode::Q8
+        } else {
+            DotMode::Exact
         },
         max_context: ctx_len,
     };
@@ -64,7 +65,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         .file_name()
         .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
     println!("| model | threads | simd | mode | test | t/s |\n|---|---|---|---|---|---|");
-    let mode = if args.exact { "exact" } else { "q8" };
+    let mode = if args.fast { "q8" } else { "exact" };
     let row = |test: String, tps: f64| {
         println!(
             "| {name} | {} | {} | {mode} | {test} | {tps:.2} |",
