@@ -40,7 +40,26 @@ enum Command {
     Tokenize(tokenize::TokenizeArgs),
 }
 
+/// A reader that closed our stdout early (`patchbay inspect m | head`) is not
+/// an error: stop quietly, as Unix tools do, instead of panicking in `println!`.
+fn quiet_on_broken_pipe() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let p = info.payload();
+        let msg = p
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| p.downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if msg.contains("failed printing to stdout") && msg.contains("Broken pipe") {
+            std::process::exit(0);
+        }
+        default(info);
+    }));
+}
+
 fn main() -> std::process::ExitCode {
+    quiet_on_broken_pipe();
     let cli = Cli::parse();
     let result = match &cli.command {
         Command::Generate(a) => generate::run(a),

@@ -220,3 +220,23 @@ fn logits_json_has_the_golden_shape() {
     }
     assert_eq!(v["greedy"].as_array().unwrap().len(), 4);
 }
+
+#[test]
+fn a_reader_closing_stdout_early_is_not_a_crash() {
+    require("smollm2-135m");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_patchbay"))
+        .args(["inspect", "smollm2-135m"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Read one byte, then close the pipe, as `| head -c 1` would.
+    let mut out = child.stdout.take().unwrap();
+    let mut byte = [0u8; 1];
+    std::io::Read::read_exact(&mut out, &mut byte).unwrap();
+    drop(out);
+    let o = child.wait_with_output().unwrap();
+    let err = stderr(&o);
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(o.status.success(), "{err}");
+}
