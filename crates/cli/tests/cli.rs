@@ -223,9 +223,11 @@ fn logits_json_has_the_golden_shape() {
 
 #[test]
 fn a_reader_closing_stdout_early_is_not_a_crash() {
-    require("smollm2-135m");
+    require("stories260k");
+    // Far more output than a pipe buffers (64 KiB), so writing must hit the closed pipe.
+    let text = "a b c d e f g ".repeat(20_000);
     let mut child = Command::new(env!("CARGO_BIN_EXE_patchbay"))
-        .args(["inspect", "smollm2-135m"])
+        .args(["tokenize", "-m", "stories260k", "--pieces", &text])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
