@@ -223,11 +223,11 @@ fn logits_json_has_the_golden_shape() {
 
 #[test]
 fn a_reader_closing_stdout_early_is_not_a_crash() {
-    require("stories260k");
+    require("smollm2-135m");
     // Far more output than a pipe buffers (64 KiB), so writing must hit the closed pipe.
     let text = "a b c d e f g ".repeat(6_000); // 84 KB: under the 128 KiB limit of one argument
     let mut child = Command::new(env!("CARGO_BIN_EXE_patchbay"))
-        .args(["tokenize", "-m", "stories260k", "--pieces", &text])
+        .args(["tokenize", "-m", "smollm2-135m", "--pieces", &text])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
