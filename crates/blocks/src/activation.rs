@@ -47,8 +47,8 @@ activation!(
     /// use patchbay_blocks::Silu;
     /// use patchbay_combinators::{Capacity, Ctx, Layer};
     /// use patchbay_primitives::{Act, Simd, Threads};
-    /// let threads = Threads::single();
-    /// let ctx = Ctx::new(Simd::detect(), &threads);
+    /// let (threads, scratch) = (Threads::single(), patchbay_combinators::Scratch::new());
+    /// let ctx = Ctx::new(Simd::detect(), &threads, &scratch);
     /// let y = Silu::new(1).apply(&Act::from_vec(1, 1, vec![1.0]).unwrap(), &mut (), &ctx).unwrap();
     /// assert!((y.as_slice()[0] - 0.7310586).abs() < 1e-6);
     /// ```
@@ -64,8 +64,8 @@ activation!(
     /// use patchbay_blocks::GeluTanh;
     /// use patchbay_combinators::{Capacity, Ctx, Layer};
     /// use patchbay_primitives::{Act, Simd, Threads};
-    /// let threads = Threads::single();
-    /// let ctx = Ctx::new(Simd::detect(), &threads);
+    /// let (threads, scratch) = (Threads::single(), patchbay_combinators::Scratch::new());
+    /// let ctx = Ctx::new(Simd::detect(), &threads, &scratch);
     /// let y = GeluTanh::new(1).apply(&Act::from_vec(1, 1, vec![1.0]).unwrap(), &mut (), &ctx).unwrap();
     /// assert!((y.as_slice()[0] - 0.841192).abs() < 1e-5);
     /// ```
@@ -81,8 +81,8 @@ activation!(
     /// use patchbay_blocks::GeluErf;
     /// use patchbay_combinators::{Capacity, Ctx, Layer};
     /// use patchbay_primitives::{Act, Simd, Threads};
-    /// let threads = Threads::single();
-    /// let ctx = Ctx::new(Simd::detect(), &threads);
+    /// let (threads, scratch) = (Threads::single(), patchbay_combinators::Scratch::new());
+    /// let ctx = Ctx::new(Simd::detect(), &threads, &scratch);
     /// let y = GeluErf::new(1).apply(&Act::from_vec(1, 1, vec![1.0]).unwrap(), &mut (), &ctx).unwrap();
     /// assert!((y.as_slice()[0] - 0.841345).abs() < 1e-5);
     /// ```

@@ -1,124 +1,372 @@
-//! [`Attention`]: multi-head / grouped-query causal self-attention with RoPE
-//! and a KV cache.
+//! Self-attention composed from parts, each a [`Layer`]:
+//!
+//! ```text
+//! x ─ projection ─▶ [q | k | v] ─ QkNorm? ─ Rope ─ Attend<mask> ─▶ heads ─ output Linear ─▶ y
+//! ```
+//!
+//! * the **projection** maps a row to `[q | k | v]` side by side: three
+//!   [`Linear`]s under a [`Parallel`] fork ([`QkvProjection`], Llama, Gemma,
+//!   BERT) or one fused `Linear` (GPT-2's `c_attn`);
+//! * [`QkNorm`] RMS-normalises each head of q and k (Gemma 3, Qwen 3);
+//! * [`Rope`] rotates each head of q and k at its row's absolute position;
+//! * [`Attend`] appends k and v to its KV cache and computes
+//!   `softmax(q kᵀ · scale + mask) v` for each head; the mask is a type
+//!   ([`Causal`], [`SlidingWindow`], [`Bidirectional`]);
+//! * the **output projection** is a plain [`Linear`].
+//!
+//! So two architectures' attentions differ by their types, not by flags:
+//! [`SelfAttention`] is Llama's, [`NormedSelfAttention`] Gemma 3's.
 
+use std::ops::Range;
 use std::sync::Arc;
 
-use patchbay_combinators::{check_in, Capacity, Ctx, Layer, LayerError, Node};
+use patchbay_combinators::{check_in, series, Capacity, Ctx, Layer, LayerError, Node, Parallel};
 use patchbay_primitives::rope::{self, RopeLayout, RopeTable};
 use patchbay_primitives::{kernels, Act};
 
-use crate::linear::LinearState;
 use crate::{BlockError, Linear, RmsNorm};
 
-/// Shape and position settings of an [`Attention`] layer.
-#[derive(Debug, Clone)]
-pub struct AttentionConfig {
+/// How many heads of which size: the shape every attention part agrees on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Heads {
     /// Query heads.
     pub n_heads: usize,
     /// Key/value heads (`n_heads` for multi-head, fewer for grouped-query).
     pub n_kv_heads: usize,
     /// Features per head.
     pub head_dim: usize,
-    /// Rotary table (shared between layers with the same base); `None` for no RoPE.
-    pub rope: Option<Arc<RopeTable>>,
-    /// How q/k pairs are laid out for RoPE.
-    pub rope_layout: RopeLayout,
-    /// Score scale; `1/sqrt(head_dim)` unless the model says otherwise.
-    pub scale: f32,
-    /// Attend only to the last `window` positions (sliding-window layers).
-    pub window: Option<usize>,
-    /// Causal masking (decoders). Encoders set it false.
-    pub causal: bool,
 }
 
-impl AttentionConfig {
-    /// A causal config with RoPE, the usual `1/sqrt(head_dim)` scale and no window.
-    pub fn new(
-        n_heads: usize,
-        n_kv_heads: usize,
-        head_dim: usize,
-        rope: Option<Arc<RopeTable>>,
-        rope_layout: RopeLayout,
-    ) -> AttentionConfig {
-        AttentionConfig {
+impl Heads {
+    /// Checked heads: `n_heads` a positive multiple of `n_kv_heads`, `head_dim > 0`.
+    pub fn new(n_heads: usize, n_kv_heads: usize, head_dim: usize) -> Result<Heads, BlockError> {
+        if n_heads == 0 || n_kv_heads == 0 || n_heads % n_kv_heads != 0 || head_dim == 0 {
+            return Err(BlockError::Config(format!(
+                "attention heads {n_heads} must be a positive multiple of kv heads {n_kv_heads}, \
+                 with a positive head size (found {head_dim})"
+            )));
+        }
+        Ok(Heads {
             n_heads,
             n_kv_heads,
             head_dim,
-            rope,
-            rope_layout,
-            scale: 1.0 / (head_dim as f32).sqrt(),
-            window: None,
-            causal: true,
+        })
+    }
+
+    /// Width of all query heads.
+    pub fn q_width(&self) -> usize {
+        self.n_heads * self.head_dim
+    }
+
+    /// Width of all key (or value) heads.
+    pub fn kv_width(&self) -> usize {
+        self.n_kv_heads * self.head_dim
+    }
+
+    /// Width of a `[q | k | v]` row.
+    pub fn qkv_width(&self) -> usize {
+        self.q_width() + 2 * self.kv_width()
+    }
+
+    fn detail(&self) -> String {
+        format!(
+            "heads={} kv={} head_dim={}",
+            self.n_heads, self.n_kv_heads, self.head_dim
+        )
+    }
+}
+
+/// Separate q, k and v projections whose outputs sit side by side: `[q | k | v]`.
+pub type QkvProjection = Parallel<Parallel<Linear, Linear>, Linear>;
+
+/// Builds a [`QkvProjection`], checking the shapes against `heads`.
+pub fn qkv_projection(
+    heads: Heads,
+    wq: Linear,
+    wk: Linear,
+    wv: Linear,
+) -> Result<QkvProjection, BlockError> {
+    let dim = wq.in_dim();
+    let checks = [
+        ("attn_q", &wq, heads.q_width()),
+        ("attn_k", &wk, heads.kv_width()),
+        ("attn_v", &wv, heads.kv_width()),
+    ];
+    for (what, w, out) in checks {
+        if w.out_dim() != out || w.in_dim() != dim {
+            return Err(BlockError::Shape {
+                what,
+                expected: vec![out, dim],
+                found: vec![w.out_dim(), w.in_dim()],
+            });
+        }
+    }
+    Ok(Parallel::new(
+        Parallel::new(wq.named("attn_q"), wk.named("attn_k")),
+        wv.named("attn_v"),
+    ))
+}
+
+/// Llama's attention: projections, RoPE, causal attend, output projection.
+pub type SelfAttention<M = Causal> = series![QkvProjection, Rope, Attend<M>, Linear];
+
+/// Gemma 3's attention: as [`SelfAttention`] with per-head q/k norms before RoPE.
+pub type NormedSelfAttention<M = Causal> =
+    series![QkvProjection, QkNorm, Rope, Attend<M>, Linear];
+
+/// Checks an output projection against `heads` and names it.
+pub fn output_projection(heads: Heads, wo: Linear) -> Result<Linear, BlockError> {
+    if wo.in_dim() != heads.q_width() {
+        return Err(BlockError::Shape {
+            what: "attn_output",
+            expected: vec![wo.out_dim(), heads.q_width()],
+            found: vec![wo.out_dim(), wo.in_dim()],
+        });
+    }
+    Ok(wo.named("attn_output"))
+}
+
+/// RMS-normalises each head of q and of k in a `[q | k | v]` row, with one
+/// weight of `head_dim` for all query heads and one for all key heads; v
+/// passes through.
+#[derive(Debug, Clone)]
+pub struct QkNorm {
+    heads: Heads,
+    q: RmsNorm,
+    k: RmsNorm,
+}
+
+impl QkNorm {
+    /// Per-head norms over `heads` (each weight `head_dim` wide).
+    pub fn new(heads: Heads, q: RmsNorm, k: RmsNorm) -> Result<QkNorm, BlockError> {
+        let hd = heads.head_dim;
+        if q.in_dim() != hd || k.in_dim() != hd {
+            return Err(BlockError::Config(format!(
+                "q/k norm widths {} / {} differ from head size {hd}",
+                q.in_dim(),
+                k.in_dim()
+            )));
+        }
+        Ok(QkNorm { heads, q, k })
+    }
+}
+
+impl Layer for QkNorm {
+    type State = ();
+    fn in_dim(&self) -> usize {
+        self.heads.qkv_width()
+    }
+    fn out_dim(&self) -> usize {
+        self.heads.qkv_width()
+    }
+    fn new_state(&self, _cap: Capacity) {}
+    fn forward(&self, x: &Act, y: &mut Act, _: &mut (), ctx: &Ctx<'_>) -> Result<(), LayerError> {
+        check_in("QkNorm", self.in_dim(), x)?;
+        y.copy_from(x);
+        let (qw, kw) = (self.heads.q_width(), self.heads.kv_width());
+        for r in 0..x.rows() {
+            let (src, dst) = (x.row(r), y.row_mut(r));
+            self.q.apply_row(ctx.simd, &src[..qw], &mut dst[..qw]);
+            self.k
+                .apply_row(ctx.simd, &src[qw..qw + kw], &mut dst[qw..qw + kw]);
+        }
+        Ok(())
+    }
+    fn describe(&self) -> Node {
+        let hd = self.heads.head_dim;
+        Node::wiring(
+            "QkNorm",
+            self.in_dim(),
+            self.out_dim(),
+            vec![self.q.describe(), self.k.describe()],
+        )
+        .with_detail(format!("per head, {hd} wide"))
+    }
+}
+
+/// Rotary position embedding of each head of q and k in a `[q | k | v]` row,
+/// at the row's absolute position (`ctx.pos` + row index).
+#[derive(Debug, Clone)]
+pub struct Rope {
+    heads: Heads,
+    table: Arc<RopeTable>,
+    layout: RopeLayout,
+}
+
+impl Rope {
+    /// Rotates q and k by `table` with the pair `layout` the weights were stored for.
+    pub fn new(heads: Heads, table: Arc<RopeTable>, layout: RopeLayout) -> Result<Rope, BlockError> {
+        let (rot, hd) = (table.rot_dim(), heads.head_dim);
+        if rot > hd || rot % 2 != 0 {
+            return Err(BlockError::Config(format!(
+                "rope dimension {rot} does not fit head size {hd} (it must be even and at most the head size)"
+            )));
+        }
+        Ok(Rope {
+            heads,
+            table,
+            layout,
+        })
+    }
+
+    /// The table.
+    pub fn table(&self) -> &Arc<RopeTable> {
+        &self.table
+    }
+}
+
+impl Layer for Rope {
+    type State = ();
+    fn in_dim(&self) -> usize {
+        self.heads.qkv_width()
+    }
+    fn out_dim(&self) -> usize {
+        self.heads.qkv_width()
+    }
+    fn new_state(&self, _cap: Capacity) {}
+    fn forward(&self, x: &Act, y: &mut Act, _: &mut (), ctx: &Ctx<'_>) -> Result<(), LayerError> {
+        check_in("Rope", self.in_dim(), x)?;
+        let end = ctx.pos.saturating_add(x.rows());
+        if end > self.table.max_pos() {
+            return Err(LayerError::ContextFull {
+                layer: "Rope",
+                pos: end,
+                max_context: self.table.max_pos(),
+            });
+        }
+        y.copy_from(x);
+        let (qw, kw, hd) = (
+            self.heads.q_width(),
+            self.heads.kv_width(),
+            self.heads.head_dim,
+        );
+        for r in 0..x.rows() {
+            let row = y.row_mut(r);
+            let pos = ctx.pos + r;
+            rope::rope(ctx.simd, &self.table, self.layout, &mut row[..qw], hd, pos);
+            rope::rope(
+                ctx.simd,
+                &self.table,
+                self.layout,
+                &mut row[qw..qw + kw],
+                hd,
+                pos,
+            );
+        }
+        Ok(())
+    }
+    fn describe(&self) -> Node {
+        Node::leaf("Rope", self.in_dim(), self.out_dim(), 0).with_detail(format!(
+            "{:?} {} of {}",
+            self.layout,
+            self.table.rot_dim(),
+            self.heads.head_dim
+        ))
+    }
+}
+
+/// Which cached positions a query row may see.
+pub trait Mask: Clone + std::fmt::Debug {
+    /// The visible key positions for the query at `query` when the cache
+    /// holds positions `0..end` (`end` includes the current batch).
+    fn visible(&self, query: usize, end: usize) -> Range<usize>;
+    /// A short description for the graph.
+    fn describe(&self) -> String;
+}
+
+/// Each position sees itself and every earlier one (decoders).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Causal;
+
+impl Mask for Causal {
+    #[inline]
+    fn visible(&self, query: usize, _end: usize) -> Range<usize> {
+        0..query + 1
+    }
+    fn describe(&self) -> String {
+        "causal".into()
+    }
+}
+
+/// Causal, limited to the last `window` positions including the current one
+/// (local layers of Gemma 3, Mistral); `None` is plain causal (Gemma 3's
+/// global layers share the type of its local ones).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SlidingWindow {
+    /// Positions a query sees, itself included; `None`: all earlier ones.
+    pub window: Option<usize>,
+}
+
+impl Mask for SlidingWindow {
+    #[inline]
+    fn visible(&self, query: usize, _end: usize) -> Range<usize> {
+        let end = query + 1;
+        match self.window {
+            Some(w) => end.saturating_sub(w.max(1))..end,
+            None => 0..end,
+        }
+    }
+    fn describe(&self) -> String {
+        match self.window {
+            Some(w) => format!("sliding window {w}"),
+            None => "causal".into(),
         }
     }
 }
 
-/// Self-attention: `x -> Wo · softmax(q kᵀ · scale + mask) v` with `q, k, v`
-/// projected from `x`, RoPE applied at each row's absolute position, and the
-/// keys and values of every position kept in a cache sized once from the
-/// context length. Optional per-head RMS norms on q and k (Gemma 3).
-///
-/// Input rows are consecutive positions starting at `ctx.pos`; the cache holds
-/// everything before. Positions past the cache are an error, not a panic.
+/// Every position sees every position of the sequence (encoders).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Bidirectional;
+
+impl Mask for Bidirectional {
+    #[inline]
+    fn visible(&self, _query: usize, end: usize) -> Range<usize> {
+        0..end
+    }
+    fn describe(&self) -> String {
+        "bidirectional".into()
+    }
+}
+
+/// Scaled dot-product attention over a KV cache: takes `[q | k | v]` rows at
+/// consecutive positions from `ctx.pos`, appends their keys and values to the
+/// cache, and returns each query head's `softmax(q kᵀ · scale) v` under the
+/// mask, heads side by side (`n_heads * head_dim` wide).
 ///
 /// ```
-/// use std::sync::Arc;
-/// use patchbay_blocks::{Attention, AttentionConfig, Linear};
-/// use patchbay_combinators::{Capacity, Ctx, Layer};
-/// use patchbay_primitives::rope::{RopeLayout, RopeTable};
-/// use patchbay_primitives::{Act, Simd, Tensor, Threads};
-/// let eye = |n: usize| {
-///     let mut v = vec![0.0; n * n];
-///     (0..n).for_each(|i| v[i * n + i] = 1.0);
-///     Linear::new(Tensor::from_f32(&v, vec![n, n]).unwrap(), None).unwrap()
-/// };
-/// let rope = Arc::new(RopeTable::new(2, 10000.0, 8));
-/// let cfg = AttentionConfig::new(2, 1, 2, Some(rope), RopeLayout::HalfSplit);
-/// let attn = Attention::new(cfg, eye(4), Linear::new(Tensor::from_f32(&[1., 0., 0., 0., 0., 1., 0., 0.], vec![2, 4]).unwrap(), None).unwrap(),
-///                           Linear::new(Tensor::from_f32(&[0., 0., 1., 0., 0., 0., 0., 1.], vec![2, 4]).unwrap(), None).unwrap(), eye(4)).unwrap();
-/// let threads = Threads::single();
-/// let ctx = Ctx::new(Simd::detect(), &threads);
-/// let mut st = attn.new_state(Capacity::new(4, 8));
-/// let x = Act::from_vec(1, 4, vec![1.0, 0.0, 5.0, 6.0]).unwrap();
-/// // A single position attends only to itself: the output is its value.
-/// let y = attn.apply(&x, &mut st, &ctx).unwrap();
-/// assert_eq!(y.as_slice(), &[5.0, 6.0, 5.0, 6.0]);
-/// // Past the cache: an error.
-/// assert!(attn.apply(&x, &mut st, &ctx.at(8)).is_err());
+/// use patchbay_blocks::{Attend, Causal, Heads};
+/// use patchbay_combinators::{Capacity, Ctx, Layer, Scratch};
+/// use patchbay_primitives::{Act, Simd, Threads};
+/// let attend = Attend::new(Heads::new(1, 1, 2).unwrap(), Causal);
+/// let (threads, scratch) = (Threads::single(), Scratch::new());
+/// let ctx = Ctx::new(Simd::detect(), &threads, &scratch);
+/// let mut cache = attend.new_state(Capacity::new(2, 4));
+/// // One position attends only to itself: the output is its value.
+/// let x = Act::from_vec(1, 6, vec![1.0, 0.0, 1.0, 0.0, 5.0, 6.0]).unwrap();
+/// assert_eq!(attend.apply(&x, &mut cache, &ctx).unwrap().as_slice(), &[5.0, 6.0]);
+/// // Past the cache: an error, not a panic.
+/// assert!(attend.apply(&x, &mut cache, &ctx.at(4)).is_err());
 /// ```
 #[derive(Debug, Clone)]
-pub struct Attention {
-    cfg: AttentionConfig,
-    wq: Linear,
-    wk: Linear,
-    wv: Linear,
-    wo: Linear,
-    q_norm: Option<RmsNorm>,
-    k_norm: Option<RmsNorm>,
-    dim: usize,
+pub struct Attend<M> {
+    heads: Heads,
+    scale: f32,
+    mask: M,
 }
 
-/// The KV cache and scratch of one [`Attention`] layer.
+/// The keys and values of every position seen so far: an [`Attend`]'s state.
 #[derive(Debug)]
-pub struct AttentionState {
+pub struct KvCache {
     /// Keys, `[kv_head][position][head_dim]`.
-    k_cache: Vec<f32>,
+    k: Vec<f32>,
     /// Values, same layout.
-    v_cache: Vec<f32>,
+    v: Vec<f32>,
     max_context: usize,
-    /// Positions filled so far (for diagnostics; the caller's `pos` rules).
     len: usize,
-    q: Act,
-    k: Act,
-    v: Act,
-    normed: Act,
-    out: Act,
-    scores: Vec<f32>,
-    lin: [LinearState; 4],
 }
 
-impl AttentionState {
-    /// Positions currently held in the cache.
+impl KvCache {
+    /// Positions currently held.
     pub fn len(&self) -> usize {
         self.len
     }
@@ -127,224 +375,131 @@ impl AttentionState {
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
-}
 
-impl Attention {
-    /// Attention from its four projections (`wq: heads*hd x d`, `wk`, `wv:
-    /// kv*hd x d`, `wo: d x heads*hd`).
-    pub fn new(
-        cfg: AttentionConfig,
-        wq: Linear,
-        wk: Linear,
-        wv: Linear,
-        wo: Linear,
-    ) -> Result<Attention, BlockError> {
-        let (h, kv, hd) = (cfg.n_heads, cfg.n_kv_heads, cfg.head_dim);
-        if h == 0 || kv == 0 || h % kv != 0 {
-            return Err(BlockError::Config(format!(
-                "attention heads {h} must be a positive multiple of kv heads {kv}"
-            )));
-        }
-        let dim = wq.in_dim();
-        let checks = [
-            ("attn_q", wq.out_dim(), h * hd, wq.in_dim(), dim),
-            ("attn_k", wk.out_dim(), kv * hd, wk.in_dim(), dim),
-            ("attn_v", wv.out_dim(), kv * hd, wv.in_dim(), dim),
-            ("attn_output", wo.in_dim(), h * hd, wo.out_dim(), dim),
-        ];
-        for (what, a, ea, b, eb) in checks {
-            if a != ea || b != eb {
-                return Err(BlockError::Config(format!(
-                    "{what}: shape does not fit {h} heads x {hd} (kv {kv}) on width {dim}"
-                )));
-            }
-        }
-        if let Some(t) = &cfg.rope {
-            if t.rot_dim() > hd || t.rot_dim() % 2 != 0 {
-                return Err(BlockError::Config(format!(
-                    "rope dimension {} does not fit head size {hd}",
-                    t.rot_dim()
-                )));
-            }
-        }
-        Ok(Attention {
-            cfg,
-            wq: wq.named("attn_q"),
-            wk: wk.named("attn_k"),
-            wv: wv.named("attn_v"),
-            wo: wo.named("attn_output"),
-            q_norm: None,
-            k_norm: None,
-            dim,
-        })
-    }
-
-    /// Adds per-head RMS norms on queries and keys (weights of `head_dim`).
-    pub fn with_qk_norm(mut self, q: RmsNorm, k: RmsNorm) -> Result<Attention, BlockError> {
-        let hd = self.cfg.head_dim;
-        if q.in_dim() != hd || k.in_dim() != hd {
-            return Err(BlockError::Config(format!(
-                "q/k norm widths {} / {} differ from head size {hd}",
-                q.in_dim(),
-                k.in_dim()
-            )));
-        }
-        self.q_norm = Some(q);
-        self.k_norm = Some(k);
-        Ok(self)
-    }
-
-    /// The configuration.
-    pub fn config(&self) -> &AttentionConfig {
-        &self.cfg
+    /// Positions the cache can hold.
+    pub fn max_context(&self) -> usize {
+        self.max_context
     }
 }
 
-impl Layer for Attention {
-    type State = AttentionState;
+impl<M: Mask> Attend<M> {
+    /// Attention over `heads` with the usual `1/sqrt(head_dim)` scale.
+    pub fn new(heads: Heads, mask: M) -> Attend<M> {
+        Attend {
+            heads,
+            scale: 1.0 / (heads.head_dim as f32).sqrt(),
+            mask,
+        }
+    }
+
+    /// Another score scale (Gemma's `query_pre_attn_scalar^-1/2`).
+    pub fn with_scale(mut self, scale: f32) -> Attend<M> {
+        self.scale = scale;
+        self
+    }
+
+    /// The mask.
+    pub fn mask(&self) -> &M {
+        &self.mask
+    }
+
+    /// The heads.
+    pub fn heads(&self) -> Heads {
+        self.heads
+    }
+}
+
+impl<M: Mask> Layer for Attend<M> {
+    type State = KvCache;
 
     fn in_dim(&self) -> usize {
-        self.dim
+        self.heads.qkv_width()
     }
     fn out_dim(&self) -> usize {
-        self.dim
+        self.heads.q_width()
     }
-    fn new_state(&self, cap: Capacity) -> AttentionState {
-        let (h, kv, hd) = (self.cfg.n_heads, self.cfg.n_kv_heads, self.cfg.head_dim);
-        let ctx_len = match self.cfg.rope.as_ref() {
-            Some(t) => cap.max_context.min(t.max_pos()),
-            None => cap.max_context,
-        };
-        let rows = cap.max_rows;
-        AttentionState {
-            k_cache: vec![0.0; kv * ctx_len * hd],
-            v_cache: vec![0.0; kv * ctx_len * hd],
-            max_context: ctx_len,
+    fn new_state(&self, cap: Capacity) -> KvCache {
+        let n = self.heads.kv_width() * cap.max_context;
+        KvCache {
+            k: vec![0.0; n],
+            v: vec![0.0; n],
+            max_context: cap.max_context,
             len: 0,
-            q: Act::with_capacity(rows, h * hd),
-            k: Act::with_capacity(rows, kv * hd),
-            v: Act::with_capacity(rows, kv * hd),
-            normed: Act::with_capacity(rows, h * hd),
-            out: Act::with_capacity(rows, h * hd),
-            scores: vec![0.0; ctx_len],
-            lin: Default::default(),
         }
     }
-    fn reset(&self, st: &mut AttentionState) {
+    fn reset(&self, st: &mut KvCache) {
         st.len = 0;
     }
     fn forward(
         &self,
         x: &Act,
         y: &mut Act,
-        st: &mut AttentionState,
+        st: &mut KvCache,
         ctx: &Ctx<'_>,
     ) -> Result<(), LayerError> {
-        check_in("Attention", self.dim, x)?;
+        check_in("Attend", self.in_dim(), x)?;
         let m = x.rows();
-        let (h, kv, hd) = (self.cfg.n_heads, self.cfg.n_kv_heads, self.cfg.head_dim);
+        let Heads {
+            n_heads: h,
+            n_kv_heads: kv,
+            head_dim: hd,
+        } = self.heads;
+        let (qw, kw) = (self.heads.q_width(), self.heads.kv_width());
         let pos = ctx.pos;
         let end = pos.saturating_add(m);
-        if end > st.max_context {
+        let cap = st.max_context;
+        if end > cap {
             return Err(LayerError::ContextFull {
-                layer: "Attention",
+                layer: "Attend",
                 pos: end,
-                max_context: st.max_context,
+                max_context: cap,
             });
         }
-        let [lq, lk, lv, lo] = &mut st.lin;
-        self.wq.forward(x, &mut st.q, lq, ctx)?;
-        self.wk.forward(x, &mut st.k, lk, ctx)?;
-        self.wv.forward(x, &mut st.v, lv, ctx)?;
-        if let (Some(qn), Some(kn)) = (&self.q_norm, &self.k_norm) {
-            for r in 0..m {
-                st.normed.reshape(1, h * hd);
-                qn.apply_row(ctx.simd, st.q.row(r), st.normed.as_mut_slice());
-                st.q.row_mut(r).copy_from_slice(st.normed.as_slice());
-                st.normed.reshape(1, kv * hd);
-                kn.apply_row(ctx.simd, st.k.row(r), st.normed.as_mut_slice());
-                st.k.row_mut(r).copy_from_slice(st.normed.as_slice());
-            }
-        }
-        if let Some(table) = &self.cfg.rope {
-            for r in 0..m {
-                rope::rope(
-                    ctx.simd,
-                    table,
-                    self.cfg.rope_layout,
-                    st.q.row_mut(r),
-                    hd,
-                    pos + r,
-                );
-                rope::rope(
-                    ctx.simd,
-                    table,
-                    self.cfg.rope_layout,
-                    st.k.row_mut(r),
-                    hd,
-                    pos + r,
-                );
-            }
-        }
         // Append this batch's keys and values to the cache.
-        let cap = st.max_context;
         for r in 0..m {
+            let row = x.row(r);
             let t = pos + r;
             for g in 0..kv {
                 let dst = (g * cap + t) * hd;
-                st.k_cache[dst..dst + hd].copy_from_slice(&st.k.row(r)[g * hd..(g + 1) * hd]);
-                st.v_cache[dst..dst + hd].copy_from_slice(&st.v.row(r)[g * hd..(g + 1) * hd]);
+                let src = qw + g * hd;
+                st.k[dst..dst + hd].copy_from_slice(&row[src..src + hd]);
+                st.v[dst..dst + hd].copy_from_slice(&row[src + kw..src + kw + hd]);
             }
         }
         st.len = end;
         // Scores, softmax and the weighted sum of values, per row and head.
         let group = h / kv;
-        st.out.reshape(m, h * hd);
-        st.out.as_mut_slice().fill(0.0);
+        let mut scores = ctx.scratch.vec();
+        scores.resize(end, 0.0);
+        y.reshape(m, qw);
+        y.as_mut_slice().fill(0.0);
         for r in 0..m {
-            let t_end = if self.cfg.causal { pos + r + 1 } else { end };
-            let t_start = match self.cfg.window {
-                Some(w) => t_end.saturating_sub(w),
-                None => 0,
-            };
-            let n = t_end - t_start;
+            let span = self.mask.visible(pos + r, end);
+            let n = span.len();
             for head in 0..h {
                 let g = head / group;
-                let q = &st.q.row(r)[head * hd..(head + 1) * hd];
-                let scores = &mut st.scores[..n];
-                let base = g * cap;
-                for (i, s) in scores.iter_mut().enumerate() {
-                    let k0 = (base + t_start + i) * hd;
-                    *s = kernels::dot(ctx.simd, q, &st.k_cache[k0..k0 + hd]) * self.cfg.scale;
+                let q = &x.row(r)[head * hd..(head + 1) * hd];
+                let s = &mut scores[..n];
+                let base = g * cap + span.start;
+                for (i, sc) in s.iter_mut().enumerate() {
+                    let k0 = (base + i) * hd;
+                    *sc = kernels::dot(ctx.simd, q, &st.k[k0..k0 + hd]) * self.scale;
                 }
-                kernels::softmax(ctx.simd, scores);
-                let out = &mut st.out.row_mut(r)[head * hd..(head + 1) * hd];
-                for (i, &wgt) in scores.iter().enumerate() {
-                    let v0 = (base + t_start + i) * hd;
-                    kernels::axpy(ctx.simd, wgt, &st.v_cache[v0..v0 + hd], out);
+                kernels::softmax(ctx.simd, s);
+                let out = &mut y.row_mut(r)[head * hd..(head + 1) * hd];
+                for (i, &wgt) in s.iter().enumerate() {
+                    let v0 = (base + i) * hd;
+                    kernels::axpy(ctx.simd, wgt, &st.v[v0..v0 + hd], out);
                 }
             }
         }
-        self.wo.forward(&st.out, y, lo, ctx)
+        Ok(())
     }
     fn describe(&self) -> Node {
-        let c = &self.cfg;
-        let mut detail = format!(
-            "heads={} kv={} head_dim={}",
-            c.n_heads, c.n_kv_heads, c.head_dim
-        );
-        if let Some(t) = &c.rope {
-            detail.push_str(&format!(" rope={:?}/{}", c.rope_layout, t.rot_dim()));
-        }
-        if let Some(w) = c.window {
-            detail.push_str(&format!(" window={w}"));
-        }
-        let mut children = vec![self.wq.describe(), self.wk.describe(), self.wv.describe()];
-        if let (Some(q), Some(k)) = (&self.q_norm, &self.k_norm) {
-            children.push(q.describe());
-            children.push(k.describe());
-        }
-        children.push(self.wo.describe());
-        Node::wiring("Attention", self.dim, self.dim, children).with_detail(detail)
+        Node::leaf("Attend", self.in_dim(), self.out_dim(), 0).with_detail(format!(
+            "{} {}",
+            self.heads.detail(),
+            self.mask.describe()
+        ))
     }
 }

@@ -2,9 +2,11 @@
 //!
 //! Transformer building blocks, each a [`patchbay_combinators::Layer`]:
 //! [`Linear`] (any weight format, in place), [`Embedding`], [`RmsNorm`],
-//! [`LayerNorm`], activations ([`Silu`], [`GeluTanh`], [`GeluErf`]),
-//! [`Attention`] with RoPE and a KV cache, [`LmHead`] and the [`Sampler`].
-//! Models wire them with the combinators; MLPs are `Gate`s of these.
+//! [`LayerNorm`], activations ([`Silu`], [`GeluTanh`], [`GeluErf`]), the parts
+//! of attention ([`QkvProjection`], [`QkNorm`], [`Rope`], [`Attend`] under a
+//! [`Mask`], with its [`KvCache`]), [`LmHead`] and the [`Sampler`].
+//! Models wire them with the combinators; MLPs are `Gate`s of these and
+//! attentions are `Series` of the parts ([`SelfAttention`]).
 
 mod activation;
 mod attention;
@@ -14,13 +16,19 @@ mod norm;
 mod sampler;
 
 pub use activation::{GeluErf, GeluTanh, Silu};
-pub use attention::{Attention, AttentionConfig, AttentionState};
+pub use attention::{
+    output_projection, qkv_projection, Attend, Bidirectional, Causal, Heads, KvCache, Mask,
+    NormedSelfAttention, QkNorm, QkvProjection, Rope, SelfAttention, SlidingWindow,
+};
 pub use embedding::Embedding;
-pub use linear::{Linear, LinearState, LmHead};
+pub use linear::{Linear, LmHead};
 pub use norm::{LayerNorm, RmsNorm};
 pub use sampler::{Sampler, SamplerConfig, SamplerState};
 
-use patchbay_combinators::{Gate, Series};
+use std::sync::Arc;
+
+use patchbay_combinators::{Gate, LayerExt, Series};
+use patchbay_primitives::rope::{RopeLayout, RopeTable};
 
 /// The SwiGLU MLP: `down(silu(gate(x)) * up(x))`.
 pub type SwiGlu = Series<Gate<Series<Linear, Silu>, Linear>, Linear>;
@@ -35,6 +43,50 @@ pub fn swiglu(gate: Linear, up: Linear, down: Linear) -> SwiGlu {
         ),
         down.named("ffn_down"),
     )
+}
+
+/// Composes a [`SelfAttention`] (Llama's) from its projections, RoPE table and mask.
+///
+/// ```
+/// use std::sync::Arc;
+/// use patchbay_blocks::{self_attention, Causal, Heads, Linear};
+/// use patchbay_combinators::{Capacity, Ctx, Layer, Scratch};
+/// use patchbay_primitives::rope::{RopeLayout, RopeTable};
+/// use patchbay_primitives::{Act, Simd, Tensor, Threads};
+/// let eye = |n: usize| {
+///     let mut v = vec![0.0; n * n];
+///     (0..n).for_each(|i| v[i * n + i] = 1.0);
+///     Linear::new(Tensor::from_f32(&v, vec![n, n]).unwrap(), None).unwrap()
+/// };
+/// let pick = |cols: [f32; 8]| Linear::new(Tensor::from_f32(&cols, vec![2, 4]).unwrap(), None).unwrap();
+/// let heads = Heads::new(2, 1, 2).unwrap();
+/// let rope = Arc::new(RopeTable::new(2, 10000.0, 8));
+/// let attn = self_attention(heads, eye(4), pick([1., 0., 0., 0., 0., 1., 0., 0.]),
+///     pick([0., 0., 1., 0., 0., 0., 0., 1.]), eye(4), rope, RopeLayout::HalfSplit, Causal).unwrap();
+/// let (threads, scratch) = (Threads::single(), Scratch::new());
+/// let ctx = Ctx::new(Simd::detect(), &threads, &scratch);
+/// let mut st = attn.new_state(Capacity::new(4, 8));
+/// let x = Act::from_vec(1, 4, vec![1.0, 0.0, 5.0, 6.0]).unwrap();
+/// // A single position attends only to itself: each head outputs its value.
+/// assert_eq!(attn.apply(&x, &mut st, &ctx).unwrap().as_slice(), &[5.0, 6.0, 5.0, 6.0]);
+/// // Past the cache: an error.
+/// assert!(attn.apply(&x, &mut st, &ctx.at(8)).is_err());
+/// ```
+#[allow(clippy::too_many_arguments)]
+pub fn self_attention<M: Mask>(
+    heads: Heads,
+    wq: Linear,
+    wk: Linear,
+    wv: Linear,
+    wo: Linear,
+    rope: Arc<RopeTable>,
+    layout: RopeLayout,
+    mask: M,
+) -> Result<SelfAttention<M>, BlockError> {
+    Ok(qkv_projection(heads, wq, wk, wv)?
+        .then(Rope::new(heads, rope, layout)?)
+        .then(Attend::new(heads, mask))
+        .then(output_projection(heads, wo)?))
 }
 
 /// The GeGLU MLP (Gemma): `down(gelu_tanh(gate(x)) * up(x))`.

@@ -1,7 +1,7 @@
 //! [`Linear`]: `y = W x + b` over any weight format, read in place.
 
 use patchbay_combinators::{check_in, Capacity, Ctx, Layer, LayerError, Node, Rows};
-use patchbay_primitives::quant::{self, DotMode, QuantizedActs};
+use patchbay_primitives::quant::{self, DotMode};
 use patchbay_primitives::{kernels, matmul, Act, DType, MatRef, ShapeError, Tensor};
 
 use crate::BlockError;
@@ -20,8 +20,8 @@ use crate::BlockError;
 /// // 2 outputs from 3 inputs: [[1,0,0],[0,1,1]] plus bias [0.5, 0].
 /// let w = Tensor::from_f32(&[1.0, 0.0, 0.0, 0.0, 1.0, 1.0], vec![2, 3]).unwrap();
 /// let lin = Linear::new(w, Some(vec![0.5, 0.0])).unwrap();
-/// let threads = Threads::single();
-/// let ctx = Ctx::new(Simd::detect(), &threads);
+/// let (threads, scratch) = (Threads::single(), patchbay_combinators::Scratch::new());
+/// let ctx = Ctx::new(Simd::detect(), &threads, &scratch);
 /// let x = Act::from_vec(1, 3, vec![2.0, 3.0, 4.0]).unwrap();
 /// let y = lin.apply(&x, &mut lin.new_state(Capacity::new(1, 1)), &ctx).unwrap();
 /// assert_eq!(y.as_slice(), &[2.5, 7.0]);
@@ -36,12 +36,6 @@ pub struct Linear {
     name: &'static str,
 }
 
-/// Scratch of a [`Linear`]: quantised activations and a dequantised weight panel.
-#[derive(Debug, Default)]
-pub struct LinearState {
-    acts: QuantizedActs,
-    panel: Vec<f32>,
-}
 
 impl Linear {
     /// A projection with weight `out x in` and an optional bias of `out` values.
@@ -124,7 +118,6 @@ impl Linear {
         &self,
         x: MatRef<'_>,
         y: &mut [f32],
-        st: &mut LinearState,
         ctx: &Ctx<'_>,
     ) -> Result<(), ShapeError> {
         let w = &self.weight;
@@ -144,7 +137,7 @@ impl Linear {
                 x.row(0),
                 y,
                 self.mode,
-                &mut st.acts,
+                &mut ctx.scratch.quant(),
             )?,
             (None, _) => quant::matmul_q(
                 ctx.simd,
@@ -155,7 +148,7 @@ impl Linear {
                 k,
                 x,
                 y,
-                &mut st.panel,
+                &mut ctx.scratch.vec(),
             )?,
         }
         if let Some(b) = &self.bias {
@@ -168,7 +161,7 @@ impl Linear {
 }
 
 impl Layer for Linear {
-    type State = LinearState;
+    type State = ();
 
     fn in_dim(&self) -> usize {
         self.in_dim
@@ -176,24 +169,11 @@ impl Layer for Linear {
     fn out_dim(&self) -> usize {
         self.out_dim
     }
-    fn new_state(&self, cap: Capacity) -> LinearState {
-        let mut st = LinearState::default();
-        if !self.weight.dtype().is_quantized() && self.weight.dtype() != DType::F32 {
-            st.panel.reserve(64 * self.in_dim);
-        }
-        let _ = cap;
-        st
-    }
-    fn forward(
-        &self,
-        x: &Act,
-        y: &mut Act,
-        st: &mut LinearState,
-        ctx: &Ctx<'_>,
-    ) -> Result<(), LayerError> {
+    fn new_state(&self, _cap: Capacity) {}
+    fn forward(&self, x: &Act, y: &mut Act, _: &mut (), ctx: &Ctx<'_>) -> Result<(), LayerError> {
         check_in(self.name, self.in_dim, x)?;
         y.reshape(x.rows(), self.out_dim);
-        self.project(x.view(), y.as_mut_slice(), st, ctx)?;
+        self.project(x.view(), y.as_mut_slice(), ctx)?;
         Ok(())
     }
     fn describe(&self) -> Node {
@@ -214,8 +194,8 @@ impl Layer for Linear {
 /// use patchbay_primitives::{Act, Simd, Tensor, Threads};
 /// let w = Tensor::from_f32(&[1.0, 0.0, 0.0, 1.0, 1.0, 1.0], vec![3, 2]).unwrap();
 /// let head = LmHead::new(Linear::new(w, None).unwrap());
-/// let threads = Threads::single();
-/// let ctx = Ctx::new(Simd::detect(), &threads).with_rows(Rows::Last);
+/// let (threads, scratch) = (Threads::single(), patchbay_combinators::Scratch::new());
+/// let ctx = Ctx::new(Simd::detect(), &threads, &scratch).with_rows(Rows::Last);
 /// let x = Act::from_vec(2, 2, vec![9.0, 9.0, 1.0, 2.0]).unwrap();
 /// let y = head.apply(&x, &mut head.new_state(Capacity::new(2, 2)), &ctx).unwrap();
 /// assert_eq!(y.as_slice(), &[1.0, 2.0, 3.0]); // the last row only
@@ -248,7 +228,7 @@ impl LmHead {
 }
 
 impl Layer for LmHead {
-    type State = LinearState;
+    type State = ();
 
     fn in_dim(&self) -> usize {
         self.linear.in_dim
@@ -256,16 +236,8 @@ impl Layer for LmHead {
     fn out_dim(&self) -> usize {
         self.linear.out_dim
     }
-    fn new_state(&self, cap: Capacity) -> LinearState {
-        self.linear.new_state(cap)
-    }
-    fn forward(
-        &self,
-        x: &Act,
-        y: &mut Act,
-        st: &mut LinearState,
-        ctx: &Ctx<'_>,
-    ) -> Result<(), LayerError> {
+    fn new_state(&self, _cap: Capacity) {}
+    fn forward(&self, x: &Act, y: &mut Act, _: &mut (), ctx: &Ctx<'_>) -> Result<(), LayerError> {
         check_in("lm_head", self.linear.in_dim, x)?;
         let first = match ctx.rows {
             Rows::All => 0,
@@ -275,7 +247,7 @@ impl Layer for LmHead {
         let k = self.linear.in_dim;
         let view = MatRef::new(&x.as_slice()[first * k..], rows, k)?;
         y.reshape(rows, self.linear.out_dim);
-        self.linear.project(view, y.as_mut_slice(), st, ctx)?;
+        self.linear.project(view, y.as_mut_slice(), ctx)?;
         if let Some(cap) = self.softcap {
             for v in y.as_mut_slice() {
                 *v = cap * (*v / cap).tanh();

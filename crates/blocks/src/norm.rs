@@ -37,8 +37,8 @@ fn slice(t: &Tensor) -> &[f32] {
 /// use patchbay_combinators::{Capacity, Ctx, Layer};
 /// use patchbay_primitives::{Act, Simd, Tensor, Threads};
 /// let norm = RmsNorm::new(&Tensor::from_f32(&[1.0, 2.0], vec![2]).unwrap(), 0.0).unwrap();
-/// let threads = Threads::single();
-/// let ctx = Ctx::new(Simd::detect(), &threads);
+/// let (threads, scratch) = (Threads::single(), patchbay_combinators::Scratch::new());
+/// let ctx = Ctx::new(Simd::detect(), &threads, &scratch);
 /// let y = norm.apply(&Act::from_vec(1, 2, vec![3.0, 4.0]).unwrap(), &mut (), &ctx).unwrap();
 /// // rms = sqrt((9+16)/2)
 /// let r = (12.5f32).sqrt();
@@ -120,8 +120,8 @@ impl Layer for RmsNorm {
 /// let w = Tensor::from_f32(&[1.0, 1.0], vec![2]).unwrap();
 /// let b = Tensor::from_f32(&[0.5, 0.5], vec![2]).unwrap();
 /// let norm = LayerNorm::new(&w, Some(&b), 0.0).unwrap();
-/// let threads = Threads::single();
-/// let ctx = Ctx::new(Simd::detect(), &threads);
+/// let (threads, scratch) = (Threads::single(), patchbay_combinators::Scratch::new());
+/// let ctx = Ctx::new(Simd::detect(), &threads, &scratch);
 /// let y = norm.apply(&Act::from_vec(1, 2, vec![1.0, 3.0]).unwrap(), &mut (), &ctx).unwrap();
 /// assert!((y.as_slice()[0] + 0.5).abs() < 1e-5 && (y.as_slice()[1] - 1.5).abs() < 1e-5);
 /// ```

@@ -80,8 +80,8 @@ impl SamplerConfig {
 /// use patchbay_combinators::{Capacity, Ctx, Layer};
 /// use patchbay_primitives::{Act, Simd, Threads};
 /// let s = Sampler::new(4, SamplerConfig::greedy()).unwrap();
-/// let threads = Threads::single();
-/// let ctx = Ctx::new(Simd::detect(), &threads);
+/// let (threads, scratch) = (Threads::single(), patchbay_combinators::Scratch::new());
+/// let ctx = Ctx::new(Simd::detect(), &threads, &scratch);
 /// let logits = Act::from_vec(1, 4, vec![0.1, 2.0, -1.0, 1.9]).unwrap();
 /// let y = s.apply(&logits, &mut s.new_state(Capacity::new(1, 1)), &ctx).unwrap();
 /// assert_eq!(y.as_slice(), &[1.0]);
@@ -302,7 +302,8 @@ mod tests {
     fn draw(cfg: SamplerConfig, logits: &[f32], n: usize) -> Vec<u32> {
         let s = Sampler::new(logits.len(), cfg).unwrap();
         let threads = Threads::single();
-        let ctx = Ctx::new(Simd::detect(), &threads);
+        let scratch = patchbay_combinators::Scratch::new();
+        let ctx = Ctx::new(Simd::detect(), &threads, &scratch);
         let mut st = s.new_state(Capacity::new(1, 1));
         (0..n).map(|_| s.sample(logits, &mut st, &ctx)).collect()
     }
@@ -377,7 +378,8 @@ mod tests {
         )
         .unwrap();
         let threads = Threads::single();
-        let ctx = Ctx::new(Simd::detect(), &threads);
+        let scratch = patchbay_combinators::Scratch::new();
+        let ctx = Ctx::new(Simd::detect(), &threads, &scratch);
         let mut st = s.new_state(Capacity::new(1, 1));
         let logits = [3.0, 2.0, -1.0];
         assert_eq!(s.sample(&logits, &mut st, &ctx), 0);

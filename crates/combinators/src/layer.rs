@@ -1,5 +1,8 @@
 //! The [`Layer`] trait, the forward-pass context and self-description nodes.
 
+use std::cell::RefCell;
+
+use patchbay_primitives::quant::QuantizedActs;
 use patchbay_primitives::{Act, ShapeError, Simd, Threads};
 
 /// Why a forward pass could not run.
@@ -46,6 +49,15 @@ pub enum LayerError {
         /// Vocabulary size.
         vocab: usize,
     },
+    /// A layer plan does not fit the stack it re-wires.
+    #[error("layer plan: {0}")]
+    Plan(String),
+    /// A forward pass produced a value that is not finite.
+    #[error("{layer}: produced a non-finite value")]
+    NonFinite {
+        /// The layer's name.
+        layer: &'static str,
+    },
     /// A primitive rejected a shape.
     #[error(transparent)]
     Shape(#[from] ShapeError),
@@ -80,6 +92,115 @@ pub enum Rows {
     Last,
 }
 
+/// Temporary buffers for a forward pass, shared by every layer of a network.
+///
+/// State that must persist between calls (KV caches, sampler RNG) lives in each
+/// layer's [`Layer::State`]; everything else a layer needs only while it runs —
+/// the activation between two stages of a [`Series`](crate::Series), a branch
+/// output, quantised activations, a dequantised weight panel — it borrows from
+/// here and gives back when it returns. At any moment only the buffers on one
+/// path of the layer tree are in use, so the workspace holds as many buffers as
+/// the network is deep, each as large as the largest use, like llama2.c's
+/// `RunState`; it does not grow with the number of layers. Buffers keep their
+/// allocation when returned, so once a step of each shape has run, forward
+/// passes of that shape do not allocate.
+///
+/// ```
+/// use patchbay_combinators::Scratch;
+/// let scratch = Scratch::new();
+/// {
+///     let mut a = scratch.act();
+///     a.reshape(2, 3);
+///     let b = scratch.act(); // a second, distinct buffer while `a` is held
+///     assert_eq!(b.rows(), 0);
+/// } // both go back to the pool
+/// assert_eq!(scratch.pooled(), 2);
+/// ```
+#[derive(Debug, Default)]
+pub struct Scratch {
+    acts: RefCell<Vec<Act>>,
+    quant: RefCell<Vec<QuantizedActs>>,
+    vecs: RefCell<Vec<Vec<f32>>>,
+}
+
+impl Scratch {
+    /// An empty workspace; buffers are created on first use and then reused.
+    pub fn new() -> Scratch {
+        Scratch::default()
+    }
+
+    /// Borrows an activation buffer (contents unspecified; reshape it).
+    pub fn act(&self) -> Borrowed<'_, Act> {
+        let buf = self.acts.borrow_mut().pop().unwrap_or_default();
+        Borrowed {
+            pool: &self.acts,
+            buf: Some(buf),
+        }
+    }
+
+    /// Borrows a buffer for quantised activations.
+    pub fn quant(&self) -> Borrowed<'_, QuantizedActs> {
+        let buf = self.quant.borrow_mut().pop().unwrap_or_default();
+        Borrowed {
+            pool: &self.quant,
+            buf: Some(buf),
+        }
+    }
+
+    /// Borrows a plain f32 vector (cleared).
+    pub fn vec(&self) -> Borrowed<'_, Vec<f32>> {
+        let mut buf = self.vecs.borrow_mut().pop().unwrap_or_default();
+        buf.clear();
+        Borrowed {
+            pool: &self.vecs,
+            buf: Some(buf),
+        }
+    }
+
+    /// Buffers currently in the pool (not lent out), of all kinds.
+    pub fn pooled(&self) -> usize {
+        self.acts.borrow().len() + self.quant.borrow().len() + self.vecs.borrow().len()
+    }
+
+    /// Bytes reserved by the pooled buffers (for memory reports).
+    pub fn reserved_bytes(&self) -> usize {
+        let acts: usize = self.acts.borrow().iter().map(|a| a.capacity() * 4).sum();
+        let vecs: usize = self.vecs.borrow().iter().map(|v| v.capacity() * 4).sum();
+        acts + vecs
+    }
+}
+
+/// A buffer lent by a [`Scratch`]; it goes back to the pool when dropped.
+#[derive(Debug)]
+pub struct Borrowed<'s, T> {
+    pool: &'s RefCell<Vec<T>>,
+    buf: Option<T>,
+}
+
+impl<T> std::ops::Deref for Borrowed<'_, T> {
+    type Target = T;
+    #[inline]
+    fn deref(&self) -> &T {
+        // Present from construction until drop.
+        self.buf.as_ref().expect("scratch buffer present until drop")
+    }
+}
+
+impl<T> std::ops::DerefMut for Borrowed<'_, T> {
+    #[inline]
+    fn deref_mut(&mut self) -> &mut T {
+        self.buf.as_mut().expect("scratch buffer present until drop")
+    }
+}
+
+impl<T> Drop for Borrowed<'_, T> {
+    fn drop(&mut self) {
+        if let Some(b) = self.buf.take() {
+            self.pool.borrow_mut().push(b);
+        }
+    }
+}
+
 /// What a forward pass needs besides the activations and the state.
 ///
 /// Copy it freely: it is a few words. Combinators pass it down unchanged, except
@@ -90,6 +211,8 @@ pub struct Ctx<'a> {
     pub simd: Simd,
     /// Worker threads for kernels that split rows.
     pub threads: &'a Threads,
+    /// Temporary buffers shared by all layers.
+    pub scratch: &'a Scratch,
     /// Absolute position of the first input row in the sequence.
     pub pos: usize,
     /// Which output rows are wanted (layers that can skip work honour it).
@@ -98,10 +221,11 @@ pub struct Ctx<'a> {
 
 impl<'a> Ctx<'a> {
     /// A context at position 0 wanting every row.
-    pub fn new(simd: Simd, threads: &'a Threads) -> Ctx<'a> {
+    pub fn new(simd: Simd, threads: &'a Threads, scratch: &'a Scratch) -> Ctx<'a> {
         Ctx {
             simd,
             threads,
+            scratch,
             pos: 0,
             rows: Rows::All,
         }
@@ -226,11 +350,13 @@ impl std::fmt::Display for Node {
 ///
 /// Sizes are run-time values; the wiring is the type. A layer owns its weights
 /// (usually views into a memory map) and is immutable during a forward pass;
-/// everything that changes — KV caches, sampler RNGs, scratch buffers between
-/// stages — lives in its [`Layer::State`], built once by [`Layer::new_state`]
-/// for a [`Capacity`]. `forward` must not allocate once the state exists.
+/// what must persist between calls — KV caches, sampler RNGs — lives in its
+/// [`Layer::State`], built once by [`Layer::new_state`] for a [`Capacity`];
+/// temporary buffers come from the [`Scratch`] in the [`Ctx`], shared by the
+/// whole network. `forward` must not allocate once the state exists and the
+/// scratch has served a call of the same shape.
 pub trait Layer {
-    /// Mutable per-sequence state: caches, RNG, scratch buffers.
+    /// Mutable per-sequence state that persists between calls: caches, RNG.
     type State;
 
     /// True only for [`Identity`](crate::Identity): lets [`Sum`](crate::Sum)
@@ -282,9 +408,4 @@ pub fn check_in(layer: &'static str, expected: usize, x: &Act) -> Result<(), Lay
         });
     }
     Ok(())
-}
-
-/// An empty scratch buffer able to hold `cap.max_rows x cols`.
-pub fn scratch(cap: Capacity, cols: usize) -> Act {
-    Act::with_capacity(cap.max_rows, cols)
 }

@@ -45,7 +45,10 @@
 mod layer;
 mod wiring;
 
-pub use layer::{check_in, scratch, Capacity, Ctx, Layer, LayerError, Node, Rows};
+mod plan;
+
+pub use layer::{check_in, Borrowed, Capacity, Ctx, Layer, LayerError, Node, Rows, Scratch};
+pub use plan::{Merge, Plan, PlanStep};
 pub use wiring::{
     residual, AddHalves, Feedback, Gate, Identity, LayerExt, Loop, LoopState, PairState, Parallel,
     Residual, Series, SeriesState, Stack, StackState, Step, Sum,

@@ -1,7 +1,8 @@
 //! The combinators: [`Identity`], [`Series`], [`Parallel`], [`Sum`], [`Gate`],
 //! [`Stack`] and [`Loop`].
 
-use crate::layer::{check_in, scratch, Capacity, Ctx, Layer, LayerError, Node, Rows};
+use crate::layer::{check_in, Capacity, Ctx, Layer, LayerError, Node, Rows};
+use crate::plan::{Merge, Plan, PlanStep};
 use patchbay_primitives::{kernels, Act};
 
 /// `x -> x`. As the first branch of a [`Sum`] it makes a residual connection.
@@ -10,8 +11,8 @@ use patchbay_primitives::{kernels, Act};
 /// use patchbay_combinators::{Identity, Layer, Ctx};
 /// use patchbay_primitives::{Act, Simd, Threads};
 /// let id = Identity::new(3);
-/// let threads = Threads::single();
-/// let ctx = Ctx::new(Simd::detect(), &threads);
+/// let (threads, scratch) = (Threads::single(), patchbay_combinators::Scratch::new());
+/// let ctx = Ctx::new(Simd::detect(), &threads, &scratch);
 /// let x = Act::from_vec(1, 3, vec![1.0, 2.0, 3.0]).unwrap();
 /// let y = id.apply(&x, &mut id.new_state(patchbay_combinators::Capacity::new(1, 1)), &ctx).unwrap();
 /// assert_eq!(y.as_slice(), x.as_slice());
@@ -55,8 +56,8 @@ impl Layer for Identity {
 /// use patchbay_combinators::{Series, Identity, Layer, Ctx, Capacity};
 /// use patchbay_primitives::{Act, Simd, Threads};
 /// let s = Series::new(Identity::new(2), Identity::new(2));
-/// let threads = Threads::single();
-/// let ctx = Ctx::new(Simd::detect(), &threads);
+/// let (threads, scratch) = (Threads::single(), patchbay_combinators::Scratch::new());
+/// let ctx = Ctx::new(Simd::detect(), &threads, &scratch);
 /// let x = Act::from_vec(2, 2, vec![1.0, 2.0, 3.0, 4.0]).unwrap();
 /// let y = s.apply(&x, &mut s.new_state(Capacity::new(2, 2)), &ctx).unwrap();
 /// assert_eq!(y.as_slice(), x.as_slice());
@@ -77,14 +78,14 @@ impl<A: Layer, B: Layer> Series<A, B> {
     }
 }
 
-/// State of a [`Series`]: both children's states and the buffer between them.
+/// State of a [`Series`]: both children's states (the buffer between them is
+/// scratch, borrowed for the call).
 #[derive(Debug)]
 pub struct SeriesState<SA, SB> {
     /// The first layer's state.
     pub first: SA,
     /// The second layer's state.
     pub second: SB,
-    mid: Act,
 }
 
 impl<A: Layer, B: Layer> Layer for Series<A, B> {
@@ -100,7 +101,6 @@ impl<A: Layer, B: Layer> Layer for Series<A, B> {
         SeriesState {
             first: self.first.new_state(cap),
             second: self.second.new_state(cap),
-            mid: scratch(cap, self.first.out_dim()),
         }
     }
     fn reset(&self, st: &mut Self::State) {
@@ -115,8 +115,9 @@ impl<A: Layer, B: Layer> Layer for Series<A, B> {
         st: &mut Self::State,
         ctx: &Ctx<'_>,
     ) -> Result<(), LayerError> {
-        self.first.forward(x, &mut st.mid, &mut st.first, ctx)?;
-        self.second.forward(&st.mid, y, &mut st.second, ctx)
+        let mut mid = ctx.scratch.act();
+        self.first.forward(x, &mut mid, &mut st.first, ctx)?;
+        self.second.forward(&mid, y, &mut st.second, ctx)
     }
     fn describe(&self) -> Node {
         // Flatten right- or left-nested chains so `series![A, B, C]` prints flat.
@@ -139,8 +140,8 @@ impl<A: Layer, B: Layer> Layer for Series<A, B> {
 /// use patchbay_combinators::{Parallel, Identity, Layer, Ctx, Capacity};
 /// use patchbay_primitives::{Act, Simd, Threads};
 /// let p = Parallel::new(Identity::new(2), Identity::new(2));
-/// let threads = Threads::single();
-/// let ctx = Ctx::new(Simd::detect(), &threads);
+/// let (threads, scratch) = (Threads::single(), patchbay_combinators::Scratch::new());
+/// let ctx = Ctx::new(Simd::detect(), &threads, &scratch);
 /// let x = Act::from_vec(1, 2, vec![1.0, 2.0]).unwrap();
 /// let y = p.apply(&x, &mut p.new_state(Capacity::new(1, 1)), &ctx).unwrap();
 /// assert_eq!(y.as_slice(), &[1.0, 2.0, 1.0, 2.0]);
@@ -160,15 +161,13 @@ impl<A: Layer, B: Layer> Parallel<A, B> {
     }
 }
 
-/// State of a two-branch combinator: each branch's state and output buffers.
+/// State of a two-branch combinator: each branch's state.
 #[derive(Debug)]
 pub struct PairState<SA, SB> {
     /// The left (first) branch's state.
     pub left: SA,
     /// The right (second) branch's state.
     pub right: SB,
-    a: Act,
-    b: Act,
 }
 
 impl<A: Layer, B: Layer> Layer for Parallel<A, B> {
@@ -184,8 +183,6 @@ impl<A: Layer, B: Layer> Layer for Parallel<A, B> {
         PairState {
             left: self.left.new_state(cap),
             right: self.right.new_state(cap),
-            a: scratch(cap, self.left.out_dim()),
-            b: scratch(cap, self.right.out_dim()),
         }
     }
     fn reset(&self, st: &mut Self::State) {
@@ -200,17 +197,18 @@ impl<A: Layer, B: Layer> Layer for Parallel<A, B> {
         ctx: &Ctx<'_>,
     ) -> Result<(), LayerError> {
         check_in("Parallel", self.in_dim(), x)?;
-        self.left.forward(x, &mut st.a, &mut st.left, ctx)?;
-        self.right.forward(x, &mut st.b, &mut st.right, ctx)?;
-        let (da, db) = (st.a.cols(), st.b.cols());
-        let rows = st.a.rows().min(st.b.rows());
+        let (mut a, mut b) = (ctx.scratch.act(), ctx.scratch.act());
+        self.left.forward(x, &mut a, &mut st.left, ctx)?;
+        self.right.forward(x, &mut b, &mut st.right, ctx)?;
+        let (da, db) = (a.cols(), b.cols());
+        let rows = a.rows().min(b.rows());
         y.reshape(rows, da + db);
         // Branches honouring `Rows::Last` return only their last row; align by the end.
-        let (oa, ob) = (st.a.rows() - rows, st.b.rows() - rows);
+        let (oa, ob) = (a.rows() - rows, b.rows() - rows);
         for r in 0..rows {
             let row = y.row_mut(r);
-            row[..da].copy_from_slice(st.a.row(oa + r));
-            row[da..].copy_from_slice(st.b.row(ob + r));
+            row[..da].copy_from_slice(a.row(oa + r));
+            row[da..].copy_from_slice(b.row(ob + r));
         }
         Ok(())
     }
@@ -232,8 +230,8 @@ impl<A: Layer, B: Layer> Layer for Parallel<A, B> {
 /// use patchbay_combinators::{AddHalves, Layer, Ctx, Capacity};
 /// use patchbay_primitives::{Act, Simd, Threads};
 /// let m = AddHalves::new(2);
-/// let threads = Threads::single();
-/// let ctx = Ctx::new(Simd::detect(), &threads);
+/// let (threads, scratch) = (Threads::single(), patchbay_combinators::Scratch::new());
+/// let ctx = Ctx::new(Simd::detect(), &threads, &scratch);
 /// let x = Act::from_vec(1, 4, vec![1.0, 2.0, 10.0, 20.0]).unwrap();
 /// let y = m.apply(&x, &mut (), &ctx).unwrap();
 /// assert_eq!(y.as_slice(), &[11.0, 22.0]);
@@ -285,8 +283,8 @@ impl Layer for AddHalves {
 /// use patchbay_primitives::{Act, Simd, Threads};
 /// // x + x = 2x
 /// let r: Residual<Identity> = Sum::new(Identity::new(2), Identity::new(2));
-/// let threads = Threads::single();
-/// let ctx = Ctx::new(Simd::detect(), &threads);
+/// let (threads, scratch) = (Threads::single(), patchbay_combinators::Scratch::new());
+/// let ctx = Ctx::new(Simd::detect(), &threads, &scratch);
 /// let x = Act::from_vec(1, 2, vec![1.5, -2.0]).unwrap();
 /// let y = r.apply(&x, &mut r.new_state(Capacity::new(1, 1)), &ctx).unwrap();
 /// assert_eq!(y.as_slice(), &[3.0, -4.0]);
@@ -331,17 +329,9 @@ impl<A: Layer, B: Layer> Layer for Sum<A, B> {
         self.right.out_dim()
     }
     fn new_state(&self, cap: Capacity) -> Self::State {
-        // The residual case needs no buffer for its identity branch.
-        let a_cap = if A::IS_IDENTITY {
-            Capacity::new(0, cap.max_context)
-        } else {
-            cap
-        };
         PairState {
             left: self.left.new_state(cap),
             right: self.right.new_state(cap),
-            a: scratch(a_cap, self.left.out_dim()),
-            b: Act::default(),
         }
     }
     fn reset(&self, st: &mut Self::State) {
@@ -369,20 +359,21 @@ impl<A: Layer, B: Layer> Layer for Sum<A, B> {
             let rows = y.rows();
             kernels::add_assign(ctx.simd, y.as_mut_slice(), tail_rows(x, rows));
         } else {
-            self.left.forward(x, &mut st.a, &mut st.left, ctx)?;
-            if st.a.cols() != y.cols() {
+            let mut a = ctx.scratch.act();
+            self.left.forward(x, &mut a, &mut st.left, ctx)?;
+            if a.cols() != y.cols() {
                 return Err(LayerError::InputDim {
                     layer: "Sum",
                     expected: y.cols(),
-                    found: st.a.cols(),
+                    found: a.cols(),
                 });
             }
-            let rows = y.rows().min(st.a.rows());
+            let rows = y.rows().min(a.rows());
             let skip = y.rows() - rows;
             let cols = y.cols();
             // IEEE addition is commutative, so `B + A` has the bits of `A + B`.
             let out = &mut y.as_mut_slice()[skip * cols..];
-            let a = tail_rows(&st.a, rows);
+            let a = tail_rows(&a, rows);
             for (o, &av) in out.iter_mut().zip(a) {
                 *o += av;
             }
@@ -406,8 +397,8 @@ impl<A: Layer, B: Layer> Layer for Sum<A, B> {
 /// use patchbay_combinators::{Gate, Identity, Layer, Ctx, Capacity};
 /// use patchbay_primitives::{Act, Simd, Threads};
 /// let g = Gate::new(Identity::new(2), Identity::new(2));
-/// let threads = Threads::single();
-/// let ctx = Ctx::new(Simd::detect(), &threads);
+/// let (threads, scratch) = (Threads::single(), patchbay_combinators::Scratch::new());
+/// let ctx = Ctx::new(Simd::detect(), &threads, &scratch);
 /// let x = Act::from_vec(1, 2, vec![3.0, -2.0]).unwrap();
 /// let y = g.apply(&x, &mut g.new_state(Capacity::new(1, 1)), &ctx).unwrap();
 /// assert_eq!(y.as_slice(), &[9.0, 4.0]);
@@ -440,8 +431,6 @@ impl<A: Layer, B: Layer> Layer for Gate<A, B> {
         PairState {
             left: self.gate.new_state(cap),
             right: self.value.new_state(cap),
-            a: Act::default(),
-            b: scratch(cap, self.value.out_dim()),
         }
     }
     fn reset(&self, st: &mut Self::State) {
@@ -458,15 +447,16 @@ impl<A: Layer, B: Layer> Layer for Gate<A, B> {
     ) -> Result<(), LayerError> {
         check_in("Gate", self.in_dim(), x)?;
         self.gate.forward(x, y, &mut st.left, ctx)?;
-        self.value.forward(x, &mut st.b, &mut st.right, ctx)?;
-        if st.b.cols() != y.cols() || st.b.rows() != y.rows() {
+        let mut b = ctx.scratch.act();
+        self.value.forward(x, &mut b, &mut st.right, ctx)?;
+        if b.cols() != y.cols() || b.rows() != y.rows() {
             return Err(LayerError::InputDim {
                 layer: "Gate",
                 expected: y.cols(),
-                found: st.b.cols(),
+                found: b.cols(),
             });
         }
-        kernels::mul_assign(ctx.simd, y.as_mut_slice(), st.b.as_slice());
+        kernels::mul_assign(ctx.simd, y.as_mut_slice(), b.as_slice());
         Ok(())
     }
     fn describe(&self) -> Node {
@@ -480,24 +470,34 @@ impl<A: Layer, B: Layer> Layer for Gate<A, B> {
 }
 
 /// A homogeneous series: N layers of one type with distinct weights, run in
-/// order (a decoder stack).
+/// order (a decoder stack), or re-wired by a [`Plan`].
+///
+/// A plan runs the same layers (the same weights, never copied) in another
+/// arrangement: dropped, repeated (weight-tied, each pass with its own state,
+/// as a [`Loop`] would), re-ordered, or several from the same input merged as
+/// a [`Sum`] of their residual updates or the mean of their outputs. Every
+/// layer is still called through its own type: no virtual call per token.
 ///
 /// ```
-/// use patchbay_combinators::{Stack, Identity, Layer, Ctx, Capacity};
+/// use patchbay_combinators::{Stack, Identity, Layer, Ctx, Capacity, Scratch, Plan};
 /// use patchbay_primitives::{Act, Simd, Threads};
 /// let s = Stack::new(vec![Identity::new(2); 3]);
-/// let threads = Threads::single();
-/// let ctx = Ctx::new(Simd::detect(), &threads);
+/// let (threads, scratch) = (Threads::single(), Scratch::new());
+/// let ctx = Ctx::new(Simd::detect(), &threads, &scratch);
 /// let x = Act::from_vec(1, 2, vec![1.0, 2.0]).unwrap();
 /// let y = s.apply(&x, &mut s.new_state(Capacity::new(1, 1)), &ctx).unwrap();
 /// assert_eq!(y.as_slice(), x.as_slice());
 /// assert_eq!(s.len(), 3);
+/// // Layer 1 twice, layer 0 dropped: three applications of the same weights.
+/// let r = s.clone().with_plan(Plan::parse("1x2,2", 3).unwrap()).unwrap();
+/// assert_eq!(r.applications(), 3);
 /// ```
 #[derive(Debug, Clone, PartialEq)]
 pub struct Stack<L> {
     /// The layers, first to last.
     pub layers: Vec<L>,
     dim: usize,
+    plan: Option<Plan>,
 }
 
 impl<L: Layer> Stack<L> {
@@ -505,7 +505,11 @@ impl<L: Layer> Stack<L> {
     /// on the first layer's width, or 0).
     pub fn new(layers: Vec<L>) -> Stack<L> {
         let dim = layers.first().map_or(0, |l| l.in_dim());
-        Stack { layers, dim }
+        Stack {
+            layers,
+            dim,
+            plan: None,
+        }
     }
 
     /// An empty stack over `dim` features (the identity).
@@ -513,7 +517,33 @@ impl<L: Layer> Stack<L> {
         Stack {
             layers: Vec::new(),
             dim,
+            plan: None,
         }
+    }
+
+    /// Re-wires the stack by `plan` (over these layers' indices). The identity
+    /// plan is dropped, so it runs exactly as the plain stack.
+    pub fn with_plan(mut self, plan: Plan) -> Result<Stack<L>, LayerError> {
+        let n = self.layers.len();
+        for step in plan.steps() {
+            let bad = match step {
+                PlanStep::Layer(i) => (*i >= n).then_some(*i),
+                PlanStep::Repeat { layer, .. } => (*layer >= n).then_some(*layer),
+                PlanStep::Parallel { layers, .. } => layers.iter().copied().find(|&i| i >= n),
+            };
+            if let Some(i) = bad {
+                return Err(LayerError::Plan(format!(
+                    "layer {i} is out of range: the stack has {n} layers"
+                )));
+            }
+        }
+        self.plan = (plan != Plan::identity(n)).then_some(plan);
+        Ok(self)
+    }
+
+    /// The plan in force (`None`: every layer once, in order).
+    pub fn plan(&self) -> Option<&Plan> {
+        self.plan.as_ref()
     }
 
     /// Number of layers.
@@ -525,15 +555,47 @@ impl<L: Layer> Stack<L> {
     pub fn is_empty(&self) -> bool {
         self.layers.is_empty()
     }
+
+    /// Layer applications in one forward pass (the plan's, else `len`).
+    pub fn applications(&self) -> usize {
+        self.plan
+            .as_ref()
+            .map_or(self.layers.len(), Plan::layer_applications)
+    }
+
+    /// The layer index of each application, in order.
+    fn application_layers(&self) -> Vec<usize> {
+        match &self.plan {
+            None => (0..self.layers.len()).collect(),
+            Some(p) => p
+                .steps()
+                .iter()
+                .flat_map(|s| match s {
+                    PlanStep::Layer(i) => vec![*i],
+                    PlanStep::Repeat { layer, times } => vec![*layer; *times],
+                    PlanStep::Parallel { layers, .. } => layers.clone(),
+                })
+                .collect(),
+        }
+    }
 }
 
-/// State of a [`Stack`]: one state per layer and two ping-pong buffers.
+/// State of a [`Stack`]: one state per layer application (a repeated layer
+/// has one per pass: each pass caches its own keys and values).
 #[derive(Debug)]
 pub struct StackState<S> {
-    /// Per-layer states, in order.
+    /// Per-application states, in order.
     pub layers: Vec<S>,
-    ping: Act,
-    pong: Act,
+}
+
+/// `(src, dst)` for the next stage: the input, or one buffer read and the other written.
+fn stage<'b>(x: &'b Act, bufs: &'b mut [Act], cur: Option<usize>) -> (&'b Act, &'b mut Act, usize) {
+    let (a, b) = bufs.split_at_mut(1);
+    match cur {
+        None => (x, &mut a[0], 0),
+        Some(0) => (&a[0], &mut b[0], 1),
+        Some(_) => (&b[0], &mut a[0], 0),
+    }
 }
 
 impl<L: Layer> Layer for Stack<L> {
@@ -546,16 +608,17 @@ impl<L: Layer> Layer for Stack<L> {
         self.layers.last().map_or(self.dim, |l| l.out_dim())
     }
     fn new_state(&self, cap: Capacity) -> Self::State {
-        let width = self.layers.iter().map(|l| l.out_dim()).max().unwrap_or(0);
         StackState {
-            layers: self.layers.iter().map(|l| l.new_state(cap)).collect(),
-            ping: scratch(cap, width),
-            pong: scratch(cap, width),
+            layers: self
+                .application_layers()
+                .into_iter()
+                .map(|i| self.layers[i].new_state(cap))
+                .collect(),
         }
     }
     fn reset(&self, st: &mut Self::State) {
-        for (l, s) in self.layers.iter().zip(&mut st.layers) {
-            l.reset(s);
+        for (i, s) in self.application_layers().into_iter().zip(&mut st.layers) {
+            self.layers[i].reset(s);
         }
     }
     fn forward(
@@ -571,8 +634,68 @@ impl<L: Layer> Layer for Stack<L> {
             y.copy_from(x);
             return Ok(());
         }
-        let StackState { layers, ping, pong } = st;
-        for (i, (layer, s)) in self.layers.iter().zip(layers.iter_mut()).enumerate() {
+        let Some(plan) = &self.plan else {
+            return self.forward_in_order(x, y, st, ctx);
+        };
+        let mut bufs = [ctx.scratch.act(), ctx.scratch.act()];
+        let mut plain: [Act; 2] = [std::mem::take(&mut *bufs[0]), std::mem::take(&mut *bufs[1])];
+        let res = self.forward_plan(plan, x, y, &mut plain, st, ctx);
+        *bufs[0] = std::mem::take(&mut plain[0]);
+        *bufs[1] = std::mem::take(&mut plain[1]);
+        res
+    }
+    fn describe(&self) -> Node {
+        let children: Vec<Node> = match &self.plan {
+            None => self.layers.iter().map(Layer::describe).collect(),
+            Some(p) => p
+                .steps()
+                .iter()
+                .map(|s| match s {
+                    PlanStep::Layer(i) => self.layers[*i].describe(),
+                    PlanStep::Repeat { layer, times } => Node::wiring(
+                        "Loop",
+                        self.dim,
+                        self.dim,
+                        vec![self.layers[*layer].describe()],
+                    )
+                    .with_detail(format!("repeat x{times}, layer {layer}")),
+                    PlanStep::Parallel { layers, merge } => {
+                        let list: Vec<String> = layers.iter().map(|i| i.to_string()).collect();
+                        let (name, what) = match merge {
+                            Merge::SumUpdates => ("Sum", "residual updates"),
+                            Merge::Mean => ("Mean", "outputs"),
+                        };
+                        Node::wiring(
+                            name,
+                            self.dim,
+                            self.dim,
+                            layers.iter().map(|&i| self.layers[i].describe()).collect(),
+                        )
+                        .with_detail(format!("{what} of layers {}", list.join("|")))
+                    }
+                })
+                .collect(),
+        };
+        let detail = match &self.plan {
+            None => format!("x{}", self.layers.len()),
+            Some(p) => format!("x{} plan {p}", p.layer_applications()),
+        };
+        Node::wiring("Stack", self.in_dim(), self.out_dim(), children).with_detail(detail)
+    }
+}
+
+impl<L: Layer> Stack<L> {
+    /// Every layer once, in order, ping-ponging between two scratch buffers.
+    fn forward_in_order(
+        &self,
+        x: &Act,
+        y: &mut Act,
+        st: &mut StackState<L::State>,
+        ctx: &Ctx<'_>,
+    ) -> Result<(), LayerError> {
+        let n = self.layers.len();
+        let (mut ping, mut pong) = (ctx.scratch.act(), ctx.scratch.act());
+        for (i, (layer, s)) in self.layers.iter().zip(st.layers.iter_mut()).enumerate() {
             let last = i + 1 == n;
             // Even steps read the previous step's output from `ping`, odd ones from `pong`.
             let (src, dst): (&Act, &mut Act) = match (i, i % 2) {
@@ -584,10 +707,81 @@ impl<L: Layer> Layer for Stack<L> {
         }
         Ok(())
     }
-    fn describe(&self) -> Node {
-        let children: Vec<Node> = self.layers.iter().map(Layer::describe).collect();
-        Node::wiring("Stack", self.in_dim(), self.out_dim(), children)
-            .with_detail(format!("x{}", self.layers.len()))
+
+    fn forward_plan(
+        &self,
+        plan: &Plan,
+        x: &Act,
+        y: &mut Act,
+        bufs: &mut [Act; 2],
+        st: &mut StackState<L::State>,
+        ctx: &Ctx<'_>,
+    ) -> Result<(), LayerError> {
+        let mut states = st.layers.iter_mut();
+        let mut next_state = || {
+            states.next().ok_or(LayerError::Plan(
+                "the state was built for another plan".into(),
+            ))
+        };
+        let mut cur: Option<usize> = None;
+        for step in plan.steps() {
+            match step {
+                PlanStep::Layer(i) => {
+                    let (src, dst, d) = stage(x, bufs, cur);
+                    self.layers[*i].forward(src, dst, next_state()?, ctx)?;
+                    cur = Some(d);
+                }
+                PlanStep::Repeat { layer, times } => {
+                    for _ in 0..*times {
+                        let (src, dst, d) = stage(x, bufs, cur);
+                        self.layers[*layer].forward(src, dst, next_state()?, ctx)?;
+                        cur = Some(d);
+                    }
+                }
+                PlanStep::Parallel { layers, merge } => {
+                    let (src, acc, d) = stage(x, bufs, cur);
+                    let mut tmp = ctx.scratch.act();
+                    for (j, &i) in layers.iter().enumerate() {
+                        let out: &mut Act = if j == 0 { &mut *acc } else { &mut tmp };
+                        self.layers[i].forward(src, out, next_state()?, ctx)?;
+                        if j == 0 {
+                            continue;
+                        }
+                        if tmp.rows() != acc.rows() || tmp.cols() != acc.cols() {
+                            return Err(LayerError::Plan(
+                                "parallel layers returned different shapes".into(),
+                            ));
+                        }
+                        match merge {
+                            // acc = L0(x) + Σ (Lj(x) - x)
+                            Merge::SumUpdates => {
+                                let skip = src.rows() - tmp.rows();
+                                let xs = &src.as_slice()[skip * src.cols()..];
+                                for ((a, &t), &xv) in
+                                    acc.as_mut_slice().iter_mut().zip(tmp.as_slice()).zip(xs)
+                                {
+                                    *a += t - xv;
+                                }
+                            }
+                            Merge::Mean => kernels::add_assign(
+                                ctx.simd,
+                                acc.as_mut_slice(),
+                                tmp.as_slice(),
+                            ),
+                        }
+                    }
+                    if *merge == Merge::Mean {
+                        kernels::scale(ctx.simd, acc.as_mut_slice(), 1.0 / layers.len() as f32);
+                    }
+                    cur = Some(d);
+                }
+            }
+        }
+        match cur {
+            Some(d) => y.copy_from(&bufs[d]),
+            None => y.copy_from(x),
+        }
+        Ok(())
     }
 }
 
@@ -617,8 +811,8 @@ pub enum Feedback {
 /// use patchbay_primitives::{Act, Simd, Threads};
 /// // Squaring three times: x^8.
 /// let l = Loop::repeat(Gate::new(Identity::new(1), Identity::new(1)), 3);
-/// let threads = Threads::single();
-/// let ctx = Ctx::new(Simd::detect(), &threads);
+/// let (threads, scratch) = (Threads::single(), patchbay_combinators::Scratch::new());
+/// let ctx = Ctx::new(Simd::detect(), &threads, &scratch);
 /// let x = Act::from_vec(1, 1, vec![2.0]).unwrap();
 /// let y = l.apply(&x, &mut l.new_state(Capacity::new(1, 1)), &ctx).unwrap();
 /// assert_eq!(y.as_slice(), &[256.0]);
@@ -631,13 +825,27 @@ pub struct Loop<B> {
     pub feedback: Feedback,
 }
 
-/// State of a [`Loop`]: the body's state and feedback buffers.
+/// State of a [`Loop`]: the body's states.
+///
+/// Autoregression carries one state across its steps (the KV cache holds the
+/// past). Weight-tied repetition keeps one state per pass: each pass sees
+/// different inputs at the same positions, so each caches its own keys and
+/// values.
 #[derive(Debug)]
 pub struct LoopState<S> {
-    /// The body's state, carried across iterations (e.g. the KV cache).
-    pub body: S,
-    a: Act,
-    b: Act,
+    passes: Vec<S>,
+}
+
+impl<S> LoopState<S> {
+    /// The body's state (the first pass's, for repetition).
+    pub fn body(&self) -> &S {
+        &self.passes[0]
+    }
+
+    /// The body's state, mutable.
+    pub fn body_mut(&mut self) -> &mut S {
+        &mut self.passes[0]
+    }
 }
 
 /// What a step callback tells [`Loop::run`].
@@ -683,9 +891,10 @@ impl<B: Layer> Loop<B> {
     ) -> Result<(usize, usize), LayerError> {
         let ctx = ctx.with_rows(Rows::Last);
         let mut pos = ctx.pos;
-        let LoopState { body, a, b } = st;
+        let body = st.body_mut();
+        let (mut a, mut b) = (ctx.scratch.act(), ctx.scratch.act());
         // Step 0 consumes the whole prompt.
-        self.body.forward(x, a, body, &ctx.at(pos))?;
+        self.body.forward(x, &mut a, body, &ctx.at(pos))?;
         pos += x.rows();
         let mut steps = 0;
         while steps < max_steps {
@@ -699,7 +908,7 @@ impl<B: Layer> Loop<B> {
             let cols = a.cols();
             b.reshape(1, cols);
             b.as_mut_slice().copy_from_slice(a.row(last));
-            self.body.forward(b, a, body, &ctx.at(pos))?;
+            self.body.forward(&b, &mut a, body, &ctx.at(pos))?;
             pos += 1;
         }
         Ok((steps, pos))
@@ -716,14 +925,18 @@ impl<B: Layer> Layer for Loop<B> {
         self.body.out_dim()
     }
     fn new_state(&self, cap: Capacity) -> Self::State {
+        let passes = match self.feedback {
+            Feedback::Repeat { iterations } => iterations.max(1),
+            Feedback::Autoregressive { .. } => 1,
+        };
         LoopState {
-            body: self.body.new_state(cap),
-            a: scratch(cap, self.body.out_dim()),
-            b: scratch(cap, self.body.out_dim()),
+            passes: (0..passes).map(|_| self.body.new_state(cap)).collect(),
         }
     }
     fn reset(&self, st: &mut Self::State) {
-        self.body.reset(&mut st.body);
+        for s in &mut st.passes {
+            self.body.reset(s);
+        }
     }
     fn forward(
         &self,
@@ -739,8 +952,14 @@ impl<B: Layer> Layer for Loop<B> {
                     y.copy_from(x);
                     return Ok(());
                 }
-                let LoopState { body, a, b } = st;
-                for i in 0..iterations {
+                if st.passes.len() < iterations {
+                    return Err(LayerError::Plan(format!(
+                        "Loop: state holds {} passes, {iterations} asked",
+                        st.passes.len()
+                    )));
+                }
+                let (mut a, mut b) = (ctx.scratch.act(), ctx.scratch.act());
+                for (i, body) in st.passes.iter_mut().enumerate().take(iterations) {
                     let last = i + 1 == iterations;
                     let (src, dst): (&Act, &mut Act) = match (i, i % 2) {
                         (0, _) => (x, if last { &mut *y } else { &mut *a }),
