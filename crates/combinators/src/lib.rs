@@ -43,9 +43,13 @@
 //! children), so any composed type prints as a tree.
 
 mod layer;
+mod plan;
 mod wiring;
 
 pub use layer::{check_in, scratch, Capacity, Ctx, Layer, LayerError, Node, Rows};
+pub use plan::{
+    Merge, Plan, PlanError, PlanLocation, PlanStep, MAX_APPLICATIONS, MAX_REPEAT, PLAN_HELP,
+};
 pub use wiring::{
     residual, AddHalves, Feedback, Gate, Identity, LayerExt, Loop, LoopState, PairState, Parallel,
     Residual, Series, SeriesState, Stack, StackState, Step, Sum,
