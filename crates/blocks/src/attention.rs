@@ -111,8 +111,7 @@ pub fn qkv_projection(
 pub type SelfAttention<M = Causal> = series![QkvProjection, Rope, Attend<M>, Linear];
 
 /// Gemma 3's attention: as [`SelfAttention`] with per-head q/k norms before RoPE.
-pub type NormedSelfAttention<M = Causal> =
-    series![QkvProjection, QkNorm, Rope, Attend<M>, Linear];
+pub type NormedSelfAttention<M = Causal> = series![QkvProjection, QkNorm, Rope, Attend<M>, Linear];
 
 /// Checks an output projection against `heads` and names it.
 pub fn output_projection(heads: Heads, wo: Linear) -> Result<Linear, BlockError> {
@@ -195,7 +194,11 @@ pub struct Rope {
 
 impl Rope {
     /// Rotates q and k by `table` with the pair `layout` the weights were stored for.
-    pub fn new(heads: Heads, table: Arc<RopeTable>, layout: RopeLayout) -> Result<Rope, BlockError> {
+    pub fn new(
+        heads: Heads,
+        table: Arc<RopeTable>,
+        layout: RopeLayout,
+    ) -> Result<Rope, BlockError> {
         let (rot, hd) = (table.rot_dim(), heads.head_dim);
         if rot > hd || rot % 2 != 0 {
             return Err(BlockError::Config(format!(

@@ -36,7 +36,6 @@ pub struct Linear {
     name: &'static str,
 }
 
-
 impl Linear {
     /// A projection with weight `out x in` and an optional bias of `out` values.
     pub fn new(weight: Tensor, bias: Option<Vec<f32>>) -> Result<Linear, BlockError> {

@@ -182,14 +182,18 @@ impl<T> std::ops::Deref for Borrowed<'_, T> {
     #[inline]
     fn deref(&self) -> &T {
         // Present from construction until drop.
-        self.buf.as_ref().expect("scratch buffer present until drop")
+        self.buf
+            .as_ref()
+            .expect("scratch buffer present until drop")
     }
 }
 
 impl<T> std::ops::DerefMut for Borrowed<'_, T> {
     #[inline]
     fn deref_mut(&mut self) -> &mut T {
-        self.buf.as_mut().expect("scratch buffer present until drop")
+        self.buf
+            .as_mut()
+            .expect("scratch buffer present until drop")
     }
 }
 

@@ -17,14 +17,21 @@
 //!
 //! * **Activations** are [`Act`](patchbay_primitives::Act) matrices, one row
 //!   per token. A layer writes into a caller-provided output buffer.
-//! * **State** is an associated type ([`Layer::State`]) that mirrors the layer
-//!   tree: a `Series` state holds both children's states plus the buffer
-//!   between them, a `Stack` state holds a `Vec` of per-layer states and two
-//!   ping-pong buffers, an attention layer's state holds its KV cache, a
-//!   sampler's its RNG. [`Layer::new_state`] builds it once for a
-//!   [`Capacity`] (most rows per call, most positions), so every buffer is
-//!   allocated up front; a forward pass only *reshapes* buffers within their
-//!   capacity and never touches the allocator.
+//! * **State is not scratch.** What must persist between calls is an
+//!   associated type ([`Layer::State`]) that mirrors the layer tree: a
+//!   `Series` state holds both children's states, a `Stack` state one state
+//!   per layer application, an attention's state its KV cache, a sampler's
+//!   its RNG. [`Layer::new_state`] builds it once for a [`Capacity`] (most
+//!   rows per call, most positions). Temporary buffers — the activation
+//!   between two stages, a branch's output, quantised activations — come
+//!   from one [`Scratch`] workspace in the [`Ctx`], shared by the whole
+//!   network: only the buffers on one path of the tree are in use at a time,
+//!   so it holds as many as the network is deep, not one per layer. Buffers
+//!   keep their allocation, so once a call of each shape has run, forward
+//!   passes do not touch the allocator.
+//! * **Re-wiring**: a [`Stack`] runs a [`Plan`] over its layers — drop,
+//!   repeat with tied weights, re-order, run in parallel and merge — without
+//!   copying weights.
 //! * **Position** travels in [`Ctx::pos`], the absolute position of the first
 //!   input row: prefill calls the model once at `pos` with all prompt rows;
 //!   decoding calls it with one row at `pos + n`. Only attention reads it (for
@@ -43,12 +50,13 @@
 //! children), so any composed type prints as a tree.
 
 mod layer;
+mod plan;
 mod wiring;
 
-mod plan;
-
 pub use layer::{check_in, Borrowed, Capacity, Ctx, Layer, LayerError, Node, Rows, Scratch};
-pub use plan::{Merge, Plan, PlanStep};
+pub use plan::{
+    Merge, Plan, PlanError, PlanLocation, PlanStep, MAX_APPLICATIONS, MAX_REPEAT, PLAN_HELP,
+};
 pub use wiring::{
     residual, AddHalves, Feedback, Gate, Identity, LayerExt, Loop, LoopState, PairState, Parallel,
     Residual, Series, SeriesState, Stack, StackState, Step, Sum,

@@ -537,7 +537,7 @@ impl<L: Layer> Stack<L> {
                 )));
             }
         }
-        self.plan = (plan != Plan::identity(n)).then_some(plan);
+        self.plan = (!plan.is_identity(n)).then_some(plan);
         Ok(self)
     }
 
@@ -763,11 +763,9 @@ impl<L: Layer> Stack<L> {
                                     *a += t - xv;
                                 }
                             }
-                            Merge::Mean => kernels::add_assign(
-                                ctx.simd,
-                                acc.as_mut_slice(),
-                                tmp.as_slice(),
-                            ),
+                            Merge::Mean => {
+                                kernels::add_assign(ctx.simd, acc.as_mut_slice(), tmp.as_slice())
+                            }
                         }
                     }
                     if *merge == Merge::Mean {

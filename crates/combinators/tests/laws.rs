@@ -2,8 +2,8 @@
 //! non-linear layers.
 
 use patchbay_combinators::{
-    residual, AddHalves, Capacity, Ctx, Gate, Identity, Layer, LayerError, LayerExt, Loop, Node,
-    Parallel, Series, Stack, Step, Sum,
+    residual, AddHalves, Capacity, Ctx, Gate, Identity, Layer, LayerError, LayerExt, Loop, Merge,
+    Node, Parallel, Plan, PlanStep, Scratch, Series, Stack, Step, Sum,
 };
 use patchbay_primitives::{Act, Simd, Threads};
 use proptest::prelude::*;
@@ -92,8 +92,8 @@ fn act(rows: usize, cols: usize) -> impl Strategy<Value = Act> {
 }
 
 fn run<L: Layer>(l: &L, x: &Act) -> Act {
-    let threads = Threads::single();
-    let ctx = Ctx::new(Simd::detect(), &threads);
+    let (threads, scratch) = (Threads::single(), Scratch::new());
+    let ctx = Ctx::new(Simd::detect(), &threads, &scratch);
     let mut st = l.new_state(Capacity::new(x.rows(), 16));
     l.apply(x, &mut st, &ctx).unwrap()
 }
@@ -221,15 +221,15 @@ impl Layer for PosEcho {
 #[test]
 fn autoregressive_loop_feeds_last_row_back_one_position_on() {
     let l = Loop::autoregressive(PosEcho, 3);
-    let threads = Threads::single();
-    let ctx = Ctx::new(Simd::detect(), &threads);
+    let (threads, scratch) = (Threads::single(), Scratch::new());
+    let ctx = Ctx::new(Simd::detect(), &threads, &scratch);
     let mut st = l.new_state(Capacity::new(4, 16));
     let prompt = Act::from_vec(2, 1, vec![1.0, 2.0]).unwrap();
     let y = l.apply(&prompt, &mut st, &ctx).unwrap();
     // step 0: last prompt row at pos 1 -> 100 + 2 = 102
     // step 1: input 102 at pos 2 -> 302; step 2: input 302 at pos 3 -> 602
     assert_eq!(y.as_slice(), &[102.0, 302.0, 602.0]);
-    assert_eq!(st.body, 3);
+    assert_eq!(*st.body(), 3);
 
     // `run` can stop early and reports the position reached.
     l.reset(&mut st);
@@ -250,8 +250,8 @@ fn autoregressive_loop_feeds_last_row_back_one_position_on() {
 
 #[test]
 fn wrong_input_width_is_an_error_not_a_panic() {
-    let threads = Threads::single();
-    let ctx = Ctx::new(Simd::detect(), &threads);
+    let (threads, scratch) = (Threads::single(), Scratch::new());
+    let ctx = Ctx::new(Simd::detect(), &threads, &scratch);
     let r = residual(Identity::new(4));
     let x = Act::zeros(1, 3);
     let err = r
@@ -294,4 +294,123 @@ fn describe_prints_the_tree_with_parameter_counts() {
     assert!(tree.contains("Gate"), "{tree}");
     // Series, Dense, Residual, Gate, Dense, Dense.
     assert_eq!(tree.lines().count(), 6, "{tree}");
+}
+
+/// Four residual blocks of one width and an input.
+fn blocks() -> impl Strategy<Value = (Vec<Dense>, Act)> {
+    (1usize..5, 1usize..7)
+        .prop_flat_map(|(rows, d)| (prop::collection::vec(dense(d, d, true), 4), act(rows, d)))
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    #[test]
+    fn identity_plan_is_bit_identical((layers, x) in blocks()) {
+        let plain = Stack::new(layers.clone());
+        let planned = Stack::new(layers).with_plan(Plan::identity(4)).unwrap();
+        prop_assert!(planned.plan().is_none());
+        prop_assert_eq!(run(&plain, &x), run(&planned, &x));
+    }
+
+    #[test]
+    fn plans_match_stacks_built_by_hand((layers, x) in blocks()) {
+        let l = |i: usize| layers[i].clone();
+        // Drop layer 1.
+        let dropped = Stack::new(layers.clone()).with_plan(Plan::parse("0,2-3", 4).unwrap()).unwrap();
+        let by_hand = l(0).then(l(2)).then(l(3));
+        prop_assert_eq!(run(&dropped, &x), run(&by_hand, &x));
+        // Layer 2 three times: a weight-tied Loop.
+        let repeated = Stack::new(layers.clone()).with_plan(Plan::parse("0-1,2x3,3", 4).unwrap()).unwrap();
+        let by_hand = l(0).then(l(1)).then(Loop::repeat(l(2), 3)).then(l(3));
+        prop_assert_eq!(run(&repeated, &x), run(&by_hand, &x));
+        // Swapped and reversed.
+        let reversed = Stack::new(layers.clone()).with_plan(Plan::parse("3-0", 4).unwrap()).unwrap();
+        let by_hand = l(3).then(l(2)).then(l(1)).then(l(0));
+        prop_assert_eq!(run(&reversed, &x), run(&by_hand, &x));
+    }
+
+    #[test]
+    fn parallel_plans_merge_updates_or_outputs((layers, x) in blocks()) {
+        let stack = Stack::new(layers.clone());
+        let sum = stack.clone().with_plan(Plan::parse("(1|2)", 4).unwrap()).unwrap();
+        let mean = stack.with_plan(Plan::parse("(1|2)/mean", 4).unwrap()).unwrap();
+        let (a, b) = (run(&layers[1], &x), run(&layers[2], &x));
+        let ys = run(&sum, &x);
+        let ym = run(&mean, &x);
+        for i in 0..x.as_slice().len() {
+            let (xa, aa, bb) = (x.as_slice()[i], a.as_slice()[i], b.as_slice()[i]);
+            prop_assert!((ys.as_slice()[i] - (aa + (bb - xa))).abs() <= 1e-6);
+            prop_assert!((ym.as_slice()[i] - (aa + bb) / 2.0).abs() <= 1e-6);
+        }
+    }
+}
+
+/// Adds how often it has run (since its state was made) to its input: a
+/// stand-in for a layer whose state (a KV cache) records its past.
+#[derive(Debug, Clone)]
+struct Counter;
+
+impl Layer for Counter {
+    type State = usize;
+    fn in_dim(&self) -> usize {
+        1
+    }
+    fn out_dim(&self) -> usize {
+        1
+    }
+    fn new_state(&self, _: Capacity) -> usize {
+        0
+    }
+    fn forward(&self, x: &Act, y: &mut Act, n: &mut usize, _: &Ctx<'_>) -> Result<(), LayerError> {
+        y.copy_from(x);
+        y.as_mut_slice().iter_mut().for_each(|v| *v += *n as f32);
+        *n += 1;
+        Ok(())
+    }
+    fn describe(&self) -> Node {
+        Node::leaf("Counter", 1, 1, 0)
+    }
+}
+
+#[test]
+fn repeated_passes_keep_their_own_state() {
+    let (threads, scratch) = (Threads::single(), Scratch::new());
+    let ctx = Ctx::new(Simd::detect(), &threads, &scratch);
+    let x = Act::from_vec(1, 1, vec![10.0]).unwrap();
+    // A weight-tied Loop: each pass has its own state, so each sees a fresh count.
+    let l = Loop::repeat(Counter, 3);
+    let mut st = l.new_state(Capacity::new(1, 1));
+    assert_eq!(l.apply(&x, &mut st, &ctx).unwrap().as_slice(), &[10.0]);
+    assert_eq!(l.apply(&x, &mut st, &ctx).unwrap().as_slice(), &[13.0]);
+    // So does a repeat in a plan: two passes of layer 0, then layer 1.
+    let s = Stack::new(vec![Counter, Counter])
+        .with_plan(Plan::parse("0x2,1", 2).unwrap())
+        .unwrap();
+    let mut st = s.new_state(Capacity::new(1, 1));
+    assert_eq!(st.layers.len(), 3);
+    assert_eq!(s.apply(&x, &mut st, &ctx).unwrap().as_slice(), &[10.0]);
+    assert_eq!(s.apply(&x, &mut st, &ctx).unwrap().as_slice(), &[13.0]);
+    let tree = s.describe().tree();
+    assert!(tree.contains("Loop [repeat x2, layer 0]"), "{tree}");
+}
+
+#[test]
+fn a_plan_for_more_layers_than_the_stack_is_an_error() {
+    let plan = Plan::parse("0-5", 8).unwrap();
+    let err = Stack::new(vec![Counter, Counter])
+        .with_plan(plan)
+        .unwrap_err();
+    assert!(err.to_string().contains("out of range"), "{err}");
+}
+
+#[test]
+fn scratch_is_shared_not_per_layer() {
+    // Thirty layers borrow from one pool: it holds a few buffers, not thirty.
+    let (threads, scratch) = (Threads::single(), Scratch::new());
+    let ctx = Ctx::new(Simd::detect(), &threads, &scratch);
+    let s = Stack::new(vec![residual(Identity::new(8).then(Identity::new(8))); 30]);
+    let mut st = s.new_state(Capacity::new(4, 4));
+    s.apply(&Act::zeros(4, 8), &mut st, &ctx).unwrap();
+    assert!(scratch.pooled() <= 4, "{} buffers pooled", scratch.pooled());
 }
