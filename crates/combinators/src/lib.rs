@@ -42,9 +42,11 @@
 //! Every layer describes itself as a [`Node`] (name, widths, parameters,
 //! children), so any composed type prints as a tree.
 
+pub mod graph;
 mod layer;
 mod wiring;
 
+pub use graph::{GraphFormat, UnknownGraphFormat};
 pub use layer::{check_in, scratch, Capacity, Ctx, Layer, LayerError, Node, Rows};
 pub use wiring::{
     residual, AddHalves, Feedback, Gate, Identity, LayerExt, Loop, LoopState, PairState, Parallel,
