@@ -49,10 +49,12 @@
 //! Every layer describes itself as a [`Node`] (name, widths, parameters,
 //! children), so any composed type prints as a tree.
 
+pub mod graph;
 mod layer;
 mod plan;
 mod wiring;
 
+pub use graph::{GraphFormat, UnknownGraphFormat};
 pub use layer::{check_in, Borrowed, Capacity, Ctx, Layer, LayerError, Node, Rows, Scratch};
 pub use plan::{
     Merge, Plan, PlanError, PlanLocation, PlanStep, MAX_APPLICATIONS, MAX_REPEAT, PLAN_HELP,

@@ -2,8 +2,8 @@
 //! non-linear layers.
 
 use patchbay_combinators::{
-    residual, AddHalves, Capacity, Ctx, Gate, Identity, Layer, LayerError, LayerExt, Loop, Merge,
-    Node, Parallel, Plan, PlanStep, Scratch, Series, Stack, Step, Sum,
+    residual, AddHalves, Capacity, Ctx, Gate, Identity, Layer, LayerError, LayerExt, Loop, Node,
+    Parallel, Plan, Scratch, Series, Stack, Step, Sum,
 };
 use patchbay_primitives::{Act, Simd, Threads};
 use proptest::prelude::*;
