@@ -163,6 +163,14 @@ pub enum ModelError {
     /// A request that cannot be met as given.
     #[error("{0}")]
     Usage(String),
+    /// A command that needs a causal language model was given an encoder.
+    #[error("{path}: a '{family}' model is an encoder, not a causal language model: it has no next-token logits to generate or score with")]
+    NotCausal {
+        /// The model file.
+        path: PathBuf,
+        /// Its family.
+        family: &'static str,
+    },
 }
 
 impl ModelError {

@@ -5,6 +5,7 @@
 
 pub mod convert;
 pub mod error;
+pub mod families;
 pub mod gguf;
 pub mod golden;
 pub mod llama;

@@ -3,7 +3,8 @@
 //!
 //! ```text
 //! SwiGlu     = Series<Gate<Series<Linear, Silu>, Linear>, Linear>
-//! LlamaBlock = series![Residual<series![RmsNorm, Attention]>, Residual<series![RmsNorm, SwiGlu]>]
+//! Attention  = series![QkvProjection, Rope, Attend<Causal>, Linear]   (SelfAttention)
+//! LlamaBlock = series![Residual<series![RmsNorm, SelfAttention]>, Residual<series![RmsNorm, SwiGlu]>]
 //! LlamaNet   = series![Embedding, Stack<LlamaBlock>, RmsNorm, LmHead]
 //! ```
 //!
@@ -16,19 +17,18 @@
 use std::sync::Arc;
 
 use patchbay_blocks::{
-    swiglu, Attention, AttentionConfig, Embedding, Linear, LmHead, RmsNorm, SwiGlu,
+    self_attention, swiglu, Causal, Embedding, Heads, LmHead, RmsNorm, SelfAttention, SwiGlu,
 };
 use patchbay_combinators::{residual, series, LayerExt, Residual, Stack};
-use patchbay_primitives::quant::DotMode;
 use patchbay_primitives::rope::{RopeLayout, RopeTable};
-use patchbay_primitives::Tensor;
 
 use crate::error::ModelError;
+use crate::families::{BuildOptions, Family, Kind, Model, ModelInfo, Weights};
 use crate::source::ModelSource;
 
 /// One decoder layer.
 pub type LlamaBlock = series![
-    Residual<series![RmsNorm, Attention]>,
+    Residual<series![RmsNorm, SelfAttention<Causal>]>,
     Residual<series![RmsNorm, SwiGlu]>
 ];
 
@@ -62,112 +62,70 @@ pub struct LlamaConfig {
     pub context_length: usize,
 }
 
-/// Options for building a model.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct BuildOptions {
-    /// How quantised weights meet activations.
-    pub dot_mode: DotMode,
-    /// Longest context to prepare RoPE tables for (capped by the model's own).
-    pub max_context: usize,
-}
-
-impl Default for BuildOptions {
-    fn default() -> Self {
-        BuildOptions {
-            dot_mode: DotMode::Exact,
-            max_context: 4096,
-        }
-    }
-}
-
-/// A Llama-family model: its config and its network.
-#[derive(Debug, Clone)]
-pub struct Llama {
-    /// Hyper-parameters.
-    pub config: LlamaConfig,
-    /// The network, a type built from the combinators.
-    pub net: LlamaNet,
-}
-
-fn block_err(source: &ModelSource, tensor: &str, e: patchbay_blocks::BlockError) -> ModelError {
-    ModelError::Block {
-        path: source.path().to_path_buf(),
-        tensor: tensor.to_string(),
-        source: e,
-    }
-}
+/// The registry entry.
+pub const FAMILY: Family = Family {
+    name: "llama",
+    kind: Kind::CausalLm,
+    archs: &["llama", "qwen2", "mistral"],
+    hf_classes: &["LlamaForCausalLM", "Qwen2ForCausalLM", "MistralForCausalLM"],
+};
 
 /// Builds the network of a Llama-family model from a source.
-pub fn build(source: &ModelSource, opts: &BuildOptions) -> Result<Llama, ModelError> {
+pub fn build(source: &ModelSource, opts: &BuildOptions) -> Result<Model<LlamaNet>, ModelError> {
     let cfg = LlamaConfig::from_source(source)?;
-    let t = |name: &str| source.tensor(name);
-    let linear = |name: &str, bias: bool| -> Result<Linear, ModelError> {
-        let w = t(&format!("{name}.weight"))?;
-        let b = if bias {
-            match source.try_tensor(&format!("{name}.bias"))? {
-                Some(b) => Some(f32_values(source, &format!("{name}.bias"), &b)?),
-                None => None,
-            }
-        } else {
-            None
-        };
-        Linear::new(w, b)
-            .map(|l| l.with_mode(opts.dot_mode))
-            .map_err(|e| block_err(source, name, e))
-    };
-    let norm = |name: &str| -> Result<RmsNorm, ModelError> {
-        RmsNorm::new(&t(name)?, cfg.rms_eps).map_err(|e| block_err(source, name, e))
-    };
-    let ctx = opts.max_context.min(cfg.context_length).max(1);
-    let rope = Arc::new(RopeTable::new(cfg.rope_dim, cfg.rope_base, ctx));
+    let w = Weights::new(source, opts.dot_mode);
+    let heads = Heads::new(cfg.n_heads, cfg.n_kv_heads, cfg.head_dim)
+        .map_err(|e| w.error("attention heads", e))?;
+    let norm = |name: &str| w.rms_norm(name, cfg.rms_eps, 0.0);
+    let max_context = opts.max_context.min(cfg.context_length).max(1);
+    let rope = Arc::new(RopeTable::new(cfg.rope_dim, cfg.rope_base, max_context));
     let mut layers = Vec::with_capacity(cfg.n_layers);
     for i in 0..cfg.n_layers {
         let p = format!("blk.{i}");
-        let acfg = AttentionConfig::new(
-            cfg.n_heads,
-            cfg.n_kv_heads,
-            cfg.head_dim,
-            Some(rope.clone()),
+        let attn = self_attention(
+            heads,
+            w.linear(&format!("{p}.attn_q"))?,
+            w.linear(&format!("{p}.attn_k"))?,
+            w.linear(&format!("{p}.attn_v"))?,
+            w.linear(&format!("{p}.attn_output"))?,
+            rope.clone(),
             cfg.rope_layout,
-        );
-        let attn = Attention::new(
-            acfg,
-            linear(&format!("{p}.attn_q"), true)?,
-            linear(&format!("{p}.attn_k"), true)?,
-            linear(&format!("{p}.attn_v"), true)?,
-            linear(&format!("{p}.attn_output"), true)?,
+            Causal,
         )
-        .map_err(|e| block_err(source, &format!("{p}.attn"), e))?;
+        .map_err(|e| w.error(&format!("{p}.attn"), e))?;
         let mlp = swiglu(
-            linear(&format!("{p}.ffn_gate"), false)?,
-            linear(&format!("{p}.ffn_up"), false)?,
-            linear(&format!("{p}.ffn_down"), false)?,
+            w.linear(&format!("{p}.ffn_gate"))?,
+            w.linear(&format!("{p}.ffn_up"))?,
+            w.linear(&format!("{p}.ffn_down"))?,
         );
         let block = residual(norm(&format!("{p}.attn_norm.weight"))?.then(attn))
             .then(residual(norm(&format!("{p}.ffn_norm.weight"))?.then(mlp)));
         layers.push(block);
     }
-    let embd = t("token_embd.weight")?;
+    let embd = w.tensor("token_embd.weight")?;
     let head_w = match source.try_tensor("output.weight")? {
-        Some(w) => w,
+        Some(t) => t,
         None => embd.clone(),
     };
-    let head = Linear::new(head_w, None)
-        .map(|l| l.with_mode(opts.dot_mode))
-        .map_err(|e| block_err(source, "output.weight", e))?;
+    let head = LmHead::new(w.linear_from("output.weight", head_w)?);
+    let stack = crate::families::planned(Stack::new(layers), opts)?;
     let net = Embedding::new(embd)
-        .map_err(|e| block_err(source, "token_embd.weight", e))?
-        .then(Stack::new(layers))
+        .map_err(|e| w.error("token_embd.weight", e))?
+        .then(stack)
         .then(norm("output_norm.weight")?)
-        .then(LmHead::new(head));
-    Ok(Llama { config: cfg, net })
-}
-
-fn f32_values(source: &ModelSource, name: &str, t: &Tensor) -> Result<Vec<f32>, ModelError> {
-    let mut v = vec![0.0; t.numel()];
-    patchbay_primitives::quant::dequantize_row(t.dtype(), t.bytes(), &mut v)
-        .map_err(|e| block_err(source, name, e.into()))?;
-    Ok(v)
+        .then(head);
+    Ok(Model {
+        info: ModelInfo {
+            family: FAMILY.name,
+            arch: source.hparams().arch.clone(),
+            dim: cfg.dim,
+            n_layers: cfg.n_layers,
+            vocab: cfg.vocab,
+            context_length: cfg.context_length,
+            max_context,
+        },
+        net,
+    })
 }
 
 impl LlamaConfig {

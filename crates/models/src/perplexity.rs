@@ -7,6 +7,8 @@
 //! standard error propagated as llama.cpp does.
 
 use crate::error::ModelError;
+use patchbay_combinators::Layer;
+
 use crate::session::Session;
 
 /// Running perplexity totals.
@@ -45,8 +47,8 @@ pub fn chunk_count(n_tokens: usize, ctx: usize, max_chunks: Option<usize>) -> us
 }
 
 /// Scores `tokens` in chunks of `ctx`; `on_chunk(i, n, running)` reports progress.
-pub fn perplexity(
-    session: &mut Session,
+pub fn perplexity<N: Layer>(
+    session: &mut Session<N>,
     tokens: &[u32],
     ctx: usize,
     max_chunks: Option<usize>,
@@ -84,7 +86,7 @@ pub fn perplexity(
             chunk[0] = b;
         }
         session.reset();
-        let vocab = session.config.vocab;
+        let vocab = session.info.vocab;
         let logits = session.logits(&chunk)?;
         for i in first..ctx - 1 {
             let row = &logits.as_slice()[i * vocab..(i + 1) * vocab];

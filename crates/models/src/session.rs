@@ -1,21 +1,27 @@
-//! A loaded model ready to run: network, tokenizer, KV cache and sampler, with
-//! prompt processing, autoregressive generation (a [`Loop`]), and per-position
-//! logits for scoring.
+//! A built model ready to run: network, tokenizer, KV cache and sampler, with
+//! prompt processing, autoregressive generation (a [`Loop`] of the network and
+//! the sampler), and per-position logits for scoring.
+//!
+//! A [`Session`] is generic over the network: it uses only the [`Layer`]
+//! interface (token ids in, one row of logits per row out), so every family —
+//! and a user's own architecture — runs through the same driver, monomorphised.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use patchbay_blocks::{Sampler, SamplerConfig};
-use patchbay_combinators::{Capacity, Ctx, Layer, Loop, LoopState, Rows, Series, Step};
+use patchbay_blocks::{Sampler, SamplerConfig, SamplerState};
+use patchbay_combinators::{
+    Capacity, Ctx, Layer, Loop, LoopState, Rows, Scratch, Series, SeriesState, Step,
+};
 use patchbay_primitives::{Act, Simd, Threads};
 
 use crate::error::ModelError;
-use crate::llama::{self, BuildOptions, Llama, LlamaNet};
+use crate::families::{self, BuildOptions, CausalLmVisitor, Model, ModelInfo};
 use crate::source::ModelSource;
 use crate::tokenizer::Tokenizer;
 
-/// The generation pipeline: the model and the sampler in a loop.
-pub type Decoder = Loop<Series<LlamaNet, Sampler>>;
+/// The generation pipeline: the network and the sampler in a loop.
+pub type Decoder<N> = Loop<Series<N, Sampler>>;
 
 /// Settings for opening a session.
 #[derive(Debug, Clone)]
@@ -69,15 +75,16 @@ impl GenStats {
     }
 }
 
-/// A model with its tokenizer and one sequence's state.
-pub struct Session {
+/// A network with its tokenizer and one sequence's state.
+pub struct Session<N: Layer> {
     /// The tokenizer.
     pub tokenizer: Tokenizer,
-    /// The model's configuration.
-    pub config: llama::LlamaConfig,
-    decoder: Decoder,
-    state: LoopState<<Series<LlamaNet, Sampler> as Layer>::State>,
+    /// Facts about the model.
+    pub info: ModelInfo,
+    decoder: Decoder<N>,
+    state: LoopState<SeriesState<N::State, SamplerState>>,
     threads: Threads,
+    scratch: Scratch,
     simd: Simd,
     pos: usize,
     max_context: usize,
@@ -90,20 +97,63 @@ pub struct Session {
     pub load_time: Duration,
 }
 
-impl Session {
-    /// Opens a model file (GGUF, safetensors directory or llama2.c `.bin`).
-    pub fn open(path: &Path, opts: &SessionOptions) -> Result<Session, ModelError> {
-        let t0 = Instant::now();
-        let source = ModelSource::open(path)?;
-        let tokenizer = Tokenizer::load(path)?;
-        let max_context = opts.max_context.min(source_context(&source)?).max(1);
-        let build = BuildOptions {
-            max_context,
-            ..opts.build
-        };
-        let Llama { config, net } = llama::build(&source, &build)?;
-        let sampler = Sampler::new(config.vocab, opts.sampler).map_err(|e| ModelError::Block {
-            path: path.to_path_buf(),
+/// A job to run on a session over a network of any family: `run` is
+/// monomorphised for each network type.
+pub trait SessionJob {
+    /// What the job returns.
+    type Output;
+    /// Runs the job.
+    fn run<N: Layer>(self, session: Session<N>) -> Self::Output;
+}
+
+/// Opens a model file (GGUF, safetensors directory or llama2.c `.bin`), builds
+/// its family's network and runs `job` on a session over it.
+pub fn with_session<J: SessionJob>(
+    path: &Path,
+    opts: &SessionOptions,
+    job: J,
+) -> Result<J::Output, ModelError> {
+    struct Open<'a, J> {
+        job: J,
+        tokenizer: Tokenizer,
+        opts: &'a SessionOptions,
+        t0: Instant,
+    }
+    impl<J: SessionJob> CausalLmVisitor for Open<'_, J> {
+        type Output = Result<J::Output, ModelError>;
+        fn visit<N: Layer>(self, model: Model<N>) -> Self::Output {
+            let mut session = Session::new(model, self.tokenizer, self.opts)?;
+            session.load_time = self.t0.elapsed();
+            Ok(self.job.run(session))
+        }
+    }
+    let t0 = Instant::now();
+    let source = ModelSource::open(path)?;
+    let tokenizer = Tokenizer::load(path)?;
+    let build = BuildOptions {
+        max_context: opts.max_context,
+        ..opts.build.clone()
+    };
+    let open = Open {
+        job,
+        tokenizer,
+        opts,
+        t0,
+    };
+    families::with_causal_lm(&source, &build, open)?
+}
+
+impl<N: Layer> Session<N> {
+    /// A session over a built model.
+    pub fn new(
+        model: Model<N>,
+        tokenizer: Tokenizer,
+        opts: &SessionOptions,
+    ) -> Result<Session<N>, ModelError> {
+        let Model { info, net } = model;
+        let max_context = opts.max_context.min(info.max_context).max(1);
+        let sampler = Sampler::new(info.vocab, opts.sampler).map_err(|e| ModelError::Block {
+            path: Path::new(info.arch.as_str()).to_path_buf(),
             tensor: "sampler".into(),
             source: e,
         })?;
@@ -112,10 +162,11 @@ impl Session {
         let state = decoder.new_state(Capacity::new(batch, max_context));
         Ok(Session {
             tokenizer,
-            config,
+            info,
             decoder,
             state,
             threads: Threads::new(opts.threads),
+            scratch: Scratch::new(),
             simd: Simd::detect(),
             pos: 0,
             max_context,
@@ -123,12 +174,12 @@ impl Session {
             ids: Act::with_capacity(batch, 1),
             logits: Act::default(),
             pending: None,
-            load_time: t0.elapsed(),
+            load_time: Duration::ZERO,
         })
     }
 
     /// The network.
-    pub fn net(&self) -> &LlamaNet {
+    pub fn net(&self) -> &N {
         &self.decoder.body.first
     }
 
@@ -175,15 +226,15 @@ impl Session {
     /// the logits of every position (`tokens.len() x vocab`), in batches.
     pub fn logits(&mut self, tokens: &[u32]) -> Result<&Act, ModelError> {
         self.check_room(tokens.len())?;
-        let vocab = self.config.vocab;
+        let vocab = self.info.vocab;
         let mut all = std::mem::take(&mut self.logits);
         all.reshape(tokens.len(), vocab);
         let mut out = Act::default();
         for (c, chunk) in tokens.chunks(self.batch).enumerate() {
             self.load_ids(chunk);
-            let ctx = Ctx::new(self.simd, &self.threads).at(self.pos);
+            let ctx = Ctx::new(self.simd, &self.threads, &self.scratch).at(self.pos);
             let net = &self.decoder.body.first;
-            net.forward(&self.ids, &mut out, &mut self.state.body.first, &ctx)?;
+            net.forward(&self.ids, &mut out, &mut self.state.body_mut().first, &ctx)?;
             let start = c * self.batch * vocab;
             all.as_mut_slice()[start..start + chunk.len() * vocab].copy_from_slice(out.as_slice());
             self.pos += chunk.len();
@@ -247,23 +298,23 @@ impl Session {
         let t0 = Instant::now();
         // The sampler's repetition window sees the prompt too.
         for &t in prompt {
-            self.state.body.second.observe(t);
+            self.state.body_mut().second.observe(t);
         }
         // All but the last batch go straight through the network.
         let (head, tail) = prompt.split_at(prompt.len() - ((prompt.len() - 1) % self.batch + 1));
         for chunk in head.chunks(self.batch) {
             self.load_ids(chunk);
-            let ctx = Ctx::new(self.simd, &self.threads)
+            let ctx = Ctx::new(self.simd, &self.threads, &self.scratch)
                 .at(self.pos)
                 .with_rows(Rows::Last);
-            let mut scratch = std::mem::take(&mut self.logits);
+            let mut out = std::mem::take(&mut self.logits);
             self.decoder.body.first.forward(
                 &self.ids,
-                &mut scratch,
-                &mut self.state.body.first,
+                &mut out,
+                &mut self.state.body_mut().first,
                 &ctx,
             )?;
-            self.logits = scratch;
+            self.logits = out;
             self.pos += chunk.len();
         }
         self.load_ids(tail);
@@ -272,7 +323,7 @@ impl Session {
         let steps = max_tokens.min(room);
         let mut t_first = None;
         let tokenizer = &self.tokenizer;
-        let ctx = Ctx::new(self.simd, &self.threads).at(self.pos);
+        let ctx = Ctx::new(self.simd, &self.threads, &self.scratch).at(self.pos);
         let ids = std::mem::take(&mut self.ids);
         let mut last = None;
         let res = self
@@ -304,6 +355,3 @@ impl Session {
     }
 }
 
-fn source_context(source: &ModelSource) -> Result<usize, ModelError> {
-    Ok(llama::LlamaConfig::from_source(source)?.context_length)
-}
