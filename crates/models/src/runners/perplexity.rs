@@ -7,7 +7,7 @@
 //! standard error propagated as llama.cpp does.
 
 use crate::error::ModelError;
-use crate::session::Session;
+use crate::runners::session::Session;
 
 /// Running perplexity totals.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]

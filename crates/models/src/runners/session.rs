@@ -10,8 +10,8 @@ use patchbay_combinators::{Capacity, Ctx, Layer, Loop, LoopState, Rows, Series, 
 use patchbay_primitives::{Act, Simd, Threads};
 
 use crate::error::ModelError;
-use crate::llama::{self, BuildOptions, Llama, LlamaNet};
-use crate::source::ModelSource;
+use crate::families::llama::{self, BuildOptions, Llama, LlamaNet};
+use crate::formats::source::ModelSource;
 use crate::tokenizer::Tokenizer;
 
 /// The generation pipeline: the model and the sampler in a loop.
