@@ -6,9 +6,9 @@ use std::time::Instant;
 
 use anyhow::Result;
 use patchbay_combinators::{Capacity, Ctx, Layer, Rows};
-use patchbay_models::llama::{self, BuildOptions};
-use patchbay_models::paths;
-use patchbay_models::source::ModelSource;
+use patchbay_models::catalog;
+use patchbay_models::families::llama::{self, BuildOptions};
+use patchbay_models::formats::source::ModelSource;
 use patchbay_primitives::quant::DotMode;
 use patchbay_primitives::{Act, Simd, Threads};
 
@@ -16,7 +16,7 @@ use patchbay_primitives::{Act, Simd, Threads};
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
     /// Model short name or path.
-    #[arg(short, long, default_value = paths::DEFAULT_MODEL)]
+    #[arg(short, long, default_value = catalog::DEFAULT_MODEL)]
     pub model: String,
     /// Prompt tokens per prompt-processing run (0 to skip).
     #[arg(short = 'p', long, default_value_t = 128)]
@@ -38,7 +38,7 @@ pub struct BenchArgs {
 
 /// Runs `patchbay bench`.
 pub fn run(args: &BenchArgs) -> Result<()> {
-    let path = paths::resolve_model(&args.model).map_err(anyhow::Error::msg)?;
+    let path = catalog::resolve_model(&args.model).map_err(anyhow::Error::msg)?;
     let source = ModelSource::open(&path)?;
     let ctx_len = (args.n_prompt + args.n_gen).max(1);
     let opts = BuildOptions {

@@ -5,14 +5,14 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use patchbay_blocks::SamplerConfig;
-use patchbay_models::paths;
-use patchbay_models::session::{Session, SessionOptions};
+use patchbay_models::catalog;
+use patchbay_models::runners::session::{Session, SessionOptions};
 
 /// Which model to load and how to run it.
 #[derive(clap::Args, Debug, Clone)]
 pub struct ModelArgs {
     /// Model short name (smollm2-135m, qwen2.5-0.5b, stories260k, ...) or path.
-    #[arg(short, long, default_value = paths::DEFAULT_MODEL)]
+    #[arg(short, long, default_value = catalog::DEFAULT_MODEL)]
     pub model: String,
     /// Worker threads (0 = one per core).
     #[arg(short = 't', long, default_value_t = 0)]
@@ -70,7 +70,7 @@ impl SamplingArgs {
 
 /// Opens the session a command asked for.
 pub fn open(args: &ModelArgs, sampler: SamplerConfig) -> Result<Session> {
-    let path = paths::resolve_model(&args.model).map_err(anyhow::Error::msg)?;
+    let path = catalog::resolve_model(&args.model).map_err(anyhow::Error::msg)?;
     if args.max_context == 0 {
         bail!("--max-context must be at least 1");
     }

@@ -3,14 +3,14 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Result};
-use patchbay_models::convert::{to_safetensors, ExportDType};
-use patchbay_models::paths;
+use patchbay_models::catalog;
+use patchbay_models::runners::convert::{to_safetensors, ExportDType};
 
 /// Arguments of `patchbay convert`.
 #[derive(clap::Args, Debug)]
 pub struct ConvertArgs {
     /// Model short name or path (a Llama-family GGUF).
-    #[arg(short, long, default_value = paths::DEFAULT_MODEL)]
+    #[arg(short, long, default_value = catalog::DEFAULT_MODEL)]
     pub model: String,
     /// Target format (only `safetensors`).
     #[arg(long, default_value = "safetensors")]
@@ -31,7 +31,7 @@ pub fn run(args: &ConvertArgs) -> Result<()> {
     let Some(dtype) = ExportDType::parse(&args.dtype) else {
         bail!("--dtype {}: expected f32, f16 or bf16", args.dtype);
     };
-    let path = paths::resolve_model(&args.model).map_err(anyhow::Error::msg)?;
+    let path = catalog::resolve_model(&args.model).map_err(anyhow::Error::msg)?;
     for f in to_safetensors(&path, &args.output, dtype)? {
         println!("{}", f.display());
     }

@@ -1,8 +1,8 @@
 //! `patchbay inspect MODEL`.
 
 use anyhow::Context;
-use patchbay_models::paths::resolve_model;
-use patchbay_models::source::{HParams, ModelSource, RopeLayout};
+use patchbay_models::catalog::resolve_model;
+use patchbay_models::formats::source::{HParams, ModelSource, RopeLayout};
 use serde_json::json;
 
 /// Arguments of `patchbay inspect`.

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
-use patchbay_models::perplexity;
+use patchbay_models::runners::perplexity;
 
 use crate::common::{self, ModelArgs};
 

@@ -20,9 +20,9 @@ pub struct TokenizeArgs {
 /// `--pieces` an array of `[id, "piece"]`.
 pub fn run(args: &TokenizeArgs) -> anyhow::Result<()> {
     use anyhow::Context;
-    use patchbay_models::{paths, tokenizer::Tokenizer};
+    use patchbay_models::{catalog, tokenizer::Tokenizer};
 
-    let path = paths::resolve_model(&args.model).map_err(anyhow::Error::msg)?;
+    let path = catalog::resolve_model(&args.model).map_err(anyhow::Error::msg)?;
     let tok = Tokenizer::load(&path)
         .with_context(|| format!("loading the tokenizer of {}", path.display()))?;
     let special = !args.no_special;

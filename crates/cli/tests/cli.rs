@@ -18,7 +18,7 @@ fn stderr(o: &Output) -> String {
 
 /// Fails with the fetch hint when the default model is missing.
 fn require(name: &str) {
-    if let Err(e) = patchbay_models::paths::resolve_model(name) {
+    if let Err(e) = patchbay_models::catalog::resolve_model(name) {
         panic!("{e}");
     }
 }

@@ -1,18 +1,24 @@
 //! # patchbay-models
 //!
 //! Weight files (GGUF, safetensors, llama2.c), tokenizers, and model families
-//! written as types over `patchbay-blocks`.
+//! written as types over `patchbay-blocks`, in three layers:
+//!
+//! * [`formats`]: the readers — tensors by name and the hyper-parameters a
+//!   file declares, with no architecture knowledge;
+//! * [`families`]: the architectures — networks as types, and what each
+//!   architecture means by a file (name maps, defaults, RoPE layout, shapes);
+//! * [`runners`]: sessions, perplexity and conversion over built networks.
+//!
+//! [`tokenizer`] reads the vocabularies, [`catalog`] names the models the CLI
+//! knows and where they live, [`error`] is the one error type.
 
-pub mod convert;
+pub mod catalog;
 pub mod error;
 pub mod families;
-pub mod gguf;
-pub mod golden;
-pub mod llama;
-pub mod llama2c;
-pub mod paths;
-pub mod perplexity;
-pub mod safetensors_file;
-pub mod session;
-pub mod source;
+pub mod formats;
+pub mod runners;
 pub mod tokenizer;
+
+pub use error::ModelError;
+pub use formats::{Format, HParams, ModelSource};
+pub use runners::session::{Session, SessionOptions};

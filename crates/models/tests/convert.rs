@@ -4,15 +4,17 @@
 //! every logit within 1e-2, on every golden case, which also still agrees
 //! with the golden `exact` answers. Its tokenizer.json gives the golden ids.
 
+mod support;
+
 use patchbay_combinators::{Capacity, Ctx, Layer};
-use patchbay_models::convert::{to_safetensors, ExportDType};
-use patchbay_models::golden::{self, GoldenCase};
-use patchbay_models::llama::{self, BuildOptions, Llama};
-use patchbay_models::paths;
-use patchbay_models::source::{Format, ModelSource};
+use patchbay_models::catalog;
+use patchbay_models::families::llama::{self, BuildOptions, Llama};
+use patchbay_models::formats::source::{Format, ModelSource};
+use patchbay_models::runners::convert::{to_safetensors, ExportDType};
 use patchbay_models::tokenizer::Tokenizer;
 use patchbay_primitives::quant::DotMode;
 use patchbay_primitives::{Act, Simd, Threads};
+use support::golden::{self, GoldenCase};
 
 fn logits(model: &Llama, tokens: &[u32]) -> Vec<Vec<f32>> {
     let threads = Threads::new(2);
@@ -31,7 +33,7 @@ fn log_softmax(x: &[f32]) -> Vec<f64> {
 
 #[test]
 fn converted_smollm2_matches_the_gguf_and_the_goldens() {
-    let gguf = paths::resolve_model("smollm2-135m").unwrap_or_else(|e| panic!("{e}"));
+    let gguf = catalog::resolve_model("smollm2-135m").unwrap_or_else(|e| panic!("{e}"));
     let dir = std::env::temp_dir().join(format!("patchbay-convert-{}", std::process::id()));
     let files = to_safetensors(&gguf, &dir, ExportDType::F32).unwrap();
     assert_eq!(files.len(), 4);
@@ -44,7 +46,7 @@ fn converted_smollm2_matches_the_gguf_and_the_goldens() {
     assert_eq!(source.format(), Format::Safetensors);
     let converted = llama::build(&source, &opts).unwrap();
     let tokenizer = Tokenizer::load(&dir).unwrap();
-    let cases = paths::golden_dir(paths::known("smollm2-135m").unwrap());
+    let cases = support::golden_dir("smollm2-135m");
     let mut n = 0;
     for entry in std::fs::read_dir(&cases).unwrap() {
         let path = entry.unwrap().path();

@@ -3,14 +3,14 @@
 //! token by token to f32 rounding.
 
 use patchbay_combinators::{Capacity, Ctx, Layer};
-use patchbay_models::llama::{self, BuildOptions, Llama};
-use patchbay_models::paths;
-use patchbay_models::source::ModelSource;
+use patchbay_models::catalog;
+use patchbay_models::families::llama::{self, BuildOptions, Llama};
+use patchbay_models::formats::source::ModelSource;
 use patchbay_primitives::quant::DotMode;
 use patchbay_primitives::{Act, Simd, Threads};
 
 fn load(name: &str, mode: DotMode) -> Llama {
-    let path = paths::resolve_model(name).unwrap_or_else(|e| panic!("{e}"));
+    let path = catalog::resolve_model(name).unwrap_or_else(|e| panic!("{e}"));
     let source = ModelSource::open(path).unwrap();
     llama::build(
         &source,

@@ -1,14 +1,16 @@
 //! Crafted files, valid and corrupted: every bad file is a typed error that
 //! names the file (and tensor), never a panic or a huge allocation.
 
+mod support;
+
 use patchbay_models::error::ModelError;
-use patchbay_models::gguf::write::{to_bytes, TensorData};
-use patchbay_models::gguf::{Array, Gguf, StringArray, Value};
-use patchbay_models::llama2c::Llama2c;
-use patchbay_models::safetensors_file::SafetensorsFile;
-use patchbay_models::source::{ModelSource, RopeLayout};
+use patchbay_models::formats::gguf::{Array, Gguf, StringArray, Value};
+use patchbay_models::formats::llama2c::Llama2c;
+use patchbay_models::formats::safetensors::SafetensorsFile;
+use patchbay_models::formats::source::{ModelSource, RopeLayout};
 use patchbay_primitives::DType;
 use std::path::PathBuf;
+use support::gguf_writer::{to_bytes, TensorData};
 
 const NAME: &str = "crafted.gguf";
 
@@ -615,7 +617,7 @@ fn safetensors_views_misalignment_and_bad_headers() {
 
 /// HF names of the tiny llama's canonical tensors.
 fn hf(name: &str) -> String {
-    patchbay_models::source::hf_name("llama", name).unwrap()
+    patchbay_models::formats::source::hf_name("llama", name).unwrap()
 }
 
 #[test]

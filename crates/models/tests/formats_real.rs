@@ -1,7 +1,7 @@
 //! The readers on the five real models (fetched by `scripts/fetch-models`).
 
-use patchbay_models::paths::{fetch_hint, known, models_dir};
-use patchbay_models::source::{Format, ModelSource, RopeLayout};
+use patchbay_models::catalog::{fetch_hint, known, models_dir};
+use patchbay_models::formats::source::{Format, ModelSource, RopeLayout};
 use patchbay_primitives::DType;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};

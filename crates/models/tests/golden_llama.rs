@@ -1,24 +1,25 @@
 //! The Llama-family models against `../shared/golden`, by the five rules of its
 //! README (measured against the `exact` answers).
 
+mod support;
+
 use std::path::PathBuf;
 
 use patchbay_blocks::{Sampler, SamplerConfig};
 use patchbay_combinators::{Capacity, Ctx, Layer, Loop, Series, Step};
-use patchbay_models::golden::{self, GoldenCase};
-use patchbay_models::llama::{self, BuildOptions};
-use patchbay_models::paths;
-use patchbay_models::source::ModelSource;
+use patchbay_models::catalog;
+use patchbay_models::families::llama::{self, BuildOptions};
+use patchbay_models::formats::source::ModelSource;
 use patchbay_primitives::quant::DotMode;
 use patchbay_primitives::{Act, Simd, Threads};
+use support::golden::{self, GoldenCase};
 
 fn model_path(name: &str) -> PathBuf {
-    paths::resolve_model(name).unwrap_or_else(|e| panic!("{e}"))
+    catalog::resolve_model(name).unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn cases(name: &str) -> Vec<(String, GoldenCase)> {
-    let m = paths::known(name).unwrap();
-    let dir = paths::golden_dir(m);
+    let dir = support::golden_dir(name);
     let mut files: Vec<_> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| {
             panic!(

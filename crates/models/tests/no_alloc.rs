@@ -6,9 +6,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use patchbay_blocks::{Sampler, SamplerConfig};
 use patchbay_combinators::{Capacity, Ctx, Layer, Loop, Series, Step};
-use patchbay_models::llama::{self, BuildOptions};
-use patchbay_models::paths;
-use patchbay_models::source::ModelSource;
+use patchbay_models::catalog;
+use patchbay_models::families::llama::{self, BuildOptions};
+use patchbay_models::formats::source::ModelSource;
 use patchbay_primitives::quant::DotMode;
 use patchbay_primitives::{Act, Simd, Threads};
 
@@ -39,7 +39,7 @@ static GLOBAL: Counting = Counting;
 
 #[test]
 fn decoding_steps_do_not_allocate() {
-    let path = paths::resolve_model("smollm2-135m").unwrap_or_else(|e| panic!("{e}"));
+    let path = catalog::resolve_model("smollm2-135m").unwrap_or_else(|e| panic!("{e}"));
     let source = ModelSource::open(path).unwrap();
     for mode in [DotMode::Q8, DotMode::Exact] {
         let model = llama::build(

@@ -1,14 +1,16 @@
 //! Perplexity of SmolLM2-135M-Instruct Q4_1 on WikiText-2 (test), `--ctx 512
 //! --chunks 40`, against llama.cpp's `llama-perplexity`: PPL = 21.4497 +/- 0.64.
 
-use patchbay_models::paths;
-use patchbay_models::perplexity::perplexity;
-use patchbay_models::session::{Session, SessionOptions};
+mod support;
+
+use patchbay_models::catalog;
+use patchbay_models::runners::perplexity::perplexity;
+use patchbay_models::runners::session::{Session, SessionOptions};
 
 #[test]
 fn smollm2_wikitext_perplexity_matches_llama_cpp_within_one_percent() {
-    let path = paths::resolve_model("smollm2-135m").unwrap_or_else(|e| panic!("{e}"));
-    let corpus = paths::shared_dir().join("corpus/wikitext-2-test.txt");
+    let path = catalog::resolve_model("smollm2-135m").unwrap_or_else(|e| panic!("{e}"));
+    let corpus = support::shared_dir().join("corpus/wikitext-2-test.txt");
     let text = std::fs::read_to_string(&corpus)
         .unwrap_or_else(|e| panic!("{}: {e} (set PATCHBAY_SHARED)", corpus.display()));
     let opts = SessionOptions {

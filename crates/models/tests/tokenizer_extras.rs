@@ -5,13 +5,13 @@
 
 use std::path::PathBuf;
 
-use patchbay_models::paths;
+use patchbay_models::catalog;
 use patchbay_models::tokenizer::{render_chat, ChatMessage, Tokenizer};
 
 fn load(name: &str) -> Tokenizer {
-    let m = paths::known(name).unwrap();
-    let p: PathBuf = paths::models_dir().join(m.file);
-    assert!(p.exists(), "{}", paths::fetch_hint(name));
+    let m = catalog::known(name).unwrap();
+    let p: PathBuf = catalog::models_dir().join(m.file);
+    assert!(p.exists(), "{}", catalog::fetch_hint(name));
     Tokenizer::load(&p).unwrap()
 }
 
@@ -99,9 +99,9 @@ fn byte_fallback_and_partial_utf8_stream() {
 
 #[test]
 fn gemma_builds_fast_and_decodes_byte_tokens() {
-    let m = paths::known("gemma3-270m").unwrap();
-    let p = paths::models_dir().join(m.file);
-    assert!(p.exists(), "{}", paths::fetch_hint("gemma3-270m"));
+    let m = catalog::known("gemma3-270m").unwrap();
+    let p = catalog::models_dir().join(m.file);
+    assert!(p.exists(), "{}", catalog::fetch_hint("gemma3-270m"));
     let v = patchbay_models::tokenizer::gguf_vocab::read_vocab(&p).unwrap();
     assert_eq!(v.tokens.len(), 262_144);
     let t0 = std::time::Instant::now();

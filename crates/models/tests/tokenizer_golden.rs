@@ -1,15 +1,17 @@
 //! Exactness against the golden token ids (llama.cpp for the GGUF models,
 //! run.c for stories260K, HF `tokenizers` for MiniLM).
 
+mod support;
+
 use std::path::PathBuf;
 
-use patchbay_models::paths;
+use patchbay_models::catalog;
 use patchbay_models::tokenizer::Tokenizer;
 
 fn model_path(name: &str) -> PathBuf {
-    let m = paths::known(name).unwrap_or_else(|| panic!("unknown model {name}"));
-    let p = paths::models_dir().join(m.file);
-    assert!(p.exists(), "{}", paths::fetch_hint(name));
+    let m = catalog::known(name).unwrap_or_else(|| panic!("unknown model {name}"));
+    let p = catalog::models_dir().join(m.file);
+    assert!(p.exists(), "{}", catalog::fetch_hint(name));
     p
 }
 
@@ -20,8 +22,7 @@ fn load(name: &str) -> Tokenizer {
 
 /// (file, prompt, add_special, tokens) of every case of a model's golden folder.
 fn cases(name: &str) -> Vec<(String, String, bool, Vec<u32>)> {
-    let m = paths::known(name).unwrap();
-    let dir = paths::golden_dir(m);
+    let dir = support::golden_dir(name);
     let mut out = Vec::new();
     let rd = std::fs::read_dir(&dir).unwrap_or_else(|e| {
         panic!(
@@ -93,8 +94,7 @@ fn stories260k_matches_run_c() {
 #[test]
 fn minilm_matches_hf_tokenizers() {
     let tok = load("minilm-l6-v2");
-    let m = paths::known("minilm-l6-v2").unwrap();
-    let p = paths::golden_dir(m).join("sentences.json");
+    let p = support::golden_dir("minilm-l6-v2").join("sentences.json");
     let j: serde_json::Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
     let sentences = j["sentences"].as_array().expect("sentences");
     assert!(!sentences.is_empty());

@@ -1,12 +1,12 @@
 //! GPT-2's byte-level BPE from `encoder.json` + `vocab.bpe`; expected ids come
 //! from HF `tokenizers` (ByteLevel BPE built from the same two files).
 
-use patchbay_models::paths;
+use patchbay_models::catalog;
 use patchbay_models::tokenizer::Tokenizer;
 
 #[test]
 fn gpt2_matches_hf_tokenizers() {
-    let dir = paths::models_dir().join("gpt2-tokenizer");
+    let dir = catalog::models_dir().join("gpt2-tokenizer");
     let (e, b) = (dir.join("encoder.json"), dir.join("vocab.bpe"));
     assert!(
         e.is_file() && b.is_file(),

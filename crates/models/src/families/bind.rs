@@ -10,13 +10,13 @@ use patchbay_primitives::quant::DotMode;
 use patchbay_primitives::Tensor;
 
 use crate::error::ModelError;
-use crate::source::ModelSource;
+use crate::formats::source::ModelSource;
 
 /// Builds blocks from a model file's tensors.
 ///
 /// ```no_run
 /// use patchbay_models::families::Weights;
-/// use patchbay_models::source::ModelSource;
+/// use patchbay_models::formats::source::ModelSource;
 /// use patchbay_primitives::quant::DotMode;
 /// let source = ModelSource::open("models/SmolLM2-135M-Instruct.Q4_1.gguf").unwrap();
 /// let w = Weights::new(&source, DotMode::Exact);

@@ -33,7 +33,7 @@ use patchbay_primitives::rope::{RopeLayout, RopeTable};
 
 use super::{BuildOptions, Family, Kind, Model, ModelInfo, Weights};
 use crate::error::ModelError;
-use crate::source::ModelSource;
+use crate::formats::source::ModelSource;
 
 /// The registry entry.
 pub const FAMILY: Family = Family {

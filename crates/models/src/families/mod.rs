@@ -13,8 +13,7 @@
 
 mod bind;
 pub mod gemma3;
-
-pub use crate::llama;
+pub mod llama;
 
 pub use bind::Weights;
 
@@ -22,7 +21,7 @@ use patchbay_combinators::{Layer, Plan};
 use patchbay_primitives::quant::DotMode;
 
 use crate::error::ModelError;
-use crate::source::ModelSource;
+use crate::formats::source::ModelSource;
 
 /// Options for building a network.
 #[derive(Debug, Clone, PartialEq)]

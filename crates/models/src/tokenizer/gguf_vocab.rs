@@ -3,7 +3,7 @@
 //! It parses only the header and the key/value metadata (never the tensors)
 //! and stops as soon as the metadata ends. It is bounds-checked against the
 //! file length so a corrupt file yields an error, not a panic or a huge
-//! allocation. (The shared GGUF reader in `crate::gguf` will replace it.)
+//! allocation. (The shared GGUF reader in `crate::formats::gguf` will replace it.)
 
 use std::collections::HashMap;
 use std::fs::File;

@@ -17,7 +17,7 @@ use patchbay_primitives::{Act, Simd, Threads};
 
 use crate::error::ModelError;
 use crate::families::{self, BuildOptions, CausalLmVisitor, Model, ModelInfo};
-use crate::source::ModelSource;
+use crate::formats::source::ModelSource;
 use crate::tokenizer::Tokenizer;
 
 /// The generation pipeline: the network and the sampler in a loop.

@@ -14,8 +14,8 @@ use std::path::{Path, PathBuf};
 use serde_json::{json, Value};
 
 use crate::error::ModelError;
-use crate::llama::LlamaConfig;
-use crate::source::{hf_name, ModelSource, RopeLayout};
+use crate::families::llama::LlamaConfig;
+use crate::formats::source::{hf_name, ModelSource, RopeLayout};
 use crate::tokenizer::gguf_vocab;
 
 /// Element type of the exported weights.

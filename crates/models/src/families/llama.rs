@@ -24,7 +24,7 @@ use patchbay_primitives::rope::{RopeLayout, RopeTable};
 
 use crate::error::ModelError;
 use crate::families::{BuildOptions, Family, Kind, Model, ModelInfo, Weights};
-use crate::source::ModelSource;
+use crate::formats::source::ModelSource;
 
 /// One decoder layer.
 pub type LlamaBlock = series![
@@ -141,7 +141,7 @@ impl LlamaConfig {
             });
         }
         let rope_layout = match source.rope_layout() {
-            Some(crate::source::RopeLayout::Interleaved) => RopeLayout::Interleaved,
+            Some(crate::formats::source::RopeLayout::Interleaved) => RopeLayout::Interleaved,
             _ => RopeLayout::HalfSplit,
         };
         Ok(LlamaConfig {

@@ -13,23 +13,11 @@
 //! matches the stored weights.
 
 use crate::error::ModelError;
-use crate::gguf::Gguf;
-use crate::llama2c::Llama2c;
-use crate::safetensors_file::{Checkpoint, HfConfig};
-use patchbay_primitives::{DType, Storage, Tensor};
+use crate::formats::gguf::Gguf;
+use crate::formats::llama2c::Llama2c;
+use crate::formats::safetensors::{Checkpoint, HfConfig};
+use patchbay_primitives::{DType, Tensor};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-
-/// Memory-maps `path` read-only.
-pub fn mmap_file(path: &Path) -> Result<Arc<Storage>, ModelError> {
-    let file = std::fs::File::open(path).map_err(|e| ModelError::io(path, e))?;
-    // SAFETY: the map is read-only and patchbay never writes weight files; like
-    // every mmap-based loader we rely on no other process truncating or
-    // rewriting the file while it is mapped (doing so would be undefined
-    // behaviour, which memmap2 cannot prevent).
-    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| ModelError::io(path, e))?;
-    Ok(Arc::new(Storage::Mmap(map)))
-}
 
 /// The file format of a model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -602,7 +590,7 @@ fn has_gguf_magic(path: &Path) -> bool {
     std::fs::File::open(path)
         .and_then(|mut f| f.read_exact(&mut m))
         .is_ok()
-        && &m == crate::gguf::MAGIC
+        && &m == crate::formats::gguf::MAGIC
 }
 
 fn gguf_hparams(g: &Gguf) -> Result<HParams, ModelError> {

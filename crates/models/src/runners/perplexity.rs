@@ -9,7 +9,7 @@
 use crate::error::ModelError;
 use patchbay_combinators::Layer;
 
-use crate::session::Session;
+use crate::runners::session::Session;
 
 /// Running perplexity totals.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]

@@ -1,10 +1,8 @@
-//! Where models and the shared reference data live, and model short names.
+//! The models patchbay knows by short name, and where they live.
 //!
-//! * The models directory is `$PATCHBAY_MODELS`, else `models/` at the workspace
-//!   root (when run from a checkout), else `./models`. `scripts/fetch-models`
-//!   fills it.
-//! * The shared reference data (`golden/`, `corpus/`, stories260K) is
-//!   `$PATCHBAY_SHARED`, else `../shared` beside the workspace root.
+//! The models directory is `$PATCHBAY_MODELS`, else `models/` at the workspace
+//! root (when run from a checkout), else `./models`. `scripts/fetch-models`
+//! fills it.
 
 use std::path::{Path, PathBuf};
 
@@ -15,8 +13,6 @@ pub struct KnownModel {
     pub name: &'static str,
     /// Path of the model file (or directory) relative to the models directory.
     pub file: &'static str,
-    /// The golden-reference folder name under `golden/`.
-    pub golden: &'static str,
 }
 
 /// Every model `scripts/fetch-models` provides.
@@ -24,27 +20,22 @@ pub const KNOWN_MODELS: &[KnownModel] = &[
     KnownModel {
         name: "smollm2-135m",
         file: "SmolLM2-135M-Instruct.Q4_1.gguf",
-        golden: "smollm2-135m",
     },
     KnownModel {
         name: "gemma3-270m",
         file: "gemma-3-270m-q4_k_m.gguf",
-        golden: "gemma3-270m",
     },
     KnownModel {
         name: "qwen2.5-0.5b",
         file: "qwen2.5-coder-0.5b-instruct-awq.q4_k_m.gguf",
-        golden: "qwen2.5-0.5b",
     },
     KnownModel {
         name: "minilm-l6-v2",
         file: "all-MiniLM-L6-v2",
-        golden: "minilm-l6-v2",
     },
     KnownModel {
         name: "stories260k",
         file: "stories260K/stories260K.bin",
-        golden: "stories260K",
     },
 ];
 
@@ -70,22 +61,6 @@ pub fn models_dir() -> PathBuf {
         Some(root) => root.join("models"),
         None => PathBuf::from("models"),
     }
-}
-
-/// The shared reference directory (see the module docs).
-pub fn shared_dir() -> PathBuf {
-    if let Some(p) = std::env::var_os("PATCHBAY_SHARED") {
-        return PathBuf::from(p);
-    }
-    match workspace_root() {
-        Some(root) => root.join("..").join("shared"),
-        None => PathBuf::from("../shared"),
-    }
-}
-
-/// The golden folder of a model (`golden/<name>`).
-pub fn golden_dir(model: &KnownModel) -> PathBuf {
-    shared_dir().join("golden").join(model.golden)
 }
 
 /// Looks a short name up (case-insensitive).

@@ -101,7 +101,7 @@ impl Llama2c {
     /// Memory-maps and parses `path`.
     pub fn open(path: impl AsRef<Path>) -> Result<Llama2c, ModelError> {
         let path = path.as_ref();
-        let storage = crate::source::mmap_file(path)?;
+        let storage = crate::formats::mmap::mmap_file(path)?;
         Llama2c::from_storage(storage, path)
     }
 

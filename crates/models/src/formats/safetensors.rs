@@ -61,7 +61,7 @@ impl SafetensorsFile {
     /// Memory-maps and parses `path` (header only).
     pub fn open(path: impl AsRef<Path>) -> Result<SafetensorsFile, ModelError> {
         let path = path.as_ref();
-        let storage = crate::source::mmap_file(path)?;
+        let storage = crate::formats::mmap::mmap_file(path)?;
         SafetensorsFile::from_storage(storage, path)
     }
 

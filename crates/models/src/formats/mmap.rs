@@ -1,0 +1,20 @@
+//! Read-only memory maps of weight files: the one place the readers get their
+//! bytes from.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use patchbay_primitives::Storage;
+
+use crate::error::ModelError;
+
+/// Memory-maps `path` read-only.
+pub fn mmap_file(path: &Path) -> Result<Arc<Storage>, ModelError> {
+    let file = std::fs::File::open(path).map_err(|e| ModelError::io(path, e))?;
+    // SAFETY: the map is read-only and patchbay never writes weight files; like
+    // every mmap-based loader we rely on no other process truncating or
+    // rewriting the file while it is mapped (doing so would be undefined
+    // behaviour, which memmap2 cannot prevent).
+    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| ModelError::io(path, e))?;
+    Ok(Arc::new(Storage::Mmap(map)))
+}

@@ -1,0 +1,7 @@
+//! The runner layer: what drives a built network — a decoding [`session`]
+//! (prompt processing, generation, per-position logits), [`perplexity`] over a
+//! text, and [`convert`] (exporting a model to another format).
+
+pub mod convert;
+pub mod perplexity;
+pub mod session;
