@@ -5,9 +5,9 @@
 use std::time::Instant;
 
 use anyhow::Result;
-use patchbay_combinators::{Capacity, Ctx, Layer, Rows};
+use patchbay_combinators::{Capacity, Ctx, Layer, Rows, Scratch};
 use patchbay_models::catalog;
-use patchbay_models::families::llama::{self, BuildOptions};
+use patchbay_models::families::{self, BuildOptions, CausalLmVisitor, Model};
 use patchbay_models::formats::source::ModelSource;
 use patchbay_primitives::quant::DotMode;
 use patchbay_primitives::{Act, Simd, Threads};
@@ -48,62 +48,79 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             DotMode::Exact
         },
         max_context: ctx_len,
+        plan: None,
     };
-    let model = llama::build(&source, &opts)?;
-    let threads = Threads::new(args.threads);
-    let simd = Simd::detect();
-    let vocab = model.config.vocab;
-    let cap = Capacity::new(args.n_prompt.max(1), ctx_len);
-    let mut st = model.net.new_state(cap);
-    let mut out = Act::default();
-    // Deterministic pseudo-random ids, as llama-bench uses random tokens.
-    let ids: Vec<f32> = (0..ctx_len)
-        .map(|i| ((i as u64 * 2_654_435_761 + 12345) % vocab as u64) as f32)
-        .collect();
-    let reps = args.repetitions.max(1);
     let name = path
         .file_name()
         .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
-    println!("| model | threads | simd | mode | test | t/s |\n|---|---|---|---|---|---|");
-    let mode = if args.fast { "q8" } else { "exact" };
-    let row = |test: String, tps: f64| {
-        println!(
-            "| {name} | {} | {} | {mode} | {test} | {tps:.2} |",
-            threads.count(),
-            simd.level()
-        )
-    };
-    if args.n_prompt > 0 {
-        let x = Act::from_vec(args.n_prompt, 1, ids[..args.n_prompt].to_vec())?;
-        let ctx = Ctx::new(simd, &threads).with_rows(Rows::Last);
-        model.net.forward(&x, &mut out, &mut st, &ctx)?; // warm-up
-        let t0 = Instant::now();
-        for _ in 0..reps {
-            model.net.reset(&mut st);
-            model.net.forward(&x, &mut out, &mut st, &ctx)?;
-        }
-        row(
-            format!("pp{}", args.n_prompt),
-            (args.n_prompt * reps) as f64 / t0.elapsed().as_secs_f64(),
-        );
-    }
-    if args.n_gen > 0 {
-        let mut x = Act::zeros(1, 1);
-        let mut total = 0.0;
-        for _ in 0..reps {
-            model.net.reset(&mut st);
+    families::with_causal_lm(&source, &opts, Bench { args, name })?
+}
+
+struct Bench<'a> {
+    args: &'a BenchArgs,
+    name: String,
+}
+
+impl CausalLmVisitor for Bench<'_> {
+    type Output = Result<()>;
+    fn visit<N: Layer>(self, model: Model<N>) -> Result<()> {
+        let (args, name) = (self.args, self.name);
+        let ctx_len = (args.n_prompt + args.n_gen).max(1);
+        let threads = Threads::new(args.threads);
+        let scratch = Scratch::new();
+        let simd = Simd::detect();
+        let vocab = model.info.vocab;
+        let cap = Capacity::new(args.n_prompt.max(1), ctx_len);
+        let mut st = model.net.new_state(cap);
+        let mut out = Act::default();
+        // Deterministic pseudo-random ids, as llama-bench uses random tokens.
+        let ids: Vec<f32> = (0..ctx_len)
+            .map(|i| ((i as u64 * 2_654_435_761 + 12345) % vocab as u64) as f32)
+            .collect();
+        let reps = args.repetitions.max(1);
+        println!("| model | threads | simd | mode | test | t/s |\n|---|---|---|---|---|---|");
+        let mode = if args.fast { "q8" } else { "exact" };
+        let row = |test: String, tps: f64| {
+            println!(
+                "| {name} | {} | {} | {mode} | {test} | {tps:.2} |",
+                threads.count(),
+                simd.level()
+            )
+        };
+        if args.n_prompt > 0 {
+            let x = Act::from_vec(args.n_prompt, 1, ids[..args.n_prompt].to_vec())?;
+            let ctx = Ctx::new(simd, &threads, &scratch).with_rows(Rows::Last);
+            model.net.forward(&x, &mut out, &mut st, &ctx)?; // warm-up
             let t0 = Instant::now();
-            for (pos, &id) in ids.iter().enumerate().take(args.n_gen) {
-                x.as_mut_slice()[0] = id;
-                let ctx = Ctx::new(simd, &threads).at(pos).with_rows(Rows::Last);
+            for _ in 0..reps {
+                model.net.reset(&mut st);
                 model.net.forward(&x, &mut out, &mut st, &ctx)?;
             }
-            total += t0.elapsed().as_secs_f64();
+            row(
+                format!("pp{}", args.n_prompt),
+                (args.n_prompt * reps) as f64 / t0.elapsed().as_secs_f64(),
+            );
         }
-        row(
-            format!("tg{}", args.n_gen),
-            (args.n_gen * reps) as f64 / total,
-        );
+        if args.n_gen > 0 {
+            let mut x = Act::zeros(1, 1);
+            let mut total = 0.0;
+            for _ in 0..reps {
+                model.net.reset(&mut st);
+                let t0 = Instant::now();
+                for (pos, &id) in ids.iter().enumerate().take(args.n_gen) {
+                    x.as_mut_slice()[0] = id;
+                    let ctx = Ctx::new(simd, &threads, &scratch)
+                        .at(pos)
+                        .with_rows(Rows::Last);
+                    model.net.forward(&x, &mut out, &mut st, &ctx)?;
+                }
+                total += t0.elapsed().as_secs_f64();
+            }
+            row(
+                format!("tg{}", args.n_gen),
+                (args.n_gen * reps) as f64 / total,
+            );
+        }
+        Ok(())
     }
-    Ok(())
 }

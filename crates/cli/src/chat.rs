@@ -7,7 +7,8 @@
 use std::io::{BufRead, IsTerminal, Write};
 
 use anyhow::Result;
-use patchbay_combinators::Step;
+use patchbay_combinators::{Layer, Step};
+use patchbay_models::runners::session::{Session, SessionJob};
 use patchbay_models::tokenizer::{render_chat, ChatMessage, Tokenizer};
 
 use crate::common::{self, ModelArgs, SamplingArgs};
@@ -29,65 +30,76 @@ pub struct ChatArgs {
 
 /// Runs `patchbay chat`.
 pub fn run(args: &ChatArgs) -> Result<()> {
-    let mut session = common::open(&args.model, args.sampling.config()?)?;
-    let interactive = std::io::stdin().is_terminal();
-    let mut messages: Vec<ChatMessage> = Vec::new();
-    if let Some(s) = &args.system {
-        messages.push(ChatMessage::new("system", s));
-    }
-    // The rendered conversation already in the KV cache.
-    let mut rendered_done = String::new();
-    let stdin = std::io::stdin();
-    let mut lines = stdin.lock().lines();
-    let tok = session.tokenizer.clone();
-    let Some(template) = tok.chat_template().map(str::to_owned) else {
-        anyhow::bail!("this model has no chat template; use `patchbay generate` instead");
-    };
-    loop {
-        if interactive {
-            eprint!("> ");
-            let _ = std::io::stderr().flush();
+    common::with_session(&args.model, args.sampling.config()?, Chat { args })
+}
+
+struct Chat<'a> {
+    args: &'a ChatArgs,
+}
+
+impl SessionJob for Chat<'_> {
+    type Output = Result<()>;
+    fn run<N: Layer>(self, mut session: Session<N>) -> Result<()> {
+        let args = self.args;
+        let interactive = std::io::stdin().is_terminal();
+        let mut messages: Vec<ChatMessage> = Vec::new();
+        if let Some(s) = &args.system {
+            messages.push(ChatMessage::new("system", s));
         }
-        let Some(line) = lines.next() else { break };
-        let line = line?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        messages.push(ChatMessage::new("user", &line));
-        let full = render(&tok, &template, &messages)?;
-        // Only the text beyond what the cache holds is new.
-        let new_text = full.strip_prefix(rendered_done.as_str()).map(str::to_owned);
-        let tokens = match new_text {
-            Some(t) => tok.encode_with(&t, rendered_done.is_empty(), true),
-            None => {
-                // The template re-rendered history differently: start over.
-                session.reset();
-                tok.encode_with(&full, true, true)
-            }
+        // The rendered conversation already in the KV cache.
+        let mut rendered_done = String::new();
+        let stdin = std::io::stdin();
+        let mut lines = stdin.lock().lines();
+        let tok = session.tokenizer.clone();
+        let Some(template) = tok.chat_template().map(str::to_owned) else {
+            anyhow::bail!("this model has no chat template; use `patchbay generate` instead");
         };
-        let mut reply_ids = Vec::new();
-        let mut dec = tok.stream();
-        let mut out = std::io::stdout().lock();
-        let room = session
-            .max_context()
-            .saturating_sub(session.position() + tokens.len());
-        if room == 0 {
-            anyhow::bail!("the conversation has filled the context ({} tokens); start a new chat or raise --max-context", session.max_context());
+        loop {
+            if interactive {
+                eprint!("> ");
+                let _ = std::io::stderr().flush();
+            }
+            let Some(line) = lines.next() else { break };
+            let line = line?;
+            if line.trim().is_empty() {
+                continue;
+            }
+            messages.push(ChatMessage::new("user", &line));
+            let full = render(&tok, &template, &messages)?;
+            // Only the text beyond what the cache holds is new.
+            let new_text = full.strip_prefix(rendered_done.as_str()).map(str::to_owned);
+            let tokens = match new_text {
+                Some(t) => tok.encode_with(&t, rendered_done.is_empty(), true),
+                None => {
+                    // The template re-rendered history differently: start over.
+                    session.reset();
+                    tok.encode_with(&full, true, true)
+                }
+            };
+            let mut reply_ids = Vec::new();
+            let mut dec = tok.stream();
+            let mut out = std::io::stdout().lock();
+            let room = session
+                .max_context()
+                .saturating_sub(session.position() + tokens.len());
+            if room == 0 {
+                anyhow::bail!("the conversation has filled the context ({} tokens); start a new chat or raise --max-context", session.max_context());
+            }
+            session.generate(&tokens, args.n_predict.min(room), |t| {
+                reply_ids.push(t);
+                let _ = out.write_all(dec.push(t).as_bytes());
+                let _ = out.flush();
+                Step::Continue
+            })?;
+            let _ = out.write_all(dec.finish().as_bytes());
+            let _ = writeln!(out);
+            let reply = tok.decode(&reply_ids);
+            messages.push(ChatMessage::new("assistant", reply.trim_end()));
+            // What the cache holds now: the prompt so far plus the reply as generated.
+            rendered_done = full + &reply;
         }
-        session.generate(&tokens, args.n_predict.min(room), |t| {
-            reply_ids.push(t);
-            let _ = out.write_all(dec.push(t).as_bytes());
-            let _ = out.flush();
-            Step::Continue
-        })?;
-        let _ = out.write_all(dec.finish().as_bytes());
-        let _ = writeln!(out);
-        let reply = tok.decode(&reply_ids);
-        messages.push(ChatMessage::new("assistant", reply.trim_end()));
-        // What the cache holds now: the prompt so far plus the reply as generated.
-        rendered_done = full + &reply;
+        Ok(())
     }
-    Ok(())
 }
 
 /// Renders the conversation with the model's template and its BOS/EOS texts.

@@ -5,8 +5,10 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use patchbay_blocks::SamplerConfig;
+use patchbay_combinators::Plan;
 use patchbay_models::catalog;
-use patchbay_models::runners::session::{Session, SessionOptions};
+use patchbay_models::formats::source::ModelSource;
+use patchbay_models::runners::session::{self, SessionJob, SessionOptions};
 
 /// Which model to load and how to run it.
 #[derive(clap::Args, Debug, Clone)]
@@ -23,6 +25,10 @@ pub struct ModelArgs {
     /// Int8 activations for quantised weights (llama.cpp's way: faster, slightly less exact).
     #[arg(long)]
     pub fast: bool,
+    /// Re-wire the decoder layers: drop, repeat, re-order, run in parallel
+    /// (e.g. `0-9,11-29`, `0-4,5x3,6-29`, `0-9,(10|11),12-29`; see below).
+    #[arg(long, value_name = "PLAN")]
+    pub layers: Option<String>,
 }
 
 /// Sampling flags.
@@ -68,8 +74,22 @@ impl SamplingArgs {
     }
 }
 
-/// Opens the session a command asked for.
-pub fn open(args: &ModelArgs, sampler: SamplerConfig) -> Result<Session> {
+/// Parses a `--layers` plan against the model's layer count.
+pub fn parse_plan(text: Option<&str>, source: &ModelSource) -> Result<Option<Plan>> {
+    let Some(text) = text else { return Ok(None) };
+    let n = source.hparams().n_layer;
+    Plan::parse(text, n)
+        .map(Some)
+        .map_err(|e| anyhow::anyhow!("--layers {text:?}: {e}"))
+}
+
+/// Opens the model a command asked for and runs `job` on a session over it,
+/// whatever the model's family.
+pub fn with_session<J: SessionJob<Output = Result<()>>>(
+    args: &ModelArgs,
+    sampler: SamplerConfig,
+    job: J,
+) -> Result<()> {
     let path = catalog::resolve_model(&args.model).map_err(anyhow::Error::msg)?;
     if args.max_context == 0 {
         bail!("--max-context must be at least 1");
@@ -83,7 +103,24 @@ pub fn open(args: &ModelArgs, sampler: SamplerConfig) -> Result<Session> {
     if args.fast {
         opts.build.dot_mode = patchbay_primitives::quant::DotMode::Q8;
     }
-    Session::open(&path, &opts).with_context(|| format!("loading {}", path.display()))
+    if args.layers.is_some() {
+        let source = ModelSource::open(&path)?;
+        opts.build.plan = parse_plan(args.layers.as_deref(), &source)?;
+    }
+    session::with_session(&path, &opts, job)
+        .with_context(|| format!("loading {}", path.display()))?
+}
+
+/// Writes `bytes` to stdout: a closed pipe ends quietly, any other write error
+/// (a full disk) is an error.
+pub fn write_stdout(bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(bytes).and_then(|_| out.flush()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        Err(e) => Err(anyhow::Error::new(e).context("writing to stdout")),
+    }
 }
 
 /// The prompt from `-p` or `-f` (a file, or `-` for stdin), as UTF-8.

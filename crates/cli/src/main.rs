@@ -7,6 +7,7 @@ mod chat;
 mod common;
 mod convert;
 mod generate;
+mod graph;
 mod inspect;
 mod logits;
 mod perplexity;
@@ -34,6 +35,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Export a GGUF model as an HF safetensors directory.
     Convert(convert::ConvertArgs),
+    /// Draw the model's graph (text, DOT, SVG or Mermaid) from its own layers.
+    Graph(graph::GraphArgs),
     /// Show a model file's format, architecture, hyper-parameters and tensors.
     Inspect(inspect::InspectArgs),
     /// Print the token ids of a text as a JSON array.
@@ -68,6 +71,7 @@ fn main() -> std::process::ExitCode {
         Command::Perplexity(a) => perplexity::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Convert(a) => convert::run(a),
+        Command::Graph(a) => graph::run(a),
         Command::Inspect(a) => inspect::run(a),
         Command::Tokenize(a) => tokenize::run(a),
     };

@@ -1,5 +1,5 @@
 //! `convert` exports SmolLM2 as an HF safetensors directory that loads through
-//! the safetensors path of the same Llama type and computes the same float
+//! the safetensors path of the same Model<LlamaNet> type and computes the same float
 //! math as the GGUF (it holds the dequantised weights): mean KL under 1e-6 and
 //! every logit within 1e-2, on every golden case, which also still agrees
 //! with the golden `exact` answers. Its tokenizer.json gives the golden ids.
@@ -8,7 +8,8 @@ mod support;
 
 use patchbay_combinators::{Capacity, Ctx, Layer};
 use patchbay_models::catalog;
-use patchbay_models::families::llama::{self, BuildOptions, Llama};
+use patchbay_models::families::llama::{self, LlamaNet};
+use patchbay_models::families::{BuildOptions, Model};
 use patchbay_models::formats::source::{Format, ModelSource};
 use patchbay_models::runners::convert::{to_safetensors, ExportDType};
 use patchbay_models::tokenizer::Tokenizer;
@@ -16,9 +17,10 @@ use patchbay_primitives::quant::DotMode;
 use patchbay_primitives::{Act, Simd, Threads};
 use support::golden::{self, GoldenCase};
 
-fn logits(model: &Llama, tokens: &[u32]) -> Vec<Vec<f32>> {
+fn logits(model: &Model<LlamaNet>, tokens: &[u32]) -> Vec<Vec<f32>> {
     let threads = Threads::new(2);
-    let ctx = Ctx::new(Simd::detect(), &threads);
+    let scratch = patchbay_combinators::Scratch::new();
+    let ctx = Ctx::new(Simd::detect(), &threads, &scratch);
     let mut st = model.net.new_state(Capacity::new(tokens.len(), 512));
     let x = Act::from_vec(tokens.len(), 1, tokens.iter().map(|&t| t as f32).collect()).unwrap();
     let y = model.net.apply(&x, &mut st, &ctx).unwrap();
@@ -40,6 +42,7 @@ fn converted_smollm2_matches_the_gguf_and_the_goldens() {
     let opts = BuildOptions {
         dot_mode: DotMode::Exact,
         max_context: 512,
+        plan: None,
     };
     let original = llama::build(&ModelSource::open(&gguf).unwrap(), &opts).unwrap();
     let source = ModelSource::open(&dir).unwrap();

@@ -4,12 +4,13 @@
 
 use patchbay_combinators::{Capacity, Ctx, Layer};
 use patchbay_models::catalog;
-use patchbay_models::families::llama::{self, BuildOptions, Llama};
+use patchbay_models::families::llama::{self, LlamaNet};
+use patchbay_models::families::{BuildOptions, Model};
 use patchbay_models::formats::source::ModelSource;
 use patchbay_primitives::quant::DotMode;
 use patchbay_primitives::{Act, Simd, Threads};
 
-fn load(name: &str, mode: DotMode) -> Llama {
+fn load(name: &str, mode: DotMode) -> Model<LlamaNet> {
     let path = catalog::resolve_model(name).unwrap_or_else(|e| panic!("{e}"));
     let source = ModelSource::open(path).unwrap();
     llama::build(
@@ -17,6 +18,7 @@ fn load(name: &str, mode: DotMode) -> Llama {
         &BuildOptions {
             dot_mode: mode,
             max_context: 64,
+            plan: None,
         },
     )
     .unwrap()
@@ -27,9 +29,10 @@ const PROMPT: [u32; 12] = [
 ];
 
 /// Logits of every prompt position: in one batch, or one token at a time.
-fn logits(model: &Llama, threads: usize, batch: bool) -> Vec<f32> {
+fn logits(model: &Model<LlamaNet>, threads: usize, batch: bool) -> Vec<f32> {
     let threads = Threads::new(threads);
-    let ctx = Ctx::new(Simd::detect(), &threads);
+    let scratch = patchbay_combinators::Scratch::new();
+    let ctx = Ctx::new(Simd::detect(), &threads, &scratch);
     let mut st = model.net.new_state(Capacity::new(PROMPT.len(), 64));
     let ids: Vec<f32> = PROMPT.iter().map(|&t| t as f32).collect();
     if batch {

@@ -7,7 +7,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use patchbay_blocks::{Sampler, SamplerConfig};
 use patchbay_combinators::{Capacity, Ctx, Layer, Loop, Series, Step};
 use patchbay_models::catalog;
-use patchbay_models::families::llama::{self, BuildOptions};
+use patchbay_models::families::llama;
+use patchbay_models::families::BuildOptions;
 use patchbay_models::formats::source::ModelSource;
 use patchbay_primitives::quant::DotMode;
 use patchbay_primitives::{Act, Simd, Threads};
@@ -47,6 +48,7 @@ fn decoding_steps_do_not_allocate() {
             &BuildOptions {
                 dot_mode: mode,
                 max_context: 128,
+                plan: None,
             },
         )
         .unwrap();
@@ -55,11 +57,12 @@ fn decoding_steps_do_not_allocate() {
             repeat_penalty: 1.1,
             ..SamplerConfig::default()
         };
-        let sampler = Sampler::new(model.config.vocab, cfg).unwrap();
+        let sampler = Sampler::new(model.info.vocab, cfg).unwrap();
         let decoder = Loop::autoregressive(Series::new(&model.net, sampler), 64);
         for threads in [1, 2] {
             let threads = Threads::new(threads);
-            let ctx = Ctx::new(Simd::detect(), &threads);
+            let scratch = patchbay_combinators::Scratch::new();
+            let ctx = Ctx::new(Simd::detect(), &threads, &scratch);
             let mut st = decoder.new_state(Capacity::new(8, 128));
             let prompt = Act::from_vec(5, 1, vec![504.0, 3575.0, 282.0, 4649.0, 314.0]).unwrap();
             let mut counts = Vec::with_capacity(64);

@@ -5,7 +5,7 @@ mod support;
 
 use patchbay_models::catalog;
 use patchbay_models::runners::perplexity::perplexity;
-use patchbay_models::runners::session::{Session, SessionOptions};
+use patchbay_models::runners::session::SessionOptions;
 
 #[test]
 fn smollm2_wikitext_perplexity_matches_llama_cpp_within_one_percent() {
@@ -17,7 +17,7 @@ fn smollm2_wikitext_perplexity_matches_llama_cpp_within_one_percent() {
         max_context: 512,
         ..SessionOptions::default()
     };
-    let mut session = Session::open(&path, &opts).unwrap();
+    let mut session = support::llama_session(&path, &opts);
     let tokens = session.tokenizer.encode(&text, true);
     let result = perplexity(&mut session, &tokens, 512, Some(40), |_, _, _| {}).unwrap();
     let reference = 21.4497;

@@ -27,3 +27,19 @@ pub fn golden_dir(model: &str) -> PathBuf {
     };
     shared_dir().join("golden").join(dir)
 }
+
+/// A session over a Llama-family model file (GGUF, safetensors or llama2.c).
+pub fn llama_session(
+    path: &Path,
+    opts: &patchbay_models::runners::session::SessionOptions,
+) -> patchbay_models::runners::session::Session<patchbay_models::families::llama::LlamaNet> {
+    use patchbay_models::families::{llama, BuildOptions};
+    let source = patchbay_models::formats::source::ModelSource::open(path).unwrap();
+    let build = BuildOptions {
+        max_context: opts.max_context,
+        ..opts.build.clone()
+    };
+    let model = llama::build(&source, &build).unwrap();
+    let tokenizer = patchbay_models::tokenizer::Tokenizer::load(path).unwrap();
+    patchbay_models::runners::session::Session::new(model, tokenizer, opts).unwrap()
+}
