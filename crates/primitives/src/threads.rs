@@ -8,7 +8,13 @@
 //! worth only microseconds, so the pool is built for hand-off latency: one job
 //! is broadcast through a single atomic word, workers spin briefly before they
 //! park, the caller works on the job too, and nothing is allocated per call.
-//! A rayon pool (created on first use) serves the callers that want rayon.
+//! A rayon pool (created on first use, with threads of its own besides the
+//! workers) serves the callers that want rayon, such as the quantised prefill
+//! product.
+//!
+//! A pool never has more than [`Threads::max_count`] threads (twice the
+//! available parallelism): more only adds hand-off latency and per-thread
+//! memory. [`Threads::clamp`] tells a caller in advance what a request gets.
 
 use std::cell::UnsafeCell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -18,6 +24,9 @@ use std::time::{Duration, Instant};
 
 /// Most tasks one job can hold (`next` and `n` share the state word with the generation).
 const MAX_TASKS: usize = 0xFFFF;
+
+/// Threads a pool may have per unit of available parallelism (see [`Threads::max_count`]).
+pub const MAX_THREADS_PER_CORE: usize = 2;
 
 /// How long an idle worker polls for the next job before it parks.
 const SPIN_TIME: Duration = Duration::from_micros(300);
@@ -138,7 +147,9 @@ struct Pool {
 }
 
 impl Pool {
-    fn new(workers: usize) -> Option<Pool> {
+    /// Starts up to `workers` workers; fewer when the system refuses a thread
+    /// (the pool then has the ones that started).
+    fn new(workers: usize) -> Pool {
         let shared = Arc::new(Shared {
             state: AtomicU64::new(0),
             job: UnsafeCell::new(std::ptr::null::<fn(usize)>() as *const Job),
@@ -156,13 +167,16 @@ impl Pool {
         };
         for i in 0..workers {
             let sh = pool.shared.clone();
-            let h = std::thread::Builder::new()
+            match std::thread::Builder::new()
                 .name(format!("patchbay-w{i}"))
                 .spawn(move || sh.worker())
-                .ok()?; // on failure `pool` drops and joins the ones started
-            pool.handles.push(h);
+            {
+                Ok(h) => pool.handles.push(h),
+                // Resource limits: keep the workers that did start.
+                Err(_) => break,
+            }
         }
-        Some(pool)
+        pool
     }
 
     /// Runs `f(0) .. f(n - 1)` (`n <= MAX_TASKS`) over the workers and the caller.
@@ -233,6 +247,8 @@ struct Inner {
 pub struct Threads {
     inner: Option<Arc<Inner>>,
     n: usize,
+    /// The thread count asked for (after `0` was resolved), when the pool got fewer.
+    capped_from: Option<usize>,
 }
 
 impl std::fmt::Debug for Threads {
@@ -259,34 +275,83 @@ impl<T> SendPtr<T> {
 }
 
 impl Threads {
-    /// A pool of `n` threads (`n = 0` means one per available core).
+    /// A pool of `n` threads (`n = 0` means one per available core), capped at
+    /// [`max_count`](Self::max_count); any `n` is accepted.
     ///
-    /// With one thread no pool is created and work runs on the caller.
+    /// With one thread no pool is created and work runs on the caller. When the
+    /// system refuses to start a thread the pool keeps the ones it has.
+    /// [`count`](Self::count) is the number actually used and
+    /// [`capped_from`](Self::capped_from) the request when it was more.
     pub fn new(n: usize) -> Threads {
-        let n = if n == 0 {
-            std::thread::available_parallelism().map_or(1, |n| n.get())
+        let requested = if n == 0 { available_parallelism() } else { n };
+        let (n, _) = Threads::clamp(requested);
+        let mut t = if n == 1 {
+            Threads::single()
         } else {
-            n
+            let pool = Pool::new(n - 1);
+            if pool.handles.is_empty() {
+                Threads::single()
+            } else {
+                Threads {
+                    n: pool.handles.len() + 1,
+                    inner: Some(Arc::new(Inner {
+                        pool,
+                        rayon: OnceLock::new(),
+                    })),
+                    capped_from: None,
+                }
+            }
         };
-        if n == 1 {
-            return Threads::single();
+        if t.n < requested {
+            t.capped_from = Some(requested);
         }
-        match Pool::new(n - 1) {
-            Some(pool) => Threads {
-                inner: Some(Arc::new(Inner {
-                    pool,
-                    rayon: OnceLock::new(),
-                })),
-                n,
-            },
-            // Could not spawn workers (resource limits): degrade to the caller's thread.
-            None => Threads::single(),
-        }
+        t
+    }
+
+    /// The thread count a request for `requested` threads gets, and whether it
+    /// was capped: `0` means one per available core, and no pool has more than
+    /// [`max_count`](Self::max_count) threads. (The pool may still end up
+    /// smaller if the system refuses to start a thread; see
+    /// [`capped_from`](Self::capped_from).)
+    ///
+    /// ```
+    /// use patchbay_primitives::Threads;
+    /// let max = Threads::max_count();
+    /// assert_eq!(Threads::clamp(1), (1, false));
+    /// assert_eq!(Threads::clamp(usize::MAX), (max, true));
+    /// assert_eq!(Threads::new(usize::MAX).count(), max);
+    /// ```
+    pub fn clamp(requested: usize) -> (usize, bool) {
+        let requested = if requested == 0 {
+            available_parallelism()
+        } else {
+            requested
+        };
+        let max = Threads::max_count();
+        (requested.min(max), requested > max)
+    }
+
+    /// The most threads a pool is given: [`MAX_THREADS_PER_CORE`] times the
+    /// available parallelism (at least 2).
+    pub fn max_count() -> usize {
+        available_parallelism()
+            .saturating_mul(MAX_THREADS_PER_CORE)
+            .max(2)
+    }
+
+    /// The thread count that was asked for, when this pool has fewer threads
+    /// (capped at [`max_count`](Self::max_count), or threads the system refused).
+    pub fn capped_from(&self) -> Option<usize> {
+        self.capped_from
     }
 
     /// Runs everything on the calling thread.
     pub fn single() -> Threads {
-        Threads { inner: None, n: 1 }
+        Threads {
+            inner: None,
+            n: 1,
+            capped_from: None,
+        }
     }
 
     /// Number of threads work is split across.
@@ -363,6 +428,12 @@ impl Threads {
             _ => (0..count).for_each(f),
         }
     }
+}
+
+/// The machine's available parallelism (1 when unknown), read once.
+fn available_parallelism() -> usize {
+    static N: OnceLock<usize> = OnceLock::new();
+    *N.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
 impl Default for Threads {
@@ -443,6 +514,32 @@ mod tests {
             hits.fetch_add(1, Ordering::Relaxed);
         });
         assert_eq!(hits.load(Ordering::Relaxed), 8);
+    }
+
+    #[test]
+    fn requests_are_capped_at_twice_the_parallelism() {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let max = Threads::max_count();
+        assert_eq!(max, (cores * MAX_THREADS_PER_CORE).max(2));
+        assert_eq!(Threads::clamp(0), (cores, false));
+        assert_eq!(Threads::clamp(1), (1, false));
+        assert_eq!(Threads::clamp(max), (max, false));
+        assert_eq!(Threads::clamp(max + 1), (max, true));
+        assert_eq!(Threads::clamp(usize::MAX), (max, true));
+        let single = Threads::new(1);
+        assert_eq!((single.count(), single.capped_from()), (1, None));
+        for huge in [max + 1, 1000, 1_000_000_000, usize::MAX] {
+            let t = Threads::new(huge);
+            assert_eq!(t.count(), huge.min(max), "{huge}");
+            assert_eq!(t.capped_from(), Some(huge).filter(|&h| h > max));
+            // The capped pool works.
+            let hits = AtomicUsize::new(0);
+            t.for_each_index(100, |_| {
+                hits.fetch_add(1, Ordering::Relaxed);
+            });
+            assert_eq!(hits.load(Ordering::Relaxed), 100);
+            assert_eq!(t.pool().map(|p| p.current_num_threads()), Some(t.count()));
+        }
     }
 
     #[test]

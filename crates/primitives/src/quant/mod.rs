@@ -386,7 +386,7 @@ fn matvec_chunk_rows(rows: usize, threads: usize) -> usize {
     if threads <= 1 {
         return rows.max(1);
     }
-    rows.div_ceil(4 * threads)
+    rows.div_ceil(threads.saturating_mul(4))
         .div_ceil(MATVEC_CHUNK_ROWS)
         .max(1)
         * MATVEC_CHUNK_ROWS
@@ -394,9 +394,16 @@ fn matvec_chunk_rows(rows: usize, threads: usize) -> usize {
 
 /// Prefill product `y (m x rows) = x (m x cols) · Wᵀ` for a `rows x cols`
 /// weight matrix `w` of `dtype`. Panels of [`MATMUL_PANEL_ROWS`] weight rows
-/// are dequantised (exactly) to f32 in `scratch` and multiplied with faer,
-/// one panel per task; the panel split is fixed, so results do not depend on
-/// the thread count. `y` is row-major with `rows` columns.
+/// are dequantised (exactly) to f32 and multiplied with faer, one panel per
+/// task on the rayon pool of `threads`; the panel split is fixed, so results
+/// do not depend on the thread count. `y` is row-major with `rows` columns.
+///
+/// Each thread dequantises into a buffer of its own, kept between calls and
+/// shared by every weight matrix ([`MATMUL_PANEL_ROWS`] `x` the largest `cols`
+/// it has seen), so memory grows neither with the number of weight matrices
+/// nor, beyond one panel per thread, with the thread count. `scratch` is not
+/// used (it used to hold one panel per thread for each caller); callers may
+/// pass an empty `Vec`.
 #[allow(clippy::too_many_arguments)]
 pub fn matmul_q(
     s: Simd,
@@ -409,6 +416,7 @@ pub fn matmul_q(
     y: &mut [f32],
     scratch: &mut Vec<f32>,
 ) -> Result<(), ShapeError> {
+    let _ = scratch;
     check_supported(dtype, "matmul_q dtype")?;
     let row_bytes = dtype.bytes_for(cols).ok_or(ShapeError::Mismatch {
         what: "matmul_q cols vs block length",
@@ -446,16 +454,11 @@ pub fn matmul_q(
     if m == 0 || rows == 0 {
         return Ok(());
     }
-    let n_slots = threads.count().max(1);
-    let panel = MATMUL_PANEL_ROWS * cols;
-    if scratch.len() < n_slots * panel {
-        scratch.resize(n_slots * panel, 0.0);
-    }
-    let slots: Vec<std::sync::Mutex<&mut [f32]>> = scratch
-        .chunks_mut(panel)
-        .take(n_slots)
-        .map(std::sync::Mutex::new)
-        .collect();
+    let panel_len = MATMUL_PANEL_ROWS
+        .checked_mul(cols)
+        .ok_or(ShapeError::Overflow {
+            what: "matmul_q panel",
+        })?;
     let xs = x.as_slice();
     let xm = faer::MatRef::from_row_major_slice_with_stride(
         &xs[..(m - 1) * x.stride() + cols],
@@ -464,22 +467,22 @@ pub fn matmul_q(
         x.stride(),
     );
     let ym = faer::MatMut::from_row_major_slice_mut(y, m, rows);
-    let work = |p: usize, mut yp: faer::MatMut<'_, f32>| {
+    let work = |p: usize, yp: faer::MatMut<'_, f32>| {
         let r0 = p * MATMUL_PANEL_ROWS;
         let nr = yp.ncols();
-        let slot = rayon::current_thread_index().unwrap_or(0) % n_slots;
-        let mut guard = slots[slot].lock().unwrap_or_else(|e| e.into_inner());
-        let buf = &mut guard[..nr * cols];
-        exact::dequant_simd(s, dtype, &w[r0 * row_bytes..(r0 + nr) * row_bytes], buf);
-        let wp = faer::MatRef::from_row_major_slice(&buf[..], nr, cols);
-        faer::linalg::matmul::matmul(
-            yp.as_mut(),
-            faer::Accum::Replace,
-            xm,
-            wp.transpose(),
-            1.0f32,
-            faer::Par::Seq,
-        );
+        with_panel(panel_len, |buf| {
+            let buf = &mut buf[..nr * cols];
+            exact::dequant_simd(s, dtype, &w[r0 * row_bytes..(r0 + nr) * row_bytes], buf);
+            let wp = faer::MatRef::from_row_major_slice(&buf[..], nr, cols);
+            faer::linalg::matmul::matmul(
+                yp,
+                faer::Accum::Replace,
+                xm,
+                wp.transpose(),
+                1.0f32,
+                faer::Par::Seq,
+            );
+        });
     };
     match threads.pool() {
         None => {
@@ -503,6 +506,27 @@ pub fn matmul_q(
         }
     }
     Ok(())
+}
+
+thread_local! {
+    /// This thread's dequantised weight panel for [`matmul_q`].
+    static PANEL: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` on this thread's panel buffer, grown to at least `len` values (it
+/// keeps the largest size it has had, so steady-state calls do not allocate).
+fn with_panel<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    PANEL.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buf) => {
+            if buf.len() < len {
+                buf.resize(len, 0.0);
+            }
+            f(&mut buf[..len])
+        }
+        // Busy only if `f` itself reached `matmul_q` on this thread, which the
+        // kernels never do; a temporary buffer keeps that case correct.
+        Err(_) => f(&mut vec![0.0; len]),
+    })
 }
 
 #[cfg(test)]
@@ -604,6 +628,57 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    /// Many weight matrices (each caller with its own scratch, as every layer
+    /// has) on any thread count: the callers' scratch is never grown, and each
+    /// thread holds a single panel, sized for the widest matrix.
+    #[test]
+    fn matmul_q_keeps_one_panel_per_thread_for_all_callers() {
+        let mut rng = Rng(3);
+        let m = 3;
+        let panel_len = || PANEL.with(|p| p.borrow().len());
+        for t in [1, 2, 3] {
+            let threads = Threads::new(t);
+            let mut widest = 0;
+            for (rows, cols) in [(130, 256), (70, 768), (200, 512), (64, 256)] {
+                widest = widest.max(cols);
+                let w = random_row(&mut rng, DType::Q4_0, rows * cols);
+                let x: Vec<f32> = (0..m * cols).map(|_| rng.f()).collect();
+                let mut y = vec![0.0; m * rows];
+                let mut scratch = Vec::new();
+                let xm = MatRef::new(&x, m, cols).unwrap();
+                matmul_q(
+                    Simd::detect(),
+                    &threads,
+                    DType::Q4_0,
+                    &w,
+                    rows,
+                    cols,
+                    xm,
+                    &mut y,
+                    &mut scratch,
+                )
+                .unwrap();
+                assert_eq!(
+                    scratch.capacity(),
+                    0,
+                    "{t} threads: the caller's scratch grew"
+                );
+            }
+            let per_thread: Vec<usize> = match threads.pool() {
+                None => vec![panel_len()],
+                Some(pool) => pool.broadcast(|_| panel_len()),
+            };
+            assert!(
+                per_thread.iter().all(|&l| l <= MATMUL_PANEL_ROWS * widest),
+                "{t} threads: panels {per_thread:?}"
+            );
+            assert!(
+                per_thread.contains(&(MATMUL_PANEL_ROWS * widest)),
+                "{per_thread:?}"
+            );
         }
     }
 
