@@ -203,6 +203,7 @@ impl Layer for Linear {
 pub struct LmHead {
     linear: Linear,
     softcap: Option<f32>,
+    tied: bool,
 }
 
 impl LmHead {
@@ -211,7 +212,15 @@ impl LmHead {
         LmHead {
             linear: linear.named("lm_head"),
             softcap: None,
+            tied: false,
         }
+    }
+
+    /// Marks the weight as the token embedding's own (a tied head): the graph
+    /// then counts its parameters once, at the embedding.
+    pub fn tied(mut self, tied: bool) -> LmHead {
+        self.tied = tied;
+        self
     }
 
     /// Applies `cap * tanh(logit / cap)` to the logits.
@@ -257,6 +266,10 @@ impl Layer for LmHead {
     fn describe(&self) -> Node {
         let mut n = self.linear.describe();
         n.name = "LmHead".into();
+        if self.tied {
+            n.own_params = 0;
+            n.detail.push_str(" tied to the embedding");
+        }
         n
     }
 }

@@ -70,8 +70,7 @@ impl CausalLmVisitor for RunCases {
             let toks = &case.tokens;
             let cap = Capacity::new(toks.len().max(1), 512);
             let mut st = model.net.new_state(cap);
-            let x =
-                Act::from_vec(toks.len(), 1, toks.iter().map(|&t| t as f32).collect()).unwrap();
+            let x = Act::from_vec(toks.len(), 1, toks.iter().map(|&t| t as f32).collect()).unwrap();
             let rows: Vec<Vec<f32>> = match self.feed {
                 Feed::Batch => {
                     let logits = model.net.apply(&x, &mut st, &ctx).unwrap();
@@ -101,7 +100,10 @@ impl CausalLmVisitor for RunCases {
                 })
                 .unwrap();
             let report = golden::check(&case, toks, &rows, &greedy);
-            let ref_kl = case.llamacpp_vs_exact.as_ref().map_or(f64::NAN, |d| d.mean_kl);
+            let ref_kl = case
+                .llamacpp_vs_exact
+                .as_ref()
+                .map_or(f64::NAN, |d| d.mean_kl);
             let ref_lp = case
                 .llamacpp_vs_exact
                 .as_ref()

@@ -90,11 +90,12 @@ impl Gemma3Config {
     /// Reads the hyper-parameters, with Gemma 3's defaults where a file is silent.
     pub fn from_source(source: &ModelSource) -> Result<Gemma3Config, ModelError> {
         let h = source.hparams();
-        let heads = Heads::new(h.n_head, h.n_head_kv, h.head_dim).map_err(|e| ModelError::Block {
-            path: source.path().to_path_buf(),
-            tensor: "attention heads".into(),
-            source: e,
-        })?;
+        let heads =
+            Heads::new(h.n_head, h.n_head_kv, h.head_dim).map_err(|e| ModelError::Block {
+                path: source.path().to_path_buf(),
+                tensor: "attention heads".into(),
+                source: e,
+            })?;
         let hf = source.safetensors().is_some();
         Ok(Gemma3Config {
             dim: h.n_embd,
@@ -189,11 +190,11 @@ pub fn build(source: &ModelSource, opts: &BuildOptions) -> Result<Model<Gemma3Ne
         layers.push(block);
     }
     let embd = w.tensor_shaped("token_embd.weight", &[cfg.vocab, e])?;
-    let head_w = match source.try_tensor("output.weight")? {
-        Some(t) => t,
-        None => embd.clone(),
+    let (head_w, tied) = match source.try_tensor("output.weight")? {
+        Some(t) => (t, false),
+        None => (embd.clone(), true),
     };
-    let head = LmHead::new(w.linear_from("output.weight", head_w)?);
+    let head = LmHead::new(w.linear_from("output.weight", head_w)?).tied(tied);
     let stack = super::planned(Stack::new(layers), opts)?;
     let net = Embedding::new(embd)
         .map_err(|err| w.error("token_embd.weight", err))?

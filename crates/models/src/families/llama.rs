@@ -103,11 +103,11 @@ pub fn build(source: &ModelSource, opts: &BuildOptions) -> Result<Model<LlamaNet
         layers.push(block);
     }
     let embd = w.tensor("token_embd.weight")?;
-    let head_w = match source.try_tensor("output.weight")? {
-        Some(t) => t,
-        None => embd.clone(),
+    let (head_w, tied) = match source.try_tensor("output.weight")? {
+        Some(t) => (t, false),
+        None => (embd.clone(), true),
     };
-    let head = LmHead::new(w.linear_from("output.weight", head_w)?);
+    let head = LmHead::new(w.linear_from("output.weight", head_w)?).tied(tied);
     let stack = crate::families::planned(Stack::new(layers), opts)?;
     let net = Embedding::new(embd)
         .map_err(|e| w.error("token_embd.weight", e))?

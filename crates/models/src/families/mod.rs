@@ -110,9 +110,7 @@ pub fn family_of(source: &ModelSource) -> Result<&'static Family, ModelError> {
     let h = source.hparams();
     FAMILIES
         .iter()
-        .find(|f| {
-            f.archs.contains(&h.arch.as_str())
-        })
+        .find(|f| f.archs.contains(&h.arch.as_str()))
         .ok_or_else(|| ModelError::Unsupported {
             path: source.path().to_path_buf(),
             detail: format!(

@@ -354,4 +354,3 @@ impl<N: Layer> Session<N> {
         Ok(stats)
     }
 }
-
