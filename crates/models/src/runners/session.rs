@@ -94,7 +94,7 @@ impl Session {
     /// Opens a model file (GGUF, safetensors directory or llama2.c `.bin`).
     pub fn open(path: &Path, opts: &SessionOptions) -> Result<Session, ModelError> {
         let t0 = Instant::now();
-        let source = ModelSource::open(path)?;
+        let source = crate::families::open(path)?;
         let tokenizer = Tokenizer::load(path)?;
         let max_context = opts.max_context.min(source_context(&source)?).max(1);
         let build = BuildOptions {
