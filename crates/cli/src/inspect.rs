@@ -2,7 +2,7 @@
 
 use anyhow::Context;
 use patchbay_models::catalog::resolve_model;
-use patchbay_models::families::{self, Family};
+use patchbay_models::families::{self, gemma3, Family};
 use patchbay_models::formats::source::{HParams, RopeScaling};
 use patchbay_primitives::rope::RopeLayout;
 use serde_json::json;
@@ -108,6 +108,14 @@ pub fn run(args: &InspectArgs) -> anyhow::Result<()> {
         None => "unknown (architecture not supported)",
     };
     let causal = family.map(|f| f.causal(h)).or(h.causal);
+    // Gemma 3's local layers: what the file states, else the family's defaults.
+    let (rope_base_local, window_pattern) = match family {
+        Some(Family::Gemma3) => (
+            Some(gemma3::rope_base_local(h)),
+            Some(gemma3::sliding_window_pattern(h)),
+        ),
+        _ => (h.rope_base_local, h.sliding_window_pattern),
+    };
     // What the decoders do: the head is the embedding when there is no
     // output.weight.
     let tied = match family {
@@ -179,16 +187,14 @@ pub fn run(args: &InspectArgs) -> anyhow::Result<()> {
         h.n_ctx,
         h.rope_dim.map_or("-".into(), |d| d.to_string()),
         h.rope_base,
-        h.rope_base_local
-            .map_or(String::new(), |b| format!(" (local {b})")),
+        rope_base_local.map_or(String::new(), |b| format!(" (local {b})")),
         scaling_text(&h.rope_scaling),
         h.norm_eps
     );
     if let Some(w) = h.sliding_window {
         println!(
             "  sliding window {w}{}",
-            h.sliding_window_pattern
-                .map_or(String::new(), |p| format!(", every {p}th layer global"))
+            window_pattern.map_or(String::new(), |p| format!(", every {p}th layer global"))
         );
     }
     let stated = |b: Option<bool>| b.map_or("-".to_string(), |b| b.to_string());

@@ -290,7 +290,7 @@ impl LlamaConfig {
             });
         }
         let rope_dim = h.rope_dim.unwrap_or(h.head_dim);
-        if rope_dim == 0 || rope_dim % 2 != 0 || rope_dim > h.head_dim {
+        if rope_dim == 0 || !rope_dim.is_multiple_of(2) || rope_dim > h.head_dim {
             return Err(ModelError::Unsupported {
                 path: source.path().to_path_buf(),
                 detail: format!(

@@ -5,7 +5,7 @@
 //! `blk.{i}.ffn_down.weight`, `output_norm.weight`, `output.weight`, biases
 //! `blk.{i}.attn_q.bias`, ...). GGUF files use them as they are; llama2.c
 //! holds only Llama models, so its reader maps them itself
-//! ([`llama2c::canonical_to_llama2c`](crate::formats::llama2c::canonical_to_llama2c)).
+//! ([`llama2c::canonical_to_llama2c`]).
 //! A safetensors checkpoint names tensors as its architecture does: the model
 //! family gives the source a [`NameMap`] ([`ModelSource::set_name_map`]);
 //! without one, names are looked up as they are.
