@@ -8,7 +8,6 @@ use anyhow::Result;
 use patchbay_combinators::{Capacity, Ctx, Layer, Rows, Scratch};
 use patchbay_models::catalog;
 use patchbay_models::families::{self, BuildOptions, CausalLmVisitor, Model};
-use patchbay_models::formats::source::ModelSource;
 use patchbay_primitives::quant::DotMode;
 use patchbay_primitives::{Act, Simd, Threads};
 
@@ -39,7 +38,7 @@ pub struct BenchArgs {
 /// Runs `patchbay bench`.
 pub fn run(args: &BenchArgs) -> Result<()> {
     let path = catalog::resolve_model(&args.model).map_err(anyhow::Error::msg)?;
-    let source = ModelSource::open(&path)?;
+    let source = patchbay_models::families::open(&path)?;
     let ctx_len = (args.n_prompt + args.n_gen).max(1);
     let opts = BuildOptions {
         dot_mode: if args.fast {

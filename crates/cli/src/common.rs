@@ -7,6 +7,7 @@ use anyhow::{bail, Context, Result};
 use patchbay_blocks::SamplerConfig;
 use patchbay_combinators::Plan;
 use patchbay_models::catalog;
+use patchbay_models::families;
 use patchbay_models::formats::source::ModelSource;
 use patchbay_models::runners::session::{self, SessionJob, SessionOptions};
 
@@ -104,7 +105,7 @@ pub fn with_session<J: SessionJob<Output = Result<()>>>(
         opts.build.dot_mode = patchbay_primitives::quant::DotMode::Q8;
     }
     if args.layers.is_some() {
-        let source = ModelSource::open(&path)?;
+        let source = families::open(&path)?;
         opts.build.plan = parse_plan(args.layers.as_deref(), &source)?;
     }
     session::with_session(&path, &opts, job)

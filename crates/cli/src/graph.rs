@@ -7,7 +7,6 @@ use anyhow::{Context, Result};
 use patchbay_combinators::{graph, GraphFormat, Layer, PLAN_HELP};
 use patchbay_models::catalog;
 use patchbay_models::families::{self, BuildOptions, CausalLmVisitor, Model};
-use patchbay_models::formats::source::ModelSource;
 
 use crate::common;
 
@@ -41,7 +40,7 @@ impl CausalLmVisitor for Describe {
 /// Runs `patchbay graph`.
 pub fn run(args: &GraphArgs) -> Result<()> {
     let path = catalog::resolve_model(&args.model).map_err(anyhow::Error::msg)?;
-    let source = ModelSource::open(&path)?;
+    let source = families::open(&path)?;
     let opts = BuildOptions {
         plan: common::parse_plan(args.layers.as_deref(), &source)?,
         // Only the tables are sized by it: keep them small.

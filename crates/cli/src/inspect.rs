@@ -2,7 +2,9 @@
 
 use anyhow::Context;
 use patchbay_models::catalog::resolve_model;
-use patchbay_models::formats::source::{HParams, ModelSource, RopeLayout};
+use patchbay_models::families::{self, gemma3, Family};
+use patchbay_models::formats::source::{HParams, RopeScaling};
+use patchbay_primitives::rope::RopeLayout;
 use serde_json::json;
 
 /// Arguments of `patchbay inspect`.
@@ -15,9 +17,42 @@ pub struct InspectArgs {
     pub json: bool,
 }
 
+fn scaling_json(r: &RopeScaling) -> serde_json::Value {
+    match *r {
+        RopeScaling::None => serde_json::Value::Null,
+        RopeScaling::Linear { factor } => json!({"type": "linear", "factor": factor}),
+        RopeScaling::Llama3 {
+            factor,
+            low_freq_factor,
+            high_freq_factor,
+            original_max_position,
+        } => json!({
+            "type": "llama3",
+            "factor": factor,
+            "low_freq_factor": low_freq_factor,
+            "high_freq_factor": high_freq_factor,
+            "original_max_position": original_max_position,
+        }),
+    }
+}
+
+fn scaling_text(r: &RopeScaling) -> String {
+    match *r {
+        RopeScaling::None => String::new(),
+        RopeScaling::Linear { factor } => format!(" scaling linear x{factor}"),
+        RopeScaling::Llama3 {
+            factor,
+            original_max_position,
+            ..
+        } => format!(" scaling llama3 x{factor} (from {original_max_position})"),
+    }
+}
+
+/// The hyper-parameters as the file declares them (`null`: not stated).
 fn hparams_json(h: &HParams) -> serde_json::Value {
     json!({
         "arch": h.arch,
+        "model_class": h.model_class,
         "n_vocab": h.n_vocab,
         "n_embd": h.n_embd,
         "n_layer": h.n_layer,
@@ -30,13 +65,12 @@ fn hparams_json(h: &HParams) -> serde_json::Value {
         "rope_dim": h.rope_dim,
         "rope_base": h.rope_base,
         "rope_base_local": h.rope_base_local,
-        "rope_scaling": h.rope_scaling,
+        "rope_scaling": scaling_json(&h.rope_scaling),
         "norm_eps": h.norm_eps,
         "sliding_window": h.sliding_window,
         "sliding_window_pattern": h.sliding_window_pattern,
         "causal": h.causal,
         "tied_embeddings": h.tied_embeddings,
-        "norm_weight_offset": h.norm_weight_offset,
     })
 }
 
@@ -66,8 +100,28 @@ fn human_bytes(b: usize) -> String {
 /// Runs `patchbay inspect`.
 pub fn run(args: &InspectArgs) -> anyhow::Result<()> {
     let path = resolve_model(&args.model).map_err(anyhow::Error::msg)?;
-    let src = ModelSource::open(&path).with_context(|| format!("opening {}", path.display()))?;
+    let src = families::open(&path).with_context(|| format!("opening {}", path.display()))?;
     let h = src.hparams();
+    let family = Family::of(h);
+    let rope = match family {
+        Some(f) => rope_name(f.rope_layout(&src)),
+        None => "unknown (architecture not supported)",
+    };
+    let causal = family.map(|f| f.causal(h)).or(h.causal);
+    // Gemma 3's local layers: what the file states, else the family's defaults.
+    let (rope_base_local, window_pattern) = match family {
+        Some(Family::Gemma3) => (
+            Some(gemma3::rope_base_local(h)),
+            Some(gemma3::sliding_window_pattern(h)),
+        ),
+        _ => (h.rope_base_local, h.sliding_window_pattern),
+    };
+    // What the decoders do: the head is the embedding when there is no
+    // output.weight.
+    let tied = match family {
+        Some(Family::Llama | Family::Gemma3) => Some(src.try_tensor("output.weight")?.is_none()),
+        _ => h.tied_embeddings,
+    };
     let tensors = src.tensor_entries();
     let total_bytes: usize = tensors.iter().map(|t| t.bytes).sum();
     let params = src.parameter_count();
@@ -82,7 +136,10 @@ pub fn run(args: &InspectArgs) -> anyhow::Result<()> {
             "path": path.display().to_string(),
             "format": format,
             "architecture": src.arch(),
-            "rope_layout": rope_name(src.rope_layout()),
+            "family": family.map(Family::name),
+            "rope_layout": rope,
+            "causal": causal,
+            "tied_embeddings": tied,
             "tokenizer": tokenizer,
             "hparams": hparams_json(h),
             "parameters": params,
@@ -100,12 +157,21 @@ pub fn run(args: &InspectArgs) -> anyhow::Result<()> {
 
     println!("model:        {}", path.display());
     println!("format:       {format}");
-    println!("architecture: {}", src.arch());
+    println!(
+        "architecture: {}{}",
+        src.arch(),
+        match (&h.model_class, family) {
+            (Some(c), Some(f)) => format!(" ({c}, family {})", f.name()),
+            (Some(c), None) => format!(" ({c}, no family)"),
+            (None, Some(f)) => format!(" (family {})", f.name()),
+            (None, None) => " (no family)".into(),
+        }
+    );
     println!(
         "tokenizer:    {}",
         tokenizer.as_deref().unwrap_or("(none found)")
     );
-    println!("rope layout:  {}", rope_name(src.rope_layout()));
+    println!("rope layout:  {rope}");
     println!(
         "parameters:   {params} ({:.2} M), {} of tensor data",
         params as f64 / 1e6,
@@ -119,30 +185,23 @@ pub fn run(args: &InspectArgs) -> anyhow::Result<()> {
     println!(
         "  context {}  rope dim {}  rope base {}{}{}  norm eps {:e}",
         h.n_ctx,
-        h.rope_dim,
+        h.rope_dim.map_or("-".into(), |d| d.to_string()),
         h.rope_base,
-        h.rope_base_local
-            .map_or(String::new(), |b| format!(" (local {b})")),
-        h.rope_scaling
-            .map_or(String::new(), |s| format!(" scaling x{s}")),
+        rope_base_local.map_or(String::new(), |b| format!(" (local {b})")),
+        scaling_text(&h.rope_scaling),
         h.norm_eps
     );
     if let Some(w) = h.sliding_window {
         println!(
             "  sliding window {w}{}",
-            h.sliding_window_pattern
-                .map_or(String::new(), |p| format!(", every {p}th layer global"))
+            window_pattern.map_or(String::new(), |p| format!(", every {p}th layer global"))
         );
     }
+    let stated = |b: Option<bool>| b.map_or("-".to_string(), |b| b.to_string());
     println!(
-        "  causal {}  tied embeddings {}{}",
-        h.causal,
-        h.tied_embeddings,
-        if h.norm_weight_offset != 0.0 {
-            format!("  norm weight offset +{}", h.norm_weight_offset)
-        } else {
-            String::new()
-        }
+        "  causal {}  tied embeddings {}",
+        stated(causal),
+        stated(tied)
     );
     println!("tensors ({}):", tensors.len());
     let w = tensors

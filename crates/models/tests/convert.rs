@@ -45,7 +45,7 @@ fn converted_smollm2_matches_the_gguf_and_the_goldens() {
         plan: None,
     };
     let original = llama::build(&ModelSource::open(&gguf).unwrap(), &opts).unwrap();
-    let source = ModelSource::open(&dir).unwrap();
+    let source = patchbay_models::families::open(&dir).unwrap();
     assert_eq!(source.format(), Format::Safetensors);
     let converted = llama::build(&source, &opts).unwrap();
     let tokenizer = Tokenizer::load(&dir).unwrap();

@@ -4,10 +4,12 @@
 mod support;
 
 use patchbay_models::error::ModelError;
+use patchbay_models::families::{self, llama, Family};
 use patchbay_models::formats::gguf::{Array, Gguf, StringArray, Value};
 use patchbay_models::formats::llama2c::Llama2c;
 use patchbay_models::formats::safetensors::SafetensorsFile;
-use patchbay_models::formats::source::{ModelSource, RopeLayout};
+use patchbay_models::formats::source::ModelSource;
+use patchbay_primitives::rope::RopeLayout;
 use patchbay_primitives::DType;
 use std::path::PathBuf;
 use support::gguf_writer::{to_bytes, TensorData};
@@ -476,9 +478,13 @@ fn source_over_crafted_gguf_checks_shapes() {
         (h.n_embd, h.n_head, h.n_head_kv, h.head_dim, h.n_vocab),
         (E, HEADS, KV, HD, VOCAB)
     );
-    assert_eq!((h.rope_base, h.norm_eps, h.rope_dim), (5e5, 1e-6, HD));
-    assert!(h.tied_embeddings);
-    assert_eq!(src.rope_layout(), Some(RopeLayout::Interleaved));
+    assert_eq!((h.rope_base, h.norm_eps, h.rope_dim), (5e5, 1e-6, None));
+    assert_eq!((h.tied_embeddings, h.causal), (None, None));
+    assert_eq!(Family::of(h), Some(Family::Llama));
+    assert_eq!(llama::rope_layout(&src), RopeLayout::Interleaved);
+    let cfg = llama::LlamaConfig::from_source(&src).unwrap();
+    assert_eq!(cfg.rope_dim, HD);
+    llama::build(&src, &Default::default()).unwrap();
     assert_eq!(src.tokenizer_kind().as_deref(), Some("llama"));
     let k = tiny_tensors()
         .iter()
@@ -496,7 +502,9 @@ fn source_over_crafted_gguf_checks_shapes() {
         tiny_llama_gguf(Some(("blk.1.attn_q.weight", vec![E, E + 1]))),
     )
     .unwrap();
-    match ModelSource::open(&bad).unwrap_err() {
+    // The reader opens it; the family refuses to build from it.
+    let bad_src = ModelSource::open(&bad).unwrap();
+    match llama::build(&bad_src, &Default::default()).unwrap_err() {
         ModelError::ShapeMismatch {
             path,
             tensor,
@@ -526,7 +534,7 @@ fn source_over_crafted_gguf_checks_shapes() {
     };
     let missing = dir.join("missing.gguf");
     std::fs::write(&missing, meta_only).unwrap();
-    let e = ModelSource::open(&missing).unwrap_err();
+    let e = llama::build(&ModelSource::open(&missing).unwrap(), &Default::default()).unwrap_err();
     assert!(
         matches!(&e, ModelError::MissingTensor { tensor, .. } if tensor == "output_norm.weight"),
         "{e}"
@@ -617,7 +625,7 @@ fn safetensors_views_misalignment_and_bad_headers() {
 
 /// HF names of the tiny llama's canonical tensors.
 fn hf(name: &str) -> String {
-    patchbay_models::formats::source::hf_name("llama", name).unwrap()
+    llama::hf_name(name).unwrap()
 }
 
 #[test]
@@ -653,15 +661,25 @@ fn sharded_safetensors_checkpoint_with_config() {
     });
     std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
 
-    let src = ModelSource::open(&dir).unwrap();
+    // Without the family's name map, canonical names are not the file's.
+    let plain = ModelSource::open(&dir).unwrap();
+    assert!(plain.try_tensor("token_embd.weight").unwrap().is_none());
+    assert!(plain
+        .try_tensor("model.embed_tokens.weight")
+        .unwrap()
+        .is_some());
+    let e = llama::build(&plain, &Default::default()).unwrap_err();
+    assert!(e.to_string().contains("name map"), "{e}");
+    let src = families::open(&dir).unwrap();
     assert_eq!(src.safetensors().unwrap().0.files().len(), 2);
-    assert_eq!(src.rope_layout(), Some(RopeLayout::HalfSplit));
+    assert_eq!(llama::rope_layout(&src), RopeLayout::HalfSplit);
     let h = src.hparams();
     assert_eq!(
         (h.n_embd, h.n_layer, h.n_head_kv, h.n_ctx),
         (E, LAYERS, KV, 64)
     );
-    assert!(h.tied_embeddings);
+    assert_eq!(h.tied_embeddings, Some(true));
+    llama::build(&src, &Default::default()).unwrap();
     for (k, (name, shape)) in all.iter().enumerate() {
         let t = src.tensor(name).unwrap();
         assert_eq!(t.shape(), &shape[..], "{name}");
@@ -693,8 +711,9 @@ fn sharded_safetensors_checkpoint_with_config() {
     let mut c = config.clone();
     c["hidden_size"] = 12.into();
     std::fs::write(dir.join("config.json"), c.to_string()).unwrap();
+    let lying = families::open(&dir).unwrap();
     assert!(matches!(
-        ModelSource::open(&dir),
+        llama::build(&lying, &Default::default()),
         Err(ModelError::ShapeMismatch { .. })
     ));
     // Config with a wrong type.

@@ -1,7 +1,9 @@
 //! The readers on the five real models (fetched by `scripts/fetch-models`).
 
 use patchbay_models::catalog::{fetch_hint, known, models_dir};
-use patchbay_models::formats::source::{Format, ModelSource, RopeLayout};
+use patchbay_models::families::{self, gemma3, Family};
+use patchbay_models::formats::source::{Format, ModelSource};
+use patchbay_primitives::rope::RopeLayout;
 use patchbay_primitives::DType;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -14,11 +16,25 @@ fn model_path(name: &str) -> PathBuf {
     p
 }
 
-/// Opens a model, checking it loads as a header parse (well under a second
+/// The rotation the model's family says its stored Q/K need.
+fn rope_layout(src: &ModelSource) -> Option<RopeLayout> {
+    Family::of(src.hparams())
+        .expect("a known family")
+        .rope_layout(src)
+}
+
+/// Whether the model's family runs it with causal attention.
+fn causal(src: &ModelSource) -> bool {
+    Family::of(src.hparams())
+        .expect("a known family")
+        .causal(src.hparams())
+}
+
+/// Opens a model with its family's name map, checking it loads as a header parse (well under a second
 /// even for the 490 MB Qwen file on a loaded machine).
 fn open(name: &str) -> ModelSource {
     let t = Instant::now();
-    let src = ModelSource::open(model_path(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let src = families::open(model_path(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
     let dt = t.elapsed();
     assert!(dt < Duration::from_secs(2), "{name}: opening took {dt:?}");
     src
@@ -58,11 +74,12 @@ fn smollm2_header_and_tensors() {
         ),
         (576, 30, 9, 3, 49152, 1536)
     );
-    assert_eq!((h.head_dim, h.rope_dim, h.n_ctx), (64, 64, 8192));
+    assert_eq!((h.head_dim, h.rope_dim, h.n_ctx), (64, Some(64), 8192));
     assert_eq!(h.rope_base, 1e5);
     assert_eq!(h.norm_eps, 1e-5);
-    assert!(h.tied_embeddings && h.causal);
-    assert_eq!(src.rope_layout(), Some(RopeLayout::Interleaved));
+    assert_eq!((h.tied_embeddings, h.causal), (None, None));
+    assert!(causal(&src));
+    assert_eq!(rope_layout(&src), Some(RopeLayout::Interleaved));
     let g = src.gguf().unwrap();
     assert_eq!(g.tensors().len(), 272);
     assert_eq!(g.version(), 3);
@@ -123,11 +140,16 @@ fn gemma3_header_and_tensors() {
     );
     assert_eq!((h.head_dim, h.head_dim_v), (256, 256));
     assert_eq!(h.sliding_window, Some(512));
-    assert_eq!(h.sliding_window_pattern, Some(6));
-    assert_eq!((h.rope_base, h.rope_base_local), (1e6, Some(1e4)));
+    // The file states neither the pattern nor the local base: the family's
+    // defaults (llama.cpp's) apply.
+    assert_eq!((h.sliding_window_pattern, h.rope_base_local), (None, None));
+    assert_eq!(gemma3::sliding_window_pattern(h), 6);
+    assert_eq!((h.rope_base, gemma3::rope_base_local(h)), (1e6, 1e4));
+    assert_eq!(gemma3::norm_weight_offset(src.format()), 0.0);
     assert_eq!(h.norm_eps, 1e-6);
-    assert!(h.tied_embeddings);
-    assert_eq!(src.rope_layout(), Some(RopeLayout::HalfSplit));
+    assert!(src.try_tensor("output.weight").unwrap().is_none());
+    assert!(causal(&src));
+    assert_eq!(rope_layout(&src), Some(RopeLayout::HalfSplit));
     let g = src.gguf().unwrap();
     assert_eq!(g.tensors().len(), 236);
     assert_eq!(
@@ -177,8 +199,8 @@ fn qwen2_header_and_tensors() {
         (896, 24, 14, 2, 4864, 151936)
     );
     assert_eq!(h.rope_base, 1e6);
-    assert!(!h.tied_embeddings);
-    assert_eq!(src.rope_layout(), Some(RopeLayout::HalfSplit));
+    assert!(src.try_tensor("output.weight").unwrap().is_some());
+    assert_eq!(rope_layout(&src), Some(RopeLayout::HalfSplit));
     assert_eq!(src.gguf().unwrap().tensors().len(), 291);
     let b = src.tensor("blk.5.attn_k.bias").unwrap();
     assert_eq!((b.dtype(), b.shape()), (DType::F32, &[128][..]));
@@ -210,8 +232,11 @@ fn minilm_safetensors_and_config() {
         (384, 6, 12, 1536, 30522, 512)
     );
     assert_eq!(h.norm_eps, 1e-12);
-    assert!(!h.causal);
-    assert_eq!(src.rope_layout(), None);
+    assert_eq!(h.model_class.as_deref(), Some("BertModel"));
+    assert_eq!(Family::of(h), Some(Family::Bert));
+    assert!(!causal(&src));
+    assert_eq!(rope_layout(&src), None);
+    families::bert::check_shapes(&src).unwrap();
     let e = src.tensor("token_embd.weight").unwrap();
     assert_eq!((e.dtype(), e.shape()), (DType::F32, &[30522, 384][..]));
     let q = src.tensor("blk.5.attn_q.weight").unwrap();
@@ -255,8 +280,8 @@ fn stories260k_llama2c() {
         ),
         (64, 5, 8, 4, 512, 172, 512)
     );
-    assert!(h.tied_embeddings);
-    assert_eq!(src.rope_layout(), Some(RopeLayout::Interleaved));
+    assert_eq!(h.tied_embeddings, Some(true));
+    assert_eq!(rope_layout(&src), Some(RopeLayout::Interleaved));
     assert!(src.try_tensor("output.weight").unwrap().is_none());
     // Layer 2's wk read independently from the file: header, embedding,
     // rms_att, wq, then wk stacked [layers, kv_dim, dim].

@@ -10,7 +10,6 @@ use patchbay_blocks::{Sampler, SamplerConfig};
 use patchbay_combinators::{Capacity, Ctx, Layer, Loop, Scratch, Series, Step};
 use patchbay_models::catalog;
 use patchbay_models::families::{self, BuildOptions, CausalLmVisitor, Model};
-use patchbay_models::formats::source::ModelSource;
 use patchbay_primitives::quant::DotMode;
 use patchbay_primitives::{Act, Simd, Threads};
 use support::golden::{self, GoldenCase};
@@ -119,7 +118,7 @@ impl CausalLmVisitor for RunCases {
 }
 
 fn run_model(name: &str, mode: DotMode, feed: Feed) -> Vec<(String, golden::GoldenReport)> {
-    let source = ModelSource::open(model_path(name)).unwrap();
+    let source = families::open(model_path(name)).unwrap();
     let opts = BuildOptions {
         dot_mode: mode,
         max_context: 512,

@@ -11,7 +11,7 @@ use patchbay_primitives::{Act, Simd, Threads};
 
 fn source(name: &str) -> ModelSource {
     let path = catalog::resolve_model(name).unwrap_or_else(|e| panic!("{e}"));
-    ModelSource::open(path).unwrap()
+    patchbay_models::families::open(path).unwrap()
 }
 
 fn opts(plan: Option<&str>, n_layers: usize) -> BuildOptions {

@@ -1,6 +1,10 @@
 //! Rotary position embeddings: precomputed tables, interleaved and half-split layouts.
 //!
-//! The angle of frequency `i` at position `p` is `p * freq_scale * base^(-2i / rot_dim)`.
+//! The angle of frequency `i` at position `p` is `p * freq_i` with the inverse
+//! frequency `freq_i = base^(-2i / rot_dim)`, optionally rescaled for longer
+//! contexts ([`RopeScaling`]: linear position interpolation, Llama 3's
+//! per-frequency scaling, or arbitrary per-frequency divisors such as
+//! llama.cpp's `rope_freqs` tensor via [`RopeTable::from_inv_freqs`]).
 //! Tables hold `cos` and `sin` of every angle for positions `0..max_pos`,
 //! computed in f64 and stored as f32 (so long contexts do not accumulate the
 //! error of an f32 `p * freq`).
@@ -17,6 +21,77 @@ pub enum RopeLayout {
     /// Pairs `(i, i + rot_dim / 2)`: NeoX, HF transformers, qwen2, gemma3
     /// (llama.cpp `rope` mode NEOX).
     HalfSplit,
+}
+
+/// How a model stretches RoPE beyond its training context (HF `rope_scaling`,
+/// llama.cpp `rope.scaling.*`). Every variant keeps the table's layout and
+/// only changes the inverse frequencies `base^(-2i / rot_dim)`.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub enum RopeScaling {
+    /// Plain RoPE.
+    #[default]
+    None,
+    /// Linear position interpolation: positions are divided by `factor`, i.e.
+    /// every inverse frequency is divided by `factor`.
+    Linear {
+        /// The divisor (> 0).
+        factor: f64,
+    },
+    /// Llama 3.1's per-frequency scaling (HF `_compute_llama3_parameters`):
+    /// frequencies whose wavelength is shorter than
+    /// `original_max_position / high_freq_factor` are kept, those longer than
+    /// `original_max_position / low_freq_factor` are divided by `factor`, and
+    /// those in between are interpolated smoothly,
+    /// `(1 - s) * f / factor + s * f` with
+    /// `s = (original_max_position / wavelength - low_freq_factor) / (high_freq_factor - low_freq_factor)`.
+    Llama3 {
+        /// Divisor of the low frequencies (> 0).
+        factor: f64,
+        /// Wavelengths above `original_max_position / low_freq_factor` are scaled.
+        low_freq_factor: f64,
+        /// Wavelengths below `original_max_position / high_freq_factor` are kept.
+        high_freq_factor: f64,
+        /// The context length the model was first trained with.
+        original_max_position: f64,
+    },
+}
+
+/// The unscaled inverse frequencies `base^(-2i / rot_dim)`, `i < rot_dim / 2`.
+pub fn inv_freqs(rot_dim: usize, base: f64) -> Vec<f64> {
+    (0..rot_dim / 2)
+        .map(|i| base.powf(-2.0 * i as f64 / rot_dim as f64))
+        .collect()
+}
+
+impl RopeScaling {
+    /// Applies the scaling to unscaled inverse frequencies.
+    pub fn apply(&self, freqs: &mut [f64]) {
+        match *self {
+            RopeScaling::None => {}
+            RopeScaling::Linear { factor } => freqs.iter_mut().for_each(|f| *f /= factor),
+            RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position,
+            } => {
+                let low_wavelen = original_max_position / low_freq_factor;
+                let high_wavelen = original_max_position / high_freq_factor;
+                for f in freqs {
+                    let wavelen = 2.0 * std::f64::consts::PI / *f;
+                    if wavelen < high_wavelen {
+                        // High frequency: unchanged.
+                    } else if wavelen > low_wavelen {
+                        *f /= factor;
+                    } else {
+                        let s = (original_max_position / wavelen - low_freq_factor)
+                            / (high_freq_factor - low_freq_factor);
+                        *f = (1.0 - s) * *f / factor + s * *f;
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// Precomputed `cos`/`sin` for every position and frequency.
@@ -60,10 +135,45 @@ impl RopeTable {
         let freqs: Vec<f64> = (0..half)
             .map(|i| freq_scale * base.powf(-2.0 * i as f64 / rot_dim as f64))
             .collect();
+        RopeTable::from_inv_freqs(rot_dim, &freqs, max_pos)
+    }
+
+    /// A table whose inverse frequencies are `base^(-2i / rot_dim)` rescaled
+    /// by `scaling`. `RopeScaling::None` gives exactly [`RopeTable::new`].
+    ///
+    /// # Panics
+    /// If `rot_dim` is zero or odd.
+    pub fn scaled(rot_dim: usize, base: f64, max_pos: usize, scaling: &RopeScaling) -> RopeTable {
+        if *scaling == RopeScaling::None {
+            return RopeTable::new(rot_dim, base, max_pos);
+        }
+        let mut freqs = inv_freqs(rot_dim, base);
+        scaling.apply(&mut freqs);
+        RopeTable::from_inv_freqs(rot_dim, &freqs, max_pos)
+    }
+
+    /// A table from explicit inverse frequencies, one per rotated pair
+    /// (`freqs.len() == rot_dim / 2`): the angle of pair `i` at position `p`
+    /// is `p * freqs[i]`.
+    ///
+    /// # Panics
+    /// If `rot_dim` is zero or odd, or `freqs` has the wrong length.
+    pub fn from_inv_freqs(rot_dim: usize, freqs: &[f64], max_pos: usize) -> RopeTable {
+        assert!(
+            rot_dim > 0 && rot_dim.is_multiple_of(2),
+            "RopeTable: rot_dim must be even and > 0, got {rot_dim}"
+        );
+        let half = rot_dim / 2;
+        assert_eq!(
+            freqs.len(),
+            half,
+            "RopeTable: {} frequencies for rot_dim {rot_dim}",
+            freqs.len()
+        );
         let mut cos = Vec::with_capacity(max_pos * half);
         let mut sin = Vec::with_capacity(max_pos * half);
         for p in 0..max_pos {
-            for &f in &freqs {
+            for &f in freqs {
                 let (s, c) = (p as f64 * f).sin_cos();
                 cos.push(c as f32);
                 sin.push(s as f32);
@@ -272,6 +382,175 @@ fn rope_interleaved<S: PSimd>(s: S, cos: &[f32], sin: &[f32], x: &mut [f32], hea
         for k in 0..rem {
             head[2 * (full + k)] = a[k];
             head[2 * (full + k) + 1] = b[k];
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Largest difference between the `(cos, sin)` rows of two tables.
+    fn row_diff(a: &RopeTable, pa: usize, b: &RopeTable, pb: usize) -> f32 {
+        let ((ca, sa), (cb, sb)) = (a.row(pa), b.row(pb));
+        ca.iter()
+            .zip(cb)
+            .chain(sa.iter().zip(sb))
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f32::max)
+    }
+
+    #[test]
+    fn unscaled_tables_are_bit_identical_to_new() {
+        for (rot, base) in [(8, 10_000.0), (64, 500_000.0), (128, 1e6)] {
+            let a = RopeTable::new(rot, base, 300);
+            let b = RopeTable::scaled(rot, base, 300, &RopeScaling::None);
+            let c = RopeTable::from_inv_freqs(rot, &inv_freqs(rot, base), 300);
+            for t in [&b, &c] {
+                assert!(a
+                    .cos
+                    .iter()
+                    .zip(&t.cos)
+                    .all(|(x, y)| x.to_bits() == y.to_bits()));
+                assert!(a
+                    .sin
+                    .iter()
+                    .zip(&t.sin)
+                    .all(|(x, y)| x.to_bits() == y.to_bits()));
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// Linear factor `f` at position `f * q` is the unscaled table at `q`.
+        #[test]
+        fn linear_scaling_divides_positions(
+            half in 1usize..65,
+            base in prop::sample::select(vec![10_000.0f64, 500_000.0, 1e6]),
+            f in 1usize..9,
+            q in 0usize..500,
+        ) {
+            let rot = 2 * half;
+            let plain = RopeTable::new(rot, base, q + 1);
+            let lin = RopeTable::scaled(
+                rot,
+                base,
+                f * q + 1,
+                &RopeScaling::Linear { factor: f as f64 },
+            );
+            let d = row_diff(&lin, f * q, &plain, q);
+            prop_assert!(d <= 1e-6, "rot {rot} f {f} q {q}: {d}");
+        }
+
+        /// Any factor: position `p` gives the angles of position `p / f`.
+        #[test]
+        fn linear_scaling_matches_fractional_positions(
+            half in 1usize..65,
+            f in 1.0f64..16.0,
+            p in 0usize..2000,
+        ) {
+            let rot = 2 * half;
+            let lin = RopeTable::scaled(rot, 10_000.0, p + 1, &RopeScaling::Linear { factor: f });
+            let (c, s) = lin.row(p);
+            for i in 0..half {
+                let angle = (p as f64 / f) * 10_000f64.powf(-2.0 * i as f64 / rot as f64);
+                prop_assert!((c[i] as f64 - angle.cos()).abs() <= 1e-6);
+                prop_assert!((s[i] as f64 - angle.sin()).abs() <= 1e-6);
+            }
+        }
+    }
+
+    /// HF's `_compute_llama3_parameters`, written out in f64.
+    fn llama3_reference(
+        rot: usize,
+        base: f64,
+        factor: f64,
+        low: f64,
+        high: f64,
+        orig: f64,
+    ) -> Vec<f64> {
+        let low_wavelen = orig / low;
+        let high_wavelen = orig / high;
+        (0..rot / 2)
+            .map(|i| {
+                let inv = 1.0 / base.powf((2 * i) as f64 / rot as f64);
+                let wavelen = 2.0 * std::f64::consts::PI / inv;
+                let scaled = if wavelen > low_wavelen {
+                    inv / factor
+                } else {
+                    inv
+                };
+                let smooth = (orig / wavelen - low) / (high - low);
+                let smoothed = (1.0 - smooth) * scaled / factor + smooth * scaled;
+                let medium = wavelen >= high_wavelen && wavelen <= low_wavelen;
+                if medium {
+                    smoothed
+                } else {
+                    scaled
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn llama3_scaling_matches_the_reference() {
+        // Llama 3.1's settings, and a narrower band that puts more
+        // frequencies in the smooth region.
+        let settings = [
+            (500_000.0, 8.0, 1.0, 4.0, 8192.0),
+            (10_000.0, 4.0, 2.0, 32.0, 1024.0),
+        ];
+        for (base, factor, low, high, orig) in settings {
+            for rot in [8usize, 64, 128] {
+                let scaling = RopeScaling::Llama3 {
+                    factor,
+                    low_freq_factor: low,
+                    high_freq_factor: high,
+                    original_max_position: orig,
+                };
+                let want = llama3_reference(rot, base, factor, low, high, orig);
+                let mut got = inv_freqs(rot, base);
+                scaling.apply(&mut got);
+                for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                    assert!(
+                        (g - w).abs() <= 1e-12 * w.abs(),
+                        "rot {rot} i {i}: {g} vs {w}"
+                    );
+                }
+                // The three bands all occur (head dim 8 included).
+                let plain = inv_freqs(rot, base);
+                let kept = got.iter().zip(&plain).filter(|(g, p)| g == p).count();
+                let divided = got
+                    .iter()
+                    .zip(&plain)
+                    .filter(|(g, p)| (**g - **p / factor).abs() <= 1e-15 * **p)
+                    .count();
+                assert!(
+                    kept > 0 && divided > 0,
+                    "rot {rot}: kept {kept} divided {divided}"
+                );
+                if rot >= 64 {
+                    assert!(kept + divided < rot / 2, "rot {rot}: no smooth frequency");
+                }
+                let table = RopeTable::scaled(rot, base, 5001, &scaling);
+                for p in [0usize, 1, 7, 100, 1000, 5000] {
+                    let (c, s) = table.row(p);
+                    for (i, &w) in want.iter().enumerate() {
+                        let a = p as f64 * w;
+                        assert!(
+                            (c[i] as f64 - a.cos()).abs() <= 1e-6,
+                            "rot {rot} p {p} i {i}"
+                        );
+                        assert!(
+                            (s[i] as f64 - a.sin()).abs() <= 1e-6,
+                            "rot {rot} p {p} i {i}"
+                        );
+                    }
+                }
+            }
         }
     }
 }

@@ -31,17 +31,9 @@ use patchbay_blocks::{
 use patchbay_combinators::{residual, series, LayerExt, Residual, Stack};
 use patchbay_primitives::rope::{RopeLayout, RopeTable};
 
-use super::{BuildOptions, Family, Kind, Model, ModelInfo, Weights};
+use super::{split_block, split_kind, BuildOptions, Family, Model, ModelInfo, Weights};
 use crate::error::ModelError;
-use crate::formats::source::ModelSource;
-
-/// The registry entry.
-pub const FAMILY: Family = Family {
-    name: "gemma3",
-    kind: Kind::CausalLm,
-    archs: &["gemma3", "gemma3_text"],
-    hf_classes: &["Gemma3ForCausalLM"],
-};
+use crate::formats::source::{Format, HParams, ModelSource};
 
 /// Gemma 3's attention: per-head q/k norms before RoPE, local or global mask.
 pub type Gemma3Attention = NormedSelfAttention<SlidingWindow>;
@@ -96,21 +88,20 @@ impl Gemma3Config {
                 tensor: "attention heads".into(),
                 source: e,
             })?;
-        let hf = source.safetensors().is_some();
         Ok(Gemma3Config {
             dim: h.n_embd,
             n_layers: h.n_layer,
             heads,
             rope_base_global: h.rope_base as f64,
-            rope_base_local: h.rope_base_local.map_or(10000.0, |b| b as f64),
+            rope_base_local: rope_base_local(h) as f64,
             sliding_window: h.sliding_window.unwrap_or(512),
-            pattern: h.sliding_window_pattern.unwrap_or(6).max(1),
+            pattern: sliding_window_pattern(h).max(1),
             attn_scale: match query_pre_attn_scalar(source)? {
                 Some(s) if s > 0.0 => (1.0 / s.sqrt()) as f32,
                 _ => 1.0 / (h.head_dim as f32).sqrt(),
             },
             rms_eps: h.norm_eps,
-            norm_offset: if hf { 1.0 } else { 0.0 },
+            norm_offset: norm_weight_offset(source.format()),
             vocab: h.n_vocab,
             context_length: h.n_ctx.max(1),
         })
@@ -163,7 +154,7 @@ pub fn build(source: &ModelSource, opts: &BuildOptions) -> Result<Model<Gemma3Ne
         )
         .map_err(|err| w.error(&format!("{p}.attn_q_norm"), err))?;
         let table = if global { &global_rope } else { &local_rope };
-        let rope = Rope::new(heads, table.clone(), RopeLayout::HalfSplit)
+        let rope = Rope::new(heads, table.clone(), ROPE_LAYOUT)
             .map_err(|err| w.error(&format!("{p}.rope"), err))?;
         let mask = SlidingWindow {
             window: (!global).then_some(cfg.sliding_window),
@@ -204,7 +195,7 @@ pub fn build(source: &ModelSource, opts: &BuildOptions) -> Result<Model<Gemma3Ne
         .then(head);
     Ok(Model {
         info: ModelInfo {
-            family: FAMILY.name,
+            family: Family::Gemma3.name(),
             arch: source.hparams().arch.clone(),
             dim: e,
             n_layers: cfg.n_layers,
@@ -214,4 +205,77 @@ pub fn build(source: &ModelSource, opts: &BuildOptions) -> Result<Model<Gemma3Ne
         },
         net,
     })
+}
+
+/// Whether a declared architecture is Gemma 3 (GGUF `gemma3`, HF
+/// `gemma3_text` or `gemma3`).
+pub fn is_gemma3_arch(arch: &str) -> bool {
+    matches!(arch, "gemma3" | "gemma3_text")
+}
+
+/// Gemma 3 stores Q/K for the half-split rotation in GGUF and HF alike.
+pub const ROPE_LAYOUT: RopeLayout = RopeLayout::HalfSplit;
+
+/// RoPE base of the local layers when the file does not say (llama.cpp
+/// hard-codes 10000 for Gemma 3).
+pub const DEFAULT_ROPE_BASE_LOCAL: f32 = 10000.0;
+
+/// Layers per global layer when the file does not say: five local, then one
+/// global (llama.cpp hard-codes 6 for Gemma 3).
+pub const DEFAULT_SLIDING_WINDOW_PATTERN: usize = 6;
+
+/// The RoPE base of the local (sliding-window) layers.
+pub fn rope_base_local(h: &HParams) -> f32 {
+    h.rope_base_local.unwrap_or(DEFAULT_ROPE_BASE_LOCAL)
+}
+
+/// Every `n`-th layer is global.
+pub fn sliding_window_pattern(h: &HParams) -> usize {
+    h.sliding_window_pattern
+        .unwrap_or(DEFAULT_SLIDING_WINDOW_PATTERN)
+}
+
+/// Added to the stored RMSNorm weights before use: HF Gemma stores `w` and
+/// applies `1 + w`, while llama.cpp's GGUF conversion already added the 1.
+pub fn norm_weight_offset(format: Format) -> f32 {
+    match format {
+        Format::Safetensors => 1.0,
+        Format::Gguf | Format::Llama2c => 0.0,
+    }
+}
+
+/// The HF name of canonical tensor `name` in a Gemma 3 checkpoint.
+///
+/// Gemma's `post_attention_layernorm` is the sandwich norm after attention
+/// (canonical `post_attention_norm`), unlike Llama's, which is the pre-FFN
+/// norm; the pre-FFN norm is `pre_feedforward_layernorm`.
+pub fn hf_name(name: &str) -> Option<String> {
+    let (stem, kind) = split_kind(name)?;
+    let global = match stem {
+        "token_embd" => Some("model.embed_tokens"),
+        "output_norm" => Some("model.norm"),
+        "output" => Some("lm_head"),
+        _ => None,
+    };
+    if let Some(g) = global {
+        return Some(format!("{g}.{kind}"));
+    }
+    let (i, t) = split_block(stem)?;
+    let local = match t {
+        "attn_q" => "self_attn.q_proj",
+        "attn_k" => "self_attn.k_proj",
+        "attn_v" => "self_attn.v_proj",
+        "attn_output" => "self_attn.o_proj",
+        "attn_q_norm" => "self_attn.q_norm",
+        "attn_k_norm" => "self_attn.k_norm",
+        "attn_norm" => "input_layernorm",
+        "post_attention_norm" => "post_attention_layernorm",
+        "ffn_norm" => "pre_feedforward_layernorm",
+        "post_ffw_norm" => "post_feedforward_layernorm",
+        "ffn_gate" => "mlp.gate_proj",
+        "ffn_up" => "mlp.up_proj",
+        "ffn_down" => "mlp.down_proj",
+        _ => return None,
+    };
+    Some(format!("model.layers.{i}.{local}.{kind}"))
 }

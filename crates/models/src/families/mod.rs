@@ -3,25 +3,34 @@
 //!
 //! A family file owns everything about its architecture: the network as a type
 //! alias over `patchbay-blocks` and the combinators, the hyper-parameters it
-//! reads, the weight names it maps (GGUF and HF), and the build. The readers
-//! in [`crate::formats`] know formats, not architectures.
+//! reads and their defaults, the weight names it maps (GGUF and HF), which RoPE
+//! layout its stored Q/K need, the shape checks of its tensors, and the build.
+//! Families read files only through [`ModelSource`], under canonical (GGUF)
+//! tensor names; [`open`] opens a file and gives it the name map of its
+//! declared architecture. The readers in [`crate::formats`] know formats, not
+//! architectures.
 //!
 //! Commands dispatch once, at the top, through [`with_causal_lm`]: the
 //! registry builds the family's network and hands it to a
 //! [`CausalLmVisitor`], whose generic `visit` is monomorphised for each family,
-//! so the forward pass makes no virtual call per layer or token.
+//! so the forward pass makes no virtual call per layer or token. The runners in
+//! [`crate::runners`] drive the networks families build.
 
+pub mod bert;
 mod bind;
 pub mod gemma3;
 pub mod llama;
 
 pub use bind::Weights;
 
+use std::path::Path;
+
 use patchbay_combinators::{Layer, Plan};
 use patchbay_primitives::quant::DotMode;
+use patchbay_primitives::rope::RopeLayout;
 
 use crate::error::ModelError;
-use crate::formats::source::ModelSource;
+use crate::formats::source::{HParams, ModelSource, NameMap};
 
 /// Options for building a network.
 #[derive(Debug, Clone, PartialEq)]
@@ -81,48 +90,111 @@ pub enum Kind {
     Encoder,
 }
 
-/// A family as the registry knows it.
+/// The architectures patchbay knows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Family {
-    /// Short name.
-    pub name: &'static str,
-    /// What it builds.
-    pub kind: Kind,
-    /// GGUF `general.architecture` values and HF `model_type` values it reads.
-    pub archs: &'static [&'static str],
-    /// HF `architectures` class names it reads.
-    pub hf_classes: &'static [&'static str],
+pub enum Family {
+    /// Llama, Mistral, Qwen2 ([`llama`]).
+    Llama,
+    /// Gemma 3 ([`gemma3`]).
+    Gemma3,
+    /// BERT encoders ([`bert`]).
+    Bert,
 }
 
-/// Every family patchbay knows, in lookup order.
-pub const FAMILIES: &[Family] = &[llama::FAMILY, gemma3::FAMILY, BERT];
+impl Family {
+    /// The family of a file's declared architecture, if patchbay knows it.
+    pub fn of(h: &HParams) -> Option<Family> {
+        if llama::is_llama_arch(&h.arch) {
+            Some(Family::Llama)
+        } else if gemma3::is_gemma3_arch(&h.arch) {
+            Some(Family::Gemma3)
+        } else if bert::is_bert_arch(&h.arch) {
+            Some(Family::Bert)
+        } else {
+            None
+        }
+    }
 
-/// BERT encoders (MiniLM): known, so commands can say what they are.
-pub const BERT: Family = Family {
-    name: "bert",
-    kind: Kind::Encoder,
-    archs: &["bert"],
-    hf_classes: &["BertModel"],
-};
+    /// What the family builds.
+    pub fn kind(self) -> Kind {
+        match self {
+            Family::Llama | Family::Gemma3 => Kind::CausalLm,
+            Family::Bert => Kind::Encoder,
+        }
+    }
 
-/// The family of an open model file.
-pub fn family_of(source: &ModelSource) -> Result<&'static Family, ModelError> {
+    /// Short name (`llama`, `gemma3`, `bert`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Family::Llama => "llama",
+            Family::Gemma3 => "gemma3",
+            Family::Bert => "bert",
+        }
+    }
+
+    /// How the family's canonical tensor names read in HF checkpoints.
+    pub fn name_map(self) -> NameMap {
+        match self {
+            Family::Llama => llama::hf_name,
+            Family::Gemma3 => gemma3::hf_name,
+            Family::Bert => bert::hf_name,
+        }
+    }
+
+    /// The rotation `source`'s stored Q/K need; `None` for models without
+    /// RoPE.
+    pub fn rope_layout(self, source: &ModelSource) -> Option<RopeLayout> {
+        match self {
+            Family::Llama => Some(llama::rope_layout(source)),
+            Family::Gemma3 => Some(gemma3::ROPE_LAYOUT),
+            Family::Bert => None,
+        }
+    }
+
+    /// Whether attention is causal, as the file states or the family
+    /// defaults (decoders causal, BERT not).
+    pub fn causal(self, h: &HParams) -> bool {
+        match self {
+            Family::Bert => bert::causal(h),
+            Family::Llama | Family::Gemma3 => h.causal.unwrap_or(true),
+        }
+    }
+}
+
+/// Opens a model file and, when its declared architecture is one patchbay
+/// knows, sets that family's name map (which safetensors checkpoints need to
+/// be read under canonical names).
+pub fn open(path: impl AsRef<Path>) -> Result<ModelSource, ModelError> {
+    let mut source = ModelSource::open(path)?;
+    if let Some(f) = Family::of(source.hparams()) {
+        source.set_name_map(f.name_map());
+    }
+    Ok(source)
+}
+
+/// `blk.{i}.rest` -> `(i, rest)`.
+fn split_block(stem: &str) -> Option<(usize, &str)> {
+    let rest = stem.strip_prefix("blk.")?;
+    let (i, t) = rest.split_once('.')?;
+    Some((i.parse().ok()?, t))
+}
+
+/// `stem.weight` / `stem.bias` -> `(stem, kind)`.
+fn split_kind(name: &str) -> Option<(&str, &str)> {
+    let (stem, kind) = name.rsplit_once('.')?;
+    matches!(kind, "weight" | "bias").then_some((stem, kind))
+}
+
+/// The family of an open model file; an unknown architecture is an error.
+pub fn family_of(source: &ModelSource) -> Result<Family, ModelError> {
     let h = source.hparams();
-    FAMILIES
-        .iter()
-        .find(|f| f.archs.contains(&h.arch.as_str()))
-        .ok_or_else(|| ModelError::Unsupported {
-            path: source.path().to_path_buf(),
-            detail: format!(
-                "architecture '{}' is not one patchbay knows ({})",
-                h.arch,
-                FAMILIES
-                    .iter()
-                    .flat_map(|f| f.archs.iter().copied())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-        })
+    Family::of(h).ok_or_else(|| ModelError::Unsupported {
+        path: source.path().to_path_buf(),
+        detail: format!(
+            "architecture '{}' is not one patchbay knows (llama, mistral, qwen2, gemma3, bert)",
+            h.arch
+        ),
+    })
 }
 
 /// A job to run on a causal language model of any family: its `visit` is
@@ -141,13 +213,12 @@ pub fn with_causal_lm<V: CausalLmVisitor>(
     opts: &BuildOptions,
     job: V,
 ) -> Result<V::Output, ModelError> {
-    let family = family_of(source)?;
-    match family.name {
-        "llama" => Ok(job.visit(llama::build(source, opts)?)),
-        "gemma3" => Ok(job.visit(gemma3::build(source, opts)?)),
-        _ => Err(ModelError::NotCausal {
+    match family_of(source)? {
+        Family::Llama => Ok(job.visit(llama::build(source, opts)?)),
+        Family::Gemma3 => Ok(job.visit(gemma3::build(source, opts)?)),
+        f @ Family::Bert => Err(ModelError::NotCausal {
             path: source.path().to_path_buf(),
-            family: family.name,
+            family: f.name(),
         }),
     }
 }

@@ -67,6 +67,43 @@ pub const TENSOR_NAMES: &[&str] = &[
     "wcls",
 ];
 
+/// The RoPE base run.c hard-codes (the header does not carry one).
+pub const ROPE_BASE: f32 = 10000.0;
+
+/// The RMSNorm epsilon run.c hard-codes.
+pub const NORM_EPS: f32 = 1e-5;
+
+/// The llama2.c tensor behind canonical (GGUF) tensor `name`: `(name,
+/// Some(layer))` for a slice of a stacked per-layer array; `None` when the
+/// format has no such tensor. (llama2.c holds only Llama models, so this map
+/// is the format's own.)
+pub fn canonical_to_llama2c(name: &str) -> Option<(&'static str, Option<usize>)> {
+    Some(match name {
+        "token_embd.weight" => ("token_embedding_table", None),
+        "output_norm.weight" => ("rms_final_weight", None),
+        "output.weight" => ("wcls", None),
+        _ => {
+            let stem = name.strip_suffix(".weight")?;
+            let rest = stem.strip_prefix("blk.")?;
+            let (i, t) = rest.split_once('.')?;
+            let i: usize = i.parse().ok()?;
+            let n = match t {
+                "attn_norm" => "rms_att_weight",
+                "attn_q" => "wq",
+                "attn_k" => "wk",
+                "attn_v" => "wv",
+                "attn_output" => "wo",
+                "ffn_norm" => "rms_ffn_weight",
+                "ffn_gate" => "w1",
+                "ffn_down" => "w2",
+                "ffn_up" => "w3",
+                _ => return None,
+            };
+            (n, Some(i))
+        }
+    })
+}
+
 /// One tensor's place in the file.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TensorInfo {

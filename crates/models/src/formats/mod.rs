@@ -20,4 +20,4 @@ pub mod mmap;
 pub mod safetensors;
 pub mod source;
 
-pub use source::{Format, HParams, ModelSource, TensorEntry};
+pub use source::{Format, HParams, ModelSource, NameMap, RopeScaling, TensorEntry};

@@ -1,23 +1,33 @@
-//! One interface over GGUF, safetensors and llama2.c files: tensors by canonical name.
+//! One interface over GGUF, safetensors and llama2.c files: tensors by
+//! canonical name, and the hyper-parameters the file declares.
 //!
 //! Canonical names are GGUF's (`token_embd.weight`, `blk.{i}.attn_q.weight`,
 //! `blk.{i}.ffn_down.weight`, `output_norm.weight`, `output.weight`, biases
-//! `blk.{i}.attn_q.bias`, ...). Each format maps them to its own names in one
-//! function: [`hf_name`] for HF safetensors, [`llama2c_name`] for llama2.c
-//! (slices of the stacked per-layer arrays).
+//! `blk.{i}.attn_q.bias`, ...). GGUF files use them as they are; llama2.c
+//! holds only Llama models, so its reader maps them itself
+//! ([`llama2c::canonical_to_llama2c`]).
+//! A safetensors checkpoint names tensors as its architecture does: the model
+//! family gives the source a [`NameMap`] ([`ModelSource::set_name_map`]);
+//! without one, names are looked up as they are.
 //!
-//! RoPE: llama.cpp stores Q/K of `llama`-arch GGUFs (and llama2.c stores them)
-//! for the interleaved rotation (adjacent pairs); HF safetensors and GGUF
-//! `qwen2`/`gemma3` use the half-split (NeoX) rotation. Rather than rewriting
-//! weights, [`ModelSource::rope_layout`] tells the attention which rotation
-//! matches the stored weights.
+//! Nothing here knows an architecture: [`HParams`] records what the file
+//! states (`None` where it states nothing), and the families decide what an
+//! absent value means, which RoPE layout the stored Q/K need, and which
+//! tensors of which shapes they require.
 
 use crate::error::ModelError;
 use crate::formats::gguf::Gguf;
-use crate::formats::llama2c::Llama2c;
+use crate::formats::llama2c::{self, Llama2c};
 use crate::formats::safetensors::{Checkpoint, HfConfig};
 use patchbay_primitives::{DType, Tensor};
 use std::path::{Path, PathBuf};
+
+pub use patchbay_primitives::rope::RopeScaling;
+
+/// Maps a canonical (GGUF) tensor name to the name a safetensors checkpoint
+/// of one architecture uses; `None` when that architecture has no such tensor.
+/// Each model family provides its own (`families::llama::hf_name`, ...).
+pub type NameMap = fn(&str) -> Option<String>;
 
 /// The file format of a model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,20 +51,17 @@ impl Format {
     }
 }
 
-/// How Q and K are laid out for rotary embeddings.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RopeLayout {
-    /// Rotate adjacent pairs `(x[2i], x[2i+1])` (GGUF `llama`, llama2.c).
-    Interleaved,
-    /// Rotate `(x[i], x[i + d/2])` (HF, GGUF `qwen2`, `gemma3`: "NeoX").
-    HalfSplit,
-}
-
-/// Hyper-parameters, whatever the format. Dimensions as in llama.cpp.
+/// Hyper-parameters as the file declares them, whatever the format.
+/// Dimensions as in llama.cpp. `Option`s are `None` when the file does not
+/// say; what that means is the model family's decision.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HParams {
-    /// Architecture (`llama`, `qwen2`, `gemma3`, `bert`).
+    /// The declared architecture: GGUF `general.architecture` (`llama`,
+    /// `qwen2`, `gemma3`, `bert`), HF `model_type` (`llama`, `mistral`,
+    /// `gemma3_text`, `bert`), `llama` for llama2.c.
     pub arch: String,
+    /// HF `architectures[0]` (`LlamaForCausalLM`, `BertModel`), when given.
+    pub model_class: Option<String>,
     /// Vocabulary size (rows of the token embedding).
     pub n_vocab: usize,
     /// Model width.
@@ -63,37 +70,40 @@ pub struct HParams {
     pub n_layer: usize,
     /// Query heads.
     pub n_head: usize,
-    /// Key/value heads.
+    /// Key/value heads (the query heads when the file does not say).
     pub n_head_kv: usize,
     /// FFN hidden width.
     pub n_ff: usize,
-    /// Width of one query/key head.
+    /// Width of one query/key head (`n_embd / n_head` when not stated).
     pub head_dim: usize,
-    /// Width of one value head.
+    /// Width of one value head (`head_dim` when not stated).
     pub head_dim_v: usize,
-    /// Training context length.
+    /// Training context length (0 when not stated).
     pub n_ctx: usize,
-    /// Rotated dimensions per head (0 without RoPE).
-    pub rope_dim: usize,
-    /// RoPE base (of global layers when they differ).
+    /// Rotated dimensions per head, when stated (GGUF
+    /// `rope.dimension_count`; llama2.c rotates whole heads).
+    pub rope_dim: Option<usize>,
+    /// RoPE base (of global layers when they differ); 10000 when not stated.
     pub rope_base: f32,
-    /// RoPE base of sliding-window layers, when different (Gemma 3).
+    /// RoPE base of sliding-window layers, when stated.
     pub rope_base_local: Option<f32>,
-    /// Linear RoPE scaling factor, when the model has one.
-    pub rope_scaling: Option<f32>,
-    /// Epsilon of the RMSNorm (or LayerNorm for BERT).
+    /// RoPE scaling (HF `rope_scaling`, GGUF `rope.scaling.*`); a type
+    /// patchbay does not implement is an error when the file is opened. The
+    /// per-frequency divisors some GGUFs carry (`rope_freqs.weight`) are a
+    /// tensor, read by the family.
+    pub rope_scaling: RopeScaling,
+    /// Epsilon of the RMSNorm or LayerNorm; 1e-5 when not stated.
     pub norm_eps: f32,
-    /// Sliding-window size of local attention layers.
+    /// Sliding-window size of local attention layers, when stated.
     pub sliding_window: Option<usize>,
-    /// Every `n`-th layer is global, the others local (Gemma 3: 6).
+    /// Every `n`-th layer is global, the others local, when stated.
     pub sliding_window_pattern: Option<usize>,
-    /// Causal (decoder) attention; false for BERT.
-    pub causal: bool,
-    /// The output head is the token embedding (no `output.weight`).
-    pub tied_embeddings: bool,
-    /// Added to stored norm weights before use: 1.0 for HF Gemma (which
-    /// stores `w` and applies `1 + w`; llama.cpp's GGUF already adds it), else 0.
-    pub norm_weight_offset: f32,
+    /// Causal (decoder) attention, when stated (GGUF `attention.causal`).
+    pub causal: Option<bool>,
+    /// The output head is the token embedding, when the file says so (HF
+    /// `tie_word_embeddings`, llama2.c's shared classifier). GGUF says it
+    /// only by having no `output.weight`.
+    pub tied_embeddings: Option<bool>,
 }
 
 /// A tensor as a listing shows it (native name).
@@ -111,7 +121,13 @@ pub struct TensorEntry {
 
 enum Backend {
     Gguf(Gguf),
-    Safetensors { ckpt: Checkpoint, config: HfConfig },
+    Safetensors {
+        ckpt: Checkpoint,
+        config: HfConfig,
+        /// The first path component every tensor name shares, if any (some
+        /// exports prefix every name with the model type, `bert.`).
+        shared_prefix: Option<String>,
+    },
     Llama2c(Llama2c),
 }
 
@@ -120,6 +136,7 @@ pub struct ModelSource {
     path: PathBuf,
     backend: Backend,
     hparams: HParams,
+    name_map: Option<NameMap>,
 }
 
 impl std::fmt::Debug for ModelSource {
@@ -128,139 +145,16 @@ impl std::fmt::Debug for ModelSource {
             .field("path", &self.path)
             .field("format", &self.format())
             .field("hparams", &self.hparams)
+            .field("name_map", &self.name_map.is_some())
             .finish()
     }
-}
-
-/// GGUF architectures whose Q/K llama.cpp stores for the half-split rotation
-/// (its `LLAMA_ROPE_TYPE_NEOX` list, abridged).
-const NEOX_ARCHS: &[&str] = &[
-    "qwen",
-    "qwen2",
-    "qwen2moe",
-    "qwen3",
-    "qwen3moe",
-    "gemma",
-    "gemma2",
-    "gemma3",
-    "phi2",
-    "phi3",
-    "gptneox",
-    "stablelm",
-    "falcon",
-    "starcoder2",
-    "olmo2",
-    "codeshell",
-    "nemotron",
-    "exaone",
-    "bitnet",
-    "openelm",
-    "minicpm3",
-];
-
-/// The HF name of canonical tensor `name` for `arch` (`None` if it has none).
-pub fn hf_name(arch: &str, name: &str) -> Option<String> {
-    let (stem, kind) = name.rsplit_once('.')?;
-    if !matches!(kind, "weight" | "bias") {
-        return None;
-    }
-    if arch == "bert" {
-        let global = match stem {
-            "token_embd" => Some("embeddings.word_embeddings"),
-            "position_embd" => Some("embeddings.position_embeddings"),
-            "token_types" => Some("embeddings.token_type_embeddings"),
-            "token_embd_norm" => Some("embeddings.LayerNorm"),
-            _ => None,
-        };
-        if let Some(g) = global {
-            return Some(format!("{g}.{kind}"));
-        }
-        let (i, t) = split_block(stem)?;
-        let local = match t {
-            "attn_q" => "attention.self.query",
-            "attn_k" => "attention.self.key",
-            "attn_v" => "attention.self.value",
-            "attn_output" => "attention.output.dense",
-            "attn_output_norm" => "attention.output.LayerNorm",
-            "ffn_up" => "intermediate.dense",
-            "ffn_down" => "output.dense",
-            "layer_output_norm" => "output.LayerNorm",
-            _ => return None,
-        };
-        return Some(format!("encoder.layer.{i}.{local}.{kind}"));
-    }
-    let global = match stem {
-        "token_embd" => Some("model.embed_tokens"),
-        "output_norm" => Some("model.norm"),
-        "output" => Some("lm_head"),
-        _ => None,
-    };
-    if let Some(g) = global {
-        return Some(format!("{g}.{kind}"));
-    }
-    let (i, t) = split_block(stem)?;
-    let gemma = arch.starts_with("gemma");
-    let local = match t {
-        "attn_q" => "self_attn.q_proj",
-        "attn_k" => "self_attn.k_proj",
-        "attn_v" => "self_attn.v_proj",
-        "attn_output" => "self_attn.o_proj",
-        "attn_q_norm" => "self_attn.q_norm",
-        "attn_k_norm" => "self_attn.k_norm",
-        "attn_norm" => "input_layernorm",
-        // Gemma's post_attention_layernorm is the sandwich norm after
-        // attention; Llama's is the pre-FFN norm.
-        "ffn_norm" if gemma => "pre_feedforward_layernorm",
-        "ffn_norm" => "post_attention_layernorm",
-        "post_attention_norm" if gemma => "post_attention_layernorm",
-        "post_ffw_norm" if gemma => "post_feedforward_layernorm",
-        "ffn_gate" => "mlp.gate_proj",
-        "ffn_up" => "mlp.up_proj",
-        "ffn_down" => "mlp.down_proj",
-        _ => return None,
-    };
-    Some(format!("model.layers.{i}.{local}.{kind}"))
-}
-
-/// The llama2.c tensor behind canonical `name`: `(name, Some(layer))` for a
-/// slice of a stacked per-layer array.
-pub fn llama2c_name(name: &str) -> Option<(&'static str, Option<usize>)> {
-    Some(match name {
-        "token_embd.weight" => ("token_embedding_table", None),
-        "output_norm.weight" => ("rms_final_weight", None),
-        "output.weight" => ("wcls", None),
-        _ => {
-            let stem = name.strip_suffix(".weight")?;
-            let (i, t) = split_block(stem)?;
-            let n = match t {
-                "attn_norm" => "rms_att_weight",
-                "attn_q" => "wq",
-                "attn_k" => "wk",
-                "attn_v" => "wv",
-                "attn_output" => "wo",
-                "ffn_norm" => "rms_ffn_weight",
-                "ffn_gate" => "w1",
-                "ffn_down" => "w2",
-                "ffn_up" => "w3",
-                _ => return None,
-            };
-            (n, Some(i))
-        }
-    })
-}
-
-/// `blk.{i}.rest` -> `(i, rest)`.
-fn split_block(stem: &str) -> Option<(usize, &str)> {
-    let rest = stem.strip_prefix("blk.")?;
-    let (i, t) = rest.split_once('.')?;
-    Some((i.parse().ok()?, t))
 }
 
 impl ModelSource {
     /// Opens a model: a `.gguf` file, a llama2.c `.bin`, a `.safetensors` file
     /// or `model.safetensors.index.json` (with `config.json` beside it), or a
-    /// directory holding a safetensors checkpoint. Parses headers only, then
-    /// checks the tensors' shapes against the hyper-parameters.
+    /// directory holding a safetensors checkpoint. Parses headers only; no
+    /// name map is set (see [`ModelSource::set_name_map`]).
     pub fn open(path: impl AsRef<Path>) -> Result<ModelSource, ModelError> {
         let path = path.as_ref();
         let name = path
@@ -279,7 +173,7 @@ impl ModelSource {
                 path.parent().unwrap_or(Path::new(".")).to_path_buf()
             };
             let config = HfConfig::open(dir.join("config.json"))?;
-            Backend::Safetensors { ckpt, config }
+            safetensors_backend(ckpt, config)
         } else if name.ends_with(".gguf") || has_gguf_magic(path) {
             Backend::Gguf(Gguf::open(path)?)
         } else if name.ends_with(".bin") {
@@ -308,17 +202,18 @@ impl ModelSource {
     /// A source over an open safetensors checkpoint and its config.
     pub fn from_safetensors(ckpt: Checkpoint, config: HfConfig) -> Result<ModelSource, ModelError> {
         let path = ckpt.path().to_path_buf();
-        ModelSource::from_backend(&path, Backend::Safetensors { ckpt, config })
+        ModelSource::from_backend(&path, safetensors_backend(ckpt, config))
     }
 
     fn from_backend(path: &Path, backend: Backend) -> Result<ModelSource, ModelError> {
         let hparams = match &backend {
             Backend::Gguf(g) => gguf_hparams(g)?,
-            Backend::Safetensors { ckpt, config } => hf_hparams(ckpt, config)?,
+            Backend::Safetensors { config, .. } => hf_hparams(config)?,
             Backend::Llama2c(m) => {
                 let c = m.config();
                 HParams {
                     arch: "llama".into(),
+                    model_class: None,
                     n_vocab: c.vocab_size,
                     n_embd: c.dim,
                     n_layer: c.n_layers,
@@ -328,27 +223,41 @@ impl ModelSource {
                     head_dim: c.head_size(),
                     head_dim_v: c.head_size(),
                     n_ctx: c.seq_len,
-                    rope_dim: c.head_size(),
-                    // run.c hard-codes these.
-                    rope_base: 10000.0,
+                    rope_dim: Some(c.head_size()),
+                    rope_base: llama2c::ROPE_BASE,
                     rope_base_local: None,
-                    rope_scaling: None,
-                    norm_eps: 1e-5,
+                    rope_scaling: RopeScaling::None,
+                    norm_eps: llama2c::NORM_EPS,
                     sliding_window: None,
                     sliding_window_pattern: None,
-                    causal: true,
-                    tied_embeddings: c.shared_classifier,
-                    norm_weight_offset: 0.0,
+                    causal: Some(true),
+                    tied_embeddings: Some(c.shared_classifier),
                 }
             }
         };
-        let src = ModelSource {
+        Ok(ModelSource {
             path: path.to_path_buf(),
             backend,
             hparams,
-        };
-        src.validate()?;
-        Ok(src)
+            name_map: None,
+        })
+    }
+
+    /// Sets how canonical names become the checkpoint's own names (used by
+    /// safetensors checkpoints; GGUF and llama2.c ignore it).
+    pub fn set_name_map(&mut self, map: NameMap) {
+        self.name_map = Some(map);
+    }
+
+    /// [`ModelSource::set_name_map`], by value.
+    pub fn with_name_map(mut self, map: NameMap) -> ModelSource {
+        self.set_name_map(map);
+        self
+    }
+
+    /// The name map, if one is set.
+    pub fn name_map(&self) -> Option<NameMap> {
+        self.name_map
     }
 
     /// The path opened.
@@ -365,12 +274,12 @@ impl ModelSource {
         }
     }
 
-    /// Architecture name (`llama`, `qwen2`, `gemma3`, `bert`).
+    /// The declared architecture ([`HParams::arch`]).
     pub fn arch(&self) -> &str {
         &self.hparams.arch
     }
 
-    /// Hyper-parameters.
+    /// Hyper-parameters as declared.
     pub fn hparams(&self) -> &HParams {
         &self.hparams
     }
@@ -386,7 +295,7 @@ impl ModelSource {
     /// The safetensors checkpoint and config, when this is one.
     pub fn safetensors(&self) -> Option<(&Checkpoint, &HfConfig)> {
         match &self.backend {
-            Backend::Safetensors { ckpt, config } => Some((ckpt, config)),
+            Backend::Safetensors { ckpt, config, .. } => Some((ckpt, config)),
             _ => None,
         }
     }
@@ -399,33 +308,32 @@ impl ModelSource {
         }
     }
 
-    /// The rotation Q/K are stored for; `None` for models without RoPE (BERT).
-    pub fn rope_layout(&self) -> Option<RopeLayout> {
-        match &self.backend {
-            _ if self.hparams.rope_dim == 0 => None,
-            Backend::Gguf(_) if NEOX_ARCHS.contains(&self.arch()) => Some(RopeLayout::HalfSplit),
-            Backend::Gguf(_) | Backend::Llama2c(_) => Some(RopeLayout::Interleaved),
-            Backend::Safetensors { .. } => Some(RopeLayout::HalfSplit),
-        }
-    }
-
     /// Canonical tensor `name`, or `None` when the file lacks it (e.g. a tied
     /// `output.weight`: fall back to `token_embd.weight`).
     pub fn try_tensor(&self, name: &str) -> Result<Option<Tensor>, ModelError> {
         match &self.backend {
             Backend::Gguf(g) => g.try_tensor(name),
-            Backend::Safetensors { ckpt, .. } => {
-                let Some(hf) = hf_name(&self.hparams.arch, name) else {
-                    return Ok(None);
+            Backend::Safetensors {
+                ckpt,
+                shared_prefix,
+                ..
+            } => {
+                let native = match self.name_map {
+                    Some(map) => match map(name) {
+                        Some(n) => n,
+                        None => return Ok(None),
+                    },
+                    None => name.to_owned(),
                 };
-                match ckpt.try_tensor(&hf)? {
+                match ckpt.try_tensor(&native)? {
                     Some(t) => Ok(Some(t)),
-                    // Some BERT exports prefix every name with the model type.
-                    None if self.hparams.arch == "bert" => ckpt.try_tensor(&format!("bert.{hf}")),
-                    None => Ok(None),
+                    None => match shared_prefix {
+                        Some(p) => ckpt.try_tensor(&format!("{p}.{native}")),
+                        None => Ok(None),
+                    },
                 }
             }
-            Backend::Llama2c(m) => match llama2c_name(name) {
+            Backend::Llama2c(m) => match llama2c::canonical_to_llama2c(name) {
                 None => Ok(None),
                 Some((n, None)) => m.try_tensor(n),
                 Some((n, Some(i))) if i < m.config().n_layers => m.layer_tensor(n, i).map(Some),
@@ -443,7 +351,8 @@ impl ModelSource {
             })
     }
 
-    /// Canonical tensor `name`, checked to have `shape` (row-major).
+    /// Canonical tensor `name`, checked to have `shape` (row-major):
+    /// [`ModelError::ShapeMismatch`] naming the file and tensor otherwise.
     pub fn tensor_shaped(&self, name: &str, shape: &[usize]) -> Result<Tensor, ModelError> {
         let t = self.tensor(name)?;
         if t.shape() != shape {
@@ -455,6 +364,18 @@ impl ModelSource {
             });
         }
         Ok(t)
+    }
+
+    /// Like [`ModelSource::tensor_shaped`] for a tensor that may be absent.
+    pub fn try_tensor_shaped(
+        &self,
+        name: &str,
+        shape: &[usize],
+    ) -> Result<Option<Tensor>, ModelError> {
+        match self.try_tensor(name)? {
+            Some(_) => self.tensor_shaped(name, shape).map(Some),
+            None => Ok(None),
+        }
     }
 
     /// Every tensor under its name in the file, in file order.
@@ -530,58 +451,6 @@ impl ModelSource {
             }
         }
     }
-
-    /// Checks the shapes of the tensors the architecture needs against the
-    /// hyper-parameters (called by `open`).
-    pub fn validate(&self) -> Result<(), ModelError> {
-        let h = &self.hparams;
-        let (e, q, kv, kvv) = (
-            h.n_embd,
-            h.n_head * h.head_dim,
-            h.n_head_kv * h.head_dim,
-            h.n_head_kv * h.head_dim_v,
-        );
-        let check = |name: String, shape: &[usize]| -> Result<(), ModelError> {
-            self.tensor_shaped(&name, shape).map(|_| ())
-        };
-        let optional = |name: String, shape: &[usize]| -> Result<(), ModelError> {
-            match self.try_tensor(&name)? {
-                Some(_) => check(name, shape),
-                None => Ok(()),
-            }
-        };
-        check("token_embd.weight".into(), &[h.n_vocab, e])?;
-        if h.arch == "bert" {
-            for i in 0..h.n_layer {
-                check(format!("blk.{i}.attn_q.weight"), &[e, e])?;
-                check(format!("blk.{i}.attn_k.weight"), &[e, e])?;
-                check(format!("blk.{i}.attn_v.weight"), &[e, e])?;
-                check(format!("blk.{i}.attn_output.weight"), &[e, e])?;
-                check(format!("blk.{i}.ffn_up.weight"), &[h.n_ff, e])?;
-                check(format!("blk.{i}.ffn_down.weight"), &[e, h.n_ff])?;
-            }
-            return Ok(());
-        }
-        check("output_norm.weight".into(), &[e])?;
-        optional("output.weight".into(), &[h.n_vocab, e])?;
-        for i in 0..h.n_layer {
-            check(format!("blk.{i}.attn_norm.weight"), &[e])?;
-            check(format!("blk.{i}.attn_q.weight"), &[q, e])?;
-            check(format!("blk.{i}.attn_k.weight"), &[kv, e])?;
-            check(format!("blk.{i}.attn_v.weight"), &[kvv, e])?;
-            check(
-                format!("blk.{i}.attn_output.weight"),
-                &[e, h.n_head * h.head_dim_v],
-            )?;
-            optional(format!("blk.{i}.attn_q.bias"), &[q])?;
-            optional(format!("blk.{i}.attn_k.bias"), &[kv])?;
-            optional(format!("blk.{i}.attn_v.bias"), &[kvv])?;
-            check(format!("blk.{i}.ffn_gate.weight"), &[h.n_ff, e])?;
-            check(format!("blk.{i}.ffn_up.weight"), &[h.n_ff, e])?;
-            check(format!("blk.{i}.ffn_down.weight"), &[e, h.n_ff])?;
-        }
-        Ok(())
-    }
 }
 
 fn has_gguf_magic(path: &Path) -> bool {
@@ -591,6 +460,34 @@ fn has_gguf_magic(path: &Path) -> bool {
         .and_then(|mut f| f.read_exact(&mut m))
         .is_ok()
         && &m == crate::formats::gguf::MAGIC
+}
+
+fn safetensors_backend(ckpt: Checkpoint, config: HfConfig) -> Backend {
+    let shared_prefix = {
+        let mut firsts = ckpt
+            .tensors()
+            .map(|t| t.name.split_once('.').map(|(p, _)| p));
+        match firsts.next() {
+            Some(Some(p)) if firsts.all(|q| q == Some(p)) => Some(p.to_owned()),
+            _ => None,
+        }
+    };
+    Backend::Safetensors {
+        ckpt,
+        config,
+        shared_prefix,
+    }
+}
+
+/// The error for a RoPE scaling type patchbay does not implement.
+fn unsupported_scaling(path: &Path, key: &str, kind: &str) -> ModelError {
+    ModelError::Unsupported {
+        path: path.into(),
+        detail: format!(
+            "RoPE scaling type '{kind}' ({key}) is not implemented (supported: linear, llama3); \
+             running without it would give wrong results"
+        ),
+    }
 }
 
 fn gguf_hparams(g: &Gguf) -> Result<HParams, ModelError> {
@@ -626,9 +523,41 @@ fn gguf_hparams(g: &Gguf) -> Result<HParams, ModelError> {
             None => g.get_str_array("tokenizer.ggml.tokens")?.len(),
         },
     };
-    let gemma3 = arch == "gemma3";
-    let bert = matches!(arch.as_str(), "bert" | "nomic-bert" | "jina-bert-v2");
+    // llama.cpp: the type defaults to linear, the factor to none (0 or 1);
+    // `rope.scale_linear` is the factor's older key.
+    let factor_key = [k("rope.scaling.factor"), k("rope.scale_linear")]
+        .into_iter()
+        .find(|key| g.get(key).is_some());
+    let factor = match &factor_key {
+        Some(key) => {
+            let f = g.get_f32(key)?;
+            if !(f.is_finite() && f >= 0.0) {
+                return Err(ModelError::WrongType {
+                    path: g.path().into(),
+                    key: key.clone(),
+                    expected: "a non-negative factor",
+                    found: f.to_string(),
+                });
+            }
+            f
+        }
+        None => 0.0,
+    };
+    let type_key = k("rope.scaling.type");
+    let kind = match g.get(&type_key) {
+        Some(_) => g.get_str(&type_key)?,
+        None => "linear",
+    };
+    let rope_scaling = match kind {
+        "none" => RopeScaling::None,
+        "linear" if factor == 0.0 || factor == 1.0 => RopeScaling::None,
+        "linear" => RopeScaling::Linear {
+            factor: factor as f64,
+        },
+        other => return Err(unsupported_scaling(g.path(), &type_key, other)),
+    };
     Ok(HParams {
+        model_class: None,
         n_vocab,
         n_embd,
         n_layer: g.get_usize(&k("block_count"))?,
@@ -638,48 +567,107 @@ fn gguf_hparams(g: &Gguf) -> Result<HParams, ModelError> {
         head_dim,
         head_dim_v: opt_usize(k("attention.value_length"))?.unwrap_or(head_dim),
         n_ctx: opt_usize(k("context_length"))?.unwrap_or(0),
-        rope_dim: if bert {
-            0
-        } else {
-            opt_usize(k("rope.dimension_count"))?.unwrap_or(head_dim)
-        },
+        rope_dim: opt_usize(k("rope.dimension_count"))?,
         rope_base: opt_f32(k("rope.freq_base"))?.unwrap_or(10000.0),
-        // llama.cpp hard-codes 10000 for Gemma 3's local layers when absent.
-        rope_base_local: match opt_f32(k("rope.freq_base_swa"))? {
-            Some(b) => Some(b),
-            None if gemma3 => Some(10000.0),
-            None => None,
-        },
-        rope_scaling: opt_f32(k("rope.scaling.factor"))?.filter(|&f| f != 0.0 && f != 1.0),
+        rope_base_local: opt_f32(k("rope.freq_base_swa"))?,
+        rope_scaling,
         norm_eps: match opt_f32(k("attention.layer_norm_rms_epsilon"))? {
             Some(e) => e,
             None => opt_f32(k("attention.layer_norm_epsilon"))?.unwrap_or(1e-5),
         },
         sliding_window: opt_usize(k("attention.sliding_window"))?,
-        // llama.cpp hard-codes Gemma 3's pattern (5 local, then 1 global).
-        sliding_window_pattern: match opt_usize(k("attention.sliding_window_pattern"))? {
-            Some(p) => Some(p),
-            None if gemma3 => Some(6),
+        sliding_window_pattern: opt_usize(k("attention.sliding_window_pattern"))?,
+        causal: match g.get(&k("attention.causal")) {
+            Some(_) => Some(g.get_bool(&k("attention.causal"))?),
             None => None,
         },
-        causal: match g.get(&k("attention.causal")) {
-            Some(_) => g.get_bool(&k("attention.causal"))?,
-            None => !bert,
-        },
-        tied_embeddings: g.tensor_info("output.weight").is_none(),
-        norm_weight_offset: 0.0,
+        tied_embeddings: None,
         arch,
     })
 }
 
-fn hf_hparams(ckpt: &Checkpoint, c: &HfConfig) -> Result<HParams, ModelError> {
-    let model_type = c.model_type()?;
-    let arch = match model_type {
-        "gemma3_text" | "gemma3" => "gemma3",
-        "mistral" => "llama",
-        other => other,
-    }
-    .to_owned();
+/// HF `rope_scaling`: `null`, `{"rope_type"|"type": "default"}`,
+/// `{.., "linear", "factor"}` or `{.., "llama3", "factor", "low_freq_factor",
+/// "high_freq_factor", "original_max_position_embeddings"}`.
+fn hf_rope_scaling(c: &HfConfig) -> Result<RopeScaling, ModelError> {
+    let Some(r) = c.get("rope_scaling") else {
+        return Ok(RopeScaling::None);
+    };
+    let path = c.path();
+    let wrong = |key: &str, expected: &'static str, found: Option<&serde_json::Value>| {
+        ModelError::WrongType {
+            path: path.into(),
+            key: key.into(),
+            expected,
+            found: found.map_or("nothing".into(), |v| v.to_string()),
+        }
+    };
+    let obj = r
+        .as_object()
+        .ok_or_else(|| wrong("rope_scaling", "an object", Some(r)))?;
+    let field = |k: &str| obj.get(k).filter(|v| !v.is_null());
+    let (kind_key, kind) = match (field("rope_type"), field("type")) {
+        (Some(v), _) => ("rope_scaling.rope_type", v),
+        (None, Some(v)) => ("rope_scaling.type", v),
+        (None, None) => {
+            return Err(wrong(
+                "rope_scaling.rope_type",
+                "a scaling type (\"linear\", \"llama3\", ...)",
+                None,
+            ))
+        }
+    };
+    let kind = kind
+        .as_str()
+        .ok_or_else(|| wrong(kind_key, "a string", Some(kind)))?;
+    let positive = |k: &str| -> Result<f64, ModelError> {
+        let v = field(k);
+        v.and_then(|v| v.as_f64())
+            .filter(|x| x.is_finite() && *x > 0.0)
+            .ok_or_else(|| wrong(&format!("rope_scaling.{k}"), "a positive number", v))
+    };
+    Ok(match kind {
+        "default" => RopeScaling::None,
+        "linear" => RopeScaling::Linear {
+            factor: positive("factor")?,
+        },
+        "llama3" => {
+            let (low, high) = (positive("low_freq_factor")?, positive("high_freq_factor")?);
+            if high <= low {
+                return Err(wrong(
+                    "rope_scaling.high_freq_factor",
+                    "a number above low_freq_factor",
+                    field("high_freq_factor"),
+                ));
+            }
+            RopeScaling::Llama3 {
+                factor: positive("factor")?,
+                low_freq_factor: low,
+                high_freq_factor: high,
+                original_max_position: positive("original_max_position_embeddings")?,
+            }
+        }
+        other => return Err(unsupported_scaling(path, kind_key, other)),
+    })
+}
+
+fn hf_hparams(c: &HfConfig) -> Result<HParams, ModelError> {
+    let arch = c.model_type()?.to_owned();
+    let model_class = match c.get("architectures") {
+        None => None,
+        Some(v) => Some(
+            v.as_array()
+                .and_then(|a| a.first())
+                .and_then(|s| s.as_str())
+                .map(str::to_owned)
+                .ok_or_else(|| ModelError::WrongType {
+                    path: c.path().into(),
+                    key: "architectures".into(),
+                    expected: "a list of class names",
+                    found: v.to_string(),
+                })?,
+        ),
+    };
     let n_embd = c.get_usize("hidden_size")?;
     let n_head = c.get_usize("num_attention_heads")?;
     if n_head == 0 {
@@ -691,14 +679,13 @@ fn hf_hparams(ckpt: &Checkpoint, c: &HfConfig) -> Result<HParams, ModelError> {
         });
     }
     let head_dim = c.opt_usize("head_dim")?.unwrap_or(n_embd / n_head);
-    let bert = arch == "bert";
-    let gemma = arch.starts_with("gemma");
     let f = |x: Option<f64>| x.map(|v| v as f32);
     let sliding = match c.opt_bool("use_sliding_window")? {
         Some(false) => None,
         _ => c.opt_usize("sliding_window")?,
     };
     Ok(HParams {
+        model_class,
         n_vocab: c.get_usize("vocab_size")?,
         n_embd,
         n_layer: c.get_usize("num_hidden_layers")?,
@@ -708,23 +695,18 @@ fn hf_hparams(ckpt: &Checkpoint, c: &HfConfig) -> Result<HParams, ModelError> {
         head_dim,
         head_dim_v: head_dim,
         n_ctx: c.opt_usize("max_position_embeddings")?.unwrap_or(0),
-        rope_dim: if bert { 0 } else { head_dim },
+        rope_dim: None,
         rope_base: f(c.opt_f64("rope_theta")?).unwrap_or(10000.0),
         rope_base_local: f(c.opt_f64("rope_local_base_freq")?),
-        rope_scaling: c
-            .get("rope_scaling")
-            .and_then(|r| r.get("factor"))
-            .and_then(|v| v.as_f64())
-            .map(|v| v as f32),
+        rope_scaling: hf_rope_scaling(c)?,
         norm_eps: match c.opt_f64("rms_norm_eps")? {
             Some(e) => e as f32,
             None => f(c.opt_f64("layer_norm_eps")?).unwrap_or(1e-5),
         },
         sliding_window: sliding,
         sliding_window_pattern: c.opt_usize("sliding_window_pattern")?,
-        causal: !bert,
-        tied_embeddings: !bert && ckpt.tensor_info("lm_head.weight").is_none(),
-        norm_weight_offset: if gemma { 1.0 } else { 0.0 },
+        causal: None,
+        tied_embeddings: c.opt_bool("tie_word_embeddings")?,
         arch,
     })
 }

@@ -14,9 +14,10 @@ use std::path::{Path, PathBuf};
 use serde_json::{json, Value};
 
 use crate::error::ModelError;
-use crate::families::llama::LlamaConfig;
-use crate::formats::source::{hf_name, ModelSource, RopeLayout};
+use crate::families::llama::{self, LlamaConfig};
+use crate::formats::source::{ModelSource, RopeScaling};
 use crate::tokenizer::gguf_vocab;
+use patchbay_primitives::rope::RopeLayout;
 
 /// Element type of the exported weights.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -112,9 +113,31 @@ pub fn to_safetensors(
     if source.gguf().is_none() {
         return Err(unsupported(model, "convert reads GGUF files"));
     }
+    if cfg.rope_freq_factors.is_some() {
+        return Err(unsupported(
+            model,
+            "convert cannot export per-frequency RoPE divisors (rope_freqs.weight) as an HF rope_scaling",
+        ));
+    }
+    let rope_scaling = match cfg.rope_scaling {
+        RopeScaling::None => Value::Null,
+        RopeScaling::Linear { factor } => json!({"rope_type": "linear", "factor": factor}),
+        RopeScaling::Llama3 {
+            factor,
+            low_freq_factor,
+            high_freq_factor,
+            original_max_position,
+        } => json!({
+            "rope_type": "llama3",
+            "factor": factor,
+            "low_freq_factor": low_freq_factor,
+            "high_freq_factor": high_freq_factor,
+            "original_max_position_embeddings": original_max_position,
+        }),
+    };
     let arch = source.arch().to_string();
     std::fs::create_dir_all(out).map_err(|e| io(out, e))?;
-    let permuted = source.rope_layout() == Some(RopeLayout::Interleaved);
+    let permuted = cfg.rope_layout == RopeLayout::Interleaved;
 
     // Tensors: every canonical name the Llama type reads, dequantised.
     let mut names = vec![
@@ -165,7 +188,7 @@ pub fn to_safetensors(
                 v = unpermute(&v, rows, cols, h);
             }
         }
-        let hf = hf_name(&arch, &name)
+        let hf = llama::hf_name(&name)
             .ok_or_else(|| unsupported(model, format!("no HF name for {name}")))?;
         data.push((hf, shape, dtype.encode(&v)));
     }
@@ -203,6 +226,7 @@ pub fn to_safetensors(
         "head_dim": cfg.head_dim,
         "rms_norm_eps": cfg.rms_eps,
         "rope_theta": cfg.rope_base,
+        "rope_scaling": rope_scaling,
         "vocab_size": cfg.vocab,
         "max_position_embeddings": cfg.context_length,
         "tie_word_embeddings": tied,

@@ -17,7 +17,6 @@ use patchbay_primitives::{Act, Simd, Threads};
 
 use crate::error::ModelError;
 use crate::families::{self, BuildOptions, CausalLmVisitor, Model, ModelInfo};
-use crate::formats::source::ModelSource;
 use crate::tokenizer::Tokenizer;
 
 /// The generation pipeline: the network and the sampler in a loop.
@@ -128,7 +127,7 @@ pub fn with_session<J: SessionJob>(
         }
     }
     let t0 = Instant::now();
-    let source = ModelSource::open(path)?;
+    let source = families::open(path)?;
     let tokenizer = Tokenizer::load(path)?;
     let build = BuildOptions {
         max_context: opts.max_context,
