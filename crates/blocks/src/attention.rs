@@ -40,7 +40,7 @@ pub struct Heads {
 impl Heads {
     /// Checked heads: `n_heads` a positive multiple of `n_kv_heads`, `head_dim > 0`.
     pub fn new(n_heads: usize, n_kv_heads: usize, head_dim: usize) -> Result<Heads, BlockError> {
-        if n_heads == 0 || n_kv_heads == 0 || n_heads % n_kv_heads != 0 || head_dim == 0 {
+        if n_heads == 0 || n_kv_heads == 0 || !n_heads.is_multiple_of(n_kv_heads) || head_dim == 0 {
             return Err(BlockError::Config(format!(
                 "attention heads {n_heads} must be a positive multiple of kv heads {n_kv_heads}, \
                  with a positive head size (found {head_dim})"

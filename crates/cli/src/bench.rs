@@ -40,6 +40,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let path = catalog::resolve_model(&args.model).map_err(anyhow::Error::msg)?;
     let source = patchbay_models::families::open(&path)?;
     let ctx_len = (args.n_prompt + args.n_gen).max(1);
+    crate::common::warn_if_capped(args.threads);
     let opts = BuildOptions {
         dot_mode: if args.fast {
             DotMode::Q8

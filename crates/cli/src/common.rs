@@ -95,6 +95,7 @@ pub fn with_session<J: SessionJob<Output = Result<()>>>(
     if args.max_context == 0 {
         bail!("--max-context must be at least 1");
     }
+    warn_if_capped(args.threads);
     let mut opts = SessionOptions {
         threads: args.threads,
         max_context: args.max_context,
@@ -110,6 +111,14 @@ pub fn with_session<J: SessionJob<Output = Result<()>>>(
     }
     session::with_session(&path, &opts, job)
         .with_context(|| format!("loading {}", path.display()))?
+}
+
+/// Says on stderr when `--threads` asks for more workers than are useful here.
+pub fn warn_if_capped(requested: usize) {
+    let (n, capped) = patchbay_primitives::Threads::clamp(requested);
+    if capped {
+        eprintln!("note: --threads {requested} capped to {n} (2 per core)");
+    }
 }
 
 /// Writes `bytes` to stdout: a closed pipe ends quietly, any other write error
