@@ -473,6 +473,9 @@ impl<M: Mask> Layer for Attend<M> {
         // Scores, softmax and the weighted sum of values, per row and head.
         let group = h / kv;
         let mut scores = ctx.scratch.vec();
+        // Sized for the whole cache at once, so a growing context does not
+        // reallocate while decoding.
+        scores.reserve(cap);
         scores.resize(end, 0.0);
         y.reshape(m, qw);
         y.as_mut_slice().fill(0.0);
