@@ -31,7 +31,7 @@ use patchbay_blocks::{
 use patchbay_combinators::{residual, series, LayerExt, Residual, Stack};
 use patchbay_primitives::rope::{RopeLayout, RopeTable};
 
-use super::{split_block, split_kind, BuildOptions, Family, Model, ModelInfo, Weights};
+use super::{BuildOptions, Family, Model, ModelInfo, Weights};
 use crate::error::ModelError;
 use crate::formats::source::{Format, HParams, ModelSource};
 
@@ -250,32 +250,22 @@ pub fn norm_weight_offset(format: Format) -> f32 {
 /// (canonical `post_attention_norm`), unlike Llama's, which is the pre-FFN
 /// norm; the pre-FFN norm is `pre_feedforward_layernorm`.
 pub fn hf_name(name: &str) -> Option<String> {
-    let (stem, kind) = split_kind(name)?;
-    let global = match stem {
-        "token_embd" => Some("model.embed_tokens"),
-        "output_norm" => Some("model.norm"),
-        "output" => Some("lm_head"),
-        _ => None,
-    };
-    if let Some(g) = global {
-        return Some(format!("{g}.{kind}"));
-    }
-    let (i, t) = split_block(stem)?;
-    let local = match t {
-        "attn_q" => "self_attn.q_proj",
-        "attn_k" => "self_attn.k_proj",
-        "attn_v" => "self_attn.v_proj",
-        "attn_output" => "self_attn.o_proj",
-        "attn_q_norm" => "self_attn.q_norm",
-        "attn_k_norm" => "self_attn.k_norm",
-        "attn_norm" => "input_layernorm",
-        "post_attention_norm" => "post_attention_layernorm",
-        "ffn_norm" => "pre_feedforward_layernorm",
-        "post_ffw_norm" => "post_feedforward_layernorm",
-        "ffn_gate" => "mlp.gate_proj",
-        "ffn_up" => "mlp.up_proj",
-        "ffn_down" => "mlp.down_proj",
-        _ => return None,
-    };
-    Some(format!("model.layers.{i}.{local}.{kind}"))
+    super::hf_decoder_name(name, |t| {
+        Some(match t {
+            "attn_q" => "self_attn.q_proj",
+            "attn_k" => "self_attn.k_proj",
+            "attn_v" => "self_attn.v_proj",
+            "attn_output" => "self_attn.o_proj",
+            "attn_q_norm" => "self_attn.q_norm",
+            "attn_k_norm" => "self_attn.k_norm",
+            "attn_norm" => "input_layernorm",
+            "post_attention_norm" => "post_attention_layernorm",
+            "ffn_norm" => "pre_feedforward_layernorm",
+            "post_ffw_norm" => "post_feedforward_layernorm",
+            "ffn_gate" => "mlp.gate_proj",
+            "ffn_up" => "mlp.up_proj",
+            "ffn_down" => "mlp.down_proj",
+            _ => return None,
+        })
+    })
 }

@@ -26,7 +26,6 @@ use patchbay_blocks::{
 use patchbay_combinators::{residual, series, LayerExt, Residual, Stack};
 use patchbay_primitives::rope::{inv_freqs, RopeLayout, RopeScaling, RopeTable};
 
-use super::{split_block, split_kind};
 use crate::error::ModelError;
 use crate::families::{BuildOptions, Family, Model, ModelInfo, Weights};
 use crate::formats::source::{Format, ModelSource};
@@ -40,32 +39,22 @@ pub fn is_llama_arch(arch: &str) -> bool {
 /// The HF name of canonical tensor `name` in a Llama/Mistral/Qwen2
 /// checkpoint (`blk.3.attn_q.weight` -> `model.layers.3.self_attn.q_proj.weight`).
 pub fn hf_name(name: &str) -> Option<String> {
-    let (stem, kind) = split_kind(name)?;
-    let global = match stem {
-        "token_embd" => Some("model.embed_tokens"),
-        "output_norm" => Some("model.norm"),
-        "output" => Some("lm_head"),
-        _ => None,
-    };
-    if let Some(g) = global {
-        return Some(format!("{g}.{kind}"));
-    }
-    let (i, t) = split_block(stem)?;
-    let local = match t {
-        "attn_q" => "self_attn.q_proj",
-        "attn_k" => "self_attn.k_proj",
-        "attn_v" => "self_attn.v_proj",
-        "attn_output" => "self_attn.o_proj",
-        "attn_q_norm" => "self_attn.q_norm",
-        "attn_k_norm" => "self_attn.k_norm",
-        "attn_norm" => "input_layernorm",
-        "ffn_norm" => "post_attention_layernorm",
-        "ffn_gate" => "mlp.gate_proj",
-        "ffn_up" => "mlp.up_proj",
-        "ffn_down" => "mlp.down_proj",
-        _ => return None,
-    };
-    Some(format!("model.layers.{i}.{local}.{kind}"))
+    super::hf_decoder_name(name, |t| {
+        Some(match t {
+            "attn_q" => "self_attn.q_proj",
+            "attn_k" => "self_attn.k_proj",
+            "attn_v" => "self_attn.v_proj",
+            "attn_output" => "self_attn.o_proj",
+            "attn_q_norm" => "self_attn.q_norm",
+            "attn_k_norm" => "self_attn.k_norm",
+            "attn_norm" => "input_layernorm",
+            "ffn_norm" => "post_attention_layernorm",
+            "ffn_gate" => "mlp.gate_proj",
+            "ffn_up" => "mlp.up_proj",
+            "ffn_down" => "mlp.down_proj",
+            _ => return None,
+        })
+    })
 }
 
 /// The rotation the stored Q/K of a Llama-family file need. llama.cpp

@@ -172,6 +172,24 @@ pub fn open(path: impl AsRef<Path>) -> Result<ModelSource, ModelError> {
     Ok(source)
 }
 
+/// The HF name of canonical tensor `name` in a decoder-only checkpoint
+/// (`model.embed_tokens`, `model.norm`, `lm_head`, and
+/// `model.layers.{i}.{local}` where `local` names the family's block tensors).
+fn hf_decoder_name(name: &str, local: fn(&str) -> Option<&'static str>) -> Option<String> {
+    let (stem, kind) = split_kind(name)?;
+    let global = match stem {
+        "token_embd" => Some("model.embed_tokens"),
+        "output_norm" => Some("model.norm"),
+        "output" => Some("lm_head"),
+        _ => None,
+    };
+    if let Some(g) = global {
+        return Some(format!("{g}.{kind}"));
+    }
+    let (i, t) = split_block(stem)?;
+    Some(format!("model.layers.{i}.{}.{kind}", local(t)?))
+}
+
 /// `blk.{i}.rest` -> `(i, rest)`.
 fn split_block(stem: &str) -> Option<(usize, &str)> {
     let rest = stem.strip_prefix("blk.")?;
