@@ -183,7 +183,8 @@ proptest! {
     fn dot_row_matches_f64(seed in any::<u64>(), blocks in 1usize..48) {
         let mut rng = Rng(seed);
         for dtype in ALL {
-            let nb = if dtype.block_len() == 256 { blocks.div_ceil(6) } else { blocks * 2 };
+            // Odd block counts too (a 576-wide row is 18 blocks of 32, 9 pairs).
+            let nb = if dtype.block_len() == 256 { blocks.div_ceil(6) } else { blocks * 2 - (seed % 2) as usize };
             let n = row_len(dtype, nb);
             let row = random_blocks(&mut rng, dtype, n / dtype.block_len());
             let x = random_x(&mut rng, n);
@@ -204,7 +205,8 @@ proptest! {
     fn dot_row_q8_matches_f64(seed in any::<u64>(), blocks in 1usize..48) {
         let mut rng = Rng(seed);
         for dtype in ALL {
-            let nb = if dtype.block_len() == 256 { blocks.div_ceil(6) } else { blocks * 2 };
+            // Odd block counts too (a 576-wide row is 18 blocks of 32, 9 pairs).
+            let nb = if dtype.block_len() == 256 { blocks.div_ceil(6) } else { blocks * 2 - (seed % 2) as usize };
             let n = row_len(dtype, nb);
             let row = random_blocks(&mut rng, dtype, n / dtype.block_len());
             let x = random_x(&mut rng, n);
@@ -261,11 +263,16 @@ proptest! {
     }
 
     /// matmul_q vs f64 product of the dequantised weights; threads 1/2/3 bit-identical.
+    /// Widths of 32-block formats are odd multiples of 32 too (288 = 9 blocks).
     #[test]
     fn matmul_q_matches_f64(seed in any::<u64>(), m in 1usize..9, rows in 1usize..150, kb in 1usize..3) {
         let mut rng = Rng(seed);
         for dtype in [DType::Q4_1, DType::Q8_0, DType::Q4_K, DType::F16] {
-            let cols = if dtype.is_quantized() { kb * 256 } else { kb * 40 + 1 };
+            let cols = match dtype.block_len() {
+                256 => kb * 256,
+                32 => kb * 288 - 32 * (seed % 2) as usize,
+                _ => kb * 40 + 1,
+            };
             let w = random_blocks(&mut rng, dtype, rows * cols / dtype.block_len());
             let x = random_x(&mut rng, m * cols);
             let wd = deq(dtype, &w, rows * cols);
@@ -457,5 +464,133 @@ fn int_kernel_follows_the_simd_level() {
     }
     if std::env::var("PATCHBAY_SIMD").is_ok_and(|v| v == "scalar") {
         assert_eq!(quant::int_kernel_name(Simd::detect()), "scalar");
+    }
+}
+
+/// The decode path (`matvec_q`, one activation row) agrees with the prefill
+/// path (`matmul_q` on that one row) and with f64 references, for every format,
+/// at every SIMD level, in both dot modes, on 1-3 threads, at the widths real
+/// models have: 576 (18 blocks of 32, i.e. 9 pairs of 64), 640, 96 (3 blocks)
+/// and, for the K-quants, 768 and 256. The row counts split into several
+/// thread chunks with a ragged last chunk (4099 rows: chunks of 528 on two
+/// threads, the last 403 rows long, which ends in three rows left over by
+/// the four-row kernel), and one case is SmolLM2's tied LM head itself: Q8_0,
+/// 49152 x 576.
+///
+/// Bounds: each result within 2e-5 * sum |w_i x_i| of the f64 dot product of
+/// the dequantised row with `x` (Exact mode, `matmul_q`) or with the
+/// dequantised int8 activations (Q8 mode); so `matvec_q` (Exact) and
+/// `matmul_q` are within 4e-5 * sum |w_i x_i| of each other. Results are
+/// bit-identical for every thread count.
+#[test]
+fn matvec_q_equals_matmul_q_row_and_f64_at_model_shapes() {
+    let mut rng = Rng(0x5eed_0576);
+    let mut cases = vec![(DType::Q8_0, 49152, 576)];
+    for dtype in ALL {
+        let widths: &[usize] = if dtype.block_len() == 256 {
+            &[768, 256]
+        } else {
+            &[576, 640, 96]
+        };
+        for &cols in widths {
+            cases.push((dtype, 4099, cols));
+        }
+    }
+    let pools: Vec<Threads> = [1, 2, 3].into_iter().map(Threads::new).collect();
+    let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<u32>>();
+    for (dtype, rows, cols) in cases {
+        let bl = dtype.block_len();
+        let w = random_blocks(&mut rng, dtype, rows * cols / bl);
+        let x = random_x(&mut rng, cols);
+        let rb = dtype.bytes_for(cols).unwrap();
+        // f64 references of the dequantised rows with x.
+        let mut wrow = vec![0.0f32; cols];
+        let mut want_x = Vec::with_capacity(rows);
+        for r in 0..rows {
+            dequantize_row_at(Simd::scalar(), dtype, &w[r * rb..(r + 1) * rb], &mut wrow).unwrap();
+            let (mut want, mut mag) = (0.0f64, 0.0f64);
+            for (a, b) in wrow.iter().zip(&x) {
+                let p = *a as f64 * *b as f64;
+                want += p;
+                mag += p.abs();
+            }
+            want_x.push((want, mag));
+        }
+        let case = format!("{dtype} {rows}x{cols}");
+        for s in Simd::available() {
+            let run = |mode: DotMode| {
+                let mut out: Option<Vec<f32>> = None;
+                for th in &pools {
+                    let mut y = vec![f32::NAN; rows];
+                    let mut scratch = QuantizedActs::new();
+                    matvec_q(s, th, dtype, &w, rows, cols, &x, &mut y, mode, &mut scratch).unwrap();
+                    match &out {
+                        None => out = Some(y),
+                        Some(f) => assert!(
+                            bits(f) == bits(&y),
+                            "{case} {s:?} {mode:?}: {} threads changed matvec_q",
+                            th.count()
+                        ),
+                    }
+                }
+                out.unwrap()
+            };
+            let y_exact = run(DotMode::Exact);
+            let y_q8 = run(DotMode::Q8);
+            let mut y_mm: Option<Vec<f32>> = None;
+            for th in &pools {
+                let mut y = vec![f32::NAN; rows];
+                let xm = MatRef::new(&x, 1, cols).unwrap();
+                matmul_q(s, th, dtype, &w, rows, cols, xm, &mut y, &mut Vec::new()).unwrap();
+                match &y_mm {
+                    None => y_mm = Some(y),
+                    Some(f) => assert!(
+                        bits(f) == bits(&y),
+                        "{case} {s:?}: {} threads changed matmul_q",
+                        th.count()
+                    ),
+                }
+            }
+            let y_mm = y_mm.unwrap();
+            let mut xq = QuantizedActs::new();
+            quantize_acts(s, &x, dtype, &mut xq);
+            let xd: Vec<f64> = (0..cols).map(|i| xq.value(i) as f64).collect();
+            for r in 0..rows {
+                let (want, mag) = want_x[r];
+                let tol = 2e-5 * mag + 1e-30;
+                let (ge, gm) = (y_exact[r] as f64, y_mm[r] as f64);
+                assert!(
+                    (ge - want).abs() <= tol,
+                    "{case} {s:?} row {r}: matvec_q (Exact) {ge} vs f64 {want} (mag {mag})"
+                );
+                assert!(
+                    (gm - want).abs() <= tol,
+                    "{case} {s:?} row {r}: matmul_q {gm} vs f64 {want} (mag {mag})"
+                );
+                if dtype.is_quantized() {
+                    dequantize_row_at(Simd::scalar(), dtype, &w[r * rb..(r + 1) * rb], &mut wrow)
+                        .unwrap();
+                    let (mut wq, mut mq) = (0.0f64, 0.0f64);
+                    for (a, b) in wrow.iter().zip(&xd) {
+                        let p = *a as f64 * b;
+                        wq += p;
+                        mq += p.abs();
+                    }
+                    let g = y_q8[r] as f64;
+                    assert!(
+                        (g - wq).abs() <= 2e-5 * mq + 1e-30,
+                        "{case} {s:?} ({}) row {r}: matvec_q (Q8) {g} vs f64 {wq} (mag {mq})",
+                        quant::int_kernel_name(s)
+                    );
+                } else {
+                    // Float weights have no integer path: Q8 mode is Exact mode.
+                    assert_eq!(
+                        y_q8[r].to_bits(),
+                        y_exact[r].to_bits(),
+                        "{case} {s:?} row {r}"
+                    );
+                }
+            }
+        }
     }
 }
