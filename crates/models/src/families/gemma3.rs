@@ -109,7 +109,7 @@ impl Gemma3Config {
 
     /// True for the global (full-attention) layers.
     pub fn is_global(&self, layer: usize) -> bool {
-        (layer + 1) % self.pattern == 0
+        (layer + 1).is_multiple_of(self.pattern)
     }
 }
 
