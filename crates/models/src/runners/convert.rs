@@ -103,6 +103,10 @@ fn unpermute(rows: &[f32], n_rows: usize, cols: usize, heads: usize) -> Vec<f32>
     out
 }
 
+/// Turns a tensor's dequantised values (canonical name, shape) into the
+/// values the HF checkpoint stores.
+type Transform = Box<dyn Fn(&str, &[usize], Vec<f32>) -> Vec<f32>>;
+
 /// What one family contributes to an export: the canonical tensors to write,
 /// their HF names, a per-tensor value transform, and the family's
 /// `config.json` keys.
@@ -114,7 +118,7 @@ struct ExportPlan {
     hf_name: NameMap,
     /// Turns a tensor's dequantised values (canonical name, GGUF shape) into
     /// the values the HF checkpoint stores.
-    transform: Box<dyn Fn(&str, &[usize], Vec<f32>) -> Vec<f32>>,
+    transform: Transform,
     /// The family's `config.json` keys (the exporter adds the token ids and
     /// `torch_dtype`).
     config: serde_json::Map<String, Value>,
