@@ -9,7 +9,7 @@ use patchbay_models::runners::convert::{to_safetensors, ExportDType};
 /// Arguments of `patchbay convert`.
 #[derive(clap::Args, Debug)]
 pub struct ConvertArgs {
-    /// Model short name or path (a Llama-family GGUF).
+    /// Model short name or path (a Llama-family or Gemma 3 GGUF).
     #[arg(short, long, default_value = catalog::DEFAULT_MODEL)]
     pub model: String,
     /// Target format (only `safetensors`).

@@ -1,4 +1,4 @@
-//! Export a Llama-family GGUF as an HF-style safetensors directory:
+//! Export a causal-LM GGUF (Llama family, Gemma 3) as an HF-style safetensors directory:
 //! `model.safetensors` (HF tensor names, HF q/k layout, f32/f16/bf16),
 //! `config.json`, `tokenizer.json` built from the GGUF vocabulary, and
 //! `tokenizer_config.json` with the chat template.
@@ -14,8 +14,10 @@ use std::path::{Path, PathBuf};
 use serde_json::{json, Value};
 
 use crate::error::ModelError;
+use crate::families::gemma3::{self, Gemma3Config};
 use crate::families::llama::{self, LlamaConfig};
-use crate::formats::source::{ModelSource, RopeScaling};
+use crate::families::{self, Family, Kind};
+use crate::formats::source::{Format, ModelSource, NameMap, RopeScaling};
 use crate::tokenizer::gguf_vocab;
 use patchbay_primitives::rope::RopeLayout;
 
@@ -101,18 +103,38 @@ fn unpermute(rows: &[f32], n_rows: usize, cols: usize, heads: usize) -> Vec<f32>
     out
 }
 
-/// Writes the HF directory for the Llama-family model at `model` into `out`.
-/// Returns the files written.
-pub fn to_safetensors(
-    model: &Path,
-    out: &Path,
-    dtype: ExportDType,
-) -> Result<Vec<PathBuf>, ModelError> {
-    let source = ModelSource::open(model)?;
-    let cfg = LlamaConfig::from_source(&source)?;
-    if source.gguf().is_none() {
-        return Err(unsupported(model, "convert reads GGUF files"));
+/// Turns a tensor's dequantised values (canonical name, shape) into the
+/// values the HF checkpoint stores.
+type Transform = Box<dyn Fn(&str, &[usize], Vec<f32>) -> Vec<f32>>;
+
+/// What one family contributes to an export: the canonical tensors to write,
+/// their HF names, a per-tensor value transform, and the family's
+/// `config.json` keys.
+struct ExportPlan {
+    /// Canonical (GGUF) names of the tensors the family reads; absent
+    /// optional ones are skipped.
+    names: Vec<String>,
+    /// Canonical name to HF name.
+    hf_name: NameMap,
+    /// Turns a tensor's dequantised values (canonical name, GGUF shape) into
+    /// the values the HF checkpoint stores.
+    transform: Transform,
+    /// The family's `config.json` keys (the exporter adds the token ids and
+    /// `torch_dtype`).
+    config: serde_json::Map<String, Value>,
+}
+
+fn object(v: Value) -> serde_json::Map<String, Value> {
+    match v {
+        Value::Object(m) => m,
+        _ => serde_json::Map::new(),
     }
+}
+
+/// The Llama family (llama, mistral, qwen2): HF names, Q/K un-permuted for
+/// interleaved-RoPE GGUFs.
+fn llama_plan(model: &Path, source: &ModelSource) -> Result<ExportPlan, ModelError> {
+    let cfg = LlamaConfig::from_source(source)?;
     if cfg.rope_freq_factors.is_some() {
         return Err(unsupported(
             model,
@@ -136,10 +158,6 @@ pub fn to_safetensors(
         }),
     };
     let arch = source.arch().to_string();
-    std::fs::create_dir_all(out).map_err(|e| io(out, e))?;
-    let permuted = cfg.rope_layout == RopeLayout::Interleaved;
-
-    // Tensors: every canonical name the Llama type reads, dequantised.
     let mut names = vec![
         "token_embd.weight".to_string(),
         "output_norm.weight".into(),
@@ -164,31 +182,196 @@ pub fn to_safetensors(
             names.push(format!("blk.{i}.{t}"));
         }
     }
+    let permuted = cfg.rope_layout == RopeLayout::Interleaved;
+    let (n_heads, n_kv_heads) = (cfg.n_heads, cfg.n_kv_heads);
+    let transform = move |name: &str, shape: &[usize], v: Vec<f32>| -> Vec<f32> {
+        if !permuted {
+            return v;
+        }
+        let heads = if name.contains("attn_q.") {
+            n_heads
+        } else if name.contains("attn_k.") {
+            n_kv_heads
+        } else {
+            return v;
+        };
+        // Shapes are row-major: [rows, cols] for weights, [rows] for biases.
+        let (rows, cols) = match shape {
+            [rows] => (*rows, 1),
+            _ => {
+                let cols = shape.last().copied().unwrap_or(1).max(1);
+                (v.len() / cols, cols)
+            }
+        };
+        unpermute(&v, rows, cols, heads)
+    };
+    let tied = source.try_tensor("output.weight")?.is_none();
+    let (model_type, architectures) = if arch == "qwen2" {
+        ("qwen2", "Qwen2ForCausalLM")
+    } else {
+        ("llama", "LlamaForCausalLM")
+    };
+    let config = json!({
+        "architectures": [architectures],
+        "model_type": model_type,
+        "hidden_size": cfg.dim,
+        "intermediate_size": source.hparams().n_ff,
+        "num_hidden_layers": cfg.n_layers,
+        "num_attention_heads": cfg.n_heads,
+        "num_key_value_heads": cfg.n_kv_heads,
+        "head_dim": cfg.head_dim,
+        "rms_norm_eps": cfg.rms_eps,
+        "rope_theta": cfg.rope_base,
+        "rope_scaling": rope_scaling,
+        "vocab_size": cfg.vocab,
+        "max_position_embeddings": cfg.context_length,
+        "tie_word_embeddings": tied,
+        "attention_bias": source.try_tensor("blk.0.attn_q.bias")?.is_some(),
+        "hidden_act": "silu",
+    });
+    Ok(ExportPlan {
+        names,
+        hf_name: llama::hf_name,
+        transform: Box::new(transform),
+        config: object(config),
+    })
+}
+
+/// Gemma 3: HF names, half-split Q/K as stored, and every RMSNorm weight
+/// minus 1 (llama.cpp's GGUF stores HF's `1 + w`; HF checkpoints store `w`).
+fn gemma3_plan(source: &ModelSource) -> Result<ExportPlan, ModelError> {
+    let cfg = Gemma3Config::from_source(source)?;
+    let mut names = vec![
+        "token_embd.weight".to_string(),
+        "output_norm.weight".into(),
+        "output.weight".into(),
+    ];
+    for i in 0..cfg.n_layers {
+        for t in [
+            "attn_norm.weight",
+            "attn_q.weight",
+            "attn_k.weight",
+            "attn_v.weight",
+            "attn_output.weight",
+            "attn_q_norm.weight",
+            "attn_k_norm.weight",
+            "post_attention_norm.weight",
+            "ffn_norm.weight",
+            "ffn_gate.weight",
+            "ffn_up.weight",
+            "ffn_down.weight",
+            "post_ffw_norm.weight",
+        ] {
+            names.push(format!("blk.{i}.{t}"));
+        }
+    }
+    // What the HF checkpoint's loader adds back (`gemma3::norm_weight_offset`).
+    let offset = gemma3::norm_weight_offset(Format::Safetensors)
+        - gemma3::norm_weight_offset(source.format());
+    let transform = move |name: &str, _: &[usize], mut v: Vec<f32>| -> Vec<f32> {
+        if name.ends_with("norm.weight") {
+            v.iter_mut().for_each(|x| *x -= offset);
+        }
+        v
+    };
+    let layer_types: Vec<&str> = (0..cfg.n_layers)
+        .map(|i| {
+            if cfg.is_global(i) {
+                "full_attention"
+            } else {
+                "sliding_attention"
+            }
+        })
+        .collect();
+    let h = source.hparams();
+    let config = json!({
+        "architectures": ["Gemma3ForCausalLM"],
+        "model_type": "gemma3_text",
+        "hidden_size": cfg.dim,
+        "intermediate_size": h.n_ff,
+        "num_hidden_layers": cfg.n_layers,
+        "num_attention_heads": cfg.heads.n_heads,
+        "num_key_value_heads": cfg.heads.n_kv_heads,
+        "head_dim": cfg.heads.head_dim,
+        "rms_norm_eps": cfg.rms_eps,
+        "rope_theta": cfg.rope_base_global,
+        "rope_local_base_freq": cfg.rope_base_local,
+        "rope_scaling": null,
+        "sliding_window": cfg.sliding_window,
+        "sliding_window_pattern": cfg.pattern,
+        "layer_types": layer_types,
+        "query_pre_attn_scalar": query_pre_attn_scalar(&cfg),
+        "vocab_size": cfg.vocab,
+        "max_position_embeddings": cfg.context_length,
+        "tie_word_embeddings": source.try_tensor("output.weight")?.is_none(),
+        "attention_bias": false,
+        "hidden_activation": "gelu_pytorch_tanh",
+        "final_logit_softcapping": null,
+        "attn_logit_softcapping": null,
+    });
+    Ok(ExportPlan {
+        names,
+        hf_name: gemma3::hf_name,
+        transform: Box::new(transform),
+        config: object(config),
+    })
+}
+
+/// `query_pre_attn_scalar` that reproduces the model's attention scale
+/// (`scale = query_pre_attn_scalar^-1/2`): the head size when that is what
+/// the scale is, as in every Gemma 3 config.
+fn query_pre_attn_scalar(cfg: &Gemma3Config) -> f64 {
+    let hd = cfg.heads.head_dim as f64;
+    let s = 1.0 / (cfg.attn_scale as f64 * cfg.attn_scale as f64);
+    if ((s - hd) / hd).abs() < 1e-5 {
+        hd
+    } else {
+        s
+    }
+}
+
+/// Writes the HF directory for the causal language model (Llama family or
+/// Gemma 3) in the GGUF at `model` into `out`. Returns the files written.
+pub fn to_safetensors(
+    model: &Path,
+    out: &Path,
+    dtype: ExportDType,
+) -> Result<Vec<PathBuf>, ModelError> {
+    let source = families::open(model)?;
+    let family = families::family_of(&source)?;
+    if family.kind() != Kind::CausalLm {
+        return Err(unsupported(
+            model,
+            format!(
+                "convert exports causal language models (llama, mistral, qwen2, gemma3); '{}' is a {} encoder",
+                source.arch(),
+                family.name()
+            ),
+        ));
+    }
+    if source.gguf().is_none() {
+        return Err(unsupported(model, "convert reads GGUF files"));
+    }
+    let plan = match family {
+        Family::Llama => llama_plan(model, &source)?,
+        Family::Gemma3 => gemma3_plan(&source)?,
+        Family::Bert => return Err(unsupported(model, "convert cannot export encoders")),
+    };
+    let vocab = gguf_vocab::read_vocab(model)?;
+    std::fs::create_dir_all(out).map_err(|e| io(out, e))?;
+
+    // Tensors: every canonical name the family reads, dequantised.
     let mut data: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
-    for name in names {
-        let Some(t) = source.try_tensor(&name)? else {
+    for name in &plan.names {
+        let Some(t) = source.try_tensor(name)? else {
             continue;
         };
         let mut v = vec![0.0f32; t.numel()];
         patchbay_primitives::quant::dequantize_row(t.dtype(), t.bytes(), &mut v)
-            .map_err(|e| ModelError::bad_tensor(model, &name, e.to_string()))?;
+            .map_err(|e| ModelError::bad_tensor(model, name, e.to_string()))?;
         let shape = t.shape().to_vec();
-        if permuted {
-            let heads = if name.contains("attn_q.") {
-                Some(cfg.n_heads)
-            } else if name.contains("attn_k.") {
-                Some(cfg.n_kv_heads)
-            } else {
-                None
-            };
-            if let Some(h) = heads {
-                let (rows, cols) = t.matrix_dims();
-                let cols = if shape.len() == 1 { 1 } else { cols };
-                let rows = if shape.len() == 1 { shape[0] } else { rows };
-                v = unpermute(&v, rows, cols, h);
-            }
-        }
-        let hf = llama::hf_name(&name)
+        let v = (plan.transform)(name, &shape, v);
+        let hf = (plan.hf_name)(name)
             .ok_or_else(|| unsupported(model, format!("no HF name for {name}")))?;
         data.push((hf, shape, dtype.encode(&v)));
     }
@@ -205,37 +388,12 @@ pub fn to_safetensors(
     safetensors::tensor::serialize_to_file(views, Some(meta), &st_path)
         .map_err(|e| unsupported(&st_path, e.to_string()))?;
 
-    // config.json
-    let vocab = gguf_vocab::read_vocab(model)?;
-    let tied = source.try_tensor("output.weight")?.is_none();
-    let model_type = if arch == "qwen2" { "qwen2" } else { "llama" };
-    let architectures = if arch == "qwen2" {
-        "Qwen2ForCausalLM"
-    } else {
-        "LlamaForCausalLM"
-    };
-    let h = source.hparams();
-    let config = json!({
-        "architectures": [architectures],
-        "model_type": model_type,
-        "hidden_size": cfg.dim,
-        "intermediate_size": h.n_ff,
-        "num_hidden_layers": cfg.n_layers,
-        "num_attention_heads": cfg.n_heads,
-        "num_key_value_heads": cfg.n_kv_heads,
-        "head_dim": cfg.head_dim,
-        "rms_norm_eps": cfg.rms_eps,
-        "rope_theta": cfg.rope_base,
-        "rope_scaling": rope_scaling,
-        "vocab_size": cfg.vocab,
-        "max_position_embeddings": cfg.context_length,
-        "tie_word_embeddings": tied,
-        "attention_bias": source.try_tensor("blk.0.attn_q.bias")?.is_some(),
-        "hidden_act": "silu",
-        "bos_token_id": vocab.bos,
-        "eos_token_id": vocab.eos,
-        "torch_dtype": dtype.name(),
-    });
+    // config.json: the family's keys plus what every checkpoint states.
+    let mut config = plan.config;
+    config.insert("bos_token_id".into(), json!(vocab.bos));
+    config.insert("eos_token_id".into(), json!(vocab.eos));
+    config.insert("torch_dtype".into(), json!(dtype.name()));
+    let config = Value::Object(config);
     let mut written = vec![st_path];
     let write_json = |name: &str, v: &Value| -> Result<PathBuf, ModelError> {
         let p = out.join(name);
@@ -261,17 +419,117 @@ pub fn to_safetensors(
     Ok(written)
 }
 
-/// An HF `tokenizer.json` for a GGUF `gpt2` (byte-level BPE) vocabulary.
+/// Control (3) and user-defined (4) tokens: HF added tokens, matched whole.
+fn added_tokens(v: &crate::tokenizer::Vocab) -> Vec<Value> {
+    v.token_types
+        .iter()
+        .enumerate()
+        .filter(|(_, &ty)| ty == 3 || ty == 4)
+        .map(|(i, &ty)| {
+            json!({"id": i, "content": v.tokens[i], "single_word": false, "lstrip": false,
+                   "rstrip": false, "normalized": ty == 4, "special": ty == 3})
+        })
+        .collect()
+}
+
+/// The post-processor that prepends BOS when the vocabulary asks for it.
+fn bos_post_processor(v: &crate::tokenizer::Vocab) -> Value {
+    let bos = v.bos.and_then(|b| v.tokens.get(b as usize)).cloned();
+    match (v.add_bos, bos) {
+        (true, Some(b)) => json!({"type": "TemplateProcessing",
+            "single": [{"SpecialToken": {"id": b, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+            "pair": [{"SpecialToken": {"id": b, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
+                     {"Sequence": {"id": "B", "type_id": 1}}],
+            "special_tokens": {b.clone(): {"id": b, "ids": [v.bos], "tokens": [b]}}}),
+        _ => Value::Null,
+    }
+}
+
+/// An HF `tokenizer.json` for a GGUF vocabulary: byte-level BPE (`gpt2`) or
+/// SentencePiece BPE (`llama`).
 fn tokenizer_json(model: &Path, v: &crate::tokenizer::Vocab) -> Result<Value, ModelError> {
-    if v.model != "gpt2" {
-        return Err(unsupported(
+    match v.model.as_str() {
+        "gpt2" => Ok(gpt2_tokenizer_json(v)),
+        "llama" => Ok(spm_tokenizer_json(v)),
+        other => Err(unsupported(
             model,
             format!(
-                "tokenizer.json export supports byte-level BPE ('gpt2') vocabularies, not '{}'",
-                v.model
+                "tokenizer.json export supports byte-level BPE ('gpt2') and SentencePiece ('llama') vocabularies, not '{other}'"
             ),
-        ));
+        )),
     }
+}
+
+/// SentencePiece BPE as HF writes it (Gemma, Llama 2): spaces become `▁`, BPE
+/// with byte fallback over the whole text, merges derived from the scores.
+///
+/// SentencePiece merges the adjacent pair whose concatenation is the
+/// highest-scoring vocabulary entry; as HF's converter does, every split
+/// `a + b` of a vocabulary entry into two entries becomes a merge, ranked by
+/// the entry's score (then id).
+fn spm_tokenizer_json(v: &crate::tokenizer::Vocab) -> Value {
+    let ty = |i: usize| v.token_types.get(i).copied().unwrap_or(1);
+    let score = |i: usize| v.scores.get(i).copied().unwrap_or(0.0);
+    let ids: HashMap<&str, usize> = v
+        .tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.as_str(), i))
+        .collect();
+    // (merged id, left id, left, right)
+    let mut merges: Vec<(usize, usize, &str, &str)> = Vec::new();
+    for (id, t) in v.tokens.iter().enumerate() {
+        // Control, unused and byte tokens are never the result of a merge.
+        if matches!(ty(id), 3 | 5 | 6) {
+            continue;
+        }
+        for (cut, _) in t.char_indices().skip(1) {
+            let (a, b) = t.split_at(cut);
+            if let (Some(&ia), Some(_)) = (ids.get(a), ids.get(b)) {
+                merges.push((id, ia, a, b));
+            }
+        }
+    }
+    merges.sort_by(|x, y| {
+        score(y.0)
+            .total_cmp(&score(x.0))
+            .then(x.0.cmp(&y.0))
+            .then(x.1.cmp(&y.1))
+    });
+    let merges: Vec<Value> = merges.iter().map(|&(_, _, a, b)| json!([a, b])).collect();
+    let vocab: serde_json::Map<String, Value> = v
+        .tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.clone(), json!(i)))
+        .collect();
+    let replace = json!({"type": "Replace", "pattern": {"String": " "}, "content": "\u{2581}"});
+    let normalizer = if v.add_space_prefix {
+        json!({"type": "Sequence", "normalizers": [
+            {"type": "Prepend", "prepend": "\u{2581}"}, replace]})
+    } else {
+        replace
+    };
+    let unk = v.unk.and_then(|u| v.tokens.get(u as usize)).cloned();
+    json!({
+        "version": "1.0",
+        "truncation": null,
+        "padding": null,
+        "added_tokens": added_tokens(v),
+        "normalizer": normalizer,
+        "pre_tokenizer": null,
+        "post_processor": bos_post_processor(v),
+        "decoder": {"type": "Sequence", "decoders": [
+            {"type": "Replace", "pattern": {"String": "\u{2581}"}, "content": " "},
+            {"type": "ByteFallback"}, {"type": "Fuse"}]},
+        "model": {"type": "BPE", "dropout": null, "unk_token": unk, "continuing_subword_prefix": null,
+                  "end_of_word_suffix": null, "fuse_unk": true, "byte_fallback": true,
+                  "ignore_merges": false, "vocab": vocab, "merges": merges},
+    })
+}
+
+/// An HF `tokenizer.json` for a GGUF `gpt2` (byte-level BPE) vocabulary.
+fn gpt2_tokenizer_json(v: &crate::tokenizer::Vocab) -> Value {
     // The pre-tokenizer regexes HF uses for these models.
     const GPT2: &str =
         r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
@@ -293,37 +551,17 @@ fn tokenizer_json(model: &Path, v: &crate::tokenizer::Vocab) -> Result<Value, Mo
         .enumerate()
         .map(|(i, t)| (t.clone(), json!(i)))
         .collect();
-    // Control (3) and user-defined (4) tokens are added tokens, matched whole.
-    let added: Vec<Value> = v
-        .token_types
-        .iter()
-        .enumerate()
-        .filter(|(_, &ty)| ty == 3 || ty == 4)
-        .map(|(i, &ty)| {
-            json!({"id": i, "content": v.tokens[i], "single_word": false, "lstrip": false,
-                   "rstrip": false, "normalized": ty == 4, "special": ty == 3})
-        })
-        .collect();
-    let bos = v.bos.and_then(|b| v.tokens.get(b as usize)).cloned();
-    let post = match (v.add_bos, bos) {
-        (true, Some(b)) => json!({"type": "TemplateProcessing",
-            "single": [{"SpecialToken": {"id": b, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
-            "pair": [{"SpecialToken": {"id": b, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
-                     {"Sequence": {"id": "B", "type_id": 1}}],
-            "special_tokens": {b.clone(): {"id": b, "ids": [v.bos], "tokens": [b]}}}),
-        _ => Value::Null,
-    };
-    Ok(json!({
+    json!({
         "version": "1.0",
         "truncation": null,
         "padding": null,
-        "added_tokens": added,
+        "added_tokens": added_tokens(v),
         "normalizer": null,
         "pre_tokenizer": pre,
-        "post_processor": post,
+        "post_processor": bos_post_processor(v),
         "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
         "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
                   "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false,
                   "ignore_merges": false, "vocab": vocab, "merges": v.merges},
-    }))
+    })
 }
