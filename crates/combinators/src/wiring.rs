@@ -589,12 +589,16 @@ pub struct StackState<S> {
 }
 
 /// `(src, dst)` for the next stage: the input, or one buffer read and the other written.
-fn stage<'b>(x: &'b Act, bufs: &'b mut [Act], cur: Option<usize>) -> (&'b Act, &'b mut Act, usize) {
-    let (a, b) = bufs.split_at_mut(1);
+fn stage<'b>(
+    x: &'b Act,
+    bufs: &'b mut [&mut Act; 2],
+    cur: Option<usize>,
+) -> (&'b Act, &'b mut Act, usize) {
+    let [a, b] = bufs;
     match cur {
-        None => (x, &mut a[0], 0),
-        Some(0) => (&a[0], &mut b[0], 1),
-        Some(_) => (&b[0], &mut a[0], 0),
+        None => (x, &mut **a, 0),
+        Some(0) => (&**a, &mut **b, 1),
+        Some(_) => (&**b, &mut **a, 0),
     }
 }
 
@@ -637,12 +641,8 @@ impl<L: Layer> Layer for Stack<L> {
         let Some(plan) = &self.plan else {
             return self.forward_in_order(x, y, st, ctx);
         };
-        let mut bufs = [ctx.scratch.act(), ctx.scratch.act()];
-        let mut plain: [Act; 2] = [std::mem::take(&mut *bufs[0]), std::mem::take(&mut *bufs[1])];
-        let res = self.forward_plan(plan, x, y, &mut plain, st, ctx);
-        *bufs[0] = std::mem::take(&mut plain[0]);
-        *bufs[1] = std::mem::take(&mut plain[1]);
-        res
+        let (mut a, mut b) = (ctx.scratch.act(), ctx.scratch.act());
+        self.forward_plan(plan, x, y, &mut [&mut a, &mut b], st, ctx)
     }
     fn describe(&self) -> Node {
         let children: Vec<Node> = match &self.plan {
@@ -713,7 +713,7 @@ impl<L: Layer> Stack<L> {
         plan: &Plan,
         x: &Act,
         y: &mut Act,
-        bufs: &mut [Act; 2],
+        bufs: &mut [&mut Act; 2],
         st: &mut StackState<L::State>,
         ctx: &Ctx<'_>,
     ) -> Result<(), LayerError> {
@@ -776,7 +776,7 @@ impl<L: Layer> Stack<L> {
             }
         }
         match cur {
-            Some(d) => y.copy_from(&bufs[d]),
+            Some(d) => y.copy_from(bufs[d]),
             None => y.copy_from(x),
         }
         Ok(())

@@ -151,11 +151,8 @@ impl<N: Layer> Session<N> {
     ) -> Result<Session<N>, ModelError> {
         let Model { info, net } = model;
         let max_context = opts.max_context.min(info.max_context).max(1);
-        let sampler = Sampler::new(info.vocab, opts.sampler).map_err(|e| ModelError::Block {
-            path: Path::new(info.arch.as_str()).to_path_buf(),
-            tensor: "sampler".into(),
-            source: e,
-        })?;
+        let sampler = Sampler::new(info.vocab, opts.sampler)
+            .map_err(|e| ModelError::Usage(format!("sampler: {e}")))?;
         let batch = opts.batch.max(1);
         let decoder = Loop::autoregressive(Series::new(net, sampler), usize::MAX);
         let state = decoder.new_state(Capacity::new(batch, max_context));
