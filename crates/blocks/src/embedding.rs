@@ -108,3 +108,111 @@ impl Layer for Embedding {
         ))
     }
 }
+
+/// Adds a learned absolute position embedding: row `r` gets
+/// `table[ctx.position(r)]` added (BERT, GPT-2), plus an optional constant row
+/// added to every position (BERT's token-type-0 embedding, which a
+/// single-segment input always uses).
+///
+/// ```
+/// use patchbay_blocks::PositionEmbedding;
+/// use patchbay_combinators::{Ctx, Layer, Scratch};
+/// use patchbay_primitives::{Act, Simd, Tensor, Threads};
+/// let table = Tensor::from_f32(&[0.0, 0.5, 1.0, 1.5], vec![2, 2]).unwrap();
+/// let pe = PositionEmbedding::new(table, None).unwrap();
+/// let (threads, scratch) = (Threads::single(), Scratch::new());
+/// let ctx = Ctx::new(Simd::detect(), &threads, &scratch);
+/// let x = Act::from_vec(2, 2, vec![1.0; 4]).unwrap();
+/// assert_eq!(pe.apply(&x, &mut (), &ctx).unwrap().as_slice(), &[1.0, 1.5, 2.0, 2.5]);
+/// // A position past the table is an error, not a panic.
+/// assert!(pe.apply(&x, &mut (), &ctx.at(1)).is_err());
+/// ```
+#[derive(Debug, Clone)]
+pub struct PositionEmbedding {
+    table: Tensor,
+    n_positions: usize,
+    dim: usize,
+    constant: Option<Vec<f32>>,
+}
+
+impl PositionEmbedding {
+    /// Positions from `table` (`n_positions x dim`, any dtype), plus
+    /// `constant` (`dim` values) on every row if given.
+    pub fn new(table: Tensor, constant: Option<Vec<f32>>) -> Result<PositionEmbedding, BlockError> {
+        let shape = table.shape();
+        if shape.len() != 2 {
+            return Err(BlockError::Shape {
+                what: "position embedding table must be 2-D",
+                expected: vec![0, 0],
+                found: shape.to_vec(),
+            });
+        }
+        let (n_positions, dim) = (shape[0], shape[1]);
+        if let Some(c) = &constant {
+            if c.len() != dim {
+                return Err(BlockError::Shape {
+                    what: "position embedding constant row",
+                    expected: vec![dim],
+                    found: vec![c.len()],
+                });
+            }
+        }
+        Ok(PositionEmbedding {
+            table,
+            n_positions,
+            dim,
+            constant,
+        })
+    }
+
+    /// Positions the table covers.
+    pub fn n_positions(&self) -> usize {
+        self.n_positions
+    }
+}
+
+impl Layer for PositionEmbedding {
+    type State = ();
+
+    fn in_dim(&self) -> usize {
+        self.dim
+    }
+    fn out_dim(&self) -> usize {
+        self.dim
+    }
+    fn new_state(&self, _cap: Capacity) {}
+    fn forward(&self, x: &Act, y: &mut Act, _: &mut (), ctx: &Ctx<'_>) -> Result<(), LayerError> {
+        check_in("PositionEmbedding", self.dim, x)?;
+        y.copy_from(x);
+        let row_bytes = self.table.bytes().len() / self.n_positions.max(1);
+        let mut row = ctx.scratch.vec();
+        row.resize(self.dim, 0.0);
+        for r in 0..x.rows() {
+            let p = ctx.position(r);
+            if p >= self.n_positions {
+                return Err(LayerError::ContextFull {
+                    layer: "PositionEmbedding",
+                    pos: p + 1,
+                    max_context: self.n_positions,
+                });
+            }
+            let src = &self.table.bytes()[p * row_bytes..(p + 1) * row_bytes];
+            quant::dequantize_row(self.table.dtype(), src, &mut row)?;
+            let out = y.row_mut(r);
+            kernels::add_assign(ctx.simd, out, &row);
+            if let Some(c) = &self.constant {
+                kernels::add_assign(ctx.simd, out, c);
+            }
+        }
+        Ok(())
+    }
+    fn describe(&self) -> Node {
+        let params =
+            (self.n_positions * self.dim + self.constant.as_ref().map_or(0, Vec::len)) as u64;
+        Node::leaf("PositionEmbedding", self.dim, self.dim, params).with_detail(format!(
+            "{} positions {}",
+            self.n_positions,
+            self.table.dtype()
+        ))
+    }
+}

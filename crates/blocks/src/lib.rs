@@ -2,7 +2,7 @@
 //!
 //! Transformer building blocks, each a [`patchbay_combinators::Layer`]:
 //! [`Linear`] (any weight format, in place), [`Embedding`], [`RmsNorm`],
-//! [`LayerNorm`], activations ([`Silu`], [`GeluTanh`], [`GeluErf`]), the parts
+//! [`LayerNorm`], [`PositionEmbedding`], activations ([`Silu`], [`GeluTanh`], [`GeluErf`]), the parts
 //! of attention ([`QkvProjection`], [`QkNorm`], [`Rope`], [`Attend`] under a
 //! [`Mask`], with its [`KvCache`]), [`LmHead`] and the [`Sampler`].
 //! Models wire them with the combinators; MLPs are `Gate`s of these and
@@ -20,7 +20,7 @@ pub use attention::{
     output_projection, qkv_projection, Attend, Bidirectional, Causal, Heads, KvCache, Mask,
     NormedSelfAttention, QkNorm, QkvProjection, Rope, SelfAttention, SlidingWindow,
 };
-pub use embedding::Embedding;
+pub use embedding::{Embedding, PositionEmbedding};
 pub use linear::{Linear, LmHead};
 pub use norm::{LayerNorm, RmsNorm};
 pub use sampler::{Sampler, SamplerConfig, SamplerState};

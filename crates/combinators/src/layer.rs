@@ -244,6 +244,18 @@ impl<'a> Ctx<'a> {
     pub fn with_rows(self, rows: Rows) -> Ctx<'a> {
         Ctx { rows, ..self }
     }
+
+    /// Absolute position of input row `r` in its sequence.
+    #[inline]
+    pub fn position(&self, r: usize) -> usize {
+        self.pos + r
+    }
+
+    /// The sequence (KV-cache slot) input row `r` belongs to.
+    #[inline]
+    pub fn sequence(&self, _r: usize) -> usize {
+        0
+    }
 }
 
 /// A node of the graph as a layer describes itself.
