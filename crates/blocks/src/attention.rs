@@ -184,7 +184,7 @@ impl Layer for QkNorm {
 }
 
 /// Rotary position embedding of each head of q and k in a `[q | k | v]` row,
-/// at the row's absolute position (`ctx.pos` + row index).
+/// at the row's absolute position in its sequence ([`Ctx::position`]).
 #[derive(Debug, Clone)]
 pub struct Rope {
     heads: Heads,
@@ -229,13 +229,15 @@ impl Layer for Rope {
     fn new_state(&self, _cap: Capacity) {}
     fn forward(&self, x: &Act, y: &mut Act, _: &mut (), ctx: &Ctx<'_>) -> Result<(), LayerError> {
         check_in("Rope", self.in_dim(), x)?;
-        let end = ctx.pos.saturating_add(x.rows());
-        if end > self.table.max_pos() {
-            return Err(LayerError::ContextFull {
-                layer: "Rope",
-                pos: end,
-                max_context: self.table.max_pos(),
-            });
+        for r in 0..x.rows() {
+            let end = ctx.position(r).saturating_add(1);
+            if end > self.table.max_pos() {
+                return Err(LayerError::ContextFull {
+                    layer: "Rope",
+                    pos: end,
+                    max_context: self.table.max_pos(),
+                });
+            }
         }
         y.copy_from(x);
         let (qw, kw, hd) = (
@@ -245,7 +247,7 @@ impl Layer for Rope {
         );
         for r in 0..x.rows() {
             let row = y.row_mut(r);
-            let pos = ctx.pos + r;
+            let pos = ctx.position(r);
             rope::rope(ctx.simd, &self.table, self.layout, &mut row[..qw], hd, pos);
             rope::rope(
                 ctx.simd,
@@ -331,10 +333,13 @@ impl Mask for Bidirectional {
     }
 }
 
-/// Scaled dot-product attention over a KV cache: takes `[q | k | v]` rows at
-/// consecutive positions from `ctx.pos`, appends their keys and values to the
-/// cache, and returns each query head's `softmax(q kᵀ · scale) v` under the
-/// mask, heads side by side (`n_heads * head_dim` wide).
+/// Scaled dot-product attention over a KV cache: takes `[q | k | v]` rows,
+/// appends their keys and values to the cache slot of each row's sequence at
+/// its position ([`Ctx::sequence`], [`Ctx::position`]: consecutive positions
+/// from `ctx.pos` in one sequence, or a [`RowMap`](patchbay_combinators::RowMap)
+/// for several), and returns each query head's `softmax(q kᵀ · scale) v` under
+/// the mask within the row's own sequence, heads side by side
+/// (`n_heads * head_dim` wide).
 ///
 /// ```
 /// use patchbay_blocks::{Attend, Causal, Heads};
@@ -357,26 +362,45 @@ pub struct Attend<M> {
     mask: M,
 }
 
-/// The keys and values of every position seen so far: an [`Attend`]'s state.
+/// The keys and values of every position seen so far, one slot per
+/// sequence: an [`Attend`]'s state.
 #[derive(Debug)]
 pub struct KvCache {
-    /// Keys, `[kv_head][position][head_dim]`.
+    /// Keys, `[slot][kv_head][position][head_dim]`.
     k: Vec<f32>,
     /// Values, same layout.
     v: Vec<f32>,
     max_context: usize,
-    len: usize,
+    /// Positions held per slot.
+    lens: Vec<usize>,
 }
 
 impl KvCache {
-    /// Positions currently held.
+    /// Positions currently held for the first sequence.
     pub fn len(&self) -> usize {
-        self.len
+        self.lens[0]
+    }
+
+    /// Positions currently held for sequence `seq` (0 past the slots).
+    pub fn len_of(&self, seq: usize) -> usize {
+        self.lens.get(seq).copied().unwrap_or(0)
+    }
+
+    /// Sequence slots.
+    pub fn slots(&self) -> usize {
+        self.lens.len()
+    }
+
+    /// Forgets sequence `seq` only, so its slot can take a new sequence.
+    pub fn clear_sequence(&mut self, seq: usize) {
+        if let Some(l) = self.lens.get_mut(seq) {
+            *l = 0;
+        }
     }
 
     /// True when nothing is cached.
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.lens.iter().all(|&l| l == 0)
     }
 
     /// Positions the cache can hold.
@@ -422,16 +446,16 @@ impl<M: Mask> Layer for Attend<M> {
         self.heads.q_width()
     }
     fn new_state(&self, cap: Capacity) -> KvCache {
-        let n = self.heads.kv_width() * cap.max_context;
+        let n = self.heads.kv_width() * cap.max_context * cap.max_seqs;
         KvCache {
             k: vec![0.0; n],
             v: vec![0.0; n],
             max_context: cap.max_context,
-            len: 0,
+            lens: vec![0; cap.max_seqs],
         }
     }
     fn reset(&self, st: &mut KvCache) {
-        st.len = 0;
+        st.lens.fill(0);
     }
     fn forward(
         &self,
@@ -448,45 +472,66 @@ impl<M: Mask> Layer for Attend<M> {
             head_dim: hd,
         } = self.heads;
         let (qw, kw) = (self.heads.q_width(), self.heads.kv_width());
-        let pos = ctx.pos;
-        let end = pos.saturating_add(m);
         let cap = st.max_context;
-        if end > cap {
-            return Err(LayerError::ContextFull {
-                layer: "Attend",
-                pos: end,
-                max_context: cap,
-            });
+        let slots = st.lens.len();
+        for r in 0..m {
+            let (s, end) = (ctx.sequence(r), ctx.position(r).saturating_add(1));
+            if s >= slots {
+                return Err(LayerError::SequenceSlot {
+                    layer: "Attend",
+                    seq: s,
+                    slots,
+                });
+            }
+            if end > cap {
+                return Err(LayerError::ContextFull {
+                    layer: "Attend",
+                    pos: end,
+                    max_context: cap,
+                });
+            }
         }
-        // Append this batch's keys and values to the cache.
+        // Append this batch's keys and values to each row's slot.
         for r in 0..m {
             let row = x.row(r);
-            let t = pos + r;
+            let (s, t) = (ctx.sequence(r), ctx.position(r));
             for g in 0..kv {
-                let dst = (g * cap + t) * hd;
+                let dst = ((s * kv + g) * cap + t) * hd;
                 let src = qw + g * hd;
                 st.k[dst..dst + hd].copy_from_slice(&row[src..src + hd]);
                 st.v[dst..dst + hd].copy_from_slice(&row[src + kw..src + kw + hd]);
             }
         }
-        st.len = end;
+        // A sequence now holds everything up to its last row here; one
+        // sequence at consecutive positions ends exactly there (a re-run from
+        // an earlier position forgets what came after).
+        match ctx.map {
+            None => st.lens[0] = ctx.pos.saturating_add(m),
+            Some(_) => {
+                for r in 0..m {
+                    let s = ctx.sequence(r);
+                    st.lens[s] = st.lens[s].max(ctx.position(r) + 1);
+                }
+            }
+        }
         // Scores, softmax and the weighted sum of values, per row and head.
         let group = h / kv;
         let mut scores = ctx.scratch.vec();
         // Sized for the whole cache at once, so a growing context does not
         // reallocate while decoding.
         scores.reserve(cap);
-        scores.resize(end, 0.0);
+        scores.resize(cap, 0.0);
         y.reshape(m, qw);
         y.as_mut_slice().fill(0.0);
         for r in 0..m {
-            let span = self.mask.visible(pos + r, end);
+            let seq = ctx.sequence(r);
+            let span = self.mask.visible(ctx.position(r), st.lens[seq]);
             let n = span.len();
             for head in 0..h {
                 let g = head / group;
                 let q = &x.row(r)[head * hd..(head + 1) * hd];
                 let s = &mut scores[..n];
-                let base = g * cap + span.start;
+                let base = (seq * kv + g) * cap + span.start;
                 for (i, sc) in s.iter_mut().enumerate() {
                     let k0 = (base + i) * hd;
                     *sc = kernels::dot(ctx.simd, q, &st.k[k0..k0 + hd]) * self.scale;

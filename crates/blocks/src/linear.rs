@@ -184,7 +184,8 @@ impl Layer for Linear {
 }
 
 /// The language-model head: a [`Linear`] to vocabulary logits that computes
-/// only the last row when the caller asks for [`Rows::Last`], with optional
+/// only the last row (of each sequence, in a batch of several) when the caller
+/// asks for [`Rows::Last`], with optional
 /// final logit soft-capping (`cap * tanh(logit / cap)`).
 ///
 /// ```
@@ -247,15 +248,36 @@ impl Layer for LmHead {
     fn new_state(&self, _cap: Capacity) {}
     fn forward(&self, x: &Act, y: &mut Act, _: &mut (), ctx: &Ctx<'_>) -> Result<(), LayerError> {
         check_in("lm_head", self.linear.in_dim, x)?;
-        let first = match ctx.rows {
-            Rows::All => 0,
-            Rows::Last => x.rows().saturating_sub(1),
-        };
-        let rows = x.rows() - first;
         let k = self.linear.in_dim;
-        let view = MatRef::new(&x.as_slice()[first * k..], rows, k)?;
-        y.reshape(rows, self.linear.out_dim);
-        self.linear.project(view, y.as_mut_slice(), ctx)?;
+        let m = x.rows();
+        let last_rows = match ctx.rows {
+            Rows::All => None,
+            Rows::Last => Some((0..m).filter(|&r| ctx.is_last_of_sequence(r, m)).count()),
+        };
+        match last_rows {
+            // Several sequences: gather each one's last row.
+            Some(n) if ctx.map.is_some() && n < m => {
+                let mut picked = ctx.scratch.act();
+                picked.reshape(n, k);
+                let lasts = (0..m).filter(|&r| ctx.is_last_of_sequence(r, m));
+                for (i, r) in lasts.enumerate() {
+                    picked.row_mut(i).copy_from_slice(x.row(r));
+                }
+                let view = MatRef::new(picked.as_slice(), n, k)?;
+                y.reshape(n, self.linear.out_dim);
+                self.linear.project(view, y.as_mut_slice(), ctx)?;
+            }
+            _ => {
+                let first = match (ctx.rows, ctx.map) {
+                    (Rows::Last, None) => m.saturating_sub(1),
+                    _ => 0,
+                };
+                let rows = m - first;
+                let view = MatRef::new(&x.as_slice()[first * k..], rows, k)?;
+                y.reshape(rows, self.linear.out_dim);
+                self.linear.project(view, y.as_mut_slice(), ctx)?;
+            }
+        }
         if let Some(cap) = self.softcap {
             for v in y.as_mut_slice() {
                 *v = cap * (*v / cap).tanh();

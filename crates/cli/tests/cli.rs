@@ -242,3 +242,42 @@ fn a_reader_closing_stdout_early_is_not_a_crash() {
     assert!(!err.contains("panicked"), "{err}");
     assert!(o.status.success(), "{err}");
 }
+
+#[test]
+fn batch_prompts_continue_each_line_as_it_would_alone() {
+    require("stories260k");
+    let dir = std::env::temp_dir().join(format!("patchbay-batch-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("prompts.txt");
+    let prompts = [
+        "Once upon a time",
+        "",
+        "Lily and Tom went to the park. They saw",
+        "The",
+    ];
+    std::fs::write(&file, prompts.join("\n")).unwrap();
+    let common = ["-m", "stories260k", "-n", "20", "--temp", "0"];
+    let mut args = vec!["generate", "-f", file.to_str().unwrap(), "--batch-prompts"];
+    args.extend(common);
+    let o = patchbay(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8(o.stdout.clone()).unwrap();
+    let non_empty: Vec<&str> = prompts.iter().copied().filter(|p| !p.is_empty()).collect();
+    for (i, p) in non_empty.iter().enumerate() {
+        let mut one = vec!["generate", "-p", p];
+        one.extend(common);
+        let alone = patchbay(&one);
+        assert!(alone.status.success(), "{}", stderr(&alone));
+        let alone = String::from_utf8(alone.stdout).unwrap();
+        let header = format!("--- {i} (");
+        let start = out
+            .find(&header)
+            .unwrap_or_else(|| panic!("no {header} in {out}"));
+        let body = &out[start..];
+        let body = &body[body.find('\n').unwrap() + 1..];
+        let end = body.find("\n--- ").map_or(body.len(), |e| e + 1);
+        assert_eq!(&body[..end], alone, "prompt {i} ({p:?})");
+    }
+    assert!(stderr(&o).contains("3 prompts"), "{}", stderr(&o));
+    std::fs::remove_dir_all(&dir).ok();
+}

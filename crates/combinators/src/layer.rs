@@ -39,6 +39,16 @@ pub enum LayerError {
         /// Context the state holds.
         max_context: usize,
     },
+    /// A row names a sequence beyond the KV-cache slots the state holds.
+    #[error("{layer}: sequence {seq} is beyond the {slots} sequence slot(s) of this state")]
+    SequenceSlot {
+        /// The layer's name.
+        layer: &'static str,
+        /// The sequence asked for.
+        seq: usize,
+        /// Slots the state holds.
+        slots: usize,
+    },
     /// A token id outside the vocabulary.
     #[error("{layer}: token id {id} is outside the vocabulary of {vocab}")]
     TokenOutOfRange {
@@ -70,6 +80,8 @@ pub struct Capacity {
     pub max_rows: usize,
     /// Most positions a sequence may reach: the KV cache length.
     pub max_context: usize,
+    /// Most sequences in one batch: KV-cache slots.
+    pub max_seqs: usize,
 }
 
 impl Capacity {
@@ -78,7 +90,102 @@ impl Capacity {
         Capacity {
             max_rows: max_rows.max(1),
             max_context: max_context.max(1),
+            max_seqs: 1,
         }
+    }
+
+    /// The same capacity with `max_seqs` sequence slots (batches of several
+    /// sequences; see [`RowMap`]).
+    pub fn with_seqs(self, max_seqs: usize) -> Capacity {
+        Capacity {
+            max_seqs: max_seqs.max(1),
+            ..self
+        }
+    }
+}
+
+/// Where the rows of a batch belong when a forward pass carries several
+/// sequences, as llama.cpp's `llama_batch`: row `r` is the token at position
+/// `position(r)` of sequence `sequence(r)` (a KV-cache slot). Attention masks
+/// are built per sequence, so rows of different sequences never see each
+/// other; a sequence's rows must come in increasing position order.
+///
+/// ```
+/// use patchbay_combinators::RowMap;
+/// // Two sequences of 3 and 2 tokens, packed one after the other.
+/// let map = RowMap::packed(&[3, 2]);
+/// assert_eq!((map.sequence(3), map.position(3)), (1, 0));
+/// assert_eq!(map.sequences(), 2);
+/// assert!(map.is_last_of_sequence(2) && !map.is_last_of_sequence(1));
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RowMap {
+    seq: Vec<usize>,
+    pos: Vec<usize>,
+}
+
+impl RowMap {
+    /// An empty map.
+    pub fn new() -> RowMap {
+        RowMap::default()
+    }
+
+    /// Whole sequences of the given lengths one after another, each from
+    /// position 0 (a prompt batch, or an encoder batch without padding).
+    pub fn packed(lens: &[usize]) -> RowMap {
+        let mut map = RowMap::new();
+        for (s, &n) in lens.iter().enumerate() {
+            for p in 0..n {
+                map.push(s, p);
+            }
+        }
+        map
+    }
+
+    /// Appends a row: the token at `pos` of sequence `seq`.
+    pub fn push(&mut self, seq: usize, pos: usize) {
+        self.seq.push(seq);
+        self.pos.push(pos);
+    }
+
+    /// Forgets every row, keeping the allocation.
+    pub fn clear(&mut self) {
+        self.seq.clear();
+        self.pos.clear();
+    }
+
+    /// Rows mapped.
+    pub fn len(&self) -> usize {
+        self.seq.len()
+    }
+
+    /// True when no row is mapped.
+    pub fn is_empty(&self) -> bool {
+        self.seq.is_empty()
+    }
+
+    /// The sequence of row `r`.
+    #[inline]
+    pub fn sequence(&self, r: usize) -> usize {
+        self.seq[r]
+    }
+
+    /// The position of row `r` in its sequence.
+    #[inline]
+    pub fn position(&self, r: usize) -> usize {
+        self.pos[r]
+    }
+
+    /// One more than the highest sequence index (slots a state needs).
+    pub fn sequences(&self) -> usize {
+        self.seq.iter().max().map_or(0, |&s| s + 1)
+    }
+
+    /// True when no later row belongs to row `r`'s sequence: the row whose
+    /// logits a generator samples from.
+    pub fn is_last_of_sequence(&self, r: usize) -> bool {
+        let s = self.seq[r];
+        !self.seq[r + 1..].contains(&s)
     }
 }
 
@@ -88,7 +195,8 @@ pub enum Rows {
     /// Every row (scoring a text: perplexity, logits).
     #[default]
     All,
-    /// Only the last row (generation): heads may skip the others.
+    /// Only the last row of each sequence (generation): heads may skip the
+    /// others. With one sequence, the last row.
     Last,
 }
 
@@ -221,6 +329,9 @@ pub struct Ctx<'a> {
     pub pos: usize,
     /// Which output rows are wanted (layers that can skip work honour it).
     pub rows: Rows,
+    /// Where each row belongs when the batch holds several sequences; `None`:
+    /// one sequence (slot 0), rows at consecutive positions from `pos`.
+    pub map: Option<&'a RowMap>,
 }
 
 impl<'a> Ctx<'a> {
@@ -232,6 +343,7 @@ impl<'a> Ctx<'a> {
             scratch,
             pos: 0,
             rows: Rows::All,
+            map: None,
         }
     }
 
@@ -245,16 +357,41 @@ impl<'a> Ctx<'a> {
         Ctx { rows, ..self }
     }
 
+    /// The same context over a batch of several sequences laid out by `map`
+    /// (one entry per input row).
+    pub fn with_map(self, map: &'a RowMap) -> Ctx<'a> {
+        Ctx {
+            map: Some(map),
+            ..self
+        }
+    }
+
     /// Absolute position of input row `r` in its sequence.
     #[inline]
     pub fn position(&self, r: usize) -> usize {
-        self.pos + r
+        match self.map {
+            Some(m) => m.position(r),
+            None => self.pos + r,
+        }
     }
 
     /// The sequence (KV-cache slot) input row `r` belongs to.
     #[inline]
-    pub fn sequence(&self, _r: usize) -> usize {
-        0
+    pub fn sequence(&self, r: usize) -> usize {
+        match self.map {
+            Some(m) => m.sequence(r),
+            None => 0,
+        }
+    }
+
+    /// Whether row `r` is the last of its sequence in this batch (with
+    /// [`Rows::Last`], the rows a head keeps).
+    #[inline]
+    pub fn is_last_of_sequence(&self, r: usize, rows: usize) -> bool {
+        match self.map {
+            Some(m) => m.is_last_of_sequence(r),
+            None => r + 1 == rows,
+        }
     }
 }
 

@@ -55,7 +55,9 @@ mod plan;
 mod wiring;
 
 pub use graph::{GraphFormat, UnknownGraphFormat};
-pub use layer::{check_in, Borrowed, Capacity, Ctx, Layer, LayerError, Node, Rows, Scratch};
+pub use layer::{
+    check_in, Borrowed, Capacity, Ctx, Layer, LayerError, Node, RowMap, Rows, Scratch,
+};
 pub use plan::{
     Merge, Plan, PlanError, PlanLocation, PlanStep, MAX_APPLICATIONS, MAX_REPEAT, PLAN_HELP,
 };

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use patchbay_blocks::{Sampler, SamplerConfig, SamplerState};
 use patchbay_combinators::{
-    Capacity, Ctx, Layer, Loop, LoopState, Rows, Scratch, Series, SeriesState, Step,
+    Capacity, Ctx, Layer, Loop, LoopState, RowMap, Rows, Scratch, Series, SeriesState, Step,
 };
 use patchbay_primitives::{Act, Simd, Threads};
 
@@ -72,6 +72,39 @@ impl GenStats {
     pub fn gen_tps(&self) -> f64 {
         self.gen_tokens.saturating_sub(1) as f64 / self.gen_time.as_secs_f64().max(1e-9)
     }
+}
+
+/// Why a sequence stopped generating.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    /// The model produced an end-of-generation token.
+    EndOfSequence,
+    /// The requested number of tokens was reached.
+    MaxTokens,
+    /// The context (KV cache) was full.
+    ContextFull,
+    /// The caller's callback asked to stop.
+    Caller,
+}
+
+impl std::fmt::Display for StopReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            StopReason::EndOfSequence => "end of sequence",
+            StopReason::MaxTokens => "token limit reached",
+            StopReason::ContextFull => "context full",
+            StopReason::Caller => "stopped by the caller",
+        })
+    }
+}
+
+/// One prompt's continuation from [`Session::generate_batch`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Completion {
+    /// The generated tokens (an end-of-generation token is not included).
+    pub tokens: Vec<u32>,
+    /// Why generation stopped.
+    pub stop: StopReason,
 }
 
 /// A network with its tokenizer and one sequence's state.
@@ -348,5 +381,193 @@ impl<N: Layer> Session<N> {
         stats.prompt_time = t_first - t0;
         stats.gen_time = t_first.elapsed();
         Ok(stats)
+    }
+
+    /// The logits of every position of each sequence (`len x vocab` each),
+    /// computed for all of them together: the sequences are packed into
+    /// forward passes of up to `batch` rows, each in its own KV-cache slot, so
+    /// attention never crosses from one sequence to another. Every sequence
+    /// starts at position 0; the session's own sequence is left untouched.
+    pub fn logits_batch(&mut self, seqs: &[Vec<u32>]) -> Result<Vec<Act>, ModelError> {
+        let longest = seqs.iter().map(Vec::len).max().unwrap_or(0);
+        if longest > self.max_context {
+            return Err(ModelError::ContextFull {
+                needed: longest,
+                max_context: self.max_context,
+            });
+        }
+        let vocab = self.info.vocab;
+        let net = &self.decoder.body.first;
+        let cap = Capacity::new(self.batch, longest).with_seqs(seqs.len());
+        let mut state = net.new_state(cap);
+        let mut outs: Vec<Act> = seqs
+            .iter()
+            .map(|s| {
+                let mut a = Act::default();
+                a.reshape(s.len(), vocab);
+                a
+            })
+            .collect();
+        let rows: Vec<(usize, usize)> = seqs
+            .iter()
+            .enumerate()
+            .flat_map(|(s, t)| (0..t.len()).map(move |p| (s, p)))
+            .collect();
+        let (mut map, mut out) = (RowMap::new(), Act::default());
+        for chunk in rows.chunks(self.batch) {
+            map.clear();
+            self.ids.reshape(chunk.len(), 1);
+            for (j, &(s, p)) in chunk.iter().enumerate() {
+                map.push(s, p);
+                self.ids.row_mut(j)[0] = seqs[s][p] as f32;
+            }
+            let ctx = Ctx::new(self.simd, &self.threads, &self.scratch).with_map(&map);
+            net.forward(&self.ids, &mut out, &mut state, &ctx)?;
+            for (j, &(s, p)) in chunk.iter().enumerate() {
+                outs[s].row_mut(p).copy_from_slice(out.row(j));
+            }
+        }
+        Ok(outs)
+    }
+
+    /// Generates a continuation of each prompt, all together: the prompts go
+    /// through the network packed in forward passes of up to `batch` rows, then
+    /// every step decodes one token for each unfinished sequence in one
+    /// forward pass, each sequence in its own KV-cache slot and with its own
+    /// sampler state (seeded alike, so a prompt gets the continuation it would
+    /// get alone). `on_token(index, token)` sees each token as it comes;
+    /// returning `Step::Stop` ends that sequence. A sequence stops at an
+    /// end-of-generation token, after `max_tokens`, or when the context is
+    /// full. The session's own sequence is left untouched.
+    ///
+    /// ```no_run
+    /// use patchbay_combinators::Step;
+    /// use patchbay_models::runners::session::{with_session, Session, SessionJob, SessionOptions};
+    /// use patchbay_combinators::Layer;
+    /// struct Job;
+    /// impl SessionJob for Job {
+    ///     type Output = ();
+    ///     fn run<N: Layer>(self, mut s: Session<N>) {
+    ///         let prompts: Vec<Vec<u32>> = ["Once upon a time", "The sun"]
+    ///             .iter()
+    ///             .map(|p| s.tokenizer.encode(p, true))
+    ///             .collect();
+    ///         let done = s.generate_batch(&prompts, 16, |_, _| Step::Continue).unwrap();
+    ///         for (i, c) in done.iter().enumerate() {
+    ///             println!("{i}: {} ({})", s.tokenizer.decode(&c.tokens), c.stop);
+    ///         }
+    ///     }
+    /// }
+    /// with_session("models/stories260K/stories260K.bin".as_ref(), &SessionOptions::default(), Job).unwrap();
+    /// ```
+    pub fn generate_batch(
+        &mut self,
+        prompts: &[Vec<u32>],
+        max_tokens: usize,
+        mut on_token: impl FnMut(usize, u32) -> Step,
+    ) -> Result<Vec<Completion>, ModelError> {
+        if prompts.iter().any(Vec::is_empty) {
+            return Err(ModelError::EmptyPrompt);
+        }
+        let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
+        if longest > self.max_context {
+            return Err(ModelError::ContextFull {
+                needed: longest,
+                max_context: self.max_context,
+            });
+        }
+        let n = prompts.len();
+        let mut done: Vec<Completion> = (0..n)
+            .map(|_| Completion {
+                tokens: Vec::new(),
+                stop: StopReason::MaxTokens,
+            })
+            .collect();
+        if n == 0 || max_tokens == 0 {
+            return Ok(done);
+        }
+        let ctx_len = longest.saturating_add(max_tokens).min(self.max_context);
+        let net = &self.decoder.body.first;
+        let sampler = &self.decoder.body.second;
+        let mut state = net.new_state(Capacity::new(self.batch.max(n), ctx_len).with_seqs(n));
+        let mut samplers: Vec<SamplerState> = prompts
+            .iter()
+            .map(|p| {
+                let mut st = sampler.new_state(Capacity::new(1, ctx_len));
+                p.iter().for_each(|&t| st.observe(t));
+                st
+            })
+            .collect();
+        let ctx0 = Ctx::new(self.simd, &self.threads, &self.scratch);
+        let sample = |s: usize, row: &[f32], samplers: &mut [SamplerState]| {
+            let t = sampler.sample(row, &mut samplers[s], &ctx0);
+            samplers[s].observe(t);
+            t
+        };
+        // The prompts, packed; each sequence's last row yields its first token.
+        let rows: Vec<(usize, usize)> = prompts
+            .iter()
+            .enumerate()
+            .flat_map(|(s, t)| (0..t.len()).map(move |p| (s, p)))
+            .collect();
+        let (mut map, mut out) = (RowMap::new(), Act::default());
+        let mut pending: Vec<Option<u32>> = vec![None; n];
+        for chunk in rows.chunks(self.batch) {
+            map.clear();
+            self.ids.reshape(chunk.len(), 1);
+            for (j, &(s, p)) in chunk.iter().enumerate() {
+                map.push(s, p);
+                self.ids.row_mut(j)[0] = prompts[s][p] as f32;
+            }
+            let ctx = ctx0.with_map(&map).with_rows(Rows::Last);
+            net.forward(&self.ids, &mut out, &mut state, &ctx)?;
+            let lasts = (0..chunk.len()).filter(|&j| map.is_last_of_sequence(j));
+            for (o, j) in lasts.enumerate() {
+                let (s, p) = chunk[j];
+                if p + 1 == prompts[s].len() {
+                    pending[s] = Some(sample(s, out.row(o), &mut samplers));
+                }
+            }
+        }
+        // Then one row per unfinished sequence per step.
+        let mut lens: Vec<usize> = prompts.iter().map(Vec::len).collect();
+        let mut active = Vec::with_capacity(n);
+        loop {
+            active.clear();
+            for s in 0..n {
+                let Some(t) = pending[s].take() else { continue };
+                let c = &mut done[s];
+                if self.tokenizer.is_eog(t) {
+                    c.stop = StopReason::EndOfSequence;
+                    continue;
+                }
+                c.tokens.push(t);
+                if on_token(s, t) == Step::Stop {
+                    c.stop = StopReason::Caller;
+                } else if c.tokens.len() >= max_tokens {
+                    c.stop = StopReason::MaxTokens;
+                } else if lens[s] >= ctx_len {
+                    c.stop = StopReason::ContextFull;
+                } else {
+                    active.push((s, t));
+                }
+            }
+            if active.is_empty() {
+                break;
+            }
+            map.clear();
+            self.ids.reshape(active.len(), 1);
+            for (j, &(s, t)) in active.iter().enumerate() {
+                map.push(s, lens[s]);
+                self.ids.row_mut(j)[0] = t as f32;
+            }
+            let ctx = ctx0.with_map(&map).with_rows(Rows::Last);
+            net.forward(&self.ids, &mut out, &mut state, &ctx)?;
+            for (j, &(s, _)) in active.iter().enumerate() {
+                lens[s] += 1;
+                pending[s] = Some(sample(s, out.row(j), &mut samplers));
+            }
+        }
+        Ok(done)
     }
 }
