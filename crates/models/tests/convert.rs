@@ -283,7 +283,13 @@ fn converted_stories260k_matches_llama2c() {
     assert!(matches!(tokenizer, Tokenizer::HfJson(_)));
     let cases = support::golden_dir("stories260k");
     let mut n = 0;
-    for entry in std::fs::read_dir(&cases).unwrap() {
+    let golden = std::fs::read_dir(&cases).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e} (set PATCHBAY_SHARED to the shared reference data)",
+            cases.display()
+        )
+    });
+    for entry in golden {
         let path = entry.unwrap().path();
         let case = GoldenCase::load(&path).unwrap();
         let ids = tokenizer.encode(&case.prompt, case.add_special);
