@@ -356,6 +356,12 @@ pub fn to_safetensors(
         Family::Llama => llama_plan(model, &source)?,
         Family::Gemma3 => gemma3_plan(&source)?,
         Family::Bert => return Err(unsupported(model, "convert cannot export encoders")),
+        f @ (Family::Gpt2 | Family::Phi) => {
+            return Err(unsupported(
+                model,
+                format!("convert does not export {} models yet", f.name()),
+            ))
+        }
     };
     let vocab = gguf_vocab::read_vocab(model)?;
     std::fs::create_dir_all(out).map_err(|e| io(out, e))?;
