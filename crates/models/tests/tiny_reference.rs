@@ -149,6 +149,29 @@ fn check(family: &str) {
         family,
     };
     session::with_session(&dir, &opts, job).unwrap_or_else(|e| panic!("{family}: {e}"));
+
+    // An activation the family does not run is refused, naming the key.
+    let key = match family {
+        "gpt2" => "activation_function",
+        _ => "hidden_act",
+    };
+    let config = dir.join("config.json");
+    let mut c: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap();
+    c[key] = "relu".into();
+    std::fs::write(&config, c.to_string()).unwrap();
+    let err = session::with_session(
+        &dir,
+        &opts,
+        Check {
+            reference: &reference,
+            family,
+        },
+    )
+    .err()
+    .unwrap_or_else(|| panic!("{family}: a relu config was accepted"))
+    .to_string();
+    assert!(err.contains(&format!("{key} 'relu'")), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -437,6 +437,12 @@ impl ModelSource {
             }
             Backend::Safetensors { config, .. } => {
                 let dir = config.path().parent()?;
+                if !dir.join("tokenizer.json").is_file()
+                    && dir.join("encoder.json").is_file()
+                    && dir.join("vocab.bpe").is_file()
+                {
+                    return Some("BPE (GPT-2 encoder.json + vocab.bpe)".into());
+                }
                 let text = std::fs::read_to_string(dir.join("tokenizer.json")).ok()?;
                 let json: serde_json::Value = serde_json::from_str(&text).ok()?;
                 Some(json.get("model")?.get("type")?.as_str()?.to_owned())
