@@ -8,13 +8,20 @@
 //! the directory like any model: logits must agree within 1e-4 and the greedy
 //! tokens must be identical.
 
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use patchbay_blocks::SamplerConfig;
-use patchbay_combinators::{Layer, Step};
+use patchbay_combinators::{Capacity, Ctx, Layer, Scratch, Step};
 use patchbay_models::catalog;
+use patchbay_models::families::{self, gpt2, BuildOptions, CausalLmVisitor, Model};
+use patchbay_models::formats::gguf::Value;
+use patchbay_models::formats::source::ModelSource;
 use patchbay_models::runners::session::{self, Session, SessionJob, SessionOptions};
+use patchbay_primitives::{Act, DType, Simd, Threads};
+use support::gguf_writer::{to_bytes, TensorData};
 
 /// Logits of every prompt position must lie this close to the reference.
 const TOLERANCE: f64 = 1e-4;
@@ -183,4 +190,157 @@ fn gpt2_matches_float64_reference() {
 #[test]
 fn phi_parallel_blocks_match_float64_reference() {
     check("phi");
+}
+
+/// The logits of every position of `ids` from the network in `source`.
+fn logits_of(source: &ModelSource, ids: &[u32]) -> Vec<f32> {
+    struct Run<'a>(&'a [u32]);
+    impl CausalLmVisitor for Run<'_> {
+        type Output = Vec<f32>;
+        fn visit<N: Layer>(self, model: Model<N>) -> Vec<f32> {
+            let (threads, scratch) = (Threads::single(), Scratch::new());
+            let ctx = Ctx::new(Simd::detect(), &threads, &scratch);
+            let mut st = model.net.new_state(Capacity::new(self.0.len(), 64));
+            let x =
+                Act::from_vec(self.0.len(), 1, self.0.iter().map(|&t| t as f32).collect()).unwrap();
+            model.net.apply(&x, &mut st, &ctx).unwrap().into_vec()
+        }
+    }
+    let opts = BuildOptions {
+        max_context: 64,
+        ..BuildOptions::default()
+    };
+    families::with_causal_lm(source, &opts, Run(ids)).unwrap()
+}
+
+/// The same tiny weights under llama.cpp's GGUF names and layout bind to the
+/// same family and give the same logits: GPT-2's `Conv1D` weights are stored
+/// transposed (`[out, in]`) as llama.cpp's converter does, and read in place.
+fn gguf_binds_the_same_weights(family: &str) {
+    let (dir, r) = make_reference(family);
+    let hf = families::open(&dir).unwrap();
+    let h = hf.hparams().clone();
+    let (arch, mut names) = match family {
+        "gpt2" => (
+            "gpt2",
+            vec![
+                "token_embd.weight".to_string(),
+                "position_embd.weight".into(),
+            ],
+        ),
+        _ => (
+            "phi2",
+            vec![
+                "token_embd.weight".to_string(),
+                "output.weight".into(),
+                "output.bias".into(),
+            ],
+        ),
+    };
+    names.extend(["output_norm.weight".into(), "output_norm.bias".into()]);
+    let block: &[&str] = match family {
+        "gpt2" => &[
+            "attn_norm",
+            "attn_qkv",
+            "attn_output",
+            "ffn_norm",
+            "ffn_up",
+            "ffn_down",
+        ],
+        _ => &[
+            "attn_norm",
+            "attn_q",
+            "attn_k",
+            "attn_v",
+            "attn_output",
+            "ffn_up",
+            "ffn_down",
+        ],
+    };
+    for i in 0..h.n_layer {
+        for t in block {
+            names.push(format!("blk.{i}.{t}.weight"));
+            names.push(format!("blk.{i}.{t}.bias"));
+        }
+    }
+    let conv1d = [
+        "attn_qkv.weight",
+        "attn_output.weight",
+        "ffn_up.weight",
+        "ffn_down.weight",
+    ];
+    let tensors: Vec<TensorData> = names
+        .iter()
+        .map(|name| {
+            let mut t = hf.tensor(name).unwrap();
+            if family == "gpt2"
+                && name.starts_with("blk.")
+                && conv1d.iter().any(|c| name.ends_with(c))
+            {
+                t = gpt2::transpose(&t).unwrap();
+            }
+            TensorData {
+                name: name.clone(),
+                dtype: DType::F32,
+                shape: t.shape().to_vec(),
+                data: t.bytes().to_vec(),
+            }
+        })
+        .collect();
+    assert_eq!(
+        tensors.len(),
+        hf.tensor_entries().len(),
+        "every tensor mapped"
+    );
+    let k = |s: &str| format!("{arch}.{s}");
+    let mut meta = vec![
+        (
+            "general.architecture".to_owned(),
+            Value::String(arch.into()),
+        ),
+        (k("embedding_length"), Value::U32(h.n_embd as u32)),
+        (k("block_count"), Value::U32(h.n_layer as u32)),
+        (k("attention.head_count"), Value::U32(h.n_head as u32)),
+        (k("attention.head_count_kv"), Value::U32(h.n_head_kv as u32)),
+        (k("feed_forward_length"), Value::U32(h.n_ff as u32)),
+        (k("context_length"), Value::U32(h.n_ctx as u32)),
+        (k("attention.layer_norm_epsilon"), Value::F32(h.norm_eps)),
+    ];
+    if family == "phi" {
+        meta.push((
+            k("rope.dimension_count"),
+            Value::U32((h.head_dim / 2) as u32),
+        ));
+    }
+    let path = dir.join("tiny.gguf");
+    std::fs::write(&path, to_bytes(3, &meta, &tensors)).unwrap();
+    let gguf = families::open(&path).unwrap();
+    assert_eq!(families::family_of(&gguf).unwrap().name(), family);
+
+    let ids = ids(&r["prompt_ids"]);
+    let (a, b) = (logits_of(&hf, &ids), logits_of(&gguf, &ids));
+    assert_eq!(a, b, "{family}: GGUF and safetensors logits differ");
+    let want: Vec<f64> = r["logits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|row| row.as_array().unwrap().iter().map(|v| v.as_f64().unwrap()))
+        .collect();
+    let max = b
+        .iter()
+        .zip(&want)
+        .map(|(&g, &w)| (g as f64 - w).abs())
+        .fold(0.0, f64::max);
+    assert!(max < TOLERANCE, "{family} GGUF: max |dlogit| {max:e}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn gpt2_gguf_names_bind_the_same_weights() {
+    gguf_binds_the_same_weights("gpt2");
+}
+
+#[test]
+fn phi2_gguf_names_bind_the_same_weights() {
+    gguf_binds_the_same_weights("phi");
 }

@@ -195,6 +195,16 @@ pub fn build(source: &ModelSource, opts: &BuildOptions) -> Result<Model<PhiNet>,
             .try_tensor_shaped(&format!("{stem}.bias"), &[shape[0]])?;
         w.linear(&stem).map(|l| l.named(label))
     };
+    if source.try_tensor("blk.0.attn_q.weight")?.is_none()
+        && source.try_tensor("blk.0.attn_qkv.weight")?.is_some()
+    {
+        return Err(ModelError::Unsupported {
+            path: source.path().to_path_buf(),
+            detail: "a fused attn_qkv projection (older Phi-2 conversions): the Phi family \
+                     reads separate attn_q, attn_k and attn_v"
+                .into(),
+        });
+    }
     let mut layers = Vec::with_capacity(cfg.n_layers);
     for i in 0..cfg.n_layers {
         let p = format!("blk.{i}");
