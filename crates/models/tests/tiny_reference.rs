@@ -344,3 +344,36 @@ fn gpt2_gguf_names_bind_the_same_weights() {
 fn phi2_gguf_names_bind_the_same_weights() {
     gguf_binds_the_same_weights("phi");
 }
+
+/// A GPT-2 checkpoint saved from `GPT2LMHeadModel` names every tensor under
+/// `transformer.`: the same weights read the same.
+#[test]
+fn gpt2_names_under_transformer_prefix_read_the_same() {
+    let (dir, r) = make_reference("gpt2");
+    let plain = logits_of(&families::open(&dir).unwrap(), &ids(&r["prompt_ids"]));
+    let file = dir.join("model.safetensors");
+    let bytes = std::fs::read(&file).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    let renamed: serde_json::Map<String, serde_json::Value> = header
+        .into_iter()
+        .map(|(k, v)| (format!("transformer.{k}"), v))
+        .collect();
+    let mut text = serde_json::Value::Object(renamed).to_string().into_bytes();
+    text.resize(text.len().next_multiple_of(8), b' ');
+    let mut out = (text.len() as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(&text);
+    out.extend_from_slice(&bytes[8 + n..]);
+    std::fs::write(&file, out).unwrap();
+    let source = families::open(&dir).unwrap();
+    assert!(source
+        .tensor_entries()
+        .iter()
+        .all(|t| t.name.starts_with("transformer.h.")
+            || t.name.starts_with("transformer.w")
+            || t.name.starts_with("transformer.ln_f")));
+    let prefixed = logits_of(&source, &ids(&r["prompt_ids"]));
+    assert_eq!(plain, prefixed);
+    let _ = std::fs::remove_dir_all(&dir);
+}
