@@ -702,9 +702,10 @@ fn hf_hparams(c: &HfConfig) -> Result<HParams, ModelError> {
         n_layer: c.get_usize(key("num_hidden_layers", "n_layer"))?,
         n_head,
         n_head_kv: c.opt_usize("num_key_value_heads")?.unwrap_or(n_head),
-        n_ff: match gpt2_style {
-            true => c.opt_usize("n_inner")?.unwrap_or(4 * n_embd),
-            false => c.get_usize("intermediate_size")?,
+        n_ff: if gpt2_style {
+            c.opt_usize("n_inner")?.unwrap_or(4 * n_embd)
+        } else {
+            c.get_usize("intermediate_size")?
         },
         head_dim,
         head_dim_v: head_dim,
