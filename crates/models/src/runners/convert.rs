@@ -440,6 +440,13 @@ pub fn convert(
         Family::Llama => llama_plan(model, &source)?,
         Family::Gemma3 => gemma3_plan(&source)?,
         Family::Bert => return Err(unsupported(model, "convert cannot export encoders").into()),
+        f @ (Family::Gpt2 | Family::Phi) => {
+            return Err(unsupported(
+                model,
+                format!("convert does not export {} models yet", f.name()),
+            )
+            .into())
+        }
     };
 
     // Tensors: every canonical name the family reads, dequantised.
