@@ -241,6 +241,21 @@ pub fn with_causal_lm<V: CausalLmVisitor>(
     }
 }
 
+/// Builds the model in `source` with its family, whatever it builds (a
+/// causal language model or an encoder), and runs `job` on it: for commands
+/// that only describe a network (`graph`). Check [`Family::kind`] first when
+/// the job needs one kind.
+pub fn with_model<V: CausalLmVisitor>(
+    source: &ModelSource,
+    opts: &BuildOptions,
+    job: V,
+) -> Result<V::Output, ModelError> {
+    match family_of(source)? {
+        Family::Bert => Ok(job.visit(bert::build(source, opts)?)),
+        _ => with_causal_lm(source, opts, job),
+    }
+}
+
 /// Applies `opts.plan` to a decoder stack (every family calls this once).
 pub fn planned<L: Layer>(
     stack: patchbay_combinators::Stack<L>,
