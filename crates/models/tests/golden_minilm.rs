@@ -128,3 +128,34 @@ fn long_texts_are_cut_to_max_seq_length_keeping_sep() {
     let norm: f64 = v[0].iter().map(|&x| f64::from(x) * f64::from(x)).sum();
     assert!((norm - 1.0).abs() < 1e-5, "{norm}");
 }
+
+#[test]
+fn a_pooling_mode_patchbay_does_not_implement_is_a_clear_error() {
+    let m = catalog::known("minilm-l6-v2").unwrap();
+    let src = catalog::models_dir().join(m.file);
+    assert!(src.exists(), "{}", catalog::fetch_hint("minilm-l6-v2"));
+    let dir = std::env::temp_dir().join(format!("patchbay-minilm-cls-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("1_Pooling")).unwrap();
+    for f in ["config.json", "model.safetensors", "tokenizer.json"] {
+        let to = dir.join(f);
+        let _ = std::fs::remove_file(&to);
+        std::os::unix::fs::symlink(std::fs::canonicalize(src.join(f)).unwrap(), &to).unwrap();
+    }
+    std::fs::write(
+        dir.join("1_Pooling/config.json"),
+        r#"{"word_embedding_dimension": 384, "pooling_mode_cls_token": true,
+            "pooling_mode_mean_tokens": false}"#,
+    )
+    .unwrap();
+    let e = Embedder::open(&dir, &EmbedderOptions::default()).unwrap_err();
+    let msg = e.to_string();
+    assert!(
+        msg.contains("pooling_mode_cls_token") && msg.contains("mean pooling"),
+        "{msg}"
+    );
+    // Without the module configs: mean pooling over the position table's 512.
+    std::fs::remove_dir_all(dir.join("1_Pooling")).unwrap();
+    let e = Embedder::open(&dir, &EmbedderOptions::default()).unwrap();
+    assert_eq!(e.max_tokens(), 512);
+    let _ = std::fs::remove_dir_all(&dir);
+}

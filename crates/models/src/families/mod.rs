@@ -56,7 +56,7 @@ impl Default for BuildOptions {
 /// What every runner needs to know about a built model, whatever its family.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelInfo {
-    /// The family (`llama`, `gemma3`).
+    /// The family (`llama`, `gemma3`, `bert`).
     pub family: &'static str,
     /// The architecture the file declares (`qwen2`, `LlamaForCausalLM`).
     pub arch: String,
@@ -64,7 +64,8 @@ pub struct ModelInfo {
     pub dim: usize,
     /// Decoder layers as trained.
     pub n_layers: usize,
-    /// Vocabulary size (logits per row).
+    /// Vocabulary size (logits per row); for an encoder, the embedding
+    /// width (features per output row).
     pub vocab: usize,
     /// Context length the model was trained for.
     pub context_length: usize,
