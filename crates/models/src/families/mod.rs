@@ -58,7 +58,7 @@ impl Default for BuildOptions {
 /// What every runner needs to know about a built model, whatever its family.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelInfo {
-    /// The family (`llama`, `gemma3`).
+    /// The family (`llama`, `gemma3`, `bert`).
     pub family: &'static str,
     /// The architecture the file declares (`qwen2`, `LlamaForCausalLM`).
     pub arch: String,
@@ -66,7 +66,8 @@ pub struct ModelInfo {
     pub dim: usize,
     /// Decoder layers as trained.
     pub n_layers: usize,
-    /// Vocabulary size (logits per row).
+    /// Vocabulary size (logits per row); for an encoder, the embedding
+    /// width (features per output row).
     pub vocab: usize,
     /// Context length the model was trained for.
     pub context_length: usize,
@@ -255,6 +256,21 @@ pub fn with_causal_lm<V: CausalLmVisitor>(
             path: source.path().to_path_buf(),
             family: f.name(),
         }),
+    }
+}
+
+/// Builds the model in `source` with its family, whatever it builds (a
+/// causal language model or an encoder), and runs `job` on it: for commands
+/// that only describe a network (`graph`). Check [`Family::kind`] first when
+/// the job needs one kind.
+pub fn with_model<V: CausalLmVisitor>(
+    source: &ModelSource,
+    opts: &BuildOptions,
+    job: V,
+) -> Result<V::Output, ModelError> {
+    match family_of(source)? {
+        Family::Bert => Ok(job.visit(bert::build(source, opts)?)),
+        _ => with_causal_lm(source, opts, job),
     }
 }
 
