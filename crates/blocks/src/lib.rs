@@ -4,7 +4,8 @@
 //! [`Linear`] (any weight format, in place), [`Embedding`], [`RmsNorm`],
 //! [`LayerNorm`], [`PositionEmbedding`], activations ([`Silu`], [`GeluTanh`], [`GeluErf`]), the parts
 //! of attention ([`QkvProjection`], [`QkNorm`], [`Rope`], [`Attend`] under a
-//! [`Mask`], with its [`KvCache`]), [`LmHead`] and the [`Sampler`].
+//! [`Mask`], with its [`KvCache`]), [`LmHead`], sentence pooling ([`MeanPool`],
+//! [`L2Normalize`]) and the [`Sampler`].
 //! Models wire them with the combinators; MLPs are `Gate`s of these and
 //! attentions are `Series` of the parts ([`SelfAttention`]).
 
@@ -13,6 +14,7 @@ mod attention;
 mod embedding;
 mod linear;
 mod norm;
+mod pool;
 mod sampler;
 
 pub use activation::{GeluErf, GeluTanh, Silu};
@@ -23,6 +25,7 @@ pub use attention::{
 pub use embedding::{Embedding, PositionEmbedding};
 pub use linear::{Linear, LmHead};
 pub use norm::{LayerNorm, RmsNorm};
+pub use pool::{L2Normalize, MeanPool};
 pub use sampler::{Sampler, SamplerConfig, SamplerState};
 
 use std::sync::Arc;

@@ -295,3 +295,26 @@ impl Layer for LmHead {
         n
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use patchbay_combinators::Scratch;
+    use patchbay_primitives::{Simd, Threads};
+
+    /// A head with a bias (Phi's `lm_head`) adds it, on the last row only
+    /// when only the last row is wanted.
+    #[test]
+    fn lm_head_adds_its_bias() {
+        let w = Tensor::from_f32(&[1.0, 0.0, 0.0, 1.0, 1.0, 1.0], vec![3, 2]).unwrap();
+        let head = LmHead::new(Linear::new(w, Some(vec![0.5, -1.0, 2.0])).unwrap());
+        let (threads, scratch) = (Threads::single(), Scratch::new());
+        let ctx = Ctx::new(Simd::detect(), &threads, &scratch);
+        let x = Act::from_vec(2, 2, vec![9.0, 8.0, 1.0, 2.0]).unwrap();
+        let all = head.apply(&x, &mut (), &ctx).unwrap();
+        assert_eq!(all.as_slice(), &[9.5, 7.0, 19.0, 1.5, 1.0, 5.0]);
+        let last = head.apply(&x, &mut (), &ctx.with_rows(Rows::Last)).unwrap();
+        assert_eq!(last.as_slice(), &[1.5, 1.0, 5.0]);
+        assert!(head.describe().detail.contains("+bias"));
+    }
+}

@@ -1,13 +1,18 @@
 //! `patchbay bench`: prompt processing and generation speed, as `llama-bench`
 //! measures them (pp: a batch of N prompt tokens; tg: N tokens decoded one by
-//! one), on synthetic token ids so the tokenizer plays no part.
+//! one), on synthetic token ids so the tokenizer plays no part. For an encoder
+//! (all-MiniLM-L6-v2): sentences per second embedding the first non-blank
+//! lines of the WikiText-2 test file, one text a line, tokenizer included.
 
 use std::time::Instant;
 
-use anyhow::Result;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
 use patchbay_combinators::{Capacity, Ctx, Layer, Rows, Scratch};
 use patchbay_models::catalog;
-use patchbay_models::families::{self, BuildOptions, CausalLmVisitor, Model};
+use patchbay_models::families::{self, BuildOptions, CausalLmVisitor, Kind, Model};
+use patchbay_models::runners::embed::{Embedder, EmbedderOptions};
 use patchbay_primitives::quant::DotMode;
 use patchbay_primitives::{Act, Simd, Threads};
 
@@ -33,12 +38,21 @@ pub struct BenchArgs {
     /// default is the exact f32 path that `generate` uses by default.
     #[arg(long)]
     pub fast: bool,
+    /// Encoders: how many non-blank lines of the WikiText-2 test file to embed.
+    #[arg(long, default_value_t = 512)]
+    pub texts: usize,
+    /// Encoders: texts per forward group.
+    #[arg(long, default_value_t = 32)]
+    pub batch: usize,
 }
 
 /// Runs `patchbay bench`.
 pub fn run(args: &BenchArgs) -> Result<()> {
     let path = catalog::resolve_model(&args.model).map_err(anyhow::Error::msg)?;
     let source = patchbay_models::families::open(&path)?;
+    if families::family_of(&source)?.kind() == Kind::Encoder {
+        return bench_encoder(args, &path);
+    }
     let ctx_len = (args.n_prompt + args.n_gen).max(1);
     crate::common::warn_if_capped(args.threads);
     let opts = BuildOptions {
@@ -54,6 +68,64 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         .file_name()
         .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
     families::with_causal_lm(&source, &opts, Bench { args, name })?
+}
+
+/// The shared reference data (`corpus/`, `golden/`): `$PATCHBAY_SHARED`,
+/// else `shared/` beside the workspace root (as the tests resolve it).
+fn shared_dir() -> PathBuf {
+    if let Some(p) = std::env::var_os("PATCHBAY_SHARED") {
+        return PathBuf::from(p);
+    }
+    // CARGO_MANIFEST_DIR is crates/cli.
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared")
+}
+
+/// Sentences per second of an encoder over the first `args.texts` non-blank
+/// lines of WikiText-2's test file, embedded in file order.
+fn bench_encoder(args: &BenchArgs, path: &Path) -> Result<()> {
+    let corpus = shared_dir().join("corpus").join("wikitext-2-test.txt");
+    let text = std::fs::read_to_string(&corpus).with_context(|| {
+        format!(
+            "reading the benchmark corpus {} (set PATCHBAY_SHARED to the shared directory)",
+            corpus.display()
+        )
+    })?;
+    let texts: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .take(args.texts.max(1))
+        .collect();
+    if args.batch == 0 {
+        anyhow::bail!("--batch must be at least 1");
+    }
+    let opts = EmbedderOptions {
+        threads: args.threads,
+        batch: args.batch,
+        ..EmbedderOptions::default()
+    };
+    let mut embedder = Embedder::open(path, &opts)?;
+    let tokens: usize = texts.iter().map(|t| embedder.tokenize(t).len()).sum();
+    embedder.embed(&texts[..texts.len().min(4)])?; // warm-up
+    let reps = args.repetitions.max(1);
+    let t0 = Instant::now();
+    for _ in 0..reps {
+        embedder.embed(&texts)?;
+    }
+    let secs = t0.elapsed().as_secs_f64().max(1e-9);
+    let name = path
+        .file_name()
+        .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+    println!("| model | threads | simd | texts | tokens | batch | sentences/s | tokens/s |\n|---|---|---|---|---|---|---|---|");
+    println!(
+        "| {name} | {} | {} | {} | {tokens} | {} | {:.2} | {:.1} |",
+        embedder.threads(),
+        Simd::detect().level(),
+        texts.len(),
+        args.batch,
+        (texts.len() * reps) as f64 / secs,
+        (tokens * reps) as f64 / secs
+    );
+    Ok(())
 }
 
 struct Bench<'a> {

@@ -1,15 +1,17 @@
-//! `patchbay convert`: export a GGUF model as an HF safetensors directory.
+//! `patchbay convert`: export a GGUF model or a llama2.c checkpoint as an HF
+//! safetensors directory.
 
 use std::path::PathBuf;
 
 use anyhow::{bail, Result};
 use patchbay_models::catalog;
-use patchbay_models::runners::convert::{to_safetensors, ExportDType};
+use patchbay_models::runners::convert::{convert, ConvertOptions, ExportDType};
 
 /// Arguments of `patchbay convert`.
 #[derive(clap::Args, Debug)]
 pub struct ConvertArgs {
-    /// Model short name or path (a Llama-family or Gemma 3 GGUF).
+    /// Model short name or path (a Llama-family or Gemma 3 GGUF, or a
+    /// llama2.c checkpoint with its tokenizer.bin/tok*.bin beside it).
     #[arg(short, long, default_value = catalog::DEFAULT_MODEL)]
     pub model: String,
     /// Target format (only `safetensors`).
@@ -18,9 +20,12 @@ pub struct ConvertArgs {
     /// Element type of the written weights: f32, f16 or bf16.
     #[arg(long, default_value = "f32")]
     pub dtype: String,
-    /// Output directory (created if needed).
+    /// Output directory (created if needed; must be empty unless --force).
     #[arg(short, long)]
     pub output: PathBuf,
+    /// Replace the files of an existing non-empty output directory.
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// Runs `patchbay convert`.
@@ -32,7 +37,11 @@ pub fn run(args: &ConvertArgs) -> Result<()> {
         bail!("--dtype {}: expected f32, f16 or bf16", args.dtype);
     };
     let path = catalog::resolve_model(&args.model).map_err(anyhow::Error::msg)?;
-    for f in to_safetensors(&path, &args.output, dtype)? {
+    let opts = ConvertOptions {
+        dtype,
+        force: args.force,
+    };
+    for f in convert(&path, &args.output, &opts)? {
         println!("{}", f.display());
     }
     Ok(())

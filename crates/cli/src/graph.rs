@@ -47,7 +47,7 @@ pub fn run(args: &GraphArgs) -> Result<()> {
         max_context: 16,
         ..BuildOptions::default()
     };
-    let node = families::with_causal_lm(&source, &opts, Describe)?;
+    let node = families::with_model(&source, &opts, Describe)?;
     let text = graph::render(&node, args.format);
     match &args.output {
         Some(file) => std::fs::write(file, text.as_bytes())

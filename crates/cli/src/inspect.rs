@@ -119,7 +119,9 @@ pub fn run(args: &InspectArgs) -> anyhow::Result<()> {
     // What the decoders do: the head is the embedding when there is no
     // output.weight.
     let tied = match family {
-        Some(Family::Llama | Family::Gemma3) => Some(src.try_tensor("output.weight")?.is_none()),
+        Some(Family::Llama | Family::Gemma3 | Family::Gpt2 | Family::Phi) => {
+            Some(src.try_tensor("output.weight")?.is_none())
+        }
         _ => h.tied_embeddings,
     };
     let tensors = src.tensor_entries();

@@ -6,6 +6,7 @@ mod bench;
 mod chat;
 mod common;
 mod convert;
+mod embed;
 mod generate;
 mod graph;
 mod inspect;
@@ -41,6 +42,8 @@ enum Command {
     Inspect(inspect::InspectArgs),
     /// Print the token ids of a text as a JSON array.
     Tokenize(tokenize::TokenizeArgs),
+    /// Sentence embeddings from an encoder (JSON lines, or a cosine matrix).
+    Embed(embed::EmbedArgs),
 }
 
 /// A reader that closed our stdout early (`patchbay inspect m | head`) is not
@@ -74,6 +77,7 @@ fn main() -> std::process::ExitCode {
         Command::Graph(a) => graph::run(a),
         Command::Inspect(a) => inspect::run(a),
         Command::Tokenize(a) => tokenize::run(a),
+        Command::Embed(a) => embed::run(a),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

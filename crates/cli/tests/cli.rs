@@ -280,4 +280,146 @@ fn batch_prompts_continue_each_line_as_it_would_alone() {
     }
     assert!(stderr(&o).contains("3 prompts"), "{}", stderr(&o));
     std::fs::remove_dir_all(&dir).ok();
+
+/// The names in `dir`, sorted.
+fn listing(dir: &std::path::Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn convert_stories260k_runs_and_needs_force_to_overwrite() {
+    require("stories260k");
+    let dir = std::env::temp_dir().join(format!("patchbay-cli-convert-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let out = dir.to_str().unwrap();
+    let exported = [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    ];
+    let o = patchbay(&["convert", "-m", "stories260k", "-o", out]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(String::from_utf8_lossy(&o.stdout).lines().count(), 4);
+    assert_eq!(listing(&dir), exported);
+    let first = std::fs::read(dir.join("model.safetensors")).unwrap();
+
+    // The converted directory runs, with the llama2.c model's logits.
+    let logits = |model: &str| {
+        let o = patchbay(&[
+            "logits", "-m", model, "-p", "The dog", "--top", "5", "--json",
+        ]);
+        assert!(o.status.success(), "{model}: {}", stderr(&o));
+        serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()
+    };
+    let (a, b) = (logits("stories260k"), logits(out));
+    assert_eq!(a["tokens"], b["tokens"]);
+    let (pa, pb) = (
+        a["positions"].as_array().unwrap(),
+        b["positions"].as_array().unwrap(),
+    );
+    assert_eq!(pa.len(), pb.len());
+    for (x, y) in pa.iter().zip(pb) {
+        let (lx, ly) = (
+            x["logsumexp"].as_f64().unwrap(),
+            y["logsumexp"].as_f64().unwrap(),
+        );
+        assert!((lx - ly).abs() < 1e-3, "logsumexp {lx} vs {ly}");
+        assert_eq!(x["top"][0][0], y["top"][0][0]);
+    }
+
+    // Again without --force: refused, naming the directory and the flag; the
+    // first result stays as it was.
+    let o = patchbay(&["convert", "-m", "stories260k", "-o", out, "--dtype", "f16"]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("--force") && err.contains(out), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(listing(&dir), exported);
+    assert_eq!(std::fs::read(dir.join("model.safetensors")).unwrap(), first);
+
+    // With --force the files are replaced.
+    let o = patchbay(&[
+        "convert",
+        "-m",
+        "stories260k",
+        "-o",
+        out,
+        "--dtype",
+        "f16",
+        "--force",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(listing(&dir), exported);
+    let st = std::fs::read(dir.join("model.safetensors")).unwrap();
+    assert!(st.len() < first.len(), "f16 is not smaller than f32");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_failing_convert_leaves_no_files_behind() {
+    require("stories260k");
+    require("minilm-l6-v2");
+    let dir =
+        std::env::temp_dir().join(format!("patchbay-cli-convert-fail-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let a_file = dir.join("a-file");
+    std::fs::write(&a_file, b"x").unwrap();
+    let (enc_out, below_file, blocked) = (dir.join("enc"), a_file.join("out"), dir.join("blocked"));
+    // A directory where convert would put config.json: fails after the
+    // temporary files are written.
+    std::fs::create_dir_all(blocked.join("config.json")).unwrap();
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec![
+                "convert",
+                "-m",
+                "minilm-l6-v2",
+                "-o",
+                enc_out.to_str().unwrap(),
+            ],
+            "encoder",
+        ),
+        (
+            vec![
+                "convert",
+                "-m",
+                "stories260k",
+                "-o",
+                below_file.to_str().unwrap(),
+            ],
+            "a-file",
+        ),
+        (
+            vec![
+                "convert",
+                "-m",
+                "stories260k",
+                "-o",
+                blocked.to_str().unwrap(),
+                "--force",
+            ],
+            "config.json",
+        ),
+    ];
+    for (args, needle) in cases {
+        let o = patchbay(&args);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{args:?} panicked: {err}");
+        assert!(
+            err.contains(needle),
+            "{args:?}: expected {needle:?} in {err:?}"
+        );
+    }
+    assert_eq!(listing(&dir), ["a-file", "blocked"]);
+    assert_eq!(listing(&blocked), ["config.json"]);
+    assert!(listing(&blocked.join("config.json")).is_empty());
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -198,6 +198,41 @@ fn graph_renders_every_model_in_every_format() {
 }
 
 #[test]
+fn graph_renders_the_encoder_in_every_format() {
+    require("minilm-l6-v2");
+    let m = "minilm-l6-v2";
+    let text = ok(&patchbay(&["graph", "-m", m]), "graph -m minilm-l6-v2");
+    for part in [
+        "PositionEmbedding",
+        "Stack ×6",
+        "Attend",
+        "bidirectional",
+        "GeluErf",
+        "LayerNorm",
+        "MeanPool",
+        "L2Normalize",
+        "(+) add",
+    ] {
+        assert!(text.contains(part), "{part}: {text}");
+    }
+    let dot = ok(&patchbay(&["graph", "-m", m, "--format", "dot"]), "dot");
+    assert!(dot.starts_with("digraph"), "{dot}");
+    let mermaid = ok(
+        &patchbay(&["graph", "-m", m, "--format", "mermaid"]),
+        "mermaid",
+    );
+    assert!(mermaid.starts_with("flowchart"), "{mermaid}");
+    let svg = ok(&patchbay(&["graph", "-m", m, "--format", "svg"]), "svg");
+    assert!(svg.trim_end().ends_with("</svg>"), "{svg}");
+    // --layers plans re-wire the encoder stack too.
+    let g = ok(
+        &patchbay(&["graph", "-m", m, "--layers", "0-2,3x2,5"]),
+        "graph --layers",
+    );
+    assert!(g.contains("repeat x2, layer 3"), "{g}");
+}
+
+#[test]
 fn layers_plans_rewire_generate_logits_perplexity_and_graph() {
     require("stories260k");
     let m = "stories260k";
@@ -265,7 +300,9 @@ fn a_command_that_does_not_fit_the_model_says_so_in_one_line() {
     require("minilm-l6-v2");
     for cmd in [
         vec!["generate", "-m", "minilm-l6-v2", "-p", "hi", "-n", "2"],
-        vec!["bench", "-m", "minilm-l6-v2", "-p", "4", "-n", "2"],
+        vec!["logits", "-m", "minilm-l6-v2", "-p", "hi"],
+        vec!["perplexity", "-m", "minilm-l6-v2", "-f", "Cargo.toml"],
+        vec!["chat", "-m", "minilm-l6-v2"],
     ] {
         let o = patchbay(&cmd);
         assert_eq!(o.status.code(), Some(1), "{cmd:?}");

@@ -1,3 +1,8 @@
+//! `convert` exports stories260K (llama2.c) as an HF Llama directory that
+//! patchbay runs with the llama2.c model's logits (within 1e-4) and whose
+//! tokenizer.json gives run.c's ids. It never overwrites a non-empty directory
+//! without `force`, replaces files by renaming (an open old file stays whole),
+//! and leaves no temporary file when it fails.
 //! `convert` exports SmolLM2 and Gemma 3 as HF safetensors directories that loads through
 //! the safetensors path of the same Model<LlamaNet> type and computes the same float
 //! math as the GGUF (it holds the dequantised weights): mean KL under 1e-6 and
@@ -15,7 +20,9 @@ use patchbay_models::families::gemma3;
 use patchbay_models::families::llama;
 use patchbay_models::families::{BuildOptions, Model};
 use patchbay_models::formats::source::{Format, ModelSource};
-use patchbay_models::runners::convert::{to_safetensors, ExportDType};
+use patchbay_models::runners::convert::{
+    convert, to_safetensors, ConvertError, ConvertOptions, ExportDType,
+};
 use patchbay_models::tokenizer::Tokenizer;
 use patchbay_primitives::quant::DotMode;
 use patchbay_primitives::{Act, Simd, Threads};
@@ -174,5 +181,246 @@ fn converted_gemma3_matches_the_gguf() {
     }
     let report = golden::check(&case, &case.tokens, &b, &case.exact.greedy);
     assert!(report.agrees(), "{:?}", report.failures);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A fresh, absent temporary path for one test.
+fn temp_out(tag: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("patchbay-convert-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+/// The names in `dir`, sorted.
+fn listing(dir: &std::path::Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+const EXPORTED: [&str; 4] = [
+    "config.json",
+    "model.safetensors",
+    "tokenizer.json",
+    "tokenizer_config.json",
+];
+
+#[test]
+fn converted_stories260k_matches_llama2c() {
+    let bin = catalog::resolve_model("stories260k").unwrap_or_else(|e| panic!("{e}"));
+    let dir = temp_out("stories");
+    let files = to_safetensors(&bin, &dir, ExportDType::F32).unwrap();
+    assert_eq!(files.len(), 4);
+    assert_eq!(listing(&dir), EXPORTED);
+
+    let original_source = ModelSource::open(&bin).unwrap();
+    assert_eq!(original_source.format(), Format::Llama2c);
+    let l2c = original_source.llama2c().unwrap().config().to_owned();
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["architectures"][0], "LlamaForCausalLM");
+    assert_eq!(config["model_type"], "llama");
+    assert_eq!(config["rope_theta"].as_f64(), Some(10000.0));
+    assert_eq!(config["rms_norm_eps"].as_f64(), Some(1e-5));
+    assert_eq!(config["tie_word_embeddings"], l2c.shared_classifier);
+    assert_eq!(config["bos_token_id"], 1);
+    assert_eq!(config["eos_token_id"], 2);
+    assert_eq!(config["hidden_size"], l2c.dim);
+    assert_eq!(config["intermediate_size"], l2c.hidden_dim);
+    assert_eq!(config["num_hidden_layers"], l2c.n_layers);
+    assert_eq!(config["num_attention_heads"], l2c.n_heads);
+    assert_eq!(config["num_key_value_heads"], l2c.n_kv_heads);
+    assert_eq!(config["vocab_size"], l2c.vocab_size);
+    assert_eq!(config["max_position_embeddings"], l2c.seq_len);
+    assert_eq!(config["torch_dtype"], "float32");
+
+    let source = patchbay_models::families::open(&dir).unwrap();
+    assert_eq!(source.format(), Format::Safetensors);
+    assert_eq!(
+        llama::rope_layout(&source),
+        patchbay_primitives::rope::RopeLayout::HalfSplit
+    );
+    // Q rows are in HF's half-split order: HF row h*hd + t*hd/2 + j is
+    // llama2.c row h*hd + 2j + t.
+    let rows = |s: &ModelSource, name: &str| {
+        let t = s.tensor(name).unwrap();
+        let mut v = vec![0.0f32; t.numel()];
+        patchbay_primitives::quant::dequantize_row(t.dtype(), t.bytes(), &mut v).unwrap();
+        v
+    };
+    let hd = l2c.dim / l2c.n_heads;
+    for name in ["blk.0.attn_q.weight", "blk.0.attn_k.weight"] {
+        let (a, b) = (rows(&original_source, name), rows(&source, name));
+        assert_eq!(a.len(), b.len());
+        let d = l2c.dim;
+        for h in 0..a.len() / d / hd {
+            for j in 0..hd / 2 {
+                for t in 0..2 {
+                    let (src, dst) = (h * hd + 2 * j + t, h * hd + t * hd / 2 + j);
+                    assert_eq!(
+                        a[src * d..(src + 1) * d],
+                        b[dst * d..(dst + 1) * d],
+                        "{name}"
+                    );
+                }
+            }
+        }
+    }
+
+    let opts = BuildOptions {
+        dot_mode: DotMode::Exact,
+        max_context: 512,
+        plan: None,
+    };
+    let original = llama::build(&original_source, &opts).unwrap();
+    let converted = llama::build(&source, &opts).unwrap();
+    let original_tok = Tokenizer::load(&bin).unwrap();
+    assert!(matches!(original_tok, Tokenizer::Llama2c(_)));
+    let tokenizer = Tokenizer::load(&dir).unwrap();
+    assert!(matches!(tokenizer, Tokenizer::HfJson(_)));
+    let cases = support::golden_dir("stories260k");
+    let mut n = 0;
+    let golden = std::fs::read_dir(&cases).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e} (set PATCHBAY_SHARED to the shared reference data)",
+            cases.display()
+        )
+    });
+    for entry in golden {
+        let path = entry.unwrap().path();
+        let case = GoldenCase::load(&path).unwrap();
+        let ids = tokenizer.encode(&case.prompt, case.add_special);
+        assert_eq!(ids, case.tokens, "{}: tokenizer.json ids", path.display());
+        assert_eq!(
+            ids,
+            original_tok.encode(&case.prompt, case.add_special),
+            "{}: original tokenizer ids",
+            path.display()
+        );
+        let (a, b) = (
+            logits(&original, &case.tokens),
+            logits(&converted, &case.tokens),
+        );
+        assert_eq!(a.len(), case.tokens.len());
+        for (pos, (ra, rb)) in a.iter().zip(&b).enumerate() {
+            let worst = ra
+                .iter()
+                .zip(rb)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0.0f32, f32::max);
+            assert!(
+                worst < 1e-4,
+                "{} position {pos}: logit differs by {worst}",
+                path.display()
+            );
+        }
+        n += 1;
+    }
+    assert_eq!(n, 3, "golden cases in {}", cases.display());
+    // Beyond the goldens: text with no single-token spelling (byte fallback),
+    // newlines, digits, punctuation and repeated spaces encode alike.
+    for text in [
+        "Lily and Ben were best friends. They played every day!",
+        "Tim said, \"I can't find my 3 red balls...\"\n\nMom smiled.",
+        "  two  spaces and a tab\tand émojis 🐶 日本",
+        "x",
+    ] {
+        for special in [true, false] {
+            assert_eq!(
+                tokenizer.encode(text, special),
+                original_tok.encode(text, special),
+                "{text:?} (add_special {special})"
+            );
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn convert_never_overwrites_without_force_and_replaces_by_rename() {
+    let bin = catalog::resolve_model("stories260k").unwrap_or_else(|e| panic!("{e}"));
+    let dir = temp_out("force");
+    to_safetensors(&bin, &dir, ExportDType::F32).unwrap();
+    let st = dir.join("model.safetensors");
+    let first = std::fs::read(&st).unwrap();
+    // Mark the first result so that it is seen to survive.
+    let cfg_path = dir.join("config.json");
+    let marked = std::fs::read_to_string(&cfg_path).unwrap() + "\n";
+    std::fs::write(&cfg_path, &marked).unwrap();
+
+    let err = to_safetensors(&bin, &dir, ExportDType::F16).unwrap_err();
+    assert!(
+        matches!(&err, ConvertError::OutputNotEmpty { dir: d } if d == &dir),
+        "{err}"
+    );
+    let msg = err.to_string();
+    assert!(
+        msg.contains("--force") && msg.contains(&*dir.to_string_lossy()),
+        "{msg}"
+    );
+    assert_eq!(listing(&dir), EXPORTED);
+    assert_eq!(std::fs::read(&st).unwrap(), first);
+    assert_eq!(std::fs::read_to_string(&cfg_path).unwrap(), marked);
+
+    // With force the files are replaced by new ones (a reader of the old
+    // file still has it, whole).
+    use std::io::Read;
+    use std::os::unix::fs::MetadataExt;
+    let mut old = std::fs::File::open(&st).unwrap();
+    let old_inode = std::fs::metadata(&st).unwrap().ino();
+    let opts = ConvertOptions {
+        dtype: ExportDType::F16,
+        force: true,
+    };
+    convert(&bin, &dir, &opts).unwrap();
+    assert_eq!(listing(&dir), EXPORTED);
+    assert_ne!(std::fs::metadata(&st).unwrap().ino(), old_inode);
+    let mut old_bytes = Vec::new();
+    old.read_to_end(&mut old_bytes).unwrap();
+    assert_eq!(old_bytes, first);
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
+    assert_eq!(config["torch_dtype"], "float16");
+    let source = patchbay_models::families::open(&dir).unwrap();
+    assert_eq!(
+        source.tensor("token_embd.weight").unwrap().dtype(),
+        patchbay_primitives::DType::F16
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_failing_convert_leaves_no_files() {
+    let bin = catalog::resolve_model("stories260k").unwrap_or_else(|e| panic!("{e}"));
+    // An encoder: refused before anything is written; the directory is not created.
+    let bert = catalog::resolve_model("minilm-l6-v2").unwrap_or_else(|e| panic!("{e}"));
+    let dir = temp_out("fail");
+    let err = to_safetensors(&bert, &dir, ExportDType::F32).unwrap_err();
+    assert!(err.to_string().contains("encoder"), "{err}");
+    assert!(!dir.exists(), "{} was created", dir.display());
+
+    // An output path below a regular file cannot be created.
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("a-file");
+    std::fs::write(&file, b"x").unwrap();
+    let err = to_safetensors(&bin, &file.join("out"), ExportDType::F32).unwrap_err();
+    assert!(matches!(err, ConvertError::Model(_)), "{err}");
+    assert_eq!(listing(&dir), ["a-file"]);
+
+    // A final name taken by a directory fails after the temporary files are
+    // written: they are removed and nothing is renamed into place.
+    let out = dir.join("out");
+    std::fs::create_dir_all(out.join("config.json")).unwrap();
+    let opts = ConvertOptions {
+        dtype: ExportDType::F32,
+        force: true,
+    };
+    let err = convert(&bin, &out, &opts).unwrap_err();
+    assert!(err.to_string().contains("config.json"), "{err}");
+    assert_eq!(listing(&out), ["config.json"]);
+    assert!(listing(&out.join("config.json")).is_empty());
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -19,7 +19,9 @@
 pub mod bert;
 mod bind;
 pub mod gemma3;
+pub mod gpt2;
 pub mod llama;
+pub mod phi;
 
 pub use bind::Weights;
 
@@ -56,7 +58,7 @@ impl Default for BuildOptions {
 /// What every runner needs to know about a built model, whatever its family.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelInfo {
-    /// The family (`llama`, `gemma3`).
+    /// The family (`llama`, `gemma3`, `bert`).
     pub family: &'static str,
     /// The architecture the file declares (`qwen2`, `LlamaForCausalLM`).
     pub arch: String,
@@ -64,7 +66,8 @@ pub struct ModelInfo {
     pub dim: usize,
     /// Decoder layers as trained.
     pub n_layers: usize,
-    /// Vocabulary size (logits per row).
+    /// Vocabulary size (logits per row); for an encoder, the embedding
+    /// width (features per output row).
     pub vocab: usize,
     /// Context length the model was trained for.
     pub context_length: usize,
@@ -99,6 +102,10 @@ pub enum Family {
     Gemma3,
     /// BERT encoders ([`bert`]).
     Bert,
+    /// GPT-2 ([`gpt2`]).
+    Gpt2,
+    /// Phi, parallel blocks ([`phi`]).
+    Phi,
 }
 
 impl Family {
@@ -110,6 +117,10 @@ impl Family {
             Some(Family::Gemma3)
         } else if bert::is_bert_arch(&h.arch) {
             Some(Family::Bert)
+        } else if gpt2::is_gpt2_arch(&h.arch) {
+            Some(Family::Gpt2)
+        } else if phi::is_phi_arch(&h.arch) {
+            Some(Family::Phi)
         } else {
             None
         }
@@ -118,7 +129,7 @@ impl Family {
     /// What the family builds.
     pub fn kind(self) -> Kind {
         match self {
-            Family::Llama | Family::Gemma3 => Kind::CausalLm,
+            Family::Llama | Family::Gemma3 | Family::Gpt2 | Family::Phi => Kind::CausalLm,
             Family::Bert => Kind::Encoder,
         }
     }
@@ -129,6 +140,8 @@ impl Family {
             Family::Llama => "llama",
             Family::Gemma3 => "gemma3",
             Family::Bert => "bert",
+            Family::Gpt2 => "gpt2",
+            Family::Phi => "phi",
         }
     }
 
@@ -138,6 +151,8 @@ impl Family {
             Family::Llama => llama::hf_name,
             Family::Gemma3 => gemma3::hf_name,
             Family::Bert => bert::hf_name,
+            Family::Gpt2 => gpt2::hf_name,
+            Family::Phi => phi::hf_name,
         }
     }
 
@@ -147,7 +162,8 @@ impl Family {
         match self {
             Family::Llama => Some(llama::rope_layout(source)),
             Family::Gemma3 => Some(gemma3::ROPE_LAYOUT),
-            Family::Bert => None,
+            Family::Bert | Family::Gpt2 => None,
+            Family::Phi => Some(phi::ROPE_LAYOUT),
         }
     }
 
@@ -156,7 +172,7 @@ impl Family {
     pub fn causal(self, h: &HParams) -> bool {
         match self {
             Family::Bert => bert::causal(h),
-            Family::Llama | Family::Gemma3 => h.causal.unwrap_or(true),
+            Family::Llama | Family::Gemma3 | Family::Gpt2 | Family::Phi => h.causal.unwrap_or(true),
         }
     }
 }
@@ -234,10 +250,27 @@ pub fn with_causal_lm<V: CausalLmVisitor>(
     match family_of(source)? {
         Family::Llama => Ok(job.visit(llama::build(source, opts)?)),
         Family::Gemma3 => Ok(job.visit(gemma3::build(source, opts)?)),
+        Family::Gpt2 => Ok(job.visit(gpt2::build(source, opts)?)),
+        Family::Phi => Ok(job.visit(phi::build(source, opts)?)),
         f @ Family::Bert => Err(ModelError::NotCausal {
             path: source.path().to_path_buf(),
             family: f.name(),
         }),
+    }
+}
+
+/// Builds the model in `source` with its family, whatever it builds (a
+/// causal language model or an encoder), and runs `job` on it: for commands
+/// that only describe a network (`graph`). Check [`Family::kind`] first when
+/// the job needs one kind.
+pub fn with_model<V: CausalLmVisitor>(
+    source: &ModelSource,
+    opts: &BuildOptions,
+    job: V,
+) -> Result<V::Output, ModelError> {
+    match family_of(source)? {
+        Family::Bert => Ok(job.visit(bert::build(source, opts)?)),
+        _ => with_causal_lm(source, opts, job),
     }
 }
 

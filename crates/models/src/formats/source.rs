@@ -437,6 +437,12 @@ impl ModelSource {
             }
             Backend::Safetensors { config, .. } => {
                 let dir = config.path().parent()?;
+                if !dir.join("tokenizer.json").is_file()
+                    && dir.join("encoder.json").is_file()
+                    && dir.join("vocab.bpe").is_file()
+                {
+                    return Some("BPE (GPT-2 encoder.json + vocab.bpe)".into());
+                }
                 let text = std::fs::read_to_string(dir.join("tokenizer.json")).ok()?;
                 let json: serde_json::Value = serde_json::from_str(&text).ok()?;
                 Some(json.get("model")?.get("type")?.as_str()?.to_owned())
@@ -668,12 +674,17 @@ fn hf_hparams(c: &HfConfig) -> Result<HParams, ModelError> {
                 })?,
         ),
     };
-    let n_embd = c.get_usize("hidden_size")?;
-    let n_head = c.get_usize("num_attention_heads")?;
+    // GPT-2-style configs name the sizes `n_embd`, `n_head`, `n_layer`,
+    // `n_positions` and `n_inner` (HF's `GPT2Config.attribute_map`); a null
+    // or absent `n_inner` means `4 * n_embd` there.
+    let gpt2_style = c.get("hidden_size").is_none() && c.get("n_embd").is_some();
+    let key = |hf: &'static str, gpt2: &'static str| if gpt2_style { gpt2 } else { hf };
+    let n_embd = c.get_usize(key("hidden_size", "n_embd"))?;
+    let n_head = c.get_usize(key("num_attention_heads", "n_head"))?;
     if n_head == 0 {
         return Err(ModelError::WrongType {
             path: c.path().into(),
-            key: "num_attention_heads".into(),
+            key: key("num_attention_heads", "n_head").into(),
             expected: "a positive head count",
             found: "0".into(),
         });
@@ -688,20 +699,29 @@ fn hf_hparams(c: &HfConfig) -> Result<HParams, ModelError> {
         model_class,
         n_vocab: c.get_usize("vocab_size")?,
         n_embd,
-        n_layer: c.get_usize("num_hidden_layers")?,
+        n_layer: c.get_usize(key("num_hidden_layers", "n_layer"))?,
         n_head,
         n_head_kv: c.opt_usize("num_key_value_heads")?.unwrap_or(n_head),
-        n_ff: c.get_usize("intermediate_size")?,
+        n_ff: if gpt2_style {
+            c.opt_usize("n_inner")?.unwrap_or(4 * n_embd)
+        } else {
+            c.get_usize("intermediate_size")?
+        },
         head_dim,
         head_dim_v: head_dim,
-        n_ctx: c.opt_usize("max_position_embeddings")?.unwrap_or(0),
+        n_ctx: c
+            .opt_usize(key("max_position_embeddings", "n_positions"))?
+            .unwrap_or(0),
         rope_dim: None,
         rope_base: f(c.opt_f64("rope_theta")?).unwrap_or(10000.0),
         rope_base_local: f(c.opt_f64("rope_local_base_freq")?),
         rope_scaling: hf_rope_scaling(c)?,
         norm_eps: match c.opt_f64("rms_norm_eps")? {
             Some(e) => e as f32,
-            None => f(c.opt_f64("layer_norm_eps")?).unwrap_or(1e-5),
+            None => match c.opt_f64("layer_norm_eps")? {
+                Some(e) => e as f32,
+                None => f(c.opt_f64("layer_norm_epsilon")?).unwrap_or(1e-5),
+            },
         },
         sliding_window: sliding,
         sliding_window_pattern: c.opt_usize("sliding_window_pattern")?,

@@ -1,12 +1,22 @@
-//! Export a causal-LM GGUF (Llama family, Gemma 3) as an HF-style safetensors directory:
+//! Export a causal LM as an HF-style safetensors directory: a GGUF (Llama
+//! family, Gemma 3) or a llama2.c checkpoint with its `tokenizer.bin` become
 //! `model.safetensors` (HF tensor names, HF q/k layout, f32/f16/bf16),
-//! `config.json`, `tokenizer.json` built from the GGUF vocabulary, and
-//! `tokenizer_config.json` with the chat template.
+//! `config.json`, `tokenizer.json` built from the GGUF vocabulary (or the
+//! llama2.c pieces and scores), and `tokenizer_config.json` with the chat
+//! template.
 //!
 //! llama.cpp stores Q and K of `llama` models permuted so RoPE rotates adjacent
-//! pairs; HF checkpoints rotate half-split pairs. Export undoes the permutation
-//! (row `h*hd + 2j + t` of the GGUF becomes row `h*hd + t*hd/2 + j`), so the
-//! converted checkpoint runs with half-split RoPE and computes the same values.
+//! pairs, and llama2.c's run.c rotates adjacent pairs `(2j, 2j+1)` of each
+//! head too; HF checkpoints rotate half-split pairs `(j, j + hd/2)`. Export
+//! undoes the permutation (row `h*hd + 2j + t` of the source becomes row
+//! `h*hd + t*hd/2 + j`), so the converted checkpoint runs with half-split
+//! RoPE and computes the same values.
+//!
+//! Writing never corrupts what is there: every file goes to a temporary file
+//! in the output directory and is renamed into place once all are complete
+//! (a process mapping the old file keeps its inode), a non-empty output
+//! directory needs [`ConvertOptions::force`], and a failure removes the
+//! temporary files.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -124,6 +134,16 @@ struct ExportPlan {
     config: serde_json::Map<String, Value>,
 }
 
+/// An `f32` as the JSON number of its shortest decimal form (`1e-5`, not
+/// `9.999999747378752e-6`), as HF configs write it.
+fn f32_json(x: f32) -> Value {
+    x.to_string()
+        .parse::<f64>()
+        .ok()
+        .and_then(serde_json::Number::from_f64)
+        .map_or(Value::Null, Value::Number)
+}
+
 fn object(v: Value) -> serde_json::Map<String, Value> {
     match v {
         Value::Object(m) => m,
@@ -220,7 +240,7 @@ fn llama_plan(model: &Path, source: &ModelSource) -> Result<ExportPlan, ModelErr
         "num_attention_heads": cfg.n_heads,
         "num_key_value_heads": cfg.n_kv_heads,
         "head_dim": cfg.head_dim,
-        "rms_norm_eps": cfg.rms_eps,
+        "rms_norm_eps": f32_json(cfg.rms_eps),
         "rope_theta": cfg.rope_base,
         "rope_scaling": rope_scaling,
         "vocab_size": cfg.vocab,
@@ -293,7 +313,7 @@ fn gemma3_plan(source: &ModelSource) -> Result<ExportPlan, ModelError> {
         "num_attention_heads": cfg.heads.n_heads,
         "num_key_value_heads": cfg.heads.n_kv_heads,
         "head_dim": cfg.heads.head_dim,
-        "rms_norm_eps": cfg.rms_eps,
+        "rms_norm_eps": f32_json(cfg.rms_eps),
         "rope_theta": cfg.rope_base_global,
         "rope_local_base_freq": cfg.rope_base_local,
         "rope_scaling": null,
@@ -330,13 +350,68 @@ fn query_pre_attn_scalar(cfg: &Gemma3Config) -> f64 {
     }
 }
 
-/// Writes the HF directory for the causal language model (Llama family or
-/// Gemma 3) in the GGUF at `model` into `out`. Returns the files written.
+/// How [`convert`] writes its output directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConvertOptions {
+    /// Element type of the exported weights.
+    pub dtype: ExportDType,
+    /// Replace the files of an existing non-empty output directory (without
+    /// it, such a directory is an error and nothing is written).
+    pub force: bool,
+}
+
+/// Why a conversion failed. Whatever the cause, no temporary file is left
+/// behind, and a file already in the output directory is either untouched or
+/// (only when a rename fails part-way through the final step) replaced by a
+/// complete new one.
+#[derive(Debug, thiserror::Error)]
+pub enum ConvertError {
+    /// The model could not be read or exported, or a file could not be written.
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    /// The output directory already holds files and `force` was not given.
+    #[error("output directory {dir} is not empty; convert does not overwrite it unless --force is given", dir = dir.display())]
+    OutputNotEmpty {
+        /// The output directory.
+        dir: PathBuf,
+    },
+}
+
+/// Writes the HF directory for the causal language model in `model` into
+/// `out` (f32/f16/bf16 per `dtype`), refusing a non-empty `out`. Returns the
+/// files written. See [`convert`].
 pub fn to_safetensors(
     model: &Path,
     out: &Path,
     dtype: ExportDType,
-) -> Result<Vec<PathBuf>, ModelError> {
+) -> Result<Vec<PathBuf>, ConvertError> {
+    convert(
+        model,
+        out,
+        &ConvertOptions {
+            dtype,
+            force: false,
+        },
+    )
+}
+
+/// Writes the HF directory for the causal language model in `model` (a
+/// Llama-family or Gemma 3 GGUF, or a llama2.c checkpoint with its
+/// `tokenizer.bin`/`tok*.bin` beside it) into `out`. Returns the files
+/// written.
+///
+/// Everything is computed before the disk is touched. `out` must not exist,
+/// be empty, or `opts.force` must be set. Each file is written to a temporary
+/// file in `out` and renamed over its final name only once all of them are
+/// complete, so a process that maps an old `model.safetensors` keeps its
+/// inode and never sees a truncated file. On any error the temporary files
+/// (and `out`, when this call created it) are removed.
+pub fn convert(
+    model: &Path,
+    out: &Path,
+    opts: &ConvertOptions,
+) -> Result<Vec<PathBuf>, ConvertError> {
+    let dtype = opts.dtype;
     let source = families::open(model)?;
     let family = families::family_of(&source)?;
     if family.kind() != Kind::CausalLm {
@@ -347,18 +422,32 @@ pub fn to_safetensors(
                 source.arch(),
                 family.name()
             ),
-        ));
+        )
+        .into());
     }
-    if source.gguf().is_none() {
-        return Err(unsupported(model, "convert reads GGUF files"));
-    }
+    let vocab = match source.format() {
+        Format::Gguf => gguf_vocab::read_vocab(model).map_err(ModelError::from)?,
+        Format::Llama2c => llama2c_vocab(model, source.hparams().n_vocab)?,
+        Format::Safetensors => {
+            return Err(unsupported(
+                model,
+                "convert reads GGUF files and llama2.c checkpoints; this is already a safetensors checkpoint",
+            )
+            .into())
+        }
+    };
     let plan = match family {
         Family::Llama => llama_plan(model, &source)?,
         Family::Gemma3 => gemma3_plan(&source)?,
-        Family::Bert => return Err(unsupported(model, "convert cannot export encoders")),
+        Family::Bert => return Err(unsupported(model, "convert cannot export encoders").into()),
+        f @ (Family::Gpt2 | Family::Phi) => {
+            return Err(unsupported(
+                model,
+                format!("convert does not export {} models yet", f.name()),
+            )
+            .into())
+        }
     };
-    let vocab = gguf_vocab::read_vocab(model)?;
-    std::fs::create_dir_all(out).map_err(|e| io(out, e))?;
 
     // Tensors: every canonical name the family reads, dequantised.
     let mut data: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
@@ -383,10 +472,6 @@ pub fn to_safetensors(
                 .map_err(|e| unsupported(model, format!("{n}: {e}")))
         })
         .collect::<Result<_, _>>()?;
-    let st_path = out.join("model.safetensors");
-    let meta: HashMap<String, String> = [("format".to_string(), "pt".to_string())].into();
-    safetensors::tensor::serialize_to_file(views, Some(meta), &st_path)
-        .map_err(|e| unsupported(&st_path, e.to_string()))?;
 
     // config.json: the family's keys plus what every checkpoint states.
     let mut config = plan.config;
@@ -394,29 +479,210 @@ pub fn to_safetensors(
     config.insert("eos_token_id".into(), json!(vocab.eos));
     config.insert("torch_dtype".into(), json!(dtype.name()));
     let config = Value::Object(config);
-    let mut written = vec![st_path];
-    let write_json = |name: &str, v: &Value| -> Result<PathBuf, ModelError> {
-        let p = out.join(name);
-        let text = serde_json::to_string_pretty(v).map_err(|e| unsupported(&p, e.to_string()))?;
-        std::fs::write(&p, text).map_err(|e| io(&p, e))?;
-        Ok(p)
-    };
-    written.push(write_json("config.json", &config)?);
-    written.push(write_json(
-        "tokenizer.json",
-        &tokenizer_json(model, &vocab)?,
-    )?);
+    let tokenizer = tokenizer_json(model, &vocab)?;
     let text = |id: Option<u32>| id.and_then(|i| vocab.tokens.get(i as usize).cloned());
     let tcfg = json!({
         "add_bos_token": vocab.add_bos,
         "add_eos_token": vocab.add_eos,
         "bos_token": text(vocab.bos),
         "eos_token": text(vocab.eos),
+        "unk_token": text(vocab.unk),
         "chat_template": vocab.chat_template,
         "tokenizer_class": "PreTrainedTokenizerFast",
     });
-    written.push(write_json("tokenizer_config.json", &tcfg)?);
-    Ok(written)
+    let mut jsons = Vec::new();
+    for (name, v) in [
+        ("config.json", &config),
+        ("tokenizer.json", &tokenizer),
+        ("tokenizer_config.json", &tcfg),
+    ] {
+        let p = out.join(name);
+        let text = serde_json::to_string_pretty(v).map_err(|e| unsupported(&p, e.to_string()))?;
+        jsons.push((name, text));
+    }
+
+    // Only now touch the disk.
+    let mut staging = Staging::begin(out, opts.force)?;
+    let st_tmp = staging.file("model.safetensors");
+    let meta: HashMap<String, String> = [("format".to_string(), "pt".to_string())].into();
+    safetensors::tensor::serialize_to_file(views, Some(meta), &st_tmp)
+        .map_err(|e| unsupported(&st_tmp, format!("writing the checkpoint: {e}")))?;
+    sync_file(&st_tmp)?;
+    for (name, text) in jsons {
+        let tmp = staging.file(name);
+        std::fs::write(&tmp, text).map_err(|e| io(&tmp, e))?;
+        sync_file(&tmp)?;
+    }
+    Ok(staging.commit()?)
+}
+
+/// Flushes a written file to the disk before it is renamed into place.
+fn sync_file(path: &Path) -> Result<(), ModelError> {
+    std::fs::File::open(path)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| io(path, e))
+}
+
+/// The output files of one conversion while they are written: each goes to
+/// a temporary file beside its final name. [`Staging::commit`] renames them
+/// into place; dropping the staging without committing (an error, a panic)
+/// removes the temporary files, and the output directory if it created it.
+struct Staging {
+    dir: PathBuf,
+    /// The output directory, when [`Staging::begin`] created it.
+    created: bool,
+    /// (temporary, final) paths not yet renamed.
+    pending: Vec<(PathBuf, PathBuf)>,
+}
+
+impl Staging {
+    /// Checks `dir` (absent, an empty directory, or any directory with
+    /// `force`) and creates it when absent.
+    fn begin(dir: &Path, force: bool) -> Result<Staging, ConvertError> {
+        let created = match std::fs::metadata(dir) {
+            Ok(m) if !m.is_dir() => {
+                return Err(
+                    unsupported(dir, "the output path exists and is not a directory").into(),
+                )
+            }
+            Ok(_) => {
+                let mut entries = std::fs::read_dir(dir).map_err(|e| io(dir, e))?;
+                if !force && entries.next().is_some() {
+                    return Err(ConvertError::OutputNotEmpty { dir: dir.into() });
+                }
+                false
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+                true
+            }
+            Err(e) => return Err(io(dir, e).into()),
+        };
+        Ok(Staging {
+            dir: dir.into(),
+            created,
+            pending: Vec::new(),
+        })
+    }
+
+    /// The temporary path to write output file `name` to (registered for
+    /// clean-up before anything is written to it).
+    fn file(&mut self, name: &str) -> PathBuf {
+        let tmp = self.dir.join(format!(".{name}.{}.tmp", std::process::id()));
+        self.pending.push((tmp.clone(), self.dir.join(name)));
+        tmp
+    }
+
+    /// Renames every temporary file over its final name. Returns the final
+    /// paths. A failed rename leaves the files not yet renamed to `Drop`.
+    fn commit(mut self) -> Result<Vec<PathBuf>, ModelError> {
+        // A final name that is a directory would fail half-way: refuse first.
+        for (_, dst) in &self.pending {
+            if dst.is_dir() {
+                return Err(io(
+                    dst,
+                    std::io::Error::new(
+                        std::io::ErrorKind::AlreadyExists,
+                        "a directory is in the way of the output file",
+                    ),
+                ));
+            }
+        }
+        let mut done = Vec::with_capacity(self.pending.len());
+        while !self.pending.is_empty() {
+            let (tmp, dst) = &self.pending[0];
+            std::fs::rename(tmp, dst).map_err(|e| io(dst, e))?;
+            let (_, dst) = self.pending.remove(0);
+            done.push(dst);
+        }
+        // Make the renames durable (best effort: not every filesystem
+        // supports syncing a directory).
+        if let Ok(d) = std::fs::File::open(&self.dir) {
+            let _ = d.sync_all();
+        }
+        self.created = false;
+        Ok(done)
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        for (tmp, _) in &self.pending {
+            let _ = std::fs::remove_file(tmp);
+        }
+        if self.created {
+            // Only succeeds when the directory is empty again.
+            let _ = std::fs::remove_dir(&self.dir);
+        }
+    }
+}
+
+/// The SentencePiece vocabulary of a llama2.c checkpoint, from the
+/// `tokenizer.bin`/`tok*.bin` patchbay runs it with. llama2.c's export wrote
+/// `▁` as a space and BOS/EOS as `"\n<s>\n"`/`"\n</s>\n"`; this restores
+/// SentencePiece's texts (`▁`, `<s>`, `</s>`) and token types (unknown,
+/// control, byte `<0xXX>`, normal) and keeps the scores. run.c encodes with a
+/// dummy prefix space and BOS 1 / EOS 2.
+fn llama2c_vocab(model: &Path, n_vocab: usize) -> Result<crate::tokenizer::Vocab, ModelError> {
+    use crate::tokenizer::{Tokenizer, Vocab, LLAMA2C_BOS, LLAMA2C_EOS};
+    let tok = match Tokenizer::load(model)? {
+        Tokenizer::Llama2c(t) => t,
+        _ => {
+            return Err(unsupported(
+                model,
+                "no llama2.c tokenizer (tokenizer.bin or tok*.bin) beside the checkpoint",
+            ))
+        }
+    };
+    if tok.vocab_size() != n_vocab {
+        return Err(unsupported(
+            model,
+            format!(
+                "the llama2.c tokenizer beside the checkpoint has {} tokens but the model has {n_vocab}",
+                tok.vocab_size()
+            ),
+        ));
+    }
+    let mut v = Vocab {
+        model: "llama".into(),
+        bos: Some(LLAMA2C_BOS),
+        eos: Some(LLAMA2C_EOS),
+        add_bos: true,
+        add_eos: false,
+        add_space_prefix: true,
+        ..Vocab::default()
+    };
+    for id in 0..n_vocab as u32 {
+        let raw = tok.raw_piece(id).unwrap_or_default();
+        let text = String::from_utf8(raw.to_vec()).map_err(|_| {
+            unsupported(
+                model,
+                format!(
+                    "llama2.c token {id} is not valid UTF-8 ({raw:?}); tokenizer.json needs text"
+                ),
+            )
+        })?;
+        let is_byte = text.len() == 6
+            && text.starts_with("<0x")
+            && text.ends_with('>')
+            && u8::from_str_radix(&text[3..5], 16).is_ok();
+        let (text, ty) = if id == LLAMA2C_BOS {
+            ("<s>".to_string(), 3)
+        } else if id == LLAMA2C_EOS {
+            ("</s>".to_string(), 3)
+        } else if text == "<unk>" {
+            v.unk = Some(id);
+            (text, 2)
+        } else if is_byte {
+            (text, 6)
+        } else {
+            (text.replace(' ', "\u{2581}"), 1)
+        };
+        v.tokens.push(text);
+        v.token_types.push(ty);
+        v.scores.push(tok.score(id).unwrap_or(0.0));
+    }
+    Ok(v)
 }
 
 /// Control (3) and user-defined (4) tokens: HF added tokens, matched whole.

@@ -1,7 +1,8 @@
 //! The runner layer: what drives a built network — a decoding [`session`]
 //! (prompt processing, generation, per-position logits), [`perplexity`] over a
-//! text, and [`convert`] (exporting a model to another format).
+//! text, sentence embeddings from an encoder ([`embed`]), and [`convert`] (exporting a model to another format).
 
 pub mod convert;
+pub mod embed;
 pub mod perplexity;
 pub mod session;

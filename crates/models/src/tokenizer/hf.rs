@@ -26,8 +26,17 @@ impl HfTokenizer {
             msg: e.to_string(),
         })?;
         // Padding is a batching concern: encode one text to its own length.
+        // Truncation is the runner's: tokenizer.json's limit (128 for
+        // all-MiniLM-L6-v2) is not the model's (sentence-transformers uses
+        // max_seq_length, 256), so encode whole texts and let the caller cut.
         let mut inner = inner;
         inner.with_padding(None);
+        inner
+            .with_truncation(None)
+            .map_err(|e| TokenizerError::Format {
+                path: path.to_path_buf(),
+                msg: e.to_string(),
+            })?;
         Ok(HfTokenizer { inner })
     }
 

@@ -83,6 +83,11 @@ impl Llama2cTokenizer {
         self.pieces.get(id as usize).map(|p| p.as_slice())
     }
 
+    /// The merge score of a token (higher merges first), as stored in the file.
+    pub fn score(&self, id: u32) -> Option<f32> {
+        self.scores.get(id as usize).copied()
+    }
+
     /// Encodes as `run.c`'s `encode(text, bos, eos)`; the dummy prefix space is
     /// added to non-empty text.
     pub fn encode(&self, text: &str, bos: bool, eos: bool) -> Vec<u32> {
