@@ -280,6 +280,7 @@ fn batch_prompts_continue_each_line_as_it_would_alone() {
     }
     assert!(stderr(&o).contains("3 prompts"), "{}", stderr(&o));
     std::fs::remove_dir_all(&dir).ok();
+}
 
 /// The names in `dir`, sorted.
 fn listing(dir: &std::path::Path) -> Vec<String> {

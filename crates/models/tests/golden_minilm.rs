@@ -159,3 +159,31 @@ fn a_pooling_mode_patchbay_does_not_implement_is_a_clear_error() {
     assert_eq!(e.max_tokens(), 512);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn packed_batches_agree_with_one_text_at_a_time() {
+    let p = catalog::resolve_model("minilm-l6-v2").unwrap_or_else(|e| panic!("{e}"));
+    let (sentences, _) = golden();
+    let mut texts: Vec<String> = sentences.iter().map(|s| s.text.clone()).collect();
+    texts.push("word".into());
+    texts.push("A much longer text, which runs on for a while, so that the packed batch holds sequences of very different lengths side by side.".into());
+    let embed = |batch: usize| {
+        let opts = EmbedderOptions {
+            batch,
+            ..EmbedderOptions::default()
+        };
+        Embedder::open(&p, &opts).unwrap().embed(&texts).unwrap()
+    };
+    let (alone, packed) = (embed(1), embed(texts.len()));
+    let mut worst = 0.0f32;
+    for (a, b) in alone.iter().zip(&packed) {
+        for (x, y) in a.iter().zip(b) {
+            worst = worst.max((x - y).abs());
+        }
+    }
+    eprintln!("packed vs alone: worst component difference {worst:e}");
+    assert!(
+        worst <= 1e-6,
+        "packed batch differs from one at a time by {worst:e}"
+    );
+}

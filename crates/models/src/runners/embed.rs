@@ -11,7 +11,7 @@
 
 use std::path::Path;
 
-use patchbay_combinators::{Capacity, Ctx, Layer, Scratch};
+use patchbay_combinators::{Capacity, Ctx, Layer, RowMap, Scratch};
 use patchbay_primitives::{Act, Simd, Threads};
 
 use crate::error::ModelError;
@@ -52,6 +52,10 @@ pub struct Embedder {
     model: Model<BertNet>,
     tokenizer: Tokenizer,
     state: <BertNet as Layer>::State,
+    /// Sequence slots and positions per slot `state` holds.
+    state_size: (usize, usize),
+    /// Where each row of the packed input belongs.
+    map: RowMap,
     threads: Threads,
     scratch: Scratch,
     simd: Simd,
@@ -103,9 +107,11 @@ impl Embedder {
             ));
         }
         let max = model.info.max_context;
-        let state = model.net.new_state(Capacity::new(max, max));
+        let state = model.net.new_state(Capacity::new(max, 1));
         Ok(Embedder {
             state,
+            state_size: (1, 1),
+            map: RowMap::new(),
             tokenizer,
             threads: Threads::new(opts.threads),
             scratch: Scratch::new(),
@@ -174,11 +180,10 @@ impl Embedder {
     }
 
     /// The forward pass of a group of token sequences: one embedding per
-    /// sequence. For now each sequence runs alone, the state reset between
-    /// them; a packed multi-sequence pass can replace this body without
-    /// changing its callers.
+    /// sequence. The sequences are packed one after another into one forward
+    /// pass, each in its own attention slot (so no padding is computed and
+    /// none can leak into the mean), and pooled per sequence.
     fn embed_tokens(&mut self, seqs: &[Vec<u32>]) -> Result<Vec<Vec<f32>>, ModelError> {
-        let mut out = Vec::with_capacity(seqs.len());
         let max = self.max_tokens();
         for ids in seqs {
             if ids.is_empty() {
@@ -192,19 +197,41 @@ impl Embedder {
                     max_context: max,
                 });
             }
-            self.model.net.reset(&mut self.state);
-            self.input.reshape(ids.len(), 1);
-            for (x, &id) in self.input.as_mut_slice().iter_mut().zip(ids) {
-                *x = id as f32;
-            }
-            let ctx = Ctx::new(self.simd, &self.threads, &self.scratch);
-            self.model
-                .net
-                .forward(&self.input, &mut self.output, &mut self.state, &ctx)?;
-            debug_assert_eq!(self.output.rows(), 1);
-            out.push(self.output.row(0).to_vec());
         }
-        Ok(out)
+        if seqs.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Attention slots sized for the largest group so far.
+        let longest = seqs.iter().map(Vec::len).max().unwrap_or(1);
+        let (slots, context) = self.state_size;
+        if seqs.len() > slots || longest > context {
+            let size = (slots.max(seqs.len()), context.max(longest));
+            let cap = Capacity::new(longest, size.1).with_seqs(size.0);
+            self.state = self.model.net.new_state(cap);
+            self.state_size = size;
+        }
+        // Bidirectional attention sees every cached position of a slot, so
+        // each group starts from empty slots.
+        self.model.net.reset(&mut self.state);
+        let lens: Vec<usize> = seqs.iter().map(Vec::len).collect();
+        self.map = RowMap::packed(&lens);
+        self.input.reshape(self.map.len(), 1);
+        for (x, &id) in self
+            .input
+            .as_mut_slice()
+            .iter_mut()
+            .zip(seqs.iter().flatten())
+        {
+            *x = id as f32;
+        }
+        let ctx = Ctx::new(self.simd, &self.threads, &self.scratch).with_map(&self.map);
+        self.model
+            .net
+            .forward(&self.input, &mut self.output, &mut self.state, &ctx)?;
+        debug_assert_eq!(self.output.rows(), seqs.len());
+        Ok((0..seqs.len())
+            .map(|i| self.output.row(i).to_vec())
+            .collect())
     }
 }
 
