@@ -236,6 +236,11 @@ fn converted_stories260k_matches_llama2c() {
     assert_eq!(config["vocab_size"], l2c.vocab_size);
     assert_eq!(config["max_position_embeddings"], l2c.seq_len);
     assert_eq!(config["torch_dtype"], "float32");
+    // The exported tokenizer knows the special tokens, so generation from the
+    // converted directory stops at EOS as it does from the original.
+    let tok = Tokenizer::load(&dir).unwrap();
+    assert_eq!((tok.bos(), tok.eos()), (Some(1), Some(2)));
+    assert!(tok.is_eog(2) && !tok.is_eog(3));
 
     let source = patchbay_models::families::open(&dir).unwrap();
     assert_eq!(source.format(), Format::Safetensors);

@@ -8,6 +8,12 @@ use super::TokenizerError;
 #[derive(Clone)]
 pub struct HfTokenizer {
     inner: tokenizers::Tokenizer,
+    /// Beginning-of-text id: `bos_token` of `tokenizer_config.json`, else `[CLS]`.
+    bos: Option<u32>,
+    /// End-of-text id: `eos_token` of `tokenizer_config.json`, else `[SEP]`.
+    eos: Option<u32>,
+    /// Ids that end generation: `eos_token` and `config.json`'s `eos_token_id`(s).
+    eog: Vec<u32>,
 }
 
 impl std::fmt::Debug for HfTokenizer {
@@ -37,7 +43,76 @@ impl HfTokenizer {
                 path: path.to_path_buf(),
                 msg: e.to_string(),
             })?;
-        Ok(HfTokenizer { inner })
+        let mut t = HfTokenizer {
+            inner,
+            bos: None,
+            eos: None,
+            eog: Vec::new(),
+        };
+        t.read_special_tokens(path.parent().unwrap_or(Path::new(".")))?;
+        Ok(t)
+    }
+
+    /// Reads BOS/EOS from `tokenizer_config.json` and the end-of-generation
+    /// ids from `config.json` beside the tokenizer, where they exist (a
+    /// decoder's checkpoint); an encoder's fall back to `[CLS]`/`[SEP]`.
+    fn read_special_tokens(&mut self, dir: &Path) -> Result<(), TokenizerError> {
+        let read_json = |name: &str| -> Result<Option<serde_json::Value>, TokenizerError> {
+            let p = dir.join(name);
+            let Ok(bytes) = std::fs::read(&p) else {
+                return Ok(None);
+            };
+            serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| TokenizerError::Format {
+                    path: p,
+                    msg: e.to_string(),
+                })
+        };
+        // A special token is a string or `{"content": ...}`.
+        let token = |v: Option<&serde_json::Value>| -> Option<u32> {
+            let v = v?;
+            let s = v.as_str().or_else(|| v.get("content")?.as_str())?;
+            self.inner.token_to_id(s)
+        };
+        let cfg = read_json("tokenizer_config.json")?;
+        self.bos = token(cfg.as_ref().and_then(|c| c.get("bos_token")))
+            .or_else(|| self.inner.token_to_id("[CLS]"));
+        let eos = token(cfg.as_ref().and_then(|c| c.get("eos_token")));
+        self.eos = eos.or_else(|| self.inner.token_to_id("[SEP]"));
+        self.eog = eos.into_iter().collect();
+        if let Some(model) = read_json("config.json")? {
+            let ids = match model.get("eos_token_id") {
+                Some(serde_json::Value::Array(a)) => a.iter().filter_map(|v| v.as_u64()).collect(),
+                Some(v) => v.as_u64().into_iter().collect(),
+                None => Vec::new(),
+            };
+            for id in ids {
+                let id = u32::try_from(id).map_err(|_| TokenizerError::Format {
+                    path: dir.join("config.json"),
+                    msg: format!("eos_token_id {id} is not a token id"),
+                })?;
+                if !self.eog.contains(&id) {
+                    self.eog.push(id);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The beginning-of-text id.
+    pub fn bos(&self) -> Option<u32> {
+        self.bos
+    }
+
+    /// The end-of-text id.
+    pub fn eos(&self) -> Option<u32> {
+        self.eos
+    }
+
+    /// Whether generating `id` ends the generation.
+    pub fn is_eog(&self, id: u32) -> bool {
+        self.eog.contains(&id)
     }
 
     /// Token ids of `text`; `add_special` adds the post-processor's tokens ([CLS] .. [SEP]).

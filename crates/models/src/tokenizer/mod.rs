@@ -685,7 +685,7 @@ impl Tokenizer {
         match self {
             Tokenizer::Gguf(t) => t.core.bos,
             Tokenizer::Llama2c(_) => Some(LLAMA2C_BOS),
-            Tokenizer::HfJson(t) => t.token_to_id("[CLS]"),
+            Tokenizer::HfJson(t) => t.bos(),
         }
     }
 
@@ -694,7 +694,7 @@ impl Tokenizer {
         match self {
             Tokenizer::Gguf(t) => t.core.eos,
             Tokenizer::Llama2c(_) => Some(LLAMA2C_EOS),
-            Tokenizer::HfJson(t) => t.token_to_id("[SEP]"),
+            Tokenizer::HfJson(t) => t.eos(),
         }
     }
 
@@ -712,7 +712,7 @@ impl Tokenizer {
             Tokenizer::Gguf(t) => t.core.eog.contains(&id),
             // run.c stops at BOS, which delimits stories; EOS also ends them.
             Tokenizer::Llama2c(_) => id == LLAMA2C_BOS || id == LLAMA2C_EOS,
-            Tokenizer::HfJson(_) => false,
+            Tokenizer::HfJson(t) => t.is_eog(id),
         }
     }
 
