@@ -532,16 +532,15 @@ impl<M: Mask> Layer for Attend<M> {
                 let q = &x.row(r)[head * hd..(head + 1) * hd];
                 let s = &mut scores[..n];
                 let base = (seq * kv + g) * cap + span.start;
-                for (i, sc) in s.iter_mut().enumerate() {
-                    let k0 = (base + i) * hd;
-                    *sc = kernels::dot(ctx.simd, q, &st.k[k0..k0 + hd]) * self.scale;
+                // A head's cached keys (and values) sit one after another.
+                let block = base * hd..(base + n) * hd;
+                kernels::dot_rows(ctx.simd, q, &st.k[block.clone()], s);
+                for sc in s.iter_mut() {
+                    *sc *= self.scale;
                 }
                 kernels::softmax(ctx.simd, s);
                 let out = &mut y.row_mut(r)[head * hd..(head + 1) * hd];
-                for (i, &wgt) in s.iter().enumerate() {
-                    let v0 = (base + i) * hd;
-                    kernels::axpy(ctx.simd, wgt, &st.v[v0..v0 + hd], out);
-                }
+                kernels::axpy_rows(ctx.simd, s, &st.v[block], out);
             }
         }
         Ok(())

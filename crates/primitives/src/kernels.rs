@@ -418,6 +418,21 @@ fn dot_impl<S: PSimd>(s: S, a: &[f32], b: &[f32]) -> f32 {
 }
 
 #[inline(always)]
+fn dot_rows_impl<S: PSimd>(s: S, q: &[f32], rows: &[f32], out: &mut [f32]) {
+    for (o, row) in out.iter_mut().zip(rows.chunks_exact(q.len())) {
+        *o = dot_impl(s, q, row);
+    }
+}
+
+#[inline(always)]
+fn axpy_rows_impl<S: PSimd>(s: S, weights: &[f32], rows: &[f32], y: &mut [f32]) {
+    let d = y.len();
+    for (&w, row) in weights.iter().zip(rows.chunks_exact(d)) {
+        axpy_impl(s, w, row, y);
+    }
+}
+
+#[inline(always)]
 fn sum_impl<S: PSimd>(s: S, x: &[f32]) -> f32 {
     reduce1(s, x, 0.0, AddF {}) as f32
 }
@@ -562,6 +577,8 @@ fn layer_norm_impl<S: PSimd>(
 
 simd_op!(DotOp { a: &'a [f32], b: &'a [f32] } -> f32 => dot_impl);
 simd_op!(SumOp { x: &'a [f32] } -> f32 => sum_impl);
+simd_op!(DotRowsOp { q: &'a [f32], rows: &'a [f32], out: &'a mut [f32] } -> () => dot_rows_impl);
+simd_op!(AxpyRowsOp { weights: &'a [f32], rows: &'a [f32], y: &'a mut [f32] } -> () => axpy_rows_impl);
 simd_op!(MaxOp { x: &'a [f32] } -> f32 => max_impl);
 simd_op!(ArgmaxOp { x: &'a [f32] } -> usize => argmax_impl);
 simd_op!(AxpyOp { alpha: f32, x: &'a [f32], y: &'a mut [f32] } -> () => axpy_impl);
@@ -615,6 +632,37 @@ simd_op!(GeluErfOp { x: &'a mut [f32] } -> () => gelu_erf_impl);
 pub fn dot(s: Simd, a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len(), "dot: length mismatch");
     run!(s, DotOp { a, b })
+}
+
+/// `out[j] = dot(q, rows[j])` for each `q.len()`-wide row of `rows` (e.g.
+/// one query against a block of cached keys): bit for bit what [`dot`] gives
+/// on each pair, dispatched once instead of once per row.
+pub fn dot_rows(s: Simd, q: &[f32], rows: &[f32], out: &mut [f32]) {
+    assert_eq!(
+        rows.len(),
+        q.len() * out.len(),
+        "dot_rows: rows must hold out.len() rows of q.len()"
+    );
+    if q.is_empty() {
+        out.fill(0.0);
+        return;
+    }
+    run!(s, DotRowsOp { q, rows, out })
+}
+
+/// `y += weights[j] * rows[j]` for each `y.len()`-wide row of `rows`, in
+/// order of `j` (e.g. attention weights times cached values): bit for bit
+/// what [`axpy`] gives row after row, dispatched once.
+pub fn axpy_rows(s: Simd, weights: &[f32], rows: &[f32], y: &mut [f32]) {
+    assert_eq!(
+        rows.len(),
+        y.len() * weights.len(),
+        "axpy_rows: rows must hold weights.len() rows of y.len()"
+    );
+    if y.is_empty() {
+        return;
+    }
+    run!(s, AxpyRowsOp { weights, rows, y })
 }
 
 /// `y[i] += alpha * x[i]`. Lengths must match.

@@ -465,3 +465,41 @@ fn exp_range_through_softmax() {
 fn mismatched_lengths_panic() {
     kernels::dot(Simd::detect(), &[1.0, 2.0], &[1.0]);
 }
+
+proptest! {
+    #![proptest_config(cfg())]
+
+    /// dot_rows and axpy_rows (attention's score and value loops): bit for bit
+    /// what dot and axpy give row by row, and close to an f64 reference.
+    #[test]
+    fn row_batched_dot_and_axpy_match_the_single_row_kernels(
+        d in prop_oneof![Just(1usize), 1usize..40, Just(64), Just(256)],
+        n in prop_oneof![Just(1usize), 1usize..70],
+        seed in any::<u64>(),
+    ) {
+        let mut r = seed;
+        let mut next = || { r = r.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407); ((r >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0 };
+        let q: Vec<f32> = (0..d).map(|_| next()).collect();
+        let rows: Vec<f32> = (0..n * d).map(|_| next()).collect();
+        let w: Vec<f32> = (0..n).map(|_| next()).collect();
+        for s in levels() {
+            let mut got = vec![0.0; n];
+            kernels::dot_rows(s, &q, &rows, &mut got);
+            for (j, row) in rows.chunks_exact(d).enumerate() {
+                prop_assert_eq!(got[j].to_bits(), kernels::dot(s, &q, row).to_bits(), "dot_rows row {} at {}", j, s.level());
+                let want: f64 = q.iter().zip(row).map(|(&a, &b)| a as f64 * b as f64).sum();
+                let mag: f64 = q.iter().zip(row).map(|(&a, &b)| (a as f64 * b as f64).abs()).sum();
+                prop_assert!((got[j] as f64 - want).abs() <= 2e-6 * mag + 1e-30);
+            }
+            let mut batched = vec![0.5f32; d];
+            kernels::axpy_rows(s, &w, &rows, &mut batched);
+            let mut one_by_one = vec![0.5f32; d];
+            for (&a, row) in w.iter().zip(rows.chunks_exact(d)) {
+                kernels::axpy(s, a, row, &mut one_by_one);
+            }
+            prop_assert_eq!(&batched, &one_by_one, "axpy_rows at {}", s.level());
+            let want: Vec<f64> = (0..d).map(|i| 0.5 + (0..n).map(|j| w[j] as f64 * rows[j * d + i] as f64).sum::<f64>()).collect();
+            check_close("axpy_rows", s, &batched, &want, |_| 1e-5 * (n as f64 + 1.0));
+        }
+    }
+}
