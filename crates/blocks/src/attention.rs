@@ -271,7 +271,7 @@ impl Layer for Rope {
 }
 
 /// Which cached positions a query row may see.
-pub trait Mask: Clone + std::fmt::Debug {
+pub trait Mask: Clone + std::fmt::Debug + Send + Sync {
     /// The visible key positions for the query at `query` when the cache
     /// holds positions `0..end` (`end` includes the current batch).
     fn visible(&self, query: usize, end: usize) -> Range<usize>;
@@ -331,6 +331,12 @@ impl Mask for Bidirectional {
     fn describe(&self) -> String {
         "bidirectional".into()
     }
+}
+
+thread_local! {
+    /// Attention scores of one query row, per worker thread (kept between
+    /// calls, so decoding does not allocate).
+    static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// Scaled dot-product attention over a KV cache: takes `[q | k | v]` rows,
@@ -516,33 +522,51 @@ impl<M: Mask> Layer for Attend<M> {
         }
         // Scores, softmax and the weighted sum of values, per row and head.
         let group = h / kv;
-        let mut scores = ctx.scratch.vec();
-        // Sized for the whole cache at once, so a growing context does not
-        // reallocate while decoding.
-        scores.reserve(cap);
-        scores.resize(cap, 0.0);
         y.reshape(m, qw);
-        y.as_mut_slice().fill(0.0);
-        for r in 0..m {
-            let seq = ctx.sequence(r);
-            let span = self.mask.visible(ctx.position(r), st.lens[seq]);
-            let n = span.len();
-            for head in 0..h {
-                let g = head / group;
-                let q = &x.row(r)[head * hd..(head + 1) * hd];
-                let s = &mut scores[..n];
-                let base = (seq * kv + g) * cap + span.start;
-                // A head's cached keys (and values) sit one after another.
-                let block = base * hd..(base + n) * hd;
-                kernels::dot_rows(ctx.simd, q, &st.k[block.clone()], s);
-                for sc in s.iter_mut() {
-                    *sc *= self.scale;
-                }
-                kernels::softmax(ctx.simd, s);
-                let out = &mut y.row_mut(r)[head * hd..(head + 1) * hd];
-                kernels::axpy_rows(ctx.simd, s, &st.v[block], out);
-            }
-        }
+        let (k_cache, v_cache, lens) = (&st.k, &st.v, &st.lens);
+        let (scale, mask, simd) = (self.scale, &self.mask, ctx.simd);
+        // Where each row belongs, without the (single-threaded) scratch.
+        let (map, pos0) = (ctx.map, ctx.pos);
+        let locate = |r: usize| match map {
+            Some(m) => (m.sequence(r), m.position(r)),
+            None => (0, pos0 + r),
+        };
+        // Rows are independent once the cache holds the batch: spread them
+        // over the threads in runs (a row's result never depends on the split).
+        let per_task = m.div_ceil(ctx.threads.count() * 4).max(1);
+        ctx.threads
+            .for_each_chunk(y.as_mut_slice(), per_task * qw, |task, out_rows| {
+                SCORES.with(|cell| {
+                    let mut scores = cell.borrow_mut();
+                    if scores.len() < cap {
+                        // Sized for the whole cache, so a growing context
+                        // does not reallocate while decoding.
+                        scores.resize(cap, 0.0);
+                    }
+                    for (i, out_row) in out_rows.chunks_exact_mut(qw).enumerate() {
+                        let r = task * per_task + i;
+                        out_row.fill(0.0);
+                        let (seq, pos) = locate(r);
+                        let span = mask.visible(pos, lens[seq]);
+                        let n = span.len();
+                        for head in 0..h {
+                            let g = head / group;
+                            let q = &x.row(r)[head * hd..(head + 1) * hd];
+                            let s = &mut scores[..n];
+                            let base = (seq * kv + g) * cap + span.start;
+                            // A head's cached keys (and values) sit one after another.
+                            let block = base * hd..(base + n) * hd;
+                            kernels::dot_rows(simd, q, &k_cache[block.clone()], s);
+                            for sc in s.iter_mut() {
+                                *sc *= scale;
+                            }
+                            kernels::softmax(simd, s);
+                            let out = &mut out_row[head * hd..(head + 1) * hd];
+                            kernels::axpy_rows(simd, s, &v_cache[block], out);
+                        }
+                    }
+                })
+            });
         Ok(())
     }
     fn describe(&self) -> Node {
