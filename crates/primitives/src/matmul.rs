@@ -42,6 +42,9 @@ pub const MATVEC_CHUNK_ROWS: usize = 64;
 /// Weight rows per micro-kernel tile.
 pub(crate) const NR: usize = 4;
 
+/// Bytes of weight rows [`block`] keeps in L1 while it sweeps the rows of `X`.
+const L1_GROUP_BYTES: usize = 32 << 10;
+
 /// Bytes of `W` a task keeps hot in L2 while it sweeps the rows of `X`.
 const BLOCK_BYTES: usize = 1 << 20;
 
@@ -178,8 +181,8 @@ impl Out {
 }
 
 /// `out[i][j] = dot(x row i, w row j)` for `i < m`, `j < nc`: tiles of
-/// `MR x NR` (edge tiles narrower), rows of `X` in the outer loop so that each
-/// tile of `X` stays in L1 while the block of `W` (kept in L2) streams by.
+/// `MR x NR` (edge tiles narrower). Weight rows are taken in groups that fit
+/// in L1, and each group meets every tile of `X` rows in turn.
 #[inline(always)]
 pub(crate) fn block<'a, S: pulp::Simd>(
     simd: S,
@@ -189,17 +192,33 @@ pub(crate) fn block<'a, S: pulp::Simd>(
     wrow: impl Fn(usize) -> &'a [f32] + Copy,
     out: Out,
 ) {
+    if nc == 0 {
+        return;
+    }
+    // Groups of weight rows small enough to stay in L1 next to a tile of `X`
+    // while every tile of `X` passes by: `W` then comes from L2 once per
+    // group, `X` once per group and tile.
+    let k = wrow(0).len();
+    let group = (L1_GROUP_BYTES / (4 * k.max(1)) / NR * NR).max(NR);
     let mrm = mr_max::<S>();
-    let mut i = 0;
-    while i < m {
-        let mr = mrm.min(m - i);
-        match mr {
-            4 => rows_tile::<S, 4>(simd, i, xrow, nc, wrow, out),
-            3 => rows_tile::<S, 3>(simd, i, xrow, nc, wrow, out),
-            2 => rows_tile::<S, 2>(simd, i, xrow, nc, wrow, out),
-            _ => rows_tile::<S, 1>(simd, i, xrow, nc, wrow, out),
+    let mut j0 = 0;
+    while j0 < nc {
+        let gc = group.min(nc - j0);
+        let wg = move |j: usize| wrow(j0 + j);
+        // SAFETY: columns j0..j0 + gc of this block, inside it (j0 + gc <= nc).
+        let og = unsafe { out.shifted(j0) };
+        let mut i = 0;
+        while i < m {
+            let mr = mrm.min(m - i);
+            match mr {
+                4 => rows_tile::<S, 4>(simd, i, xrow, gc, wg, og),
+                3 => rows_tile::<S, 3>(simd, i, xrow, gc, wg, og),
+                2 => rows_tile::<S, 2>(simd, i, xrow, gc, wg, og),
+                _ => rows_tile::<S, 1>(simd, i, xrow, gc, wg, og),
+            }
+            i += mr;
         }
-        i += mr;
+        j0 += gc;
     }
 }
 
@@ -289,8 +308,52 @@ pub fn matmul(
     Ok(())
 }
 
+thread_local! {
+    /// This thread's copy of `X` for [`with_aligned_rows`].
+    static ALIGNED: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` on a copy of `x` whose rows start on 64-byte boundaries (a cache
+/// line, so no vector load of a row straddles two lines), kept in a buffer of
+/// the calling thread between calls. Values are copied, never changed.
+pub(crate) fn with_aligned_rows<R>(x: MatRef<'_>, f: impl FnOnce(MatRef<'_>) -> R) -> R {
+    let (m, k) = (x.rows(), x.cols());
+    if k == 0 {
+        return f(x);
+    }
+    let stride = k.div_ceil(16) * 16;
+    let run = |buf: &mut Vec<f32>| {
+        let need = m * stride + 16;
+        if buf.len() < need {
+            buf.resize(need, 0.0);
+        }
+        let at = buf.as_ptr().align_offset(64).min(15);
+        let dst = &mut buf[at..at + m * stride];
+        for (i, d) in dst.chunks_exact_mut(stride).enumerate() {
+            d[..k].copy_from_slice(x.row(i));
+        }
+        match MatRef::with_stride(dst, m, k, stride) {
+            Ok(xa) => f(xa),
+            // Unreachable (the buffer holds m rows of `stride >= k`); keep `x`.
+            Err(_) => f(x),
+        }
+    };
+    ALIGNED.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buf) => run(&mut buf),
+        Err(_) => run(&mut Vec::new()),
+    })
+}
+
 /// [`matmul`] after its checks (`y` holds `m * n`, `m, n >= 1`).
 fn product(s: Simd, threads: &Threads, x: MatRef<'_>, w: MatRef<'_>, y: &mut [f32]) {
+    if x.rows() > 1 && x.as_slice().as_ptr().align_offset(64) != 0 {
+        return with_aligned_rows(x, |xa| product_aligned(s, threads, xa, w, y));
+    }
+    product_aligned(s, threads, x, w, y)
+}
+
+/// [`product`] on rows of `x` as they are.
+fn product_aligned(s: Simd, threads: &Threads, x: MatRef<'_>, w: MatRef<'_>, y: &mut [f32]) {
     let (m, k, n) = (x.rows(), x.cols(), w.rows());
     let nc = block_rows(m, k);
     let y_ptr = y.as_mut_ptr();

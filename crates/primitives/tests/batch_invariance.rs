@@ -334,3 +334,37 @@ fn rows_are_batch_invariant_at_model_shapes() {
         }
     }
 }
+
+/// Rows of zero length: every product is zero (no output left unwritten).
+#[test]
+fn empty_rows_give_zeros() {
+    let t = Threads::new(2);
+    for s in Simd::available() {
+        for m in [1, 3, 9] {
+            let x: Vec<f32> = Vec::new();
+            let xm = MatRef::new(&x, m, 0).unwrap();
+            let mut y = vec![f32::NAN; m * 5];
+            matmul_q(s, &t, DType::F32, &[], 5, 0, xm, &mut y, &mut Vec::new()).unwrap();
+            assert!(y.iter().all(|v| *v == 0.0), "matmul_q m={m}: {y:?}");
+            let mut y = vec![f32::NAN; m * 5];
+            matmul(s, &t, xm, MatRef::new(&x, 5, 0).unwrap(), &mut y).unwrap();
+            assert!(y.iter().all(|v| *v == 0.0), "matmul m={m}: {y:?}");
+        }
+        let mut y = vec![f32::NAN; 5];
+        let mut scratch = QuantizedActs::new();
+        matvec_q(
+            s,
+            &t,
+            DType::F32,
+            &[],
+            5,
+            0,
+            &[],
+            &mut y,
+            DotMode::Exact,
+            &mut scratch,
+        )
+        .unwrap();
+        assert!(y.iter().all(|v| *v == 0.0), "matvec_q: {y:?}");
+    }
+}

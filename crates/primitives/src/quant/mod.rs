@@ -345,6 +345,10 @@ pub fn matvec_q(
     if rows == 0 {
         return Ok(());
     }
+    if cols == 0 {
+        y.fill(0.0);
+        return Ok(());
+    }
     let kernel = match mode {
         DotMode::Q8 if dtype.is_quantized() => {
             quantize_acts(s, x, dtype, scratch);
@@ -465,6 +469,10 @@ pub fn matmul_q(
     if m == 0 || rows == 0 {
         return Ok(());
     }
+    if cols == 0 {
+        y.fill(0.0);
+        return Ok(());
+    }
     // SAFETY: `y` is m x rows and exclusively borrowed here; every task below
     // writes rows i < m and its own range of columns r0..r0 + nr (<= rows),
     // disjoint from the other tasks'.
@@ -494,6 +502,24 @@ pub fn matmul_q(
         .ok_or(ShapeError::Overflow {
             what: "matmul_q panel",
         })?;
+    crate::matmul::with_aligned_rows(x, |x| {
+        panels(s, threads, dtype, (w, rows, row_bytes), x, base, panel_len)
+    });
+    Ok(())
+}
+
+/// The panel path of [`matmul_q`] (arguments checked there): `w` holds
+/// `rows` rows of `row_bytes` bytes.
+fn panels(
+    s: Simd,
+    threads: &Threads,
+    dtype: DType,
+    (w, rows, row_bytes): (&[u8], usize, usize),
+    x: MatRef<'_>,
+    base: Out,
+    panel_len: usize,
+) {
+    let cols = x.cols();
     threads.for_each_index(rows.div_ceil(MATMUL_PANEL_ROWS), |p| {
         let r0 = p * MATMUL_PANEL_ROWS;
         let nr = MATMUL_PANEL_ROWS.min(rows - r0);
@@ -505,7 +531,6 @@ pub fn matmul_q(
             crate::matmul::block_dense(s, x, buf, nr, out);
         });
     });
-    Ok(())
 }
 
 thread_local! {
@@ -513,19 +538,29 @@ thread_local! {
     static PANEL: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// Runs `f` on this thread's panel buffer, grown to at least `len` values (it
-/// keeps the largest size it has had, so steady-state calls do not allocate).
+/// Extra values a panel buffer holds so that the panel can start on a 64-byte
+/// boundary (a cache line: every vector load of a row is then one line when
+/// rows are a multiple of 16 values, as all block formats' are).
+const PANEL_PAD: usize = 16;
+
+/// Runs `f` on this thread's panel buffer, `len` values starting on a 64-byte
+/// boundary (the buffer keeps the largest size it has had, so steady-state
+/// calls do not allocate).
 fn with_panel<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    fn aligned(buf: &mut [f32], len: usize) -> &mut [f32] {
+        let at = buf.as_ptr().align_offset(64).min(PANEL_PAD - 1);
+        &mut buf[at..at + len]
+    }
     PANEL.with(|cell| match cell.try_borrow_mut() {
         Ok(mut buf) => {
-            if buf.len() < len {
-                buf.resize(len, 0.0);
+            if buf.len() < len + PANEL_PAD {
+                buf.resize(len + PANEL_PAD, 0.0);
             }
-            f(&mut buf[..len])
+            f(aligned(&mut buf, len))
         }
         // Busy only if `f` itself reached `matmul_q` on this thread, which the
         // kernels never do; a temporary buffer keeps that case correct.
-        Err(_) => f(&mut vec![0.0; len]),
+        Err(_) => f(aligned(&mut vec![0.0; len + PANEL_PAD], len)),
     })
 }
 
@@ -681,11 +716,13 @@ mod tests {
             let per_thread: Vec<usize> = seen.into_inner().unwrap().into_values().collect();
             assert!(per_thread.len() <= t, "{t} threads: {per_thread:?}");
             assert!(
-                per_thread.iter().all(|&l| l <= MATMUL_PANEL_ROWS * widest),
+                per_thread
+                    .iter()
+                    .all(|&l| l <= MATMUL_PANEL_ROWS * widest + PANEL_PAD),
                 "{t} threads: panels {per_thread:?}"
             );
             assert!(
-                per_thread.contains(&(MATMUL_PANEL_ROWS * widest)),
+                per_thread.contains(&(MATMUL_PANEL_ROWS * widest + PANEL_PAD)),
                 "{per_thread:?}"
             );
         }
