@@ -40,8 +40,8 @@ fn run(lin: &Linear, s: Simd, t: &Threads, rows: usize, x: Vec<f32>) -> Vec<f32>
     let scratch = Scratch::new();
     let ctx = Ctx::new(s, t, &scratch);
     let x = Act::from_vec(rows, lin.in_dim(), x).unwrap();
-    let mut st = lin.new_state(Capacity::new(rows.max(1), rows.max(1)));
-    lin.apply(&x, &mut st, &ctx).unwrap().into_vec()
+    lin.new_state(Capacity::new(rows.max(1), rows.max(1)));
+    lin.apply(&x, &mut (), &ctx).unwrap().into_vec()
 }
 
 fn bits(v: &[f32]) -> Vec<u32> {
