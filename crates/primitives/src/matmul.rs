@@ -31,8 +31,8 @@ use crate::tensor::MatRef;
 use crate::threads::Threads;
 
 /// Weight rows per task when `X` has several rows, for short rows: the block of
-/// `W` a task streams for every tile of `X` rows stays in L2 (see
-/// [`block_rows`]). Any blocking gives the same bits.
+/// `W` a task streams for every tile of `X` rows stays in L2. Any blocking
+/// gives the same bits.
 pub const MATMUL_CHUNK_N: usize = 128;
 
 /// Weight rows per task for a single row of `X` (decoding): large enough to
@@ -199,8 +199,11 @@ pub(crate) fn block<'a, S: pulp::Simd>(
     // while every tile of `X` passes by: `W` then comes from L2 once per
     // group, `X` once per group and tile.
     let k = wrow(0).len();
-    let group = (L1_GROUP_BYTES / (4 * k.max(1)) / NR * NR).max(NR);
     let mrm = mr_max::<S>();
+    if k > KC_FROM && m > mrm {
+        return block_kc(simd, m, xrow, nc, wrow, out);
+    }
+    let group = (L1_GROUP_BYTES / (4 * k.max(1)) / NR * NR).max(NR);
     let mut j0 = 0;
     while j0 < nc {
         let gc = group.min(nc - j0);
@@ -219,6 +222,140 @@ pub(crate) fn block<'a, S: pulp::Simd>(
             i += mr;
         }
         j0 += gc;
+    }
+}
+
+/// Values of `k` per step of [`block_kc`]: a multiple of every SIMD width, so
+/// resuming the accumulators step after step performs the operations of one
+/// pass over `k`.
+const KC: usize = 512;
+
+/// Row lengths above which [`block`] runs [`block_kc`]: below, a tile of `X`
+/// rows and a group of weight rows fit in L1 together without cutting `k`.
+const KC_FROM: usize = 768;
+
+/// Weight rows per group in [`block_kc`] (a `KC`-wide slice of them stays in
+/// L1 while every tile of `X` rows passes by).
+const KC_GROUP: usize = 8;
+
+/// A stored tile of accumulators (the largest tile; smaller ones use a corner).
+type Slot<S> = [[<S as pulp::Simd>::f32s; NR]; 4];
+
+/// [`block`] for long rows (`k > KC_FROM`): `k` is cut into steps of [`KC`] (the
+/// outer loop, so that a `KC`-wide slice of `X` stays in L2 for the whole
+/// block), and the accumulators of every tile are kept in memory between
+/// steps; within a step, a slice of a group of [`KC_GROUP`] weight rows stays
+/// in L1 while all the rows of `X` pass by. Same operations per output as
+/// [`block`].
+#[inline(always)]
+fn block_kc<'a, S: pulp::Simd>(
+    simd: S,
+    m: usize,
+    xrow: impl Fn(usize) -> &'a [f32] + Copy,
+    nc: usize,
+    wrow: impl Fn(usize) -> &'a [f32] + Copy,
+    out: Out,
+) {
+    let k = wrow(0).len();
+    let mrm = mr_max::<S>();
+    let zero = simd.splat_f32s(0.0);
+    let row_tiles = m.div_ceil(mrm);
+    // Column tiles of a group of `gc` columns: full tiles of NR, then singles.
+    let col_tiles = |gc: usize| gc / NR + gc % NR;
+    let groups = nc.div_ceil(KC_GROUP);
+    let total: usize = (0..groups)
+        .map(|g| col_tiles(KC_GROUP.min(nc - g * KC_GROUP)))
+        .sum();
+    let mut slots: Vec<Slot<S>> = vec![[[zero; NR]; 4]; row_tiles * total];
+    let mut k0 = 0;
+    while k0 < k {
+        let len = KC.min(k - k0);
+        let xs = move |i: usize| &xrow(i)[k0..k0 + len];
+        let mut base = 0;
+        for g in 0..groups {
+            let j0 = g * KC_GROUP;
+            let gc = KC_GROUP.min(nc - j0);
+            let ct = col_tiles(gc);
+            let ws = move |j: usize| &wrow(j0 + j)[k0..k0 + len];
+            for ti in 0..row_tiles {
+                let i0 = ti * mrm;
+                let mr = mrm.min(m - i0);
+                let sl = &mut slots[base + ti * ct..base + (ti + 1) * ct];
+                match mr {
+                    4 => slot_row::<S, 4>(simd, i0, xs, gc, ws, sl),
+                    3 => slot_row::<S, 3>(simd, i0, xs, gc, ws, sl),
+                    2 => slot_row::<S, 2>(simd, i0, xs, gc, ws, sl),
+                    _ => slot_row::<S, 1>(simd, i0, xs, gc, ws, sl),
+                }
+            }
+            base += row_tiles * ct;
+        }
+        k0 += len;
+    }
+    let mut base = 0;
+    for g in 0..groups {
+        let j0 = g * KC_GROUP;
+        let gc = KC_GROUP.min(nc - j0);
+        let ct = col_tiles(gc);
+        for ti in 0..row_tiles {
+            let i0 = ti * mrm;
+            let mr = mrm.min(m - i0);
+            for (c, slot) in slots[base + ti * ct..base + (ti + 1) * ct]
+                .iter()
+                .enumerate()
+            {
+                let (j, width) = if c < gc / NR {
+                    (c * NR, NR)
+                } else {
+                    (gc / NR * NR + (c - gc / NR), 1)
+                };
+                for (i, row) in slot.iter().enumerate().take(mr) {
+                    for (jj, a) in row.iter().enumerate().take(width) {
+                        out.put(i0 + i, j0 + j + jj, simd.reduce_sum_f32s(*a));
+                    }
+                }
+            }
+        }
+        base += row_tiles * ct;
+    }
+}
+
+/// One step of [`block_kc`] for rows `i0..i0 + MR` of `X` and every column
+/// tile of the group, resuming from and saving to `slots`.
+#[inline(always)]
+fn slot_row<'a, S: pulp::Simd, const MR: usize>(
+    simd: S,
+    i0: usize,
+    xs: impl Fn(usize) -> &'a [f32] + Copy,
+    gc: usize,
+    ws: impl Fn(usize) -> &'a [f32] + Copy,
+    slots: &mut [Slot<S>],
+) {
+    let x: [&[f32]; MR] = core::array::from_fn(|i| xs(i0 + i));
+    let zero = simd.splat_f32s(0.0);
+    let full = gc / NR;
+    for (c, slot) in slots.iter_mut().enumerate() {
+        if c < full {
+            let w: [&[f32]; NR] = core::array::from_fn(|jj| ws(c * NR + jj));
+            let mut acc = [[zero; NR]; MR];
+            for i in 0..MR {
+                acc[i] = slot[i];
+            }
+            tile_acc(simd, &mut acc, x, w);
+            for i in 0..MR {
+                slot[i] = acc[i];
+            }
+        } else {
+            let j = full * NR + (c - full);
+            let mut acc = [[zero; 1]; MR];
+            for i in 0..MR {
+                acc[i][0] = slot[i][0];
+            }
+            tile_acc(simd, &mut acc, x, [ws(j)]);
+            for i in 0..MR {
+                slot[i][0] = acc[i][0];
+            }
+        }
     }
 }
 

@@ -214,8 +214,8 @@ impl pulp::WithSimd for FusedOp<'_> {
     }
 }
 
-/// Rows of `x` that [`fused_rows`] takes at once at level `s` (the tile height
-/// of the f32 kernel).
+/// Rows of `x` that the fused kernels take at once at level `s` (the tile
+/// height of the f32 kernel).
 pub fn fused_max_rows(s: crate::simd::Simd) -> usize {
     struct Op;
     impl pulp::WithSimd for Op {
