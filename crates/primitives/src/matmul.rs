@@ -338,13 +338,9 @@ fn slot_row<'a, S: pulp::Simd, const MR: usize>(
         if c < full {
             let w: [&[f32]; NR] = core::array::from_fn(|jj| ws(c * NR + jj));
             let mut acc = [[zero; NR]; MR];
-            for i in 0..MR {
-                acc[i] = slot[i];
-            }
+            acc.copy_from_slice(&slot[..MR]);
             tile_acc(simd, &mut acc, x, w);
-            for i in 0..MR {
-                slot[i] = acc[i];
-            }
+            slot[..MR].copy_from_slice(&acc);
         } else {
             let j = full * NR + (c - full);
             let mut acc = [[zero; 1]; MR];
