@@ -10,8 +10,10 @@ use crate::BlockError;
 /// features, as in GGUF and `nn.Linear`), in any [`DType`] — f32, f16, bf16 or a
 /// GGML block format — and stays in the memory map.
 ///
-/// One row (decoding) runs a threaded matrix-vector product streaming the
-/// weights once; several rows (a prompt) run a matrix product.
+/// One row (decoding) streams the weights once; several rows (a prompt, or
+/// several sequences packed together) run a tiled matrix product. In exact
+/// mode (the default) both compute each output with the same operations, so a
+/// row's result is bit-identical whatever number of rows it is computed with.
 ///
 /// ```
 /// use patchbay_blocks::Linear;
@@ -121,10 +123,11 @@ impl Linear {
     ) -> Result<(), ShapeError> {
         let w = &self.weight;
         let (m, n, k) = (x.rows(), self.out_dim, self.in_dim);
+        // Every exact path gives each output the same operations whatever `m`
+        // is, so a row's result does not depend on the rows it is batched with
+        // (one sequence alone or packed with others). `DotMode::Q8` (int8
+        // activations, one row only) is the exception.
         match (w.as_f32(), m) {
-            (Some(wf), 1) => {
-                matmul::matvec(ctx.simd, ctx.threads, MatRef::new(wf, n, k)?, x.row(0), y)?
-            }
             (Some(wf), _) => matmul::matmul(ctx.simd, ctx.threads, x, MatRef::new(wf, n, k)?, y)?,
             (None, 1) if w.dtype().is_quantized() => quant::matvec_q(
                 ctx.simd,

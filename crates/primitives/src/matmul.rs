@@ -1,37 +1,414 @@
-//! Matrix products: f32 `matmul` through faer and the threaded `matvec` of decoding.
+//! Matrix products `Y = X · Wᵀ` of f32 activations with f32 weights, and the
+//! batch-invariant dot-product micro-kernel that every exact product (f32 and
+//! dequantised weights, one row or many) runs.
 //!
 //! Weights are stored as nn.Linear and GGUF store them: `W` is `n x k` row-major
 //! (one row per output feature). Activations `X` are `m x k` row-major (one row
 //! per token) and the product is `Y = X · Wᵀ`, `m x n` row-major.
 //!
-//! Both products are bit-identical for any thread count: the output is cut along
-//! `n` (weight rows) into chunks whose size is a constant, never derived from the
-//! thread count, and each chunk is computed by exactly one thread with the same
-//! sequence of operations. Threads only decide *who* runs a chunk.
+//! # One operation order per output
+//!
+//! Every output `y[i][j] = Σ_k x[i][k] · w[j][k]` is computed with the same
+//! float operations whatever the shape of the product it belongs to: one SIMD
+//! accumulator of `L` lanes (`L` = 16 on AVX-512, 8 on AVX2, 1 in the portable
+//! scalar path), starting at zero and fed by fused multiply-adds (plain
+//! multiply-then-add in the scalar path) of `L` consecutive elements from
+//! `k = 0` on; the last `k % L` elements, zero-padded to a vector, take one
+//! more multiply-add; then the lanes are summed by pulp's fixed horizontal
+//! reduction tree. The kernels compute tiles of `MR` rows of `X` times `NR`
+//! rows of `W` with `MR x NR` accumulators in registers (sharing loads), but a
+//! tile never mixes accumulators, so a row of `Y` is bit-identical whether it
+//! is computed alone (decoding), with other rows of the same prompt (prefill),
+//! or packed with other sequences' rows, and for any thread count: the work is
+//! cut along `n` (weight rows) into blocks and each output is computed by
+//! exactly one thread. The quantised products (`quant::matmul_q`,
+//! `quant::matvec_q` in exact mode) run the same kernel on exactly
+//! dequantised weights, so they follow the same order too.
 
 use crate::error::ShapeError;
 use crate::simd::Simd;
 use crate::tensor::MatRef;
 use crate::threads::Threads;
 
-/// Weight rows per `matmul` task. Fixed (not derived from the thread count) so that
-/// each output column block is always computed by the same faer call; chosen by
-/// measurement (large enough that faer's packing of `X` per task stays cheap, small
-/// enough that a 2-core split of a 576-wide layer is still balanced).
+/// Weight rows per task when `X` has several rows, for short rows: the block of
+/// `W` a task streams for every tile of `X` rows stays in L2. Any blocking
+/// gives the same bits.
 pub const MATMUL_CHUNK_N: usize = 128;
 
-/// Weight rows per `matvec` task: a multiple of 4 (the kernel's row group), large
-/// enough to amortise the pool hand-off, small enough for work stealing to balance.
+/// Weight rows per task for a single row of `X` (decoding): large enough to
+/// amortise the pool hand-off, small enough for work stealing to balance.
 pub const MATVEC_CHUNK_ROWS: usize = 64;
+
+/// Weight rows per micro-kernel tile.
+pub(crate) const NR: usize = 4;
+
+/// Bytes of weight rows [`block`] keeps in L1 while it sweeps the rows of `X`.
+const L1_GROUP_BYTES: usize = 32 << 10;
+
+/// Bytes of `W` a task keeps hot in L2 while it sweeps the rows of `X`.
+const BLOCK_BYTES: usize = 1 << 20;
+
+/// Rows of `X` per micro-kernel tile at SIMD level `S`: 4 x [`NR`] accumulators
+/// with 32 vector registers (AVX-512), 2 x [`NR`] with 16 (AVX2, scalar).
+#[inline(always)]
+pub(crate) fn mr_max<S: pulp::Simd>() -> usize {
+    if core::mem::size_of::<S::f32s>() >= 64 {
+        4
+    } else {
+        2
+    }
+}
+
+/// A tile of `MR x NR` lane-wise accumulators.
+pub(crate) type Acc<S, const MR: usize, const NR: usize> = [[<S as pulp::Simd>::f32s; NR]; MR];
+
+/// Zeroed accumulators.
+#[inline(always)]
+pub(crate) fn acc_zero<S: pulp::Simd, const MR: usize, const NR: usize>(simd: S) -> Acc<S, MR, NR> {
+    [[simd.splat_f32s(0.0); NR]; MR]
+}
+
+/// `acc[i][j] += x[i] * w[j]` lane-wise, `L` elements at a time from the start
+/// of the slices, then (if the length is not a multiple of `L`) the zero-padded
+/// rest as one more vector. All slices must have the same length.
+///
+/// Splitting a long product into several calls gives the same bits as one
+/// call as long as every call but the last covers a multiple of `L` elements.
+#[inline(always)]
+pub(crate) fn tile_acc<S: pulp::Simd, const MR: usize, const NR: usize>(
+    simd: S,
+    acc: &mut Acc<S, MR, NR>,
+    x: [&[f32]; MR],
+    w: [&[f32]; NR],
+) {
+    let len = if NR > 0 { w[0].len() } else { 0 };
+    let xs: [(&[S::f32s], &[f32]); MR] = x.map(|r| S::as_simd_f32s(&r[..len]));
+    let ws: [(&[S::f32s], &[f32]); NR] = w.map(|r| S::as_simd_f32s(&r[..len]));
+    let nv = if NR > 0 { ws[0].0.len() } else { 0 };
+    let xh: [&[S::f32s]; MR] = core::array::from_fn(|i| &xs[i].0[..nv]);
+    let wh: [&[S::f32s]; NR] = core::array::from_fn(|j| &ws[j].0[..nv]);
+    let mut a = *acc;
+    let zero = simd.splat_f32s(0.0);
+    for t in 0..nv {
+        // Plain loops, no closures: a closure would be compiled without the
+        // level's target features and move vectors through memory.
+        let mut xv = [zero; MR];
+        for i in 0..MR {
+            xv[i] = xh[i][t];
+        }
+        for j in 0..NR {
+            let wv = wh[j][t];
+            for i in 0..MR {
+                a[i][j] = simd.mul_add_e_f32s(xv[i], wv, a[i][j]);
+            }
+        }
+    }
+    if NR > 0 && !ws[0].1.is_empty() {
+        let mut xv = [zero; MR];
+        for i in 0..MR {
+            xv[i] = simd.partial_load_f32s(xs[i].1);
+        }
+        for j in 0..NR {
+            let wv = simd.partial_load_f32s(ws[j].1);
+            for i in 0..MR {
+                a[i][j] = simd.mul_add_e_f32s(xv[i], wv, a[i][j]);
+            }
+        }
+    }
+    *acc = a;
+}
+
+/// The horizontal sums of a tile of accumulators.
+#[inline(always)]
+pub(crate) fn tile_sum<S: pulp::Simd, const MR: usize, const NR: usize>(
+    simd: S,
+    acc: &Acc<S, MR, NR>,
+) -> [[f32; NR]; MR] {
+    let mut r = [[0.0f32; NR]; MR];
+    for i in 0..MR {
+        for j in 0..NR {
+            r[i][j] = simd.reduce_sum_f32s(acc[i][j]);
+        }
+    }
+    r
+}
+
+/// Where a block of outputs goes: `y[i * ld + j]` for rows `i` of `X` and
+/// columns `j` of the block (already offset to the block's first column).
+#[derive(Clone, Copy)]
+pub(crate) struct Out {
+    ptr: SyncPtr,
+    ld: usize,
+}
+
+impl Out {
+    /// A view of `y` (row stride `ld`) starting at column `col0`.
+    ///
+    /// # Safety
+    /// Every `(i, j)` later passed to [`Out::put`] must satisfy
+    /// `i * ld + col0 + j < y.len()` for the `y` the pointer came from, that
+    /// allocation must stay exclusively borrowed by the caller while the view
+    /// is used, and no two concurrent users may write the same element.
+    pub(crate) unsafe fn new(ptr: *mut f32, ld: usize, col0: usize) -> Out {
+        // SAFETY: the caller guarantees offsets stay in bounds (see above).
+        let ptr = unsafe { ptr.add(col0) };
+        Out {
+            ptr: SyncPtr(ptr),
+            ld,
+        }
+    }
+
+    /// The same view moved right by `cols` columns.
+    ///
+    /// # Safety
+    /// As for [`Out::new`], for the moved view.
+    #[inline(always)]
+    pub(crate) unsafe fn shifted(self, cols: usize) -> Out {
+        // SAFETY: in bounds by the caller's contract.
+        let ptr = unsafe { self.ptr.get().add(cols) };
+        Out {
+            ptr: SyncPtr(ptr),
+            ld: self.ld,
+        }
+    }
+
+    /// Writes output `(i, j)`.
+    #[inline(always)]
+    pub(crate) fn put(self, i: usize, j: usize, v: f32) {
+        // SAFETY: in bounds and unaliased by the contract of `Out::new`.
+        unsafe { *self.ptr.get().add(i * self.ld + j) = v }
+    }
+}
+
+/// `out[i][j] = dot(x row i, w row j)` for `i < m`, `j < nc`: tiles of
+/// `MR x NR` (edge tiles narrower). Weight rows are taken in groups that fit
+/// in L1, and each group meets every tile of `X` rows in turn.
+#[inline(always)]
+pub(crate) fn block<'a, S: pulp::Simd>(
+    simd: S,
+    m: usize,
+    xrow: impl Fn(usize) -> &'a [f32] + Copy,
+    nc: usize,
+    wrow: impl Fn(usize) -> &'a [f32] + Copy,
+    out: Out,
+) {
+    if nc == 0 {
+        return;
+    }
+    // Groups of weight rows small enough to stay in L1 next to a tile of `X`
+    // while every tile of `X` passes by: `W` then comes from L2 once per
+    // group, `X` once per group and tile.
+    let k = wrow(0).len();
+    let mrm = mr_max::<S>();
+    if k > KC_FROM && m > mrm {
+        return block_kc(simd, m, xrow, nc, wrow, out);
+    }
+    let group = (L1_GROUP_BYTES / (4 * k.max(1)) / NR * NR).max(NR);
+    let mut j0 = 0;
+    while j0 < nc {
+        let gc = group.min(nc - j0);
+        let wg = move |j: usize| wrow(j0 + j);
+        // SAFETY: columns j0..j0 + gc of this block, inside it (j0 + gc <= nc).
+        let og = unsafe { out.shifted(j0) };
+        let mut i = 0;
+        while i < m {
+            let mr = mrm.min(m - i);
+            match mr {
+                4 => rows_tile::<S, 4>(simd, i, xrow, gc, wg, og),
+                3 => rows_tile::<S, 3>(simd, i, xrow, gc, wg, og),
+                2 => rows_tile::<S, 2>(simd, i, xrow, gc, wg, og),
+                _ => rows_tile::<S, 1>(simd, i, xrow, gc, wg, og),
+            }
+            i += mr;
+        }
+        j0 += gc;
+    }
+}
+
+/// Values of `k` per step of [`block_kc`]: a multiple of every SIMD width, so
+/// resuming the accumulators step after step performs the operations of one
+/// pass over `k`.
+const KC: usize = 512;
+
+/// Row lengths above which [`block`] runs [`block_kc`]: below, a tile of `X`
+/// rows and a group of weight rows fit in L1 together without cutting `k`.
+const KC_FROM: usize = 768;
+
+/// Weight rows per group in [`block_kc`] (a `KC`-wide slice of them stays in
+/// L1 while every tile of `X` rows passes by).
+const KC_GROUP: usize = 8;
+
+/// A stored tile of accumulators (the largest tile; smaller ones use a corner).
+type Slot<S> = [[<S as pulp::Simd>::f32s; NR]; 4];
+
+/// [`block`] for long rows (`k > KC_FROM`): `k` is cut into steps of [`KC`] (the
+/// outer loop, so that a `KC`-wide slice of `X` stays in L2 for the whole
+/// block), and the accumulators of every tile are kept in memory between
+/// steps; within a step, a slice of a group of [`KC_GROUP`] weight rows stays
+/// in L1 while all the rows of `X` pass by. Same operations per output as
+/// [`block`].
+#[inline(always)]
+fn block_kc<'a, S: pulp::Simd>(
+    simd: S,
+    m: usize,
+    xrow: impl Fn(usize) -> &'a [f32] + Copy,
+    nc: usize,
+    wrow: impl Fn(usize) -> &'a [f32] + Copy,
+    out: Out,
+) {
+    let k = wrow(0).len();
+    let mrm = mr_max::<S>();
+    let zero = simd.splat_f32s(0.0);
+    let row_tiles = m.div_ceil(mrm);
+    // Column tiles of a group of `gc` columns: full tiles of NR, then singles.
+    let col_tiles = |gc: usize| gc / NR + gc % NR;
+    let groups = nc.div_ceil(KC_GROUP);
+    let total: usize = (0..groups)
+        .map(|g| col_tiles(KC_GROUP.min(nc - g * KC_GROUP)))
+        .sum();
+    let mut slots: Vec<Slot<S>> = vec![[[zero; NR]; 4]; row_tiles * total];
+    let mut k0 = 0;
+    while k0 < k {
+        let len = KC.min(k - k0);
+        let xs = move |i: usize| &xrow(i)[k0..k0 + len];
+        let mut base = 0;
+        for g in 0..groups {
+            let j0 = g * KC_GROUP;
+            let gc = KC_GROUP.min(nc - j0);
+            let ct = col_tiles(gc);
+            let ws = move |j: usize| &wrow(j0 + j)[k0..k0 + len];
+            for ti in 0..row_tiles {
+                let i0 = ti * mrm;
+                let mr = mrm.min(m - i0);
+                let sl = &mut slots[base + ti * ct..base + (ti + 1) * ct];
+                match mr {
+                    4 => slot_row::<S, 4>(simd, i0, xs, gc, ws, sl),
+                    3 => slot_row::<S, 3>(simd, i0, xs, gc, ws, sl),
+                    2 => slot_row::<S, 2>(simd, i0, xs, gc, ws, sl),
+                    _ => slot_row::<S, 1>(simd, i0, xs, gc, ws, sl),
+                }
+            }
+            base += row_tiles * ct;
+        }
+        k0 += len;
+    }
+    let mut base = 0;
+    for g in 0..groups {
+        let j0 = g * KC_GROUP;
+        let gc = KC_GROUP.min(nc - j0);
+        let ct = col_tiles(gc);
+        for ti in 0..row_tiles {
+            let i0 = ti * mrm;
+            let mr = mrm.min(m - i0);
+            for (c, slot) in slots[base + ti * ct..base + (ti + 1) * ct]
+                .iter()
+                .enumerate()
+            {
+                let (j, width) = if c < gc / NR {
+                    (c * NR, NR)
+                } else {
+                    (gc / NR * NR + (c - gc / NR), 1)
+                };
+                for (i, row) in slot.iter().enumerate().take(mr) {
+                    for (jj, a) in row.iter().enumerate().take(width) {
+                        out.put(i0 + i, j0 + j + jj, simd.reduce_sum_f32s(*a));
+                    }
+                }
+            }
+        }
+        base += row_tiles * ct;
+    }
+}
+
+/// One step of [`block_kc`] for rows `i0..i0 + MR` of `X` and every column
+/// tile of the group, resuming from and saving to `slots`.
+#[inline(always)]
+fn slot_row<'a, S: pulp::Simd, const MR: usize>(
+    simd: S,
+    i0: usize,
+    xs: impl Fn(usize) -> &'a [f32] + Copy,
+    gc: usize,
+    ws: impl Fn(usize) -> &'a [f32] + Copy,
+    slots: &mut [Slot<S>],
+) {
+    let x: [&[f32]; MR] = core::array::from_fn(|i| xs(i0 + i));
+    let zero = simd.splat_f32s(0.0);
+    let full = gc / NR;
+    for (c, slot) in slots.iter_mut().enumerate() {
+        if c < full {
+            let w: [&[f32]; NR] = core::array::from_fn(|jj| ws(c * NR + jj));
+            let mut acc = [[zero; NR]; MR];
+            acc.copy_from_slice(&slot[..MR]);
+            tile_acc(simd, &mut acc, x, w);
+            slot[..MR].copy_from_slice(&acc);
+        } else {
+            let j = full * NR + (c - full);
+            let mut acc = [[zero; 1]; MR];
+            for i in 0..MR {
+                acc[i][0] = slot[i][0];
+            }
+            tile_acc(simd, &mut acc, x, [ws(j)]);
+            for i in 0..MR {
+                slot[i][0] = acc[i][0];
+            }
+        }
+    }
+}
+
+/// Rows `i0..i0 + MR` of [`block`].
+#[inline(always)]
+fn rows_tile<'a, S: pulp::Simd, const MR: usize>(
+    simd: S,
+    i0: usize,
+    xrow: impl Fn(usize) -> &'a [f32] + Copy,
+    nc: usize,
+    wrow: impl Fn(usize) -> &'a [f32] + Copy,
+    out: Out,
+) {
+    let x: [&[f32]; MR] = core::array::from_fn(|i| xrow(i0 + i));
+    let mut j = 0;
+    while j + NR <= nc {
+        let w: [&[f32]; NR] = core::array::from_fn(|jj| wrow(j + jj));
+        let mut acc = acc_zero::<S, MR, NR>(simd);
+        tile_acc(simd, &mut acc, x, w);
+        let r = tile_sum(simd, &acc);
+        for (i, ri) in r.iter().enumerate() {
+            for (jj, v) in ri.iter().enumerate() {
+                out.put(i0 + i, j + jj, *v);
+            }
+        }
+        j += NR;
+    }
+    while j < nc {
+        let mut acc = acc_zero::<S, MR, 1>(simd);
+        tile_acc(simd, &mut acc, x, [wrow(j)]);
+        let r = tile_sum(simd, &acc);
+        for (i, ri) in r.iter().enumerate() {
+            out.put(i0 + i, j, ri[0]);
+        }
+        j += 1;
+    }
+}
+
+/// Weight rows per task of a product with `m` rows of `X` and `k` columns:
+/// [`MATVEC_CHUNK_ROWS`] for one row; otherwise up to [`MATMUL_CHUNK_N`], fewer
+/// when that block of `W` would not stay in L2. Never depends on the thread
+/// count (not that it could change the bits: each output's order is fixed).
+fn block_rows(m: usize, k: usize) -> usize {
+    if m == 1 {
+        return MATVEC_CHUNK_ROWS;
+    }
+    let fit = BLOCK_BYTES / (4 * k.max(1));
+    (fit / NR * NR).clamp(NR * 4, MATMUL_CHUNK_N)
+}
 
 /// `y = x · wᵀ`: `x` is `m x k`, `w` is `n x k` (rows = output features), `y` is the
 /// `m x n` row-major result and must hold exactly `m * n` elements.
 ///
-/// Runs faer's sequential kernel on fixed-size blocks of [`MATMUL_CHUNK_N`] weight
-/// rows spread over `threads`, so the result does not depend on the thread count.
-/// faer detects its own instruction set at run time (AVX-512 or AVX2+FMA), so
-/// `s` is accepted for symmetry with the other kernels but does not change the
-/// path: `PATCHBAY_SIMD=scalar` does not make faer scalar.
+/// Every output follows the fixed operation order described in the module
+/// docs, so a row of `y` has the same bits whatever `m` is (in particular the
+/// same as [`matvec`] of that row) and whatever the thread count. Blocks of
+/// weight rows are spread over `threads`.
 pub fn matmul(
     s: Simd,
     threads: &Threads,
@@ -39,7 +416,6 @@ pub fn matmul(
     w: MatRef<'_>,
     y: &mut [f32],
 ) -> Result<(), ShapeError> {
-    let _ = s;
     let (m, k, n) = (x.rows(), x.cols(), w.rows());
     if w.cols() != k {
         return Err(ShapeError::Mismatch {
@@ -61,61 +437,148 @@ pub fn matmul(
     if expected == 0 {
         return Ok(());
     }
-    if k == 0 {
-        y.fill(0.0);
-        return Ok(());
-    }
-
-    let xs = x.as_slice();
-    let x_stride = x.stride();
-    let ws = w.as_slice();
-    let w_stride = w.stride();
-    let y_ptr = SyncPtr(y.as_mut_ptr());
-    let chunks = n.div_ceil(MATMUL_CHUNK_N);
-    threads.for_each_index(chunks, |c| {
-        let j0 = c * MATMUL_CHUNK_N;
-        let nc = MATMUL_CHUNK_N.min(n - j0);
-        let lhs = faer::MatRef::from_row_major_slice_with_stride(xs, m, k, x_stride);
-        // Rows j0..j0+nc of W, seen as the k x nc block of Wᵀ.
-        let rhs =
-            faer::MatRef::from_row_major_slice_with_stride(&ws[j0 * w_stride..], nc, k, w_stride)
-                .transpose();
-        // SAFETY: y holds m * n elements (checked above); this view covers columns
-        // j0..j0+nc (j0 + nc <= n) of every row, i.e. offsets i*n + j0 + jj < m*n.
-        // Chunks have disjoint column ranges, so no two tasks alias an element, and
-        // `y` is exclusively borrowed for the duration of `for_each_index`.
-        let dst = unsafe {
-            faer::MatMut::from_raw_parts_mut(y_ptr.get().add(j0), m, nc, n as isize, 1isize)
-        };
-        faer::linalg::matmul::matmul(dst, faer::Accum::Replace, lhs, rhs, 1.0f32, faer::Par::Seq);
-    });
+    product(s, threads, x, w, y);
     Ok(())
+}
+
+thread_local! {
+    /// This thread's copy of `X` for [`with_aligned_rows`].
+    static ALIGNED: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` on a copy of `x` whose rows start on 64-byte boundaries (a cache
+/// line, so no vector load of a row straddles two lines), kept in a buffer of
+/// the calling thread between calls. Values are copied, never changed.
+pub(crate) fn with_aligned_rows<R>(x: MatRef<'_>, f: impl FnOnce(MatRef<'_>) -> R) -> R {
+    let (m, k) = (x.rows(), x.cols());
+    if k == 0 {
+        return f(x);
+    }
+    let stride = k.div_ceil(16) * 16;
+    let run = |buf: &mut Vec<f32>| {
+        let need = m * stride + 16;
+        if buf.len() < need {
+            buf.resize(need, 0.0);
+        }
+        let at = buf.as_ptr().align_offset(64).min(15);
+        let dst = &mut buf[at..at + m * stride];
+        for (i, d) in dst.chunks_exact_mut(stride).enumerate() {
+            d[..k].copy_from_slice(x.row(i));
+        }
+        match MatRef::with_stride(dst, m, k, stride) {
+            Ok(xa) => f(xa),
+            // Unreachable (the buffer holds m rows of `stride >= k`); keep `x`.
+            Err(_) => f(x),
+        }
+    };
+    ALIGNED.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buf) => run(&mut buf),
+        Err(_) => run(&mut Vec::new()),
+    })
+}
+
+/// [`matmul`] after its checks (`y` holds `m * n`, `m, n >= 1`).
+fn product(s: Simd, threads: &Threads, x: MatRef<'_>, w: MatRef<'_>, y: &mut [f32]) {
+    if x.rows() > 1 && x.as_slice().as_ptr().align_offset(64) != 0 {
+        return with_aligned_rows(x, |xa| product_aligned(s, threads, xa, w, y));
+    }
+    product_aligned(s, threads, x, w, y)
+}
+
+/// [`product`] on rows of `x` as they are.
+fn product_aligned(s: Simd, threads: &Threads, x: MatRef<'_>, w: MatRef<'_>, y: &mut [f32]) {
+    let (m, k, n) = (x.rows(), x.cols(), w.rows());
+    let nc = block_rows(m, k);
+    let y_ptr = y.as_mut_ptr();
+    // SAFETY: `Out` for column 0 of `y` with row stride n; every block writes
+    // rows i < m and columns j0 + j < n only, i.e. offsets < m * n = y.len();
+    // blocks have disjoint column ranges and `y` is exclusively borrowed here.
+    let out = unsafe { Out::new(y_ptr, n, 0) };
+    threads.for_each_index(n.div_ceil(nc), |c| {
+        let j0 = c * nc;
+        let ncols = nc.min(n - j0);
+        s.vectorize(BlockOp {
+            x,
+            w,
+            j0,
+            nc: ncols,
+            out,
+        });
+    });
+}
+
+struct BlockOp<'a> {
+    x: MatRef<'a>,
+    w: MatRef<'a>,
+    j0: usize,
+    nc: usize,
+    out: Out,
+}
+
+impl pulp::WithSimd for BlockOp<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, simd: S) {
+        let BlockOp { x, w, j0, nc, out } = self;
+        // SAFETY: the block's columns j0..j0 + nc lie inside `y` (see `product`).
+        let out = unsafe { out.shifted(j0) };
+        block(simd, x.rows(), |i| x.row(i), nc, |j| w.row(j0 + j), out);
+    }
+}
+
+/// [`block`] for a dense `nc x k` block of weight rows in `w` (a dequantised
+/// panel), dispatched at level `s`.
+pub(crate) fn block_dense(s: Simd, x: MatRef<'_>, w: &[f32], nc: usize, out: Out) {
+    struct Op<'a> {
+        x: MatRef<'a>,
+        w: &'a [f32],
+        nc: usize,
+        out: Out,
+    }
+    impl pulp::WithSimd for Op<'_> {
+        type Output = ();
+        #[inline(always)]
+        fn with_simd<S: pulp::Simd>(self, simd: S) {
+            let Op { x, w, nc, out } = self;
+            let k = x.cols();
+            block(
+                simd,
+                x.rows(),
+                |i| x.row(i),
+                nc,
+                |j| &w[j * k..(j + 1) * k],
+                out,
+            );
+        }
+    }
+    s.vectorize(Op { x, w, nc, out })
 }
 
 /// A raw output pointer shared by tasks that write disjoint elements.
 #[derive(Clone, Copy)]
-struct SyncPtr(*mut f32);
+pub(crate) struct SyncPtr(pub(crate) *mut f32);
 
 // SAFETY: only used to hand disjoint parts of one exclusively borrowed slice to
-// worker tasks (see `matmul`); the pointer itself carries no thread affinity.
+// worker tasks (see `Out`); the pointer itself carries no thread affinity.
 unsafe impl Send for SyncPtr {}
 // SAFETY: as above; tasks never write the same element.
 unsafe impl Sync for SyncPtr {}
 
 impl SyncPtr {
     /// A method (not field access) so closures capture the `Sync` wrapper.
-    #[inline]
-    fn get(self) -> *mut f32 {
+    #[inline(always)]
+    pub(crate) fn get(self) -> *mut f32 {
         self.0
     }
 }
 
 /// `y = W · x`: `w` is `n x k`, `x` holds `k` elements and `y` exactly `n`.
 ///
-/// The decode hot path: streams every weight once. Rows are split over `threads`
-/// in blocks of [`MATVEC_CHUNK_ROWS`]; each `y[i]` is a dot product reduced in one
-/// thread in an order that depends only on `k` and `s` (not on the thread count
-/// nor on which rows it was grouped with). Does not allocate.
+/// The decode hot path: streams every weight once, rows split over `threads`
+/// in blocks of [`MATVEC_CHUNK_ROWS`]. The same computation as [`matmul`] with
+/// one row, so `y` has the bits of any row of a [`matmul`] it could be part of.
+/// Does not allocate.
 pub fn matvec(
     s: Simd,
     threads: &Threads,
@@ -137,127 +600,10 @@ pub fn matvec(
             found: y.len(),
         });
     }
-    threads.for_each_chunk(y, MATVEC_CHUNK_ROWS, |c, out| {
-        s.vectorize(MatVecRows {
-            w,
-            x,
-            row0: c * MATVEC_CHUNK_ROWS,
-            out,
-        });
-    });
+    if y.is_empty() {
+        return Ok(());
+    }
+    let xm = MatRef::new(x, 1, x.len())?;
+    product(s, threads, xm, w, y);
     Ok(())
-}
-
-/// `out[r] = dot(w.row(row0 + r), x)` for every `r`.
-struct MatVecRows<'a, 'b> {
-    w: MatRef<'a>,
-    x: &'a [f32],
-    row0: usize,
-    out: &'b mut [f32],
-}
-
-impl pulp::WithSimd for MatVecRows<'_, '_> {
-    type Output = ();
-
-    #[inline(always)]
-    fn with_simd<S: pulp::Simd>(self, simd: S) {
-        let MatVecRows { w, x, row0, out } = self;
-        let mut groups = out.chunks_exact_mut(4);
-        let mut r = row0;
-        for o in &mut groups {
-            let rows = [w.row(r), w.row(r + 1), w.row(r + 2), w.row(r + 3)];
-            let d = dot4(simd, rows, x);
-            o.copy_from_slice(&d);
-            r += 4;
-        }
-        for o in groups.into_remainder() {
-            *o = dot1(simd, w.row(r), x);
-            r += 1;
-        }
-    }
-}
-
-// The two dot kernels below must perform, per row, exactly the same operations in
-// the same order (so a row's result does not depend on its group): two vector
-// accumulators fed alternately, an odd last vector into `a0`, the zero-padded tail
-// into `a1`, then `reduce_sum(a0 + a1)`.
-
-/// Four dot products sharing the loads of `x`.
-#[inline(always)]
-fn dot4<S: pulp::Simd>(simd: S, rows: [&[f32]; 4], x: &[f32]) -> [f32; 4] {
-    let (xh, xt) = S::as_simd_f32s(x);
-    let (h0, t0) = S::as_simd_f32s(rows[0]);
-    let (h1, t1) = S::as_simd_f32s(rows[1]);
-    let (h2, t2) = S::as_simd_f32s(rows[2]);
-    let (h3, t3) = S::as_simd_f32s(rows[3]);
-    let z = simd.splat_f32s(0.0);
-    let (mut a00, mut a01, mut a10, mut a11) = (z, z, z, z);
-    let (mut a20, mut a21, mut a30, mut a31) = (z, z, z, z);
-    let pairs = xh.len() / 2;
-    let (xp, xo) = xh.split_at(pairs * 2);
-    let (p0, o0) = h0.split_at(pairs * 2);
-    let (p1, o1) = h1.split_at(pairs * 2);
-    let (p2, o2) = h2.split_at(pairs * 2);
-    let (p3, o3) = h3.split_at(pairs * 2);
-    let it = xp
-        .chunks_exact(2)
-        .zip(p0.chunks_exact(2))
-        .zip(p1.chunks_exact(2))
-        .zip(p2.chunks_exact(2))
-        .zip(p3.chunks_exact(2));
-    for ((((xv, v0), v1), v2), v3) in it {
-        a00 = simd.mul_add_e_f32s(v0[0], xv[0], a00);
-        a10 = simd.mul_add_e_f32s(v1[0], xv[0], a10);
-        a20 = simd.mul_add_e_f32s(v2[0], xv[0], a20);
-        a30 = simd.mul_add_e_f32s(v3[0], xv[0], a30);
-        a01 = simd.mul_add_e_f32s(v0[1], xv[1], a01);
-        a11 = simd.mul_add_e_f32s(v1[1], xv[1], a11);
-        a21 = simd.mul_add_e_f32s(v2[1], xv[1], a21);
-        a31 = simd.mul_add_e_f32s(v3[1], xv[1], a31);
-    }
-    if let (Some(&xv), Some(&v0), Some(&v1), Some(&v2), Some(&v3)) =
-        (xo.first(), o0.first(), o1.first(), o2.first(), o3.first())
-    {
-        a00 = simd.mul_add_e_f32s(v0, xv, a00);
-        a10 = simd.mul_add_e_f32s(v1, xv, a10);
-        a20 = simd.mul_add_e_f32s(v2, xv, a20);
-        a30 = simd.mul_add_e_f32s(v3, xv, a30);
-    }
-    if !xt.is_empty() {
-        let xv = simd.partial_load_f32s(xt);
-        a01 = simd.mul_add_e_f32s(simd.partial_load_f32s(t0), xv, a01);
-        a11 = simd.mul_add_e_f32s(simd.partial_load_f32s(t1), xv, a11);
-        a21 = simd.mul_add_e_f32s(simd.partial_load_f32s(t2), xv, a21);
-        a31 = simd.mul_add_e_f32s(simd.partial_load_f32s(t3), xv, a31);
-    }
-    [
-        simd.reduce_sum_f32s(simd.add_f32s(a00, a01)),
-        simd.reduce_sum_f32s(simd.add_f32s(a10, a11)),
-        simd.reduce_sum_f32s(simd.add_f32s(a20, a21)),
-        simd.reduce_sum_f32s(simd.add_f32s(a30, a31)),
-    ]
-}
-
-/// One dot product, same operation order per row as [`dot4`].
-#[inline(always)]
-fn dot1<S: pulp::Simd>(simd: S, row: &[f32], x: &[f32]) -> f32 {
-    let (xh, xt) = S::as_simd_f32s(x);
-    let (h0, t0) = S::as_simd_f32s(row);
-    let z = simd.splat_f32s(0.0);
-    let (mut a0, mut a1) = (z, z);
-    let pairs = xh.len() / 2;
-    let (xp, xo) = xh.split_at(pairs * 2);
-    let (p0, o0) = h0.split_at(pairs * 2);
-    for (xv, v0) in xp.chunks_exact(2).zip(p0.chunks_exact(2)) {
-        a0 = simd.mul_add_e_f32s(v0[0], xv[0], a0);
-        a1 = simd.mul_add_e_f32s(v0[1], xv[1], a1);
-    }
-    if let (Some(&xv), Some(&v0)) = (xo.first(), o0.first()) {
-        a0 = simd.mul_add_e_f32s(v0, xv, a0);
-    }
-    if !xt.is_empty() {
-        let xv = simd.partial_load_f32s(xt);
-        a1 = simd.mul_add_e_f32s(simd.partial_load_f32s(t0), xv, a1);
-    }
-    simd.reduce_sum_f32s(simd.add_f32s(a0, a1))
 }

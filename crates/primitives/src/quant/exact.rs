@@ -5,9 +5,13 @@
 
 use super::blocks::*;
 use crate::dtype::DType;
+use crate::matmul::{acc_zero, mr_max, tile_acc, tile_sum, Out, NR};
+use crate::tensor::MatRef;
 use pulp::Simd as PSimd;
 
-/// Values dequantised per step.
+/// Values dequantised per step: a multiple of every SIMD width (16, 8, 1 f32
+/// lanes), so that splitting a row into chunks does not change its operations,
+/// and of every block length.
 const CHUNK: usize = 256;
 
 /// Dequantises `n` blocks of `dtype` from `src` into `dst` (`dst.len()` values).
@@ -48,32 +52,11 @@ pub fn dequant_into(dtype: DType, src: &[u8], dst: &mut [f32]) {
     }
 }
 
+/// One exact dot product, with the operations of every exact product (see
+/// [`fused`]).
 #[inline(always)]
 fn dot_impl<S: PSimd>(s: S, dtype: DType, row: &[u8], x: &[f32]) -> f32 {
-    let bl = dtype.block_len();
-    let bb = dtype.block_bytes();
-    let n = x.len();
-    let mut buf = [0.0f32; CHUNK];
-    let mut acc = [s.splat_f32s(0.0); 4];
-    let mut tail = 0.0f32;
-    let mut done = 0;
-    while done < n {
-        let len = (n - done).min(CHUNK);
-        let src = &row[done / bl * bb..(done + len) / bl * bb];
-        dequant_into(dtype, src, &mut buf[..len]);
-        let xs = &x[done..done + len];
-        let (wv, wt) = S::as_simd_f32s(&buf[..len]);
-        let (xv, xt) = S::as_simd_f32s(xs);
-        for (k, (w, v)) in wv.iter().zip(xv).enumerate() {
-            acc[k % 4] = s.mul_add_e_f32s(*w, *v, acc[k % 4]);
-        }
-        for (w, v) in wt.iter().zip(xt) {
-            tail += w * v;
-        }
-        done += len;
-    }
-    let a = s.add_f32s(s.add_f32s(acc[0], acc[1]), s.add_f32s(acc[2], acc[3]));
-    s.reduce_sum_f32s(a) + tail
+    fused_one::<S, 1>(s, dtype, row, [x])[0]
 }
 
 struct DotOp<'a> {
@@ -100,42 +83,6 @@ pub fn dot_f32_scalar(dtype: DType, row: &[u8], x: &[f32]) -> f32 {
     dot_impl(pulp::Scalar::new(), dtype, row, x)
 }
 
-struct DotRowsOp<'a> {
-    dtype: DType,
-    w: &'a [u8],
-    row_bytes: usize,
-    x: &'a [f32],
-    y: &'a mut [f32],
-}
-
-impl pulp::WithSimd for DotRowsOp<'_> {
-    type Output = ();
-    #[inline(always)]
-    fn with_simd<S: PSimd>(self, s: S) {
-        for (r, y) in self.w.chunks_exact(self.row_bytes).zip(self.y.iter_mut()) {
-            *y = dot_impl(s, self.dtype, r, self.x);
-        }
-    }
-}
-
-/// `y[i] = dot(row i of w, x)` for consecutive rows of `row_bytes` bytes.
-pub fn dot_rows_f32(
-    s: crate::simd::Simd,
-    dtype: DType,
-    w: &[u8],
-    row_bytes: usize,
-    x: &[f32],
-    y: &mut [f32],
-) {
-    s.vectorize(DotRowsOp {
-        dtype,
-        w,
-        row_bytes,
-        x,
-        y,
-    })
-}
-
 struct DequantOp<'a> {
     dtype: DType,
     src: &'a [u8],
@@ -153,4 +100,156 @@ impl pulp::WithSimd for DequantOp<'_> {
 /// [`dequant_into`] compiled with the instruction set of `s` enabled.
 pub fn dequant_simd(s: crate::simd::Simd, dtype: DType, src: &[u8], dst: &mut [f32]) {
     s.vectorize(DequantOp { dtype, src, dst })
+}
+
+/// The exact products of quantised (or f16/bf16/f32) weight rows with f32
+/// activations, fused with dequantisation: for every group of [`NR`] weight
+/// rows, each stretch of [`CHUNK`] values is dequantised into buffers on the
+/// stack that stay in L1 and fed to the batch-invariant tile kernel of
+/// [`crate::matmul`] with the `MR` rows of `x`. Dequantised values are exact,
+/// and `CHUNK` is a multiple of every SIMD width, so each output gets the bits
+/// of the f32 kernel on the dequantised matrix (what `matmul_q` computes for
+/// many rows).
+#[inline(always)]
+fn fused<S: PSimd, const MR: usize>(
+    s: S,
+    dtype: DType,
+    w: &[u8],
+    row_bytes: usize,
+    x: [&[f32]; MR],
+    out: Out,
+) {
+    let cols = x.first().map_or(0, |r| r.len());
+    let nrows = w.len().checked_div(row_bytes).unwrap_or(0);
+    let (bl, bb) = (dtype.block_len(), dtype.block_bytes());
+    let mut buf = [[0.0f32; CHUNK]; NR];
+    let mut j = 0;
+    while j + NR <= nrows {
+        let rows: [&[u8]; NR] =
+            core::array::from_fn(|jj| &w[(j + jj) * row_bytes..(j + jj + 1) * row_bytes]);
+        let mut acc = acc_zero::<S, MR, NR>(s);
+        let mut done = 0;
+        while done < cols {
+            let len = (cols - done).min(CHUNK);
+            let (b0, b1) = (done / bl * bb, (done + len) / bl * bb);
+            for (r, b) in rows.iter().zip(buf.iter_mut()) {
+                dequant_into(dtype, &r[b0..b1], &mut b[..len]);
+            }
+            let xs: [&[f32]; MR] = core::array::from_fn(|i| &x[i][done..done + len]);
+            let ws: [&[f32]; NR] = core::array::from_fn(|jj| &buf[jj][..len]);
+            tile_acc(s, &mut acc, xs, ws);
+            done += len;
+        }
+        let r = tile_sum(s, &acc);
+        for (i, ri) in r.iter().enumerate() {
+            for (jj, v) in ri.iter().enumerate() {
+                out.put(i, j + jj, *v);
+            }
+        }
+        j += NR;
+    }
+    while j < nrows {
+        let r = &w[j * row_bytes..(j + 1) * row_bytes];
+        let v = fused_one(s, dtype, r, x);
+        for (i, vi) in v.iter().enumerate() {
+            out.put(i, j, *vi);
+        }
+        j += 1;
+    }
+}
+
+/// One weight row of [`fused`] (the same operations per output).
+#[inline(always)]
+fn fused_one<S: PSimd, const MR: usize>(
+    s: S,
+    dtype: DType,
+    row: &[u8],
+    x: [&[f32]; MR],
+) -> [f32; MR] {
+    let cols = x.first().map_or(0, |r| r.len());
+    let (bl, bb) = (dtype.block_len(), dtype.block_bytes());
+    let mut buf = [0.0f32; CHUNK];
+    let mut acc = acc_zero::<S, MR, 1>(s);
+    let mut done = 0;
+    while done < cols {
+        let len = (cols - done).min(CHUNK);
+        dequant_into(
+            dtype,
+            &row[done / bl * bb..(done + len) / bl * bb],
+            &mut buf[..len],
+        );
+        let xs: [&[f32]; MR] = core::array::from_fn(|i| &x[i][done..done + len]);
+        tile_acc(s, &mut acc, xs, [&buf[..len]]);
+        done += len;
+    }
+    tile_sum(s, &acc).map(|r| r[0])
+}
+
+struct FusedOp<'a> {
+    dtype: DType,
+    w: &'a [u8],
+    row_bytes: usize,
+    x: MatRef<'a>,
+    out: Out,
+}
+
+impl pulp::WithSimd for FusedOp<'_> {
+    type Output = ();
+    #[inline(always)]
+    fn with_simd<S: PSimd>(self, s: S) {
+        let FusedOp {
+            dtype,
+            w,
+            row_bytes,
+            x,
+            out,
+        } = self;
+        let xr = |i| x.row(i);
+        match x.rows() {
+            1 => fused::<S, 1>(s, dtype, w, row_bytes, [xr(0)], out),
+            2 => fused::<S, 2>(s, dtype, w, row_bytes, [xr(0), xr(1)], out),
+            3 => fused::<S, 3>(s, dtype, w, row_bytes, [xr(0), xr(1), xr(2)], out),
+            _ => fused::<S, 4>(s, dtype, w, row_bytes, [xr(0), xr(1), xr(2), xr(3)], out),
+        }
+    }
+}
+
+/// Rows of `x` that the fused kernels take at once at level `s` (the tile
+/// height of the f32 kernel).
+pub fn fused_max_rows(s: crate::simd::Simd) -> usize {
+    struct Op;
+    impl pulp::WithSimd for Op {
+        type Output = usize;
+        #[inline(always)]
+        fn with_simd<S: PSimd>(self, _s: S) -> usize {
+            mr_max::<S>()
+        }
+    }
+    s.vectorize(Op)
+}
+
+/// `out[i][j] = dot(x row i, dequantised row j of w)` for every row of `w`
+/// (`row_bytes` bytes each) and the `1..=fused_max_rows(s)` rows of `x`.
+///
+/// # Panics
+/// When `x` has more than 4 rows (internal invariant).
+pub(crate) fn fused_rows(
+    s: crate::simd::Simd,
+    dtype: DType,
+    w: &[u8],
+    row_bytes: usize,
+    x: MatRef<'_>,
+    out: Out,
+) {
+    assert!(x.rows() <= 4, "fused_rows: {} rows of x", x.rows());
+    if x.rows() == 0 {
+        return;
+    }
+    s.vectorize(FusedOp {
+        dtype,
+        w,
+        row_bytes,
+        x,
+        out,
+    })
 }

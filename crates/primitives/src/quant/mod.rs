@@ -29,6 +29,7 @@ pub use blocks::{QK, QK_K};
 
 use crate::dtype::DType;
 use crate::error::ShapeError;
+use crate::matmul::Out;
 use crate::simd::{Level, Simd};
 use crate::tensor::MatRef;
 use crate::threads::Threads;
@@ -344,6 +345,10 @@ pub fn matvec_q(
     if rows == 0 {
         return Ok(());
     }
+    if cols == 0 {
+        y.fill(0.0);
+        return Ok(());
+    }
     let kernel = match mode {
         DotMode::Q8 if dtype.is_quantized() => {
             quantize_acts(s, x, dtype, scratch);
@@ -357,7 +362,13 @@ pub fn matvec_q(
         let r0 = ci * chunk;
         let wc = &w[r0 * row_bytes..(r0 + yc.len()) * row_bytes];
         match kernel {
-            None => exact::dot_rows_f32(s, dtype, wc, row_bytes, x, yc),
+            None => {
+                let xm = MatRef::new(x, 1, cols).expect("x.len() == cols (checked)");
+                // SAFETY: `yc` is this task's exclusive chunk of `y`; one row of
+                // `x`, so only `yc[j]` for j < yc.len() (rows of `wc`) is written.
+                let out = unsafe { Out::new(yc.as_mut_ptr(), yc.len(), 0) };
+                exact::fused_rows(s, dtype, wc, row_bytes, xm, out);
+            }
             Some(Some(k)) => {
                 let mut rs = wc.chunks_exact(row_bytes);
                 let mut ys = yc.chunks_exact_mut(4);
@@ -392,18 +403,22 @@ fn matvec_chunk_rows(rows: usize, threads: usize) -> usize {
         * MATVEC_CHUNK_ROWS
 }
 
-/// Prefill product `y (m x rows) = x (m x cols) · Wᵀ` for a `rows x cols`
-/// weight matrix `w` of `dtype`. Panels of [`MATMUL_PANEL_ROWS`] weight rows
-/// are dequantised (exactly) to f32 and multiplied with faer, one panel per
-/// task on the rayon pool of `threads`; the panel split is fixed, so results
-/// do not depend on the thread count. `y` is row-major with `rows` columns.
+/// Product `y (m x rows) = x (m x cols) · Wᵀ` for a `rows x cols` weight
+/// matrix `w` of `dtype`, with exact float math: every output is the f32
+/// kernel of [`crate::matmul`] on the exactly dequantised weights, in its one
+/// fixed operation order, so each row of `y` has the same bits whatever `m`
+/// is, and the bits of [`matvec_q`] in [`DotMode::Exact`] for that row alone;
+/// the work is split over `threads` along the weight rows only, so results do
+/// not depend on the thread count either. `y` is row-major with `rows` columns.
 ///
-/// Each thread dequantises into a buffer of its own, kept between calls and
-/// shared by every weight matrix ([`MATMUL_PANEL_ROWS`] `x` the largest `cols`
-/// it has seen), so memory grows neither with the number of weight matrices
-/// nor, beyond one panel per thread, with the thread count. `scratch` is not
-/// used (it used to hold one panel per thread for each caller); callers may
-/// pass an empty `Vec`.
+/// Up to 4 rows (2 below AVX-512), dequantisation is fused into the kernel
+/// (each stretch of weights is dequantised once into L1 for all rows); more
+/// rows use panels of [`MATMUL_PANEL_ROWS`] weight rows dequantised into a
+/// per-thread buffer, kept between calls and shared by every weight matrix
+/// ([`MATMUL_PANEL_ROWS`] `x` the largest `cols` it has seen), so memory grows
+/// neither with the number of weight matrices nor, beyond one panel per
+/// thread, with the thread count. `scratch` is not used (it used to hold one
+/// panel per thread for each caller); callers may pass an empty `Vec`.
 #[allow(clippy::too_many_arguments)]
 pub fn matmul_q(
     s: Simd,
@@ -454,58 +469,68 @@ pub fn matmul_q(
     if m == 0 || rows == 0 {
         return Ok(());
     }
+    if cols == 0 {
+        y.fill(0.0);
+        return Ok(());
+    }
+    // SAFETY: `y` is m x rows and exclusively borrowed here; every task below
+    // writes rows i < m and its own range of columns r0..r0 + nr (<= rows),
+    // disjoint from the other tasks'.
+    let base = unsafe { Out::new(y.as_mut_ptr(), rows, 0) };
+    if m <= exact::fused_max_rows(s) {
+        // Few rows (a decode step of a few sequences): dequantise each stretch
+        // of weights once, in L1, for all rows of `x`.
+        let chunk = matvec_chunk_rows(rows, threads.count());
+        threads.for_each_index(rows.div_ceil(chunk), |c| {
+            let r0 = c * chunk;
+            let nr = chunk.min(rows - r0);
+            // SAFETY: columns r0..r0 + nr of `y`, this task's own (see `base`).
+            let out = unsafe { base.shifted(r0) };
+            exact::fused_rows(
+                s,
+                dtype,
+                &w[r0 * row_bytes..(r0 + nr) * row_bytes],
+                row_bytes,
+                x,
+                out,
+            );
+        });
+        return Ok(());
+    }
     let panel_len = MATMUL_PANEL_ROWS
         .checked_mul(cols)
         .ok_or(ShapeError::Overflow {
             what: "matmul_q panel",
         })?;
-    let xs = x.as_slice();
-    let xm = faer::MatRef::from_row_major_slice_with_stride(
-        &xs[..(m - 1) * x.stride() + cols],
-        m,
-        cols,
-        x.stride(),
-    );
-    let ym = faer::MatMut::from_row_major_slice_mut(y, m, rows);
-    let work = |p: usize, yp: faer::MatMut<'_, f32>| {
+    crate::matmul::with_aligned_rows(x, |x| {
+        panels(s, threads, dtype, (w, rows, row_bytes), x, base, panel_len)
+    });
+    Ok(())
+}
+
+/// The panel path of [`matmul_q`] (arguments checked there): `w` holds
+/// `rows` rows of `row_bytes` bytes.
+fn panels(
+    s: Simd,
+    threads: &Threads,
+    dtype: DType,
+    (w, rows, row_bytes): (&[u8], usize, usize),
+    x: MatRef<'_>,
+    base: Out,
+    panel_len: usize,
+) {
+    let cols = x.cols();
+    threads.for_each_index(rows.div_ceil(MATMUL_PANEL_ROWS), |p| {
         let r0 = p * MATMUL_PANEL_ROWS;
-        let nr = yp.ncols();
+        let nr = MATMUL_PANEL_ROWS.min(rows - r0);
         with_panel(panel_len, |buf| {
             let buf = &mut buf[..nr * cols];
             exact::dequant_simd(s, dtype, &w[r0 * row_bytes..(r0 + nr) * row_bytes], buf);
-            let wp = faer::MatRef::from_row_major_slice(&buf[..], nr, cols);
-            faer::linalg::matmul::matmul(
-                yp,
-                faer::Accum::Replace,
-                xm,
-                wp.transpose(),
-                1.0f32,
-                faer::Par::Seq,
-            );
+            // SAFETY: columns r0..r0 + nr of `y`, this task's own (see `base`).
+            let out = unsafe { base.shifted(r0) };
+            crate::matmul::block_dense(s, x, buf, nr, out);
         });
-    };
-    match threads.pool() {
-        None => {
-            let mut rest = ym;
-            let mut p = 0;
-            while rest.ncols() > 0 {
-                let k = rest.ncols().min(MATMUL_PANEL_ROWS);
-                let (a, b) = rest.split_at_col_mut(k);
-                work(p, a);
-                rest = b;
-                p += 1;
-            }
-        }
-        Some(pool) => {
-            use rayon::prelude::*;
-            pool.install(|| {
-                ym.par_col_chunks_mut(MATMUL_PANEL_ROWS)
-                    .enumerate()
-                    .for_each(|(p, yp)| work(p, yp))
-            });
-        }
-    }
-    Ok(())
+    });
 }
 
 thread_local! {
@@ -513,19 +538,29 @@ thread_local! {
     static PANEL: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// Runs `f` on this thread's panel buffer, grown to at least `len` values (it
-/// keeps the largest size it has had, so steady-state calls do not allocate).
+/// Extra values a panel buffer holds so that the panel can start on a 64-byte
+/// boundary (a cache line: every vector load of a row is then one line when
+/// rows are a multiple of 16 values, as all block formats' are).
+const PANEL_PAD: usize = 16;
+
+/// Runs `f` on this thread's panel buffer, `len` values starting on a 64-byte
+/// boundary (the buffer keeps the largest size it has had, so steady-state
+/// calls do not allocate).
 fn with_panel<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    fn aligned(buf: &mut [f32], len: usize) -> &mut [f32] {
+        let at = buf.as_ptr().align_offset(64).min(PANEL_PAD - 1);
+        &mut buf[at..at + len]
+    }
     PANEL.with(|cell| match cell.try_borrow_mut() {
         Ok(mut buf) => {
-            if buf.len() < len {
-                buf.resize(len, 0.0);
+            if buf.len() < len + PANEL_PAD {
+                buf.resize(len + PANEL_PAD, 0.0);
             }
-            f(&mut buf[..len])
+            f(aligned(&mut buf, len))
         }
         // Busy only if `f` itself reached `matmul_q` on this thread, which the
         // kernels never do; a temporary buffer keeps that case correct.
-        Err(_) => f(&mut vec![0.0; len]),
+        Err(_) => f(aligned(&mut vec![0.0; len + PANEL_PAD], len)),
     })
 }
 
@@ -637,7 +672,8 @@ mod tests {
     #[test]
     fn matmul_q_keeps_one_panel_per_thread_for_all_callers() {
         let mut rng = Rng(3);
-        let m = 3;
+        // More rows than the fused small-batch path takes: dequantised panels.
+        let m = 9;
         let panel_len = || PANEL.with(|p| p.borrow().len());
         for t in [1, 2, 3] {
             let threads = Threads::new(t);
@@ -667,16 +703,26 @@ mod tests {
                     "{t} threads: the caller's scratch grew"
                 );
             }
-            let per_thread: Vec<usize> = match threads.pool() {
-                None => vec![panel_len()],
-                Some(pool) => pool.broadcast(|_| panel_len()),
-            };
+            // Every thread of the pool (workers and caller) reports its panel;
+            // the short sleeps make each one take some of the indices.
+            let seen = std::sync::Mutex::new(std::collections::HashMap::new());
+            threads.for_each_index(32 * t, |_| {
+                let len = panel_len();
+                seen.lock()
+                    .unwrap()
+                    .insert(std::thread::current().id(), len);
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            });
+            let per_thread: Vec<usize> = seen.into_inner().unwrap().into_values().collect();
+            assert!(per_thread.len() <= t, "{t} threads: {per_thread:?}");
             assert!(
-                per_thread.iter().all(|&l| l <= MATMUL_PANEL_ROWS * widest),
+                per_thread
+                    .iter()
+                    .all(|&l| l <= MATMUL_PANEL_ROWS * widest + PANEL_PAD),
                 "{t} threads: panels {per_thread:?}"
             );
             assert!(
-                per_thread.contains(&(MATMUL_PANEL_ROWS * widest)),
+                per_thread.contains(&(MATMUL_PANEL_ROWS * widest + PANEL_PAD)),
                 "{per_thread:?}"
             );
         }
