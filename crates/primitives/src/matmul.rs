@@ -17,13 +17,17 @@
 //! more multiply-add; then the lanes are summed by pulp's fixed horizontal
 //! reduction tree. The kernels compute tiles of `MR` rows of `X` times `NR`
 //! rows of `W` with `MR x NR` accumulators in registers (sharing loads), but a
-//! tile never mixes accumulators, so a row of `Y` is bit-identical whether it
+//! tile never mixes accumulators (and long rows, cut into steps along `k`
+//! for cache blocking, keep their accumulators in memory between steps, which
+//! changes no operation), so a row of `Y` is bit-identical whether it
 //! is computed alone (decoding), with other rows of the same prompt (prefill),
 //! or packed with other sequences' rows, and for any thread count: the work is
 //! cut along `n` (weight rows) into blocks and each output is computed by
 //! exactly one thread. The quantised products (`quant::matmul_q`,
 //! `quant::matvec_q` in exact mode) run the same kernel on exactly
-//! dequantised weights, so they follow the same order too.
+//! dequantised weights, so they follow the same order too. faer is no longer
+//! used: its blocking depends on the shape, so its rows do not have this
+//! property.
 
 use crate::error::ShapeError;
 use crate::simd::Simd;
@@ -258,7 +262,6 @@ fn block_kc<'a, S: pulp::Simd>(
 ) {
     let k = wrow(0).len();
     let mrm = mr_max::<S>();
-    let zero = simd.splat_f32s(0.0);
     let row_tiles = m.div_ceil(mrm);
     // Column tiles of a group of `gc` columns: full tiles of NR, then singles.
     let col_tiles = |gc: usize| gc / NR + gc % NR;
@@ -266,7 +269,19 @@ fn block_kc<'a, S: pulp::Simd>(
     let total: usize = (0..groups)
         .map(|g| col_tiles(KC_GROUP.min(nc - g * KC_GROUP)))
         .sum();
-    let mut slots: Vec<Slot<S>> = vec![[[zero; NR]; 4]; row_tiles * total];
+    // Zeroed accumulators, in a buffer of this thread kept between calls
+    // (taken out of the thread-local and put back, so a nested call would
+    // only allocate its own).
+    let per = core::mem::size_of::<Slot<S>>() / 4;
+    let need = row_tiles * total * per;
+    let mut buf = SLOTS.with(|c| c.take());
+    if buf.len() < need + 16 {
+        buf.resize(need + 16, 0.0);
+    }
+    let at = buf.as_ptr().align_offset(64).min(15);
+    let flat = &mut buf[at..at + need];
+    flat.fill(0.0);
+    let slots: &mut [Slot<S>] = bytemuck::cast_slice_mut(flat);
     let mut k0 = 0;
     while k0 < k {
         let len = KC.min(k - k0);
@@ -318,6 +333,12 @@ fn block_kc<'a, S: pulp::Simd>(
         }
         base += row_tiles * ct;
     }
+    SLOTS.with(|c| c.set(buf));
+}
+
+thread_local! {
+    /// This thread's accumulator slots for [`block_kc`].
+    static SLOTS: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
 /// One step of [`block_kc`] for rows `i0..i0 + MR` of `X` and every column
