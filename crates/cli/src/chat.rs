@@ -22,7 +22,7 @@ pub struct ChatArgs {
     #[arg(long)]
     pub system: Option<String>,
     /// Most tokens per reply.
-    #[arg(short = 'n', long, default_value_t = 512)]
+    #[arg(short = 'n', long, default_value_t = 512, value_parser = crate::common::count, allow_negative_numbers = true)]
     pub n_predict: usize,
     #[command(flatten)]
     pub sampling: SamplingArgs,

@@ -32,10 +32,10 @@ pub struct EmbedArgs {
     #[arg(long)]
     pub similarity: bool,
     /// Texts per forward group.
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 32, value_parser = crate::common::positive, allow_negative_numbers = true)]
     pub batch: usize,
     /// Worker threads (0 = one per core).
-    #[arg(short = 't', long, default_value_t = 0)]
+    #[arg(short = 't', long, default_value_t = 0, value_parser = crate::common::count, allow_negative_numbers = true)]
     pub threads: usize,
 }
 

@@ -22,7 +22,7 @@ pub struct GenerateArgs {
     #[arg(short, long)]
     pub file: Option<PathBuf>,
     /// Tokens to generate.
-    #[arg(short = 'n', long, default_value_t = 128)]
+    #[arg(short = 'n', long, default_value_t = 128, value_parser = crate::common::count, allow_negative_numbers = true)]
     pub n_predict: usize,
     /// Treat each non-empty line of the prompt text (`-f FILE`) as a prompt of
     /// its own and continue them all together, several sequences per forward

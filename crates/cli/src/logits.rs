@@ -22,10 +22,10 @@ pub struct LogitsArgs {
     #[arg(short, long)]
     pub file: Option<std::path::PathBuf>,
     /// How many of the best `[id, logit]` pairs to print per position.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, value_parser = crate::common::positive, allow_negative_numbers = true)]
     pub top: usize,
     /// Also print the greedy continuation of N tokens.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, value_parser = crate::common::count, allow_negative_numbers = true)]
     pub greedy: usize,
     /// JSON output (the default is a readable table).
     #[arg(long)]

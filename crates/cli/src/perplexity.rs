@@ -20,10 +20,10 @@ pub struct PerplexityArgs {
     #[arg(short, long)]
     pub file: PathBuf,
     /// Tokens per chunk.
-    #[arg(long, default_value_t = 512)]
+    #[arg(long, default_value_t = 512, value_parser = crate::common::count, allow_negative_numbers = true)]
     pub ctx: usize,
-    /// Score at most N chunks.
-    #[arg(long)]
+    /// Score at most N chunks (0 = all).
+    #[arg(long, value_parser = crate::common::count, allow_negative_numbers = true)]
     pub chunks: Option<usize>,
 }
 

@@ -1,0 +1,175 @@
+//! Hostile input against the `patchbay` binary: every case must end with a
+//! clear message naming what was wrong and the expected exit code, in bounded
+//! memory, and never with a panic or a backtrace (the binary runs with
+//! `RUST_BACKTRACE=1`, so a panic would show one).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+/// Where the case's stdout goes.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Out {
+    /// Captured.
+    Pipe,
+    /// `/dev/full`: every write fails with "No space left on device".
+    Full,
+}
+
+/// One row of the table.
+struct Case {
+    args: Vec<String>,
+    stdout: Out,
+    /// Expected exit code.
+    code: i32,
+    /// A substring stderr must contain (case-sensitive).
+    stderr: &'static str,
+}
+
+fn case(args: &[&str], code: i32, stderr: &'static str) -> Case {
+    Case {
+        args: args.iter().map(|s| s.to_string()).collect(),
+        stdout: Out::Pipe,
+        code,
+        stderr,
+    }
+}
+
+fn full(args: &[&str], code: i32, stderr: &'static str) -> Case {
+    Case {
+        stdout: Out::Full,
+        ..case(args, code, stderr)
+    }
+}
+
+/// Fails with the fetch hint when a model is missing.
+fn require(name: &str) {
+    if let Err(e) = patchbay_models::catalog::resolve_model(name) {
+        panic!("{e}");
+    }
+}
+
+fn scratch_dir() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("patchbay-hostile-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Runs one case, returning a description of what went wrong, if anything.
+fn run(c: &Case) -> Option<String> {
+    let stdout = match c.stdout {
+        Out::Pipe => Stdio::piped(),
+        Out::Full => Stdio::from(
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open("/dev/full")
+                .expect("open /dev/full"),
+        ),
+    };
+    let o = Command::new(env!("CARGO_BIN_EXE_patchbay"))
+        .args(&c.args)
+        .env("RUST_BACKTRACE", "1")
+        .stdin(Stdio::null())
+        .stdout(stdout)
+        .stderr(Stdio::piped())
+        .output()
+        .expect("run patchbay");
+    let err = String::from_utf8_lossy(&o.stderr);
+    let mut wrong = Vec::new();
+    if o.status.code() != Some(c.code) {
+        wrong.push(format!("exit {:?}, expected {}", o.status, c.code));
+    }
+    if !err.contains(c.stderr) {
+        wrong.push(format!("stderr lacks {:?}", c.stderr));
+    }
+    if err.contains("panicked") || err.contains("stack backtrace") {
+        wrong.push("panicked".to_string());
+    }
+    if wrong.is_empty() {
+        None
+    } else {
+        Some(format!(
+            "patchbay {:?} (stdout {:?}): {}\n--- stderr ---\n{err}",
+            c.args,
+            c.stdout,
+            wrong.join("; ")
+        ))
+    }
+}
+
+fn path_str(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn hostile_inputs_get_clear_errors_and_exit_codes() {
+    require("stories260k");
+    let dir = scratch_dir();
+    let text = dir.join("text.txt");
+    std::fs::write(
+        &text,
+        "Once upon a time there was a little girl. ".repeat(40),
+    )
+    .unwrap();
+    let text = path_str(&text).to_string();
+    let m = ["-m", "stories260k"];
+    let with_m = |args: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        v.splice(1..1, m.iter().map(|s| s.to_string()));
+        v
+    };
+    let cm = |args: &[&str], code, stderr| Case {
+        args: with_m(args),
+        ..case(&[], code, stderr)
+    };
+    let fm = |args: &[&str], code, stderr| Case {
+        args: with_m(args),
+        ..full(&[], code, stderr)
+    };
+    let cases: Vec<Case> = vec![
+        // 1. A huge penalty window: an error, not a multi-terabyte allocation.
+        cm(
+            &["generate", "-p", "hi", "--repeat-last-n", "1000000000000"],
+            1,
+            "repeat-last-n = 1000000000000 is invalid: it must be in [0, ",
+        ),
+        cm(
+            &[
+                "generate",
+                "-p",
+                "hi",
+                "-n",
+                "4",
+                "--repeat-penalty",
+                "1.1",
+                "--repeat-last-n",
+                "1000000",
+            ],
+            0,
+            "generated",
+        ),
+        // 2. A prompt batch far past the context: an error, not an abort.
+        cm(
+            &["bench", "-p", "1000000000"],
+            1,
+            "-p 1000000000 + -n 64 = 1000000064 tokens do not fit the model's context: -p and -n must add up to at most 512",
+        ),
+        // 3. Flags that must be at least 1.
+        cm(&["logits", "-p", "hi", "--top", "0"], 2, "--top <TOP>': must be a whole number from 1 to"),
+        cm(&["bench", "-r", "0"], 2, "--repetitions <REPETITIONS>': must be a whole number from 1 to"),
+        // 4. Negative numbers name the flag and its range.
+        cm(&["generate", "-p", "hi", "-n", "-1"], 2, "--n-predict <N_PREDICT>': must be a whole number from 0 to"),
+        cm(&["generate", "-p", "hi", "--seed", "-1"], 2, "--seed <SEED>': must be a whole number from 0 to"),
+        cm(&["generate", "-p", "hi", "--threads", "-1"], 2, "--threads <THREADS>': must be a whole number from 0 to"),
+        cm(&["bench", "-p", "-5"], 2, "--n-prompt <N_PROMPT>': must be a whole number from 0 to"),
+        cm(&["generate", "-p", "hi", "--max-context", "0"], 2, "--max-context <MAX_CONTEXT>': must be a whole number from 1 to"),
+    ];
+    let failures: Vec<String> = cases.iter().filter_map(run).collect();
+    let _ = (&text, fm);
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases failed:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
+}
