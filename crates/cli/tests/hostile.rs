@@ -23,6 +23,25 @@ struct Case {
     code: i32,
     /// A substring stderr must contain (case-sensitive).
     stderr: &'static str,
+    /// A substring stderr must not contain.
+    not: Option<&'static str>,
+    /// What stdin holds (empty when `None`).
+    input: Option<&'static str>,
+}
+
+impl Case {
+    fn without(self, not: &'static str) -> Case {
+        Case {
+            not: Some(not),
+            ..self
+        }
+    }
+    fn stdin(self, input: &'static str) -> Case {
+        Case {
+            input: Some(input),
+            ..self
+        }
+    }
 }
 
 fn case(args: &[&str], code: i32, stderr: &'static str) -> Case {
@@ -31,6 +50,8 @@ fn case(args: &[&str], code: i32, stderr: &'static str) -> Case {
         stdout: Out::Pipe,
         code,
         stderr,
+        not: None,
+        input: None,
     }
 }
 
@@ -65,10 +86,18 @@ fn run(c: &Case) -> Option<String> {
                 .expect("open /dev/full"),
         ),
     };
+    let input = match c.input {
+        Some(text) => {
+            let f = scratch_dir().join(format!("stdin-{:x}.txt", text.len()));
+            std::fs::write(&f, text).unwrap();
+            Stdio::from(std::fs::File::open(f).unwrap())
+        }
+        None => Stdio::null(),
+    };
     let o = Command::new(env!("CARGO_BIN_EXE_patchbay"))
         .args(&c.args)
         .env("RUST_BACKTRACE", "1")
-        .stdin(Stdio::null())
+        .stdin(input)
         .stdout(stdout)
         .stderr(Stdio::piped())
         .output()
@@ -80,6 +109,11 @@ fn run(c: &Case) -> Option<String> {
     }
     if !err.contains(c.stderr) {
         wrong.push(format!("stderr lacks {:?}", c.stderr));
+    }
+    if let Some(not) = c.not {
+        if err.contains(not) {
+            wrong.push(format!("stderr has {not:?}"));
+        }
     }
     if err.contains("panicked") || err.contains("stack backtrace") {
         wrong.push("panicked".to_string());
@@ -103,6 +137,7 @@ fn path_str(p: &Path) -> &str {
 #[test]
 fn hostile_inputs_get_clear_errors_and_exit_codes() {
     require("stories260k");
+    require("smollm2-135m");
     let dir = scratch_dir();
     let text = dir.join("text.txt");
     std::fs::write(
@@ -162,9 +197,34 @@ fn hostile_inputs_get_clear_errors_and_exit_codes() {
         cm(&["generate", "-p", "hi", "--threads", "-1"], 2, "--threads <THREADS>': must be a whole number from 0 to"),
         cm(&["bench", "-p", "-5"], 2, "--n-prompt <N_PROMPT>': must be a whole number from 0 to"),
         cm(&["generate", "-p", "hi", "--max-context", "0"], 2, "--max-context <MAX_CONTEXT>': must be a whole number from 1 to"),
+        // 5. Perplexity: a context too small to score, and --chunks 0 = all.
+        cm(
+            &["perplexity", "-f", &text, "--ctx", "2"],
+            1,
+            "--ctx 2 is too small: a chunk scores only its second half (0 tokens here); --ctx must be at least 5",
+        ),
+        cm(&["perplexity", "-f", &text, "--ctx", "64", "--chunks", "0"], 0, "tokenized"),
+        // 6. Honest summaries: no rate without two tokens, the time to the
+        // first token, and why generation stopped.
+        cm(&["generate", "-p", "Once upon a time", "-n", "0"], 0, "prompt 5 tokens, not run | generated 0 tokens |")
+            .without("t/s"),
+        cm(&["generate", "-p", "Once upon a time", "-n", "1"], 0, "first token")
+            .without("generated 1 tokens,"),
+        cm(&["generate", "-p", "Once upon a time", "-n", "3"], 0, "stopped: token limit reached (-n 3)"),
+        cm(
+            &["generate", "-p", "Once upon a time", "--max-context", "32", "-n", "100"],
+            0,
+            "stopped: context full (it holds 32 tokens) before -n 100 tokens",
+        ),
+        // 7. A full device loses output: a message and a failure.
+        fm(&["generate", "-p", "Once upon a time", "-n", "20"], 1, "error: writing the generated text to stdout: No space left on device"),
+        // Chat says when a reply was cut, and fails when it is lost.
+        case(&["chat", "-m", "smollm2-135m", "-n", "3", "--temp", "0"], 0, "[reply cut at -n 3 tokens]")
+            .stdin("Hello\n"),
+        full(&["chat", "-m", "smollm2-135m", "-n", "3", "--temp", "0"], 1, "error: writing the reply to stdout: No space left on device")
+            .stdin("Hello\n"),
     ];
     let failures: Vec<String> = cases.iter().filter_map(run).collect();
-    let _ = (&text, fm);
     assert!(
         failures.is_empty(),
         "{} of {} cases failed:\n{}",
