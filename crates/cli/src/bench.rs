@@ -131,8 +131,8 @@ fn bench_encoder(args: &BenchArgs, path: &Path) -> Result<()> {
     let name = path
         .file_name()
         .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
-    println!("| model | threads | simd | texts | tokens | batch | sentences/s | tokens/s |\n|---|---|---|---|---|---|---|---|");
-    println!(
+    outln!("| model | threads | simd | texts | tokens | batch | sentences/s | tokens/s |\n|---|---|---|---|---|---|---|---|");
+    outln!(
         "| {name} | {} | {} | {} | {tokens} | {} | {:.2} | {:.1} |",
         embedder.threads(),
         Simd::detect().level(),
@@ -166,14 +166,15 @@ impl CausalLmVisitor for Bench<'_> {
             .map(|i| ((i as u64 * 2_654_435_761 + 12345) % vocab as u64) as f32)
             .collect();
         let reps = args.repetitions.max(1);
-        println!("| model | threads | simd | mode | test | t/s |\n|---|---|---|---|---|---|");
+        outln!("| model | threads | simd | mode | test | t/s |\n|---|---|---|---|---|---|");
         let mode = if args.fast { "q8" } else { "exact" };
-        let row = |test: String, tps: f64| {
-            println!(
+        let row = |test: String, tps: f64| -> Result<()> {
+            outln!(
                 "| {name} | {} | {} | {mode} | {test} | {tps:.2} |",
                 threads.count(),
                 simd.level()
-            )
+            );
+            Ok(())
         };
         if args.n_prompt > 0 {
             let x = Act::from_vec(args.n_prompt, 1, ids[..args.n_prompt].to_vec())?;
@@ -187,7 +188,7 @@ impl CausalLmVisitor for Bench<'_> {
             row(
                 format!("pp{}", args.n_prompt),
                 (args.n_prompt * reps) as f64 / t0.elapsed().as_secs_f64(),
-            );
+            )?;
         }
         if args.n_gen > 0 {
             let mut x = Act::zeros(1, 1);
@@ -207,7 +208,7 @@ impl CausalLmVisitor for Bench<'_> {
             row(
                 format!("tg{}", args.n_gen),
                 (args.n_gen * reps) as f64 / total,
-            );
+            )?;
         }
         Ok(())
     }

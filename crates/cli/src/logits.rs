@@ -91,16 +91,18 @@ impl SessionJob for Logits<'_> {
                 "greedy": greedy,
                 "greedy_text": greedy_text,
             });
-            println!("{}", serde_json::to_string(&out)?);
+            outln!("{}", serde_json::to_string(&out)?);
         } else {
             for (i, p) in positions.iter().enumerate() {
-                println!(
+                outln!(
                     "pos {i:4} token {:6} lse {:.4} top {}",
-                    tokens[i], p["logsumexp"], p["top"]
+                    tokens[i],
+                    p["logsumexp"],
+                    p["top"]
                 );
             }
             if !greedy.is_empty() {
-                println!("greedy: {greedy:?}\n{greedy_text}");
+                outln!("greedy: {greedy:?}\n{greedy_text}");
             }
         }
         Ok(())

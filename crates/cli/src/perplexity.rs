@@ -80,7 +80,7 @@ impl SessionJob for Score<'_> {
             })?;
         bar.finish_and_clear();
         let secs = t1.elapsed().as_secs_f64();
-        println!(
+        outln!(
             "Final estimate: PPL = {:.4} +/- {:.5}  ({} chunks of {}, {} tokens scored, {:.1} t/s)",
             result.ppl(),
             result.std_error(),

@@ -36,6 +36,14 @@ impl Case {
             ..self
         }
     }
+    fn stdout_full(self, code: i32, stderr: &'static str) -> Case {
+        Case {
+            stdout: Out::Full,
+            code,
+            stderr,
+            ..self
+        }
+    }
     fn stdin(self, input: &'static str) -> Case {
         Case {
             input: Some(input),
@@ -138,6 +146,7 @@ fn path_str(p: &Path) -> &str {
 fn hostile_inputs_get_clear_errors_and_exit_codes() {
     require("stories260k");
     require("smollm2-135m");
+    require("minilm-l6-v2");
     let dir = scratch_dir();
     let text = dir.join("text.txt");
     std::fs::write(
@@ -146,6 +155,7 @@ fn hostile_inputs_get_clear_errors_and_exit_codes() {
     )
     .unwrap();
     let text = path_str(&text).to_string();
+    let converted = path_str(&dir.join("converted")).to_string();
     let m = ["-m", "stories260k"];
     let with_m = |args: &[&str]| -> Vec<String> {
         let mut v: Vec<String> = args.iter().map(|s| s.to_string()).collect();
@@ -218,6 +228,13 @@ fn hostile_inputs_get_clear_errors_and_exit_codes() {
         ),
         // 7. A full device loses output: a message and a failure.
         fm(&["generate", "-p", "Once upon a time", "-n", "20"], 1, "error: writing the generated text to stdout: No space left on device"),
+        fm(&["logits", "-p", "hi"], 1, "error: writing to stdout: No space left on device"),
+        case(&["inspect", "stories260k"], 0, "").stdout_full(1, "error: writing to stdout: No space left on device"),
+        fm(&["tokenize", "hi"], 1, "error: writing to stdout: No space left on device"),
+        fm(&["bench", "-p", "8", "-n", "8", "-r", "1"], 1, "error: writing to stdout: No space left on device"),
+        fm(&["perplexity", "-f", &text, "--ctx", "64", "--chunks", "1"], 1, "error: writing to stdout: No space left on device"),
+        fm(&["convert", "-o", &converted], 1, "error: writing to stdout: No space left on device"),
+        full(&["embed", "hello"], 1, "error: writing to stdout: No space left on device"),
         // Chat says when a reply was cut, and fails when it is lost.
         case(&["chat", "-m", "smollm2-135m", "-n", "3", "--temp", "0"], 0, "[reply cut at -n 3 tokens]")
             .stdin("Hello\n"),
@@ -225,6 +242,7 @@ fn hostile_inputs_get_clear_errors_and_exit_codes() {
             .stdin("Hello\n"),
     ];
     let failures: Vec<String> = cases.iter().filter_map(run).collect();
+    let _ = std::fs::remove_dir_all(&dir);
     assert!(
         failures.is_empty(),
         "{} of {} cases failed:\n{}",
