@@ -161,6 +161,16 @@ pub fn write_stdout(bytes: &[u8]) -> Result<()> {
     }
 }
 
+/// Reads a whole file given with `-f`, refusing anything but a regular file
+/// (a FIFO or a device would block forever or never end; `-` is stdin).
+pub fn read_file(path: &std::path::Path) -> Result<Vec<u8>> {
+    let meta = std::fs::metadata(path)?;
+    if !meta.is_file() {
+        bail!("not a regular file: -f needs one (or `-` for stdin)");
+    }
+    Ok(std::fs::read(path)?)
+}
+
 /// The prompt from `-p` or `-f` (a file, or `-` for stdin), as UTF-8.
 pub fn prompt_text(prompt: &Option<String>, file: &Option<PathBuf>) -> Result<String> {
     match (prompt, file) {
@@ -174,7 +184,7 @@ pub fn prompt_text(prompt: &Option<String>, file: &Option<PathBuf>) -> Result<St
                     .context("reading the prompt from stdin")?;
                 b
             } else {
-                std::fs::read(f).with_context(|| format!("reading prompt file {}", f.display()))?
+                read_file(f).with_context(|| format!("reading prompt file {}", f.display()))?
             };
             String::from_utf8(bytes).map_err(|e| {
                 anyhow::anyhow!(

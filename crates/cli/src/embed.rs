@@ -48,7 +48,7 @@ fn file_texts(file: &PathBuf) -> Result<Vec<String>> {
             .context("reading texts from stdin")?;
         b
     } else {
-        std::fs::read(file).with_context(|| format!("reading {}", file.display()))?
+        common::read_file(file).with_context(|| format!("reading {}", file.display()))?
     };
     let text = String::from_utf8(bytes).map_err(|e| {
         anyhow::anyhow!(

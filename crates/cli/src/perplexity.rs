@@ -29,8 +29,8 @@ pub struct PerplexityArgs {
 
 /// Runs `patchbay perplexity`.
 pub fn run(args: &PerplexityArgs) -> Result<()> {
-    let bytes =
-        std::fs::read(&args.file).with_context(|| format!("reading {}", args.file.display()))?;
+    let bytes = common::read_file(&args.file)
+        .with_context(|| format!("reading {}", args.file.display()))?;
     let text = String::from_utf8(bytes).map_err(|e| {
         anyhow::anyhow!(
             "{} is not valid UTF-8 (at byte {})",

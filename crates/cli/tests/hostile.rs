@@ -155,6 +155,13 @@ fn hostile_inputs_get_clear_errors_and_exit_codes() {
     )
     .unwrap();
     let text = path_str(&text).to_string();
+    let fifo = dir.join("fifo");
+    let made = Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("run mkfifo");
+    assert!(made.success(), "mkfifo {}", fifo.display());
+    let fifo = path_str(&fifo).to_string();
     let converted = path_str(&dir.join("converted")).to_string();
     let m = ["-m", "stories260k"];
     let with_m = |args: &[&str]| -> Vec<String> {
@@ -235,6 +242,12 @@ fn hostile_inputs_get_clear_errors_and_exit_codes() {
         fm(&["perplexity", "-f", &text, "--ctx", "64", "--chunks", "1"], 1, "error: writing to stdout: No space left on device"),
         fm(&["convert", "-o", &converted], 1, "error: writing to stdout: No space left on device"),
         full(&["embed", "hello"], 1, "error: writing to stdout: No space left on device"),
+        // 8. A FIFO or a device is refused, not read forever.
+        case(&["generate", "-m", &fifo, "-p", "hi"], 1, "is not a regular file or a directory: a model must be one"),
+        case(&["inspect", "/dev/zero"], 1, "/dev/zero is not a regular file or a directory: a model must be one"),
+        cm(&["generate", "-f", &fifo], 1, "not a regular file: -f needs one"),
+        cm(&["perplexity", "-f", "/dev/zero"], 1, "reading /dev/zero: not a regular file: -f needs one"),
+        case(&["embed", "-f", "/dev/zero"], 1, "reading /dev/zero: not a regular file: -f needs one"),
         // Chat says when a reply was cut, and fails when it is lost.
         case(&["chat", "-m", "smollm2-135m", "-n", "3", "--temp", "0"], 0, "[reply cut at -n 3 tokens]")
             .stdin("Hello\n"),

@@ -157,6 +157,15 @@ impl ModelSource {
     /// name map is set (see [`ModelSource::set_name_map`]).
     pub fn open(path: impl AsRef<Path>) -> Result<ModelSource, ModelError> {
         let path = path.as_ref();
+        if let Ok(meta) = std::fs::metadata(path) {
+            // A FIFO or a device would block the reader forever, or never end.
+            if !meta.is_file() && !meta.is_dir() {
+                return Err(ModelError::Unsupported {
+                    path: path.into(),
+                    detail: "not a regular file or a directory: a model must be one".into(),
+                });
+            }
+        }
         let name = path
             .file_name()
             .and_then(|n| n.to_str())
