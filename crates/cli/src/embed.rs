@@ -40,7 +40,7 @@ pub struct EmbedArgs {
 }
 
 /// The texts of a file: its non-blank lines, without line endings.
-fn file_texts(file: &PathBuf) -> Result<Vec<String>> {
+fn file_texts(file: &std::path::Path) -> Result<Vec<String>> {
     let bytes = if file.as_os_str() == "-" {
         let mut b = Vec::new();
         std::io::stdin()
