@@ -40,6 +40,11 @@ impl Default for SamplerConfig {
     }
 }
 
+/// The longest `repeat_last_n` [`SamplerConfig::validate`] accepts: more
+/// than any model's context, so never a real limit. The window a
+/// [`SamplerState`] holds is also capped at its context capacity.
+pub const MAX_REPEAT_LAST_N: usize = 1 << 24;
+
 impl SamplerConfig {
     /// Greedy decoding.
     pub fn greedy() -> SamplerConfig {
@@ -67,6 +72,13 @@ impl SamplerConfig {
         }
         if !(self.repeat_penalty > 0.0 && self.repeat_penalty.is_finite()) {
             return bad("repeat-penalty", self.repeat_penalty, "a finite number > 0");
+        }
+        if self.repeat_last_n > MAX_REPEAT_LAST_N {
+            return Err(BlockError::Config(format!(
+                "repeat-last-n = {} is invalid: it must be in [0, {MAX_REPEAT_LAST_N}] \
+                 (and it looks back no further than the context)",
+                self.repeat_last_n
+            )));
         }
         Ok(())
     }
@@ -98,16 +110,18 @@ pub struct SamplerState {
     rng: Xoshiro256,
     recent: Vec<u32>,
     recent_next: usize,
+    /// Tokens the penalty looks back over: 0 when the penalty is off.
+    window: usize,
     cand: Vec<(f32, u32)>,
 }
 
 impl SamplerState {
     /// Records a token the penalty should see (prompt tokens, forced tokens).
     pub fn observe(&mut self, token: u32) {
-        if self.recent.capacity() == 0 {
+        if self.window == 0 {
             return;
         }
-        if self.recent.len() < self.recent.capacity() {
+        if self.recent.len() < self.window {
             self.recent.push(token);
         } else {
             self.recent[self.recent_next] = token;
@@ -210,11 +224,19 @@ impl Layer for Sampler {
     fn out_dim(&self) -> usize {
         1
     }
-    fn new_state(&self, _cap: Capacity) -> SamplerState {
+    fn new_state(&self, cap: Capacity) -> SamplerState {
+        // Only a penalty that is on needs a window, and a sequence never holds
+        // more tokens than its context: allocate no more than that.
+        let window = if self.cfg.repeat_penalty != 1.0 {
+            self.cfg.repeat_last_n.min(cap.max_context)
+        } else {
+            0
+        };
         SamplerState {
             rng: Xoshiro256::seeded(self.cfg.seed),
-            recent: Vec::with_capacity(self.cfg.repeat_last_n),
+            recent: Vec::with_capacity(window),
             recent_next: 0,
+            window,
             cand: Vec::with_capacity(self.vocab),
         }
     }
@@ -389,6 +411,34 @@ mod tests {
     }
 
     #[test]
+    fn penalty_window_is_allocated_only_when_used_and_within_the_context() {
+        let huge = SamplerConfig {
+            repeat_last_n: MAX_REPEAT_LAST_N,
+            ..SamplerConfig::default()
+        };
+        // Penalty off: no window at all, however long repeat_last_n is.
+        let s = Sampler::new(8, huge).unwrap();
+        let mut st = s.new_state(Capacity::new(1, 32));
+        assert_eq!((st.window, st.recent.capacity()), (0, 0));
+        st.observe(3);
+        assert!(st.recent.is_empty());
+        // Penalty on: the window is capped at the context.
+        let on = SamplerConfig {
+            repeat_penalty: 1.1,
+            ..huge
+        };
+        let s = Sampler::new(8, on).unwrap();
+        let mut st = s.new_state(Capacity::new(1, 32));
+        assert_eq!(st.window, 32);
+        assert!(st.recent.capacity() < 1024);
+        for t in 0..100 {
+            st.observe(t);
+        }
+        assert_eq!(st.recent.len(), 32);
+        assert!(st.recent.contains(&99) && !st.recent.contains(&67));
+    }
+
+    #[test]
     fn invalid_settings_are_errors() {
         for cfg in [
             SamplerConfig {
@@ -413,6 +463,10 @@ mod tests {
             },
             SamplerConfig {
                 repeat_penalty: 0.0,
+                ..SamplerConfig::default()
+            },
+            SamplerConfig {
+                repeat_last_n: 1_000_000_000_000,
                 ..SamplerConfig::default()
             },
         ] {

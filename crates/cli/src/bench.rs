@@ -23,28 +23,32 @@ pub struct BenchArgs {
     #[arg(short, long, default_value = catalog::DEFAULT_MODEL)]
     pub model: String,
     /// Prompt tokens per prompt-processing run (0 to skip).
-    #[arg(short = 'p', long, default_value_t = 128)]
+    #[arg(short = 'p', long, default_value_t = 128, value_parser = crate::common::count, allow_negative_numbers = true)]
     pub n_prompt: usize,
     /// Tokens per generation run (0 to skip).
-    #[arg(short = 'n', long, default_value_t = 64)]
+    #[arg(short = 'n', long, default_value_t = 64, value_parser = crate::common::count, allow_negative_numbers = true)]
     pub n_gen: usize,
     /// Repetitions (the figure is their mean).
-    #[arg(short = 'r', long, default_value_t = 3)]
+    #[arg(short = 'r', long, default_value_t = 3, value_parser = crate::common::positive, allow_negative_numbers = true)]
     pub repetitions: usize,
     /// Worker threads (0 = one per core).
-    #[arg(short = 't', long, default_value_t = 0)]
+    #[arg(short = 't', long, default_value_t = 0, value_parser = crate::common::count, allow_negative_numbers = true)]
     pub threads: usize,
     /// Int8 activations for quantised weights (as `generate --fast`); the
     /// default is the exact f32 path that `generate` uses by default.
     #[arg(long)]
     pub fast: bool,
     /// Encoders: how many non-blank lines of the WikiText-2 test file to embed.
-    #[arg(long, default_value_t = 512)]
+    #[arg(long, default_value_t = 512, value_parser = crate::common::positive, allow_negative_numbers = true)]
     pub texts: usize,
     /// Encoders: texts per forward group.
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 32, value_parser = crate::common::positive, allow_negative_numbers = true)]
     pub batch: usize,
 }
+
+/// The most tokens (`-p` + `-n`) a bench run may ask for, whatever context a
+/// model file claims.
+const MAX_BENCH_TOKENS: usize = 1 << 20;
 
 /// Runs `patchbay bench`.
 pub fn run(args: &BenchArgs) -> Result<()> {
@@ -53,7 +57,19 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     if families::family_of(&source)?.kind() == Kind::Encoder {
         return bench_encoder(args, &path);
     }
-    let ctx_len = (args.n_prompt + args.n_gen).max(1);
+    // -p and -n share one KV cache: together they must fit the model's
+    // context (and a sane bound, should a file claim a huge one).
+    let limit = source.hparams().n_ctx.clamp(1, MAX_BENCH_TOKENS);
+    let ctx_len = args.n_prompt.saturating_add(args.n_gen);
+    if ctx_len > limit {
+        anyhow::bail!(
+            "-p {} + -n {} = {ctx_len} tokens do not fit the model's context: \
+             -p and -n must add up to at most {limit}",
+            args.n_prompt,
+            args.n_gen
+        );
+    }
+    let ctx_len = ctx_len.max(1);
     crate::common::warn_if_capped(args.threads);
     let opts = BuildOptions {
         dot_mode: if args.fast {
@@ -115,8 +131,8 @@ fn bench_encoder(args: &BenchArgs, path: &Path) -> Result<()> {
     let name = path
         .file_name()
         .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
-    println!("| model | threads | simd | texts | tokens | batch | sentences/s | tokens/s |\n|---|---|---|---|---|---|---|---|");
-    println!(
+    outln!("| model | threads | simd | texts | tokens | batch | sentences/s | tokens/s |\n|---|---|---|---|---|---|---|---|");
+    outln!(
         "| {name} | {} | {} | {} | {tokens} | {} | {:.2} | {:.1} |",
         embedder.threads(),
         Simd::detect().level(),
@@ -150,14 +166,15 @@ impl CausalLmVisitor for Bench<'_> {
             .map(|i| ((i as u64 * 2_654_435_761 + 12345) % vocab as u64) as f32)
             .collect();
         let reps = args.repetitions.max(1);
-        println!("| model | threads | simd | mode | test | t/s |\n|---|---|---|---|---|---|");
+        outln!("| model | threads | simd | mode | test | t/s |\n|---|---|---|---|---|---|");
         let mode = if args.fast { "q8" } else { "exact" };
-        let row = |test: String, tps: f64| {
-            println!(
+        let row = |test: String, tps: f64| -> Result<()> {
+            outln!(
                 "| {name} | {} | {} | {mode} | {test} | {tps:.2} |",
                 threads.count(),
                 simd.level()
-            )
+            );
+            Ok(())
         };
         if args.n_prompt > 0 {
             let x = Act::from_vec(args.n_prompt, 1, ids[..args.n_prompt].to_vec())?;
@@ -171,7 +188,7 @@ impl CausalLmVisitor for Bench<'_> {
             row(
                 format!("pp{}", args.n_prompt),
                 (args.n_prompt * reps) as f64 / t0.elapsed().as_secs_f64(),
-            );
+            )?;
         }
         if args.n_gen > 0 {
             let mut x = Act::zeros(1, 1);
@@ -191,7 +208,7 @@ impl CausalLmVisitor for Bench<'_> {
             row(
                 format!("tg{}", args.n_gen),
                 (args.n_gen * reps) as f64 / total,
-            );
+            )?;
         }
         Ok(())
     }

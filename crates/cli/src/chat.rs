@@ -8,7 +8,7 @@ use std::io::{BufRead, IsTerminal, Write};
 
 use anyhow::Result;
 use patchbay_combinators::{Layer, Step};
-use patchbay_models::runners::session::{Session, SessionJob};
+use patchbay_models::runners::session::{Session, SessionJob, StopReason};
 use patchbay_models::tokenizer::{render_chat, ChatMessage, Tokenizer};
 
 use crate::common::{self, ModelArgs, SamplingArgs};
@@ -22,7 +22,7 @@ pub struct ChatArgs {
     #[arg(long)]
     pub system: Option<String>,
     /// Most tokens per reply.
-    #[arg(short = 'n', long, default_value_t = 512)]
+    #[arg(short = 'n', long, default_value_t = 512, value_parser = crate::common::count, allow_negative_numbers = true)]
     pub n_predict: usize,
     #[command(flatten)]
     pub sampling: SamplingArgs,
@@ -85,14 +85,34 @@ impl SessionJob for Chat<'_> {
             if room == 0 {
                 anyhow::bail!("the conversation has filled the context ({} tokens); start a new chat or raise --max-context", session.max_context());
             }
-            session.generate(&tokens, args.n_predict.min(room), |t| {
+            let mut lost: Option<std::io::Error> = None;
+            let stats = session.generate(&tokens, args.n_predict.min(room), |t| {
                 reply_ids.push(t);
-                let _ = out.write_all(dec.push(t).as_bytes());
-                let _ = out.flush();
+                if let Err(e) = write_flush(&mut out, &dec.push(t)) {
+                    lost = Some(e);
+                    return Step::Stop;
+                }
                 Step::Continue
             })?;
-            let _ = out.write_all(dec.finish().as_bytes());
-            let _ = writeln!(out);
+            if lost.is_none() {
+                lost = write_flush(&mut out, &(dec.finish() + "\n")).err();
+            }
+            if let Some(e) = lost {
+                if e.kind() == std::io::ErrorKind::BrokenPipe {
+                    return Ok(()); // the reader left: a quiet end
+                }
+                return Err(anyhow::Error::new(e).context("writing the reply to stdout"));
+            }
+            match stats.stop {
+                StopReason::MaxTokens if args.n_predict <= room => {
+                    eprintln!("[reply cut at -n {} tokens]", args.n_predict)
+                }
+                StopReason::MaxTokens | StopReason::ContextFull => eprintln!(
+                    "[reply cut: the context is full ({} tokens)]",
+                    session.max_context()
+                ),
+                _ => {}
+            }
             let reply = tok.decode(&reply_ids);
             messages.push(ChatMessage::new("assistant", reply.trim_end()));
             // What the cache holds now: the prompt so far plus the reply as generated.
@@ -100,6 +120,12 @@ impl SessionJob for Chat<'_> {
         }
         Ok(())
     }
+}
+
+/// Writes `s` to `out` and flushes, so each piece shows as it comes.
+fn write_flush(out: &mut impl Write, s: &str) -> std::io::Result<()> {
+    out.write_all(s.as_bytes())?;
+    out.flush()
 }
 
 /// Renders the conversation with the model's template and its BOS/EOS texts.

@@ -11,6 +11,34 @@ use patchbay_models::families;
 use patchbay_models::formats::source::ModelSource;
 use patchbay_models::runners::session::{self, SessionJob, SessionOptions};
 
+/// Parses a count flag (`-n`, `--threads`, ...): a whole number >= 0. Clap
+/// names the flag in front of the message.
+pub fn count(s: &str) -> std::result::Result<usize, String> {
+    whole(s, 0)
+}
+
+/// Parses a flag that must be at least 1 (`-r`, `--top`, `--batch`, ...).
+pub fn positive(s: &str) -> std::result::Result<usize, String> {
+    whole(s, 1)
+}
+
+/// Parses `--seed`: any whole number from 0 to 2^64 - 1.
+pub fn seed(s: &str) -> std::result::Result<u64, String> {
+    s.trim()
+        .parse::<u64>()
+        .map_err(|_| format!("must be a whole number from 0 to {}", u64::MAX))
+}
+
+fn whole(s: &str, min: usize) -> std::result::Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(v) if v >= min => Ok(v),
+        _ => Err(format!(
+            "must be a whole number from {min} to {}",
+            usize::MAX
+        )),
+    }
+}
+
 /// Which model to load and how to run it.
 #[derive(clap::Args, Debug, Clone)]
 pub struct ModelArgs {
@@ -18,10 +46,10 @@ pub struct ModelArgs {
     #[arg(short, long, default_value = catalog::DEFAULT_MODEL)]
     pub model: String,
     /// Worker threads (0 = one per core).
-    #[arg(short = 't', long, default_value_t = 0)]
+    #[arg(short = 't', long, default_value_t = 0, value_parser = crate::common::count, allow_negative_numbers = true)]
     pub threads: usize,
     /// Longest sequence to prepare the KV cache for (capped by the model's own context).
-    #[arg(long, default_value_t = 4096)]
+    #[arg(long, default_value_t = 4096, value_parser = crate::common::positive, allow_negative_numbers = true)]
     pub max_context: usize,
     /// Int8 activations for quantised weights (llama.cpp's way: faster, slightly less exact).
     #[arg(long)]
@@ -39,7 +67,7 @@ pub struct SamplingArgs {
     #[arg(long, default_value_t = 0.8, allow_negative_numbers = true)]
     pub temp: f32,
     /// Keep the K most likely tokens (0 = all).
-    #[arg(long, default_value_t = 40)]
+    #[arg(long, default_value_t = 40, value_parser = crate::common::count, allow_negative_numbers = true)]
     pub top_k: usize,
     /// Nucleus sampling threshold in (0, 1].
     #[arg(long, default_value_t = 0.95, allow_negative_numbers = true)]
@@ -51,10 +79,10 @@ pub struct SamplingArgs {
     #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
     pub repeat_penalty: f32,
     /// Tokens the repetition penalty looks back over.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = crate::common::count, allow_negative_numbers = true)]
     pub repeat_last_n: usize,
     /// RNG seed (same seed, same text).
-    #[arg(long, default_value_t = 0x5eed)]
+    #[arg(long, default_value_t = 0x5eed, value_parser = crate::common::seed, allow_negative_numbers = true)]
     pub seed: u64,
 }
 
@@ -133,6 +161,16 @@ pub fn write_stdout(bytes: &[u8]) -> Result<()> {
     }
 }
 
+/// Reads a whole file given with `-f`, refusing anything but a regular file
+/// (a FIFO or a device would block forever or never end; `-` is stdin).
+pub fn read_file(path: &std::path::Path) -> Result<Vec<u8>> {
+    let meta = std::fs::metadata(path)?;
+    if !meta.is_file() {
+        bail!("not a regular file: -f needs one (or `-` for stdin)");
+    }
+    Ok(std::fs::read(path)?)
+}
+
 /// The prompt from `-p` or `-f` (a file, or `-` for stdin), as UTF-8.
 pub fn prompt_text(prompt: &Option<String>, file: &Option<PathBuf>) -> Result<String> {
     match (prompt, file) {
@@ -146,7 +184,7 @@ pub fn prompt_text(prompt: &Option<String>, file: &Option<PathBuf>) -> Result<St
                     .context("reading the prompt from stdin")?;
                 b
             } else {
-                std::fs::read(f).with_context(|| format!("reading prompt file {}", f.display()))?
+                read_file(f).with_context(|| format!("reading prompt file {}", f.display()))?
             };
             String::from_utf8(bytes).map_err(|e| {
                 anyhow::anyhow!(

@@ -42,7 +42,7 @@ pub fn run(args: &ConvertArgs) -> Result<()> {
         force: args.force,
     };
     for f in convert(&path, &args.output, &opts)? {
-        println!("{}", f.display());
+        outln!("{}", f.display());
     }
     Ok(())
 }

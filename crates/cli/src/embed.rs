@@ -32,15 +32,15 @@ pub struct EmbedArgs {
     #[arg(long)]
     pub similarity: bool,
     /// Texts per forward group.
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 32, value_parser = crate::common::positive, allow_negative_numbers = true)]
     pub batch: usize,
     /// Worker threads (0 = one per core).
-    #[arg(short = 't', long, default_value_t = 0)]
+    #[arg(short = 't', long, default_value_t = 0, value_parser = crate::common::count, allow_negative_numbers = true)]
     pub threads: usize,
 }
 
 /// The texts of a file: its non-blank lines, without line endings.
-fn file_texts(file: &PathBuf) -> Result<Vec<String>> {
+fn file_texts(file: &std::path::Path) -> Result<Vec<String>> {
     let bytes = if file.as_os_str() == "-" {
         let mut b = Vec::new();
         std::io::stdin()
@@ -48,7 +48,7 @@ fn file_texts(file: &PathBuf) -> Result<Vec<String>> {
             .context("reading texts from stdin")?;
         b
     } else {
-        std::fs::read(file).with_context(|| format!("reading {}", file.display()))?
+        common::read_file(file).with_context(|| format!("reading {}", file.display()))?
     };
     let text = String::from_utf8(bytes).map_err(|e| {
         anyhow::anyhow!(

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use patchbay_combinators::{Layer, Step, PLAN_HELP};
-use patchbay_models::runners::session::{Session, SessionJob};
+use patchbay_models::runners::session::{GenStats, Session, SessionJob, StopReason};
 
 use crate::common::{self, ModelArgs, SamplingArgs};
 
@@ -22,7 +22,7 @@ pub struct GenerateArgs {
     #[arg(short, long)]
     pub file: Option<PathBuf>,
     /// Tokens to generate.
-    #[arg(short = 'n', long, default_value_t = 128)]
+    #[arg(short = 'n', long, default_value_t = 128, value_parser = crate::common::count, allow_negative_numbers = true)]
     pub n_predict: usize,
     /// Treat each non-empty line of the prompt text (`-f FILE`) as a prompt of
     /// its own and continue them all together, several sequences per forward
@@ -84,30 +84,80 @@ impl SessionJob for Generate<'_> {
         let mut out = std::io::stdout().lock();
         let tok = session.tokenizer.clone();
         let mut dec = tok.stream();
+        // A closed pipe (`| head`) stops quietly; any other write error (a
+        // full disk) stops and fails the command once the summary is out.
+        let mut lost: Option<std::io::Error> = None;
+        let mut write = |out: &mut std::io::StdoutLock<'_>, s: &str| -> bool {
+            match out.write_all(s.as_bytes()).and_then(|_| out.flush()) {
+                Ok(()) => true,
+                Err(e) => {
+                    if e.kind() != std::io::ErrorKind::BrokenPipe {
+                        lost = Some(e);
+                    }
+                    false
+                }
+            }
+        };
+        let mut open = true;
         let stats = session.generate(&tokens, args.n_predict, |t| {
             let piece = dec.push(t);
-            if out
-                .write_all(piece.as_bytes())
-                .and_then(|_| out.flush())
-                .is_err()
-            {
-                return Step::Stop; // stdout closed (e.g. piped into head)
+            if !write(&mut out, &piece) {
+                open = false;
+                return Step::Stop;
             }
             Step::Continue
         })?;
-        let _ = out.write_all(dec.finish().as_bytes());
-        let _ = writeln!(out);
-        eprintln!(
-            "load {:.0} ms | prompt {} tokens, {:.1} t/s | generated {} tokens, {:.1} t/s | {} threads",
-            session.load_time.as_secs_f64() * 1e3,
-            stats.prompt_tokens,
-            stats.prompt_tps(),
-            stats.gen_tokens,
-            stats.gen_tps(),
-            session.threads()
-        );
+        if open {
+            let tail = dec.finish() + "\n";
+            write(&mut out, &tail);
+        }
+        eprintln!("{}", summary(&session, &stats, args));
+        if let Some(e) = lost {
+            return Err(anyhow::Error::new(e).context("writing the generated text to stdout"));
+        }
         Ok(())
     }
+}
+
+/// The summary line: only figures that mean something (no rate for a
+/// single token or none), the time to the first token, and why it stopped.
+fn summary<N: Layer>(session: &Session<N>, stats: &GenStats, args: &GenerateArgs) -> String {
+    let mut parts = vec![format!(
+        "load {:.0} ms",
+        session.load_time.as_secs_f64() * 1e3
+    )];
+    match stats.time_to_first_token() {
+        Some(ttft) => {
+            parts.push(format!(
+                "prompt {} tokens, {:.1} t/s",
+                stats.prompt_tokens,
+                stats.prompt_tps()
+            ));
+            parts.push(format!("first token {:.0} ms", ttft.as_secs_f64() * 1e3));
+        }
+        None => parts.push(format!("prompt {} tokens, not run", stats.prompt_tokens)),
+    }
+    if stats.gen_tokens >= 2 {
+        parts.push(format!(
+            "generated {} tokens, {:.1} t/s",
+            stats.gen_tokens,
+            stats.gen_tps()
+        ));
+    } else {
+        parts.push(format!("generated {} tokens", stats.gen_tokens));
+    }
+    parts.push(format!("{} threads", session.threads()));
+    let why = match stats.stop {
+        StopReason::MaxTokens => format!("stopped: token limit reached (-n {})", args.n_predict),
+        StopReason::ContextFull => format!(
+            "stopped: context full (it holds {} tokens) before -n {} tokens",
+            session.max_context(),
+            args.n_predict
+        ),
+        StopReason::EndOfSequence => "stopped: end of sequence".to_string(),
+        StopReason::Caller => "stopped: output closed".to_string(),
+    };
+    format!("{}\n{why}", parts.join(" | "))
 }
 
 struct GenerateBatch<'a> {

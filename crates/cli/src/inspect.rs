@@ -153,13 +153,13 @@ pub fn run(args: &InspectArgs) -> anyhow::Result<()> {
                 "bytes": t.bytes,
             })).collect::<Vec<_>>(),
         });
-        println!("{}", serde_json::to_string_pretty(&out)?);
+        outln!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());
     }
 
-    println!("model:        {}", path.display());
-    println!("format:       {format}");
-    println!(
+    outln!("model:        {}", path.display());
+    outln!("format:       {format}");
+    outln!(
         "architecture: {}{}",
         src.arch(),
         match (&h.model_class, family) {
@@ -169,22 +169,29 @@ pub fn run(args: &InspectArgs) -> anyhow::Result<()> {
             (None, None) => " (no family)".into(),
         }
     );
-    println!(
+    outln!(
         "tokenizer:    {}",
         tokenizer.as_deref().unwrap_or("(none found)")
     );
-    println!("rope layout:  {rope}");
-    println!(
+    outln!("rope layout:  {rope}");
+    outln!(
         "parameters:   {params} ({:.2} M), {} of tensor data",
         params as f64 / 1e6,
         human_bytes(total_bytes)
     );
-    println!("hyper-parameters:");
-    println!(
+    outln!("hyper-parameters:");
+    outln!(
         "  vocab {}  width {}  layers {}  heads {} / {} kv  head dim {} (v {})  ffn {}",
-        h.n_vocab, h.n_embd, h.n_layer, h.n_head, h.n_head_kv, h.head_dim, h.head_dim_v, h.n_ff
+        h.n_vocab,
+        h.n_embd,
+        h.n_layer,
+        h.n_head,
+        h.n_head_kv,
+        h.head_dim,
+        h.head_dim_v,
+        h.n_ff
     );
-    println!(
+    outln!(
         "  context {}  rope dim {}  rope base {}{}{}  norm eps {:e}",
         h.n_ctx,
         h.rope_dim.map_or("-".into(), |d| d.to_string()),
@@ -194,30 +201,33 @@ pub fn run(args: &InspectArgs) -> anyhow::Result<()> {
         h.norm_eps
     );
     if let Some(w) = h.sliding_window {
-        println!(
+        outln!(
             "  sliding window {w}{}",
             window_pattern.map_or(String::new(), |p| format!(", every {p}th layer global"))
         );
     }
     let stated = |b: Option<bool>| b.map_or("-".to_string(), |b| b.to_string());
-    println!(
+    outln!(
         "  causal {}  tied embeddings {}",
         stated(causal),
         stated(tied)
     );
-    println!("tensors ({}):", tensors.len());
+    outln!("tensors ({}):", tensors.len());
     let w = tensors
         .iter()
         .map(|t| t.name.len())
         .max()
         .unwrap_or(4)
         .max(4);
-    println!(
+    outln!(
         "  {:<w$}  {:<5}  {:<20}  {:>12}",
-        "name", "dtype", "shape", "bytes"
+        "name",
+        "dtype",
+        "shape",
+        "bytes"
     );
     for t in &tensors {
-        println!(
+        outln!(
             "  {:<w$}  {:<5}  {:<20}  {:>12}",
             t.name,
             t.dtype.name(),

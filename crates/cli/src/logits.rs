@@ -22,10 +22,10 @@ pub struct LogitsArgs {
     #[arg(short, long)]
     pub file: Option<std::path::PathBuf>,
     /// How many of the best `[id, logit]` pairs to print per position.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, value_parser = crate::common::positive, allow_negative_numbers = true)]
     pub top: usize,
     /// Also print the greedy continuation of N tokens.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, value_parser = crate::common::count, allow_negative_numbers = true)]
     pub greedy: usize,
     /// JSON output (the default is a readable table).
     #[arg(long)]
@@ -91,16 +91,18 @@ impl SessionJob for Logits<'_> {
                 "greedy": greedy,
                 "greedy_text": greedy_text,
             });
-            println!("{}", serde_json::to_string(&out)?);
+            outln!("{}", serde_json::to_string(&out)?);
         } else {
             for (i, p) in positions.iter().enumerate() {
-                println!(
+                outln!(
                     "pos {i:4} token {:6} lse {:.4} top {}",
-                    tokens[i], p["logsumexp"], p["top"]
+                    tokens[i],
+                    p["logsumexp"],
+                    p["top"]
                 );
             }
             if !greedy.is_empty() {
-                println!("greedy: {greedy:?}\n{greedy_text}");
+                outln!("greedy: {greedy:?}\n{greedy_text}");
             }
         }
         Ok(())

@@ -2,6 +2,15 @@
 
 use clap::{Parser, Subcommand};
 
+/// `println!` for results: a closed pipe ends quietly, any other write error
+/// (a full disk) returns from the calling function with an error, instead of
+/// `println!`'s panic. Only in functions returning `anyhow::Result`.
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        $crate::common::write_stdout(format!("{}\n", format_args!($($arg)*)).as_bytes())?
+    };
+}
+
 mod bench;
 mod chat;
 mod common;

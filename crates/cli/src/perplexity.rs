@@ -20,17 +20,17 @@ pub struct PerplexityArgs {
     #[arg(short, long)]
     pub file: PathBuf,
     /// Tokens per chunk.
-    #[arg(long, default_value_t = 512)]
+    #[arg(long, default_value_t = 512, value_parser = crate::common::count, allow_negative_numbers = true)]
     pub ctx: usize,
-    /// Score at most N chunks.
-    #[arg(long)]
+    /// Score at most N chunks (0 = all).
+    #[arg(long, value_parser = crate::common::count, allow_negative_numbers = true)]
     pub chunks: Option<usize>,
 }
 
 /// Runs `patchbay perplexity`.
 pub fn run(args: &PerplexityArgs) -> Result<()> {
-    let bytes =
-        std::fs::read(&args.file).with_context(|| format!("reading {}", args.file.display()))?;
+    let bytes = common::read_file(&args.file)
+        .with_context(|| format!("reading {}", args.file.display()))?;
     let text = String::from_utf8(bytes).map_err(|e| {
         anyhow::anyhow!(
             "{} is not valid UTF-8 (at byte {})",
@@ -80,7 +80,7 @@ impl SessionJob for Score<'_> {
             })?;
         bar.finish_and_clear();
         let secs = t1.elapsed().as_secs_f64();
-        println!(
+        outln!(
             "Final estimate: PPL = {:.4} +/- {:.5}  ({} chunks of {}, {} tokens scored, {:.1} t/s)",
             result.ppl(),
             result.std_error(),

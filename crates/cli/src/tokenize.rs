@@ -39,6 +39,6 @@ pub fn run(args: &TokenizeArgs) -> anyhow::Result<()> {
     } else {
         serde_json::to_string(&ids)?
     };
-    println!("{json}");
+    outln!("{json}");
     Ok(())
 }

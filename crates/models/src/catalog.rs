@@ -82,7 +82,13 @@ pub fn fetch_hint(name: &str) -> String {
 /// is present in the models directory. The error says how to fetch it.
 pub fn resolve_model(arg: &str) -> Result<PathBuf, String> {
     let p = Path::new(arg);
-    if p.exists() {
+    if let Ok(meta) = std::fs::metadata(p) {
+        // A FIFO or a device would block the reader forever, or never end.
+        if !meta.is_file() && !meta.is_dir() {
+            return Err(format!(
+                "{arg} is not a regular file or a directory: a model must be one"
+            ));
+        }
         return Ok(p.to_path_buf());
     }
     match known(arg) {

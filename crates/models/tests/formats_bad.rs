@@ -433,7 +433,12 @@ fn fill(k: usize, n: usize) -> Vec<f32> {
 }
 
 fn tiny_llama_gguf(bad: Option<(&str, Vec<usize>)>) -> Vec<u8> {
-    let meta = vec![
+    tiny_llama_gguf_with(bad, &[])
+}
+
+/// [`tiny_llama_gguf`] with some metadata values replaced.
+fn tiny_llama_gguf_with(bad: Option<(&str, Vec<usize>)>, over: &[(&str, Value)]) -> Vec<u8> {
+    let mut meta = vec![
         kv("general.architecture", Value::String("llama".into())),
         kv("llama.embedding_length", Value::U32(E as u32)),
         kv("llama.block_count", Value::U32(LAYERS as u32)),
@@ -444,6 +449,13 @@ fn tiny_llama_gguf(bad: Option<(&str, Vec<usize>)>) -> Vec<u8> {
         kv("llama.attention.layer_norm_rms_epsilon", Value::F32(1e-6)),
         kv("tokenizer.ggml.model", Value::String("llama".into())),
     ];
+    for (k, v) in over {
+        let slot = meta
+            .iter_mut()
+            .find(|(name, _)| name == k)
+            .expect("a known key");
+        slot.1 = v.clone();
+    }
     let tensors: Vec<TensorData> = tiny_tensors()
         .into_iter()
         .enumerate()
@@ -810,4 +822,53 @@ fn string_array_indexing() {
         (3, "bc", Some(""), None)
     );
     assert_eq!(a.iter().collect::<Vec<_>>(), vec!["a", "bc", ""]);
+}
+
+#[test]
+fn gguf_impossible_hyper_parameters_are_rejected_at_open_naming_key_and_file() {
+    let dir = temp_dir("hparams");
+    let cases: Vec<(&str, Value, &str)> = vec![
+        (
+            "llama.attention.layer_norm_rms_epsilon",
+            Value::F32(f32::NAN),
+            "hyper-parameter llama.attention.layer_norm_rms_epsilon: is NaN; it must be a finite number >= 0",
+        ),
+        (
+            "llama.attention.layer_norm_rms_epsilon",
+            Value::F32(f32::INFINITY),
+            "layer_norm_rms_epsilon: is inf",
+        ),
+        (
+            "llama.rope.freq_base",
+            Value::F32(f32::NAN),
+            "hyper-parameter llama.rope.freq_base: is NaN",
+        ),
+        (
+            "llama.block_count",
+            Value::U32(0),
+            "hyper-parameter llama.block_count: is 0; it must be at least 1",
+        ),
+        (
+            "llama.attention.head_count",
+            Value::U32(0),
+            "key 'llama.attention.head_count': expected a positive head count, found 0",
+        ),
+    ];
+    for (i, (key, value, want)) in cases.into_iter().enumerate() {
+        let p = dir.join(format!("bad-{i}.gguf"));
+        std::fs::write(&p, tiny_llama_gguf_with(None, &[(key, value)])).unwrap();
+        let e = match ModelSource::open(&p) {
+            Ok(_) => panic!("{key}: opened"),
+            Err(e) => e.to_string(),
+        };
+        assert!(e.contains(want), "{key}: {e}");
+        assert!(
+            e.contains(&p.display().to_string()),
+            "{key}: no file in {e}"
+        );
+    }
+    // The untouched file still opens.
+    let p = dir.join("good.gguf");
+    std::fs::write(&p, tiny_llama_gguf_with(None, &[])).unwrap();
+    ModelSource::open(&p).unwrap();
 }

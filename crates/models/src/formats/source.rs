@@ -157,6 +157,15 @@ impl ModelSource {
     /// name map is set (see [`ModelSource::set_name_map`]).
     pub fn open(path: impl AsRef<Path>) -> Result<ModelSource, ModelError> {
         let path = path.as_ref();
+        if let Ok(meta) = std::fs::metadata(path) {
+            // A FIFO or a device would block the reader forever, or never end.
+            if !meta.is_file() && !meta.is_dir() {
+                return Err(ModelError::Unsupported {
+                    path: path.into(),
+                    detail: "not a regular file or a directory: a model must be one".into(),
+                });
+            }
+        }
         let name = path
             .file_name()
             .and_then(|n| n.to_str())
@@ -235,6 +244,7 @@ impl ModelSource {
                 }
             }
         };
+        check_hparams(path, &backend, &hparams)?;
         Ok(ModelSource {
             path: path.to_path_buf(),
             backend,
@@ -729,4 +739,62 @@ fn hf_hparams(c: &HfConfig) -> Result<HParams, ModelError> {
         tied_embeddings: c.opt_bool("tie_word_embeddings")?,
         arch,
     })
+}
+
+/// Rejects hyper-parameters no model can be built from (no layers, a NaN
+/// epsilon, ...) when the file is opened, naming the key as the file spells it.
+fn check_hparams(path: &Path, backend: &Backend, h: &HParams) -> Result<(), ModelError> {
+    let key = |gguf: &str, hf: &str, l2c: &str| match backend {
+        Backend::Gguf(_) => format!("{}.{gguf}", h.arch),
+        Backend::Safetensors { .. } => hf.to_string(),
+        Backend::Llama2c(_) => l2c.to_string(),
+    };
+    let bad = |what: String, detail: String| ModelError::Corrupt {
+        path: path.to_path_buf(),
+        what,
+        detail,
+    };
+    for (v, gguf, hf, l2c) in [
+        (h.n_layer, "block_count", "num_hidden_layers", "n_layers"),
+        (h.n_embd, "embedding_length", "hidden_size", "dim"),
+        (
+            h.n_head,
+            "attention.head_count",
+            "num_attention_heads",
+            "n_heads",
+        ),
+    ] {
+        if v == 0 {
+            return Err(bad(
+                format!("hyper-parameter {}", key(gguf, hf, l2c)),
+                "is 0; it must be at least 1".into(),
+            ));
+        }
+    }
+    let mut floats = vec![
+        (
+            h.norm_eps,
+            "attention.layer_norm_rms_epsilon",
+            "rms_norm_eps",
+            "norm eps",
+        ),
+        (h.rope_base, "rope.freq_base", "rope_theta", "rope base"),
+    ];
+    if let Some(b) = h.rope_base_local {
+        floats.push((
+            b,
+            "rope.local.freq_base",
+            "rope_local_base_freq",
+            "rope base",
+        ));
+    }
+    for (v, gguf, hf, l2c) in floats {
+        if !v.is_finite() || v < 0.0 {
+            return Err(bad(
+                format!("hyper-parameter {}", key(gguf, hf, l2c)),
+                format!("is {v}; it must be a finite number >= 0"),
+            ));
+        }
+    }
+    Ok(())
 }

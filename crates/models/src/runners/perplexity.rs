@@ -40,11 +40,22 @@ impl Perplexity {
     }
 }
 
-/// Chunks of `ctx` tokens llama.cpp would score from `tokens`.
+/// Chunks of `ctx` tokens llama.cpp would score from `n_tokens`, at most
+/// `max_chunks` of them (`Some(0)` means all, as `None`).
 pub fn chunk_count(n_tokens: usize, ctx: usize, max_chunks: Option<usize>) -> usize {
     let n = n_tokens / ctx.max(1);
-    max_chunks.map_or(n, |m| n.min(m))
+    max_chunks.filter(|&m| m > 0).map_or(n, |m| n.min(m))
 }
+
+/// Tokens scored in each chunk of `ctx`: the second half, less the last
+/// position (which has no next token to predict).
+pub fn scored_per_chunk(ctx: usize) -> usize {
+    ctx.saturating_sub(1 + ctx / 2)
+}
+
+/// The smallest chunk that scores at least two tokens, so that the
+/// perplexity has an error bar.
+pub const MIN_CTX: usize = 5;
 
 /// Scores `tokens` in chunks of `ctx`; `on_chunk(i, n, running)` reports progress.
 pub fn perplexity<N: Layer>(
@@ -54,9 +65,11 @@ pub fn perplexity<N: Layer>(
     max_chunks: Option<usize>,
     mut on_chunk: impl FnMut(usize, usize, &Perplexity),
 ) -> Result<Perplexity, ModelError> {
-    if ctx < 2 {
+    if ctx < MIN_CTX {
         return Err(ModelError::Usage(format!(
-            "--ctx {ctx} is too small (at least 2)"
+            "--ctx {ctx} is too small: a chunk scores only its second half ({} tokens here); \
+             --ctx must be at least {MIN_CTX}",
+            scored_per_chunk(ctx)
         )));
     }
     if ctx > session.max_context() {
@@ -118,5 +131,10 @@ mod tests {
         assert_eq!(p.std_error(), 0.0);
         assert_eq!(chunk_count(1000, 512, None), 1);
         assert_eq!(chunk_count(100_000, 512, Some(40)), 40);
+        assert_eq!(chunk_count(100_000, 512, Some(0)), 195);
+        assert_eq!(scored_per_chunk(512), 255);
+        assert_eq!(scored_per_chunk(2), 0);
+        assert_eq!(scored_per_chunk(MIN_CTX), 2);
+        assert_eq!(scored_per_chunk(MIN_CTX - 1), 1);
     }
 }

@@ -61,6 +61,8 @@ pub struct GenStats {
     pub gen_tokens: usize,
     /// Time spent generating after the first token.
     pub gen_time: Duration,
+    /// Why generation stopped.
+    pub stop: StopReason,
 }
 
 impl GenStats {
@@ -72,14 +74,20 @@ impl GenStats {
     pub fn gen_tps(&self) -> f64 {
         self.gen_tokens.saturating_sub(1) as f64 / self.gen_time.as_secs_f64().max(1e-9)
     }
+    /// Time from the start of the prompt to the first sampled token, if one
+    /// was sampled (the prompt is not run when no token is asked for).
+    pub fn time_to_first_token(&self) -> Option<Duration> {
+        (self.gen_tokens > 0 || self.stop == StopReason::EndOfSequence).then_some(self.prompt_time)
+    }
 }
 
 /// Why a sequence stopped generating.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum StopReason {
     /// The model produced an end-of-generation token.
     EndOfSequence,
     /// The requested number of tokens was reached.
+    #[default]
     MaxTokens,
     /// The context (KV cache) was full.
     ContextFull,
@@ -355,24 +363,40 @@ impl<N: Layer> Session<N> {
         let ctx = Ctx::new(self.simd, &self.threads, &self.scratch).at(self.pos);
         let ids = std::mem::take(&mut self.ids);
         let mut last = None;
+        let mut sampled = 0;
+        let mut stop = None;
         let res = self
             .decoder
             .run(&ids, &mut self.state, &ctx, steps, |_, row| {
                 let t = row[0] as u32;
                 last = Some(t);
+                sampled += 1;
                 if t_first.is_none() {
                     t_first = Some(Instant::now());
                 }
                 let eog = tokenizer.is_eog(t);
                 if eog && hide_eog {
+                    stop = Some(StopReason::EndOfSequence);
                     return Step::Stop;
                 }
                 stats.gen_tokens += 1;
                 match on_token(t) {
-                    _ if eog => Step::Stop,
+                    _ if eog => {
+                        stop = Some(StopReason::EndOfSequence);
+                        Step::Stop
+                    }
+                    Step::Stop => {
+                        stop = Some(StopReason::Caller);
+                        Step::Stop
+                    }
                     step => step,
                 }
             });
+        stats.stop = stop.unwrap_or(if sampled >= max_tokens {
+            StopReason::MaxTokens
+        } else {
+            StopReason::ContextFull
+        });
         self.ids = ids;
         let (_, pos) = res?;
         self.pos = pos;

@@ -2,7 +2,8 @@
 //!
 //! File format: `i32 max_token_length`, then per token `f32 score, i32 len, len bytes`.
 
-use std::collections::HashMap;
+use std::cmp::Ordering;
+use std::collections::{BinaryHeap, HashMap};
 use std::path::Path;
 
 use super::TokenizerError;
@@ -14,6 +15,37 @@ pub struct Llama2cTokenizer {
     scores: Vec<f32>,
     lookup: HashMap<Vec<u8>, u32>,
 }
+
+/// A pair waiting to merge: the symbol at `pos` (token `left`) and the next
+/// (token `right`) would become `id`.
+#[derive(Debug, Clone, Copy)]
+struct Cand {
+    score: f32,
+    pos: usize,
+    left: u32,
+    right: u32,
+    id: u32,
+}
+
+impl Ord for Cand {
+    // BinaryHeap pops the greatest: best score first, then leftmost.
+    fn cmp(&self, o: &Cand) -> Ordering {
+        self.score
+            .total_cmp(&o.score)
+            .then_with(|| o.pos.cmp(&self.pos))
+    }
+}
+impl PartialOrd for Cand {
+    fn partial_cmp(&self, o: &Cand) -> Option<Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl PartialEq for Cand {
+    fn eq(&self, o: &Cand) -> bool {
+        self.cmp(o) == Ordering::Equal
+    }
+}
+impl Eq for Cand {}
 
 /// llama2.c's BOS id.
 pub const LLAMA2C_BOS: u32 = 1;
@@ -91,6 +123,18 @@ impl Llama2cTokenizer {
     /// Encodes as `run.c`'s `encode(text, bos, eos)`; the dummy prefix space is
     /// added to non-empty text.
     pub fn encode(&self, text: &str, bos: bool, eos: bool) -> Vec<u32> {
+        // Merge the best-scoring adjacent pair (first one on ties) until none merges;
+        // like run.c, BOS takes part in the pairs.
+        let mut toks = self.merge(self.symbols(text, bos));
+        if eos {
+            toks.push(LLAMA2C_EOS);
+        }
+        toks
+    }
+
+    /// The symbols before any merge: BOS, the dummy prefix space, then each
+    /// code point as a token if the vocabulary has it, else its bytes.
+    fn symbols(&self, text: &str, bos: bool) -> Vec<u32> {
         let mut toks: Vec<u32> = Vec::with_capacity(text.len() + 3);
         if bos {
             toks.push(LLAMA2C_BOS);
@@ -114,17 +158,85 @@ impl Llama2cTokenizer {
             }
             i = j;
         }
-        // Merge the best-scoring adjacent pair (first one on ties) until none merges;
-        // like run.c, BOS takes part in the pairs.
+        toks
+    }
+
+    /// The merge of a pair of tokens, if the vocabulary has it: (score, id).
+    fn pair(&self, buf: &mut Vec<u8>, left: u32, right: u32) -> Option<(f32, u32)> {
+        buf.clear();
+        buf.extend_from_slice(self.raw(left));
+        buf.extend_from_slice(self.raw(right));
+        self.lookup
+            .get(buf.as_slice())
+            .map(|&id| (self.scores[id as usize], id))
+    }
+
+    /// run.c's merge loop, in O(n log n): the candidate pairs wait in a heap
+    /// (best score first, leftmost on ties, as run.c's scan picks them) over a
+    /// linked list of symbols; a pair whose symbols have changed since it was
+    /// queued is skipped when it comes out.
+    fn merge(&self, mut toks: Vec<u32>) -> Vec<u32> {
+        const NONE: usize = usize::MAX;
+        let n = toks.len();
+        let mut next: Vec<usize> = (1..=n).map(|i| if i < n { i } else { NONE }).collect();
+        let mut prev: Vec<usize> = (0..n).map(|i| i.wrapping_sub(1)).collect();
+        if n > 0 {
+            prev[0] = NONE;
+        }
+        let mut alive = vec![true; n];
+        let mut heap = BinaryHeap::new();
+        let mut buf = Vec::new();
+        let mut push = |heap: &mut BinaryHeap<Cand>, toks: &[u32], l: usize, r: usize| {
+            if let Some((score, id)) = self.pair(&mut buf, toks[l], toks[r]) {
+                heap.push(Cand {
+                    score,
+                    pos: l,
+                    left: toks[l],
+                    right: toks[r],
+                    id,
+                });
+            }
+        };
+        for l in 0..n.saturating_sub(1) {
+            push(&mut heap, &toks, l, l + 1);
+        }
+        while let Some(c) = heap.pop() {
+            let l = c.pos;
+            let r = next[l];
+            if !alive[l] || r == NONE || toks[l] != c.left || toks[r] != c.right {
+                continue; // stale: one of its symbols merged since
+            }
+            toks[l] = c.id;
+            alive[r] = false;
+            next[l] = next[r];
+            if next[r] != NONE {
+                prev[next[r]] = l;
+            }
+            if prev[l] != NONE {
+                push(&mut heap, &toks, prev[l], l);
+            }
+            if next[l] != NONE {
+                push(&mut heap, &toks, l, next[l]);
+            }
+        }
+        let mut out = Vec::with_capacity(n);
+        let mut at = if n > 0 { 0 } else { NONE };
+        while at != NONE {
+            out.push(toks[at]);
+            at = next[at];
+        }
+        out
+    }
+
+    /// The quadratic merge loop as `run.c` writes it: the reference
+    /// [`Llama2cTokenizer::merge`] is checked against.
+    #[cfg(test)]
+    fn merge_quadratic(&self, mut toks: Vec<u32>) -> Vec<u32> {
         let mut buf = Vec::new();
         loop {
             let mut best: Option<(f32, u32, usize)> = None;
             for k in 0..toks.len().saturating_sub(1) {
-                buf.clear();
-                buf.extend_from_slice(self.raw(toks[k]));
-                buf.extend_from_slice(self.raw(toks[k + 1]));
-                if let Some(&id) = self.lookup.get(&buf) {
-                    let s = self.scores[id as usize];
+                if let Some((s, id)) = self.pair(&mut buf, toks[k], toks[k + 1]) {
                     if best.is_none_or(|(bs, _, _)| s > bs) {
                         best = Some((s, id, k));
                     }
@@ -133,9 +245,6 @@ impl Llama2cTokenizer {
             let Some((_, id, k)) = best else { break };
             toks[k] = id;
             toks.remove(k + 1);
-        }
-        if eos {
-            toks.push(LLAMA2C_EOS);
         }
         toks
     }
@@ -157,5 +266,52 @@ impl Llama2cTokenizer {
             }
         }
         p.to_vec()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn tok512() -> Llama2cTokenizer {
+        let path = crate::catalog::models_dir().join("stories260K/tok512.bin");
+        Llama2cTokenizer::from_file(&path).unwrap_or_else(|e| {
+            panic!(
+                "{e}: stories260K's tok512.bin is missing (scripts/fetch-models stories260k fetches it)"
+            )
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+        #[test]
+        fn heap_merge_matches_run_c_quadratic_merge(
+            text in "(?s)[ a-zA-Z.,!?'\n\u{e9}\u{4e2d}\u{1f600}]{0,200}|[ eatnhsd]{0,300}",
+            bos in any::<bool>(),
+        ) {
+            let t = tok512();
+            let syms = t.symbols(&text, bos);
+            prop_assert_eq!(t.merge(syms.clone()), t.merge_quadratic(syms));
+        }
+    }
+
+    #[test]
+    fn forty_kilobytes_encode_quickly_and_as_run_c_does() {
+        let t = tok512();
+        let text =
+            "Once upon a time, there was a little girl named Lily. She liked to play outside. "
+                .repeat(500);
+        assert!(text.len() > 40_000);
+        let t0 = std::time::Instant::now();
+        let fast = t.merge(t.symbols(&text, true));
+        let secs = t0.elapsed().as_secs_f64();
+        assert!(secs < 1.0, "{secs} s for {} bytes", text.len());
+        let small = &text[..4000];
+        assert_eq!(
+            t.merge(t.symbols(small, true)),
+            t.merge_quadratic(t.symbols(small, true))
+        );
+        assert!(fast.len() < text.len() / 2);
     }
 }

@@ -1,0 +1,266 @@
+//! Hostile input against the `patchbay` binary: every case must end with a
+//! clear message naming what was wrong and the expected exit code, in bounded
+//! memory, and never with a panic or a backtrace (the binary runs with
+//! `RUST_BACKTRACE=1`, so a panic would show one).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+/// Where the case's stdout goes.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Out {
+    /// Captured.
+    Pipe,
+    /// `/dev/full`: every write fails with "No space left on device".
+    Full,
+}
+
+/// One row of the table.
+struct Case {
+    args: Vec<String>,
+    stdout: Out,
+    /// Expected exit code.
+    code: i32,
+    /// A substring stderr must contain (case-sensitive).
+    stderr: &'static str,
+    /// A substring stderr must not contain.
+    not: Option<&'static str>,
+    /// What stdin holds (empty when `None`).
+    input: Option<&'static str>,
+}
+
+impl Case {
+    fn without(self, not: &'static str) -> Case {
+        Case {
+            not: Some(not),
+            ..self
+        }
+    }
+    fn stdout_full(self, code: i32, stderr: &'static str) -> Case {
+        Case {
+            stdout: Out::Full,
+            code,
+            stderr,
+            ..self
+        }
+    }
+    fn stdin(self, input: &'static str) -> Case {
+        Case {
+            input: Some(input),
+            ..self
+        }
+    }
+}
+
+fn case(args: &[&str], code: i32, stderr: &'static str) -> Case {
+    Case {
+        args: args.iter().map(|s| s.to_string()).collect(),
+        stdout: Out::Pipe,
+        code,
+        stderr,
+        not: None,
+        input: None,
+    }
+}
+
+fn full(args: &[&str], code: i32, stderr: &'static str) -> Case {
+    Case {
+        stdout: Out::Full,
+        ..case(args, code, stderr)
+    }
+}
+
+/// Fails with the fetch hint when a model is missing.
+fn require(name: &str) {
+    if let Err(e) = patchbay_models::catalog::resolve_model(name) {
+        panic!("{e}");
+    }
+}
+
+fn scratch_dir() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("patchbay-hostile-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Runs one case, returning a description of what went wrong, if anything.
+fn run(c: &Case) -> Option<String> {
+    let stdout = match c.stdout {
+        Out::Pipe => Stdio::piped(),
+        Out::Full => Stdio::from(
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open("/dev/full")
+                .expect("open /dev/full"),
+        ),
+    };
+    let input = match c.input {
+        Some(text) => {
+            let f = scratch_dir().join(format!("stdin-{:x}.txt", text.len()));
+            std::fs::write(&f, text).unwrap();
+            Stdio::from(std::fs::File::open(f).unwrap())
+        }
+        None => Stdio::null(),
+    };
+    let o = Command::new(env!("CARGO_BIN_EXE_patchbay"))
+        .args(&c.args)
+        .env("RUST_BACKTRACE", "1")
+        .stdin(input)
+        .stdout(stdout)
+        .stderr(Stdio::piped())
+        .output()
+        .expect("run patchbay");
+    let err = String::from_utf8_lossy(&o.stderr);
+    let mut wrong = Vec::new();
+    if o.status.code() != Some(c.code) {
+        wrong.push(format!("exit {:?}, expected {}", o.status, c.code));
+    }
+    if !err.contains(c.stderr) {
+        wrong.push(format!("stderr lacks {:?}", c.stderr));
+    }
+    if let Some(not) = c.not {
+        if err.contains(not) {
+            wrong.push(format!("stderr has {not:?}"));
+        }
+    }
+    if err.contains("panicked") || err.contains("stack backtrace") {
+        wrong.push("panicked".to_string());
+    }
+    if wrong.is_empty() {
+        None
+    } else {
+        Some(format!(
+            "patchbay {:?} (stdout {:?}): {}\n--- stderr ---\n{err}",
+            c.args,
+            c.stdout,
+            wrong.join("; ")
+        ))
+    }
+}
+
+fn path_str(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn hostile_inputs_get_clear_errors_and_exit_codes() {
+    require("stories260k");
+    require("smollm2-135m");
+    require("minilm-l6-v2");
+    let dir = scratch_dir();
+    let text = dir.join("text.txt");
+    std::fs::write(
+        &text,
+        "Once upon a time there was a little girl. ".repeat(40),
+    )
+    .unwrap();
+    let text = path_str(&text).to_string();
+    let fifo = dir.join("fifo");
+    let made = Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("run mkfifo");
+    assert!(made.success(), "mkfifo {}", fifo.display());
+    let fifo = path_str(&fifo).to_string();
+    let converted = path_str(&dir.join("converted")).to_string();
+    let m = ["-m", "stories260k"];
+    let with_m = |args: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        v.splice(1..1, m.iter().map(|s| s.to_string()));
+        v
+    };
+    let cm = |args: &[&str], code, stderr| Case {
+        args: with_m(args),
+        ..case(&[], code, stderr)
+    };
+    let fm = |args: &[&str], code, stderr| Case {
+        args: with_m(args),
+        ..full(&[], code, stderr)
+    };
+    let cases: Vec<Case> = vec![
+        // 1. A huge penalty window: an error, not a multi-terabyte allocation.
+        cm(
+            &["generate", "-p", "hi", "--repeat-last-n", "1000000000000"],
+            1,
+            "repeat-last-n = 1000000000000 is invalid: it must be in [0, ",
+        ),
+        cm(
+            &[
+                "generate",
+                "-p",
+                "hi",
+                "-n",
+                "4",
+                "--repeat-penalty",
+                "1.1",
+                "--repeat-last-n",
+                "1000000",
+            ],
+            0,
+            "generated",
+        ),
+        // 2. A prompt batch far past the context: an error, not an abort.
+        cm(
+            &["bench", "-p", "1000000000"],
+            1,
+            "-p 1000000000 + -n 64 = 1000000064 tokens do not fit the model's context: -p and -n must add up to at most 512",
+        ),
+        // 3. Flags that must be at least 1.
+        cm(&["logits", "-p", "hi", "--top", "0"], 2, "--top <TOP>': must be a whole number from 1 to"),
+        cm(&["bench", "-r", "0"], 2, "--repetitions <REPETITIONS>': must be a whole number from 1 to"),
+        // 4. Negative numbers name the flag and its range.
+        cm(&["generate", "-p", "hi", "-n", "-1"], 2, "--n-predict <N_PREDICT>': must be a whole number from 0 to"),
+        cm(&["generate", "-p", "hi", "--seed", "-1"], 2, "--seed <SEED>': must be a whole number from 0 to"),
+        cm(&["generate", "-p", "hi", "--threads", "-1"], 2, "--threads <THREADS>': must be a whole number from 0 to"),
+        cm(&["bench", "-p", "-5"], 2, "--n-prompt <N_PROMPT>': must be a whole number from 0 to"),
+        cm(&["generate", "-p", "hi", "--max-context", "0"], 2, "--max-context <MAX_CONTEXT>': must be a whole number from 1 to"),
+        // 5. Perplexity: a context too small to score, and --chunks 0 = all.
+        cm(
+            &["perplexity", "-f", &text, "--ctx", "2"],
+            1,
+            "--ctx 2 is too small: a chunk scores only its second half (0 tokens here); --ctx must be at least 5",
+        ),
+        cm(&["perplexity", "-f", &text, "--ctx", "64", "--chunks", "0"], 0, "tokenized"),
+        // 6. Honest summaries: no rate without two tokens, the time to the
+        // first token, and why generation stopped.
+        cm(&["generate", "-p", "Once upon a time", "-n", "0"], 0, "prompt 5 tokens, not run | generated 0 tokens |")
+            .without("t/s"),
+        cm(&["generate", "-p", "Once upon a time", "-n", "1"], 0, "first token")
+            .without("generated 1 tokens,"),
+        cm(&["generate", "-p", "Once upon a time", "-n", "3"], 0, "stopped: token limit reached (-n 3)"),
+        cm(
+            &["generate", "-p", "Once upon a time", "--max-context", "32", "-n", "100"],
+            0,
+            "stopped: context full (it holds 32 tokens) before -n 100 tokens",
+        ),
+        // 7. A full device loses output: a message and a failure.
+        fm(&["generate", "-p", "Once upon a time", "-n", "20"], 1, "error: writing the generated text to stdout: No space left on device"),
+        fm(&["logits", "-p", "hi"], 1, "error: writing to stdout: No space left on device"),
+        case(&["inspect", "stories260k"], 0, "").stdout_full(1, "error: writing to stdout: No space left on device"),
+        fm(&["tokenize", "hi"], 1, "error: writing to stdout: No space left on device"),
+        fm(&["bench", "-p", "8", "-n", "8", "-r", "1"], 1, "error: writing to stdout: No space left on device"),
+        fm(&["perplexity", "-f", &text, "--ctx", "64", "--chunks", "1"], 1, "error: writing to stdout: No space left on device"),
+        fm(&["convert", "-o", &converted], 1, "error: writing to stdout: No space left on device"),
+        full(&["embed", "hello"], 1, "error: writing to stdout: No space left on device"),
+        // 8. A FIFO or a device is refused, not read forever.
+        case(&["generate", "-m", &fifo, "-p", "hi"], 1, "is not a regular file or a directory: a model must be one"),
+        case(&["inspect", "/dev/zero"], 1, "/dev/zero is not a regular file or a directory: a model must be one"),
+        cm(&["generate", "-f", &fifo], 1, "not a regular file: -f needs one"),
+        cm(&["perplexity", "-f", "/dev/zero"], 1, "reading /dev/zero: not a regular file: -f needs one"),
+        case(&["embed", "-f", "/dev/zero"], 1, "reading /dev/zero: not a regular file: -f needs one"),
+        // Chat says when a reply was cut, and fails when it is lost.
+        case(&["chat", "-m", "smollm2-135m", "-n", "3", "--temp", "0"], 0, "[reply cut at -n 3 tokens]")
+            .stdin("Hello\n"),
+        full(&["chat", "-m", "smollm2-135m", "-n", "3", "--temp", "0"], 1, "error: writing the reply to stdout: No space left on device")
+            .stdin("Hello\n"),
+    ];
+    let failures: Vec<String> = cases.iter().filter_map(run).collect();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases failed:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
+}
