@@ -5,8 +5,9 @@ use patchbay_primitives::{kernels, quant, Act, Tensor};
 
 use crate::BlockError;
 
-/// Looks up rows of a `vocab x dim` table. Input rows hold one token id each (as
-/// f32, exact below 2^24); each is dequantised straight from the table.
+/// Looks up rows of a `vocab x dim` table. Input rows hold one token id each
+/// (a token activation, [`Act::from_tokens`]: integers, not floats); each row
+/// is dequantised straight from the table.
 /// An optional scale multiplies the result (Gemma scales by `sqrt(dim)`).
 ///
 /// ```
@@ -17,11 +18,11 @@ use crate::BlockError;
 /// let emb = Embedding::new(table).unwrap();
 /// let (threads, scratch) = (Threads::single(), patchbay_combinators::Scratch::new());
 /// let ctx = Ctx::new(Simd::detect(), &threads, &scratch);
-/// let ids = Act::from_vec(2, 1, vec![2.0, 0.0]).unwrap();
+/// let ids = Act::from_tokens(&[2, 0]);
 /// let y = emb.apply(&ids, &mut (), &ctx).unwrap();
 /// assert_eq!(y.as_slice(), &[2.0, 2.1, 0.0, 0.1]);
 /// // An id outside the vocabulary is an error, not a panic.
-/// assert!(emb.apply(&Act::from_vec(1, 1, vec![3.0]).unwrap(), &mut (), &ctx).is_err());
+/// assert!(emb.apply(&Act::from_tokens(&[3]), &mut (), &ctx).is_err());
 /// ```
 #[derive(Debug, Clone)]
 pub struct Embedding {
@@ -82,15 +83,15 @@ impl Layer for Embedding {
         y.reshape(x.rows(), self.dim);
         let row_bytes = self.table.bytes().len() / self.vocab.max(1);
         for r in 0..x.rows() {
-            let id = x.row(r)[0];
-            if !(id >= 0.0 && (id as usize) < self.vocab && id.fract() == 0.0) {
+            let id = x.token(r);
+            let i = id as usize;
+            if i >= self.vocab {
                 return Err(LayerError::TokenOutOfRange {
                     layer: "Embedding",
                     id,
                     vocab: self.vocab,
                 });
             }
-            let i = id as usize;
             let src = &self.table.bytes()[i * row_bytes..(i + 1) * row_bytes];
             let out = y.row_mut(r);
             quant::dequantize_row(self.table.dtype(), src, out)?;
@@ -214,5 +215,33 @@ impl Layer for PositionEmbedding {
             self.n_positions,
             self.table.dtype()
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use patchbay_combinators::Scratch;
+    use patchbay_primitives::{Simd, Threads};
+
+    /// Ids are integers end to end: one past 2^24, which an f32 cannot hold
+    /// (it would round to 2^24), reaches the range check exactly.
+    #[test]
+    fn ids_above_f32_precision_arrive_exactly() {
+        let table = Tensor::from_f32(&[0.0, 1.0], vec![2, 1]).unwrap();
+        let emb = Embedding::new(table).unwrap();
+        let (threads, scratch) = (Threads::single(), Scratch::new());
+        let ctx = Ctx::new(Simd::detect(), &threads, &scratch);
+        let id = (1 << 24) + 1;
+        match emb.apply(&Act::from_tokens(&[1, id]), &mut (), &ctx) {
+            Err(LayerError::TokenOutOfRange { id: got, vocab, .. }) => {
+                assert_eq!((got, vocab), (id, 2));
+            }
+            other => panic!("expected TokenOutOfRange, got {other:?}"),
+        }
+        let y = emb
+            .apply(&Act::from_tokens(&[1, 0]), &mut (), &ctx)
+            .unwrap();
+        assert_eq!(y.as_slice(), &[1.0, 0.0]);
     }
 }

@@ -84,8 +84,8 @@ impl SamplerConfig {
     }
 }
 
-/// Picks the next token from a row of logits (`vocab` features in, one id out,
-/// as f32), so that `Series<Model, Sampler>` inside a `Loop` decodes text.
+/// Picks the next token from a row of logits (`vocab` features in, one token
+/// id out, as a token activation: see [`Act::token`]), so that `Series<Model, Sampler>` inside a `Loop` decodes text.
 ///
 /// ```
 /// use patchbay_blocks::{Sampler, SamplerConfig};
@@ -96,7 +96,7 @@ impl SamplerConfig {
 /// let ctx = Ctx::new(Simd::detect(), &threads, &scratch);
 /// let logits = Act::from_vec(1, 4, vec![0.1, 2.0, -1.0, 1.9]).unwrap();
 /// let y = s.apply(&logits, &mut s.new_state(Capacity::new(1, 1)), &ctx).unwrap();
-/// assert_eq!(y.as_slice(), &[1.0]);
+/// assert_eq!(y.token(0), 1);
 /// ```
 #[derive(Debug, Clone)]
 pub struct Sampler {
@@ -257,7 +257,7 @@ impl Layer for Sampler {
         for r in 0..x.rows() {
             let t = self.sample(x.row(r), st, ctx);
             st.observe(t);
-            y.row_mut(r)[0] = t as f32;
+            y.set_token(r, t);
         }
         Ok(())
     }

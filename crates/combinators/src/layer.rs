@@ -55,7 +55,7 @@ pub enum LayerError {
         /// The layer's name.
         layer: &'static str,
         /// The offending id.
-        id: f32,
+        id: u32,
         /// Vocabulary size.
         vocab: usize,
     },

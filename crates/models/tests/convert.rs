@@ -33,7 +33,7 @@ fn logits<N: Layer>(model: &Model<N>, tokens: &[u32]) -> Vec<Vec<f32>> {
     let scratch = patchbay_combinators::Scratch::new();
     let ctx = Ctx::new(Simd::detect(), &threads, &scratch);
     let mut st = model.net.new_state(Capacity::new(tokens.len(), 512));
-    let x = Act::from_vec(tokens.len(), 1, tokens.iter().map(|&t| t as f32).collect()).unwrap();
+    let x = Act::from_tokens(tokens);
     let y = model.net.apply(&x, &mut st, &ctx).unwrap();
     (0..tokens.len()).map(|i| y.row(i).to_vec()).collect()
 }

@@ -69,7 +69,7 @@ impl CausalLmVisitor for RunCases {
             let toks = &case.tokens;
             let cap = Capacity::new(toks.len().max(1), 512);
             let mut st = model.net.new_state(cap);
-            let x = Act::from_vec(toks.len(), 1, toks.iter().map(|&t| t as f32).collect()).unwrap();
+            let x = Act::from_tokens(toks);
             let rows: Vec<Vec<f32>> = match self.feed {
                 Feed::Batch => {
                     let logits = model.net.apply(&x, &mut st, &ctx).unwrap();
@@ -79,7 +79,7 @@ impl CausalLmVisitor for RunCases {
                     let mut y = Act::default();
                     (0..toks.len())
                         .map(|i| {
-                            let xi = Act::from_vec(1, 1, vec![toks[i] as f32]).unwrap();
+                            let xi = Act::from_tokens(&[toks[i]]);
                             model.net.forward(&xi, &mut y, &mut st, &ctx.at(i)).unwrap();
                             y.as_slice().to_vec()
                         })
@@ -94,7 +94,7 @@ impl CausalLmVisitor for RunCases {
             let mut greedy = Vec::new();
             decoder
                 .run(&x, &mut dst, &ctx, n, |_, row| {
-                    greedy.push(row[0] as u32);
+                    greedy.push(row[0].to_bits()); // a token lane (Act::token)
                     Step::Continue
                 })
                 .unwrap();

@@ -64,7 +64,7 @@ fn decoding_steps_do_not_allocate() {
             let scratch = patchbay_combinators::Scratch::new();
             let ctx = Ctx::new(Simd::detect(), &threads, &scratch);
             let mut st = decoder.new_state(Capacity::new(8, 128));
-            let prompt = Act::from_vec(5, 1, vec![504.0, 3575.0, 282.0, 4649.0, 314.0]).unwrap();
+            let prompt = Act::from_tokens(&[504, 3575, 282, 4649, 314]);
             let mut counts = Vec::with_capacity(64);
             decoder
                 .run(&prompt, &mut st, &ctx, 40, |step, _| {

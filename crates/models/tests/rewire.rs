@@ -26,7 +26,7 @@ fn logits<N: Layer>(net: &N, tokens: &[u32]) -> Vec<f32> {
     let (threads, scratch) = (Threads::new(2), Scratch::new());
     let ctx = Ctx::new(Simd::detect(), &threads, &scratch);
     let mut st = net.new_state(Capacity::new(tokens.len(), 64));
-    let x = Act::from_vec(tokens.len(), 1, tokens.iter().map(|&t| t as f32).collect()).unwrap();
+    let x = Act::from_tokens(tokens);
     net.apply(&x, &mut st, &ctx).unwrap().into_vec()
 }
 
@@ -108,7 +108,7 @@ fn parallel_layers_sum_their_residual_updates() {
     let ctx = Ctx::new(Simd::detect(), &threads, &scratch);
     let cap = Capacity::new(4, 64);
     let stack = &net.first.first.second;
-    let x = Act::from_vec(4, 1, tokens.iter().map(|&t| t as f32).collect()).unwrap();
+    let x = Act::from_tokens(&tokens);
     let e = net.first.first.first.apply(&x, &mut (), &ctx).unwrap();
     let run = |i: usize, a: &Act| {
         let l = &stack.layers[i];

@@ -172,8 +172,7 @@ fn logits(path: &Path) -> Result<Vec<f32>, ModelError> {
     let scratch = patchbay_combinators::Scratch::new();
     let ctx = Ctx::new(Simd::detect(), &threads, &scratch);
     let mut st = model.net.new_state(Capacity::new(PROMPT.len(), CTX));
-    let ids = PROMPT.iter().map(|&t| t as f32).collect();
-    let x = Act::from_vec(PROMPT.len(), 1, ids).unwrap();
+    let x = Act::from_tokens(&PROMPT);
     Ok(model.net.apply(&x, &mut st, &ctx)?.into_vec())
 }
 

@@ -201,8 +201,7 @@ fn logits_of(source: &ModelSource, ids: &[u32]) -> Vec<f32> {
             let (threads, scratch) = (Threads::single(), Scratch::new());
             let ctx = Ctx::new(Simd::detect(), &threads, &scratch);
             let mut st = model.net.new_state(Capacity::new(self.0.len(), 64));
-            let x =
-                Act::from_vec(self.0.len(), 1, self.0.iter().map(|&t| t as f32).collect()).unwrap();
+            let x = Act::from_tokens(self.0);
             model.net.apply(&x, &mut st, &ctx).unwrap().into_vec()
         }
     }

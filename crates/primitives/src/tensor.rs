@@ -4,6 +4,11 @@
 //! which each row is one token. Its storage is allocated once with the largest
 //! shape it will hold; [`Act::reshape`] then changes the logical shape without
 //! touching the allocator, which is how the decode hot path stays allocation-free.
+//!
+//! Token ids travel as integers: a token activation has one lane per row that
+//! holds the id's 32 bits ([`Act::from_tokens`], [`Act::token`]), never an id
+//! converted to a float, so every `u32` id arrives exactly and no kernel does
+//! arithmetic on it.
 
 use crate::error::ShapeError;
 
@@ -56,6 +61,48 @@ impl Act {
             });
         }
         Ok(Act { data, rows, cols })
+    }
+
+    /// A `n x 1` activation of token ids, one row per token, each lane holding
+    /// the id's bits (see [`Act::token`]).
+    ///
+    /// ```
+    /// use patchbay_primitives::Act;
+    /// let ids = Act::from_tokens(&[7, 0, u32::MAX]);
+    /// assert_eq!((ids.rows(), ids.cols()), (3, 1));
+    /// assert_eq!(ids.tokens().collect::<Vec<_>>(), [7, 0, u32::MAX]);
+    /// ```
+    pub fn from_tokens(tokens: &[u32]) -> Act {
+        let mut act = Act::with_capacity(tokens.len(), 1);
+        act.load_tokens(tokens);
+        act
+    }
+
+    /// Makes `self` the `n x 1` token activation of `tokens`, reusing the
+    /// allocation.
+    pub fn load_tokens(&mut self, tokens: &[u32]) {
+        self.data.clear();
+        self.data.extend(tokens.iter().map(|&t| f32::from_bits(t)));
+        self.rows = tokens.len();
+        self.cols = 1;
+    }
+
+    /// Writes token `id` into row `r`'s first lane (a token activation is
+    /// `rows x 1`).
+    #[inline]
+    pub fn set_token(&mut self, r: usize, id: u32) {
+        self.row_mut(r)[0] = f32::from_bits(id);
+    }
+
+    /// The token id held by row `r` of a token activation.
+    #[inline]
+    pub fn token(&self, r: usize) -> u32 {
+        self.row(r)[0].to_bits()
+    }
+
+    /// The token ids of a token activation, one per row.
+    pub fn tokens(&self) -> impl Iterator<Item = u32> + '_ {
+        (0..self.rows).map(|r| self.token(r))
     }
 
     /// Sets the logical shape; contents are unspecified afterwards (new elements are 0).

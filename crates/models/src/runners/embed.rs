@@ -222,7 +222,7 @@ impl Embedder {
             .iter_mut()
             .zip(seqs.iter().flatten())
         {
-            *x = id as f32;
+            *x = f32::from_bits(id); // a token lane: the id's bits (Act::from_tokens)
         }
         let ctx = Ctx::new(self.simd, &self.threads, &self.scratch).with_map(&self.map);
         self.model

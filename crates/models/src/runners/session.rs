@@ -253,10 +253,7 @@ impl<N: Layer> Session<N> {
     }
 
     fn load_ids(&mut self, tokens: &[u32]) {
-        self.ids.reshape(tokens.len(), 1);
-        for (d, &t) in self.ids.as_mut_slice().iter_mut().zip(tokens) {
-            *d = t as f32;
-        }
+        self.ids.load_tokens(tokens);
     }
 
     /// Runs `tokens` through the network at the current position and returns
@@ -368,7 +365,7 @@ impl<N: Layer> Session<N> {
         let res = self
             .decoder
             .run(&ids, &mut self.state, &ctx, steps, |_, row| {
-                let t = row[0] as u32;
+                let t = row[0].to_bits();
                 last = Some(t);
                 sampled += 1;
                 if t_first.is_none() {
@@ -443,7 +440,7 @@ impl<N: Layer> Session<N> {
             self.ids.reshape(chunk.len(), 1);
             for (j, &(s, p)) in chunk.iter().enumerate() {
                 map.push(s, p);
-                self.ids.row_mut(j)[0] = seqs[s][p] as f32;
+                self.ids.set_token(j, seqs[s][p]);
             }
             let ctx = Ctx::new(self.simd, &self.threads, &self.scratch).with_map(&map);
             net.forward(&self.ids, &mut out, &mut state, &ctx)?;
@@ -541,7 +538,7 @@ impl<N: Layer> Session<N> {
             self.ids.reshape(chunk.len(), 1);
             for (j, &(s, p)) in chunk.iter().enumerate() {
                 map.push(s, p);
-                self.ids.row_mut(j)[0] = prompts[s][p] as f32;
+                self.ids.set_token(j, prompts[s][p]);
             }
             let ctx = ctx0.with_map(&map).with_rows(Rows::Last);
             net.forward(&self.ids, &mut out, &mut state, &ctx)?;
@@ -583,7 +580,7 @@ impl<N: Layer> Session<N> {
             self.ids.reshape(active.len(), 1);
             for (j, &(s, t)) in active.iter().enumerate() {
                 map.push(s, lens[s]);
-                self.ids.row_mut(j)[0] = t as f32;
+                self.ids.set_token(j, t);
             }
             let ctx = ctx0.with_map(&map).with_rows(Rows::Last);
             net.forward(&self.ids, &mut out, &mut state, &ctx)?;
