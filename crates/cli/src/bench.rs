@@ -13,31 +13,39 @@ use patchbay_combinators::{Capacity, Ctx, Layer, Rows, Scratch};
 use patchbay_models::catalog;
 use patchbay_models::families::{self, BuildOptions, CausalLmVisitor, Kind, Model};
 use patchbay_models::runners::embed::{Embedder, EmbedderOptions};
+use patchbay_models::ModelSource;
 use patchbay_primitives::quant::DotMode;
-use patchbay_primitives::{Act, Simd, Threads};
+use patchbay_primitives::{kernels, Act, Simd, Threads};
 
 /// Arguments of `patchbay bench`.
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
-    /// Model short name or path.
-    #[arg(short, long, default_value = catalog::DEFAULT_MODEL)]
-    pub model: String,
+    /// Model short names or paths, comma-separated (each is benchmarked in turn).
+    #[arg(short, long, value_delimiter = ',', default_value = catalog::DEFAULT_MODEL)]
+    pub model: Vec<String>,
     /// Prompt tokens per prompt-processing run (0 to skip).
     #[arg(short = 'p', long, default_value_t = 128, value_parser = crate::common::count, allow_negative_numbers = true)]
     pub n_prompt: usize,
     /// Tokens per generation run (0 to skip).
     #[arg(short = 'n', long, default_value_t = 64, value_parser = crate::common::count, allow_negative_numbers = true)]
     pub n_gen: usize,
-    /// Repetitions (the figure is their mean).
-    #[arg(short = 'r', long, default_value_t = 3, value_parser = crate::common::positive, allow_negative_numbers = true)]
+    /// Repetitions: each is one sample; the table shows their mean ± stddev.
+    #[arg(short = 'r', long, default_value_t = 5, value_parser = crate::common::positive, allow_negative_numbers = true)]
     pub repetitions: usize,
-    /// Worker threads (0 = one per core).
-    #[arg(short = 't', long, default_value_t = 0, value_parser = crate::common::count, allow_negative_numbers = true)]
-    pub threads: usize,
+    /// Worker thread counts, comma-separated (0 = one per core).
+    #[arg(short = 't', long, value_delimiter = ',', default_value = "0", value_parser = crate::common::count, allow_negative_numbers = true)]
+    pub threads: Vec<usize>,
     /// Int8 activations for quantised weights (as `generate --fast`); the
     /// default is the exact f32 path that `generate` uses by default.
     #[arg(long)]
     pub fast: bool,
+    /// Print every sample as JSON (one array of records) instead of the table.
+    #[arg(long)]
+    pub json: bool,
+    /// Skip the read-bandwidth probe that tg's bandwidth share is measured
+    /// against.
+    #[arg(long)]
+    pub no_probe: bool,
     /// Encoders: how many non-blank lines of the WikiText-2 test file to embed.
     #[arg(long, default_value_t = 512, value_parser = crate::common::positive, allow_negative_numbers = true)]
     pub texts: usize,
@@ -50,40 +58,207 @@ pub struct BenchArgs {
 /// model file claims.
 const MAX_BENCH_TOKENS: usize = 1 << 20;
 
+/// Bytes the read-bandwidth probe streams per pass: far larger than any
+/// last-level cache here, so it measures memory, not cache.
+const PROBE_BYTES: usize = 512 << 20;
+
+/// One benchmark result: every sample and where it came from.
+#[derive(Debug, Clone, serde::Serialize)]
+struct Record {
+    model: String,
+    file_bytes: u64,
+    threads: usize,
+    simd: String,
+    mode: &'static str,
+    test: String,
+    /// Throughput per repetition (tokens/s, or sentences/s for `embed`).
+    samples: Vec<f64>,
+    unit: &'static str,
+    mean: f64,
+    stddev: f64,
+    /// tg only: the file size times tokens/s, in GB/s (the file is read once
+    /// per token).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    bandwidth_gbs: Option<f64>,
+    /// tg only: the probe's read bandwidth at this thread count, in GB/s.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    probe_gbs: Option<f64>,
+    /// Encoders only: texts and tokens embedded per sample.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    texts: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tokens: Option<usize>,
+}
+
+impl Record {
+    fn new(
+        model: &str,
+        file_bytes: u64,
+        threads: usize,
+        mode: &'static str,
+        test: String,
+        samples: Vec<f64>,
+        unit: &'static str,
+    ) -> Record {
+        let (mean, stddev) = mean_stddev(&samples);
+        Record {
+            model: model.to_owned(),
+            file_bytes,
+            threads,
+            simd: Simd::detect().level().to_string(),
+            mode,
+            test,
+            samples,
+            unit,
+            mean,
+            stddev,
+            bandwidth_gbs: None,
+            probe_gbs: None,
+            texts: None,
+            tokens: None,
+        }
+    }
+
+    /// The markdown table row.
+    fn row(&self) -> String {
+        let share = match (self.bandwidth_gbs, self.probe_gbs) {
+            (Some(bw), Some(probe)) => format!("{bw:.2} | {:.0}%", 100.0 * bw / probe),
+            (Some(bw), None) => format!("{bw:.2} | "),
+            _ => " | ".to_owned(),
+        };
+        format!(
+            "| {} | {} | {} | {} | {} | {:.2} ± {:.2} {} | {share} |",
+            self.model,
+            self.threads,
+            self.simd,
+            self.mode,
+            self.test,
+            self.mean,
+            self.stddev,
+            self.unit
+        )
+    }
+}
+
+/// Mean and sample standard deviation (0 for one sample).
+fn mean_stddev(xs: &[f64]) -> (f64, f64) {
+    let n = xs.len().max(1) as f64;
+    let mean = xs.iter().sum::<f64>() / n;
+    if xs.len() < 2 {
+        return (mean, 0.0);
+    }
+    let var = xs.iter().map(|x| (x - mean) * (x - mean)).sum::<f64>() / (n - 1.0);
+    (mean, var.sqrt())
+}
+
 /// Runs `patchbay bench`.
 pub fn run(args: &BenchArgs) -> Result<()> {
-    let path = catalog::resolve_model(&args.model).map_err(anyhow::Error::msg)?;
-    let source = patchbay_models::families::open(&path)?;
-    if families::family_of(&source)?.kind() == Kind::Encoder {
-        return bench_encoder(args, &path);
+    // Resolve and open every model first, so a bad name fails before any timing.
+    let mut models = Vec::with_capacity(args.model.len());
+    for m in &args.model {
+        let path = catalog::resolve_model(m).map_err(anyhow::Error::msg)?;
+        let source = patchbay_models::families::open(&path)?;
+        let kind = families::family_of(&source)?.kind();
+        models.push((path, source, kind));
     }
-    // -p and -n share one KV cache: together they must fit the model's
-    // context (and a sane bound, should a file claim a huge one).
-    let limit = source.hparams().n_ctx.clamp(1, MAX_BENCH_TOKENS);
-    let ctx_len = args.n_prompt.saturating_add(args.n_gen);
-    if ctx_len > limit {
-        anyhow::bail!(
-            "-p {} + -n {} = {ctx_len} tokens do not fit the model's context: \
-             -p and -n must add up to at most {limit}",
-            args.n_prompt,
-            args.n_gen
-        );
+    for &t in &args.threads {
+        crate::common::warn_if_capped(t);
     }
-    let ctx_len = ctx_len.max(1);
-    crate::common::warn_if_capped(args.threads);
-    let opts = BuildOptions {
-        dot_mode: if args.fast {
-            DotMode::Q8
-        } else {
-            DotMode::Exact
-        },
-        max_context: ctx_len,
-        plan: None,
+    let mut records = Vec::new();
+    let mut probes: Vec<(usize, f64)> = Vec::new();
+    if !args.json {
+        outln!("| model | threads | simd | mode | test | throughput | GB/s | of probe |\n|---|---|---|---|---|---|---|---|");
+    }
+    for (path, source, kind) in &models {
+        let name = path
+            .file_name()
+            .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+        let file_bytes = model_bytes(path);
+        for &threads in &args.threads {
+            let threads = Threads::new(threads);
+            let mut new = if *kind == Kind::Encoder {
+                vec![bench_encoder(args, path, &threads, &name, file_bytes)?]
+            } else {
+                bench_causal(args, source, &threads, &name, file_bytes)?
+            };
+            for r in &mut new {
+                if r.bandwidth_gbs.is_some() && !args.no_probe {
+                    let n = threads.count();
+                    let probe = match probes.iter().find(|p| p.0 == n) {
+                        Some(&(_, gbs)) => gbs,
+                        None => {
+                            let gbs = read_bandwidth(&threads) / 1e9;
+                            probes.push((n, gbs));
+                            gbs
+                        }
+                    };
+                    r.probe_gbs = Some(probe);
+                }
+                if !args.json {
+                    outln!("{}", r.row());
+                }
+            }
+            records.extend(new);
+        }
+    }
+    if args.json {
+        outln!("{}", serde_json::to_string_pretty(&records)?);
+    } else {
+        for (n, gbs) in &probes {
+            outln!(
+                "read-bandwidth probe: {gbs:.2} GB/s at {n} thread(s) ({} MiB streamed, best of 3)",
+                PROBE_BYTES >> 20
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The bytes of a model's weight files: a file's size, or the sum of the
+/// weight files in a directory.
+fn model_bytes(path: &Path) -> u64 {
+    let weight_file = |p: &Path| {
+        matches!(
+            p.extension().and_then(|e| e.to_str()),
+            Some("safetensors" | "gguf" | "bin")
+        )
     };
-    let name = path
-        .file_name()
-        .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
-    families::with_causal_lm(&source, &opts, Bench { args, name })?
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_file() => m.len(),
+        Ok(m) if m.is_dir() => std::fs::read_dir(path)
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .filter(|e| weight_file(&e.path()))
+                    .filter_map(|e| e.metadata().ok())
+                    .map(|m| m.len())
+                    .sum()
+            })
+            .unwrap_or(0),
+        _ => 0,
+    }
+}
+
+/// Read bandwidth in bytes/s: the best of three passes summing a buffer far
+/// larger than the caches, split over `threads`.
+fn read_bandwidth(threads: &Threads) -> f64 {
+    let simd = Simd::detect();
+    let data = vec![1.0f32; PROBE_BYTES / 4];
+    let parts = threads.count() * 8;
+    let part_len = data.len().div_ceil(parts);
+    let mut sums = vec![0.0f32; parts];
+    let mut best = f64::INFINITY;
+    for _ in 0..3 {
+        let t0 = Instant::now();
+        threads.for_each_chunk(&mut sums, 1, |i, out| {
+            let start = (i * part_len).min(data.len());
+            let end = (start + part_len).min(data.len());
+            out[0] = kernels::sum(simd, &data[start..end]);
+        });
+        best = best.min(t0.elapsed().as_secs_f64());
+        // Keep the sums observable so the passes are not optimised away.
+        std::hint::black_box(&sums);
+    }
+    PROBE_BYTES as f64 / best.max(1e-9)
 }
 
 /// The shared reference data (`corpus/`, `golden/`): `$PATCHBAY_SHARED`,
@@ -98,7 +273,13 @@ fn shared_dir() -> PathBuf {
 
 /// Sentences per second of an encoder over the first `args.texts` non-blank
 /// lines of WikiText-2's test file, embedded in file order.
-fn bench_encoder(args: &BenchArgs, path: &Path) -> Result<()> {
+fn bench_encoder(
+    args: &BenchArgs,
+    path: &Path,
+    threads: &Threads,
+    name: &str,
+    file_bytes: u64,
+) -> Result<Record> {
     let corpus = shared_dir().join("corpus").join("wikitext-2-test.txt");
     let text = std::fs::read_to_string(&corpus).with_context(|| {
         format!(
@@ -111,50 +292,93 @@ fn bench_encoder(args: &BenchArgs, path: &Path) -> Result<()> {
         .filter(|l| !l.trim().is_empty())
         .take(args.texts.max(1))
         .collect();
-    if args.batch == 0 {
-        anyhow::bail!("--batch must be at least 1");
-    }
     let opts = EmbedderOptions {
-        threads: args.threads,
+        threads: threads.count(),
         batch: args.batch,
         ..EmbedderOptions::default()
     };
     let mut embedder = Embedder::open(path, &opts)?;
     let tokens: usize = texts.iter().map(|t| embedder.tokenize(t).len()).sum();
     embedder.embed(&texts[..texts.len().min(4)])?; // warm-up
-    let reps = args.repetitions.max(1);
-    let t0 = Instant::now();
-    for _ in 0..reps {
+    let mut samples = Vec::with_capacity(args.repetitions);
+    for _ in 0..args.repetitions.max(1) {
+        let t0 = Instant::now();
         embedder.embed(&texts)?;
+        samples.push(texts.len() as f64 / t0.elapsed().as_secs_f64().max(1e-9));
     }
-    let secs = t0.elapsed().as_secs_f64().max(1e-9);
-    let name = path
-        .file_name()
-        .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
-    outln!("| model | threads | simd | texts | tokens | batch | sentences/s | tokens/s |\n|---|---|---|---|---|---|---|---|");
-    outln!(
-        "| {name} | {} | {} | {} | {tokens} | {} | {:.2} | {:.1} |",
+    let test = format!("embed {} texts, batch {}", texts.len(), args.batch);
+    let mut r = Record::new(
+        name,
+        file_bytes,
         embedder.threads(),
-        Simd::detect().level(),
-        texts.len(),
-        args.batch,
-        (texts.len() * reps) as f64 / secs,
-        (tokens * reps) as f64 / secs
+        "exact",
+        test,
+        samples,
+        "sentences/s",
     );
-    Ok(())
+    r.texts = Some(texts.len());
+    r.tokens = Some(tokens);
+    Ok(r)
+}
+
+/// pp and tg of a causal model at one thread count.
+fn bench_causal(
+    args: &BenchArgs,
+    source: &ModelSource,
+    threads: &Threads,
+    name: &str,
+    file_bytes: u64,
+) -> Result<Vec<Record>> {
+    // -p and -n share one KV cache: together they must fit the model's
+    // context (and a sane bound, should a file claim a huge one).
+    let limit = source.hparams().n_ctx.clamp(1, MAX_BENCH_TOKENS);
+    let ctx_len = args.n_prompt.saturating_add(args.n_gen);
+    if ctx_len > limit {
+        anyhow::bail!(
+            "-p {} + -n {} = {ctx_len} tokens do not fit the model's context: \
+             -p and -n must add up to at most {limit}",
+            args.n_prompt,
+            args.n_gen
+        );
+    }
+    let opts = BuildOptions {
+        dot_mode: if args.fast {
+            DotMode::Q8
+        } else {
+            DotMode::Exact
+        },
+        max_context: ctx_len.max(1),
+        plan: None,
+    };
+    families::with_causal_lm(
+        source,
+        &opts,
+        Bench {
+            args,
+            name,
+            threads,
+            file_bytes,
+        },
+    )?
 }
 
 struct Bench<'a> {
     args: &'a BenchArgs,
-    name: String,
+    name: &'a str,
+    threads: &'a Threads,
+    file_bytes: u64,
 }
 
 impl CausalLmVisitor for Bench<'_> {
-    type Output = Result<()>;
-    fn visit<N: Layer>(self, model: Model<N>) -> Result<()> {
-        let (args, name) = (self.args, self.name);
+    type Output = Result<Vec<Record>>;
+    fn visit<N: Layer>(self, model: Model<N>) -> Result<Vec<Record>> {
+        let Bench {
+            args,
+            name,
+            threads,
+            file_bytes,
+        } = self;
         let ctx_len = (args.n_prompt + args.n_gen).max(1);
-        let threads = Threads::new(args.threads);
         let scratch = Scratch::new();
         let simd = Simd::detect();
         let vocab = model.info.vocab;
@@ -162,54 +386,58 @@ impl CausalLmVisitor for Bench<'_> {
         let mut st = model.net.new_state(cap);
         let mut out = Act::default();
         // Deterministic pseudo-random ids, as llama-bench uses random tokens.
-        let ids: Vec<f32> = (0..ctx_len)
-            .map(|i| ((i as u64 * 2_654_435_761 + 12345) % vocab as u64) as f32)
+        let ids: Vec<u32> = (0..ctx_len)
+            .map(|i| ((i as u64 * 2_654_435_761 + 12345) % vocab as u64) as u32)
             .collect();
         let reps = args.repetitions.max(1);
-        outln!("| model | threads | simd | mode | test | t/s |\n|---|---|---|---|---|---|");
         let mode = if args.fast { "q8" } else { "exact" };
-        let row = |test: String, tps: f64| -> Result<()> {
-            outln!(
-                "| {name} | {} | {} | {mode} | {test} | {tps:.2} |",
+        let mut records = Vec::new();
+        let record = |test: String, samples: Vec<f64>| {
+            Record::new(
+                name,
+                file_bytes,
                 threads.count(),
-                simd.level()
-            );
-            Ok(())
+                mode,
+                test,
+                samples,
+                "t/s",
+            )
         };
         if args.n_prompt > 0 {
-            let x = Act::from_vec(args.n_prompt, 1, ids[..args.n_prompt].to_vec())?;
-            let ctx = Ctx::new(simd, &threads, &scratch).with_rows(Rows::Last);
+            let x = Act::from_tokens(&ids[..args.n_prompt]);
+            let ctx = Ctx::new(simd, threads, &scratch).with_rows(Rows::Last);
             model.net.forward(&x, &mut out, &mut st, &ctx)?; // warm-up
-            let t0 = Instant::now();
-            for _ in 0..reps {
-                model.net.reset(&mut st);
-                model.net.forward(&x, &mut out, &mut st, &ctx)?;
-            }
-            row(
-                format!("pp{}", args.n_prompt),
-                (args.n_prompt * reps) as f64 / t0.elapsed().as_secs_f64(),
-            )?;
-        }
-        if args.n_gen > 0 {
-            let mut x = Act::zeros(1, 1);
-            let mut total = 0.0;
+            let mut samples = Vec::with_capacity(reps);
             for _ in 0..reps {
                 model.net.reset(&mut st);
                 let t0 = Instant::now();
+                model.net.forward(&x, &mut out, &mut st, &ctx)?;
+                samples.push(args.n_prompt as f64 / t0.elapsed().as_secs_f64().max(1e-9));
+            }
+            records.push(record(format!("pp{}", args.n_prompt), samples));
+        }
+        if args.n_gen > 0 {
+            let mut x = Act::from_tokens(&[0]);
+            let mut samples = Vec::with_capacity(reps);
+            // One untimed pass first, as for pp: page in the weights.
+            for rep in 0..=reps {
+                model.net.reset(&mut st);
+                let t0 = Instant::now();
                 for (pos, &id) in ids.iter().enumerate().take(args.n_gen) {
-                    x.as_mut_slice()[0] = id;
-                    let ctx = Ctx::new(simd, &threads, &scratch)
+                    x.set_token(0, id);
+                    let ctx = Ctx::new(simd, threads, &scratch)
                         .at(pos)
                         .with_rows(Rows::Last);
                     model.net.forward(&x, &mut out, &mut st, &ctx)?;
                 }
-                total += t0.elapsed().as_secs_f64();
+                if rep > 0 {
+                    samples.push(args.n_gen as f64 / t0.elapsed().as_secs_f64().max(1e-9));
+                }
             }
-            row(
-                format!("tg{}", args.n_gen),
-                (args.n_gen * reps) as f64 / total,
-            )?;
+            let mut r = record(format!("tg{}", args.n_gen), samples);
+            r.bandwidth_gbs = Some(file_bytes as f64 * r.mean / 1e9);
+            records.push(r);
         }
-        Ok(())
+        Ok(records)
     }
 }

@@ -1,0 +1,164 @@
+//! `patchbay bench` like `llama-bench`: comma-separated model and thread
+//! lists, every sample in `--json`, mean ± stddev, and tg's bandwidth share of
+//! the read-bandwidth probe.
+
+use std::process::{Command, Output, Stdio};
+
+fn patchbay(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_patchbay"))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run patchbay")
+}
+
+fn ok(o: &Output, what: &str) -> String {
+    let (out, err) = (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr),
+    );
+    assert!(o.status.success(), "{what} failed:\n{out}\n{err}");
+    out
+}
+
+fn require(name: &str) -> std::path::PathBuf {
+    patchbay_models::catalog::resolve_model(name).unwrap_or_else(|e| panic!("{e}"))
+}
+
+#[test]
+fn json_holds_every_sample_for_each_thread_count() {
+    let path = require("stories260k");
+    let out = ok(
+        &patchbay(&[
+            "bench",
+            "-m",
+            "stories260k",
+            "-t",
+            "1,2",
+            "-p",
+            "8",
+            "-n",
+            "4",
+            "-r",
+            "3",
+            "--json",
+            "--no-probe",
+        ]),
+        "bench --json",
+    );
+    let recs: Vec<serde_json::Value> = serde_json::from_str(&out).expect("one JSON array");
+    let file_bytes = std::fs::metadata(&path).unwrap().len();
+    let tests: Vec<(u64, &str)> = recs
+        .iter()
+        .map(|r| (r["threads"].as_u64().unwrap(), r["test"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        tests,
+        [(1, "pp8"), (1, "tg4"), (2, "pp8"), (2, "tg4")],
+        "{out}"
+    );
+    for r in &recs {
+        let samples: Vec<f64> = r["samples"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap())
+            .collect();
+        assert_eq!(samples.len(), 3, "{r}");
+        assert!(samples.iter().all(|&s| s.is_finite() && s > 0.0), "{r}");
+        let mean = samples.iter().sum::<f64>() / 3.0;
+        let sd = (samples.iter().map(|s| (s - mean) * (s - mean)).sum::<f64>() / 2.0).sqrt();
+        assert!(
+            (r["mean"].as_f64().unwrap() - mean).abs() <= 1e-9 * mean,
+            "{r}"
+        );
+        assert!(
+            (r["stddev"].as_f64().unwrap() - sd).abs() <= 1e-9 * mean.max(1.0),
+            "{r}"
+        );
+        assert_eq!(r["file_bytes"].as_u64().unwrap(), file_bytes, "{r}");
+        let tg = r["test"] == "tg4";
+        assert_eq!(r.get("bandwidth_gbs").is_some(), tg, "{r}");
+        if tg {
+            let bw = r["bandwidth_gbs"].as_f64().unwrap();
+            assert!(
+                (bw - file_bytes as f64 * mean / 1e9).abs() <= 1e-9 * bw,
+                "{r}"
+            );
+            assert!(r.get("probe_gbs").is_none(), "--no-probe: {r}");
+        }
+    }
+}
+
+#[test]
+fn table_shows_mean_stddev_and_the_bandwidth_share() {
+    require("stories260k");
+    let out = ok(
+        &patchbay(&[
+            "bench",
+            "-m",
+            "stories260k,stories260k",
+            "-t",
+            "1",
+            "-p",
+            "4",
+            "-n",
+            "4",
+            "-r",
+            "2",
+        ]),
+        "bench",
+    );
+    let rows: Vec<&str> = out.lines().filter(|l| l.contains("stories260K")).collect();
+    assert_eq!(rows.len(), 4, "two models x (pp, tg): {out}");
+    for row in rows {
+        let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+        // | model | threads | simd | mode | test | throughput | GB/s | of probe |
+        let (mean, sd) = cells[6]
+            .trim_end_matches(" t/s")
+            .split_once(" ± ")
+            .unwrap_or_else(|| panic!("mean ± sd in {row}"));
+        assert!(
+            mean.parse::<f64>().unwrap() > 0.0 && sd.parse::<f64>().unwrap() >= 0.0,
+            "{row}"
+        );
+        if cells[5] == "tg4" {
+            let bw: f64 = cells[7].parse().unwrap();
+            let share: f64 = cells[8].trim_end_matches('%').parse().unwrap();
+            assert!(bw > 0.0 && share > 0.0, "{row}");
+        } else {
+            assert!(cells[7].is_empty() && cells[8].is_empty(), "{row}");
+        }
+    }
+    let probe = out
+        .lines()
+        .find(|l| l.starts_with("read-bandwidth probe: "))
+        .unwrap_or_else(|| panic!("no probe line: {out}"));
+    let gbs: f64 = probe["read-bandwidth probe: ".len()..]
+        .split(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(gbs > 0.1, "{probe}");
+}
+
+#[test]
+fn bad_lists_are_usage_errors() {
+    for (args, says) in [
+        (&["bench", "-t", "1,x"][..], "--threads"),
+        (&["bench", "-t", "1,-2"][..], "--threads"),
+        (
+            &["bench", "-m", "stories260k,nosuchmodel", "-r", "1"][..],
+            "nosuchmodel",
+        ),
+    ] {
+        let o = patchbay(args);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && err.contains(says), "{args:?}: {err}");
+        assert!(
+            o.stdout.is_empty(),
+            "{args:?}: nothing timed before the error"
+        );
+    }
+}
