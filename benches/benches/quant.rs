@@ -1,5 +1,6 @@
-//! Decode matrix-vector products on GGML block formats: weight bytes streamed
-//! per second (criterion prints GB/s from `Throughput::Bytes`).
+//! Decode matrix-vector products on every weight format (GGML blocks and
+//! f32/f16/bf16), at every SIMD level this CPU has, in both dot modes: weight
+//! bytes streamed per second (criterion prints GB/s from `Throughput::Bytes`).
 //!
 //! Quick run: `cargo bench -p patchbay-benches --bench quant -- --warm-up-time 1 --measurement-time 2`
 
@@ -9,10 +10,26 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use patchbay_primitives::quant::{matmul_q, matvec_q, DotMode, QuantizedActs};
 use patchbay_primitives::{DType, MatRef, Simd, Threads};
 
-/// Random blocks with finite, small f16 scales at the format's scale offsets.
+/// Random blocks with finite, small f16 scales at the format's scale offsets;
+/// small finite values for the float formats.
 fn weights(dtype: DType, rows: usize, cols: usize) -> Vec<u8> {
     let n = dtype.bytes_for(rows * cols).expect("whole blocks");
     let mut state = 0x1234_5678_9abc_def0u64;
+    let values = (0..rows * cols).map(|i| ((i as f32) * 0.37).sin() * 0.05);
+    match dtype {
+        DType::F32 => return values.flat_map(f32::to_le_bytes).collect(),
+        DType::F16 => {
+            return values
+                .flat_map(|v| half::f16::from_f32(v).to_le_bytes())
+                .collect()
+        }
+        DType::BF16 => {
+            return values
+                .flat_map(|v| half::bf16::from_f32(v).to_le_bytes())
+                .collect()
+        }
+        _ => {}
+    }
     let mut w: Vec<u8> = (0..n)
         .map(|_| {
             state ^= state << 13;
@@ -36,36 +53,63 @@ fn weights(dtype: DType, rows: usize, cols: usize) -> Vec<u8> {
 }
 
 fn bench_matvec(c: &mut Criterion) {
-    let s = Simd::detect();
-    eprintln!(
-        "simd level {:?}, int8 kernel {}",
-        s.level(),
-        patchbay_primitives::quant::int_kernel_name(s)
-    );
-    let cases = [
-        (DType::Q4_1, 576, 1536),
-        (DType::Q8_0, 576, 1536),
-        (DType::Q4_K, 896, 4864),
-        (DType::Q6_K, 896, 4864),
-        (DType::Q5_0, 896, 4864),
+    let formats = [
+        DType::F32,
+        DType::F16,
+        DType::BF16,
+        DType::Q4_0,
+        DType::Q4_1,
+        DType::Q5_0,
+        DType::Q5_1,
+        DType::Q8_0,
+        DType::Q4_K,
+        DType::Q5_K,
+        DType::Q6_K,
     ];
+    // SmolLM2's and Qwen2.5's FFN shapes: 256-element blocks fit both.
+    let shapes = [(576, 1536), (896, 4864)];
     let mut g = c.benchmark_group("matvec_q");
-    for (dtype, rows, cols) in cases {
-        let w = weights(dtype, rows, cols);
-        let x: Vec<f32> = (0..cols).map(|i| (i as f32 * 0.1).sin()).collect();
-        let mut y = vec![0.0f32; rows];
-        let mut scratch = QuantizedActs::with_capacity(cols);
-        g.throughput(Throughput::Bytes(w.len() as u64));
-        for threads in [1, 2] {
-            let t = Threads::new(threads);
-            for mode in [DotMode::Q8, DotMode::Exact] {
-                let id = format!("{dtype}_{rows}x{cols}/{mode:?}/t{threads}");
-                g.bench_function(BenchmarkId::from_parameter(id), |b| {
-                    b.iter(|| {
-                        matvec_q(s, &t, dtype, &w, rows, cols, &x, &mut y, mode, &mut scratch)
-                            .unwrap()
-                    })
-                });
+    for s in Simd::available() {
+        eprintln!(
+            "simd level {}, int8 kernel {}",
+            s.level(),
+            patchbay_primitives::quant::int_kernel_name(s)
+        );
+        for dtype in formats {
+            for (rows, cols) in shapes {
+                let w = weights(dtype, rows, cols);
+                let x: Vec<f32> = (0..cols).map(|i| (i as f32 * 0.1).sin()).collect();
+                let mut y = vec![0.0f32; rows];
+                let mut scratch = QuantizedActs::with_capacity(cols);
+                g.throughput(Throughput::Bytes(w.len() as u64));
+                for threads in [1, 2] {
+                    let t = Threads::new(threads);
+                    let modes: &[DotMode] = if dtype.is_quantized() {
+                        &[DotMode::Exact, DotMode::Q8]
+                    } else {
+                        &[DotMode::Exact]
+                    };
+                    for &mode in modes {
+                        let id = format!("{}/{dtype}_{rows}x{cols}/{mode:?}/t{threads}", s.level());
+                        g.bench_function(BenchmarkId::from_parameter(id), |b| {
+                            b.iter(|| {
+                                matvec_q(
+                                    s,
+                                    &t,
+                                    dtype,
+                                    &w,
+                                    rows,
+                                    cols,
+                                    &x,
+                                    &mut y,
+                                    mode,
+                                    &mut scratch,
+                                )
+                                .unwrap()
+                            })
+                        });
+                    }
+                }
             }
         }
     }
