@@ -674,9 +674,14 @@ pub(crate) fn with_aligned_rows<R>(x: MatRef<'_>, f: impl FnOnce(MatRef<'_>) -> 
     })
 }
 
+/// Shortest rows of `X` worth copying to 64-byte boundaries: shorter ones
+/// (attention heads, 32 to 128 wide, read in place from strided rows) would
+/// spend more on the copies than the aligned loads save.
+const ALIGN_FROM: usize = 160;
+
 /// [`matmul`] after its checks (`y` holds `m * n`, `m, n >= 1`).
 fn product(s: Simd, threads: &Threads, x: MatRef<'_>, w: MatRef<'_>, y: &mut [f32]) {
-    if x.rows() > 1 && x.as_slice().as_ptr().align_offset(64) != 0 {
+    if x.rows() > 1 && x.cols() >= ALIGN_FROM && x.as_slice().as_ptr().align_offset(64) != 0 {
         return with_aligned_rows(x, |xa| product_aligned(s, threads, xa, w, y));
     }
     product_aligned(s, threads, x, w, y)
