@@ -22,7 +22,7 @@ use std::sync::Arc;
 
 use patchbay_combinators::{check_in, series, Capacity, Ctx, Layer, LayerError, Node, Parallel};
 use patchbay_primitives::rope::{self, RopeLayout, RopeTable};
-use patchbay_primitives::{kernels, Act};
+use patchbay_primitives::{kernels, matmul, Act, MatRef, Threads};
 
 use crate::{BlockError, Linear, RmsNorm};
 
@@ -333,9 +333,12 @@ impl Mask for Bidirectional {
     }
 }
 
+/// Most query rows whose scores are computed in one product.
+const RUN_ROWS: usize = 128;
+
 thread_local! {
-    /// Attention scores of one query row, per worker thread (kept between
-    /// calls, so decoding does not allocate).
+    /// Attention scores of a run of query rows, per worker thread (kept
+    /// between calls, so decoding does not allocate).
     static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
@@ -534,39 +537,103 @@ impl<M: Mask> Layer for Attend<M> {
         // Rows are independent once the cache holds the batch: spread them
         // over the threads in runs (a row's result never depends on the split).
         let per_task = m.div_ceil(ctx.threads.count() * 4).max(1);
+        let xw = x.cols();
+        let xs = x.as_slice();
+        let failed = std::sync::Mutex::new(None);
         ctx.threads
             .for_each_chunk(y.as_mut_slice(), per_task * qw, |task, out_rows| {
+                out_rows.fill(0.0);
+                let first = task * per_task;
+                let rows = out_rows.len() / qw;
+                let one = Threads::single();
                 SCORES.with(|cell| {
                     let mut scores = cell.borrow_mut();
-                    if scores.len() < cap {
-                        // Sized for the whole cache, so a growing context
-                        // does not reallocate while decoding.
-                        scores.resize(cap, 0.0);
-                    }
-                    for (i, out_row) in out_rows.chunks_exact_mut(qw).enumerate() {
-                        let r = task * per_task + i;
-                        out_row.fill(0.0);
-                        let (seq, pos) = locate(r);
-                        let span = mask.visible(pos, lens[seq]);
-                        let n = span.len();
-                        for head in 0..h {
-                            let g = head / group;
-                            let q = &x.row(r)[head * hd..(head + 1) * hd];
-                            let s = &mut scores[..n];
-                            let base = (seq * kv + g) * cap + span.start;
-                            // A head's cached keys (and values) sit one after another.
-                            let block = base * hd..(base + n) * hd;
-                            kernels::dot_rows(simd, q, &k_cache[block.clone()], s);
-                            for sc in s.iter_mut() {
-                                *sc *= scale;
-                            }
-                            kernels::softmax(simd, s);
-                            let out = &mut out_row[head * hd..(head + 1) * hd];
-                            kernels::axpy_rows(simd, s, &v_cache[block], out);
+                    // Runs of consecutive rows of one sequence: their scores
+                    // against the keys any of them sees form one product.
+                    let mut i = 0;
+                    while i < rows {
+                        let seq = locate(first + i).0;
+                        let mut e = i + 1;
+                        while e < rows && e - i < RUN_ROWS && locate(first + e).0 == seq {
+                            e += 1;
                         }
+                        let span = |r: usize| mask.visible(locate(first + r).1, lens[seq]);
+                        let (lo, hi) = (i..e).fold((usize::MAX, 0), |(lo, hi), r| {
+                            let sp = span(r);
+                            (lo.min(sp.start), hi.max(sp.end))
+                        });
+                        let (nq, nk) = (e - i, hi.saturating_sub(lo));
+                        if nk == 0 {
+                            i = e;
+                            continue;
+                        }
+                        if scores.len() < nq * nk {
+                            // At least the whole cache, so a growing context
+                            // does not reallocate while decoding.
+                            scores.resize((nq * nk).max(cap), 0.0);
+                        }
+                        for head in 0..h {
+                            let base = (seq * kv + head / group) * cap + lo;
+                            let keys = &k_cache[base * hd..(base + nk) * hd];
+                            let sc = &mut scores[..nq * nk];
+                            // Scores in the order of a matrix product, which
+                            // gives each one the same operations whatever the
+                            // run (one row decoding, or a whole prompt).
+                            let q = MatRef::with_stride(
+                                &xs[(first + i) * xw + head * hd..],
+                                nq,
+                                hd,
+                                xw,
+                            );
+                            let done = q.and_then(|q| {
+                                matmul::matmul(simd, &one, q, MatRef::new(keys, nk, hd)?, sc)
+                            });
+                            if let Err(err) = done {
+                                if let Ok(mut f) = failed.lock() {
+                                    f.get_or_insert(err);
+                                }
+                                return;
+                            }
+                            // Softmax over each row's own span, then the
+                            // weighted sum of values for rows sharing a span
+                            // at once.
+                            let mut r = i;
+                            while r < e {
+                                let sp = span(r);
+                                let mut r2 = r + 1;
+                                while r2 < e && span(r2) == sp {
+                                    r2 += 1;
+                                }
+                                let off = sp.start - lo;
+                                for rr in r..r2 {
+                                    let row = &mut sc[(rr - i) * nk + off..][..sp.len()];
+                                    for v in row.iter_mut() {
+                                        *v *= scale;
+                                    }
+                                    kernels::softmax(simd, row);
+                                }
+                                let vals =
+                                    &v_cache[(base + off) * hd..(base + off + sp.len()) * hd];
+                                kernels::axpy_rows_many(
+                                    simd,
+                                    &sc[(r - i) * nk + off..],
+                                    nk,
+                                    r2 - r,
+                                    vals,
+                                    &mut out_rows[r * qw + head * hd..],
+                                    qw,
+                                    hd,
+                                );
+                                r = r2;
+                            }
+                        }
+                        i = e;
                     }
                 })
             });
+        if let Some(err) = failed.into_inner().ok().flatten() {
+            return Err(err.into());
+        }
         Ok(())
     }
     fn describe(&self) -> Node {

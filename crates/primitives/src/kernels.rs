@@ -665,6 +665,177 @@ pub fn axpy_rows(s: Simd, weights: &[f32], rows: &[f32], y: &mut [f32]) {
     run!(s, AxpyRowsOp { weights, rows, y })
 }
 
+/// [`axpy_rows`] for `nr` outputs at once: for `r < nr`,
+/// `y_r += Σ_j weights[r * w_ld + j] · rows[j]`, where `y_r` is `y[r * y_ld..r * y_ld + d]` and
+/// `rows` holds `d`-wide rows (e.g. the attention weights of several queries
+/// times the same cached values). Each `y_r` gets bit for bit what
+/// [`axpy_rows`] gives it alone (the same multiply-adds in the same order of
+/// `j`), but tiles of outputs share the loads of `rows` and keep their sums
+/// in registers.
+#[allow(clippy::too_many_arguments)]
+pub fn axpy_rows_many(
+    s: Simd,
+    weights: &[f32],
+    w_ld: usize,
+    nr: usize,
+    rows: &[f32],
+    y: &mut [f32],
+    y_ld: usize,
+    d: usize,
+) {
+    if nr == 0 || d == 0 {
+        return;
+    }
+    assert_eq!(
+        rows.len() % d,
+        0,
+        "axpy_rows_many: rows must hold d-wide rows"
+    );
+    let n = rows.len() / d;
+    assert!(
+        weights.len() >= (nr - 1) * w_ld + n && (nr == 1 || w_ld >= n),
+        "axpy_rows_many: weights must hold nr rows of rows.len() / d, w_ld apart"
+    );
+    assert!(
+        y.len() >= (nr - 1) * y_ld + d && (nr == 1 || y_ld >= d),
+        "axpy_rows_many: y must hold nr rows of d, y_ld apart"
+    );
+    run!(
+        s,
+        AxpyRowsManyOp {
+            weights,
+            w_ld,
+            nr,
+            rows,
+            y,
+            y_ld,
+            d
+        }
+    )
+}
+
+simd_op!(AxpyRowsManyOp {
+    weights: &'a [f32],
+    w_ld: usize,
+    nr: usize,
+    rows: &'a [f32],
+    y: &'a mut [f32],
+    y_ld: usize,
+    d: usize,
+} -> () => axpy_rows_many_impl);
+
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn axpy_rows_many_impl<S: PSimd>(
+    s: S,
+    weights: &[f32],
+    w_ld: usize,
+    nr: usize,
+    rows: &[f32],
+    y: &mut [f32],
+    y_ld: usize,
+    d: usize,
+) {
+    let n = rows.len() / d;
+    let mut r0 = 0;
+    while r0 < nr {
+        let rt = (nr - r0).min(4);
+        let w = |r: usize| &weights[(r0 + r) * w_ld..(r0 + r) * w_ld + n];
+        let y = &mut y[r0 * y_ld..];
+        match rt {
+            4 => axpy_tile::<S, 4>(s, core::array::from_fn(w), rows, d, y, y_ld),
+            3 => axpy_tile::<S, 3>(s, core::array::from_fn(w), rows, d, y, y_ld),
+            2 => axpy_tile::<S, 2>(s, core::array::from_fn(w), rows, d, y, y_ld),
+            _ => axpy_tile::<S, 1>(s, core::array::from_fn(w), rows, d, y, y_ld),
+        }
+        r0 += rt;
+    }
+}
+
+/// `RT` outputs of [`axpy_rows_many_impl`], two vectors of columns at a time,
+/// then one, then the zero-padded tail (what `map2` does for each).
+#[inline(always)]
+fn axpy_tile<S: PSimd, const RT: usize>(
+    s: S,
+    w: [&[f32]; RT],
+    rows: &[f32],
+    d: usize,
+    y: &mut [f32],
+    y_ld: usize,
+) {
+    let lanes = S::F32_LANES;
+    let nv = d / lanes;
+    let mut c = 0;
+    while c + 2 <= nv {
+        axpy_cols::<S, RT, 2>(s, w, rows, d, y, y_ld, c * lanes, lanes);
+        c += 2;
+    }
+    if c < nv {
+        axpy_cols::<S, RT, 1>(s, w, rows, d, y, y_ld, c * lanes, lanes);
+    }
+    if !d.is_multiple_of(lanes) {
+        axpy_cols::<S, RT, 1>(s, w, rows, d, y, y_ld, nv * lanes, d % lanes);
+    }
+}
+
+/// Columns `c0..c0 + CV * width` of an [`axpy_tile`]; `width < L` (one
+/// partial vector, `CV == 1`) loads and stores only `width` lanes.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn axpy_cols<S: PSimd, const RT: usize, const CV: usize>(
+    s: S,
+    w: [&[f32]; RT],
+    rows: &[f32],
+    d: usize,
+    y: &mut [f32],
+    y_ld: usize,
+    c0: usize,
+    width: usize,
+) {
+    let zero = s.splat_f32s(0.0);
+    let mut acc = [[zero; CV]; RT];
+    for (r, a) in acc.iter_mut().enumerate() {
+        for (v, av) in a.iter_mut().enumerate() {
+            let at = r * y_ld + c0 + v * width;
+            *av = load_part(s, &y[at..at + width]);
+        }
+    }
+    let n = if RT > 0 { w[0].len() } else { 0 };
+    for t in 0..n {
+        let src = &rows[t * d + c0..t * d + c0 + CV * width];
+        let mut xv = [zero; CV];
+        for (v, x) in xv.iter_mut().enumerate() {
+            *x = load_part(s, &src[v * width..(v + 1) * width]);
+        }
+        for r in 0..RT {
+            let b = s.splat_f32s(w[r][t]);
+            for v in 0..CV {
+                acc[r][v] = s.mul_add_e_f32s(b, xv[v], acc[r][v]);
+            }
+        }
+    }
+    for (r, a) in acc.iter().enumerate() {
+        for (v, av) in a.iter().enumerate() {
+            let at = r * y_ld + c0 + v * width;
+            let dst = &mut y[at..at + width];
+            match S::as_mut_simd_f32s(dst) {
+                ([whole], []) => *whole = *av,
+                _ => s.partial_store_f32s(dst, *av),
+            }
+        }
+    }
+}
+
+/// A vector of `x` (at most `L` values): a plain load when it is whole, else
+/// zero-padded.
+#[inline(always)]
+fn load_part<S: PSimd>(s: S, x: &[f32]) -> S::f32s {
+    match S::as_simd_f32s(x) {
+        ([whole], []) => *whole,
+        _ => s.partial_load_f32s(x),
+    }
+}
+
 /// `y[i] += alpha * x[i]`. Lengths must match.
 pub fn axpy(s: Simd, alpha: f32, x: &[f32], y: &mut [f32]) {
     assert_eq!(x.len(), y.len(), "axpy: length mismatch");

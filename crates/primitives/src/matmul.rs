@@ -137,6 +137,161 @@ pub(crate) fn tile_sum<S: pulp::Simd, const MR: usize, const NR: usize>(
     r
 }
 
+/// The instruction sets of the level a block runs at, found once per block,
+/// for [`put_tile`]'s shuffles.
+#[derive(Clone, Copy)]
+pub(crate) struct Lanes {
+    #[cfg(target_arch = "x86_64")]
+    v4: Option<pulp::x86::V4>,
+    #[cfg(target_arch = "x86_64")]
+    v3: Option<pulp::x86::V3>,
+}
+
+impl Lanes {
+    /// The shuffles usable at level `S` (none on the scalar level).
+    #[inline(always)]
+    pub(crate) fn of<S: pulp::Simd>() -> Lanes {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let lanes = core::mem::size_of::<S::f32s>() / 4;
+            Lanes {
+                v4: if lanes == 16 {
+                    pulp::x86::V4::try_new()
+                } else {
+                    None
+                },
+                v3: if lanes == 8 {
+                    pulp::x86::V3::try_new()
+                } else {
+                    None
+                },
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        Lanes {}
+    }
+}
+
+/// Writes the horizontal sums of a full `MR x NR` tile to rows `i0..i0 + MR`,
+/// columns `j..j + NR` of `out`: each output gets exactly
+/// `reduce_sum_f32s` of its accumulator (pulp's halving tree: lane `i` plus
+/// lane `i + L/2`, then `i + L/4`, ..., low half first), but the trees of the
+/// 16 (AVX-512) or 8 (AVX2) accumulators of a tile run side by side in whole
+/// vectors, with shuffles that pair the same lanes: a quarter of the
+/// instructions of one reduction per output, and the same bits.
+#[inline(always)]
+pub(crate) fn put_tile<S: pulp::Simd, const MR: usize>(
+    simd: S,
+    lanes: Lanes,
+    acc: &Acc<S, MR, NR>,
+    out: Out,
+    i0: usize,
+    j: usize,
+) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use core::arch::x86_64::{__m128, __m256, __m512};
+        const { assert!(NR == 4) };
+        if let (Some(v4), 16, 4) = (lanes.v4, core::mem::size_of::<S::f32s>() / 4, MR) {
+            let f = v4.avx512f;
+            let a: [[__m512; 4]; 4] = core::array::from_fn(|i| {
+                core::array::from_fn(|c| {
+                    // SAFETY: at this level `S::f32s` is 16 f32 lanes, the
+                    // size and layout of `__m512`.
+                    unsafe { core::mem::transmute_copy::<S::f32s, __m512>(&acc[i][c]) }
+                })
+            });
+            // Column c, rows (0, 1) and (2, 3): lanes i + 8 onto i (level 1),
+            // then i + 4 onto i (level 2): quarter r = row r's 4 partials.
+            let mut q = [f._mm512_setzero_ps(); 4];
+            for (c, qc) in q.iter_mut().enumerate() {
+                let p01 = f._mm512_add_ps(
+                    f._mm512_shuffle_f32x4::<0b01_00_01_00>(a[0][c], a[1][c]),
+                    f._mm512_shuffle_f32x4::<0b11_10_11_10>(a[0][c], a[1][c]),
+                );
+                let p23 = f._mm512_add_ps(
+                    f._mm512_shuffle_f32x4::<0b01_00_01_00>(a[2][c], a[3][c]),
+                    f._mm512_shuffle_f32x4::<0b11_10_11_10>(a[2][c], a[3][c]),
+                );
+                *qc = f._mm512_add_ps(
+                    f._mm512_shuffle_f32x4::<0b10_00_10_00>(p01, p23),
+                    f._mm512_shuffle_f32x4::<0b11_01_11_01>(p01, p23),
+                );
+            }
+            // Lanes i + 2 onto i within each quarter (level 3), then lane 1
+            // onto 0 (level 4): quarter r = [y(r, 0), .., y(r, 3)].
+            let r01 = f._mm512_add_ps(
+                f._mm512_shuffle_ps::<0b01_00_01_00>(q[0], q[1]),
+                f._mm512_shuffle_ps::<0b11_10_11_10>(q[0], q[1]),
+            );
+            let r23 = f._mm512_add_ps(
+                f._mm512_shuffle_ps::<0b01_00_01_00>(q[2], q[3]),
+                f._mm512_shuffle_ps::<0b11_10_11_10>(q[2], q[3]),
+            );
+            let v = f._mm512_add_ps(
+                f._mm512_shuffle_ps::<0b10_00_10_00>(r01, r23),
+                f._mm512_shuffle_ps::<0b11_01_11_01>(r01, r23),
+            );
+            let rows: [__m128; 4] = [
+                f._mm512_extractf32x4_ps::<0>(v),
+                f._mm512_extractf32x4_ps::<1>(v),
+                f._mm512_extractf32x4_ps::<2>(v),
+                f._mm512_extractf32x4_ps::<3>(v),
+            ];
+            for (i, r) in rows.iter().enumerate() {
+                // SAFETY: `__m128` is four f32.
+                out.put4(i0 + i, j, unsafe {
+                    core::mem::transmute_copy::<__m128, [f32; 4]>(r)
+                });
+            }
+            return;
+        }
+        if let (Some(v3), 8, 2) = (lanes.v3, core::mem::size_of::<S::f32s>() / 4, MR) {
+            let f = v3.avx;
+            let a: [[__m256; 4]; 2] = core::array::from_fn(|i| {
+                core::array::from_fn(|c| {
+                    // SAFETY: at this level `S::f32s` is 8 f32 lanes, the size
+                    // and layout of `__m256`.
+                    unsafe { core::mem::transmute_copy::<S::f32s, __m256>(&acc[i][c]) }
+                })
+            });
+            // Column c, rows (0, 1): lanes i + 4 onto i (level 1): 128-bit
+            // half r = row r's 4 partials.
+            let mut q = [f._mm256_setzero_ps(); 4];
+            for (c, qc) in q.iter_mut().enumerate() {
+                *qc = f._mm256_add_ps(
+                    f._mm256_permute2f128_ps::<0x20>(a[0][c], a[1][c]),
+                    f._mm256_permute2f128_ps::<0x31>(a[0][c], a[1][c]),
+                );
+            }
+            let r01 = f._mm256_add_ps(
+                f._mm256_shuffle_ps::<0b01_00_01_00>(q[0], q[1]),
+                f._mm256_shuffle_ps::<0b11_10_11_10>(q[0], q[1]),
+            );
+            let r23 = f._mm256_add_ps(
+                f._mm256_shuffle_ps::<0b01_00_01_00>(q[2], q[3]),
+                f._mm256_shuffle_ps::<0b11_10_11_10>(q[2], q[3]),
+            );
+            let v = f._mm256_add_ps(
+                f._mm256_shuffle_ps::<0b10_00_10_00>(r01, r23),
+                f._mm256_shuffle_ps::<0b11_01_11_01>(r01, r23),
+            );
+            // SAFETY: `__m256` is eight f32.
+            let v = unsafe { core::mem::transmute_copy::<__m256, [f32; 8]>(&v) };
+            out.put4(i0, j, [v[0], v[1], v[2], v[3]]);
+            out.put4(i0 + 1, j, [v[4], v[5], v[6], v[7]]);
+            return;
+        }
+    }
+    let _ = lanes;
+    let r = tile_sum(simd, acc);
+    for (i, ri) in r.iter().enumerate() {
+        for (jj, v) in ri.iter().enumerate() {
+            out.put(i0 + i, j + jj, *v);
+        }
+    }
+}
+
 /// Where a block of outputs goes: `y[i * ld + j]` for rows `i` of `X` and
 /// columns `j` of the block (already offset to the block's first column).
 #[derive(Clone, Copy)]
@@ -162,7 +317,7 @@ impl Out {
         }
     }
 
-    /// The same view moved right by `cols` columns.
+    /// The same view moved right by `cols` elements (`ld` of them make a row).
     ///
     /// # Safety
     /// As for [`Out::new`], for the moved view.
@@ -181,6 +336,20 @@ impl Out {
     pub(crate) fn put(self, i: usize, j: usize, v: f32) {
         // SAFETY: in bounds and unaliased by the contract of `Out::new`.
         unsafe { *self.ptr.get().add(i * self.ld + j) = v }
+    }
+
+    /// Writes outputs `(i, j..j + 4)`.
+    #[inline(always)]
+    pub(crate) fn put4(self, i: usize, j: usize, v: [f32; 4]) {
+        // SAFETY: in bounds (the caller passes `(i, j + 3)` in range too) and
+        // unaliased by the contract of `Out::new`; unaligned write.
+        unsafe {
+            self.ptr
+                .get()
+                .add(i * self.ld + j)
+                .cast::<[f32; 4]>()
+                .write_unaligned(v)
+        }
     }
 }
 
@@ -208,6 +377,7 @@ pub(crate) fn block<'a, S: pulp::Simd>(
         return block_kc(simd, m, xrow, nc, wrow, out);
     }
     let group = (L1_GROUP_BYTES / (4 * k.max(1)) / NR * NR).max(NR);
+    let lanes = Lanes::of::<S>();
     let mut j0 = 0;
     while j0 < nc {
         let gc = group.min(nc - j0);
@@ -218,10 +388,10 @@ pub(crate) fn block<'a, S: pulp::Simd>(
         while i < m {
             let mr = mrm.min(m - i);
             match mr {
-                4 => rows_tile::<S, 4>(simd, i, xrow, gc, wg, og),
-                3 => rows_tile::<S, 3>(simd, i, xrow, gc, wg, og),
-                2 => rows_tile::<S, 2>(simd, i, xrow, gc, wg, og),
-                _ => rows_tile::<S, 1>(simd, i, xrow, gc, wg, og),
+                4 => rows_tile::<S, 4>(simd, lanes, i, xrow, gc, wg, og),
+                3 => rows_tile::<S, 3>(simd, lanes, i, xrow, gc, wg, og),
+                2 => rows_tile::<S, 2>(simd, lanes, i, xrow, gc, wg, og),
+                _ => rows_tile::<S, 1>(simd, lanes, i, xrow, gc, wg, og),
             }
             i += mr;
         }
@@ -307,6 +477,7 @@ fn block_kc<'a, S: pulp::Simd>(
         }
         k0 += len;
     }
+    let lanes = Lanes::of::<S>();
     let mut base = 0;
     for g in 0..groups {
         let j0 = g * KC_GROUP;
@@ -324,6 +495,15 @@ fn block_kc<'a, S: pulp::Simd>(
                 } else {
                     (gc / NR * NR + (c - gc / NR), 1)
                 };
+                if width == NR && mr == 4 {
+                    put_tile::<S, 4>(simd, lanes, slot, out, i0, j0 + j);
+                    continue;
+                }
+                if width == NR && mr == 2 {
+                    let acc: Acc<S, 2, NR> = [slot[0], slot[1]];
+                    put_tile::<S, 2>(simd, lanes, &acc, out, i0, j0 + j);
+                    continue;
+                }
                 for (i, row) in slot.iter().enumerate().take(mr) {
                     for (jj, a) in row.iter().enumerate().take(width) {
                         out.put(i0 + i, j0 + j + jj, simd.reduce_sum_f32s(*a));
@@ -380,6 +560,7 @@ fn slot_row<'a, S: pulp::Simd, const MR: usize>(
 #[inline(always)]
 fn rows_tile<'a, S: pulp::Simd, const MR: usize>(
     simd: S,
+    lanes: Lanes,
     i0: usize,
     xrow: impl Fn(usize) -> &'a [f32] + Copy,
     nc: usize,
@@ -392,12 +573,7 @@ fn rows_tile<'a, S: pulp::Simd, const MR: usize>(
         let w: [&[f32]; NR] = core::array::from_fn(|jj| wrow(j + jj));
         let mut acc = acc_zero::<S, MR, NR>(simd);
         tile_acc(simd, &mut acc, x, w);
-        let r = tile_sum(simd, &acc);
-        for (i, ri) in r.iter().enumerate() {
-            for (jj, v) in ri.iter().enumerate() {
-                out.put(i0 + i, j + jj, *v);
-            }
-        }
+        put_tile(simd, lanes, &acc, out, i0, j);
         j += NR;
     }
     while j < nc {
@@ -498,31 +674,60 @@ pub(crate) fn with_aligned_rows<R>(x: MatRef<'_>, f: impl FnOnce(MatRef<'_>) -> 
     })
 }
 
+/// Shortest rows of `X` worth copying to 64-byte boundaries: shorter ones
+/// (attention heads, 32 to 128 wide, read in place from strided rows) would
+/// spend more on the copies than the aligned loads save.
+const ALIGN_FROM: usize = 160;
+
 /// [`matmul`] after its checks (`y` holds `m * n`, `m, n >= 1`).
 fn product(s: Simd, threads: &Threads, x: MatRef<'_>, w: MatRef<'_>, y: &mut [f32]) {
-    if x.rows() > 1 && x.as_slice().as_ptr().align_offset(64) != 0 {
+    if x.rows() > 1 && x.cols() >= ALIGN_FROM && x.as_slice().as_ptr().align_offset(64) != 0 {
         return with_aligned_rows(x, |xa| product_aligned(s, threads, xa, w, y));
     }
     product_aligned(s, threads, x, w, y)
 }
 
-/// [`product`] on rows of `x` as they are.
+/// Rows of `X` per task of a product with rows of `k` values: a block of `X`
+/// that stays in L2 next to the task's block of `W` while the weight rows
+/// pass by in L1-sized groups (without it, every group would stream all of
+/// `X` from L3 or memory again). Any blocking gives the same bits.
+fn row_block(k: usize) -> usize {
+    let fit = ROW_BLOCK_BYTES / (4 * k.max(1));
+    fit.clamp(ROW_BLOCK_MIN, ROW_BLOCK_MAX) / 4 * 4
+}
+
+/// Bytes of `X` a task keeps hot in L2 (see [`row_block`]).
+const ROW_BLOCK_BYTES: usize = 512 << 10;
+/// Fewest rows of `X` per task (below, tasks would be too small to pay for
+/// themselves).
+const ROW_BLOCK_MIN: usize = 32;
+/// Most rows of `X` per task.
+const ROW_BLOCK_MAX: usize = 256;
+
+/// [`product`] on rows of `x` as they are: tasks are blocks of rows of `X`
+/// times blocks of rows of `W` (each output computed by exactly one task, with
+/// the operations of the module docs whatever the block sizes).
 fn product_aligned(s: Simd, threads: &Threads, x: MatRef<'_>, w: MatRef<'_>, y: &mut [f32]) {
     let (m, k, n) = (x.rows(), x.cols(), w.rows());
     let nc = block_rows(m, k);
+    let mb = if m == 1 { 1 } else { row_block(k) };
+    let (row_tasks, col_tasks) = (m.div_ceil(mb), n.div_ceil(nc));
     let y_ptr = y.as_mut_ptr();
-    // SAFETY: `Out` for column 0 of `y` with row stride n; every block writes
-    // rows i < m and columns j0 + j < n only, i.e. offsets < m * n = y.len();
-    // blocks have disjoint column ranges and `y` is exclusively borrowed here.
+    // SAFETY: `Out` for row 0, column 0 of `y` with row stride n; every task
+    // writes rows i0 + i < m and columns j0 + j < n only, i.e. offsets
+    // < m * n = y.len(); tasks have disjoint row x column ranges and `y` is
+    // exclusively borrowed here.
     let out = unsafe { Out::new(y_ptr, n, 0) };
-    threads.for_each_index(n.div_ceil(nc), |c| {
-        let j0 = c * nc;
-        let ncols = nc.min(n - j0);
+    threads.for_each_index(row_tasks * col_tasks, |t| {
+        let (ri, ci) = (t / col_tasks, t % col_tasks);
+        let (i0, j0) = (ri * mb, ci * nc);
         s.vectorize(BlockOp {
             x,
             w,
+            i0,
+            mr: mb.min(m - i0),
             j0,
-            nc: ncols,
+            nc: nc.min(n - j0),
             out,
         });
     });
@@ -531,6 +736,8 @@ fn product_aligned(s: Simd, threads: &Threads, x: MatRef<'_>, w: MatRef<'_>, y: 
 struct BlockOp<'a> {
     x: MatRef<'a>,
     w: MatRef<'a>,
+    i0: usize,
+    mr: usize,
     j0: usize,
     nc: usize,
     out: Out,
@@ -541,10 +748,19 @@ impl pulp::WithSimd for BlockOp<'_> {
 
     #[inline(always)]
     fn with_simd<S: pulp::Simd>(self, simd: S) {
-        let BlockOp { x, w, j0, nc, out } = self;
-        // SAFETY: the block's columns j0..j0 + nc lie inside `y` (see `product`).
-        let out = unsafe { out.shifted(j0) };
-        block(simd, x.rows(), |i| x.row(i), nc, |j| w.row(j0 + j), out);
+        let BlockOp {
+            x,
+            w,
+            i0,
+            mr,
+            j0,
+            nc,
+            out,
+        } = self;
+        // SAFETY: the task's rows i0..i0 + mr and columns j0..j0 + nc lie
+        // inside `y` (see `product_aligned`).
+        let out = unsafe { out.shifted(i0 * out.ld + j0) };
+        block(simd, mr, |i| x.row(i0 + i), nc, |j| w.row(j0 + j), out);
     }
 }
 

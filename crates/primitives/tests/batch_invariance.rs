@@ -367,6 +367,52 @@ fn rows_are_batch_invariant_at_model_shapes() {
     }
 }
 
+/// Prompts of hundreds of rows (encoder batches), cut into blocks of rows as
+/// well as of weight rows, with rows long and short: every row equals the row
+/// alone, at every level and thread count.
+#[test]
+fn many_rows_are_batch_invariant() {
+    let mut rng = Rng(11);
+    for (m, n, k) in [(300, 70, 384), (97, 45, 1536), (261, 9, 100)] {
+        let x = rng.vec(m * k);
+        let w = rng.vec(n * k);
+        for s in Simd::available() {
+            let y = f32_product(s, &Threads::new(2), &x, m, &w, n, k);
+            let y1 = f32_product(s, &Threads::single(), &x, m, &w, n, k);
+            assert_eq!(
+                bits(&y),
+                bits(&y1),
+                "{m}x{n}x{k} 1 vs 2 threads at {}",
+                s.level()
+            );
+            let (want, bound) = reference(&x, &w, m, n, k);
+            assert_close(
+                &y,
+                &want,
+                &bound,
+                &format!("matmul {m}x{n}x{k} at {}", s.level()),
+            );
+            for i in (0..m).step_by(37).chain([m - 1]) {
+                let mut alone = vec![0.0; n];
+                matvec(
+                    s,
+                    &Threads::new(2),
+                    MatRef::new(&w, n, k).unwrap(),
+                    &x[i * k..(i + 1) * k],
+                    &mut alone,
+                )
+                .unwrap();
+                assert_eq!(
+                    bits(&alone),
+                    bits(&y[i * n..(i + 1) * n]),
+                    "f32 {m}x{n}x{k} row {i} at {}",
+                    s.level()
+                );
+            }
+        }
+    }
+}
+
 /// Rows of zero length: every product is zero (no output left unwritten).
 #[test]
 fn empty_rows_give_zeros() {

@@ -503,3 +503,41 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    #![proptest_config(cfg())]
+
+    /// axpy_rows_many (several queries' weighted sums of the same values):
+    /// each output row bit for bit what axpy_rows gives it alone, with strided
+    /// weights and outputs, and close to an f64 reference.
+    #[test]
+    fn many_row_axpy_matches_one_row_at_a_time(
+        d in prop_oneof![Just(1usize), 1usize..40, Just(32), Just(64), Just(80)],
+        n in prop_oneof![Just(1usize), 1usize..70],
+        nr in 1usize..10,
+        pad in 0usize..5,
+        seed in any::<u64>(),
+    ) {
+        let mut r = seed;
+        let mut next = || { r = r.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407); ((r >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0 };
+        let (w_ld, y_ld) = (n + pad, d + 2 * pad + 1);
+        let rows: Vec<f32> = (0..n * d).map(|_| next()).collect();
+        let w: Vec<f32> = (0..nr * w_ld).map(|_| next()).collect();
+        let y0: Vec<f32> = (0..nr * y_ld).map(|_| next()).collect();
+        for s in levels() {
+            let mut got = y0.clone();
+            kernels::axpy_rows_many(s, &w, w_ld, nr, &rows, &mut got, y_ld, d);
+            for i in 0..nr {
+                let mut alone = y0[i * y_ld..i * y_ld + d].to_vec();
+                kernels::axpy_rows(s, &w[i * w_ld..i * w_ld + n], &rows, &mut alone);
+                let row = &got[i * y_ld..i * y_ld + d];
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                prop_assert_eq!(bits(row), bits(&alone), "row {} at {}", i, s.level());
+                // Padding between output rows is left alone.
+                prop_assert_eq!(bits(&got[i * y_ld + d..(i + 1) * y_ld]), bits(&y0[i * y_ld + d..(i + 1) * y_ld]));
+                let want: Vec<f64> = (0..d).map(|c| y0[i * y_ld + c] as f64 + (0..n).map(|j| w[i * w_ld + j] as f64 * rows[j * d + c] as f64).sum::<f64>()).collect();
+                check_close("axpy_rows_many", s, row, &want, |_| 1e-5 * (n as f64 + 1.0));
+            }
+        }
+    }
+}
