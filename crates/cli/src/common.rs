@@ -137,8 +137,63 @@ pub fn with_session<J: SessionJob<Output = Result<()>>>(
         let source = families::open(&path)?;
         opts.build.plan = parse_plan(args.layers.as_deref(), &source)?;
     }
-    session::with_session(&path, &opts, job)
-        .with_context(|| format!("loading {}", path.display()))?
+    session::with_session(&path, &opts, job).map_err(|e| loading(&path, e))?
+}
+
+/// A model-loading error, with "loading PATH" in front only when the error
+/// does not already name the file.
+pub fn loading(path: &std::path::Path, e: impl Into<anyhow::Error>) -> anyhow::Error {
+    let e = e.into();
+    let shown = path.display().to_string();
+    if render_error(&e).contains(&shown) {
+        e
+    } else {
+        e.context(format!("loading {shown}"))
+    }
+}
+
+/// The one-line message of an error chain (contexts, then sources), each
+/// fact once: a cause whose text the line already holds (an I/O error that
+/// a wrapper printed as part of its own message) is left out, and so is a
+/// `PATH: ` prefix on a cause when the line already names PATH.
+pub fn render_error(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let mut text = cause.to_string();
+        if text.is_empty() || line.contains(&text) {
+            continue;
+        }
+        if let Some((head, rest)) = text.split_once(": ") {
+            if !line.is_empty() && head.contains('/') && line.contains(head) {
+                text = rest.to_string();
+                if line.contains(&text) {
+                    continue;
+                }
+            }
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
+}
+
+/// What to do about a prompt of `tokens` tokens that does not fit a context
+/// of `held` positions, when `--max-context` asked for `requested`: raising
+/// `--max-context` is suggested only if the context was not already capped at
+/// the model's own limit.
+pub fn context_advice(tokens: usize, held: usize, requested: usize) -> String {
+    if held >= requested {
+        format!(
+            "the prompt has {tokens} tokens; the context holds {held} (raise --max-context, up to the model's limit)"
+        )
+    } else {
+        let verb = if tokens > held { "exceeds" } else { "fills" };
+        format!(
+            "the prompt has {tokens} tokens: it {verb} the model's context of {held} tokens, leaving no room to generate; shorten the prompt"
+        )
+    }
 }
 
 /// Says on stderr when `--threads` asks for more workers than are useful here.

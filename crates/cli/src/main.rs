@@ -91,7 +91,7 @@ fn main() -> std::process::ExitCode {
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", common::render_error(&e));
             std::process::ExitCode::FAILURE
         }
     }

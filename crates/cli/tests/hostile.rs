@@ -163,6 +163,16 @@ fn hostile_inputs_get_clear_errors_and_exit_codes() {
     assert!(made.success(), "mkfifo {}", fifo.display());
     let fifo = path_str(&fifo).to_string();
     let converted = path_str(&dir.join("converted")).to_string();
+    // 100 000 characters: far more tokens than stories260K's 512 positions.
+    let long = dir.join("long.txt");
+    std::fs::write(&long, "Once upon a time. ".repeat(100_000 / 18 + 1)).unwrap();
+    let long = path_str(&long).to_string();
+    let random_gguf = dir.join("random.gguf");
+    std::fs::write(&random_gguf, pseudo_random_bytes(3000)).unwrap();
+    let random_gguf = path_str(&random_gguf).to_string();
+    let novocab = dir.join("novocab.gguf");
+    std::fs::write(&novocab, gguf_without_vocab()).unwrap();
+    let novocab = path_str(&novocab).to_string();
     let m = ["-m", "stories260k"];
     let with_m = |args: &[&str]| -> Vec<String> {
         let mut v: Vec<String> = args.iter().map(|s| s.to_string()).collect();
@@ -253,6 +263,16 @@ fn hostile_inputs_get_clear_errors_and_exit_codes() {
             .stdin("Hello\n"),
         full(&["chat", "-m", "smollm2-135m", "-n", "3", "--temp", "0"], 1, "error: writing the reply to stdout: No space left on device")
             .stdin("Hello\n"),
+        // A prompt past the context: raising --max-context is suggested only
+        // when it would help.
+        cm(&["generate", "-f", &long, "--max-context", "100000"], 1, "exceeds the model's context of 512 tokens, leaving no room to generate; shorten the prompt")
+            .without("raise --max-context"),
+        cm(&["generate", "-f", &text, "--max-context", "32"], 1, "the context holds 32 (raise --max-context, up to the model's limit)"),
+        // A .gguf that is not one, and one without a vocabulary.
+        case(&["tokenize", "-m", &random_gguf, "hi"], 1, "random.gguf: not a GGUF file: expected magic \"GGUF\"")
+            .without("expected a .gguf file"),
+        case(&["tokenize", "-m", &novocab, "hi"], 1, "novocab.gguf: this GGUF has no tokenizer metadata (key 'tokenizer.ggml.model' not found)")
+            .without("expected a .gguf file"),
     ];
     let failures: Vec<String> = cases.iter().filter_map(run).collect();
     let _ = std::fs::remove_dir_all(&dir);
@@ -263,4 +283,101 @@ fn hostile_inputs_get_clear_errors_and_exit_codes() {
         cases.len(),
         failures.join("\n")
     );
+}
+
+/// Deterministic noise (an LCG), so a "random" file is the same every run.
+fn pseudo_random_bytes(n: usize) -> Vec<u8> {
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    (0..n)
+        .map(|_| {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (x >> 56) as u8
+        })
+        .collect()
+}
+
+/// A valid GGUF (version 3) with one metadata key and no tensors: no
+/// `tokenizer.*` keys at all.
+fn gguf_without_vocab() -> Vec<u8> {
+    let mut b = b"GGUF".to_vec();
+    b.extend(3u32.to_le_bytes());
+    b.extend(0u64.to_le_bytes()); // tensors
+    b.extend(1u64.to_le_bytes()); // metadata keys
+    let key = b"general.architecture";
+    b.extend((key.len() as u64).to_le_bytes());
+    b.extend(key);
+    b.extend(8u32.to_le_bytes()); // string
+    b.extend(5u64.to_le_bytes());
+    b.extend(b"llama");
+    b
+}
+
+/// Each file error names the path once and the OS error once (no
+/// `loading X: X: ...`, no `... (os error 2): ... (os error 2)`).
+#[test]
+fn file_errors_name_the_path_once() {
+    let dir = scratch_dir().join("once");
+    std::fs::create_dir_all(&dir).unwrap();
+    let missing = dir.join("missing.gguf");
+    let empty = dir.join("empty-dir");
+    std::fs::create_dir_all(&empty).unwrap();
+    let truncated = dir.join("truncated.gguf");
+    let mut t = gguf_without_vocab();
+    t.truncate(30);
+    std::fs::write(&truncated, t).unwrap();
+    let bad_st = dir.join("bad.safetensors");
+    std::fs::write(&bad_st, b"{\"x\":").unwrap();
+    // Running as root, a permission error cannot be provoked: an index whose
+    // shard is missing gives an OS error from the file system instead.
+    let sharded = dir.join("sharded");
+    std::fs::create_dir_all(&sharded).unwrap();
+    std::fs::write(
+        sharded.join("model.safetensors.index.json"),
+        r#"{"weight_map":{"a":"gone.safetensors"}}"#,
+    )
+    .unwrap();
+    std::fs::write(
+        sharded.join("config.json"),
+        r#"{"architectures":["LlamaForCausalLM"],"model_type":"llama"}"#,
+    )
+    .unwrap();
+    let gone = sharded.join("gone.safetensors");
+    let cases: Vec<(&Path, &Path, &str)> = vec![
+        (
+            &missing,
+            &missing,
+            "neither an existing file nor a known model",
+        ),
+        (&empty, &empty, "directory holds neither model.safetensors"),
+        (&truncated, &truncated, "truncated"),
+        (&bad_st, &bad_st, "truncated"),
+        (&sharded, &gone, "No such file or directory"),
+    ];
+    let mut failures = Vec::new();
+    for (model, named, what) in cases {
+        for cmd in [
+            vec!["generate", "-m", path_str(model), "-p", "hi"],
+            vec!["inspect", path_str(model)],
+        ] {
+            let o = Command::new(env!("CARGO_BIN_EXE_patchbay"))
+                .args(&cmd)
+                .env("RUST_BACKTRACE", "1")
+                .stdin(Stdio::null())
+                .output()
+                .expect("run patchbay");
+            let err = String::from_utf8_lossy(&o.stderr).into_owned();
+            let times = err.matches(path_str(named)).count();
+            let os = err.matches("(os error").count();
+            if o.status.code() != Some(1) || times != 1 || !err.contains(what) || os > 1 {
+                failures.push(format!(
+                    "{cmd:?}: exit {:?}, path named {times} times, OS error {os} times, wants {what:?}:\n{err}",
+                    o.status
+                ));
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
