@@ -137,7 +137,45 @@ pub fn with_session<J: SessionJob<Output = Result<()>>>(
         let source = families::open(&path)?;
         opts.build.plan = parse_plan(args.layers.as_deref(), &source)?;
     }
-    session::with_session(&path, &opts, job).map_err(|e| loading(&path, e))?
+    session::with_session(&path, &opts, job)
+        .map_err(|e| loading(&path, e))?
+        .map_err(|e| diagnose_non_finite(e, &path, &opts))
+}
+
+/// When the logits went non-finite, a diagnostic pass names the first
+/// decoder layer that did (only then: the check on the logits is cheap, this
+/// pass is not).
+fn diagnose_non_finite(
+    e: anyhow::Error,
+    path: &std::path::Path,
+    opts: &SessionOptions,
+) -> anyhow::Error {
+    use patchbay_models::error::ModelError;
+    let Some(ModelError::NonFinite {
+        what,
+        position,
+        replay,
+        ..
+    }) = e.chain().find_map(|c| c.downcast_ref::<ModelError>())
+    else {
+        return e;
+    };
+    let diagnosis = if replay.is_empty() {
+        String::new()
+    } else {
+        let mut build = opts.build.clone();
+        build.max_context = opts.max_context;
+        match patchbay_models::runners::diagnose::first_bad_layer(path, &build, replay) {
+            Ok(d) => format!(": {d}"),
+            Err(d) => format!(" (the diagnostic pass failed: {d})"),
+        }
+    };
+    anyhow::Error::new(ModelError::NonFinite {
+        what,
+        position: *position,
+        replay: Vec::new(),
+        diagnosis,
+    })
 }
 
 /// A model-loading error, with "loading PATH" in front only when the error

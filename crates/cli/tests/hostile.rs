@@ -111,7 +111,13 @@ fn run(c: &Case) -> Option<String> {
         .output()
         .expect("run patchbay");
     let err = String::from_utf8_lossy(&o.stderr);
+    let out = String::from_utf8_lossy(&o.stdout);
     let mut wrong = Vec::new();
+    for bad in ["lse null", ",null]", "PPL = NaN", "NaN +/-"] {
+        if out.contains(bad) {
+            wrong.push(format!("stdout has {bad:?}"));
+        }
+    }
     if o.status.code() != Some(c.code) {
         wrong.push(format!("exit {:?}, expected {}", o.status, c.code));
     }
@@ -155,6 +161,9 @@ fn hostile_inputs_get_clear_errors_and_exit_codes() {
     )
     .unwrap();
     let text = path_str(&text).to_string();
+    let two_prompts = dir.join("two.txt");
+    std::fs::write(&two_prompts, "Once upon a time\nThe sun\n").unwrap();
+    let two_prompts = path_str(&two_prompts).to_string();
     let fifo = dir.join("fifo");
     let made = Command::new("mkfifo")
         .arg(&fifo)
@@ -173,6 +182,10 @@ fn hostile_inputs_get_clear_errors_and_exit_codes() {
     let novocab = dir.join("novocab.gguf");
     std::fs::write(&novocab, gguf_without_vocab()).unwrap();
     let novocab = path_str(&novocab).to_string();
+    // Weights that make the forward pass non-finite.
+    let nan_bin = stories_with_bad_norm(&dir, "nan.bin", 2, f32::NAN);
+    let inf_bin = stories_with_bad_norm(&dir, "inf.bin", 1, f32::INFINITY);
+    let mislabelled = smollm2_with_q4_1_labelled_q4_0(&dir);
     let m = ["-m", "stories260k"];
     let with_m = |args: &[&str]| -> Vec<String> {
         let mut v: Vec<String> = args.iter().map(|s| s.to_string()).collect();
@@ -273,6 +286,17 @@ fn hostile_inputs_get_clear_errors_and_exit_codes() {
             .without("expected a .gguf file"),
         case(&["tokenize", "-m", &novocab, "hi"], 1, "novocab.gguf: this GGUF has no tokenizer metadata (key 'tokenizer.ggml.model' not found)")
             .without("expected a .gguf file"),
+        // Non-finite logits stop every command with an error naming the
+        // first layer that went non-finite (no `null` logits, no `PPL = NaN`).
+        case(&["generate", "-m", &nan_bin, "-p", "Once upon a time", "-n", "5"], 1, "logits at position 4: layer 2 is the first to produce NaN (at position 0)"),
+        case(&["logits", "-m", &nan_bin, "-p", "Once upon a time"], 1, "the forward pass produced NaN logits at position 0: layer 2 is the first to produce NaN"),
+        case(&["perplexity", "-m", &nan_bin, "-f", &text, "--ctx", "64", "--chunks", "2"], 1, "the forward pass produced NaN logits at position 0: layer 2 is the first to produce NaN"),
+        case(&["generate", "-m", &nan_bin, "-f", &two_prompts, "--batch-prompts", "-n", "4"], 1, "layer 2 is the first to produce NaN"),
+        case(&["generate", "-m", &inf_bin, "-p", "Once upon a time", "-n", "5"], 1, "layer 1 is the first to produce"),
+        // A Q4_1 tensor labelled Q4_0 still fits the file (Q4_0 blocks are
+        // smaller), so it opens; its garbage scales must not print garbage.
+        case(&["generate", "-m", &mislabelled, "-p", "Once upon a time", "-n", "5"], 1, "non-finite logits at position 3: layer 0 (or the token embedding feeding it) is the first to produce NaN"),
+        case(&["logits", "-m", &mislabelled, "-p", "Once upon a time"], 1, "layer 0 (or the token embedding feeding it) is the first to produce NaN"),
     ];
     let failures: Vec<String> = cases.iter().filter_map(run).collect();
     let _ = std::fs::remove_dir_all(&dir);
@@ -380,4 +404,48 @@ fn file_errors_name_the_path_once() {
     }
     let _ = std::fs::remove_dir_all(&dir);
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// stories260K (llama2.c format) with layer `layer`'s attention-norm weights
+/// set to `value`, and its tokenizer beside it; returns the model's path.
+fn stories_with_bad_norm(dir: &Path, name: &str, layer: usize, value: f32) -> String {
+    let src = patchbay_models::catalog::resolve_model("stories260k").unwrap();
+    let mut b = std::fs::read(&src).unwrap();
+    let h: Vec<i32> = (0..7)
+        .map(|i| i32::from_le_bytes(b[4 * i..4 * i + 4].try_into().unwrap()))
+        .collect();
+    let (dim, vocab) = (h[0] as usize, h[5].unsigned_abs() as usize);
+    // Header, token embeddings, then every layer's attention-norm weights.
+    let start = 28 + 4 * (vocab * dim + layer * dim);
+    for i in 0..dim {
+        b[start + 4 * i..start + 4 * i + 4].copy_from_slice(&value.to_le_bytes());
+    }
+    let out = dir.join(name);
+    std::fs::write(&out, b).unwrap();
+    let tok = src.parent().unwrap().join("tok512.bin");
+    std::fs::copy(&tok, dir.join("tok512.bin")).unwrap();
+    path_str(&out).to_string()
+}
+
+/// SmolLM2-135M (Q4_1) with its first Q4_1 tensor, `blk.0.ffn_down.weight`,
+/// labelled Q4_0.
+fn smollm2_with_q4_1_labelled_q4_0(dir: &Path) -> String {
+    let src = patchbay_models::catalog::resolve_model("smollm2-135m").unwrap();
+    let mut b = std::fs::read(&src).unwrap();
+    let name = b"blk.0.ffn_down.weight";
+    let at = b
+        .windows(name.len())
+        .position(|w| w == name)
+        .expect("tensor info of blk.0.ffn_down.weight");
+    let n_dims = u32::from_le_bytes(b[at + name.len()..at + name.len() + 4].try_into().unwrap());
+    let ty = at + name.len() + 4 + 8 * n_dims as usize;
+    assert_eq!(
+        &b[ty..ty + 4],
+        &3u32.to_le_bytes(),
+        "expected a Q4_1 tensor"
+    );
+    b[ty..ty + 4].copy_from_slice(&2u32.to_le_bytes());
+    let out = dir.join("mislabelled.gguf");
+    std::fs::write(&out, b).unwrap();
+    path_str(&out).to_string()
 }
