@@ -27,6 +27,11 @@ struct Case {
     not: Option<&'static str>,
     /// What stdin holds (empty when `None`).
     input: Option<&'static str>,
+    /// Peak resident memory allowed, in MB (300 MB unless set: the
+    /// stories260K cases; a larger model's cases set its file size + 150 MB).
+    peak_mb: u64,
+    /// Most seconds the case may take, if bounded.
+    secs: Option<f64>,
 }
 
 impl Case {
@@ -50,6 +55,15 @@ impl Case {
             ..self
         }
     }
+    fn peak(self, peak_mb: u64) -> Case {
+        Case { peak_mb, ..self }
+    }
+    fn within(self, secs: f64) -> Case {
+        Case {
+            secs: Some(secs),
+            ..self
+        }
+    }
 }
 
 fn case(args: &[&str], code: i32, stderr: &'static str) -> Case {
@@ -60,6 +74,8 @@ fn case(args: &[&str], code: i32, stderr: &'static str) -> Case {
         stderr,
         not: None,
         input: None,
+        peak_mb: 300,
+        secs: None,
     }
 }
 
@@ -102,14 +118,17 @@ fn run(c: &Case) -> Option<String> {
         }
         None => Stdio::null(),
     };
+    let t0 = std::time::Instant::now();
     let o = Command::new(env!("CARGO_BIN_EXE_patchbay"))
         .args(&c.args)
         .env("RUST_BACKTRACE", "1")
+        .env("PATCHBAY_REPORT_PEAK_RSS", "1")
         .stdin(input)
         .stdout(stdout)
         .stderr(Stdio::piped())
         .output()
         .expect("run patchbay");
+    let secs = t0.elapsed().as_secs_f64();
     let err = String::from_utf8_lossy(&o.stderr);
     let out = String::from_utf8_lossy(&o.stdout);
     let mut wrong = Vec::new();
@@ -132,6 +151,35 @@ fn run(c: &Case) -> Option<String> {
     if err.contains("panicked") || err.contains("stack backtrace") {
         wrong.push("panicked".to_string());
     }
+    match peak_kb(&err) {
+        None => wrong.push("no peak RSS report on stderr".to_string()),
+        Some(kb) => {
+            let shown: Vec<String> = c
+                .args
+                .iter()
+                .map(|a| match a.char_indices().nth(40) {
+                    Some((i, _)) => format!("{}...", &a[..i]),
+                    None => a.clone(),
+                })
+                .collect();
+            eprintln!(
+                "peak {:>7.1} MB (bound {:>4} MB), {secs:>6.2} s: {shown:?}",
+                kb as f64 / 1024.0,
+                c.peak_mb,
+            );
+            if kb > c.peak_mb * 1024 {
+                wrong.push(format!(
+                    "peak RSS {kb} kB over the bound of {} MB",
+                    c.peak_mb
+                ));
+            }
+        }
+    }
+    if let Some(max) = c.secs {
+        if secs > max {
+            wrong.push(format!("took {secs:.2} s, bound {max} s"));
+        }
+    }
     if wrong.is_empty() {
         None
     } else {
@@ -142,6 +190,32 @@ fn run(c: &Case) -> Option<String> {
             wrong.join("; ")
         ))
     }
+}
+
+/// The `peak RSS: N kB` figure the binary prints with
+/// `PATCHBAY_REPORT_PEAK_RSS` set.
+fn peak_kb(stderr: &str) -> Option<u64> {
+    let line = stderr.lines().find(|l| l.starts_with("peak RSS: "))?;
+    line["peak RSS: ".len()..]
+        .trim_end_matches(" kB")
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// A model file's size + 150 MB, in MB: the bound for cases running it.
+fn size_bound(name: &str) -> u64 {
+    let path = patchbay_models::catalog::resolve_model(name).unwrap();
+    let bytes = if path.is_dir() {
+        std::fs::read_dir(&path)
+            .unwrap()
+            .filter_map(|e| e.ok()?.metadata().ok())
+            .map(|m| m.len())
+            .sum()
+    } else {
+        std::fs::metadata(&path).unwrap().len()
+    };
+    bytes / (1 << 20) + 150
 }
 
 fn path_str(p: &Path) -> &str {
@@ -186,6 +260,56 @@ fn hostile_inputs_get_clear_errors_and_exit_codes() {
     let nan_bin = stories_with_bad_norm(&dir, "nan.bin", 2, f32::NAN);
     let inf_bin = stories_with_bad_norm(&dir, "inf.bin", 1, f32::INFINITY);
     let mislabelled = smollm2_with_q4_1_labelled_q4_0(&dir);
+    let smol = size_bound("smollm2-135m");
+    let minilm = size_bound("minilm-l6-v2");
+    // Crafted GGUFs from SmolLM2's: hyper-parameters, tensor infos, lengths.
+    let gguf =
+        std::fs::read(patchbay_models::catalog::resolve_model("smollm2-135m").unwrap()).unwrap();
+    let put = |name: &str, bytes: Vec<u8>| -> String {
+        let p = dir.join(name);
+        std::fs::write(&p, bytes).unwrap();
+        path_str(&p).to_string()
+    };
+    let nan_eps = put(
+        "nan-eps.gguf",
+        patch_key(
+            &gguf,
+            "llama.attention.layer_norm_rms_epsilon",
+            6,
+            &f32::NAN.to_le_bytes(),
+        ),
+    );
+    let blocks0 = put(
+        "blocks0.gguf",
+        patch_key(&gguf, "llama.block_count", 4, &0u32.to_le_bytes()),
+    );
+    let lying = put(
+        "lying-offset.gguf",
+        patch_tensor(&gguf, Field::Offset, &(1u64 << 60).to_le_bytes()),
+    );
+    let huge = put(
+        "huge-dim.gguf",
+        patch_tensor(&gguf, Field::Dim, &(1u64 << 62).to_le_bytes()),
+    );
+    let dtype = put(
+        "dtype99.gguf",
+        patch_tensor(&gguf, Field::Type, &99u32.to_le_bytes()),
+    );
+    let head = put("truncated-header.gguf", gguf[..1000].to_vec());
+    let half = put("truncated-data.gguf", gguf[..gguf.len() / 2].to_vec());
+    drop(gguf);
+    let stories =
+        std::fs::read(patchbay_models::catalog::resolve_model("stories260k").unwrap()).unwrap();
+    let short_bin = put("short.bin", stories[..1000].to_vec());
+    let mut v256 = stories.clone();
+    v256[20..24].copy_from_slice(&256i32.to_le_bytes()); // vocab_size: ids of tok512 overflow it
+    let vocab256 = put("vocab256.bin", v256);
+    let bad_utf8 = put("bad-utf8.txt", b"Once \xff\xfe upon".to_vec());
+    let one_mb = put(
+        "1mb.txt",
+        "Once upon a time. ".repeat((1 << 20) / 18).into_bytes(),
+    );
+    let forty_kb = "Once upon a time there was a little girl named Lily. ".repeat(40_000 / 53);
     let m = ["-m", "stories260k"];
     let with_m = |args: &[&str]| -> Vec<String> {
         let mut v: Vec<String> = args.iter().map(|s| s.to_string()).collect();
@@ -264,7 +388,7 @@ fn hostile_inputs_get_clear_errors_and_exit_codes() {
         fm(&["bench", "-p", "8", "-n", "8", "-r", "1"], 1, "error: writing to stdout: No space left on device"),
         fm(&["perplexity", "-f", &text, "--ctx", "64", "--chunks", "1"], 1, "error: writing to stdout: No space left on device"),
         fm(&["convert", "-o", &converted], 1, "error: writing to stdout: No space left on device"),
-        full(&["embed", "hello"], 1, "error: writing to stdout: No space left on device"),
+        full(&["embed", "hello"], 1, "error: writing to stdout: No space left on device").peak(minilm),
         // 8. A FIFO or a device is refused, not read forever.
         case(&["generate", "-m", &fifo, "-p", "hi"], 1, "is not a regular file or a directory: a model must be one"),
         case(&["inspect", "/dev/zero"], 1, "/dev/zero is not a regular file or a directory: a model must be one"),
@@ -273,9 +397,9 @@ fn hostile_inputs_get_clear_errors_and_exit_codes() {
         case(&["embed", "-f", "/dev/zero"], 1, "reading /dev/zero: not a regular file: -f needs one"),
         // Chat says when a reply was cut, and fails when it is lost.
         case(&["chat", "-m", "smollm2-135m", "-n", "3", "--temp", "0"], 0, "[reply cut at -n 3 tokens]")
-            .stdin("Hello\n"),
+            .stdin("Hello\n").peak(smol),
         full(&["chat", "-m", "smollm2-135m", "-n", "3", "--temp", "0"], 1, "error: writing the reply to stdout: No space left on device")
-            .stdin("Hello\n"),
+            .stdin("Hello\n").peak(smol),
         // A prompt past the context: raising --max-context is suggested only
         // when it would help.
         cm(&["generate", "-f", &long, "--max-context", "100000"], 1, "exceeds the model's context of 512 tokens, leaving no room to generate; shorten the prompt")
@@ -295,8 +419,28 @@ fn hostile_inputs_get_clear_errors_and_exit_codes() {
         case(&["generate", "-m", &inf_bin, "-p", "Once upon a time", "-n", "5"], 1, "layer 1 is the first to produce"),
         // A Q4_1 tensor labelled Q4_0 still fits the file (Q4_0 blocks are
         // smaller), so it opens; its garbage scales must not print garbage.
-        case(&["generate", "-m", &mislabelled, "-p", "Once upon a time", "-n", "5"], 1, "non-finite logits at position 3: layer 0 (or the token embedding feeding it) is the first to produce NaN"),
-        case(&["logits", "-m", &mislabelled, "-p", "Once upon a time"], 1, "layer 0 (or the token embedding feeding it) is the first to produce NaN"),
+        case(&["generate", "-m", &mislabelled, "-p", "Once upon a time", "-n", "5"], 1, "non-finite logits at position 3: layer 0 (or the token embedding feeding it) is the first to produce NaN").peak(smol),
+        case(&["logits", "-m", &mislabelled, "-p", "Once upon a time"], 1, "layer 0 (or the token embedding feeding it) is the first to produce NaN").peak(smol),
+        // Too many threads: capped, said so, memory bounded.
+        cm(&["generate", "-p", "hi", "-n", "4", "--threads", "1000"], 0, "note: --threads 1000 capped to"),
+        cm(&["generate", "-p", "hi", "-n", "4", "--threads", "1000000000"], 0, "note: --threads 1000000000 capped to"),
+        // Impossible hyper-parameters, named with the file.
+        case(&["generate", "-m", &nan_eps, "-p", "hi"], 1, "nan-eps.gguf: corrupt header: hyper-parameter llama.attention.layer_norm_rms_epsilon: is NaN"),
+        case(&["generate", "-m", &blocks0, "-p", "hi"], 1, "blocks0.gguf: corrupt header: hyper-parameter llama.block_count: is 0; it must be at least 1"),
+        // Lying offsets, overflowing shapes, unknown types, truncations.
+        case(&["generate", "-m", &lying, "-p", "hi"], 1, "lying-offset.gguf: tensor 'blk.0.ffn_down.weight': data at").peak(smol),
+        case(&["inspect", &huge], 1, "huge-dim.gguf: tensor 'blk.0.ffn_down.weight': q4_1 shape [4611686018427387904, 1536]: Tensor shape: shape overflows usize").peak(smol),
+        case(&["generate", "-m", &dtype, "-p", "hi"], 1, "dtype99.gguf: tensor 'blk.0.ffn_down.weight': unsupported element type ggml type 99").peak(smol),
+        case(&["generate", "-m", &head, "-p", "hi"], 1, "truncated-header.gguf: truncated: tensor count"),
+        case(&["logits", "-m", &half, "-p", "hi"], 1, "truncated-data.gguf: tensor 'blk.15.attn_output.weight': data at").peak(smol),
+        case(&["generate", "-m", &short_bin, "-p", "hi"], 1, "short.bin: truncated: tensor 'token_embedding_table'"),
+        // Token ids past the embedding table.
+        case(&["generate", "-m", &vocab256, "-p", "Once upon a time there"], 1, "token id 403 is outside the vocabulary of 256"),
+        // Invalid UTF-8, a 1 MB prompt, a 40 KB text for llama2.c's tokenizer.
+        cm(&["generate", "-f", &bad_utf8], 1, "bad-utf8.txt is not valid UTF-8 (first bad byte at offset 5)"),
+        cm(&["generate", "-f", &one_mb], 1, "exceeds the model's context of 512 tokens"),
+        cm(&["perplexity", "-f", &bad_utf8], 1, "bad-utf8.txt is not valid UTF-8"),
+        cm(&["tokenize", &forty_kb], 0, "").within(5.0),
     ];
     let failures: Vec<String> = cases.iter().filter_map(run).collect();
     let _ = std::fs::remove_dir_all(&dir);
@@ -448,4 +592,41 @@ fn smollm2_with_q4_1_labelled_q4_0(dir: &Path) -> String {
     let out = dir.join("mislabelled.gguf");
     std::fs::write(&out, b).unwrap();
     path_str(&out).to_string()
+}
+
+/// `gguf` with metadata key `key` (of GGUF type `ty`) holding `value`.
+fn patch_key(gguf: &[u8], key: &str, ty: u32, value: &[u8]) -> Vec<u8> {
+    let mut b = gguf.to_vec();
+    let mut needle = (key.len() as u64).to_le_bytes().to_vec();
+    needle.extend(key.as_bytes());
+    let at = b
+        .windows(needle.len())
+        .position(|w| w == needle)
+        .unwrap_or_else(|| panic!("key {key}"))
+        + needle.len();
+    assert_eq!(&b[at..at + 4], &ty.to_le_bytes(), "type of {key}");
+    b[at + 4..at + 4 + value.len()].copy_from_slice(value);
+    b
+}
+
+/// A field of `blk.0.ffn_down.weight`'s tensor info.
+enum Field {
+    Dim,
+    Type,
+    Offset,
+}
+
+/// `gguf` with a field of `blk.0.ffn_down.weight`'s tensor info overwritten.
+fn patch_tensor(gguf: &[u8], field: Field, value: &[u8]) -> Vec<u8> {
+    let mut b = gguf.to_vec();
+    let name = b"blk.0.ffn_down.weight";
+    let at = b.windows(name.len()).position(|w| w == name).unwrap() + name.len();
+    let n_dims = u32::from_le_bytes(b[at..at + 4].try_into().unwrap()) as usize;
+    let o = match field {
+        Field::Dim => at + 4 + 8,
+        Field::Type => at + 4 + 8 * n_dims,
+        Field::Offset => at + 4 + 8 * n_dims + 4,
+    };
+    b[o..o + value.len()].copy_from_slice(value);
+    b
 }
