@@ -137,9 +137,60 @@ pub fn with_session<J: SessionJob<Output = Result<()>>>(
         let source = families::open(&path)?;
         opts.build.plan = parse_plan(args.layers.as_deref(), &source)?;
     }
+    let bar = busy(&path, "loading");
+    let job = Loaded { job, bar };
     session::with_session(&path, &opts, job)
         .map_err(|e| loading(&path, e))?
         .map_err(|e| diagnose_non_finite(e, &path, &opts))
+}
+
+/// Model files at least this large show a spinner while they load or convert.
+const LARGE_FILE: u64 = 64 << 20;
+
+/// A spinner on stderr (`loading model.gguf 3s`) while a large model file is
+/// being worked on; hidden when stderr is not a terminal or the file is small,
+/// so pipes and logs stay clean.
+pub fn busy(path: &std::path::Path, what: &str) -> indicatif::ProgressBar {
+    use std::io::IsTerminal;
+    let size = if path.is_dir() {
+        std::fs::read_dir(path)
+            .map(|rd| {
+                rd.filter_map(|e| e.ok()?.metadata().ok())
+                    .map(|m| m.len())
+                    .sum()
+            })
+            .unwrap_or(0)
+    } else {
+        std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
+    };
+    if !std::io::stderr().is_terminal() || size < LARGE_FILE {
+        return indicatif::ProgressBar::hidden();
+    }
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let bar = indicatif::ProgressBar::new_spinner()
+        .with_message(format!("{what} {name} ({} MB)", size >> 20));
+    if let Ok(style) = indicatif::ProgressStyle::with_template("{spinner} {msg} {elapsed}") {
+        bar.set_style(style);
+    }
+    bar.enable_steady_tick(std::time::Duration::from_millis(120));
+    bar
+}
+
+/// A job that clears the loading spinner once the session is built.
+struct Loaded<J> {
+    job: J,
+    bar: indicatif::ProgressBar,
+}
+
+impl<J: SessionJob> SessionJob for Loaded<J> {
+    type Output = J::Output;
+    fn run<N: patchbay_combinators::Layer>(self, session: session::Session<N>) -> J::Output {
+        self.bar.finish_and_clear();
+        self.job.run(session)
+    }
 }
 
 /// When the logits went non-finite, a diagnostic pass names the first
