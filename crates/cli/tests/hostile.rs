@@ -394,6 +394,11 @@ fn hostile_inputs_get_clear_errors_and_exit_codes() {
         fm(&["perplexity", "-f", &text, "--ctx", "64", "--chunks", "1"], 1, "error: writing to stdout: No space left on device"),
         fm(&["convert", "-o", &converted], 1, "error: writing to stdout: No space left on device"),
         full(&["embed", "hello"], 1, "error: writing to stdout: No space left on device").peak(minilm),
+        fm(&["graph"], 1, "error: writing to stdout: No space left on device"),
+        // The convert above left its output: it is not overwritten without
+        // --force, and --force replaces it (by rename, see models' tests).
+        cm(&["convert", "-o", &converted], 1, "is not empty; convert does not overwrite it unless --force is given"),
+        cm(&["convert", "-o", &converted, "--force"], 0, ""),
         // 8. A FIFO or a device is refused, not read forever.
         case(&["generate", "-m", &fifo, "-p", "hi"], 1, "is not a regular file or a directory: a model must be one"),
         case(&["inspect", "/dev/zero"], 1, "/dev/zero is not a regular file or a directory: a model must be one"),
