@@ -1,10 +1,13 @@
 //! `patchbay chat`: multi-turn chat with the model's own template.
 //!
 //! Interactive on a terminal; with piped stdin each line is one user turn, so
-//! it is scriptable. Ctrl-D (end of input) ends it. The KV cache persists across
-//! turns: each turn only processes the new tokens.
+//! it is scriptable. Ctrl-D (end of input) ends it. Ctrl-C during a reply
+//! stops that reply (what was generated stays in the history) and returns to
+//! the prompt; Ctrl-C at the prompt ends the session. The KV cache persists
+//! across turns: each turn only processes the new tokens.
 
 use std::io::{BufRead, IsTerminal, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Result;
 use patchbay_combinators::{Layer, Step};
@@ -15,6 +18,12 @@ use crate::common::{self, ModelArgs, SamplingArgs};
 
 /// Arguments of `patchbay chat`.
 #[derive(clap::Args, Debug)]
+#[command(
+    after_help = "Each line of input is one user turn; Ctrl-D (end of input) ends the chat.\n\
+                  Ctrl-C during a reply stops it and returns to the prompt: the part already \
+                  generated stays in the conversation history. Ctrl-C at the prompt ends the \
+                  chat (exit 0)."
+)]
 pub struct ChatArgs {
     #[command(flatten)]
     pub model: ModelArgs,
@@ -28,8 +37,27 @@ pub struct ChatArgs {
     pub sampling: SamplingArgs,
 }
 
+/// Set while a reply is being generated: Ctrl-C then stops the reply
+/// instead of ending the session.
+static REPLYING: AtomicBool = AtomicBool::new(false);
+/// Set by Ctrl-C during a reply; the token callback stops on it.
+static STOP_REPLY: AtomicBool = AtomicBool::new(false);
+
+/// Ctrl-C during a reply stops the reply; anywhere else (at the prompt, or
+/// while the model loads) it ends the chat quietly with exit code 0.
+fn on_ctrl_c() {
+    if REPLYING.load(Ordering::SeqCst) {
+        STOP_REPLY.store(true, Ordering::SeqCst);
+    } else {
+        eprintln!();
+        std::process::exit(0);
+    }
+}
+
 /// Runs `patchbay chat`.
 pub fn run(args: &ChatArgs) -> Result<()> {
+    ctrlc::set_handler(on_ctrl_c)
+        .map_err(|e| anyhow::anyhow!("installing the Ctrl-C handler: {e}"))?;
     common::with_session(&args.model, args.sampling.config()?, Chat { args })
 }
 
@@ -83,17 +111,33 @@ impl SessionJob for Chat<'_> {
                 .max_context()
                 .saturating_sub(session.position() + tokens.len());
             if room == 0 {
-                anyhow::bail!("the conversation has filled the context ({} tokens); start a new chat or raise --max-context", session.max_context());
+                let hint = if session.max_context() >= args.model.max_context {
+                    "start a new chat or raise --max-context"
+                } else {
+                    "it is the model's whole context: start a new chat"
+                };
+                anyhow::bail!(
+                    "the conversation has filled the context ({} tokens); {hint}",
+                    session.max_context()
+                );
             }
             let mut lost: Option<std::io::Error> = None;
+            STOP_REPLY.store(false, Ordering::SeqCst);
+            REPLYING.store(true, Ordering::SeqCst);
             let stats = session.generate(&tokens, args.n_predict.min(room), |t| {
                 reply_ids.push(t);
                 if let Err(e) = write_flush(&mut out, &dec.push(t)) {
                     lost = Some(e);
                     return Step::Stop;
                 }
+                if STOP_REPLY.load(Ordering::SeqCst) {
+                    return Step::Stop;
+                }
                 Step::Continue
-            })?;
+            });
+            REPLYING.store(false, Ordering::SeqCst);
+            let stats = stats?;
+            let interrupted = STOP_REPLY.swap(false, Ordering::SeqCst);
             if lost.is_none() {
                 lost = write_flush(&mut out, &(dec.finish() + "\n")).err();
             }
@@ -104,6 +148,9 @@ impl SessionJob for Chat<'_> {
                 return Err(anyhow::Error::new(e).context("writing the reply to stdout"));
             }
             match stats.stop {
+                StopReason::Caller if interrupted => {
+                    eprintln!("[reply stopped by Ctrl-C; Ctrl-C again at the prompt or Ctrl-D ends the chat]")
+                }
                 StopReason::MaxTokens if args.n_predict <= room => {
                     eprintln!("[reply cut at -n {} tokens]", args.n_predict)
                 }

@@ -137,8 +137,152 @@ pub fn with_session<J: SessionJob<Output = Result<()>>>(
         let source = families::open(&path)?;
         opts.build.plan = parse_plan(args.layers.as_deref(), &source)?;
     }
+    let bar = busy(&path, "loading");
+    let job = Loaded { job, bar };
     session::with_session(&path, &opts, job)
-        .with_context(|| format!("loading {}", path.display()))?
+        .map_err(|e| loading(&path, e))?
+        .map_err(|e| diagnose_non_finite(e, &path, &opts))
+}
+
+/// Model files at least this large show a spinner while they load or convert.
+const LARGE_FILE: u64 = 64 << 20;
+
+/// A spinner on stderr (`loading model.gguf 3s`) while a large model file is
+/// being worked on; hidden when stderr is not a terminal or the file is small,
+/// so pipes and logs stay clean.
+pub fn busy(path: &std::path::Path, what: &str) -> indicatif::ProgressBar {
+    use std::io::IsTerminal;
+    let size = if path.is_dir() {
+        std::fs::read_dir(path)
+            .map(|rd| {
+                rd.filter_map(|e| e.ok()?.metadata().ok())
+                    .map(|m| m.len())
+                    .sum()
+            })
+            .unwrap_or(0)
+    } else {
+        std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
+    };
+    if !std::io::stderr().is_terminal() || size < LARGE_FILE {
+        return indicatif::ProgressBar::hidden();
+    }
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let bar = indicatif::ProgressBar::new_spinner()
+        .with_message(format!("{what} {name} ({} MB)", size >> 20));
+    if let Ok(style) = indicatif::ProgressStyle::with_template("{spinner} {msg} {elapsed}") {
+        bar.set_style(style);
+    }
+    bar.enable_steady_tick(std::time::Duration::from_millis(120));
+    bar
+}
+
+/// A job that clears the loading spinner once the session is built.
+struct Loaded<J> {
+    job: J,
+    bar: indicatif::ProgressBar,
+}
+
+impl<J: SessionJob> SessionJob for Loaded<J> {
+    type Output = J::Output;
+    fn run<N: patchbay_combinators::Layer>(self, session: session::Session<N>) -> J::Output {
+        self.bar.finish_and_clear();
+        self.job.run(session)
+    }
+}
+
+/// When the logits went non-finite, a diagnostic pass names the first
+/// decoder layer that did (only then: the check on the logits is cheap, this
+/// pass is not).
+fn diagnose_non_finite(
+    e: anyhow::Error,
+    path: &std::path::Path,
+    opts: &SessionOptions,
+) -> anyhow::Error {
+    use patchbay_models::error::ModelError;
+    let Some(ModelError::NonFinite {
+        what,
+        position,
+        replay,
+        ..
+    }) = e.chain().find_map(|c| c.downcast_ref::<ModelError>())
+    else {
+        return e;
+    };
+    let diagnosis = if replay.is_empty() {
+        String::new()
+    } else {
+        let mut build = opts.build.clone();
+        build.max_context = opts.max_context;
+        match patchbay_models::runners::diagnose::first_bad_layer(path, &build, replay) {
+            Ok(d) => format!(": {d}"),
+            Err(d) => format!(" (the diagnostic pass failed: {d})"),
+        }
+    };
+    anyhow::Error::new(ModelError::NonFinite {
+        what,
+        position: *position,
+        replay: Vec::new(),
+        diagnosis,
+    })
+}
+
+/// A model-loading error, with "loading PATH" in front only when the error
+/// does not already name the file.
+pub fn loading(path: &std::path::Path, e: impl Into<anyhow::Error>) -> anyhow::Error {
+    let e = e.into();
+    let shown = path.display().to_string();
+    if render_error(&e).contains(&shown) {
+        e
+    } else {
+        e.context(format!("loading {shown}"))
+    }
+}
+
+/// The one-line message of an error chain (contexts, then sources), each
+/// fact once: a cause whose text the line already holds (an I/O error that
+/// a wrapper printed as part of its own message) is left out, and so is a
+/// `PATH: ` prefix on a cause when the line already names PATH.
+pub fn render_error(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let mut text = cause.to_string();
+        if text.is_empty() || line.contains(&text) {
+            continue;
+        }
+        if let Some((head, rest)) = text.split_once(": ") {
+            if !line.is_empty() && head.contains('/') && line.contains(head) {
+                text = rest.to_string();
+                if line.contains(&text) {
+                    continue;
+                }
+            }
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
+}
+
+/// What to do about a prompt of `tokens` tokens that does not fit a context
+/// of `held` positions, when `--max-context` asked for `requested`: raising
+/// `--max-context` is suggested only if the context was not already capped at
+/// the model's own limit.
+pub fn context_advice(tokens: usize, held: usize, requested: usize) -> String {
+    if held >= requested {
+        format!(
+            "the prompt has {tokens} tokens; the context holds {held} (raise --max-context, up to the model's limit)"
+        )
+    } else {
+        let verb = if tokens > held { "exceeds" } else { "fills" };
+        format!(
+            "the prompt has {tokens} tokens: it {verb} the model's context of {held} tokens, leaving no room to generate; shorten the prompt"
+        )
+    }
 }
 
 /// Says on stderr when `--threads` asks for more workers than are useful here.

@@ -41,7 +41,10 @@ pub fn run(args: &ConvertArgs) -> Result<()> {
         dtype,
         force: args.force,
     };
-    for f in convert(&path, &args.output, &opts)? {
+    let bar = crate::common::busy(&path, "converting");
+    let files = convert(&path, &args.output, &opts);
+    bar.finish_and_clear();
+    for f in files? {
         outln!("{}", f.display());
     }
     Ok(())

@@ -76,9 +76,12 @@ impl SessionJob for Generate<'_> {
         }
         if tokens.len() >= session.max_context() {
             anyhow::bail!(
-                "the prompt has {} tokens; the context holds {} (raise --max-context, up to the model's limit)",
-                tokens.len(),
-                session.max_context()
+                "{}",
+                crate::common::context_advice(
+                    tokens.len(),
+                    session.max_context(),
+                    args.model.max_context
+                )
             );
         }
         let mut out = std::io::stdout().lock();
@@ -172,11 +175,12 @@ impl SessionJob for GenerateBatch<'_> {
         for (i, p) in self.prompts.iter().enumerate() {
             let tokens = session.tokenizer.encode(p, true);
             if tokens.len() >= session.max_context() {
-                anyhow::bail!(
-                    "prompt {i} has {} tokens; the context holds {} (raise --max-context, up to the model's limit)",
+                let advice = crate::common::context_advice(
                     tokens.len(),
-                    session.max_context()
+                    session.max_context(),
+                    self.args.model.max_context,
                 );
+                anyhow::bail!("prompt {i}: {advice}");
             }
             seqs.push(tokens);
         }

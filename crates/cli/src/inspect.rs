@@ -1,6 +1,5 @@
 //! `patchbay inspect MODEL`.
 
-use anyhow::Context;
 use patchbay_models::catalog::resolve_model;
 use patchbay_models::families::{self, gemma3, Family};
 use patchbay_models::formats::source::{HParams, RopeScaling};
@@ -100,7 +99,7 @@ fn human_bytes(b: usize) -> String {
 /// Runs `patchbay inspect`.
 pub fn run(args: &InspectArgs) -> anyhow::Result<()> {
     let path = resolve_model(&args.model).map_err(anyhow::Error::msg)?;
-    let src = families::open(&path).with_context(|| format!("opening {}", path.display()))?;
+    let src = families::open(&path).map_err(|e| crate::common::loading(&path, e))?;
     let h = src.hparams();
     let family = Family::of(h);
     let rope = match family {

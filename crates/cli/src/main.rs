@@ -73,9 +73,28 @@ fn quiet_on_broken_pipe() {
     }));
 }
 
+/// With `PATCHBAY_REPORT_PEAK_RSS` set (a hidden switch for the tests'
+/// memory bounds), prints the peak resident set size (`VmHWM` from
+/// `/proc/self/status`) to stderr.
+fn report_peak_rss() {
+    if std::env::var_os("PATCHBAY_REPORT_PEAK_RSS").is_none() {
+        return;
+    }
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    if let Some(line) = status.lines().find(|l| l.starts_with("VmHWM:")) {
+        eprintln!("peak RSS: {}", line["VmHWM:".len()..].trim());
+    }
+}
+
 fn main() -> std::process::ExitCode {
     quiet_on_broken_pipe();
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            report_peak_rss();
+            e.exit()
+        }
+    };
     let result = match &cli.command {
         Command::Generate(a) => generate::run(a),
         Command::Chat(a) => chat::run(a),
@@ -88,10 +107,11 @@ fn main() -> std::process::ExitCode {
         Command::Tokenize(a) => tokenize::run(a),
         Command::Embed(a) => embed::run(a),
     };
+    report_peak_rss();
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", common::render_error(&e));
             std::process::ExitCode::FAILURE
         }
     }

@@ -146,6 +146,22 @@ pub enum ModelError {
     /// A forward pass failed (context full, token out of range, ...).
     #[error(transparent)]
     Layer(#[from] patchbay_combinators::LayerError),
+    /// A forward pass produced NaN or infinite logits (bad weights, a
+    /// mislabelled tensor type, an overflow): found by a check of the logits
+    /// once per step.
+    #[error("the forward pass produced {what} logits at position {position}{diagnosis}")]
+    NonFinite {
+        /// `NaN` or `infinite`.
+        what: &'static str,
+        /// The sequence position of the first bad row.
+        position: usize,
+        /// The tokens of the failing call when it started at position 0 (for
+        /// a diagnostic replay), else empty.
+        replay: Vec<u32>,
+        /// What a diagnostic pass found (`": layer 3 is the first ..."`), or
+        /// empty.
+        diagnosis: String,
+    },
     /// A sequence would not fit the KV cache.
     #[error("the sequence needs {needed} positions but the context holds {max_context}; use a shorter prompt or a larger --max-context (up to the model's limit)")]
     ContextFull {

@@ -796,5 +796,22 @@ fn check_hparams(path: &Path, backend: &Backend, h: &HParams) -> Result<(), Mode
             ));
         }
     }
+    // The RoPE families rotate pairs of dimensions: an odd or oversized
+    // count must stop here, not in a kernel.
+    if matches!(h.arch.as_str(), "llama" | "qwen2" | "gemma3") {
+        let (rot, gguf, hf) = match h.rope_dim {
+            Some(r) => (r, "rope.dimension_count", "rope.dimension_count"),
+            None => (h.head_dim, "attention.key_length", "head_dim"),
+        };
+        if rot < 2 || rot % 2 == 1 || rot > h.head_dim {
+            return Err(bad(
+                format!("hyper-parameter {}", key(gguf, hf, "head size")),
+                format!(
+                    "is {rot} rotated dimensions per head (head size {}); RoPE needs an even number, at least 2 and at most the head size",
+                    h.head_dim
+                ),
+            ));
+        }
+    }
     Ok(())
 }

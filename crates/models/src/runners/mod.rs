@@ -3,6 +3,7 @@
 //! text, sentence embeddings from an encoder ([`embed`]), and [`convert`] (exporting a model to another format).
 
 pub mod convert;
+pub mod diagnose;
 pub mod embed;
 pub mod perplexity;
 pub mod session;

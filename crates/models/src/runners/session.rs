@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use patchbay_blocks::{Sampler, SamplerConfig, SamplerState};
 use patchbay_combinators::{
-    Capacity, Ctx, Layer, Loop, LoopState, RowMap, Rows, Scratch, Series, SeriesState, Step,
+    Capacity, Ctx, Layer, LayerError, Loop, LoopState, Node, RowMap, Rows, Scratch, Series,
+    SeriesState, Step,
 };
 use patchbay_primitives::{Act, Simd, Threads};
 
@@ -19,8 +20,74 @@ use crate::error::ModelError;
 use crate::families::{self, BuildOptions, CausalLmVisitor, Model, ModelInfo};
 use crate::tokenizer::Tokenizer;
 
-/// The generation pipeline: the network and the sampler in a loop.
-pub type Decoder<N> = Loop<Series<N, Sampler>>;
+/// The generation pipeline: the network (its logits checked) and the
+/// sampler in a loop.
+pub type Decoder<N> = Loop<Series<Finite<N>, Sampler>>;
+
+/// A network whose output rows (the logits) are checked for NaN and
+/// infinity after each forward pass: one pass over the rows it returns,
+/// which in generation is one row per step. A bad row fails the pass with
+/// [`LayerError::NonFinite`], before the sampler sees it.
+pub struct Finite<N>(pub N);
+
+impl<N: Layer> Layer for Finite<N> {
+    type State = N::State;
+    fn in_dim(&self) -> usize {
+        self.0.in_dim()
+    }
+    fn out_dim(&self) -> usize {
+        self.0.out_dim()
+    }
+    fn new_state(&self, cap: Capacity) -> Self::State {
+        self.0.new_state(cap)
+    }
+    fn reset(&self, state: &mut Self::State) {
+        self.0.reset(state)
+    }
+    fn forward(
+        &self,
+        x: &Act,
+        y: &mut Act,
+        state: &mut Self::State,
+        ctx: &Ctx<'_>,
+    ) -> Result<(), LayerError> {
+        self.0.forward(x, y, state, ctx)?;
+        if first_non_finite(y).is_some() {
+            return Err(LayerError::NonFinite { layer: "logits" });
+        }
+        Ok(())
+    }
+    fn describe(&self) -> Node {
+        self.0.describe()
+    }
+}
+
+/// The first row of `a` holding a NaN or an infinity, and which it is.
+pub fn first_non_finite(a: &Act) -> Option<(usize, &'static str)> {
+    let cols = a.cols().max(1);
+    let i = a.as_slice().iter().position(|v| !v.is_finite())?;
+    let what = if a.as_slice()[i].is_nan() {
+        "NaN"
+    } else {
+        "infinite"
+    };
+    Some((i / cols, what))
+}
+
+/// Fails with [`ModelError::NonFinite`] if `a` (rows at positions `pos0..`)
+/// holds a NaN or an infinity; `replay` gives what a diagnostic pass can
+/// rerun from position 0 (empty when the sequence did not start there).
+fn check_logits(a: &Act, pos0: usize, replay: impl FnOnce() -> Vec<u32>) -> Result<(), ModelError> {
+    match first_non_finite(a) {
+        None => Ok(()),
+        Some((row, what)) => Err(ModelError::NonFinite {
+            what,
+            position: pos0 + row,
+            replay: replay(),
+            diagnosis: String::new(),
+        }),
+    }
+}
 
 /// Settings for opening a session.
 #[derive(Debug, Clone)]
@@ -195,7 +262,7 @@ impl<N: Layer> Session<N> {
         let sampler = Sampler::new(info.vocab, opts.sampler)
             .map_err(|e| ModelError::Usage(format!("sampler: {e}")))?;
         let batch = opts.batch.max(1);
-        let decoder = Loop::autoregressive(Series::new(net, sampler), usize::MAX);
+        let decoder = Loop::autoregressive(Series::new(Finite(net), sampler), usize::MAX);
         let state = decoder.new_state(Capacity::new(batch, max_context));
         Ok(Session {
             tokenizer,
@@ -217,7 +284,7 @@ impl<N: Layer> Session<N> {
 
     /// The network.
     pub fn net(&self) -> &N {
-        &self.decoder.body.first
+        &self.decoder.body.first.0
     }
 
     /// Positions used so far in the sequence.
@@ -261,14 +328,23 @@ impl<N: Layer> Session<N> {
     pub fn logits(&mut self, tokens: &[u32]) -> Result<&Act, ModelError> {
         self.check_room(tokens.len())?;
         let vocab = self.info.vocab;
+        let start = self.pos;
         let mut all = std::mem::take(&mut self.logits);
         all.reshape(tokens.len(), vocab);
         let mut out = Act::default();
         for (c, chunk) in tokens.chunks(self.batch).enumerate() {
             self.load_ids(chunk);
             let ctx = Ctx::new(self.simd, &self.threads, &self.scratch).at(self.pos);
-            let net = &self.decoder.body.first;
+            let net = &self.decoder.body.first.0;
             net.forward(&self.ids, &mut out, &mut self.state.body_mut().first, &ctx)?;
+            let replay = || {
+                if start == 0 {
+                    tokens.to_vec()
+                } else {
+                    Vec::new()
+                }
+            };
+            check_logits(&out, self.pos, replay)?;
             let start = c * self.batch * vocab;
             all.as_mut_slice()[start..start + chunk.len() * vocab].copy_from_slice(out.as_slice());
             self.pos += chunk.len();
@@ -329,6 +405,7 @@ impl<N: Layer> Session<N> {
             return Ok(stats);
         }
         self.check_room(prompt.len())?;
+        let start = self.pos;
         let t0 = Instant::now();
         // The sampler's repetition window sees the prompt too.
         for &t in prompt {
@@ -342,12 +419,21 @@ impl<N: Layer> Session<N> {
                 .at(self.pos)
                 .with_rows(Rows::Last);
             let mut out = std::mem::take(&mut self.logits);
-            self.decoder.body.first.forward(
+            self.decoder.body.first.0.forward(
                 &self.ids,
                 &mut out,
                 &mut self.state.body_mut().first,
                 &ctx,
             )?;
+            // The last row of the chunk (the pass returns only that one).
+            let replay = || {
+                if start == 0 {
+                    prompt.to_vec()
+                } else {
+                    Vec::new()
+                }
+            };
+            check_logits(&out, self.pos + chunk.len() - 1, replay)?;
             self.logits = out;
             self.pos += chunk.len();
         }
@@ -395,7 +481,22 @@ impl<N: Layer> Session<N> {
             StopReason::ContextFull
         });
         self.ids = ids;
-        let (_, pos) = res?;
+        let (_, pos) = res.map_err(|e| match e {
+            LayerError::NonFinite { layer: "logits" } => {
+                let position = self.pos + tail.len() - 1 + sampled;
+                ModelError::NonFinite {
+                    what: "non-finite",
+                    position,
+                    replay: if start == 0 && sampled == 0 {
+                        prompt.to_vec()
+                    } else {
+                        Vec::new()
+                    },
+                    diagnosis: String::new(),
+                }
+            }
+            e => e.into(),
+        })?;
         self.pos = pos;
         self.pending = last;
         let t_first = t_first.unwrap_or_else(Instant::now);
@@ -418,7 +519,7 @@ impl<N: Layer> Session<N> {
             });
         }
         let vocab = self.info.vocab;
-        let net = &self.decoder.body.first;
+        let net = &self.decoder.body.first.0;
         let cap = Capacity::new(self.batch, longest).with_seqs(seqs.len());
         let mut state = net.new_state(cap);
         let mut outs: Vec<Act> = seqs
@@ -444,6 +545,15 @@ impl<N: Layer> Session<N> {
             }
             let ctx = Ctx::new(self.simd, &self.threads, &self.scratch).with_map(&map);
             net.forward(&self.ids, &mut out, &mut state, &ctx)?;
+            if let Some((j, what)) = first_non_finite(&out) {
+                let (s, p) = chunk[j];
+                return Err(ModelError::NonFinite {
+                    what,
+                    position: p,
+                    replay: seqs[s][..=p].to_vec(),
+                    diagnosis: String::new(),
+                });
+            }
             for (j, &(s, p)) in chunk.iter().enumerate() {
                 outs[s].row_mut(p).copy_from_slice(out.row(j));
             }
@@ -508,7 +618,7 @@ impl<N: Layer> Session<N> {
             return Ok(done);
         }
         let ctx_len = longest.saturating_add(max_tokens).min(self.max_context);
-        let net = &self.decoder.body.first;
+        let net = &self.decoder.body.first.0;
         let sampler = &self.decoder.body.second;
         let mut state = net.new_state(Capacity::new(self.batch.max(n), ctx_len).with_seqs(n));
         let mut samplers: Vec<SamplerState> = prompts
@@ -542,6 +652,19 @@ impl<N: Layer> Session<N> {
             }
             let ctx = ctx0.with_map(&map).with_rows(Rows::Last);
             net.forward(&self.ids, &mut out, &mut state, &ctx)?;
+            if let Some((o, what)) = first_non_finite(&out) {
+                let j = (0..chunk.len())
+                    .filter(|&j| map.is_last_of_sequence(j))
+                    .nth(o)
+                    .unwrap_or(0);
+                let (s, p) = chunk[j];
+                return Err(ModelError::NonFinite {
+                    what,
+                    position: p,
+                    replay: prompts[s][..=p].to_vec(),
+                    diagnosis: String::new(),
+                });
+            }
             let lasts = (0..chunk.len()).filter(|&j| map.is_last_of_sequence(j));
             for (o, j) in lasts.enumerate() {
                 let (s, p) = chunk[j];
@@ -584,6 +707,15 @@ impl<N: Layer> Session<N> {
             }
             let ctx = ctx0.with_map(&map).with_rows(Rows::Last);
             net.forward(&self.ids, &mut out, &mut state, &ctx)?;
+            if let Some((j, what)) = first_non_finite(&out) {
+                let (s, _) = active[j];
+                return Err(ModelError::NonFinite {
+                    what,
+                    position: lens[s],
+                    replay: Vec::new(),
+                    diagnosis: String::new(),
+                });
+            }
             for (j, &(s, _)) in active.iter().enumerate() {
                 lens[s] += 1;
                 pending[s] = Some(sample(s, out.row(j), &mut samplers));
