@@ -14,9 +14,9 @@ use minijinja::{Environment, Error, ErrorKind};
 
 use super::TokenizerError;
 
-/// The most template instructions one rendering may execute. Real chat
-/// templates (SmolLM2, Qwen2.5, Gemma 3) take a few hundred to a few thousand
-/// per message; a loop that runs longer is not building a prompt.
+/// The most template instructions one rendering may execute: Gemma 3's
+/// template renders a 2,000-message conversation within it; a runaway loop is
+/// stopped there with an error.
 pub const TEMPLATE_FUEL: u64 = 20_000_000;
 
 /// The deepest nesting of frames (a macro call takes several) a template may
