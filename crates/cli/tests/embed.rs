@@ -9,8 +9,10 @@ use std::process::{Command, Output, Stdio};
 const TOL: f64 = 1e-4;
 
 fn patchbay(args: &[&str]) -> Output {
+    // `bench` on an encoder reads the corpus from the reference data.
     Command::new(env!("CARGO_BIN_EXE_patchbay"))
         .args(args)
+        .env("PATCHBAY_SHARED", shared_dir())
         .stdin(Stdio::null())
         .output()
         .expect("run patchbay")
@@ -43,7 +45,7 @@ fn require(name: &str) {
 fn shared_dir() -> PathBuf {
     std::env::var_os("PATCHBAY_SHARED")
         .map(PathBuf::from)
-        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared"))
+        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../testdata"))
 }
 
 /// (texts, embeddings, cosine matrix) of the golden file.

@@ -64,7 +64,7 @@ fn gemma3_generates_its_golden_greedy_text() {
 fn every_causal_model_runs_every_command() {
     let corpus = std::env::var_os("PATCHBAY_SHARED")
         .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared"))
+        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../testdata"))
         .join("corpus/tinyshakespeare.txt");
     let dir = std::env::temp_dir().join(format!("patchbay-families-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();

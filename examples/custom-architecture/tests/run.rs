@@ -305,12 +305,12 @@ fn wikitext_ppl<N: Layer>(model: Model<N>, tokenizer: &Tokenizer, tokens: &[u32]
 /// The perplexity table of the crate docs: fused pairs, the odd layers
 /// dropped (the zero branch), and the pairs run as whole parallel layers.
 /// Slow (about ten minutes on two cores):
-/// `PATCHBAY_SHARED=/path/to/shared cargo test -p custom-architecture -- --ignored --nocapture`
+/// `cargo test -p custom-architecture -- --ignored --nocapture`
 #[test]
 #[ignore = "slow: about ten minutes"]
 fn wikitext_table() {
     let shared = std::env::var_os("PATCHBAY_SHARED").map_or_else(
-        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared"),
+        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../testdata"),
         PathBuf::from,
     );
     let corpus = shared.join("corpus/wikitext-2-test.txt");

@@ -264,6 +264,21 @@ impl Checkpoint {
                     expected: "a file name",
                     found: file.to_string(),
                 })?;
+                // A shard is a file beside the index: a path elsewhere
+                // (`../x`, `/etc/x`, a sub-folder) is refused, not followed.
+                let plain = !file.is_empty()
+                    && file != "."
+                    && file != ".."
+                    && !file.contains(['/', '\\', '\0']);
+                if !plain {
+                    return Err(ModelError::corrupt(
+                        &target,
+                        "index JSON",
+                        format!(
+                            "weight_map.{tensor} names the shard {file:?}, which is not a plain file name beside the index"
+                        ),
+                    ));
+                }
                 if !shards.iter().any(|s| s == file) {
                     shards.push(file.to_owned());
                 }

@@ -4,11 +4,24 @@
 //! `trim_blocks` and `lstrip_blocks`, `raise_exception`, `strftime_now`,
 //! a Python-like `tojson`, and Python string/dict methods (`.strip()`,
 //! `.items()`, ...).
+//!
+//! A template comes from the model file, so it is untrusted: rendering is
+//! bounded by [`TEMPLATE_FUEL`] instructions and [`TEMPLATE_RECURSION`] nested
+//! calls, and a template that exceeds either gets an error, not a hang.
 
 use minijinja::value::{Kwargs, Value, ValueKind};
 use minijinja::{Environment, Error, ErrorKind};
 
 use super::TokenizerError;
+
+/// The most template instructions one rendering may execute: Gemma 3's
+/// template renders a 2,000-message conversation within it; a runaway loop is
+/// stopped there with an error.
+pub const TEMPLATE_FUEL: u64 = 20_000_000;
+
+/// The deepest nesting of frames (a macro call takes several) a template may
+/// use: minijinja's own maximum, set here so that it is explicit.
+pub const TEMPLATE_RECURSION: usize = 500;
 
 /// One message of a conversation.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -65,8 +78,17 @@ pub fn render_chat(
     bos_token: &str,
     eos_token: &str,
 ) -> Result<String, TokenizerError> {
-    let terr = |e: Error| TokenizerError::Template(format!("{e:#}"));
+    let terr = |e: Error| {
+        TokenizerError::Template(match e.kind() {
+            ErrorKind::OutOfFuel => format!(
+                "the chat template ran more than {TEMPLATE_FUEL} instructions and was stopped (a runaway loop?)"
+            ),
+            _ => format!("{e:#}"),
+        })
+    };
     let mut env = Environment::new();
+    env.set_fuel(Some(TEMPLATE_FUEL));
+    env.set_recursion_limit(TEMPLATE_RECURSION);
     env.set_trim_blocks(true);
     env.set_lstrip_blocks(true);
     env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);

@@ -27,10 +27,24 @@ impl std::fmt::Debug for HfTokenizer {
 impl HfTokenizer {
     /// Loads a `tokenizer.json`.
     pub fn from_file(path: &Path) -> Result<Self, TokenizerError> {
-        let inner = tokenizers::Tokenizer::from_file(path).map_err(|e| TokenizerError::Format {
+        let bytes = std::fs::read(path).map_err(|e| TokenizerError::Io {
             path: path.to_path_buf(),
-            msg: e.to_string(),
+            source: e,
         })?;
+        // Check the JSON syntax and nesting depth first: `tokenizers` panics
+        // on either inside some sections (its decoder reader `expect`s)
+        // instead of returning an error.
+        serde_json::from_slice::<serde_json::Value>(&bytes).map_err(|e| {
+            TokenizerError::Format {
+                path: path.to_path_buf(),
+                msg: format!("not valid JSON: {e}"),
+            }
+        })?;
+        let inner =
+            tokenizers::Tokenizer::from_bytes(&bytes).map_err(|e| TokenizerError::Format {
+                path: path.to_path_buf(),
+                msg: e.to_string(),
+            })?;
         // Padding is a batching concern: encode one text to its own length.
         // Truncation is the runner's: tokenizer.json's limit (128 for
         // all-MiniLM-L6-v2) is not the model's (sentence-transformers uses

@@ -9,14 +9,14 @@ pub mod golden;
 
 use std::path::{Path, PathBuf};
 
-/// The shared reference data (`golden/`, `corpus/`): `$PATCHBAY_SHARED`, else
-/// `../shared` beside the workspace root.
+/// The reference data (`golden/`, `corpus/`): `$PATCHBAY_SHARED` if set, else
+/// the repository's own `testdata/` (see `testdata/README.md`).
 pub fn shared_dir() -> PathBuf {
     if let Some(p) = std::env::var_os("PATCHBAY_SHARED") {
         return PathBuf::from(p);
     }
     // CARGO_MANIFEST_DIR is crates/models.
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../testdata")
 }
 
 /// The golden folder (`golden/<dir>`) of a known model's short name.

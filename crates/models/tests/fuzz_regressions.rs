@@ -1,0 +1,155 @@
+//! Inputs the fuzz targets (`fuzz/`, `scripts/fuzz`) found to crash or hang a
+//! reader, each kept here as bytes so that CI sees it fixed, plus the bounds
+//! that make hostile chat templates and safetensors indexes safe.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use patchbay_models::formats::safetensors::Checkpoint;
+use patchbay_models::tokenizer::chat::{TEMPLATE_FUEL, TEMPLATE_RECURSION};
+use patchbay_models::tokenizer::{render_chat, ChatMessage, Tokenizer};
+
+/// A fresh directory for one test's files.
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "patchbay-fuzz-regressions-{}-{name}",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// fuzz target `tokenizer_json`: a JSON syntax error inside `"decoder"` made
+/// the `tokenizers` crate panic (`expect("Helper")`) instead of returning an
+/// error.
+#[test]
+fn tokenizer_json_with_a_syntax_error_in_the_decoder_is_an_error() {
+    let json = br#"{"version": "1.0", "truncation": null, "padding": null, "added_tokens": [{"id": 6, "content": "<|endoftext|>", "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true}], "normalizer": null, "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true}, "post_processor": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": false, "use_regex": true}, "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets" "byte_fallback": false, "vocab": {"a": 0, "b": 1, "c": 2, "ab": 3, "abc": 4, "\u0120": 5, "<|endoftext|>": 6}, "merges": ["a b", "ab c"]}}"#;
+    let dir = scratch("tokenizer-json");
+    let path = dir.join("tokenizer.json");
+    std::fs::write(&path, json).unwrap();
+    let err = Tokenizer::from_hf_json(&path).unwrap_err().to_string();
+    assert!(
+        err.contains("tokenizer.json") && err.contains("not valid JSON") && err.contains("column"),
+        "{err}"
+    );
+    // The same file with the syntax repaired loads.
+    let fixed = String::from_utf8_lossy(json).replace(
+        r#""trim_offsets" "byte_fallback": false,"#,
+        r#""trim_offsets": true, "use_regex": true}, "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null, "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false,"#,
+    );
+    std::fs::write(&path, fixed).unwrap();
+    let t = Tokenizer::from_hf_json(&path).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(t.encode("abc", false), vec![4]);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Deeply nested JSON stops at serde_json's depth limit with an error.
+#[test]
+fn deeply_nested_tokenizer_json_is_an_error() {
+    let dir = scratch("nested");
+    let path = dir.join("tokenizer.json");
+    let depth = 100_000;
+    let json = format!(
+        r#"{{"decoder": {}{}}}"#,
+        "[".repeat(depth),
+        "]".repeat(depth)
+    );
+    std::fs::write(&path, json).unwrap();
+    let err = Tokenizer::from_hf_json(&path).unwrap_err().to_string();
+    assert!(err.contains("not valid JSON"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+fn messages(n: usize) -> Vec<ChatMessage> {
+    (0..n)
+        .map(|i| {
+            let role = if i % 2 == 0 { "user" } else { "assistant" };
+            ChatMessage::new(role, format!("message {i}"))
+        })
+        .collect()
+}
+
+/// Renders and returns (result, time taken).
+fn render(template: &str) -> (Result<String, String>, Duration) {
+    let t0 = Instant::now();
+    let r = render_chat(template, &messages(2), true, "<s>", "</s>").map_err(|e| e.to_string());
+    (r, t0.elapsed())
+}
+
+#[test]
+fn a_chat_template_with_a_huge_loop_runs_out_of_fuel() {
+    // 10^10 iterations unbounded; the fuel stops it after TEMPLATE_FUEL steps.
+    let (r, took) = render(
+        "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}done",
+    );
+    let err = r.unwrap_err();
+    assert!(
+        err.contains(&TEMPLATE_FUEL.to_string()) && err.contains("instructions"),
+        "{err}"
+    );
+    assert!(took < Duration::from_secs(30), "took {took:?}");
+}
+
+#[test]
+fn a_chat_template_that_recurses_forever_is_an_error() {
+    let (r, _) = render("{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}");
+    let err = r.unwrap_err();
+    assert!(err.contains("recursion"), "{err}");
+    // Nesting within the limit is fine (a macro call takes a few frames).
+    let depth = TEMPLATE_RECURSION / 10;
+    let tpl = format!(
+        "{{% macro f(n) %}}{{% if n < {depth} %}}{{{{ f(n + 1) }}}}{{% else %}}{{{{ n }}}}{{% endif %}}{{% endmacro %}}{{{{ f(0) }}}}"
+    );
+    let (r, _) = render(&tpl);
+    assert_eq!(r.unwrap(), depth.to_string());
+}
+
+#[test]
+fn a_long_conversation_renders_within_the_fuel() {
+    // Gemma 3's template over 2,000 messages: far more than a chat holds.
+    let tpl = patchbay_models::tokenizer::chat::GEMMA_TEMPLATE;
+    let out = render_chat(tpl, &messages(2000), true, "<bos>", "<eos>").unwrap();
+    assert!(
+        out.contains("message 1999<end_of_turn>"),
+        "{}",
+        &out[out.len() - 200..]
+    );
+}
+
+#[test]
+fn a_repeated_string_too_large_is_an_error() {
+    let (r, _) = render("{{ 'x' * 1000000000000 }}");
+    assert!(r.unwrap_err().contains("too large"));
+}
+
+/// fuzz target `safetensors`: an index may only name shards beside it.
+#[test]
+fn a_safetensors_index_naming_a_path_elsewhere_is_refused() {
+    let dir = scratch("index");
+    let sub = dir.join("model");
+    std::fs::create_dir_all(&sub).unwrap();
+    // A valid one-tensor safetensors file outside the model directory.
+    let header = br#"{"w":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#;
+    let mut file = (header.len() as u64).to_le_bytes().to_vec();
+    file.extend_from_slice(header);
+    file.extend_from_slice(&1.0f32.to_le_bytes());
+    std::fs::write(dir.join("outside.safetensors"), &file).unwrap();
+    for shard in ["../outside.safetensors", "/etc/passwd", "..", "", "a\\b"] {
+        let index = serde_json::json!({ "weight_map": { "w": shard } });
+        std::fs::write(sub.join("model.safetensors.index.json"), index.to_string()).unwrap();
+        let err = Checkpoint::open(&sub).unwrap_err().to_string();
+        assert!(
+            err.contains("not a plain file name") && err.contains("model.safetensors.index.json"),
+            "{shard:?}: {err}"
+        );
+    }
+    // A shard beside the index is read.
+    std::fs::write(sub.join("model-00001-of-00001.safetensors"), &file).unwrap();
+    let index = serde_json::json!({ "weight_map": { "w": "model-00001-of-00001.safetensors" } });
+    std::fs::write(sub.join("model.safetensors.index.json"), index.to_string()).unwrap();
+    let ck = Checkpoint::open(&sub).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(ck.tensor("w").unwrap().as_f32().unwrap(), &[1.0]);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
