@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Result};
 use patchbay_models::catalog;
-use patchbay_models::runners::convert::{convert, ConvertOptions, ExportDType};
+use patchbay_models::runners::convert::{convert_with_layers, ConvertOptions, ExportDType};
 
 /// Arguments of `patchbay convert`.
 #[derive(clap::Args, Debug)]
@@ -26,6 +26,11 @@ pub struct ConvertArgs {
     /// Replace the files of an existing non-empty output directory.
     #[arg(long)]
     pub force: bool,
+    /// Write the model re-wired by a plan of layers and repeats (`0-23,8-29`),
+    /// or by a mergekit passthrough merge (`@merge.yml`); repeated layers are
+    /// written under their new indices.
+    #[arg(long, value_name = "PLAN")]
+    pub layers: Option<String>,
 }
 
 /// Runs `patchbay convert`.
@@ -41,7 +46,14 @@ pub fn run(args: &ConvertArgs) -> Result<()> {
         dtype,
         force: args.force,
     };
-    for f in convert(&path, &args.output, &opts)? {
+    let plan = match &args.layers {
+        Some(text) => {
+            let source = patchbay_models::families::open(&path)?;
+            Some(crate::common::plan_of(text, source.hparams().n_layer)?)
+        }
+        None => None,
+    };
+    for f in convert_with_layers(&path, &args.output, &opts, plan.as_ref())? {
         outln!("{}", f.display());
     }
     Ok(())

@@ -6,7 +6,7 @@ use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use patchbay_combinators::{Layer, Plan, PLAN_HELP};
+use patchbay_combinators::{Layer, PLAN_HELP};
 use patchbay_models::catalog;
 use patchbay_models::families::{self, BuildOptions, CausalLmVariantsVisitor, Model};
 use patchbay_models::runners::perplexity::Perplexity;
@@ -95,12 +95,16 @@ pub fn run(args: &RewireArgs) -> Result<()> {
     let n = source.hparams().n_layer;
     let mut entries = Vec::new();
     for text in &args.layers {
-        let plan = Plan::parse(text, n).map_err(|e| anyhow::anyhow!("--layers {text:?}: {e}"))?;
+        let plan = common::plan_of(text, n)?;
         entries.push(Entry {
             source: "layers".into(),
             sweep: None,
             variant: Variant {
-                name: plan.to_string(),
+                name: if text.starts_with('@') {
+                    text.clone()
+                } else {
+                    plan.to_string()
+                },
                 plan,
                 layer: None,
                 removes: None,
@@ -108,7 +112,10 @@ pub fn run(args: &RewireArgs) -> Result<()> {
         });
     }
     for &sweep in &args.sweep {
-        for variant in sweep.variants(n)? {
+        let variants = sweep
+            .variants(n)
+            .map_err(|e| common::UsageError(e.to_string()))?;
+        for variant in variants {
             entries.push(Entry {
                 source: sweep.to_string(),
                 sweep: Some(sweep),

@@ -212,3 +212,160 @@ fn bad_sweeps_are_usage_errors_naming_the_flag() {
     assert!(!o.status.success());
     assert!(stderr(&o).contains("--sweep drop-span:9"), "{}", stderr(&o));
 }
+
+fn write_merge(dir: &Path, name: &str, body: &str) -> String {
+    std::fs::create_dir_all(dir).unwrap();
+    let p = dir.join(name);
+    std::fs::write(&p, body).unwrap();
+    p.display().to_string()
+}
+
+const MERGE: &str = "slices:
+  - sources:
+      - model: stories260K
+        layer_range: [0, 3]
+  - sources:
+      - model: stories260K
+        layer_range: [1, 5]
+merge_method: passthrough
+dtype: float32
+";
+
+#[test]
+fn a_mergekit_merge_runs_as_its_plan_and_converts_to_the_same_model() {
+    require("stories260k");
+    let dir = out_dir("merge");
+    let merge = write_merge(&dir, "merge.yml", MERGE);
+    let at = format!("@{merge}");
+    let logits = |args: &[&str]| {
+        let mut all = vec!["logits", "-p", "Once upon a time", "--json"];
+        all.extend_from_slice(args);
+        let o = patchbay(&all);
+        assert!(o.status.success(), "{args:?}: {}", stderr(&o));
+        serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()
+    };
+    let by_yaml = logits(&["-m", "stories260k", "--layers", &at]);
+    let by_plan = logits(&["-m", "stories260k", "--layers", "0-2,1-4"]);
+    assert_eq!(by_yaml, by_plan, "the merge is not the plan 0-2,1-4");
+    let out = dir.join("converted");
+    let o = patchbay(&[
+        "convert",
+        "-m",
+        "stories260k",
+        "--layers",
+        &at,
+        "-o",
+        &out.display().to_string(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let config = read(&out.join("config.json"));
+    assert!(config.contains("\"num_hidden_layers\": 7"), "{config}");
+    let converted = logits(&["-m", &out.display().to_string()]);
+    // The exported checkpoint runs through the safetensors reader; the plain
+    // (unmerged) conversion of this model differs from the original by a few
+    // 1e-6 as well, so compare to 1e-4.
+    let (a, b) = (&by_plan["positions"], &converted["positions"]);
+    assert_eq!(a.as_array().unwrap().len(), b.as_array().unwrap().len());
+    for (p, q) in a.as_array().unwrap().iter().zip(b.as_array().unwrap()) {
+        let d = (p["logsumexp"].as_f64().unwrap() - q["logsumexp"].as_f64().unwrap()).abs();
+        assert!(d < 1e-4, "logsumexp differs by {d}");
+        for (x, y) in p["top"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .zip(q["top"].as_array().unwrap())
+        {
+            assert_eq!(x[0], y[0], "top tokens differ");
+            assert!((x[1].as_f64().unwrap() - y[1].as_f64().unwrap()).abs() < 1e-4);
+        }
+    }
+    // rewire accepts the merge too, with the same numbers as the plan.
+    let text = corpus("tinyshakespeare.txt");
+    let (table, _) = rewire(
+        &[
+            "-m",
+            "stories260k",
+            "-f",
+            &text,
+            "--ctx",
+            "64",
+            "--chunks",
+            "2",
+            "--layers",
+            &at,
+            "--layers",
+            "0-2,1-4",
+        ],
+        &dir.join("rw"),
+    );
+    let csv = read(&dir.join("rw").join("results.csv"));
+    let rows: Vec<Vec<&str>> = csv
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').collect())
+        .collect();
+    // The numbers (the last ten fields; the plan is quoted, with commas).
+    let (a, b) = (&rows[1], &rows[2]);
+    assert_eq!(a[a.len() - 10..], b[b.len() - 10..], "{csv}");
+    assert!(table.contains(&at), "{table}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn bad_merges_are_usage_errors_naming_the_flag() {
+    require("stories260k");
+    let dir = out_dir("badmerge");
+    let cases = [
+        (
+            "method.yml",
+            MERGE.replace("passthrough", "slerp"),
+            "merge_method 'slerp'",
+        ),
+        (
+            "models.yml",
+            MERGE.replacen("model: stories260K", "model: other/model", 1),
+            "different source models are not supported: 'other/model' and 'stories260K'",
+        ),
+        (
+            "range.yml",
+            MERGE.replace("[1, 5]", "[1, 9]"),
+            "slice 1: layer_range [1, 9]",
+        ),
+        (
+            "yaml.yml",
+            "slices: [\n  - sources: {\n".to_string(),
+            "line",
+        ),
+    ];
+    for (name, body, want) in cases {
+        let merge = write_merge(&dir, name, &body);
+        let at = format!("@{merge}");
+        for cmd in [&["logits", "-p", "hi"][..], &["graph"][..]] {
+            let mut all = cmd.to_vec();
+            all.extend_from_slice(&["-m", "stories260k", "--layers", &at]);
+            let o = patchbay(&all);
+            assert_eq!(o.status.code(), Some(2), "{name}: {}", stderr(&o));
+            let err = stderr(&o);
+            assert!(
+                err.contains("--layers @") && err.contains(want),
+                "{name}: {err}"
+            );
+        }
+    }
+    let o = patchbay(&[
+        "logits",
+        "-m",
+        "stories260k",
+        "-p",
+        "hi",
+        "--layers",
+        "@/nonexistent.yml",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("--layers @/nonexistent.yml"),
+        "{}",
+        stderr(&o)
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
