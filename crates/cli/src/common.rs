@@ -103,13 +103,37 @@ impl SamplingArgs {
     }
 }
 
-/// Parses a `--layers` plan against the model's layer count.
+/// A command-line argument that cannot be used: the process exits with
+/// status 2, as for the flags clap itself refuses.
+#[derive(Debug)]
+pub struct UsageError(pub String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+/// Parses a `--layers` plan against the model's layer count: a plan, or
+/// `@FILE`, a mergekit passthrough YAML file (its slices as a plan over the
+/// original weights).
 pub fn parse_plan(text: Option<&str>, source: &ModelSource) -> Result<Option<Plan>> {
     let Some(text) = text else { return Ok(None) };
-    let n = source.hparams().n_layer;
-    Plan::parse(text, n)
-        .map(Some)
-        .map_err(|e| anyhow::anyhow!("--layers {text:?}: {e}"))
+    plan_of(text, source.hparams().n_layer).map(Some)
+}
+
+/// [`parse_plan`] of one `--layers` value for a model of `n` layers.
+pub fn plan_of(text: &str, n: usize) -> Result<Plan> {
+    if let Some(file) = text.strip_prefix('@') {
+        let yaml = std::fs::read_to_string(file).map_err(|e| {
+            UsageError(format!("--layers @{file}: cannot read the merge file: {e}"))
+        })?;
+        return patchbay_models::mergekit::plan_from_yaml(&yaml, n)
+            .map_err(|e| UsageError(format!("--layers @{file}: {e}")).into());
+    }
+    Plan::parse(text, n).map_err(|e| anyhow::anyhow!("--layers {text:?}: {e}"))
 }
 
 /// Opens the model a command asked for and runs `job` on a session over it,

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Result};
 use patchbay_models::catalog;
-use patchbay_models::runners::convert::{convert, ConvertOptions, ExportDType};
+use patchbay_models::runners::convert::{convert_with_layers, ConvertOptions, ExportDType};
 
 /// Arguments of `patchbay convert`.
 #[derive(clap::Args, Debug)]
@@ -26,6 +26,11 @@ pub struct ConvertArgs {
     /// Replace the files of an existing non-empty output directory.
     #[arg(long)]
     pub force: bool,
+    /// Write the model re-wired by a plan of layers and repeats (`0-23,8-29`),
+    /// or by a mergekit passthrough merge (`@merge.yml`); repeated layers are
+    /// written under their new indices.
+    #[arg(long, value_name = "PLAN")]
+    pub layers: Option<String>,
 }
 
 /// Runs `patchbay convert`.
@@ -41,8 +46,15 @@ pub fn run(args: &ConvertArgs) -> Result<()> {
         dtype,
         force: args.force,
     };
+    let plan = match &args.layers {
+        Some(text) => {
+            let source = patchbay_models::families::open(&path)?;
+            Some(crate::common::plan_of(text, source.hparams().n_layer)?)
+        }
+        None => None,
+    };
     let bar = crate::common::busy(&path, "converting");
-    let files = convert(&path, &args.output, &opts);
+    let files = convert_with_layers(&path, &args.output, &opts, plan.as_ref());
     bar.finish_and_clear();
     for f in files? {
         outln!("{}", f.display());

@@ -21,6 +21,8 @@ mod graph;
 mod inspect;
 mod logits;
 mod perplexity;
+mod plot;
+mod rewire;
 mod tokenize;
 
 /// Run transformer language models on the CPU.
@@ -41,6 +43,8 @@ enum Command {
     Logits(logits::LogitsArgs),
     /// Perplexity of a text file, by llama.cpp's method.
     Perplexity(perplexity::PerplexityArgs),
+    /// Re-wired variants (dropped, repeated, swapped, parallel layers) against the model.
+    Rewire(rewire::RewireArgs),
     /// Prompt-processing and generation speed, like llama-bench.
     Bench(bench::BenchArgs),
     /// Export a GGUF model as an HF safetensors directory.
@@ -100,6 +104,7 @@ fn main() -> std::process::ExitCode {
         Command::Chat(a) => chat::run(a),
         Command::Logits(a) => logits::run(a),
         Command::Perplexity(a) => perplexity::run(a),
+        Command::Rewire(a) => rewire::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Convert(a) => convert::run(a),
         Command::Graph(a) => graph::run(a),
@@ -112,7 +117,11 @@ fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {}", common::render_error(&e));
-            std::process::ExitCode::FAILURE
+            if e.downcast_ref::<common::UsageError>().is_some() {
+                std::process::ExitCode::from(2)
+            } else {
+                std::process::ExitCode::FAILURE
+            }
         }
     }
 }

@@ -332,6 +332,39 @@ pub struct Ctx<'a> {
     /// Where each row belongs when the batch holds several sequences; `None`:
     /// one sequence (slot 0), rows at consecutive positions from `pos`.
     pub map: Option<&'a RowMap>,
+    /// Watches the residual stream between the layers of a plain
+    /// [`Stack`](crate::Stack) (`None`, the default: nothing is watched and
+    /// nothing is copied).
+    pub observer: Option<&'a dyn StackObserver>,
+}
+
+/// Sees the residual stream between the layers of a [`Stack`](crate::Stack)
+/// run without a plan: the input of layer `i` as `observe(i, x)` for
+/// `i = 0..n`, then the stack's output as `observe(n, y)`, for every forward
+/// call, rows as the call has them. Layers inside the stack run without the
+/// observer; a stack with a plan does not call it.
+///
+/// ```
+/// use std::cell::RefCell;
+/// use patchbay_combinators::{Capacity, Ctx, Identity, Layer, Scratch, Stack, StackObserver};
+/// use patchbay_primitives::{Act, Simd, Threads};
+/// #[derive(Debug, Default)]
+/// struct Seen(RefCell<Vec<usize>>);
+/// impl StackObserver for Seen {
+///     fn observe(&self, i: usize, _x: &Act) {
+///         self.0.borrow_mut().push(i);
+///     }
+/// }
+/// let s = Stack::new(vec![Identity::new(2); 3]);
+/// let (threads, scratch, seen) = (Threads::single(), Scratch::new(), Seen::default());
+/// let ctx = Ctx::new(Simd::detect(), &threads, &scratch).with_observer(&seen);
+/// let x = Act::from_vec(1, 2, vec![1.0, 2.0]).unwrap();
+/// s.apply(&x, &mut s.new_state(Capacity::new(1, 1)), &ctx).unwrap();
+/// assert_eq!(*seen.0.borrow(), vec![0, 1, 2, 3]);
+/// ```
+pub trait StackObserver: std::fmt::Debug {
+    /// Layer `i`'s input (`i < n`) or the stack's output (`i == n`).
+    fn observe(&self, i: usize, x: &Act);
 }
 
 impl<'a> Ctx<'a> {
@@ -344,6 +377,15 @@ impl<'a> Ctx<'a> {
             pos: 0,
             rows: Rows::All,
             map: None,
+            observer: None,
+        }
+    }
+
+    /// The same context with a [`StackObserver`] watching the stack.
+    pub fn with_observer(self, observer: &'a dyn StackObserver) -> Ctx<'a> {
+        Ctx {
+            observer: Some(observer),
+            ..self
         }
     }
 

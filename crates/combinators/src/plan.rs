@@ -29,6 +29,8 @@ Items are separated by commas; spaces around them are allowed.
   (A|B|...)   the layers in parallel from the same input, their residual updates
               summed: x + (A(x) - x) + (B(x) - x); a member may be a range: (10-13)
   (A|B)/mean  the same group, merged by the mean of the outputs: (A(x) + B(x)) / 2
+  @FILE       (command line) a mergekit passthrough YAML: its slices' layer_range
+              [a, b) in order, e.g. [0,24]+[8,32] is 0-23,8-31
 At most 4096 layer applications per forward pass. Examples for a 30-layer model:
   0-9,11-29 drops layer 10; 0-4,5x3,6-29 runs layer 5 three times;
   0-9,(10|11),12-29 runs 10 and 11 side by side; 29-0 reverses the order.";

@@ -639,8 +639,16 @@ impl<L: Layer> Layer for Stack<L> {
             return Ok(());
         }
         let Some(plan) = &self.plan else {
+            if let Some(obs) = ctx.observer {
+                return self.forward_observed(obs, x, y, st, ctx);
+            }
             return self.forward_in_order(x, y, st, ctx);
         };
+        let unobserved = Ctx {
+            observer: None,
+            ..*ctx
+        };
+        let ctx = &unobserved;
         let (mut a, mut b) = (ctx.scratch.act(), ctx.scratch.act());
         self.forward_plan(plan, x, y, &mut [&mut a, &mut b], st, ctx)
     }
@@ -705,6 +713,37 @@ impl<L: Layer> Stack<L> {
             };
             layer.forward(src, dst, s, ctx)?;
         }
+        Ok(())
+    }
+
+    /// [`Stack::forward_in_order`] with `obs` shown each layer's input and
+    /// the output; the layers themselves run without the observer.
+    fn forward_observed(
+        &self,
+        obs: &dyn crate::layer::StackObserver,
+        x: &Act,
+        y: &mut Act,
+        st: &mut StackState<L::State>,
+        ctx: &Ctx<'_>,
+    ) -> Result<(), LayerError> {
+        let inner = Ctx {
+            observer: None,
+            ..*ctx
+        };
+        let (mut a, mut b) = (ctx.scratch.act(), ctx.scratch.act());
+        let mut bufs = [&mut *a, &mut *b];
+        let mut cur: Option<usize> = None;
+        for (i, (layer, s)) in self.layers.iter().zip(st.layers.iter_mut()).enumerate() {
+            let (src, dst, d) = stage(x, &mut bufs, cur);
+            obs.observe(i, src);
+            layer.forward(src, dst, s, &inner)?;
+            cur = Some(d);
+        }
+        match cur {
+            Some(d) => y.copy_from(bufs[d]),
+            None => y.copy_from(x),
+        }
+        obs.observe(self.layers.len(), y);
         Ok(())
     }
 

@@ -16,6 +16,7 @@ pub mod catalog;
 pub mod error;
 pub mod families;
 pub mod formats;
+pub mod mergekit;
 pub mod runners;
 pub mod tokenizer;
 

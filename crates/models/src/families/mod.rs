@@ -286,3 +286,49 @@ pub fn planned<L: Layer>(
         None => Ok(stack),
     }
 }
+
+/// A job to run on several builds of one causal language model (one per
+/// plan), all of the same network type.
+pub trait CausalLmVariantsVisitor {
+    /// What the job returns.
+    type Output;
+    /// Runs the job on the builds, in the order of the plans.
+    fn visit<N: Layer>(self, models: Vec<Model<N>>) -> Self::Output;
+}
+
+/// Builds the causal language model in `source` once per entry of `plans`
+/// (`None`: as trained), with `opts` otherwise, and runs `job` on all of
+/// them. Every build reads the same open file: the weights are views into
+/// its one mapping, shared by all the builds, never copied.
+pub fn with_causal_lm_variants<V: CausalLmVariantsVisitor>(
+    source: &ModelSource,
+    opts: &BuildOptions,
+    plans: &[Option<Plan>],
+    job: V,
+) -> Result<V::Output, ModelError> {
+    fn all<N>(
+        plans: &[Option<Plan>],
+        opts: &BuildOptions,
+        build: impl Fn(&BuildOptions) -> Result<Model<N>, ModelError>,
+    ) -> Result<Vec<Model<N>>, ModelError> {
+        plans
+            .iter()
+            .map(|p| {
+                build(&BuildOptions {
+                    plan: p.clone(),
+                    ..opts.clone()
+                })
+            })
+            .collect()
+    }
+    match family_of(source)? {
+        Family::Llama => Ok(job.visit(all(plans, opts, |o| llama::build(source, o))?)),
+        Family::Gemma3 => Ok(job.visit(all(plans, opts, |o| gemma3::build(source, o))?)),
+        Family::Gpt2 => Ok(job.visit(all(plans, opts, |o| gpt2::build(source, o))?)),
+        Family::Phi => Ok(job.visit(all(plans, opts, |o| phi::build(source, o))?)),
+        f @ Family::Bert => Err(ModelError::NotCausal {
+            path: source.path().to_path_buf(),
+            family: f.name(),
+        }),
+    }
+}

@@ -411,6 +411,48 @@ pub fn convert(
     out: &Path,
     opts: &ConvertOptions,
 ) -> Result<Vec<PathBuf>, ConvertError> {
+    convert_with_layers(model, out, opts, None)
+}
+
+/// `blk.{i}.rest` -> `(i, rest)`.
+fn block_of(name: &str) -> Option<(usize, &str)> {
+    let (i, rest) = name.strip_prefix("blk.")?.split_once('.')?;
+    Some((i.parse().ok()?, rest))
+}
+
+/// The old layer behind each layer of a sequential plan (layers and
+/// repeats; a parallel group cannot be written as a plain stack).
+fn layer_order(model: &Path, plan: &patchbay_combinators::Plan) -> Result<Vec<usize>, ModelError> {
+    use patchbay_combinators::PlanStep;
+    let mut order = Vec::new();
+    for step in plan.steps() {
+        match step {
+            PlanStep::Layer(i) => order.push(*i),
+            PlanStep::Repeat { layer, times } => order.extend(std::iter::repeat_n(*layer, *times)),
+            PlanStep::Parallel { .. } => {
+                return Err(unsupported(
+                    model,
+                    format!(
+                        "--layers {plan}: a parallel group has no plain-stack equivalent to write; \
+                         convert writes plans of layers and repeats"
+                    ),
+                ))
+            }
+        }
+    }
+    Ok(order)
+}
+
+/// [`convert`] of the model re-wired by `layers`: the layers are written in
+/// the plan's order under their new indices (a repeated layer is written
+/// once per repetition), and `num_hidden_layers` (and Gemma 3's
+/// `layer_types`) follow. `None` writes the model as trained.
+pub fn convert_with_layers(
+    model: &Path,
+    out: &Path,
+    opts: &ConvertOptions,
+    layers: Option<&patchbay_combinators::Plan>,
+) -> Result<Vec<PathBuf>, ConvertError> {
     let dtype = opts.dtype;
     let source = families::open(model)?;
     let family = families::family_of(&source)?;
@@ -449,9 +491,40 @@ pub fn convert(
         }
     };
 
+    // Which stored tensor each written one comes from: the plan's layers
+    // under their new indices.
+    let mut plan = plan;
+    let mut pairs: Vec<(String, String)> =
+        plan.names.iter().map(|n| (n.clone(), n.clone())).collect();
+    if let Some(layers) = layers {
+        let order = layer_order(model, layers)?;
+        let globals = plan.names.iter().filter(|n| block_of(n).is_none());
+        let mut re: Vec<(String, String)> = globals.map(|n| (n.clone(), n.clone())).collect();
+        for (j, &old) in order.iter().enumerate() {
+            for n in &plan.names {
+                if let Some((i, rest)) = block_of(n) {
+                    if i == old {
+                        re.push((n.clone(), format!("blk.{j}.{rest}")));
+                    }
+                }
+            }
+        }
+        pairs = re;
+        plan.config
+            .insert("num_hidden_layers".into(), json!(order.len()));
+        if let Some(Value::Array(types)) = plan.config.get("layer_types").cloned() {
+            let remapped: Vec<Value> = order
+                .iter()
+                .map(|&i| types.get(i).cloned().unwrap_or(Value::Null))
+                .collect();
+            plan.config
+                .insert("layer_types".into(), Value::Array(remapped));
+        }
+    }
+
     // Tensors: every canonical name the family reads, dequantised.
     let mut data: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
-    for name in &plan.names {
+    for (name, written) in &pairs {
         let Some(t) = source.try_tensor(name)? else {
             continue;
         };
@@ -460,8 +533,8 @@ pub fn convert(
             .map_err(|e| ModelError::bad_tensor(model, name, e.to_string()))?;
         let shape = t.shape().to_vec();
         let v = (plan.transform)(name, &shape, v);
-        let hf = (plan.hf_name)(name)
-            .ok_or_else(|| unsupported(model, format!("no HF name for {name}")))?;
+        let hf = (plan.hf_name)(written)
+            .ok_or_else(|| unsupported(model, format!("no HF name for {written}")))?;
         data.push((hf, shape, dtype.encode(&v)));
     }
     let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = data
