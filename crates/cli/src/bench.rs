@@ -13,6 +13,7 @@ use patchbay_combinators::{Capacity, Ctx, Layer, Rows, Scratch};
 use patchbay_models::catalog;
 use patchbay_models::families::{self, BuildOptions, CausalLmVisitor, Kind, Model};
 use patchbay_models::runners::embed::{Embedder, EmbedderOptions};
+use patchbay_models::runners::session::first_non_finite;
 use patchbay_models::ModelSource;
 use patchbay_primitives::quant::DotMode;
 use patchbay_primitives::{kernels, Act, Simd, Threads};
@@ -261,14 +262,33 @@ fn read_bandwidth(threads: &Threads) -> f64 {
     PROBE_BYTES as f64 / best.max(1e-9)
 }
 
-/// The shared reference data (`corpus/`, `golden/`): `$PATCHBAY_SHARED`,
-/// else `shared/` beside the workspace root (as the tests resolve it).
+/// The folder holding `corpus/`: `$PATCHBAY_SHARED`, else `shared/` beside
+/// the workspace root when it exists (the whole WikiText-2 test file), else
+/// the repository's `testdata/` (a slice of it: fewer lines).
 fn shared_dir() -> PathBuf {
     if let Some(p) = std::env::var_os("PATCHBAY_SHARED") {
         return PathBuf::from(p);
     }
     // CARGO_MANIFEST_DIR is crates/cli.
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared")
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let shared = root.join("../shared");
+    if shared.join("corpus").is_dir() {
+        shared
+    } else {
+        root.join("testdata")
+    }
+}
+
+/// Fails when a forward pass produced a NaN or an infinity: a figure for a
+/// broken model would mean nothing.
+fn check_finite(out: &Act, test: &str) -> Result<()> {
+    if let Some((row, what)) = first_non_finite(out) {
+        anyhow::bail!(
+            "{test}: the forward pass produced {what} logits (row {row}); \
+             `patchbay generate` on this model names the first layer that goes non-finite"
+        );
+    }
+    Ok(())
 }
 
 /// Sentences per second of an encoder over the first `args.texts` non-blank
@@ -407,6 +427,7 @@ impl CausalLmVisitor for Bench<'_> {
             let x = Act::from_tokens(&ids[..args.n_prompt]);
             let ctx = Ctx::new(simd, threads, &scratch).with_rows(Rows::Last);
             model.net.forward(&x, &mut out, &mut st, &ctx)?; // warm-up
+            check_finite(&out, "pp")?;
             let mut samples = Vec::with_capacity(reps);
             for _ in 0..reps {
                 model.net.reset(&mut st);
@@ -430,7 +451,9 @@ impl CausalLmVisitor for Bench<'_> {
                         .with_rows(Rows::Last);
                     model.net.forward(&x, &mut out, &mut st, &ctx)?;
                 }
-                if rep > 0 {
+                if rep == 0 {
+                    check_finite(&out, "tg")?;
+                } else {
                     samples.push(args.n_gen as f64 / t0.elapsed().as_secs_f64().max(1e-9));
                 }
             }

@@ -426,6 +426,7 @@ fn hostile_inputs_get_clear_errors_and_exit_codes() {
         case(&["logits", "-m", &nan_bin, "-p", "Once upon a time"], 1, "the forward pass produced NaN logits at position 0: layer 2 is the first to produce NaN"),
         case(&["perplexity", "-m", &nan_bin, "-f", &text, "--ctx", "64", "--chunks", "2"], 1, "the forward pass produced NaN logits at position 0: layer 2 is the first to produce NaN"),
         case(&["generate", "-m", &nan_bin, "-f", &two_prompts, "--batch-prompts", "-n", "4"], 1, "layer 2 is the first to produce NaN"),
+        case(&["bench", "-m", &nan_bin, "-p", "8", "-n", "4", "-r", "1"], 1, "pp: the forward pass produced NaN logits"),
         case(&["generate", "-m", &inf_bin, "-p", "Once upon a time", "-n", "5"], 1, "layer 1 is the first to produce"),
         // A Q4_1 tensor labelled Q4_0 still fits the file (Q4_0 blocks are
         // smaller), so it opens; its garbage scales must not print garbage.

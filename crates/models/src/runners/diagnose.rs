@@ -71,11 +71,7 @@ impl CausalLmVisitor for Replay<'_> {
     fn visit<N: Layer>(self, model: Model<N>) -> Self::Output {
         let net = model.net;
         let n = self.tokens.len();
-        let mut ids = Act::with_capacity(n, 1);
-        ids.reshape(n, 1);
-        for (d, &t) in ids.as_mut_slice().iter_mut().zip(self.tokens) {
-            *d = t as f32;
-        }
+        let ids = Act::from_tokens(self.tokens);
         let mut state = net.new_state(Capacity::new(n, n));
         let threads = Threads::new(0);
         let scratch = Scratch::new();

@@ -501,10 +501,7 @@ fn run_chunk<N: Layer>(
 ) -> Result<(), ModelError> {
     net.reset(state);
     for (c, part) in chunk.chunks(batch).enumerate() {
-        ids.reshape(part.len(), 1);
-        for (d, &t) in ids.as_mut_slice().iter_mut().zip(part) {
-            *d = t as f32;
-        }
+        ids.load_tokens(part);
         let t0 = Instant::now();
         net.forward(ids, out, state, &ctx.at(c * batch))?;
         *seconds += t0.elapsed().as_secs_f64();
