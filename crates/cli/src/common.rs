@@ -1,7 +1,7 @@
 //! Options shared by the commands that run a model.
 
 use std::io::Read;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use patchbay_blocks::SamplerConfig;
@@ -307,6 +307,19 @@ pub fn context_advice(tokens: usize, held: usize, requested: usize) -> String {
             "the prompt has {tokens} tokens: it {verb} the model's context of {held} tokens, leaving no room to generate; shorten the prompt"
         )
     }
+}
+
+/// Reads a text file a user named (a corpus), with the file named in every
+/// error: unreadable, or not UTF-8 (with the offset of the first bad byte).
+pub fn read_text_file(path: &Path) -> Result<String> {
+    let bytes = read_file(path).with_context(|| format!("reading {}", path.display()))?;
+    String::from_utf8(bytes).map_err(|e| {
+        anyhow::anyhow!(
+            "{} is not valid UTF-8 (at byte {})",
+            path.display(),
+            e.utf8_error().valid_up_to()
+        )
+    })
 }
 
 /// Says on stderr when `--threads` asks for more workers than are useful here.

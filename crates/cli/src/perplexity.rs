@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use indicatif::{ProgressBar, ProgressStyle};
 use patchbay_combinators::{Layer, PLAN_HELP};
 use patchbay_models::runners::perplexity;
@@ -29,15 +29,7 @@ pub struct PerplexityArgs {
 
 /// Runs `patchbay perplexity`.
 pub fn run(args: &PerplexityArgs) -> Result<()> {
-    let bytes = common::read_file(&args.file)
-        .with_context(|| format!("reading {}", args.file.display()))?;
-    let text = String::from_utf8(bytes).map_err(|e| {
-        anyhow::anyhow!(
-            "{} is not valid UTF-8 (at byte {})",
-            args.file.display(),
-            e.utf8_error().valid_up_to()
-        )
-    })?;
+    let text = common::read_text_file(&args.file)?;
     let mut model = args.model.clone();
     model.max_context = model.max_context.max(args.ctx);
     common::with_session(

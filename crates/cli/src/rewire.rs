@@ -80,15 +80,7 @@ struct Entry {
 
 /// Runs `patchbay rewire`.
 pub fn run(args: &RewireArgs) -> Result<()> {
-    let bytes = common::read_file(&args.file)
-        .with_context(|| format!("reading {}", args.file.display()))?;
-    let text = String::from_utf8(bytes).map_err(|e| {
-        anyhow::anyhow!(
-            "{} is not valid UTF-8 (at byte {})",
-            args.file.display(),
-            e.utf8_error().valid_up_to()
-        )
-    })?;
+    let text = common::read_text_file(&args.file)?;
     let path = catalog::resolve_model(&args.model).map_err(anyhow::Error::msg)?;
     common::warn_if_capped(args.threads);
     let source = families::open(&path).with_context(|| format!("loading {}", path.display()))?;

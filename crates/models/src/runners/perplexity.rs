@@ -11,6 +11,13 @@ use patchbay_combinators::Layer;
 
 use crate::runners::session::Session;
 
+/// `log Σ exp(row)` in f64, shifted by the maximum: the log-partition of a
+/// row of logits.
+pub fn log_sum_exp(row: &[f32]) -> f64 {
+    let m = row.iter().fold(f64::NEG_INFINITY, |m, &v| m.max(v as f64));
+    m + row.iter().map(|&v| (v as f64 - m).exp()).sum::<f64>().ln()
+}
+
 /// Running perplexity totals.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Perplexity {
@@ -23,6 +30,13 @@ pub struct Perplexity {
 }
 
 impl Perplexity {
+    /// Counts one scored token's negative log-likelihood.
+    pub fn add(&mut self, nll: f64) {
+        self.count += 1;
+        self.nll += nll;
+        self.nll2 += nll * nll;
+    }
+
     /// `exp(mean NLL)`.
     pub fn ppl(&self) -> f64 {
         (self.nll / self.count.max(1) as f64).exp()
@@ -104,12 +118,7 @@ pub fn perplexity<N: Layer>(
         for i in first..ctx - 1 {
             let row = &logits.as_slice()[i * vocab..(i + 1) * vocab];
             let target = tokens[c * ctx + i + 1] as usize;
-            let m = row.iter().fold(f64::NEG_INFINITY, |m, &v| m.max(v as f64));
-            let lse = m + row.iter().map(|&v| (v as f64 - m).exp()).sum::<f64>().ln();
-            let nll = lse - row[target] as f64;
-            acc.count += 1;
-            acc.nll += nll;
-            acc.nll2 += nll * nll;
+            acc.add(log_sum_exp(row) - row[target] as f64);
         }
         on_chunk(c, n_chunks, &acc);
     }

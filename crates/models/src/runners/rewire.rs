@@ -24,7 +24,7 @@ use patchbay_primitives::{Act, Simd, Threads};
 
 use crate::error::ModelError;
 use crate::families::Model;
-use crate::runners::perplexity::{chunk_count, scored_per_chunk, Perplexity, MIN_CTX};
+use crate::runners::perplexity::{chunk_count, log_sum_exp, scored_per_chunk, Perplexity, MIN_CTX};
 
 /// The sweep kinds `--sweep` takes, for help texts and errors.
 pub const SWEEP_KINDS: &str = "drop, drop-span:K, swap-adjacent, repeat, parallel-pairs, \
@@ -403,15 +403,8 @@ pub fn spearman(x: &[f64], y: &[f64]) -> Option<f64> {
     (sxx > 0.0 && syy > 0.0).then(|| sxy / (sxx * syy).sqrt())
 }
 
-/// `max` and `ln Σ exp` of a row in `f64`, exactly as the perplexity runner
-/// computes them.
-fn logsumexp(row: &[f32]) -> f64 {
-    let m = row.iter().fold(f64::NEG_INFINITY, |m, &v| m.max(v as f64));
-    m + row.iter().map(|&v| (v as f64 - m).exp()).sum::<f64>().ln()
-}
-
 /// KL(p ‖ q) in `f64` for the distributions of logits `p` and `q` whose
-/// [`logsumexp`]s are `lse_p` and `lse_q`: `Σ p (log p − log q)`, summed in
+/// [`log_sum_exp`]s are `lse_p` and `lse_q`: `Σ p (log p − log q)`, summed in
 /// vocabulary order.
 fn kl_divergence(p: &[f32], lse_p: f64, q: &[f32], lse_q: f64) -> f64 {
     let mut kl = 0f64;
@@ -618,13 +611,10 @@ pub fn compare<N: Layer>(
                         let row = logits.row(r);
                         let j = p - first;
                         base_rows[j * vocab..(j + 1) * vocab].copy_from_slice(row);
-                        let lse = logsumexp(row);
+                        let lse = log_sum_exp(row);
                         base_lse[j] = lse;
                         base_top[j] = argmax(row);
-                        let nll = lse - row[text[p + 1] as usize] as f64;
-                        st.ppl.count += 1;
-                        st.ppl.nll += nll;
-                        st.ppl.nll2 += nll * nll;
+                        st.ppl.add(lse - row[text[p + 1] as usize] as f64);
                         st.agree += 1;
                     }
                 },
@@ -662,11 +652,8 @@ pub fn compare<N: Layer>(
                         let row = logits.row(r);
                         let j = p - first;
                         let b = &base_rows[j * vocab..(j + 1) * vocab];
-                        let lse = logsumexp(row);
-                        let nll = lse - row[text[p + 1] as usize] as f64;
-                        st.ppl.count += 1;
-                        st.ppl.nll += nll;
-                        st.ppl.nll2 += nll * nll;
+                        let lse = log_sum_exp(row);
+                        st.ppl.add(lse - row[text[p + 1] as usize] as f64);
                         let kl = kl_divergence(b, base_lse[j], row, lse);
                         st.kl_sum += kl;
                         st.kl_max = st.kl_max.max(kl);
@@ -779,7 +766,7 @@ mod tests {
         assert_eq!(spearman(&[1.0], &[1.0]), None);
         // KL of two distributions from logits, against the textbook sum.
         let (a, b) = ([0.0f32, 1.0, 2.0], [1.0f32, 0.5, -1.0]);
-        let (la, lb) = (logsumexp(&a), logsumexp(&b));
+        let (la, lb) = (log_sum_exp(&a), log_sum_exp(&b));
         let kl = kl_divergence(&a, la, &b, lb);
         assert_eq!(kl_divergence(&a, la, &a, la), 0.0);
         let pa: Vec<f64> = a.iter().map(|&x| (x as f64).exp()).collect();
