@@ -124,6 +124,34 @@ fn a_repeated_string_too_large_is_an_error() {
     assert!(r.unwrap_err().contains("too large"));
 }
 
+#[test]
+fn an_indentation_too_wide_is_an_error_not_an_allocation() {
+    // Both filters would build a string of 10^12 spaces before writing a line.
+    for tpl in [
+        "{{ 'a\nb' | indent(1000000000000) }}",
+        "{{ 'a\nb' | indent(width=1000000000000) }}",
+        "{{ messages | tojson(indent=1000000000000) }}",
+    ] {
+        let (r, _) = render(tpl);
+        let err = r.unwrap_err();
+        assert!(err.contains("wider than"), "{tpl}: {err}");
+    }
+}
+
+#[test]
+fn indent_behaves_as_jinja_within_the_bound() {
+    let cases = [
+        ("{{ 'a\nb\n\nc\n' | indent(2) }}", "a\n  b\n\n  c"),
+        ("{{ 'a\nb' | indent(2, true) }}", "  a\n  b"),
+        ("{{ 'a\n\nb' | indent(width=1, blank=true) }}", "a\n \n b"),
+        ("{{ 'a\nb' | indent }}", "a\n    b"),
+    ];
+    for (tpl, want) in cases {
+        let (r, _) = render(tpl);
+        assert_eq!(r.unwrap(), want, "{tpl}");
+    }
+}
+
 /// fuzz target `safetensors`: an index may only name shards beside it.
 #[test]
 fn a_safetensors_index_naming_a_path_elsewhere_is_refused() {

@@ -23,6 +23,11 @@ pub const TEMPLATE_FUEL: u64 = 20_000_000;
 /// use: minijinja's own maximum, set here so that it is explicit.
 pub const TEMPLATE_RECURSION: usize = 500;
 
+/// The widest indentation `indent` and `tojson(indent=...)` accept. Both build
+/// the indentation string up front, so a hostile width such as 10^12 would
+/// otherwise ask for that much memory at once; real templates use 2 or 4.
+pub const TEMPLATE_MAX_INDENT: usize = 1024;
+
 /// One message of a conversation.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct ChatMessage {
@@ -99,6 +104,7 @@ pub fn render_chat(
         strftime_now(&fmt)
     });
     env.add_filter("tojson", tojson);
+    env.add_filter("indent", indent);
     let tmpl = env.template_from_str(template).map_err(terr)?;
     let ctx = minijinja::context! {
         messages => Value::from_serialize(messages),
@@ -109,10 +115,69 @@ pub fn render_chat(
     tmpl.render(ctx).map_err(terr)
 }
 
+fn check_indent(filter: &str, width: usize) -> Result<(), Error> {
+    if width > TEMPLATE_MAX_INDENT {
+        return Err(Error::new(
+            ErrorKind::InvalidOperation,
+            format!("{filter}: an indentation of {width} is wider than {TEMPLATE_MAX_INDENT}"),
+        ));
+    }
+    Ok(())
+}
+
+/// Jinja's `indent(width=4, first=false, blank=false)`, as minijinja's own
+/// filter, with the width bounded by [`TEMPLATE_MAX_INDENT`].
+fn indent(
+    value: String,
+    width: Option<usize>,
+    first: Option<bool>,
+    blank: Option<bool>,
+    kwargs: Kwargs,
+) -> Result<String, Error> {
+    let width = match width {
+        Some(w) => w,
+        None => kwargs.get::<Option<usize>>("width")?.unwrap_or(4),
+    };
+    let first = match first {
+        Some(f) => f,
+        None => kwargs.get::<Option<bool>>("first")?.unwrap_or(false),
+    };
+    let blank = match blank {
+        Some(b) => b,
+        None => kwargs.get::<Option<bool>>("blank")?.unwrap_or(false),
+    };
+    kwargs.assert_all_used()?;
+    check_indent("indent", width)?;
+    let strip = |s: &str| -> usize {
+        let s = s.strip_suffix('\n').unwrap_or(s);
+        s.strip_suffix('\r').unwrap_or(s).len()
+    };
+    let input = &value[..strip(&value)];
+    let pad = " ".repeat(width);
+    let mut out = String::with_capacity(input.len());
+    let mut lines = input.split('\n');
+    if !first {
+        out.push_str(lines.next().unwrap_or_default());
+        out.push('\n');
+    }
+    for line in lines {
+        if !line.is_empty() || blank {
+            out.push_str(&pad);
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out.truncate(strip(&out));
+    Ok(out)
+}
+
 /// Python's `json.dumps(value, ensure_ascii=False, indent=indent)`.
 fn tojson(value: Value, kwargs: Kwargs) -> Result<String, Error> {
     let indent: Option<usize> = kwargs.get("indent")?;
     kwargs.assert_all_used()?;
+    if let Some(w) = indent {
+        check_indent("tojson", w)?;
+    }
     let mut out = String::new();
     write_json(&value, indent, 0, &mut out)?;
     Ok(out)
