@@ -51,6 +51,10 @@ pub struct ModelArgs {
     /// Longest sequence to prepare the KV cache for (capped by the model's own context).
     #[arg(long, default_value_t = 4096, value_parser = crate::common::positive, allow_negative_numbers = true)]
     pub max_context: usize,
+    /// Prompt rows per forward call. The logits do not depend on it (the
+    /// kernels are batch-invariant); only speed and scratch memory do.
+    #[arg(long, default_value_t = 512, value_parser = crate::common::positive, allow_negative_numbers = true)]
+    pub batch: usize,
     /// Int8 activations for quantised weights (llama.cpp's way: faster, slightly less exact).
     #[arg(long)]
     pub fast: bool,
@@ -151,6 +155,7 @@ pub fn with_session<J: SessionJob<Output = Result<()>>>(
     let mut opts = SessionOptions {
         threads: args.threads,
         max_context: args.max_context,
+        batch: args.batch,
         sampler,
         ..SessionOptions::default()
     };

@@ -2,28 +2,8 @@
 //! lists, every sample in `--json`, mean ± stddev, and tg's bandwidth share of
 //! the read-bandwidth probe.
 
-use std::process::{Command, Output, Stdio};
-
-fn patchbay(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_patchbay"))
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run patchbay")
-}
-
-fn ok(o: &Output, what: &str) -> String {
-    let (out, err) = (
-        String::from_utf8_lossy(&o.stdout).into_owned(),
-        String::from_utf8_lossy(&o.stderr),
-    );
-    assert!(o.status.success(), "{what} failed:\n{out}\n{err}");
-    out
-}
-
-fn require(name: &str) -> std::path::PathBuf {
-    patchbay_models::catalog::resolve_model(name).unwrap_or_else(|e| panic!("{e}"))
-}
+mod support;
+use support::*;
 
 #[test]
 fn json_holds_every_sample_for_each_thread_count() {

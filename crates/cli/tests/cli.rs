@@ -1,27 +1,11 @@
 //! The `patchbay` binary end to end: the main job, and clear errors (never a
 //! panic) for bad prompts, files and flags.
 
+mod support;
+use support::*;
+
 use std::io::Write;
-use std::process::{Command, Output, Stdio};
-
-fn patchbay(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_patchbay"))
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run patchbay")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-/// Fails with the fetch hint when the default model is missing.
-fn require(name: &str) {
-    if let Err(e) = patchbay_models::catalog::resolve_model(name) {
-        panic!("{e}");
-    }
-}
+use std::process::{Command, Stdio};
 
 #[test]
 fn generate_the_capital_of_france() {
@@ -219,6 +203,65 @@ fn logits_json_has_the_golden_shape() {
         assert!(top.windows(2).all(|w| w[0][1].as_f64() >= w[1][1].as_f64()));
     }
     assert_eq!(v["greedy"].as_array().unwrap().len(), 4);
+}
+
+#[test]
+fn logits_and_perplexity_do_not_depend_on_batch() {
+    let corpus = &corpus("tinyshakespeare.txt");
+    for model in ["stories260k", "smollm2-135m"] {
+        require(model);
+        let prompt = "Once upon a time, a little girl named Lily went to the park and saw a bird.";
+        let logits = |batch: &str, threads: &str| {
+            let o = patchbay(&[
+                "logits", "-m", model, "-p", prompt, "--json", "--top", "8", "--batch", batch,
+                "-t", threads,
+            ]);
+            assert!(
+                o.status.success(),
+                "{model} --batch {batch}: {}",
+                stderr(&o)
+            );
+            o.stdout
+        };
+        let whole = logits("512", "1");
+        for (batch, threads) in [("1", "1"), ("3", "2"), ("7", "1"), ("64", "2")] {
+            assert!(
+                logits(batch, threads) == whole,
+                "{model}: --batch {batch} -t {threads} changed the logits"
+            );
+        }
+        // The final line without its speed: the figures must match to the digit.
+        let ppl = |batch: &str| {
+            let o = patchbay(&[
+                "perplexity",
+                "-m",
+                model,
+                "-f",
+                corpus,
+                "--ctx",
+                "64",
+                "--chunks",
+                "3",
+                "--batch",
+                batch,
+            ]);
+            assert!(
+                o.status.success(),
+                "{model} --batch {batch}: {}",
+                stderr(&o)
+            );
+            let out = String::from_utf8(o.stdout).unwrap();
+            out.rsplit_once(" tokens scored").expect(&out).0.to_string()
+        };
+        let whole = ppl("64");
+        assert!(whole.contains("PPL = "), "{whole}");
+        for batch in ["1", "5", "1000"] {
+            assert_eq!(ppl(batch), whole, "{model}: perplexity --batch {batch}");
+        }
+    }
+    let o = patchbay(&["logits", "-m", "stories260k", "-p", "Hi", "--batch", "0"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--batch"), "{}", stderr(&o));
 }
 
 #[test]

@@ -3,7 +3,9 @@
 //! `--similarity` matrix within 1e-4; the error cases in one line; `bench` on
 //! the encoder.
 
-use std::path::PathBuf;
+mod support;
+use support::*;
+
 use std::process::{Command, Output, Stdio};
 
 const TOL: f64 = 1e-4;
@@ -12,45 +14,15 @@ fn patchbay(args: &[&str]) -> Output {
     // `bench` on an encoder reads the corpus from the reference data.
     Command::new(env!("CARGO_BIN_EXE_patchbay"))
         .args(args)
-        .env("PATCHBAY_SHARED", shared_dir())
+        .env("PATCHBAY_SHARED", data_dir())
         .stdin(Stdio::null())
         .output()
         .expect("run patchbay")
 }
 
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn ok(o: &Output, what: &str) -> String {
-    assert!(
-        o.status.success(),
-        "{what} failed:\n{}\n{}",
-        stdout(o),
-        stderr(o)
-    );
-    stdout(o)
-}
-
-fn require(name: &str) {
-    if let Err(e) = patchbay_models::catalog::resolve_model(name) {
-        panic!("{e}");
-    }
-}
-
-fn shared_dir() -> PathBuf {
-    std::env::var_os("PATCHBAY_SHARED")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../testdata"))
-}
-
 /// (texts, embeddings, cosine matrix) of the golden file.
 fn golden() -> (Vec<String>, Vec<Vec<f64>>, Vec<Vec<f64>>) {
-    let path = shared_dir().join("golden/minilm-l6-v2/sentences.json");
+    let path = data_dir().join("golden/minilm-l6-v2/sentences.json");
     let text = std::fs::read_to_string(&path)
         .unwrap_or_else(|e| panic!("{}: {e} (set PATCHBAY_SHARED)", path.display()));
     let j: serde_json::Value = serde_json::from_str(&text).unwrap();

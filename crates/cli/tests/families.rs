@@ -2,41 +2,12 @@
 //! format, `--layers` on the commands that take it, and a clear one-line error
 //! for a command that does not fit the model.
 
-use std::process::{Command, Output, Stdio};
+mod support;
+use support::*;
 
-fn patchbay(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_patchbay"))
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run patchbay")
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn require(name: &str) {
-    if let Err(e) = patchbay_models::catalog::resolve_model(name) {
-        panic!("{e}");
-    }
-}
+use std::process::{Command, Stdio};
 
 const CAUSAL: [&str; 4] = ["stories260k", "smollm2-135m", "qwen2.5-0.5b", "gemma3-270m"];
-
-fn ok(o: &Output, what: &str) -> String {
-    assert!(
-        o.status.success(),
-        "{what} failed:\n{}\n{}",
-        stdout(o),
-        stderr(o)
-    );
-    stdout(o)
-}
 
 #[test]
 fn gemma3_generates_its_golden_greedy_text() {
@@ -62,15 +33,12 @@ fn gemma3_generates_its_golden_greedy_text() {
 
 #[test]
 fn every_causal_model_runs_every_command() {
-    let corpus = std::env::var_os("PATCHBAY_SHARED")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../testdata"))
-        .join("corpus/tinyshakespeare.txt");
+    let corpus = corpus("tinyshakespeare.txt");
     let dir = std::env::temp_dir().join(format!("patchbay-families-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     // A short text so perplexity stays quick: two chunks of 64.
     let text: String = std::fs::read_to_string(&corpus)
-        .unwrap_or_else(|e| panic!("{}: {e} (set PATCHBAY_SHARED)", corpus.display()))
+        .unwrap_or_else(|e| panic!("{corpus}: {e}"))
         .chars()
         .take(4000)
         .collect();

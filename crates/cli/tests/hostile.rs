@@ -3,6 +3,9 @@
 //! memory, and never with a panic or a backtrace (the binary runs with
 //! `RUST_BACKTRACE=1`, so a panic would show one).
 
+mod support;
+use support::*;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -83,13 +86,6 @@ fn full(args: &[&str], code: i32, stderr: &'static str) -> Case {
     Case {
         stdout: Out::Full,
         ..case(args, code, stderr)
-    }
-}
-
-/// Fails with the fetch hint when a model is missing.
-fn require(name: &str) {
-    if let Err(e) = patchbay_models::catalog::resolve_model(name) {
-        panic!("{e}");
     }
 }
 

@@ -1,39 +1,10 @@
 //! `patchbay rewire` end to end: reproducible results.csv across thread
 //! counts and batch sizes, the plots, and clear errors for bad flags.
 
+mod support;
+use support::*;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-
-fn patchbay(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_patchbay"))
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run patchbay")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn require(name: &str) {
-    if let Err(e) = patchbay_models::catalog::resolve_model(name) {
-        panic!("{e}");
-    }
-}
-
-fn corpus(name: &str) -> String {
-    let shared = std::env::var_os("PATCHBAY_SHARED")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared"));
-    let p = shared.join("corpus").join(name);
-    assert!(
-        p.is_file(),
-        "{} is missing: the shared corpora live in $PATCHBAY_SHARED/corpus",
-        p.display()
-    );
-    p.display().to_string()
-}
 
 fn out_dir(tag: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("patchbay-rewire-{tag}-{}", std::process::id()));

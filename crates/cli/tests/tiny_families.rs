@@ -3,26 +3,11 @@
 //! reference: `generate --temp 0` prints the reference's greedy text, and
 //! `graph` draws both, the Phi block with its parallel fork.
 
+mod support;
+use support::*;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-
-fn patchbay(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_patchbay"))
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run patchbay")
-}
-
-fn ok(o: &Output, what: &str) -> String {
-    assert!(
-        o.status.success(),
-        "{what} failed:\n{}\n{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
+use std::process::Command;
 
 /// Runs the reference script for `family` into a fresh directory.
 fn make_reference(family: &str) -> (PathBuf, serde_json::Value) {

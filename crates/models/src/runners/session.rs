@@ -261,7 +261,9 @@ impl<N: Layer> Session<N> {
         let max_context = opts.max_context.min(info.max_context).max(1);
         let sampler = Sampler::new(info.vocab, opts.sampler)
             .map_err(|e| ModelError::Usage(format!("sampler: {e}")))?;
-        let batch = opts.batch.max(1);
+        // More rows per call than the context holds would only size scratch
+        // for rows that can never come.
+        let batch = opts.batch.clamp(1, max_context);
         let decoder = Loop::autoregressive(Series::new(Finite(net), sampler), usize::MAX);
         let state = decoder.new_state(Capacity::new(batch, max_context));
         Ok(Session {
