@@ -7,6 +7,7 @@
 //! and a user's own architecture — runs through the same driver, monomorphised.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use patchbay_blocks::{Sampler, SamplerConfig, SamplerState};
@@ -184,8 +185,10 @@ pub struct Completion {
 
 /// A network with its tokenizer and one sequence's state.
 pub struct Session<N: Layer> {
-    /// The tokenizer.
-    pub tokenizer: Tokenizer,
+    /// The tokenizer, shared: a caller that streams text while the session
+    /// generates holds a second handle, not a copy (a 262k vocabulary is tens
+    /// of MB).
+    pub tokenizer: Arc<Tokenizer>,
     /// Facts about the model.
     pub info: ModelInfo,
     decoder: Decoder<N>,
@@ -267,7 +270,7 @@ impl<N: Layer> Session<N> {
         let decoder = Loop::autoregressive(Series::new(Finite(net), sampler), usize::MAX);
         let state = decoder.new_state(Capacity::new(batch, max_context));
         Ok(Session {
-            tokenizer,
+            tokenizer: Arc::new(tokenizer),
             info,
             decoder,
             state,

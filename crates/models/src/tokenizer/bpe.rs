@@ -102,7 +102,7 @@ impl Bpe {
         let n_vocab = core.tokens.len() as u32;
         let mut extra: HashMap<Box<str>, u32> = HashMap::new();
         let intern = |s: &str, extra: &mut HashMap<Box<str>, u32>| -> u32 {
-            if let Some(&id) = core.token_to_id.get(s) {
+            if let Some(id) = core.tokens.id(s) {
                 return id;
             }
             let next = n_vocab + extra.len() as u32;
@@ -133,7 +133,7 @@ impl Bpe {
     }
 
     fn lookup(&self, core: &Core, s: &str) -> u32 {
-        if let Some(&id) = core.token_to_id.get(s) {
+        if let Some(id) = core.tokens.id(s) {
             return id;
         }
         self.extra.get(s).copied().unwrap_or(NONE)
@@ -155,7 +155,7 @@ impl Bpe {
                 word.push(self.byte_chars[byte as usize]);
             }
             if self.pre == PreTokenizer::Llama3 {
-                if let Some(&id) = core.token_to_id.get(word.as_str()) {
+                if let Some(id) = core.tokens.id(&word) {
                     out.push(id);
                     continue;
                 }
@@ -227,10 +227,7 @@ impl Bpe {
                 for &b in &word.as_bytes()[s.start..s.start + s.len] {
                     if b < 0x80 {
                         let mut buf = [0u8; 4];
-                        if let Some(&id) = core
-                            .token_to_id
-                            .get((b as char).encode_utf8(&mut buf) as &str)
-                        {
+                        if let Some(id) = core.tokens.id((b as char).encode_utf8(&mut buf)) {
                             out.push(id);
                         }
                     }

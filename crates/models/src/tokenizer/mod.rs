@@ -11,6 +11,7 @@ pub mod gguf_vocab;
 mod hf;
 mod llama2c;
 mod spm;
+mod table;
 mod unicode;
 
 use std::borrow::Cow;
@@ -149,10 +150,10 @@ const FIM_TEXTS: &[&str] = &[
 /// The vocabulary state shared by the GGUF tokenizers.
 #[derive(Debug, Clone)]
 pub(crate) struct Core {
-    pub(crate) tokens: Vec<String>,
+    /// Token texts by id, and ids by text.
+    pub(crate) tokens: table::TokenTable,
     pub(crate) scores: Vec<f32>,
     attrs: Vec<u8>,
-    pub(crate) token_to_id: HashMap<Box<str>, u32>,
     /// Control, user-defined and unknown tokens, longest text first.
     special_cache: Vec<u32>,
     eog: HashSet<u32>,
@@ -179,18 +180,21 @@ impl Core {
         if n > u32::MAX as usize / 2 {
             return Err(TokenizerError::BadVocab(format!("{n} tokens")));
         }
-        let mut tokens = v.tokens.clone();
-        let mut token_to_id: HashMap<Box<str>, u32> = HashMap::with_capacity(n);
-        for (i, t) in tokens.iter_mut().enumerate() {
-            if t.is_empty() {
-                *t = format!("[EMPTY_{i}]");
-            }
-            if let Some(prev) = token_to_id.insert(t.as_str().into(), i as u32) {
-                return Err(TokenizerError::BadVocab(format!(
-                    "duplicate token {t:?} has ids {prev} and {i}"
-                )));
-            }
-        }
+        // An empty text cannot be matched; llama.cpp names it instead.
+        let texts = v
+            .tokens
+            .iter()
+            .enumerate()
+            .map(|(i, t)| match t.is_empty() {
+                true => Cow::Owned(format!("[EMPTY_{i}]")),
+                false => Cow::Borrowed(t.as_str()),
+            });
+        let tokens = table::TokenTable::new(texts).map_err(|(prev, i)| {
+            TokenizerError::BadVocab(format!(
+                "duplicate token {:?} has ids {prev} and {i}",
+                v.tokens[i as usize]
+            ))
+        })?;
         let mut attrs: Vec<u8> = (0..n)
             .map(|i| match v.token_types.get(i).copied().unwrap_or(1) {
                 1 => ATTR_NORMAL,
@@ -226,13 +230,13 @@ impl Core {
         }
         let mut eog: HashSet<u32> = eos.into_iter().chain(eot).collect();
         for t in EOG_TEXTS {
-            if let Some(&id) = token_to_id.get(*t) {
+            if let Some(id) = tokens.id(t) {
                 eog.insert(id);
                 attrs[id as usize] |= ATTR_CONTROL;
             }
         }
         for t in FIM_TEXTS {
-            if let Some(&id) = token_to_id.get(*t) {
+            if let Some(id) = tokens.id(t) {
                 attrs[id as usize] |= ATTR_CONTROL;
             }
         }
@@ -244,7 +248,6 @@ impl Core {
             scores: v.scores.clone(),
             tokens,
             attrs,
-            token_to_id,
             special_cache,
             eog,
             bos,
@@ -270,7 +273,7 @@ impl Core {
             if !parse_special && attr & (ATTR_CONTROL | ATTR_UNKNOWN) != 0 {
                 continue;
             }
-            let s = self.tokens[id as usize].as_str();
+            let s = &self.tokens[id as usize];
             if !text.contains(s) {
                 continue;
             }
@@ -301,15 +304,12 @@ impl Core {
     /// The `<0xXX>` token of a byte (else the byte as a one-char token, else UNK).
     pub(crate) fn byte_token(&self, b: u8) -> Option<u32> {
         let hex = format!("<0x{b:02X}>");
-        if let Some(&id) = self.token_to_id.get(hex.as_str()) {
+        if let Some(id) = self.tokens.id(&hex) {
             return Some(id);
         }
         if b < 0x80 {
             let mut buf = [0u8; 4];
-            if let Some(&id) = self
-                .token_to_id
-                .get((b as char).encode_utf8(&mut buf) as &str)
-            {
+            if let Some(id) = self.tokens.id((b as char).encode_utf8(&mut buf)) {
                 return Some(id);
             }
         }
@@ -661,7 +661,7 @@ impl Tokenizer {
     /// The raw vocabulary entry of a token (`Ġthe`, `▁the`, `<0x0A>`, `##ing`).
     pub fn token_text(&self, id: u32) -> Option<String> {
         match self {
-            Tokenizer::Gguf(t) => t.core.tokens.get(id as usize).cloned(),
+            Tokenizer::Gguf(t) => t.core.tokens.get(id as usize).map(str::to_owned),
             Tokenizer::Llama2c(t) => t
                 .raw_piece(id)
                 .map(|p| String::from_utf8_lossy(p).into_owned()),
@@ -672,7 +672,7 @@ impl Tokenizer {
     /// The id of a vocabulary entry.
     pub fn token_id(&self, text: &str) -> Option<u32> {
         match self {
-            Tokenizer::Gguf(t) => t.core.token_to_id.get(text).copied(),
+            Tokenizer::Gguf(t) => t.core.tokens.id(text),
             Tokenizer::Llama2c(t) => {
                 (0..t.vocab_size() as u32).find(|&i| t.raw_piece(i) == Some(text.as_bytes()))
             }
@@ -730,7 +730,7 @@ impl Tokenizer {
     pub fn chat_template(&self) -> Option<&str> {
         match self {
             Tokenizer::Gguf(t) => t.chat_template().or_else(|| {
-                let has = |s: &str| t.core.token_to_id.contains_key(s);
+                let has = |s: &str| t.core.tokens.id(s).is_some();
                 (has("<start_of_turn>") && has("<end_of_turn>")).then_some(chat::GEMMA_TEMPLATE)
             }),
             _ => None,

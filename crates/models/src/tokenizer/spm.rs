@@ -60,7 +60,7 @@ pub(crate) fn encode_text(core: &Core, text: &str, out: &mut Vec<u32>) {
     let try_add = |syms: &[Sym], heap: &mut BinaryHeap<Bigram>, l: usize, r: usize| {
         let (a, b) = (syms[l], syms[r]);
         let s = &text[a.start..a.start + a.len + b.len];
-        if let Some(&id) = core.token_to_id.get(s) {
+        if let Some(id) = core.tokens.id(s) {
             heap.push(Bigram {
                 score: core.scores.get(id as usize).copied().unwrap_or(0.0),
                 left: l,
@@ -95,7 +95,7 @@ pub(crate) fn encode_text(core: &Core, text: &str, out: &mut Vec<u32>) {
         let s = syms[k];
         i = s.next;
         let piece = &text[s.start..s.start + s.len];
-        if let Some(&id) = core.token_to_id.get(piece) {
+        if let Some(id) = core.tokens.id(piece) {
             out.push(id);
             continue;
         }
