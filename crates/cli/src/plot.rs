@@ -84,6 +84,7 @@ impl Chart {
         file: &str,
         title: &str,
         x_label: &str,
+        value_label: &str,
         rows: Vec<String>,
         cells: Vec<(usize, usize, f64)>,
     ) -> Chart {
@@ -91,7 +92,7 @@ impl Chart {
             file: file.into(),
             title: title.into(),
             x_label: x_label.into(),
-            y_label: String::new(),
+            y_label: value_label.into(),
             kind: Kind::Heat { rows, cells },
         }
     }
@@ -208,14 +209,7 @@ impl Chart {
         c.rect(lx - 6.0, ly - 14.0, 130.0, 26.0, LIGHT, "legend");
         c.line((lx, ly), (lx + 20.0, ly), BLUE, 2.0, "legend-line");
         c.dot((lx + 10.0, ly), 4.0, BLUE, "legend-mark");
-        c.text(
-            lx + 28.0,
-            ly + 4.0,
-            "variant - base",
-            1,
-            Anchor::Start,
-            false,
-        );
+        c.text(lx + 28.0, ly + 4.0, "variant", 1, Anchor::Start, false);
     }
 
     fn draw_heat(
@@ -300,7 +294,7 @@ impl Chart {
             Anchor::Start,
             false,
         );
-        c.text(bx, t - 10.0, "Δppl", 1, Anchor::Start, false);
+        c.text(bx, t - 10.0, &self.y_label, 1, Anchor::Start, false);
     }
 }
 

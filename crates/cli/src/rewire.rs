@@ -37,14 +37,14 @@ With -o DIR: results.csv (one row per variant, identical across runs, thread cou
 /// Arguments of `patchbay rewire`.
 #[derive(clap::Args, Debug)]
 #[command(after_help = format!("{AFTER_HELP}\n{PLAN_HELP}"))]
-#[command(group(clap::ArgGroup::new("what").required(true).multiple(true).args(["layers", "sweep"])))]
+#[command(group(clap::ArgGroup::new("what").required(true).multiple(true).args(["layers", "sweep", "replot"])))]
 pub struct RewireArgs {
     /// Model short name or path.
     #[arg(short, long, default_value = catalog::DEFAULT_MODEL)]
     pub model: String,
     /// The text file to score.
-    #[arg(short, long)]
-    pub file: PathBuf,
+    #[arg(short, long, required_unless_present = "replot")]
+    pub file: Option<PathBuf>,
     /// Tokens per chunk.
     #[arg(long, default_value_t = 512, value_parser = crate::common::count, allow_negative_numbers = true)]
     pub ctx: usize,
@@ -67,6 +67,9 @@ pub struct RewireArgs {
     /// Write results.csv, timings.csv, manifest.json and plots here.
     #[arg(short, long, value_name = "DIR")]
     pub output: Option<PathBuf>,
+    /// Redraw the plots in DIR from the results.csv a run wrote there; runs no model.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["layers", "sweep", "output", "file"])]
+    pub replot: Option<PathBuf>,
 }
 
 /// A variant with where it came from.
@@ -80,7 +83,13 @@ struct Entry {
 
 /// Runs `patchbay rewire`.
 pub fn run(args: &RewireArgs) -> Result<()> {
-    let text = common::read_text_file(&args.file)?;
+    if let Some(dir) = &args.replot {
+        return replot(dir);
+    }
+    let Some(file) = &args.file else {
+        anyhow::bail!("--file is required");
+    };
+    let text = common::read_text_file(file)?;
     let path = catalog::resolve_model(&args.model).map_err(anyhow::Error::msg)?;
     common::warn_if_capped(args.threads);
     let source = families::open(&path).with_context(|| format!("loading {}", path.display()))?;
@@ -148,7 +157,7 @@ pub fn run(args: &RewireArgs) -> Result<()> {
     let table = markdown(&entries, &report, args);
     common::write_stdout(table.as_bytes())?;
     if let Some(dir) = &args.output {
-        write_outputs(dir, &path, &entries, &report, args)?;
+        write_outputs(dir, &path, file, &entries, &report, args)?;
     }
     Ok(())
 }
@@ -378,6 +387,7 @@ fn sha256_of(path: &Path) -> Result<String> {
 fn write_outputs(
     dir: &Path,
     model: &Path,
+    file: &Path,
     entries: &[Entry],
     r: &RewireReport,
     args: &RewireArgs,
@@ -392,8 +402,8 @@ fn write_outputs(
     let manifest = serde_json::json!({
         "model": model.display().to_string(),
         "model_sha256": sha256_of(model)?,
-        "corpus": args.file.display().to_string(),
-        "corpus_sha256": sha256_of(&args.file)?,
+        "corpus": file.display().to_string(),
+        "corpus_sha256": sha256_of(file)?,
         "plans": entries.iter().map(|e| serde_json::json!({
             "variant": e.variant.name,
             "source": e.source,
@@ -412,35 +422,59 @@ fn write_outputs(
         "manifest.json",
         format!("{}\n", serde_json::to_string_pretty(&manifest)?).as_bytes(),
     )?;
-    for chart in charts(entries, r) {
-        put(&format!("{}.svg", chart.file), chart.svg().as_bytes())?;
-        put(&format!("{}.png", chart.file), &chart.png()?)?;
-    }
-    Ok(())
+    write_charts(dir, &plot_points(entries, r))
 }
 
-/// The plots of the sweeps that ran: Δppl against the layer for `drop`,
-/// `drop-span`, `repeat` and `prefix`; heatmaps for swaps and parallel pairs.
-fn charts(entries: &[Entry], r: &RewireReport) -> Vec<plot::Chart> {
-    let mut sweeps: Vec<Sweep> = entries.iter().filter_map(|e| e.sweep).collect();
+/// One variant of a sweep, as a plot shows it.
+struct PlotPoint {
+    sweep: Sweep,
+    /// The layer it is plotted against.
+    layer: usize,
+    /// `sum` or `mean` for parallel pairs, else empty.
+    merge: &'static str,
+    /// The variant's perplexity over the baseline's.
+    ppl_ratio: f64,
+}
+
+fn merge_of(name: &str) -> &'static str {
+    if name.ends_with("/mean") {
+        "mean"
+    } else if name.ends_with("/sum") {
+        "sum"
+    } else {
+        ""
+    }
+}
+
+/// The plot points of a finished run.
+fn plot_points(entries: &[Entry], r: &RewireReport) -> Vec<PlotPoint> {
+    let base = r.baseline.ppl.ppl();
+    entries
+        .iter()
+        .zip(&r.variants)
+        .filter_map(|(e, st)| {
+            Some(PlotPoint {
+                sweep: e.sweep?,
+                layer: e.variant.layer?,
+                merge: merge_of(&e.variant.name),
+                ppl_ratio: st.ppl.ppl() / base,
+            })
+        })
+        .collect()
+}
+
+/// The plots of the sweeps that ran: perplexity over the baseline's, on a
+/// log scale (one dropped first layer can cost 1000x, a middle one 1.2x),
+/// against the layer for `drop`, `drop-span`, `repeat` and `prefix`;
+/// heatmaps for swaps and parallel pairs.
+fn charts(points: &[PlotPoint]) -> Vec<plot::Chart> {
+    let mut sweeps: Vec<Sweep> = points.iter().map(|p| p.sweep).collect();
     sweeps.dedup();
-    let base = &r.baseline.ppl;
     let mut out = Vec::new();
     for sweep in sweeps {
-        let points: Vec<(usize, f64, String)> = entries
-            .iter()
-            .zip(&r.variants)
-            .filter(|(e, _)| e.sweep == Some(sweep))
-            .filter_map(|(e, st)| {
-                let name = match &e.variant.name {
-                    n if n.ends_with("/mean") => "mean",
-                    n if n.ends_with("/sum") => "sum",
-                    _ => "",
-                };
-                Some((e.variant.layer?, delta(st, base), name.to_string()))
-            })
-            .collect();
+        let points: Vec<&PlotPoint> = points.iter().filter(|p| p.sweep == sweep).collect();
         let file = sweep.to_string().replace([':', '-'], "_");
+        let title = format!("{sweep}: perplexity / baseline perplexity");
         match sweep {
             Sweep::Drop | Sweep::DropSpan(_) | Sweep::Repeat | Sweep::Prefix => {
                 let x_label = match sweep {
@@ -450,10 +484,13 @@ fn charts(entries: &[Entry], r: &RewireReport) -> Vec<plot::Chart> {
                 };
                 out.push(plot::Chart::line(
                     &file,
-                    &format!("{sweep}: change of perplexity"),
+                    &title,
                     x_label,
-                    "Δppl",
-                    points.iter().map(|p| (p.0, p.1)).collect(),
+                    "log10(PPL / baseline PPL)",
+                    points
+                        .iter()
+                        .map(|p| (p.layer, p.ppl_ratio.log10()))
+                        .collect(),
                 ));
             }
             Sweep::SwapAdjacent | Sweep::ParallelPairs => {
@@ -463,15 +500,16 @@ fn charts(entries: &[Entry], r: &RewireReport) -> Vec<plot::Chart> {
                 };
                 let cells = points
                     .iter()
-                    .map(|(l, d, name)| {
-                        let row = rows.iter().position(|r| r == name).unwrap_or(0);
-                        (row, *l, *d)
+                    .map(|p| {
+                        let row = rows.iter().position(|r| r == p.merge).unwrap_or(0);
+                        (row, p.layer, p.ppl_ratio.log10())
                     })
                     .collect();
                 out.push(plot::Chart::heatmap(
                     &file,
-                    &format!("{sweep}: change of perplexity"),
+                    &title,
                     "first layer of the pair",
+                    "log10 ratio",
                     rows,
                     cells,
                 ));
@@ -480,4 +518,104 @@ fn charts(entries: &[Entry], r: &RewireReport) -> Vec<plot::Chart> {
         }
     }
     out
+}
+
+fn write_charts(dir: &Path, points: &[PlotPoint]) -> Result<()> {
+    for chart in charts(points) {
+        for (ext, bytes) in [("svg", chart.svg().into_bytes()), ("png", chart.png()?)] {
+            let p = dir.join(format!("{}.{ext}", chart.file));
+            std::fs::write(&p, bytes).with_context(|| format!("writing {}", p.display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// Splits one line of our own results.csv (fields quoted when they hold a
+/// comma or a quote).
+fn csv_fields(line: &str) -> Vec<String> {
+    let (mut out, mut field, mut quoted) = (Vec::new(), String::new(), false);
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
+        match (c, quoted) {
+            ('"', true) if chars.peek() == Some(&'"') => {
+                field.push('"');
+                chars.next();
+            }
+            ('"', _) => quoted = !quoted,
+            (',', false) => out.push(std::mem::take(&mut field)),
+            _ => field.push(c),
+        }
+    }
+    out.push(field);
+    out
+}
+
+/// `rewire --replot DIR`: redraws the plots of a finished run from its
+/// results.csv, without the model.
+pub fn replot(dir: &Path) -> Result<()> {
+    let path = dir.join("results.csv");
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("--replot: reading {}", path.display()))?;
+    let bad = |why: String| anyhow::anyhow!("--replot: {}: {why}", path.display());
+    let mut lines = text.lines();
+    let header = csv_fields(lines.next().unwrap_or_default());
+    let col = |name: &str| {
+        header
+            .iter()
+            .position(|h| h == name)
+            .ok_or_else(|| bad(format!("no column {name:?}")))
+    };
+    let (c_variant, c_source, c_apps, c_ppl) = (
+        col("variant")?,
+        col("source")?,
+        col("layer_applications")?,
+        col("ppl")?,
+    );
+    let rows: Vec<Vec<String>> = lines.map(csv_fields).collect();
+    let field = |row: &[String], c: usize| row.get(c).cloned().unwrap_or_default();
+    let base = rows
+        .iter()
+        .find(|r| field(r, c_source) == "baseline")
+        .ok_or_else(|| bad("no baseline row".into()))?;
+    let number = |v: String| {
+        v.parse::<f64>()
+            .map_err(|_| bad(format!("{v:?} is not a number")))
+    };
+    let n_layers = field(base, c_apps)
+        .parse::<usize>()
+        .map_err(|_| bad("the baseline's layer_applications is not a count".into()))?;
+    let base_ppl = number(field(base, c_ppl))?;
+    let mut points = Vec::new();
+    let mut variants: Vec<(Sweep, Vec<Variant>)> = Vec::new();
+    for row in &rows {
+        let Ok(sweep) = field(row, c_source).parse::<Sweep>() else {
+            continue;
+        };
+        if !variants.iter().any(|(s, _)| *s == sweep) {
+            variants.push((
+                sweep,
+                sweep.variants(n_layers).map_err(|e| bad(e.to_string()))?,
+            ));
+        }
+        let name = field(row, c_variant);
+        let Some(v) = variants
+            .iter()
+            .find(|(s, _)| *s == sweep)
+            .and_then(|(_, vs)| vs.iter().find(|v| v.name == name))
+        else {
+            return Err(bad(format!("{name:?} is not a variant of --sweep {sweep}")));
+        };
+        if let Some(layer) = v.layer {
+            points.push(PlotPoint {
+                sweep,
+                layer,
+                merge: merge_of(&name),
+                ppl_ratio: number(field(row, c_ppl))? / base_ppl,
+            });
+        }
+    }
+    if points.is_empty() {
+        return Err(bad("no sweep variants to plot".into()));
+    }
+    write_charts(dir, &points)
 }

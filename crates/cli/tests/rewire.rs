@@ -104,7 +104,7 @@ fn stories260k_sweeps_are_reproducible_and_plotted() {
         assert!(svg.contains("width=\"900\" height=\"520\""));
         assert_eq!(svg.matches(class).count(), count, "{file}.svg");
         assert!(
-            svg.contains("change of perplexity"),
+            svg.contains("perplexity / baseline perplexity"),
             "no title in {file}.svg"
         );
         let png = std::fs::read(a.join(format!("{file}.png"))).unwrap();
@@ -113,6 +113,33 @@ fn stories260k_sweeps_are_reproducible_and_plotted() {
             .unwrap_or_else(|e| panic!("{file}.png: {e}"));
         assert_eq!((info.info().width, info.info().height), (900, 520));
     }
+    // --replot draws the same plots again from results.csv alone.
+    let plots = ["drop", "repeat", "parallel_pairs", "swap_adjacent"];
+    let before: Vec<Vec<u8>> = plots
+        .iter()
+        .flat_map(|f| [format!("{f}.svg"), format!("{f}.png")])
+        .map(|f| {
+            let p = a.join(&f);
+            let bytes = std::fs::read(&p).unwrap();
+            std::fs::remove_file(&p).unwrap();
+            bytes
+        })
+        .collect();
+    let o = patchbay(&["rewire", "--replot", a.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let after: Vec<Vec<u8>> = plots
+        .iter()
+        .flat_map(|f| [format!("{f}.svg"), format!("{f}.png")])
+        .map(|f| std::fs::read(a.join(&f)).unwrap_or_else(|e| panic!("{f}: {e}")))
+        .collect();
+    assert!(before == after, "--replot drew different plots");
+    let o = patchbay(&[
+        "rewire",
+        "--replot",
+        b_dir.join("nothing").to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("results.csv"), "{}", stderr(&o));
     for d in [a_dir, b_dir] {
         let _ = std::fs::remove_dir_all(d);
     }
