@@ -152,6 +152,42 @@ fn indent_behaves_as_jinja_within_the_bound() {
     }
 }
 
+/// fuzz target `tokenizer_json`: a template naming a special token that the
+/// post-processor does not define made `tokenizers` panic on encode.
+#[test]
+fn a_template_naming_an_undefined_special_token_is_refused() {
+    let dir = scratch("template-token");
+    let json = |single: &str| {
+        format!(
+            r#"{{"version":"1.0","added_tokens":[],"normalizer":null,"pre_tokenizer":{{"type":"Whitespace"}},
+            "post_processor":{{"type":"TemplateProcessing","single":{single},"pair":[{{"SpecialToken":{{"id":"[CLS]","type_id":0}}}},{{"Sequence":{{"id":"A","type_id":0}}}},{{"SpecialToken":{{"id":"[SEP]","type_id":0}}}},{{"Sequence":{{"id":"B","type_id":1}}}},{{"SpecialToken":{{"id":"[SEP]","type_id":1}}}}],
+              "special_tokens":{{"[CLS]":{{"id":"[CLS]","ids":[1],"tokens":["[CLS]"]}},"[SEP]":{{"id":"[SEP]","ids":[2],"tokens":["[SEP]"]}}}}}},
+            "decoder":null,"model":{{"type":"WordLevel","vocab":{{"[UNK]":0,"[CLS]":1,"[SEP]":2,"hello":3}},"unk_token":"[UNK]"}}}}"#
+        )
+    };
+    let path = dir.join("tokenizer.json");
+    for (single, bad) in [
+        (
+            r#"[{"SpecialToken":{"id":"[CLS]","type_id":0}},{"Sequence":{"id":"A","type_id":0}},{"SpecialToken":{"id":"E]PS[","type_id":0}}]"#,
+            Some("E]PS["),
+        ),
+        (
+            r#"[{"SpecialToken":{"id":"[CLS]","type_id":0}},{"Sequence":{"id":"A","type_id":0}},{"SpecialToken":{"id":"[SEP]","type_id":0}}]"#,
+            None,
+        ),
+    ] {
+        std::fs::write(&path, json(single)).unwrap();
+        match (Tokenizer::from_hf_json(&path), bad) {
+            (Err(e), Some(name)) => {
+                let e = e.to_string();
+                assert!(e.contains(name) && e.contains("special_tokens"), "{e}");
+            }
+            (Ok(t), None) => assert_eq!(t.encode("hello", true), vec![1, 3, 2]),
+            (r, _) => panic!("{single}: {:?}", r.map(|_| ())),
+        }
+    }
+}
+
 /// fuzz target `safetensors`: an index may only name shards beside it.
 #[test]
 fn a_safetensors_index_naming_a_path_elsewhere_is_refused() {

@@ -24,6 +24,37 @@ impl std::fmt::Debug for HfTokenizer {
     }
 }
 
+/// The first special token a `TemplateProcessing` template (also inside a
+/// `Sequence` of processors) uses without defining it.
+fn undefined_template_token(p: &serde_json::Value) -> Option<String> {
+    match p["type"].as_str() {
+        Some("Sequence") => p["processors"]
+            .as_array()?
+            .iter()
+            .find_map(undefined_template_token),
+        Some("TemplateProcessing") => {
+            let defined = |id: &str| match &p["special_tokens"] {
+                serde_json::Value::Array(a) => a.iter().any(|t| t["id"] == id),
+                m => m.get(id).is_some(),
+            };
+            // In tokenizer.json a template is a list of pieces.
+            let used = |t: &serde_json::Value| -> Vec<String> {
+                t.as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|piece| piece["SpecialToken"]["id"].as_str())
+                    .map(str::to_owned)
+                    .collect()
+            };
+            ["single", "pair"]
+                .iter()
+                .flat_map(|k| used(&p[*k]))
+                .find(|id| !defined(id))
+        }
+        _ => None,
+    }
+}
+
 impl HfTokenizer {
     /// Loads a `tokenizer.json`.
     pub fn from_file(path: &Path) -> Result<Self, TokenizerError> {
@@ -34,12 +65,23 @@ impl HfTokenizer {
         // Check the JSON syntax and nesting depth first: `tokenizers` panics
         // on either inside some sections (its decoder reader `expect`s)
         // instead of returning an error.
-        serde_json::from_slice::<serde_json::Value>(&bytes).map_err(|e| {
+        let json = serde_json::from_slice::<serde_json::Value>(&bytes).map_err(|e| {
             TokenizerError::Format {
                 path: path.to_path_buf(),
                 msg: format!("not valid JSON: {e}"),
             }
         })?;
+        // `tokenizers` accepts a template naming a special token it does not
+        // define, then panics when it encodes (fuzz target tokenizer_json).
+        if let Some(name) = undefined_template_token(&json["post_processor"]) {
+            return Err(TokenizerError::Format {
+                path: path.to_path_buf(),
+                msg: format!(
+                    "post_processor: the template uses the special token {name:?}, \
+                     which its special_tokens do not define"
+                ),
+            });
+        }
         let inner =
             tokenizers::Tokenizer::from_bytes(&bytes).map_err(|e| TokenizerError::Format {
                 path: path.to_path_buf(),
