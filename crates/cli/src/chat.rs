@@ -33,6 +33,10 @@ pub struct ChatArgs {
     /// Most tokens per reply.
     #[arg(short = 'n', long, default_value_t = 512, value_parser = crate::common::count, allow_negative_numbers = true)]
     pub n_predict: usize,
+    /// A Jinja chat template to use instead of the model's own (HF
+    /// `apply_chat_template` semantics, as `llama-cli --chat-template-file`).
+    #[arg(long, value_name = "FILE")]
+    pub chat_template_file: Option<std::path::PathBuf>,
     #[command(flatten)]
     pub sampling: SamplingArgs,
 }
@@ -58,11 +62,24 @@ fn on_ctrl_c() {
 pub fn run(args: &ChatArgs) -> Result<()> {
     ctrlc::set_handler(on_ctrl_c)
         .map_err(|e| anyhow::anyhow!("installing the Ctrl-C handler: {e}"))?;
-    common::with_session(&args.model, args.sampling.config()?, Chat { args })
+    // Read before the model loads, so a wrong path fails at once.
+    let template = match &args.chat_template_file {
+        Some(path) => Some(std::fs::read_to_string(path).map_err(|e| {
+            common::UsageError(format!("--chat-template-file {}: {e}", path.display()))
+        })?),
+        None => None,
+    };
+    common::with_session(
+        &args.model,
+        args.sampling.config()?,
+        Chat { args, template },
+    )
 }
 
 struct Chat<'a> {
     args: &'a ChatArgs,
+    /// The template of --chat-template-file.
+    template: Option<String>,
 }
 
 impl SessionJob for Chat<'_> {
@@ -79,8 +96,15 @@ impl SessionJob for Chat<'_> {
         let stdin = std::io::stdin();
         let mut lines = stdin.lock().lines();
         let tok = session.tokenizer.clone();
-        let Some(template) = tok.chat_template().map(str::to_owned) else {
-            anyhow::bail!("this model has no chat template; use `patchbay generate` instead");
+        let template = match self.template {
+            Some(t) => t,
+            None => match tok.chat_template() {
+                Some(t) => t.to_owned(),
+                None => anyhow::bail!(
+                    "this model has no chat template; use `patchbay generate`, \
+                     or give one with --chat-template-file"
+                ),
+            },
         };
         loop {
             if interactive {

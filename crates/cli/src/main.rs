@@ -90,6 +90,22 @@ fn report_peak_rss() {
     }
 }
 
+/// The global allocator: the system's, with the memory bound that chat
+/// templates (untrusted code from model files) render under.
+#[global_allocator]
+static ALLOC: patchbay_primitives::alloc::BoundedAlloc =
+    patchbay_primitives::alloc::BoundedAlloc::with_handler(memory_bound_exceeded);
+
+/// A bounded piece of work went past its bound: say so and exit 1.
+fn memory_bound_exceeded(what: &'static str, limit: usize) -> ! {
+    report_peak_rss();
+    eprintln!(
+        "error: {what} needed more than {} MB of memory and was stopped",
+        limit >> 20
+    );
+    std::process::exit(1)
+}
+
 fn main() -> std::process::ExitCode {
     quiet_on_broken_pipe();
     let cli = match Cli::try_parse() {

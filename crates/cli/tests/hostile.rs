@@ -250,6 +250,22 @@ fn hostile_inputs_get_clear_errors_and_exit_codes() {
     let long = dir.join("long.txt");
     std::fs::write(&long, "Once upon a time. ".repeat(100_000 / 18 + 1)).unwrap();
     let long = path_str(&long).to_string();
+    // Chat templates that are small programs gone wrong.
+    let doubling = dir.join("doubling.jinja");
+    std::fs::write(
+        &doubling,
+        "{% set ns = namespace(s='ab') %}{% for i in range(64) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s | length }}",
+    )
+    .unwrap();
+    let doubling = path_str(&doubling).to_string();
+    let endless = dir.join("endless.jinja");
+    std::fs::write(
+        &endless,
+        "{% for i in range(100000) %}{% for j in range(100000) %}{{ i }}{% endfor %}{% endfor %}",
+    )
+    .unwrap();
+    let endless = path_str(&endless).to_string();
+    let missing_template = path_str(&dir.join("no-such.jinja")).to_string();
     let random_gguf = dir.join("random.gguf");
     std::fs::write(&random_gguf, pseudo_random_bytes(3000)).unwrap();
     let random_gguf = path_str(&random_gguf).to_string();
@@ -406,6 +422,14 @@ fn hostile_inputs_get_clear_errors_and_exit_codes() {
             .stdin("Hello\n").peak(smol),
         full(&["chat", "-m", "smollm2-135m", "-n", "3", "--temp", "0"], 1, "error: writing the reply to stdout: No space left on device")
             .stdin("Hello\n").peak(smol),
+        // A chat template is untrusted code: a string doubled in a loop is
+        // stopped at its memory bound (256 MB) and a loop at its fuel.
+        cm(&["chat", "--chat-template-file", &doubling], 1, "error: the chat template needed more than 256 MB of memory and was stopped")
+            .stdin("Hello\n"),
+        cm(&["chat", "--chat-template-file", &endless], 1, "the chat template ran more than 20000000 instructions and was stopped")
+            .stdin("Hello\n"),
+        cm(&["chat", "--chat-template-file", &missing_template], 2, "no-such.jinja: No such file or directory")
+            .stdin("Hello\n"),
         // A prompt past the context: raising --max-context is suggested only
         // when it would help.
         cm(&["generate", "-f", &long, "--max-context", "100000"], 1, "exceeds the model's context of 512 tokens, leaving no room to generate; shorten the prompt")

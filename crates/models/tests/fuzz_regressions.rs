@@ -2,6 +2,12 @@
 //! reader, each kept here as bytes so that CI sees it fixed, plus the bounds
 //! that make hostile chat templates and safetensors indexes safe.
 
+// Chat templates render under their memory bound here as in the binary: a
+// rendering that went past it would end this test process with an error.
+#[global_allocator]
+static ALLOC: patchbay_primitives::alloc::BoundedAlloc =
+    patchbay_primitives::alloc::BoundedAlloc::new();
+
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 

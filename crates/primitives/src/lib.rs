@@ -2,9 +2,11 @@
 //!
 //! The numeric floor of patchbay: tensor views over borrowed (often
 //! memory-mapped) memory, dtypes and quantised block formats, SIMD kernels with
-//! run-time dispatch ([`simd::Simd`]), matrix products, and the worker pool.
+//! run-time dispatch ([`simd::Simd`]), matrix products, the worker pool, and
+//! an allocator that can bound untrusted work ([`alloc::BoundedAlloc`]).
 //! It knows nothing about models.
 
+pub mod alloc;
 pub mod convert;
 pub mod dtype;
 pub mod error;

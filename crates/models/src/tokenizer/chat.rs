@@ -7,7 +7,10 @@
 //!
 //! A template comes from the model file, so it is untrusted: rendering is
 //! bounded by [`TEMPLATE_FUEL`] instructions and [`TEMPLATE_RECURSION`] nested
-//! calls, and a template that exceeds either gets an error, not a hang.
+//! calls, and a template that exceeds either gets an error, not a hang. Its
+//! memory is bounded by [`TEMPLATE_MEMORY`] when the program's global
+//! allocator is [`patchbay_primitives::alloc::BoundedAlloc`] (the `patchbay`
+//! binary's is): a string doubled in a loop needs few instructions.
 
 use minijinja::value::{Kwargs, Value, ValueKind};
 use minijinja::{Environment, Error, ErrorKind};
@@ -27,6 +30,12 @@ pub const TEMPLATE_RECURSION: usize = 500;
 /// the indentation string up front, so a hostile width such as 10^12 would
 /// otherwise ask for that much memory at once; real templates use 2 or 4.
 pub const TEMPLATE_MAX_INDENT: usize = 1024;
+
+/// The most memory (bytes allocated and not yet freed) one rendering may
+/// hold: Gemma 3's template over 2,000 messages needs a few MB; past the bound
+/// the [`BoundedAlloc`](patchbay_primitives::alloc::BoundedAlloc) ends the
+/// process with a message, since minijinja has no way to fail an allocation.
+pub const TEMPLATE_MEMORY: usize = 256 << 20;
 
 /// One message of a conversation.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -83,14 +92,27 @@ pub fn render_chat(
     bos_token: &str,
     eos_token: &str,
 ) -> Result<String, TokenizerError> {
-    let terr = |e: Error| {
+    patchbay_primitives::alloc::with_memory_bound(TEMPLATE_MEMORY, "the chat template", || {
+        render_bounded(template, messages, add_generation_prompt, bos_token, eos_token)
+    })
+    .map_err(|e| {
         TokenizerError::Template(match e.kind() {
             ErrorKind::OutOfFuel => format!(
                 "the chat template ran more than {TEMPLATE_FUEL} instructions and was stopped (a runaway loop?)"
             ),
             _ => format!("{e:#}"),
         })
-    };
+    })
+}
+
+/// [`render_chat`] inside its memory bound.
+fn render_bounded(
+    template: &str,
+    messages: &[ChatMessage],
+    add_generation_prompt: bool,
+    bos_token: &str,
+    eos_token: &str,
+) -> Result<String, Error> {
     let mut env = Environment::new();
     env.set_fuel(Some(TEMPLATE_FUEL));
     env.set_recursion_limit(TEMPLATE_RECURSION);
@@ -105,14 +127,14 @@ pub fn render_chat(
     });
     env.add_filter("tojson", tojson);
     env.add_filter("indent", indent);
-    let tmpl = env.template_from_str(template).map_err(terr)?;
+    let tmpl = env.template_from_str(template)?;
     let ctx = minijinja::context! {
         messages => Value::from_serialize(messages),
         add_generation_prompt => add_generation_prompt,
         bos_token => bos_token,
         eos_token => eos_token,
     };
-    tmpl.render(ctx).map_err(terr)
+    tmpl.render(ctx)
 }
 
 fn check_indent(filter: &str, width: usize) -> Result<(), Error> {
