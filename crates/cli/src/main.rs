@@ -96,14 +96,11 @@ fn report_peak_rss() {
 static ALLOC: patchbay_primitives::alloc::BoundedAlloc =
     patchbay_primitives::alloc::BoundedAlloc::with_handler(memory_bound_exceeded);
 
-/// A bounded piece of work went past its bound: say so and exit 1.
+/// A bounded piece of work went past its bound: the peak RSS report (for the
+/// tests), then the allocator's usual message and exit 1.
 fn memory_bound_exceeded(what: &'static str, limit: usize) -> ! {
     report_peak_rss();
-    eprintln!(
-        "error: {what} needed more than {} MB of memory and was stopped",
-        limit >> 20
-    );
-    std::process::exit(1)
+    patchbay_primitives::alloc::exit_on_exceeded(what, limit)
 }
 
 fn main() -> std::process::ExitCode {

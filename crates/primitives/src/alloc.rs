@@ -101,8 +101,9 @@ impl Default for BoundedAlloc {
     }
 }
 
-/// Prints the error and exits with code 1.
-fn exit_on_exceeded(what: &'static str, limit: usize) -> ! {
+/// The default [`OnExceeded`]: prints `error: WHAT needed more than N MB of
+/// memory and was stopped` on stderr and exits with code 1.
+pub fn exit_on_exceeded(what: &'static str, limit: usize) -> ! {
     eprintln!(
         "error: {what} needed more than {} MB of memory and was stopped",
         limit >> 20
