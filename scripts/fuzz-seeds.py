@@ -144,13 +144,16 @@ for stem, tpl in templates:
 hostile = {
     "recursion": "{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}",
     "loops": "{% for i in range(100000) %}{% for j in range(100000) %}{{ i }}{% endfor %}{% endfor %}",
-    "doubling": "{% set s = namespace(x='ab') %}{% for i in range(64) %}{% set s.x = s.x ~ s.x %}{% endfor %}{{ s.x|length }}",
     "repeat": "{{ 'x' * 1000000000 }}",
     "nested": "{{ " + "[" * 200 + "]" * 200 + " }}",
     "messages": "{% for m in messages %}<|{{ m.role }}|>{{ m.content | trim }}{% if not loop.last %}\n{% endif %}{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}",
     "tojson": "{{ messages | tojson(indent=2) }}{{ raise_exception('no') if messages|length > 3 }}",
     "strftime": "{{ strftime_now('%Y-%m-%d %B %A %j %%') }}",
 }
+# No doubling string: memory is bounded by the binary's global allocator
+# (primitives::alloc), which a libFuzzer build does not install, so such a seed
+# only reports the out-of-memory that crates/cli/tests/hostile.rs checks is
+# stopped.
 for k, v in hostile.items():
     put("chat_template", k, bytes([0x83]) + v.encode())
 

@@ -158,38 +158,101 @@ fn indent_behaves_as_jinja_within_the_bound() {
     }
 }
 
-/// fuzz target `tokenizer_json`: a template naming a special token that the
-/// post-processor does not define made `tokenizers` panic on encode.
+/// fuzz target `tokenizer_json`: templates that `tokenizers` loads and then
+/// panics on when it encodes. Its processors deserialise untagged, so a
+/// template whose `type` key is mangled still loads as a template.
 #[test]
-fn a_template_naming_an_undefined_special_token_is_refused() {
+fn a_template_tokenizers_would_panic_on_is_refused() {
     let dir = scratch("template-token");
-    let json = |single: &str| {
+    let piece = |kind: &str, id: &str| format!(r#"{{"{kind}":{{"id":"{id}","type_id":0}}}}"#);
+    let template = |pieces: &[(&str, &str)]| {
+        let p: Vec<String> = pieces.iter().map(|(k, id)| piece(k, id)).collect();
+        format!("[{}]", p.join(","))
+    };
+    let cls_a_sep = [
+        ("SpecialToken", "[CLS]"),
+        ("Sequence", "A"),
+        ("SpecialToken", "[SEP]"),
+    ];
+    let pair = template(&[
+        ("SpecialToken", "[CLS]"),
+        ("Sequence", "A"),
+        ("SpecialToken", "[SEP]"),
+        ("Sequence", "B"),
+        ("SpecialToken", "[SEP]"),
+    ]);
+    let sep_ids = |ids: &str| {
+        format!(
+            r#"{{"[CLS]":{{"id":"[CLS]","ids":[1],"tokens":["[CLS]"]}},"[SEP]":{{"id":"[SEP]","ids":{ids},"tokens":["[SEP]"]}}}}"#
+        )
+    };
+    let processor = |type_key: &str, single: &str, special: &str| {
+        format!(
+            r#"{{"{type_key}":"TemplateProcessing","single":{single},"pair":{pair},"special_tokens":{special}}}"#
+        )
+    };
+    let json = |post_processor: &str| {
         format!(
             r#"{{"version":"1.0","added_tokens":[],"normalizer":null,"pre_tokenizer":{{"type":"Whitespace"}},
-            "post_processor":{{"type":"TemplateProcessing","single":{single},"pair":[{{"SpecialToken":{{"id":"[CLS]","type_id":0}}}},{{"Sequence":{{"id":"A","type_id":0}}}},{{"SpecialToken":{{"id":"[SEP]","type_id":0}}}},{{"Sequence":{{"id":"B","type_id":1}}}},{{"SpecialToken":{{"id":"[SEP]","type_id":1}}}}],
-              "special_tokens":{{"[CLS]":{{"id":"[CLS]","ids":[1],"tokens":["[CLS]"]}},"[SEP]":{{"id":"[SEP]","ids":[2],"tokens":["[SEP]"]}}}}}},
+            "post_processor":{post_processor},
             "decoder":null,"model":{{"type":"WordLevel","vocab":{{"[UNK]":0,"[CLS]":1,"[SEP]":2,"hello":3}},"unk_token":"[UNK]"}}}}"#
         )
     };
+    let undefined = template(&[
+        ("SpecialToken", "[CLS]"),
+        ("Sequence", "A"),
+        ("SpecialToken", "E]PS["),
+    ]);
+    let good = template(&cls_a_sep);
+    let cases = [
+        // What the fuzzer found first: an undefined token in `single`.
+        (
+            processor("type", &undefined, &sep_ids("[2]")),
+            Some("\"E]PS[\""),
+        ),
+        // crash-04740fdc: the same behind a mangled `type` key.
+        (
+            processor("pre_tokenitype", &undefined, &sep_ids("[2]")),
+            Some("\"E]PS[\""),
+        ),
+        // ... and inside a `Sequence` of processors.
+        (
+            format!(
+                r#"{{"type":"Sequence","processors":[{{"type":"ByteLevel","add_prefix_space":false,"trim_offsets":false,"use_regex":false}},{}]}}"#,
+                processor("type", &undefined, &sep_ids("[2]"))
+            ),
+            Some("\"E]PS[\""),
+        ),
+        // `single` takes one text: the second sequence B would index past it.
+        (
+            processor(
+                "type",
+                &template(&[("Sequence", "A"), ("Sequence", "B")]),
+                &sep_ids("[2]"),
+            ),
+            Some("uses the second sequence B"),
+        ),
+        // ids and tokens of a special token must pair up.
+        (
+            processor("type", &good, &sep_ids("[2,2]")),
+            Some("2 ids but 1 tokens"),
+        ),
+        (processor("type", &good, &sep_ids("[2]")), None),
+        (processor("tipe", &good, &sep_ids("[2]")), None),
+    ];
     let path = dir.join("tokenizer.json");
-    for (single, bad) in [
-        (
-            r#"[{"SpecialToken":{"id":"[CLS]","type_id":0}},{"Sequence":{"id":"A","type_id":0}},{"SpecialToken":{"id":"E]PS[","type_id":0}}]"#,
-            Some("E]PS["),
-        ),
-        (
-            r#"[{"SpecialToken":{"id":"[CLS]","type_id":0}},{"Sequence":{"id":"A","type_id":0}},{"SpecialToken":{"id":"[SEP]","type_id":0}}]"#,
-            None,
-        ),
-    ] {
-        std::fs::write(&path, json(single)).unwrap();
+    for (post_processor, bad) in cases {
+        std::fs::write(&path, json(&post_processor)).unwrap();
         match (Tokenizer::from_hf_json(&path), bad) {
-            (Err(e), Some(name)) => {
+            (Err(e), Some(want)) => {
                 let e = e.to_string();
-                assert!(e.contains(name) && e.contains("special_tokens"), "{e}");
+                assert!(
+                    e.contains(want) && e.contains("post_processor"),
+                    "{post_processor}: {e}"
+                );
             }
             (Ok(t), None) => assert_eq!(t.encode("hello", true), vec![1, 3, 2]),
-            (r, _) => panic!("{single}: {:?}", r.map(|_| ())),
+            (r, _) => panic!("{post_processor}: {:?} (want {bad:?})", r.map(|_| ())),
         }
     }
 }

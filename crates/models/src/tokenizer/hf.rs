@@ -24,32 +24,50 @@ impl std::fmt::Debug for HfTokenizer {
     }
 }
 
-/// The first special token a `TemplateProcessing` template (also inside a
-/// `Sequence` of processors) uses without defining it.
-fn undefined_template_token(p: &serde_json::Value) -> Option<String> {
+/// What in a post-processor would make `tokenizers` panic when it encodes,
+/// if anything. `p` is the processor as `tokenizers` serialises it back, so
+/// its `type` tags are canonical whatever keys the file spelled: the crate
+/// deserialises processors untagged, and a mangled `type` still loads as a
+/// template (fuzz target `tokenizer_json`). Deserialising does not run the
+/// builder's checks, so they are repeated here.
+fn post_processor_problem(p: &serde_json::Value) -> Option<String> {
     match p["type"].as_str() {
         Some("Sequence") => p["processors"]
             .as_array()?
             .iter()
-            .find_map(undefined_template_token),
+            .find_map(post_processor_problem),
         Some("TemplateProcessing") => {
-            let defined = |id: &str| match &p["special_tokens"] {
-                serde_json::Value::Array(a) => a.iter().any(|t| t["id"] == id),
-                m => m.get(id).is_some(),
-            };
-            // In tokenizer.json a template is a list of pieces.
-            let used = |t: &serde_json::Value| -> Vec<String> {
-                t.as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|piece| piece["SpecialToken"]["id"].as_str())
-                    .map(str::to_owned)
-                    .collect()
-            };
-            ["single", "pair"]
-                .iter()
-                .flat_map(|k| used(&p[*k]))
-                .find(|id| !defined(id))
+            let tokens = &p["special_tokens"];
+            for (name, token) in tokens.as_object().into_iter().flatten() {
+                let (ids, strs) = (&token["ids"], &token["tokens"]);
+                if ids.as_array().map(Vec::len) != strs.as_array().map(Vec::len) {
+                    return Some(format!(
+                        "the special token {name:?} has {} ids but {} tokens",
+                        ids.as_array().map_or(0, Vec::len),
+                        strs.as_array().map_or(0, Vec::len)
+                    ));
+                }
+            }
+            for key in ["single", "pair"] {
+                for piece in p[key].as_array().into_iter().flatten() {
+                    if let Some(id) = piece["SpecialToken"]["id"].as_str() {
+                        if tokens.get(id).is_none() {
+                            return Some(format!(
+                                "the template uses the special token {id:?}, \
+                                 which its special_tokens do not define"
+                            ));
+                        }
+                    }
+                    // One text gives one sequence: `single` may only use A.
+                    if key == "single" && piece["Sequence"]["id"] == "B" {
+                        return Some(
+                            "the template for one text (`single`) uses the second sequence B"
+                                .to_owned(),
+                        );
+                    }
+                }
+            }
+            None
         }
         _ => None,
     }
@@ -65,28 +83,26 @@ impl HfTokenizer {
         // Check the JSON syntax and nesting depth first: `tokenizers` panics
         // on either inside some sections (its decoder reader `expect`s)
         // instead of returning an error.
-        let json = serde_json::from_slice::<serde_json::Value>(&bytes).map_err(|e| {
+        serde_json::from_slice::<serde_json::Value>(&bytes).map_err(|e| {
             TokenizerError::Format {
                 path: path.to_path_buf(),
                 msg: format!("not valid JSON: {e}"),
             }
         })?;
-        // `tokenizers` accepts a template naming a special token it does not
-        // define, then panics when it encodes (fuzz target tokenizer_json).
-        if let Some(name) = undefined_template_token(&json["post_processor"]) {
-            return Err(TokenizerError::Format {
-                path: path.to_path_buf(),
-                msg: format!(
-                    "post_processor: the template uses the special token {name:?}, \
-                     which its special_tokens do not define"
-                ),
-            });
-        }
         let inner =
             tokenizers::Tokenizer::from_bytes(&bytes).map_err(|e| TokenizerError::Format {
                 path: path.to_path_buf(),
                 msg: e.to_string(),
             })?;
+        // `tokenizers` accepts templates that it then panics on when it
+        // encodes: check the processor it actually built.
+        let built = serde_json::to_value(inner.get_post_processor()).unwrap_or_default();
+        if let Some(problem) = post_processor_problem(&built) {
+            return Err(TokenizerError::Format {
+                path: path.to_path_buf(),
+                msg: format!("post_processor: {problem}"),
+            });
+        }
         // Padding is a batching concern: encode one text to its own length.
         // Truncation is the runner's: tokenizer.json's limit (128 for
         // all-MiniLM-L6-v2) is not the model's (sentence-transformers uses
