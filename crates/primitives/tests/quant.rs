@@ -177,6 +177,30 @@ fn row_len(dtype: DType, blocks: usize) -> usize {
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(24))]
 
+    /// Every level dequantises to the portable code's bits (the SIMD
+    /// dequantisers included), for any bytes: scales with any f16 bits
+    /// (subnormal, infinite, NaN) and any quants. NaN only has to stay NaN.
+    #[test]
+    fn dequantize_at_every_level_matches_portable_for_any_bytes(
+        bytes in proptest::collection::vec(any::<u8>(), 210 * 6),
+        blocks in 1usize..6,
+    ) {
+        for dtype in ALL.iter().copied().filter(|d| d.is_quantized()) {
+            let nb = if dtype.block_len() == 256 { blocks } else { blocks * 5 + 1 };
+            let src = &bytes[..(nb * dtype.block_bytes()).min(bytes.len() / dtype.block_bytes() * dtype.block_bytes())];
+            let n = src.len() / dtype.block_bytes() * dtype.block_len();
+            let want = deq(dtype, src, n);
+            for s in Simd::available() {
+                let mut got = vec![0.0f32; n];
+                dequantize_row_at(s, dtype, src, &mut got).unwrap();
+                for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                    prop_assert!(g.to_bits() == w.to_bits() || (g.is_nan() && w.is_nan()),
+                        "{dtype} {s:?} value {i}: {g} vs {w}");
+                }
+            }
+        }
+    }
+
     /// dot_row (exact float math) at every level vs f64 dot of the dequantised row.
     /// Tolerance: 2e-5 * sum |w_i x_i| (f32 accumulation over up to ~3000 terms).
     #[test]

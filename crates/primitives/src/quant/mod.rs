@@ -23,6 +23,8 @@ mod exact;
 mod int;
 #[cfg(target_arch = "x86_64")]
 mod x86;
+#[cfg(target_arch = "x86_64")]
+mod x86_deq;
 
 pub use acts::{ActsKind, QuantizedActs};
 pub use blocks::{QK, QK_K};
