@@ -297,6 +297,14 @@ pub(crate) fn fused_rows(
     if x.rows() == 0 {
         return;
     }
+    // AVX-512 dequantises the 32-value formats in registers: the same
+    // operations per output without the buffer.
+    #[cfg(target_arch = "x86_64")]
+    if s.level() >= crate::simd::Level::Avx512
+        && super::x86_fused::fused_rows(dtype, w, row_bytes, x, out)
+    {
+        return;
+    }
     s.vectorize(FusedOp {
         dtype,
         deq: Deq::pick(s, dtype),

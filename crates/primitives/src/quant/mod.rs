@@ -25,6 +25,8 @@ mod int;
 mod x86;
 #[cfg(target_arch = "x86_64")]
 mod x86_deq;
+#[cfg(target_arch = "x86_64")]
+mod x86_fused;
 
 pub use acts::{ActsKind, QuantizedActs};
 pub use blocks::{QK, QK_K};

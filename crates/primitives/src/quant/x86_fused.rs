@@ -1,0 +1,244 @@
+//! AVX-512 exact products of the 32-value block formats (Q4_0, Q4_1, Q5_0,
+//! Q8_0) with f32 activations, dequantising in registers: no buffer between
+//! the weights and the multiply-adds.
+//!
+//! Each output gets exactly the operations of the f32 kernel of
+//! [`crate::matmul`] on the dequantised weights: one 16-lane accumulator fed
+//! by fused multiply-adds of 16 consecutive values from the start of the row,
+//! then pulp's horizontal sum. A block's 32 values are two such vectors (its
+//! low nibbles, then its high nibbles, as GGML orders them). The values are
+//! those of the portable `deq_*`: for these formats `q * d` is exact in f32
+//! (at most 8 bits of quant times 11 of an f16), so `q * d + m` rounds once
+//! whether or not the multiply-add is fused. Prefill (the panel path) and
+//! decode (this one) therefore give every output the same bits.
+
+use crate::dtype::DType;
+use crate::matmul::Out;
+use crate::tensor::MatRef;
+use core::arch::x86_64::*;
+
+/// How far ahead (bytes) the kernels prefetch weights (as the int8 kernels).
+const PREFETCH: usize = 3072;
+
+/// Whether this CPU runs these kernels (AVX-512 F/BW/VL as pulp's V4, F16C).
+fn available() -> bool {
+    static OK: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *OK.get_or_init(|| {
+        pulp::x86::V4::try_new().is_some() && std::arch::is_x86_feature_detected!("f16c")
+    })
+}
+
+/// Whether [`fused_rows`] takes `dtype`.
+pub(crate) fn handles(dtype: DType) -> bool {
+    matches!(dtype, DType::Q4_0 | DType::Q4_1 | DType::Q5_0 | DType::Q8_0) && available()
+}
+
+/// `out[i][j] = dot(x row i, dequantised row j of w)` for the 1..=4 rows of
+/// `x` and every row of `w` (`row_bytes` bytes each), with the bits of
+/// `exact::fused_rows`. Returns false, doing nothing, when [`handles`] is false.
+pub(crate) fn fused_rows(
+    dtype: DType,
+    w: &[u8],
+    row_bytes: usize,
+    x: MatRef<'_>,
+    out: Out,
+) -> bool {
+    if !handles(dtype) || x.rows() == 0 || x.rows() > 4 {
+        return false;
+    }
+    let v4 = pulp::x86::V4::try_new().expect("available() checked V4");
+    macro_rules! go {
+        ($f:ident) => {{
+            let r = |i| x.row(i);
+            // SAFETY: `handles` found AVX-512 F/BW/VL, AVX2, FMA and F16C on
+            // this CPU, the features `$f` is compiled for.
+            unsafe {
+                match x.rows() {
+                    1 => $f::<1>(v4, w, row_bytes, [r(0)], out),
+                    2 => $f::<2>(v4, w, row_bytes, [r(0), r(1)], out),
+                    3 => $f::<3>(v4, w, row_bytes, [r(0), r(1), r(2)], out),
+                    _ => $f::<4>(v4, w, row_bytes, [r(0), r(1), r(2), r(3)], out),
+                }
+            }
+        }};
+    }
+    match dtype {
+        DType::Q4_0 => go!(rows_q4_0),
+        DType::Q4_1 => go!(rows_q4_1),
+        DType::Q5_0 => go!(rows_q5_0),
+        _ => go!(rows_q8_0),
+    }
+    true
+}
+
+/// 16 f32 of `x` from `at`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+fn ld_x(x: &[f32], at: usize) -> __m512 {
+    let x: &[f32; 16] = x[at..at + 16].try_into().unwrap();
+    // SAFETY: 16 readable f32s; loadu has no alignment requirement.
+    unsafe { _mm512_loadu_ps(x.as_ptr()) }
+}
+
+/// 16 bytes of `b` from `at`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+fn ld16(b: &[u8], at: usize) -> __m128i {
+    let b: &[u8; 16] = b[at..at + 16].try_into().unwrap();
+    // SAFETY: 16 readable bytes; loadu has no alignment requirement.
+    unsafe { _mm_loadu_si128(b.as_ptr().cast()) }
+}
+
+/// The little-endian f16 at `b[at..at + 2]`, as f32 in every lane.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+fn f16_splat(b: &[u8], at: usize) -> __m512 {
+    let bits = u16::from_le_bytes([b[at], b[at + 1]]);
+    _mm512_set1_ps(_mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32))))
+}
+
+/// Q4_0 block: `(nibble - 8) * d`, low nibbles then high.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+fn deq_q4_0(b: &[u8]) -> [__m512; 2] {
+    let d = f16_splat(b, 0);
+    let q = _mm512_cvtepu8_epi32(ld16(b, 2));
+    let eight = _mm512_set1_epi32(8);
+    let lo = _mm512_sub_epi32(_mm512_and_si512(q, _mm512_set1_epi32(0x0F)), eight);
+    let hi = _mm512_sub_epi32(_mm512_srli_epi32::<4>(q), eight);
+    [
+        _mm512_mul_ps(_mm512_cvtepi32_ps(lo), d),
+        _mm512_mul_ps(_mm512_cvtepi32_ps(hi), d),
+    ]
+}
+
+/// Q4_1 block: `nibble * d + m` (the product is exact: one rounding).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+fn deq_q4_1(b: &[u8]) -> [__m512; 2] {
+    let (d, m) = (f16_splat(b, 0), f16_splat(b, 2));
+    let q = _mm512_cvtepu8_epi32(ld16(b, 4));
+    let lo = _mm512_and_si512(q, _mm512_set1_epi32(0x0F));
+    let hi = _mm512_srli_epi32::<4>(q);
+    [
+        _mm512_fmadd_ps(_mm512_cvtepi32_ps(lo), d, m),
+        _mm512_fmadd_ps(_mm512_cvtepi32_ps(hi), d, m),
+    ]
+}
+
+/// Q5_0 block: `((nibble | fifth bit << 4) - 16) * d`; bit `j` of `qh` is
+/// value `j`'s fifth bit.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+fn deq_q5_0(b: &[u8]) -> [__m512; 2] {
+    let d = f16_splat(b, 0);
+    let qh = i32::from_le_bytes([b[2], b[3], b[4], b[5]]);
+    let q = _mm512_cvtepu8_epi32(ld16(b, 6));
+    // The fifth bits as 16-bit masks: bit j of `qh` for lane j of each half.
+    let (mlo, mhi) = ((qh as u32 & 0xFFFF) as u16, (qh as u32 >> 16) as u16);
+    let sixteen = _mm512_set1_epi32(16);
+    let lo = _mm512_and_si512(q, _mm512_set1_epi32(0x0F));
+    let hi = _mm512_srli_epi32::<4>(q);
+    let lo = _mm512_mask_or_epi32(lo, mlo, lo, sixteen);
+    let hi = _mm512_mask_or_epi32(hi, mhi, hi, sixteen);
+    [
+        _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(lo, sixteen)), d),
+        _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(hi, sixteen)), d),
+    ]
+}
+
+/// Q8_0 block: `q * d` with signed bytes `q`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+fn deq_q8_0(b: &[u8]) -> [__m512; 2] {
+    let d = f16_splat(b, 0);
+    [
+        _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(ld16(b, 2))), d),
+        _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(ld16(b, 18))), d),
+    ]
+}
+
+/// The kernel of one format: `$deq` dequantises one block of `$bb` bytes.
+macro_rules! rows_kernel {
+    ($name:ident, $tile:ident, $deq:ident, $bb:expr) => {
+        /// Every row of `w` against the `MR` rows of `x` (see [`fused_rows`]).
+        #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+        fn $name<const MR: usize>(
+            v4: pulp::x86::V4,
+            w: &[u8],
+            row_bytes: usize,
+            x: [&[f32]; MR],
+            out: Out,
+        ) {
+            let nrows = w.len() / row_bytes;
+            let mut j = 0;
+            while j + 4 <= nrows {
+                $tile::<MR, 4>(
+                    v4,
+                    &w[j * row_bytes..(j + 4) * row_bytes],
+                    row_bytes,
+                    x,
+                    out,
+                    j,
+                );
+                j += 4;
+            }
+            while j < nrows {
+                $tile::<MR, 1>(
+                    v4,
+                    &w[j * row_bytes..(j + 1) * row_bytes],
+                    row_bytes,
+                    x,
+                    out,
+                    j,
+                );
+                j += 1;
+            }
+        }
+
+        /// `NR` rows of `w` (from output column `j`) against the rows of `x`.
+        #[inline]
+        #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+        fn $tile<const MR: usize, const NR: usize>(
+            v4: pulp::x86::V4,
+            w: &[u8],
+            row_bytes: usize,
+            x: [&[f32]; MR],
+            out: Out,
+            j: usize,
+        ) {
+            let mut acc = [[_mm512_setzero_ps(); NR]; MR];
+            let blocks = row_bytes / $bb;
+            for k in 0..blocks {
+                let mut xv = [[_mm512_setzero_ps(); 2]; MR];
+                for i in 0..MR {
+                    xv[i] = [ld_x(x[i], 32 * k), ld_x(x[i], 32 * k + 16)];
+                }
+                for jj in 0..NR {
+                    let b = &w[jj * row_bytes + k * $bb..jj * row_bytes + (k + 1) * $bb];
+                    // A prefetch never faults: the address may lie past `w`.
+                    _mm_prefetch::<_MM_HINT_T0>(b.as_ptr().wrapping_add(PREFETCH).cast());
+                    let [w0, w1] = $deq(b);
+                    for i in 0..MR {
+                        acc[i][jj] = _mm512_fmadd_ps(xv[i][0], w0, acc[i][jj]);
+                        acc[i][jj] = _mm512_fmadd_ps(xv[i][1], w1, acc[i][jj]);
+                    }
+                }
+            }
+            for i in 0..MR {
+                for jj in 0..NR {
+                    let mut lanes = [0.0f32; 16];
+                    // SAFETY: `lanes` is 16 writable f32s; storeu is unaligned.
+                    unsafe { _mm512_storeu_ps(lanes.as_mut_ptr(), acc[i][jj]) };
+                    let v: pulp::f32x16 = bytemuck::cast(lanes);
+                    out.put(i, j + jj, pulp::Simd::reduce_sum_f32s(v4, v));
+                }
+            }
+        }
+    };
+}
+
+rows_kernel!(rows_q4_0, tile_q4_0, deq_q4_0, 18);
+rows_kernel!(rows_q4_1, tile_q4_1, deq_q4_1, 20);
+rows_kernel!(rows_q5_0, tile_q5_0, deq_q5_0, 22);
+rows_kernel!(rows_q8_0, tile_q8_0, deq_q8_0, 34);
