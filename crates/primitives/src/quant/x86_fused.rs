@@ -1,15 +1,17 @@
-//! AVX-512 exact products of the 32-value block formats (Q4_0, Q4_1, Q5_0,
-//! Q8_0) with f32 activations, dequantising in registers: no buffer between
+//! AVX-512 exact products of block formats (Q4_0, Q4_1, Q5_0, Q8_0, Q4_K,
+//! Q6_K) with f32 activations, dequantising in registers: no buffer between
 //! the weights and the multiply-adds.
 //!
 //! Each output gets exactly the operations of the f32 kernel of
 //! [`crate::matmul`] on the dequantised weights: one 16-lane accumulator fed
 //! by fused multiply-adds of 16 consecutive values from the start of the row,
 //! then pulp's horizontal sum. A block's 32 values are two such vectors (its
-//! low nibbles, then its high nibbles, as GGML orders them). The values are
-//! those of the portable `deq_*`: for these formats `q * d` is exact in f32
-//! (at most 8 bits of quant times 11 of an f16), so `q * d + m` rounds once
-//! whether or not the multiply-add is fused. Prefill (the panel path) and
+//! low nibbles, then its high nibbles, as GGML orders them); a K-quant block
+//! is eight such groups of 32. The values are those of the portable `deq_*`:
+//! for the 32-value formats `q * d` is exact in f32 (at most 8 bits of quant
+//! times 11 of an f16), so `q * d + m` rounds once whether or not the
+//! multiply-add is fused; the K-quants keep the portable code's separate
+//! multiply and difference. Prefill (the panel path) and
 //! decode (this one) therefore give every output the same bits.
 
 use crate::dtype::DType;
@@ -30,7 +32,10 @@ fn available() -> bool {
 
 /// Whether [`fused_rows`] takes `dtype`.
 pub(crate) fn handles(dtype: DType) -> bool {
-    matches!(dtype, DType::Q4_0 | DType::Q4_1 | DType::Q5_0 | DType::Q8_0) && available()
+    matches!(
+        dtype,
+        DType::Q4_0 | DType::Q4_1 | DType::Q5_0 | DType::Q8_0 | DType::Q4_K | DType::Q6_K
+    ) && available()
 }
 
 /// `out[i][j] = dot(x row i, dequantised row j of w)` for the 1..=4 rows of
@@ -66,6 +71,8 @@ pub(crate) fn fused_rows(
         DType::Q4_0 => go!(rows_q4_0),
         DType::Q4_1 => go!(rows_q4_1),
         DType::Q5_0 => go!(rows_q5_0),
+        DType::Q4_K => go!(rows_q4_k),
+        DType::Q6_K => go!(rows_q6_k),
         _ => go!(rows_q8_0),
     }
     true
@@ -100,7 +107,7 @@ fn f16_splat(b: &[u8], at: usize) -> __m512 {
 /// Q4_0 block: `(nibble - 8) * d`, low nibbles then high.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-fn deq_q4_0(b: &[u8]) -> [__m512; 2] {
+fn deq_q4_0(b: &[u8], _group: usize) -> [__m512; 2] {
     let d = f16_splat(b, 0);
     let q = _mm512_cvtepu8_epi32(ld16(b, 2));
     let eight = _mm512_set1_epi32(8);
@@ -115,7 +122,7 @@ fn deq_q4_0(b: &[u8]) -> [__m512; 2] {
 /// Q4_1 block: `nibble * d + m` (the product is exact: one rounding).
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-fn deq_q4_1(b: &[u8]) -> [__m512; 2] {
+fn deq_q4_1(b: &[u8], _group: usize) -> [__m512; 2] {
     let (d, m) = (f16_splat(b, 0), f16_splat(b, 2));
     let q = _mm512_cvtepu8_epi32(ld16(b, 4));
     let lo = _mm512_and_si512(q, _mm512_set1_epi32(0x0F));
@@ -130,7 +137,7 @@ fn deq_q4_1(b: &[u8]) -> [__m512; 2] {
 /// value `j`'s fifth bit.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-fn deq_q5_0(b: &[u8]) -> [__m512; 2] {
+fn deq_q5_0(b: &[u8], _group: usize) -> [__m512; 2] {
     let d = f16_splat(b, 0);
     let qh = i32::from_le_bytes([b[2], b[3], b[4], b[5]]);
     let q = _mm512_cvtepu8_epi32(ld16(b, 6));
@@ -150,7 +157,7 @@ fn deq_q5_0(b: &[u8]) -> [__m512; 2] {
 /// Q8_0 block: `q * d` with signed bytes `q`.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-fn deq_q8_0(b: &[u8]) -> [__m512; 2] {
+fn deq_q8_0(b: &[u8], _group: usize) -> [__m512; 2] {
     let d = f16_splat(b, 0);
     [
         _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(ld16(b, 2))), d),
@@ -158,9 +165,77 @@ fn deq_q8_0(b: &[u8]) -> [__m512; 2] {
     ]
 }
 
-/// The kernel of one format: `$deq` dequantises one block of `$bb` bytes.
+/// Q4_K group `g` (values 32g..32g + 32 of the block): `d1 * nibble - m1`
+/// with the group's 6-bit scale and min, low nibbles of bytes
+/// `32 * (g / 2)..` for even groups and high ones for odd groups. `d1 * q` is
+/// not exact, so the multiply and the difference stay separate, as in the
+/// portable code.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+fn deq_q4_k(b: &[u8], g: usize) -> [__m512; 2] {
+    let d = _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(
+        u16::from_le_bytes([b[0], b[1]]) as i32,
+    )));
+    let dmin = _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(
+        u16::from_le_bytes([b[2], b[3]]) as i32,
+    )));
+    let (sc, mn) = super::blocks::scale_min_k4(g, &b[4..16]);
+    let scale = _mm512_set1_ps(d * sc as f32);
+    let min = _mm512_set1_ps(dmin * mn as f32);
+    let at = 16 + 32 * (g / 2);
+    let (q0, q1) = (
+        _mm512_cvtepu8_epi32(ld16(b, at)),
+        _mm512_cvtepu8_epi32(ld16(b, at + 16)),
+    );
+    let (q0, q1) = if g.is_multiple_of(2) {
+        let m = _mm512_set1_epi32(0x0F);
+        (_mm512_and_si512(q0, m), _mm512_and_si512(q1, m))
+    } else {
+        (_mm512_srli_epi32::<4>(q0), _mm512_srli_epi32::<4>(q1))
+    };
+    [
+        _mm512_sub_ps(_mm512_mul_ps(scale, _mm512_cvtepi32_ps(q0)), min),
+        _mm512_sub_ps(_mm512_mul_ps(scale, _mm512_cvtepi32_ps(q1)), min),
+    ]
+}
+
+/// Q6_K group `g` (values 32g..32g + 32): with `n = g / 4` and `k = g % 4`,
+/// `(d * scale) * (q - 32)`, `q` a nibble of `ql` (bytes `64n + 32 (k % 2)..`,
+/// low for `k < 2`) and bits `2k..2k + 2` of `qh` (bytes `128 + 32n..`); the
+/// 16 values of each vector share a scale.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+fn deq_q6_k(b: &[u8], g: usize) -> [__m512; 2] {
+    let d = _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(
+        u16::from_le_bytes([b[208], b[209]]) as i32,
+    )));
+    let (n, k) = (g / 4, g % 4);
+    let (ql, qh) = (64 * n + 32 * (k % 2), 128 + 32 * n);
+    let low4 = _mm512_set1_epi32(0x0F);
+    let low2 = _mm512_set1_epi32(3);
+    let bias = _mm512_set1_epi32(32);
+    let shift = _mm_cvtsi32_si128(2 * k as i32);
+    let mut out = [_mm512_setzero_ps(); 2];
+    for (half, o) in out.iter_mut().enumerate() {
+        let l = _mm512_cvtepu8_epi32(ld16(b, ql + 16 * half));
+        let l = if k < 2 {
+            _mm512_and_si512(l, low4)
+        } else {
+            _mm512_srli_epi32::<4>(l)
+        };
+        let h = _mm512_cvtepu8_epi32(ld16(b, qh + 16 * half));
+        let h = _mm512_slli_epi32::<4>(_mm512_and_si512(_mm512_srl_epi32(h, shift), low2));
+        let q = _mm512_sub_epi32(_mm512_or_si512(l, h), bias);
+        let scale = d * (b[192 + 8 * n + half + 2 * k] as i8) as f32;
+        *o = _mm512_mul_ps(_mm512_set1_ps(scale), _mm512_cvtepi32_ps(q));
+    }
+    out
+}
+
+/// The kernel of one format: a block is `$bb` bytes in `$groups` groups of
+/// 32 values, and `$deq(block, g)` dequantises group `g` as two vectors.
 macro_rules! rows_kernel {
-    ($name:ident, $tile:ident, $deq:ident, $bb:expr) => {
+    ($name:ident, $tile:ident, $deq:ident, $bb:expr, $groups:expr) => {
         /// Every row of `w` against the `MR` rows of `x` (see [`fused_rows`]).
         #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
         fn $name<const MR: usize>(
@@ -210,18 +285,22 @@ macro_rules! rows_kernel {
             let mut acc = [[_mm512_setzero_ps(); NR]; MR];
             let blocks = row_bytes / $bb;
             for k in 0..blocks {
-                let mut xv = [[_mm512_setzero_ps(); 2]; MR];
-                for i in 0..MR {
-                    xv[i] = [ld_x(x[i], 32 * k), ld_x(x[i], 32 * k + 16)];
-                }
-                for jj in 0..NR {
-                    let b = &w[jj * row_bytes + k * $bb..jj * row_bytes + (k + 1) * $bb];
-                    // A prefetch never faults: the address may lie past `w`.
-                    _mm_prefetch::<_MM_HINT_T0>(b.as_ptr().wrapping_add(PREFETCH).cast());
-                    let [w0, w1] = $deq(b);
+                for g in 0..$groups {
+                    let at = 32 * ($groups * k + g);
+                    let mut xv = [[_mm512_setzero_ps(); 2]; MR];
                     for i in 0..MR {
-                        acc[i][jj] = _mm512_fmadd_ps(xv[i][0], w0, acc[i][jj]);
-                        acc[i][jj] = _mm512_fmadd_ps(xv[i][1], w1, acc[i][jj]);
+                        xv[i] = [ld_x(x[i], at), ld_x(x[i], at + 16)];
+                    }
+                    for jj in 0..NR {
+                        let b = &w[jj * row_bytes + k * $bb..jj * row_bytes + (k + 1) * $bb];
+                        // A prefetch never faults: the address may lie past `w`.
+                        let ahead = PREFETCH + g * $bb / $groups;
+                        _mm_prefetch::<_MM_HINT_T0>(b.as_ptr().wrapping_add(ahead).cast());
+                        let [w0, w1] = $deq(b, g);
+                        for i in 0..MR {
+                            acc[i][jj] = _mm512_fmadd_ps(xv[i][0], w0, acc[i][jj]);
+                            acc[i][jj] = _mm512_fmadd_ps(xv[i][1], w1, acc[i][jj]);
+                        }
                     }
                 }
             }
@@ -238,7 +317,9 @@ macro_rules! rows_kernel {
     };
 }
 
-rows_kernel!(rows_q4_0, tile_q4_0, deq_q4_0, 18);
-rows_kernel!(rows_q4_1, tile_q4_1, deq_q4_1, 20);
-rows_kernel!(rows_q5_0, tile_q5_0, deq_q5_0, 22);
-rows_kernel!(rows_q8_0, tile_q8_0, deq_q8_0, 34);
+rows_kernel!(rows_q4_0, tile_q4_0, deq_q4_0, 18, 1);
+rows_kernel!(rows_q4_1, tile_q4_1, deq_q4_1, 20, 1);
+rows_kernel!(rows_q5_0, tile_q5_0, deq_q5_0, 22, 1);
+rows_kernel!(rows_q8_0, tile_q8_0, deq_q8_0, 34, 1);
+rows_kernel!(rows_q4_k, tile_q4_k, deq_q4_k, 144, 8);
+rows_kernel!(rows_q6_k, tile_q6_k, deq_q6_k, 210, 8);
