@@ -297,13 +297,19 @@ pub(crate) fn fused_rows(
     if x.rows() == 0 {
         return;
     }
-    // AVX-512 dequantises the 32-value formats in registers: the same
-    // operations per output without the buffer.
+    // x86 dequantises the block formats in registers: the same operations
+    // per output without the buffer.
     #[cfg(target_arch = "x86_64")]
-    if s.level() >= crate::simd::Level::Avx512
-        && super::x86_fused::fused_rows(dtype, w, row_bytes, x, out)
     {
-        return;
+        use crate::simd::Level;
+        let done = match s.level() {
+            Level::Avx512 => super::x86_fused::fused_rows(dtype, w, row_bytes, x, out),
+            Level::Avx2 => super::x86_fused::fused_rows_avx2(dtype, w, row_bytes, x, out),
+            Level::Scalar => false,
+        };
+        if done {
+            return;
+        }
     }
     s.vectorize(FusedOp {
         dtype,

@@ -110,155 +110,153 @@ fn hi8(v: __m128i) -> __m256i {
     _mm256_cvtepu8_epi32(_mm_srli_si128::<8>(v))
 }
 
-/// Q4_0: `(nibble - 8) * d`.
+/// Q4_0 group (the whole block): `(nibble - 8) * d`, low nibbles first.
+#[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn q4_0(src: &[u8], dst: &mut [f32]) {
+pub(super) fn g_q4_0(b: &[u8], _g: usize) -> [__m256; 4] {
     let mask = _mm_set1_epi8(0x0F);
     let eight = _mm256_set1_epi32(8);
-    for (b, y) in src.chunks_exact(18).zip(dst.chunks_exact_mut(32)) {
-        prefetch_ahead(b);
-        let d = _mm256_set1_ps(f16_at(b, 0));
-        let q = ld128(b, 2);
-        let lo = _mm_and_si128(q, mask);
-        let hi = _mm_and_si128(_mm_srli_epi16::<4>(q), mask);
-        for (at, v) in [(0, lo8(lo)), (8, hi8(lo)), (16, lo8(hi)), (24, hi8(hi))] {
-            let f = _mm256_cvtepi32_ps(_mm256_sub_epi32(v, eight));
-            st(y, at, _mm256_mul_ps(f, d));
-        }
-    }
+    let d = _mm256_set1_ps(f16_at(b, 0));
+    let q = ld128(b, 2);
+    let lo = _mm_and_si128(q, mask);
+    let hi = _mm_and_si128(_mm_srli_epi16::<4>(q), mask);
+    [lo8(lo), hi8(lo), lo8(hi), hi8(hi)]
+        .map(|v| _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(v, eight)), d))
 }
 
-/// Q4_1: `nibble * d + m`.
+/// Q4_1 group (the whole block): `nibble * d + m`. `nibble * d` is exact
+/// (4 bits times the 11 of an f16), so the sum rounds once, fused or not.
+#[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn q4_1(src: &[u8], dst: &mut [f32]) {
+pub(super) fn g_q4_1(b: &[u8], _g: usize) -> [__m256; 4] {
     let mask = _mm_set1_epi8(0x0F);
-    for (b, y) in src.chunks_exact(20).zip(dst.chunks_exact_mut(32)) {
-        prefetch_ahead(b);
-        let d = _mm256_set1_ps(f16_at(b, 0));
-        let m = _mm256_set1_ps(f16_at(b, 2));
-        let q = ld128(b, 4);
-        let lo = _mm_and_si128(q, mask);
-        let hi = _mm_and_si128(_mm_srli_epi16::<4>(q), mask);
-        for (at, v) in [(0, lo8(lo)), (8, hi8(lo)), (16, lo8(hi)), (24, hi8(hi))] {
-            let f = _mm256_cvtepi32_ps(v);
-            st(y, at, _mm256_add_ps(_mm256_mul_ps(f, d), m));
-        }
-    }
+    let d = _mm256_set1_ps(f16_at(b, 0));
+    let m = _mm256_set1_ps(f16_at(b, 2));
+    let q = ld128(b, 4);
+    let lo = _mm_and_si128(q, mask);
+    let hi = _mm_and_si128(_mm_srli_epi16::<4>(q), mask);
+    [lo8(lo), hi8(lo), lo8(hi), hi8(hi)].map(|v| _mm256_fmadd_ps(_mm256_cvtepi32_ps(v), d, m))
 }
 
-/// Q5_0: `((nibble | fifth bit << 4) - 16) * d`; bit `j` of `qh` is value
-/// `j`'s fifth bit.
+/// Q5_0 group (the whole block): `((nibble | fifth bit << 4) - 16) * d`;
+/// bit `j` of `qh` is value `j`'s fifth bit.
+#[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn q5_0(src: &[u8], dst: &mut [f32]) {
+pub(super) fn g_q5_0(b: &[u8], _g: usize) -> [__m256; 4] {
     let mask = _mm_set1_epi8(0x0F);
     let sixteen = _mm256_set1_epi32(16);
     let one = _mm256_set1_epi32(1);
-    let shifts = [0, 8, 16, 24]
-        .map(|j| _mm256_setr_epi32(j, j + 1, j + 2, j + 3, j + 4, j + 5, j + 6, j + 7));
-    for (b, y) in src.chunks_exact(22).zip(dst.chunks_exact_mut(32)) {
-        prefetch_ahead(b);
-        let d = _mm256_set1_ps(f16_at(b, 0));
-        let qh = _mm256_set1_epi32(i32::from_le_bytes([b[2], b[3], b[4], b[5]]));
-        let q = ld128(b, 6);
-        let lo = _mm_and_si128(q, mask);
-        let hi = _mm_and_si128(_mm_srli_epi16::<4>(q), mask);
-        for (k, v) in [lo8(lo), hi8(lo), lo8(hi), hi8(hi)].into_iter().enumerate() {
-            let h = _mm256_slli_epi32::<4>(_mm256_and_si256(_mm256_srlv_epi32(qh, shifts[k]), one));
-            let f = _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_or_si256(v, h), sixteen));
-            st(y, 8 * k, _mm256_mul_ps(f, d));
-        }
+    let d = _mm256_set1_ps(f16_at(b, 0));
+    let qh = _mm256_set1_epi32(i32::from_le_bytes([b[2], b[3], b[4], b[5]]));
+    let q = ld128(b, 6);
+    let lo = _mm_and_si128(q, mask);
+    let hi = _mm_and_si128(_mm_srli_epi16::<4>(q), mask);
+    let quants = [lo8(lo), hi8(lo), lo8(hi), hi8(hi)];
+    let mut out = [_mm256_setzero_ps(); 4];
+    for (k, (v, o)) in quants.into_iter().zip(out.iter_mut()).enumerate() {
+        let j = 8 * k as i32;
+        let shifts = _mm256_setr_epi32(j, j + 1, j + 2, j + 3, j + 4, j + 5, j + 6, j + 7);
+        let h = _mm256_slli_epi32::<4>(_mm256_and_si256(_mm256_srlv_epi32(qh, shifts), one));
+        let f = _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_or_si256(v, h), sixteen));
+        *o = _mm256_mul_ps(f, d);
     }
+    out
 }
 
-/// Q8_0: `q * d` with signed bytes `q`.
+/// Q8_0 group (the whole block): `q * d` with signed bytes `q`.
+#[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn q8_0(src: &[u8], dst: &mut [f32]) {
-    for (b, y) in src.chunks_exact(34).zip(dst.chunks_exact_mut(32)) {
-        prefetch_ahead(b);
-        let d = _mm256_set1_ps(f16_at(b, 0));
-        for k in 0..4 {
-            let f = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(ld64(b, 2 + 8 * k)));
-            st(y, 8 * k, _mm256_mul_ps(f, d));
-        }
+pub(super) fn g_q8_0(b: &[u8], _g: usize) -> [__m256; 4] {
+    let d = _mm256_set1_ps(f16_at(b, 0));
+    let mut out = [_mm256_setzero_ps(); 4];
+    for (k, o) in out.iter_mut().enumerate() {
+        let f = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(ld64(b, 2 + 8 * k)));
+        *o = _mm256_mul_ps(f, d);
     }
+    out
 }
 
-/// Q4_K: sub-block pairs of 64 values, `d1 * nibble - m1` (low nibbles) and
-/// `d2 * nibble - m2` (high nibbles), the sub-block factors computed in f32
-/// as the portable code does.
+/// Q4_K group `g` (values 32g..32g + 32 of the block): `d1 * nibble - m1`
+/// with the group's 6-bit scale and min, from the low nibbles of bytes
+/// `32 * (g / 2)..` for even groups and the high ones for odd groups. The
+/// multiply and the difference stay separate, as in the portable code.
+#[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn q4_k(src: &[u8], dst: &mut [f32]) {
-    let mask = _mm_set1_epi8(0x0F);
-    for (b, y) in src.chunks_exact(144).zip(dst.chunks_exact_mut(256)) {
-        prefetch_ahead(b);
-        let d = f16_at(b, 0);
-        let dmin = f16_at(b, 2);
-        let scales = &b[4..16];
-        for c in 0..4 {
-            let (sc1, m1) = scale_min_k4(2 * c, scales);
-            let (sc2, m2) = scale_min_k4(2 * c + 1, scales);
-            let d1 = _mm256_set1_ps(d * sc1 as f32);
-            let m1 = _mm256_set1_ps(dmin * m1 as f32);
-            let d2 = _mm256_set1_ps(d * sc2 as f32);
-            let m2 = _mm256_set1_ps(dmin * m2 as f32);
-            for half in 0..2 {
-                let q = ld128(b, 16 + 32 * c + 16 * half);
-                let lo = _mm_and_si128(q, mask);
-                let hi = _mm_and_si128(_mm_srli_epi16::<4>(q), mask);
-                let at = 64 * c + 16 * half;
-                for (o, v) in [(0, lo8(lo)), (8, hi8(lo))] {
-                    let f = _mm256_cvtepi32_ps(v);
-                    st(y, at + o, _mm256_sub_ps(_mm256_mul_ps(d1, f), m1));
-                }
-                for (o, v) in [(32, lo8(hi)), (40, hi8(hi))] {
-                    let f = _mm256_cvtepi32_ps(v);
-                    st(y, at + o, _mm256_sub_ps(_mm256_mul_ps(d2, f), m2));
-                }
-            }
-        }
-    }
+pub(super) fn g_q4_k(b: &[u8], g: usize) -> [__m256; 4] {
+    let (d, dmin) = (f16_at(b, 0), f16_at(b, 2));
+    let (sc, mn) = scale_min_k4(g, &b[4..16]);
+    let scale = _mm256_set1_ps(d * sc as f32);
+    let min = _mm256_set1_ps(dmin * mn as f32);
+    let at = 16 + 32 * (g / 2);
+    let (q0, q1) = (ld128(b, at), ld128(b, at + 16));
+    let quants = [lo8(q0), hi8(q0), lo8(q1), hi8(q1)];
+    let mask = _mm256_set1_epi32(0x0F);
+    let odd = !g.is_multiple_of(2);
+    quants.map(|v| {
+        let v = if odd {
+            _mm256_srli_epi32::<4>(v)
+        } else {
+            _mm256_and_si256(v, mask)
+        };
+        _mm256_sub_ps(_mm256_mul_ps(scale, _mm256_cvtepi32_ps(v)), min)
+    })
 }
 
-/// Q6_K: `(d * scale) * (q - 32)` with 6-bit `q` from a nibble of `ql` and two
-/// bits of `qh`, as the portable code orders it.
+/// Q6_K group `g` (values 32g..32g + 32): with `n = g / 4` and `k = g % 4`,
+/// `(d * scale) * (q - 32)`, `q` a nibble of `ql` (bytes `64n + 32 (k % 2)..`,
+/// low for `k < 2`) and bits `2k..2k + 2` of `qh` (bytes `128 + 32n..`); each
+/// 16 values share a scale.
+#[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn q6_k(src: &[u8], dst: &mut [f32]) {
+pub(super) fn g_q6_k(b: &[u8], g: usize) -> [__m256; 4] {
+    let d = f16_at(b, 208);
+    let (n, k) = (g / 4, g % 4);
+    let (ql, qh) = (64 * n + 32 * (k % 2), 128 + 32 * n);
     let low4 = _mm256_set1_epi32(0x0F);
     let low2 = _mm256_set1_epi32(3);
     let bias = _mm256_set1_epi32(32);
-    for (b, y) in src.chunks_exact(210).zip(dst.chunks_exact_mut(256)) {
-        prefetch_ahead(b);
-        let d = f16_at(b, 208);
-        for n in 0..2 {
-            let (ql, qh, sc) = (64 * n, 128 + 32 * n, 192 + 8 * n);
-            for g in 0..4 {
-                let l = 8 * g;
-                let is = l / 16;
-                let a = _mm256_cvtepu8_epi32(ld64(b, ql + l));
-                let c = _mm256_cvtepu8_epi32(ld64(b, ql + l + 32));
-                let h = _mm256_cvtepu8_epi32(ld64(b, qh + l));
-                // Bits 2k..2k + 2 of `qh` as bits 4..6 (no closure: it would
-                // be compiled without this function's target features).
-                let h0 = _mm256_slli_epi32::<4>(_mm256_and_si256(h, low2));
-                let h2 = _mm256_slli_epi32::<2>(_mm256_and_si256(h, _mm256_slli_epi32::<2>(low2)));
-                let h4 = _mm256_and_si256(h, _mm256_slli_epi32::<4>(low2));
-                let h6 = _mm256_srli_epi32::<2>(_mm256_and_si256(h, _mm256_slli_epi32::<6>(low2)));
-                let qs = [
-                    _mm256_or_si256(_mm256_and_si256(a, low4), h0),
-                    _mm256_or_si256(_mm256_and_si256(c, low4), h2),
-                    _mm256_or_si256(_mm256_srli_epi32::<4>(a), h4),
-                    _mm256_or_si256(_mm256_srli_epi32::<4>(c), h6),
-                ];
-                for (k, q) in qs.into_iter().enumerate() {
-                    let scale = d * (b[sc + is + 2 * k] as i8) as f32;
-                    let f = _mm256_cvtepi32_ps(_mm256_sub_epi32(q, bias));
-                    st(
-                        y,
-                        128 * n + 32 * k + l,
-                        _mm256_mul_ps(_mm256_set1_ps(scale), f),
-                    );
+    let shift = _mm_cvtsi32_si128(2 * k as i32);
+    let mut out = [_mm256_setzero_ps(); 4];
+    for (v, o) in out.iter_mut().enumerate() {
+        let l = _mm256_cvtepu8_epi32(ld64(b, ql + 8 * v));
+        let l = if k < 2 {
+            _mm256_and_si256(l, low4)
+        } else {
+            _mm256_srli_epi32::<4>(l)
+        };
+        let h = _mm256_cvtepu8_epi32(ld64(b, qh + 8 * v));
+        let h = _mm256_slli_epi32::<4>(_mm256_and_si256(_mm256_srl_epi32(h, shift), low2));
+        let q = _mm256_sub_epi32(_mm256_or_si256(l, h), bias);
+        let scale = d * (b[192 + 8 * n + v / 2 + 2 * k] as i8) as f32;
+        *o = _mm256_mul_ps(_mm256_set1_ps(scale), _mm256_cvtepi32_ps(q));
+    }
+    out
+}
+
+/// A run of blocks of `$bb` bytes in `$groups` groups of 32 values, each
+/// dequantised by `$g` and stored.
+macro_rules! run {
+    ($name:ident, $g:ident, $bb:expr, $groups:expr) => {
+        #[target_feature(enable = "avx2,fma,f16c")]
+        fn $name(src: &[u8], dst: &mut [f32]) {
+            for (b, y) in src
+                .chunks_exact($bb)
+                .zip(dst.chunks_exact_mut(32 * $groups))
+            {
+                prefetch_ahead(b);
+                for g in 0..$groups {
+                    for (k, v) in $g(b, g).into_iter().enumerate() {
+                        st(y, 32 * g + 8 * k, v);
+                    }
                 }
             }
         }
-    }
+    };
 }
+
+run!(q4_0, g_q4_0, 18, 1);
+run!(q4_1, g_q4_1, 20, 1);
+run!(q5_0, g_q5_0, 22, 1);
+run!(q8_0, g_q8_0, 34, 1);
+run!(q4_k, g_q4_k, 144, 8);
+run!(q6_k, g_q6_k, 210, 8);

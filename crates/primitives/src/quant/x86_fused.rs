@@ -14,6 +14,7 @@
 //! multiply and difference. Prefill (the panel path) and
 //! decode (this one) therefore give every output the same bits.
 
+use super::x86_deq::{g_q4_0, g_q4_1, g_q4_k, g_q5_0, g_q6_k, g_q8_0};
 use crate::dtype::DType;
 use crate::matmul::Out;
 use crate::tensor::MatRef;
@@ -30,12 +31,60 @@ fn available() -> bool {
     })
 }
 
-/// Whether [`fused_rows`] takes `dtype`.
-pub(crate) fn handles(dtype: DType) -> bool {
+/// Whether the formats have kernels here.
+fn format_handled(dtype: DType) -> bool {
     matches!(
         dtype,
         DType::Q4_0 | DType::Q4_1 | DType::Q5_0 | DType::Q8_0 | DType::Q4_K | DType::Q6_K
-    ) && available()
+    )
+}
+
+/// Whether [`fused_rows`] takes `dtype`.
+pub(crate) fn handles(dtype: DType) -> bool {
+    format_handled(dtype) && available()
+}
+
+/// [`fused_rows`] with 8-lane AVX2 vectors, for the AVX2 level: the same
+/// operations as the f32 kernel at that level (a 32-value group is four
+/// vectors), with the dequantisation of `x86_deq`. Returns false, doing
+/// nothing, when this CPU lacks AVX2, FMA or F16C or the format has no kernel.
+pub(crate) fn fused_rows_avx2(
+    dtype: DType,
+    w: &[u8],
+    row_bytes: usize,
+    x: MatRef<'_>,
+    out: Out,
+) -> bool {
+    if !format_handled(dtype) || !super::x86::has_avx2() || x.rows() == 0 || x.rows() > 4 {
+        return false;
+    }
+    let Some(v3) = pulp::x86::V3::try_new() else {
+        return false;
+    };
+    macro_rules! go {
+        ($f:ident) => {{
+            let r = |i| x.row(i);
+            // SAFETY: `has_avx2` found AVX2, FMA and F16C on this CPU, the
+            // features `$f` is compiled for.
+            unsafe {
+                match x.rows() {
+                    1 => $f::<1>(v3, w, row_bytes, [r(0)], out),
+                    2 => $f::<2>(v3, w, row_bytes, [r(0), r(1)], out),
+                    3 => $f::<3>(v3, w, row_bytes, [r(0), r(1), r(2)], out),
+                    _ => $f::<4>(v3, w, row_bytes, [r(0), r(1), r(2), r(3)], out),
+                }
+            }
+        }};
+    }
+    match dtype {
+        DType::Q4_0 => go!(rows8_q4_0),
+        DType::Q4_1 => go!(rows8_q4_1),
+        DType::Q5_0 => go!(rows8_q5_0),
+        DType::Q4_K => go!(rows8_q4_k),
+        DType::Q6_K => go!(rows8_q6_k),
+        _ => go!(rows8_q8_0),
+    }
+    true
 }
 
 /// `out[i][j] = dot(x row i, dequantised row j of w)` for the 1..=4 rows of
@@ -323,3 +372,102 @@ rows_kernel!(rows_q5_0, tile_q5_0, deq_q5_0, 22, 1);
 rows_kernel!(rows_q8_0, tile_q8_0, deq_q8_0, 34, 1);
 rows_kernel!(rows_q4_k, tile_q4_k, deq_q4_k, 144, 8);
 rows_kernel!(rows_q6_k, tile_q6_k, deq_q6_k, 210, 8);
+
+/// 8 f32 of `x` from `at`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn ld_x8(x: &[f32], at: usize) -> __m256 {
+    let x: &[f32; 8] = x[at..at + 8].try_into().unwrap();
+    // SAFETY: 8 readable f32s; loadu has no alignment requirement.
+    unsafe { _mm256_loadu_ps(x.as_ptr()) }
+}
+
+/// The AVX2 kernel of one format: a block is `$bb` bytes in `$groups` groups
+/// of 32 values, and `$g(block, g)` dequantises group `g` as four vectors.
+macro_rules! rows_kernel_avx2 {
+    ($name:ident, $tile:ident, $g:ident, $bb:expr, $groups:expr) => {
+        /// Every row of `w` against the `MR` rows of `x` (see [`fused_rows_avx2`]).
+        #[target_feature(enable = "avx2,fma,f16c")]
+        fn $name<const MR: usize>(
+            v3: pulp::x86::V3,
+            w: &[u8],
+            row_bytes: usize,
+            x: [&[f32]; MR],
+            out: Out,
+        ) {
+            let nrows = w.len() / row_bytes;
+            let mut j = 0;
+            while j + 4 <= nrows {
+                $tile::<MR, 4>(
+                    v3,
+                    &w[j * row_bytes..(j + 4) * row_bytes],
+                    row_bytes,
+                    x,
+                    out,
+                    j,
+                );
+                j += 4;
+            }
+            while j < nrows {
+                $tile::<MR, 1>(
+                    v3,
+                    &w[j * row_bytes..(j + 1) * row_bytes],
+                    row_bytes,
+                    x,
+                    out,
+                    j,
+                );
+                j += 1;
+            }
+        }
+
+        /// `NR` rows of `w` (from output column `j`) against the rows of `x`.
+        #[inline]
+        #[target_feature(enable = "avx2,fma,f16c")]
+        fn $tile<const MR: usize, const NR: usize>(
+            v3: pulp::x86::V3,
+            w: &[u8],
+            row_bytes: usize,
+            x: [&[f32]; MR],
+            out: Out,
+            j: usize,
+        ) {
+            let mut acc = [[_mm256_setzero_ps(); NR]; MR];
+            let blocks = row_bytes / $bb;
+            for k in 0..blocks {
+                for g in 0..$groups {
+                    let at = 32 * ($groups * k + g);
+                    for jj in 0..NR {
+                        let b = &w[jj * row_bytes + k * $bb..jj * row_bytes + (k + 1) * $bb];
+                        // A prefetch never faults: the address may lie past `w`.
+                        let ahead = PREFETCH + g * $bb / $groups;
+                        _mm_prefetch::<_MM_HINT_T0>(b.as_ptr().wrapping_add(ahead).cast());
+                        let wv = $g(b, g);
+                        for i in 0..MR {
+                            for (v, wv) in wv.iter().enumerate() {
+                                let xv = ld_x8(x[i], at + 8 * v);
+                                acc[i][jj] = _mm256_fmadd_ps(xv, *wv, acc[i][jj]);
+                            }
+                        }
+                    }
+                }
+            }
+            for i in 0..MR {
+                for jj in 0..NR {
+                    let mut lanes = [0.0f32; 8];
+                    // SAFETY: `lanes` is 8 writable f32s; storeu is unaligned.
+                    unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), acc[i][jj]) };
+                    let v: pulp::f32x8 = bytemuck::cast(lanes);
+                    out.put(i, j + jj, pulp::Simd::reduce_sum_f32s(v3, v));
+                }
+            }
+        }
+    };
+}
+
+rows_kernel_avx2!(rows8_q4_0, tile8_q4_0, g_q4_0, 18, 1);
+rows_kernel_avx2!(rows8_q4_1, tile8_q4_1, g_q4_1, 20, 1);
+rows_kernel_avx2!(rows8_q5_0, tile8_q5_0, g_q5_0, 22, 1);
+rows_kernel_avx2!(rows8_q8_0, tile8_q8_0, g_q8_0, 34, 1);
+rows_kernel_avx2!(rows8_q4_k, tile8_q4_k, g_q4_k, 144, 8);
+rows_kernel_avx2!(rows8_q6_k, tile8_q6_k, g_q6_k, 210, 8);
