@@ -300,16 +300,8 @@ pub(crate) fn fused_rows(
     // x86 dequantises the block formats in registers: the same operations
     // per output without the buffer.
     #[cfg(target_arch = "x86_64")]
-    {
-        use crate::simd::Level;
-        let done = match s.level() {
-            Level::Avx512 => super::x86_fused::fused_rows(dtype, w, row_bytes, x, out),
-            Level::Avx2 => super::x86_fused::fused_rows_avx2(dtype, w, row_bytes, x, out),
-            Level::Scalar => false,
-        };
-        if done {
-            return;
-        }
+    if super::x86_fused::fused_rows(s.level(), dtype, w, row_bytes, x, out) {
+        return;
     }
     s.vectorize(FusedOp {
         dtype,

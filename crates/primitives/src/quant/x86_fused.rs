@@ -17,112 +17,89 @@
 use super::x86_deq::{g_q4_0, g_q4_1, g_q4_k, g_q5_0, g_q6_k, g_q8_0};
 use crate::dtype::DType;
 use crate::matmul::Out;
+use crate::simd::Level;
 use crate::tensor::MatRef;
 use core::arch::x86_64::*;
 
 /// How far ahead (bytes) the kernels prefetch weights (as the int8 kernels).
 const PREFETCH: usize = 3072;
 
-/// Whether this CPU runs these kernels (AVX-512 F/BW/VL as pulp's V4, F16C).
-fn available() -> bool {
+/// Whether this CPU runs the AVX-512 kernels (pulp's V4, and F16C).
+fn has_avx512() -> bool {
     static OK: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *OK.get_or_init(|| {
         pulp::x86::V4::try_new().is_some() && std::arch::is_x86_feature_detected!("f16c")
     })
 }
 
-/// Whether the formats have kernels here.
-fn format_handled(dtype: DType) -> bool {
-    matches!(
-        dtype,
-        DType::Q4_0 | DType::Q4_1 | DType::Q5_0 | DType::Q8_0 | DType::Q4_K | DType::Q6_K
-    )
-}
-
-/// Whether [`fused_rows`] takes `dtype`.
-pub(crate) fn handles(dtype: DType) -> bool {
-    format_handled(dtype) && available()
-}
-
-/// [`fused_rows`] with 8-lane AVX2 vectors, for the AVX2 level: the same
-/// operations as the f32 kernel at that level (a 32-value group is four
-/// vectors), with the dequantisation of `x86_deq`. Returns false, doing
-/// nothing, when this CPU lacks AVX2, FMA or F16C or the format has no kernel.
-pub(crate) fn fused_rows_avx2(
-    dtype: DType,
-    w: &[u8],
-    row_bytes: usize,
-    x: MatRef<'_>,
-    out: Out,
-) -> bool {
-    if !format_handled(dtype) || !super::x86::has_avx2() || x.rows() == 0 || x.rows() > 4 {
-        return false;
-    }
-    let Some(v3) = pulp::x86::V3::try_new() else {
-        return false;
-    };
-    macro_rules! go {
-        ($f:ident) => {{
-            let r = |i| x.row(i);
-            // SAFETY: `has_avx2` found AVX2, FMA and F16C on this CPU, the
-            // features `$f` is compiled for.
-            unsafe {
-                match x.rows() {
-                    1 => $f::<1>(v3, w, row_bytes, [r(0)], out),
-                    2 => $f::<2>(v3, w, row_bytes, [r(0), r(1)], out),
-                    3 => $f::<3>(v3, w, row_bytes, [r(0), r(1), r(2)], out),
-                    _ => $f::<4>(v3, w, row_bytes, [r(0), r(1), r(2), r(3)], out),
-                }
-            }
-        }};
-    }
-    match dtype {
-        DType::Q4_0 => go!(rows8_q4_0),
-        DType::Q4_1 => go!(rows8_q4_1),
-        DType::Q5_0 => go!(rows8_q5_0),
-        DType::Q4_K => go!(rows8_q4_k),
-        DType::Q6_K => go!(rows8_q6_k),
-        _ => go!(rows8_q8_0),
-    }
-    true
-}
-
 /// `out[i][j] = dot(x row i, dequantised row j of w)` for the 1..=4 rows of
 /// `x` and every row of `w` (`row_bytes` bytes each), with the bits of
-/// `exact::fused_rows`. Returns false, doing nothing, when [`handles`] is false.
+/// `exact::fused_rows` at `level`: 16-lane kernels at the AVX-512 level,
+/// 8-lane ones at the AVX2 level (a 32-value group is then four vectors).
+/// Returns false, doing nothing, when the CPU lacks the level's features
+/// (with F16C), the format has no kernel here, or at the scalar level.
 pub(crate) fn fused_rows(
+    level: Level,
     dtype: DType,
     w: &[u8],
     row_bytes: usize,
     x: MatRef<'_>,
     out: Out,
 ) -> bool {
-    if !handles(dtype) || x.rows() == 0 || x.rows() > 4 {
+    if x.rows() == 0 || x.rows() > 4 {
         return false;
     }
-    let v4 = pulp::x86::V4::try_new().expect("available() checked V4");
+    let r = |i| x.row(i);
+    // Calls the kernel `$f` with the token `$tok` for this many rows of `x`.
     macro_rules! go {
-        ($f:ident) => {{
-            let r = |i| x.row(i);
-            // SAFETY: `handles` found AVX-512 F/BW/VL, AVX2, FMA and F16C on
-            // this CPU, the features `$f` is compiled for.
+        ($tok:expr, $f:ident) => {{
+            // SAFETY: the token `$tok` exists only on a CPU with the level's
+            // features, and `has_avx512`/`has_avx2` found F16C (and FMA) too:
+            // the features `$f` is compiled for.
             unsafe {
                 match x.rows() {
-                    1 => $f::<1>(v4, w, row_bytes, [r(0)], out),
-                    2 => $f::<2>(v4, w, row_bytes, [r(0), r(1)], out),
-                    3 => $f::<3>(v4, w, row_bytes, [r(0), r(1), r(2)], out),
-                    _ => $f::<4>(v4, w, row_bytes, [r(0), r(1), r(2), r(3)], out),
+                    1 => $f::<1>($tok, w, row_bytes, [r(0)], out),
+                    2 => $f::<2>($tok, w, row_bytes, [r(0), r(1)], out),
+                    3 => $f::<3>($tok, w, row_bytes, [r(0), r(1), r(2)], out),
+                    _ => $f::<4>($tok, w, row_bytes, [r(0), r(1), r(2), r(3)], out),
                 }
             }
         }};
     }
-    match dtype {
-        DType::Q4_0 => go!(rows_q4_0),
-        DType::Q4_1 => go!(rows_q4_1),
-        DType::Q5_0 => go!(rows_q5_0),
-        DType::Q4_K => go!(rows_q4_k),
-        DType::Q6_K => go!(rows_q6_k),
-        _ => go!(rows_q8_0),
+    // The kernels per format at one width, or false.
+    macro_rules! formats {
+        ($tok:expr, [$q4_0:ident, $q4_1:ident, $q5_0:ident, $q8_0:ident, $q4_k:ident, $q6_k:ident]) => {
+            match dtype {
+                DType::Q4_0 => go!($tok, $q4_0),
+                DType::Q4_1 => go!($tok, $q4_1),
+                DType::Q5_0 => go!($tok, $q5_0),
+                DType::Q8_0 => go!($tok, $q8_0),
+                DType::Q4_K => go!($tok, $q4_k),
+                DType::Q6_K => go!($tok, $q6_k),
+                _ => return false,
+            }
+        };
+    }
+    match level {
+        Level::Avx512 if has_avx512() => {
+            let Some(v4) = pulp::x86::V4::try_new() else {
+                return false;
+            };
+            formats!(
+                v4,
+                [rows_q4_0, rows_q4_1, rows_q5_0, rows_q8_0, rows_q4_k, rows_q6_k]
+            );
+        }
+        Level::Avx2 if super::x86::has_avx2() => {
+            let Some(v3) = pulp::x86::V3::try_new() else {
+                return false;
+            };
+            formats!(
+                v3,
+                [rows8_q4_0, rows8_q4_1, rows8_q5_0, rows8_q8_0, rows8_q4_k, rows8_q6_k]
+            );
+        }
+        _ => return false,
     }
     true
 }
@@ -281,98 +258,6 @@ fn deq_q6_k(b: &[u8], g: usize) -> [__m512; 2] {
     out
 }
 
-/// The kernel of one format: a block is `$bb` bytes in `$groups` groups of
-/// 32 values, and `$deq(block, g)` dequantises group `g` as two vectors.
-macro_rules! rows_kernel {
-    ($name:ident, $tile:ident, $deq:ident, $bb:expr, $groups:expr) => {
-        /// Every row of `w` against the `MR` rows of `x` (see [`fused_rows`]).
-        #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-        fn $name<const MR: usize>(
-            v4: pulp::x86::V4,
-            w: &[u8],
-            row_bytes: usize,
-            x: [&[f32]; MR],
-            out: Out,
-        ) {
-            let nrows = w.len() / row_bytes;
-            let mut j = 0;
-            while j + 4 <= nrows {
-                $tile::<MR, 4>(
-                    v4,
-                    &w[j * row_bytes..(j + 4) * row_bytes],
-                    row_bytes,
-                    x,
-                    out,
-                    j,
-                );
-                j += 4;
-            }
-            while j < nrows {
-                $tile::<MR, 1>(
-                    v4,
-                    &w[j * row_bytes..(j + 1) * row_bytes],
-                    row_bytes,
-                    x,
-                    out,
-                    j,
-                );
-                j += 1;
-            }
-        }
-
-        /// `NR` rows of `w` (from output column `j`) against the rows of `x`.
-        #[inline]
-        #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-        fn $tile<const MR: usize, const NR: usize>(
-            v4: pulp::x86::V4,
-            w: &[u8],
-            row_bytes: usize,
-            x: [&[f32]; MR],
-            out: Out,
-            j: usize,
-        ) {
-            let mut acc = [[_mm512_setzero_ps(); NR]; MR];
-            let blocks = row_bytes / $bb;
-            for k in 0..blocks {
-                for g in 0..$groups {
-                    let at = 32 * ($groups * k + g);
-                    let mut xv = [[_mm512_setzero_ps(); 2]; MR];
-                    for i in 0..MR {
-                        xv[i] = [ld_x(x[i], at), ld_x(x[i], at + 16)];
-                    }
-                    for jj in 0..NR {
-                        let b = &w[jj * row_bytes + k * $bb..jj * row_bytes + (k + 1) * $bb];
-                        // A prefetch never faults: the address may lie past `w`.
-                        let ahead = PREFETCH + g * $bb / $groups;
-                        _mm_prefetch::<_MM_HINT_T0>(b.as_ptr().wrapping_add(ahead).cast());
-                        let [w0, w1] = $deq(b, g);
-                        for i in 0..MR {
-                            acc[i][jj] = _mm512_fmadd_ps(xv[i][0], w0, acc[i][jj]);
-                            acc[i][jj] = _mm512_fmadd_ps(xv[i][1], w1, acc[i][jj]);
-                        }
-                    }
-                }
-            }
-            for i in 0..MR {
-                for jj in 0..NR {
-                    let mut lanes = [0.0f32; 16];
-                    // SAFETY: `lanes` is 16 writable f32s; storeu is unaligned.
-                    unsafe { _mm512_storeu_ps(lanes.as_mut_ptr(), acc[i][jj]) };
-                    let v: pulp::f32x16 = bytemuck::cast(lanes);
-                    out.put(i, j + jj, pulp::Simd::reduce_sum_f32s(v4, v));
-                }
-            }
-        }
-    };
-}
-
-rows_kernel!(rows_q4_0, tile_q4_0, deq_q4_0, 18, 1);
-rows_kernel!(rows_q4_1, tile_q4_1, deq_q4_1, 20, 1);
-rows_kernel!(rows_q5_0, tile_q5_0, deq_q5_0, 22, 1);
-rows_kernel!(rows_q8_0, tile_q8_0, deq_q8_0, 34, 1);
-rows_kernel!(rows_q4_k, tile_q4_k, deq_q4_k, 144, 8);
-rows_kernel!(rows_q6_k, tile_q6_k, deq_q6_k, 210, 8);
-
 /// 8 f32 of `x` from `at`.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -382,14 +267,21 @@ fn ld_x8(x: &[f32], at: usize) -> __m256 {
     unsafe { _mm256_loadu_ps(x.as_ptr()) }
 }
 
-/// The AVX2 kernel of one format: a block is `$bb` bytes in `$groups` groups
-/// of 32 values, and `$g(block, g)` dequantises group `g` as four vectors.
-macro_rules! rows_kernel_avx2 {
-    ($name:ident, $tile:ident, $g:ident, $bb:expr, $groups:expr) => {
-        /// Every row of `w` against the `MR` rows of `x` (see [`fused_rows_avx2`]).
-        #[target_feature(enable = "avx2,fma,f16c")]
+/// The kernel of one format at one vector width: a block is `$bb` bytes in
+/// `$groups` groups of 32 values, and `$deq(block, g)` dequantises group `g`
+/// as `32 / $lanes` vectors of type `$vec` (`$ldx`, `$zero` and `$fma` load,
+/// zero and multiply-add them; `$pulp` is pulp's type for them, summed by
+/// the level token `$tok`, so the sum is the f32 kernel's).
+macro_rules! rows_kernel {
+    (
+        $feat:literal, $tok:ty, $vec:ty, $pulp:ty, $lanes:literal,
+        [$ldx:ident, $zero:ident, $fma:ident, $store:ident],
+        $name:ident, $tile:ident, $deq:ident, $bb:expr, $groups:expr
+    ) => {
+        /// Every row of `w` against the `MR` rows of `x`.
+        #[target_feature(enable = $feat)]
         fn $name<const MR: usize>(
-            v3: pulp::x86::V3,
+            tok: $tok,
             w: &[u8],
             row_bytes: usize,
             x: [&[f32]; MR],
@@ -399,7 +291,7 @@ macro_rules! rows_kernel_avx2 {
             let mut j = 0;
             while j + 4 <= nrows {
                 $tile::<MR, 4>(
-                    v3,
+                    tok,
                     &w[j * row_bytes..(j + 4) * row_bytes],
                     row_bytes,
                     x,
@@ -410,7 +302,7 @@ macro_rules! rows_kernel_avx2 {
             }
             while j < nrows {
                 $tile::<MR, 1>(
-                    v3,
+                    tok,
                     &w[j * row_bytes..(j + 1) * row_bytes],
                     row_bytes,
                     x,
@@ -423,30 +315,36 @@ macro_rules! rows_kernel_avx2 {
 
         /// `NR` rows of `w` (from output column `j`) against the rows of `x`.
         #[inline]
-        #[target_feature(enable = "avx2,fma,f16c")]
+        #[target_feature(enable = $feat)]
         fn $tile<const MR: usize, const NR: usize>(
-            v3: pulp::x86::V3,
+            tok: $tok,
             w: &[u8],
             row_bytes: usize,
             x: [&[f32]; MR],
             out: Out,
             j: usize,
         ) {
-            let mut acc = [[_mm256_setzero_ps(); NR]; MR];
+            const V: usize = 32 / $lanes;
+            let mut acc = [[$zero(); NR]; MR];
             let blocks = row_bytes / $bb;
             for k in 0..blocks {
                 for g in 0..$groups {
                     let at = 32 * ($groups * k + g);
+                    let mut xv = [[$zero(); V]; MR];
+                    for i in 0..MR {
+                        for v in 0..V {
+                            xv[i][v] = $ldx(x[i], at + $lanes * v);
+                        }
+                    }
                     for jj in 0..NR {
                         let b = &w[jj * row_bytes + k * $bb..jj * row_bytes + (k + 1) * $bb];
                         // A prefetch never faults: the address may lie past `w`.
                         let ahead = PREFETCH + g * $bb / $groups;
                         _mm_prefetch::<_MM_HINT_T0>(b.as_ptr().wrapping_add(ahead).cast());
-                        let wv = $g(b, g);
+                        let wv: [$vec; V] = $deq(b, g);
                         for i in 0..MR {
-                            for (v, wv) in wv.iter().enumerate() {
-                                let xv = ld_x8(x[i], at + 8 * v);
-                                acc[i][jj] = _mm256_fmadd_ps(xv, *wv, acc[i][jj]);
+                            for v in 0..V {
+                                acc[i][jj] = $fma(xv[i][v], wv[v], acc[i][jj]);
                             }
                         }
                     }
@@ -454,20 +352,65 @@ macro_rules! rows_kernel_avx2 {
             }
             for i in 0..MR {
                 for jj in 0..NR {
-                    let mut lanes = [0.0f32; 8];
-                    // SAFETY: `lanes` is 8 writable f32s; storeu is unaligned.
-                    unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), acc[i][jj]) };
-                    let v: pulp::f32x8 = bytemuck::cast(lanes);
-                    out.put(i, j + jj, pulp::Simd::reduce_sum_f32s(v3, v));
+                    let mut lanes = [0.0f32; $lanes];
+                    // SAFETY: `lanes` holds one vector's f32s; storeu is unaligned.
+                    unsafe { $store(lanes.as_mut_ptr(), acc[i][jj]) };
+                    let v: $pulp = bytemuck::cast(lanes);
+                    out.put(i, j + jj, pulp::Simd::reduce_sum_f32s(tok, v));
                 }
             }
         }
     };
 }
 
-rows_kernel_avx2!(rows8_q4_0, tile8_q4_0, g_q4_0, 18, 1);
-rows_kernel_avx2!(rows8_q4_1, tile8_q4_1, g_q4_1, 20, 1);
-rows_kernel_avx2!(rows8_q5_0, tile8_q5_0, g_q5_0, 22, 1);
-rows_kernel_avx2!(rows8_q8_0, tile8_q8_0, g_q8_0, 34, 1);
-rows_kernel_avx2!(rows8_q4_k, tile8_q4_k, g_q4_k, 144, 8);
-rows_kernel_avx2!(rows8_q6_k, tile8_q6_k, g_q6_k, 210, 8);
+/// 16 lanes: AVX-512 (pulp's V4).
+macro_rules! rows16 {
+    ($name:ident, $tile:ident, $deq:ident, $bb:expr, $groups:expr) => {
+        rows_kernel!(
+            "avx512f,avx512bw,avx512vl,avx2,fma,f16c",
+            pulp::x86::V4,
+            __m512,
+            pulp::f32x16,
+            16,
+            [ld_x, _mm512_setzero_ps, _mm512_fmadd_ps, _mm512_storeu_ps],
+            $name,
+            $tile,
+            $deq,
+            $bb,
+            $groups
+        );
+    };
+}
+
+/// 8 lanes: AVX2 (pulp's V3).
+macro_rules! rows8 {
+    ($name:ident, $tile:ident, $deq:ident, $bb:expr, $groups:expr) => {
+        rows_kernel!(
+            "avx2,fma,f16c",
+            pulp::x86::V3,
+            __m256,
+            pulp::f32x8,
+            8,
+            [ld_x8, _mm256_setzero_ps, _mm256_fmadd_ps, _mm256_storeu_ps],
+            $name,
+            $tile,
+            $deq,
+            $bb,
+            $groups
+        );
+    };
+}
+
+rows16!(rows_q4_0, tile_q4_0, deq_q4_0, 18, 1);
+rows16!(rows_q4_1, tile_q4_1, deq_q4_1, 20, 1);
+rows16!(rows_q5_0, tile_q5_0, deq_q5_0, 22, 1);
+rows16!(rows_q8_0, tile_q8_0, deq_q8_0, 34, 1);
+rows16!(rows_q4_k, tile_q4_k, deq_q4_k, 144, 8);
+rows16!(rows_q6_k, tile_q6_k, deq_q6_k, 210, 8);
+
+rows8!(rows8_q4_0, tile8_q4_0, g_q4_0, 18, 1);
+rows8!(rows8_q4_1, tile8_q4_1, g_q4_1, 20, 1);
+rows8!(rows8_q5_0, tile8_q5_0, g_q5_0, 22, 1);
+rows8!(rows8_q8_0, tile8_q8_0, g_q8_0, 34, 1);
+rows8!(rows8_q4_k, tile8_q4_k, g_q4_k, 144, 8);
+rows8!(rows8_q6_k, tile8_q6_k, g_q6_k, 210, 8);
