@@ -52,70 +52,29 @@ pub fn dequant_into(dtype: DType, src: &[u8], dst: &mut [f32]) {
     }
 }
 
-/// How the exact products dequantise a stretch of weights: the portable
-/// [`dequant_into`], or a SIMD dequantiser giving the same values.
-#[derive(Clone, Copy)]
-enum Deq {
-    Portable(DType),
-    #[cfg(target_arch = "x86_64")]
-    Fast(super::x86_deq::Dequantizer),
-}
-
-impl Deq {
-    /// The fastest dequantiser for `dtype` at level `s` (the portable one at
-    /// the scalar level, so that it stays tested).
-    fn pick(s: crate::simd::Simd, dtype: DType) -> Deq {
-        #[cfg(target_arch = "x86_64")]
-        if s.level() >= crate::simd::Level::Avx2 {
-            if let Some(f) = super::x86_deq::dequantizer(dtype) {
-                return Deq::Fast(f);
-            }
-        }
-        let _ = s;
-        Deq::Portable(dtype)
-    }
-
-    #[inline(always)]
-    fn run(self, src: &[u8], dst: &mut [f32]) {
-        match self {
-            Deq::Portable(dtype) => dequant_into(dtype, src, dst),
-            #[cfg(target_arch = "x86_64")]
-            Deq::Fast(f) => f(src, dst),
-        }
-    }
-}
-
 /// One exact dot product, with the operations of every exact product (see
 /// [`fused`]).
 #[inline(always)]
-fn dot_impl<S: PSimd>(s: S, dtype: DType, deq: Deq, row: &[u8], x: &[f32]) -> f32 {
-    fused_one::<S, 1>(s, dtype, deq, row, [x])[0]
+fn dot_impl<S: PSimd>(s: S, dtype: DType, row: &[u8], x: &[f32]) -> f32 {
+    fused_one::<S, 1>(s, dtype, row, [x])[0]
 }
 
-struct DotOp<'a> {
-    dtype: DType,
-    deq: Deq,
-    row: &'a [u8],
-    x: &'a [f32],
-}
-
-impl pulp::WithSimd for DotOp<'_> {
-    type Output = f32;
-    #[inline(always)]
-    fn with_simd<S: PSimd>(self, s: S) -> f32 {
-        dot_impl(s, self.dtype, self.deq, self.row, self.x)
-    }
-}
-
-/// Float dot product at SIMD level `s`. `row` must hold exactly `x.len()` values.
+/// Float dot product at SIMD level `s`: one weight row through
+/// [`fused_rows`], so it has the bits of every exact product at that level.
+/// `row` must hold exactly `x.len()` values.
 pub fn dot_f32(s: crate::simd::Simd, dtype: DType, row: &[u8], x: &[f32]) -> f32 {
-    let deq = Deq::pick(s, dtype);
-    s.vectorize(DotOp { dtype, deq, row, x })
+    let mut y = 0.0f32;
+    let xm = MatRef::new(x, 1, x.len()).expect("one row of x.len() values");
+    // SAFETY: `y` is one f32, exclusively borrowed here; one row of `x` and
+    // one weight row write only output (0, 0).
+    let out = unsafe { Out::new(&mut y, 1, 0) };
+    fused_rows(s, dtype, row, row.len(), xm, out);
+    y
 }
 
 /// The portable scalar version of [`dot_f32`].
 pub fn dot_f32_scalar(dtype: DType, row: &[u8], x: &[f32]) -> f32 {
-    dot_impl(pulp::Scalar::new(), dtype, Deq::Portable(dtype), row, x)
+    dot_impl(pulp::Scalar::new(), dtype, row, x)
 }
 
 struct DequantOp<'a> {
@@ -136,11 +95,13 @@ impl pulp::WithSimd for DequantOp<'_> {
 /// `dtype` (the same values), else the portable code compiled with the
 /// instruction set of `s` enabled.
 pub fn dequant_simd(s: crate::simd::Simd, dtype: DType, src: &[u8], dst: &mut [f32]) {
-    match Deq::pick(s, dtype) {
-        Deq::Portable(_) => s.vectorize(DequantOp { dtype, src, dst }),
-        #[cfg(target_arch = "x86_64")]
-        fast => fast.run(src, dst),
+    #[cfg(target_arch = "x86_64")]
+    if s.level() >= crate::simd::Level::Avx2 {
+        if let Some(f) = super::x86_deq::dequantizer(dtype) {
+            return f(src, dst);
+        }
     }
+    s.vectorize(DequantOp { dtype, src, dst })
 }
 
 /// The exact products of quantised (or f16/bf16/f32) weight rows with f32
@@ -155,7 +116,6 @@ pub fn dequant_simd(s: crate::simd::Simd, dtype: DType, src: &[u8], dst: &mut [f
 fn fused<S: PSimd, const MR: usize>(
     s: S,
     dtype: DType,
-    deq: Deq,
     w: &[u8],
     row_bytes: usize,
     x: [&[f32]; MR],
@@ -175,7 +135,7 @@ fn fused<S: PSimd, const MR: usize>(
             let len = (cols - done).min(CHUNK);
             let (b0, b1) = (done / bl * bb, (done + len) / bl * bb);
             for (r, b) in rows.iter().zip(buf.iter_mut()) {
-                deq.run(&r[b0..b1], &mut b[..len]);
+                dequant_into(dtype, &r[b0..b1], &mut b[..len]);
             }
             let xs: [&[f32]; MR] = core::array::from_fn(|i| &x[i][done..done + len]);
             let ws: [&[f32]; NR] = core::array::from_fn(|jj| &buf[jj][..len]);
@@ -192,7 +152,7 @@ fn fused<S: PSimd, const MR: usize>(
     }
     while j < nrows {
         let r = &w[j * row_bytes..(j + 1) * row_bytes];
-        let v = fused_one(s, dtype, deq, r, x);
+        let v = fused_one(s, dtype, r, x);
         for (i, vi) in v.iter().enumerate() {
             out.put(i, j, *vi);
         }
@@ -205,7 +165,6 @@ fn fused<S: PSimd, const MR: usize>(
 fn fused_one<S: PSimd, const MR: usize>(
     s: S,
     dtype: DType,
-    deq: Deq,
     row: &[u8],
     x: [&[f32]; MR],
 ) -> [f32; MR] {
@@ -216,7 +175,8 @@ fn fused_one<S: PSimd, const MR: usize>(
     let mut done = 0;
     while done < cols {
         let len = (cols - done).min(CHUNK);
-        deq.run(
+        dequant_into(
+            dtype,
             &row[done / bl * bb..(done + len) / bl * bb],
             &mut buf[..len],
         );
@@ -229,7 +189,6 @@ fn fused_one<S: PSimd, const MR: usize>(
 
 struct FusedOp<'a> {
     dtype: DType,
-    deq: Deq,
     w: &'a [u8],
     row_bytes: usize,
     x: MatRef<'a>,
@@ -242,7 +201,6 @@ impl pulp::WithSimd for FusedOp<'_> {
     fn with_simd<S: PSimd>(self, s: S) {
         let FusedOp {
             dtype,
-            deq,
             w,
             row_bytes,
             x,
@@ -250,18 +208,10 @@ impl pulp::WithSimd for FusedOp<'_> {
         } = self;
         let xr = |i| x.row(i);
         match x.rows() {
-            1 => fused::<S, 1>(s, dtype, deq, w, row_bytes, [xr(0)], out),
-            2 => fused::<S, 2>(s, dtype, deq, w, row_bytes, [xr(0), xr(1)], out),
-            3 => fused::<S, 3>(s, dtype, deq, w, row_bytes, [xr(0), xr(1), xr(2)], out),
-            _ => fused::<S, 4>(
-                s,
-                dtype,
-                deq,
-                w,
-                row_bytes,
-                [xr(0), xr(1), xr(2), xr(3)],
-                out,
-            ),
+            1 => fused::<S, 1>(s, dtype, w, row_bytes, [xr(0)], out),
+            2 => fused::<S, 2>(s, dtype, w, row_bytes, [xr(0), xr(1)], out),
+            3 => fused::<S, 3>(s, dtype, w, row_bytes, [xr(0), xr(1), xr(2)], out),
+            _ => fused::<S, 4>(s, dtype, w, row_bytes, [xr(0), xr(1), xr(2), xr(3)], out),
         }
     }
 }
@@ -305,7 +255,6 @@ pub(crate) fn fused_rows(
     }
     s.vectorize(FusedOp {
         dtype,
-        deq: Deq::pick(s, dtype),
         w,
         row_bytes,
         x,

@@ -1,16 +1,15 @@
-//! AVX2 + F16C dequantisation of whole runs of blocks into f32, value for
-//! value equal to the portable `deq_*` of [`super::blocks`]: the same float
-//! operations per value, in the same order (a product, then a sum or a
-//! difference, never fused), and F16C's conversion, which is exact for every
-//! finite or infinite f16 (it only quiets signalling NaNs).
+//! AVX2 + F16C dequantisation, value for value equal to the portable `deq_*`
+//! of [`super::blocks`]: the same float operations per value (a product is
+//! fused with the sum that follows only where it is exact, as `q * d` of
+//! Q4_1), and F16C's conversion, which is exact for every finite or infinite
+//! f16 (it only quiets signalling NaNs).
 //!
-//! The exact products dequantise each stretch of weights into L1 before their
-//! multiply-adds. Done with portable code, the scalar f16 conversion of the
-//! block scales and the byte unpacking took more time than the multiply-adds
-//! (SmolLM2 decode, `perf`: 34% converting f16, 35% unpacking Q4_1/Q8_0, 9%
-//! multiply-adds). These kernels change no bit of any product; they serve
-//! the AVX2 and the AVX-512 levels alike, since the buffer they fill is the
-//! same at every vector width.
+//! The `g_*` functions dequantise one group of 32 values into four 8-lane
+//! vectors; `x86_fused` multiplies them in registers (the decode path), and
+//! [`dequantizer`] stores them for the panels of many-row products (prefill).
+//! Done with portable code, the scalar f16 conversion of the block scales and
+//! the byte unpacking took more time than the multiply-adds (SmolLM2 decode,
+//! `perf`: 34% converting f16, 35% unpacking Q4_1/Q8_0, 9% multiply-adds).
 
 use super::blocks::scale_min_k4;
 use crate::dtype::DType;
@@ -62,9 +61,10 @@ fn prefetch_ahead(b: &[u8]) {
     }
 }
 
+/// The little-endian f16 at `b[at..at + 2]`, as f32 (F16C: exact).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn f16_at(b: &[u8], at: usize) -> f32 {
+pub(super) fn f16_at(b: &[u8], at: usize) -> f32 {
     let bits = u16::from_le_bytes([b[at], b[at + 1]]);
     _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
 }

@@ -1,20 +1,21 @@
-//! AVX-512 exact products of block formats (Q4_0, Q4_1, Q5_0, Q8_0, Q4_K,
-//! Q6_K) with f32 activations, dequantising in registers: no buffer between
-//! the weights and the multiply-adds.
+//! AVX-512 and AVX2 exact products of block formats (Q4_0, Q4_1, Q5_0, Q8_0,
+//! Q4_K, Q6_K) with f32 activations, dequantising in registers: no buffer
+//! between the weights and the multiply-adds.
 //!
 //! Each output gets exactly the operations of the f32 kernel of
-//! [`crate::matmul`] on the dequantised weights: one 16-lane accumulator fed
-//! by fused multiply-adds of 16 consecutive values from the start of the row,
-//! then pulp's horizontal sum. A block's 32 values are two such vectors (its
-//! low nibbles, then its high nibbles, as GGML orders them); a K-quant block
-//! is eight such groups of 32. The values are those of the portable `deq_*`:
-//! for the 32-value formats `q * d` is exact in f32 (at most 8 bits of quant
-//! times 11 of an f16), so `q * d + m` rounds once whether or not the
-//! multiply-add is fused; the K-quants keep the portable code's separate
-//! multiply and difference. Prefill (the panel path) and
-//! decode (this one) therefore give every output the same bits.
+//! [`crate::matmul`] on the dequantised weights: one 16-lane (8-lane at the
+//! AVX2 level) accumulator fed by fused multiply-adds of consecutive values
+//! from the start of the row, then pulp's horizontal sum. At 16 lanes a
+//! block's 32 values are two such vectors (its low nibbles, then its high
+//! nibbles, as GGML orders them); a K-quant block is eight such groups of 32.
+//! The values are those of the portable `deq_*`: for the 32-value formats
+//! `q * d` is exact in f32 (at most 8 bits of quant times 11 of an f16), so
+//! `q * d + m` rounds once whether or not the multiply-add is fused; the
+//! K-quants keep the portable code's separate multiply and difference.
+//! Prefill (the panel path) and decode (this one) therefore give every output
+//! the same bits.
 
-use super::x86_deq::{g_q4_0, g_q4_1, g_q4_k, g_q5_0, g_q6_k, g_q8_0};
+use super::x86_deq::{f16_at, g_q4_0, g_q4_1, g_q4_k, g_q5_0, g_q6_k, g_q8_0};
 use crate::dtype::DType;
 use crate::matmul::Out;
 use crate::simd::Level;
@@ -46,7 +47,7 @@ pub(crate) fn fused_rows(
     x: MatRef<'_>,
     out: Out,
 ) -> bool {
-    if x.rows() == 0 || x.rows() > 4 {
+    if row_bytes == 0 || x.rows() == 0 || x.rows() > 4 {
         return false;
     }
     let r = |i| x.row(i);
@@ -126,8 +127,7 @@ fn ld16(b: &[u8], at: usize) -> __m128i {
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
 fn f16_splat(b: &[u8], at: usize) -> __m512 {
-    let bits = u16::from_le_bytes([b[at], b[at + 1]]);
-    _mm512_set1_ps(_mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32))))
+    _mm512_set1_ps(f16_at(b, at))
 }
 
 /// Q4_0 block: `(nibble - 8) * d`, low nibbles then high.
@@ -199,12 +199,8 @@ fn deq_q8_0(b: &[u8], _group: usize) -> [__m512; 2] {
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
 fn deq_q4_k(b: &[u8], g: usize) -> [__m512; 2] {
-    let d = _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(
-        u16::from_le_bytes([b[0], b[1]]) as i32,
-    )));
-    let dmin = _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(
-        u16::from_le_bytes([b[2], b[3]]) as i32,
-    )));
+    let d = f16_at(b, 0);
+    let dmin = f16_at(b, 2);
     let (sc, mn) = super::blocks::scale_min_k4(g, &b[4..16]);
     let scale = _mm512_set1_ps(d * sc as f32);
     let min = _mm512_set1_ps(dmin * mn as f32);
@@ -232,9 +228,7 @@ fn deq_q4_k(b: &[u8], g: usize) -> [__m512; 2] {
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
 fn deq_q6_k(b: &[u8], g: usize) -> [__m512; 2] {
-    let d = _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(
-        u16::from_le_bytes([b[208], b[209]]) as i32,
-    )));
+    let d = f16_at(b, 208);
     let (n, k) = (g / 4, g % 4);
     let (ql, qh) = (64 * n + 32 * (k % 2), 128 + 32 * n);
     let low4 = _mm512_set1_epi32(0x0F);
