@@ -29,8 +29,12 @@ macro_rules! activation {
             fn new_state(&self, _cap: Capacity) {}
             fn forward(&self, x: &Act, y: &mut Act, _: &mut (), ctx: &Ctx<'_>) -> Result<(), LayerError> {
                 check_in($label, self.dim, x)?;
-                y.copy_from(x);
-                $kernel(ctx.simd, y.as_mut_slice());
+                y.reshape(x.rows(), self.dim);
+                let (src, simd) = (x.as_slice(), ctx.simd);
+                ctx.for_row_runs(y.as_mut_slice(), self.dim, |first, run| {
+                    run.copy_from_slice(&src[first * self.dim..][..run.len()]);
+                    $kernel(simd, run);
+                });
                 Ok(())
             }
             fn describe(&self) -> Node {

@@ -154,9 +154,12 @@ impl Linear {
             )?,
         }
         if let Some(b) = &self.bias {
-            for row in y.chunks_exact_mut(n) {
-                kernels::add_assign(ctx.simd, row, b);
-            }
+            let simd = ctx.simd;
+            ctx.for_row_runs(y, n, |_, run| {
+                for row in run.chunks_exact_mut(n) {
+                    kernels::add_assign(simd, row, b);
+                }
+            });
         }
         Ok(())
     }

@@ -99,10 +99,14 @@ impl Layer for RmsNorm {
     fn new_state(&self, _cap: Capacity) {}
     fn forward(&self, x: &Act, y: &mut Act, _: &mut (), ctx: &Ctx<'_>) -> Result<(), LayerError> {
         check_in("RmsNorm", self.in_dim(), x)?;
-        y.reshape(x.rows(), x.cols());
-        for r in 0..x.rows() {
-            self.apply_row(ctx.simd, x.row(r), y.row_mut(r));
-        }
+        let d = x.cols();
+        y.reshape(x.rows(), d);
+        let (src, simd) = (x.as_slice(), ctx.simd);
+        ctx.for_row_runs(y.as_mut_slice(), d, |first, run| {
+            for (i, out) in run.chunks_exact_mut(d).enumerate() {
+                self.apply_row(simd, &src[(first + i) * d..][..d], out);
+            }
+        });
         Ok(())
     }
     fn describe(&self) -> Node {
@@ -163,9 +167,12 @@ impl Layer for LayerNorm {
         y.reshape(x.rows(), self.dim);
         let w = slice(&self.weight);
         let b = self.bias.as_ref().map(slice);
-        for r in 0..x.rows() {
-            kernels::layer_norm(ctx.simd, x.row(r), w, b, self.eps, y.row_mut(r));
-        }
+        let (d, src, simd) = (self.dim, x.as_slice(), ctx.simd);
+        ctx.for_row_runs(y.as_mut_slice(), d, |first, run| {
+            for (i, out) in run.chunks_exact_mut(d).enumerate() {
+                kernels::layer_norm(simd, &src[(first + i) * d..][..d], w, b, self.eps, out);
+            }
+        });
         Ok(())
     }
     fn describe(&self) -> Node {

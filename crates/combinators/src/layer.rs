@@ -426,6 +426,39 @@ impl<'a> Ctx<'a> {
         }
     }
 
+    /// Calls `f(first_row, rows)` on `y` (rows of `cols` values) cut into runs
+    /// of whole rows spread over the threads, or once on all of `y` when it is
+    /// too small to be worth handing out (a decode step). For row-wise work
+    /// (norms, activations, bias and residual sums): a row's result must not
+    /// depend on the run it falls in, so the split never changes a bit.
+    ///
+    /// ```
+    /// use patchbay_combinators::{Ctx, Scratch};
+    /// use patchbay_primitives::{Simd, Threads};
+    /// let (threads, scratch) = (Threads::new(2), Scratch::new());
+    /// let ctx = Ctx::new(Simd::detect(), &threads, &scratch);
+    /// let mut y = vec![0.0f32; 3 * 40_000];
+    /// ctx.for_row_runs(&mut y, 40_000, |first, rows| {
+    ///     for (i, row) in rows.chunks_exact_mut(40_000).enumerate() {
+    ///         row.fill((first + i) as f32);
+    ///     }
+    /// });
+    /// assert_eq!((y[0], y[40_000], y[80_000]), (0.0, 1.0, 2.0));
+    /// ```
+    pub fn for_row_runs<F>(&self, y: &mut [f32], cols: usize, f: F)
+    where
+        F: Fn(usize, &mut [f32]) + Sync + Send,
+    {
+        let threads = self.threads.count();
+        if cols == 0 || threads == 1 || y.len() < ROW_RUNS_FROM {
+            return f(0, y);
+        }
+        let rows = y.len() / cols;
+        let per = rows.div_ceil(threads * 4).max(1);
+        self.threads
+            .for_each_chunk(y, per * cols, |task, run| f(task * per, run));
+    }
+
     /// Whether row `r` is the last of its sequence in this batch (with
     /// [`Rows::Last`], the rows a head keeps).
     #[inline]
@@ -604,3 +637,8 @@ pub fn check_in(layer: &'static str, expected: usize, x: &Act) -> Result<(), Lay
     }
     Ok(())
 }
+
+/// Values below which [`Ctx::for_row_runs`] works on the calling thread: a
+/// hand-off to the pool costs about as much as a few thousand element-wise
+/// operations.
+const ROW_RUNS_FROM: usize = 1 << 14;

@@ -205,11 +205,13 @@ impl<A: Layer, B: Layer> Layer for Parallel<A, B> {
         y.reshape(rows, da + db);
         // Branches honouring `Rows::Last` return only their last row; align by the end.
         let (oa, ob) = (a.rows() - rows, b.rows() - rows);
-        for r in 0..rows {
-            let row = y.row_mut(r);
-            row[..da].copy_from_slice(a.row(oa + r));
-            row[da..].copy_from_slice(b.row(ob + r));
-        }
+        let (a, b) = (&*a, &*b);
+        ctx.for_row_runs(y.as_mut_slice(), da + db, |first, run| {
+            for (i, row) in run.chunks_exact_mut(da + db).enumerate() {
+                row[..da].copy_from_slice(a.row(oa + first + i));
+                row[da..].copy_from_slice(b.row(ob + first + i));
+            }
+        });
         Ok(())
     }
     fn describe(&self) -> Node {
@@ -356,8 +358,12 @@ impl<A: Layer, B: Layer> Layer for Sum<A, B> {
                     found: y.cols(),
                 });
             }
-            let rows = y.rows();
-            kernels::add_assign(ctx.simd, y.as_mut_slice(), tail_rows(x, rows));
+            let (rows, cols) = (y.rows(), y.cols());
+            let xs = tail_rows(x, rows);
+            let simd = ctx.simd;
+            ctx.for_row_runs(y.as_mut_slice(), cols, |first, run| {
+                kernels::add_assign(simd, run, &xs[first * cols..][..run.len()]);
+            });
         } else {
             let mut a = ctx.scratch.act();
             self.left.forward(x, &mut a, &mut st.left, ctx)?;
@@ -456,7 +462,11 @@ impl<A: Layer, B: Layer> Layer for Gate<A, B> {
                 found: b.cols(),
             });
         }
-        kernels::mul_assign(ctx.simd, y.as_mut_slice(), b.as_slice());
+        let (cols, bs) = (y.cols(), b.as_slice());
+        let simd = ctx.simd;
+        ctx.for_row_runs(y.as_mut_slice(), cols, |first, run| {
+            kernels::mul_assign(simd, run, &bs[first * cols..][..run.len()]);
+        });
         Ok(())
     }
     fn describe(&self) -> Node {
