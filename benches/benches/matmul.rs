@@ -1,5 +1,5 @@
-//! f32 matrix products: `matmul` (prefill, compute-bound) and `matvec` (decode,
-//! memory-bound).
+//! f32 matrix products: `matmul` (prefill, compute-bound), `matvec` (decode,
+//! memory-bound) and `matmul_sequential` (encoders) beside `matmul`.
 //!
 //! Throughput is reported so rates read off directly: for `matmul` the element
 //! count is the FLOP count `2 m n k` (criterion's "elem/s" is FLOP/s), for
@@ -10,6 +10,7 @@
 #![allow(missing_docs)]
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use patchbay_primitives::gemm::matmul_sequential;
 use patchbay_primitives::matmul::{matmul, matvec};
 use patchbay_primitives::{MatRef, Simd, Threads};
 use std::hint::black_box;
@@ -69,5 +70,42 @@ fn bench_matvec(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench_matmul, bench_matvec);
+/// The two orders side by side on an encoder's shapes (all-MiniLM-L6-v2, a
+/// group of 32 WikiText-2 lines: about 3,200 rows; q/k/v, up and down
+/// projections), at every SIMD level the machine has.
+fn bench_encoder_shapes(c: &mut Criterion) {
+    let mut g = c.benchmark_group("matmul_encoder_f32");
+    let m = 3168;
+    for (k, n) in [(384, 384), (384, 1536), (1536, 384)] {
+        let x = values(m * k, 5);
+        let w = values(n * k, 6);
+        let mut y = vec![0.0f32; m * n];
+        g.throughput(Throughput::Elements(2 * (m * n * k) as u64));
+        for s in Simd::available() {
+            for nthreads in [1, 2] {
+                let threads = Threads::new(nthreads);
+                let xv = MatRef::new(&x, m, k).unwrap();
+                let wv = MatRef::new(&w, n, k).unwrap();
+                let id = |order: &str| {
+                    BenchmarkId::new(
+                        format!("{order}/{m}x{k}x{n}"),
+                        format!("{}/{nthreads}t", s.level()),
+                    )
+                };
+                g.bench_function(id("lanes"), |b| {
+                    b.iter(|| matmul(s, &threads, black_box(xv), black_box(wv), &mut y).unwrap())
+                });
+                g.bench_function(id("sequential"), |b| {
+                    b.iter(|| {
+                        matmul_sequential(s, &threads, black_box(xv), black_box(wv), &mut y)
+                            .unwrap()
+                    })
+                });
+            }
+        }
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bench_matmul, bench_matvec, bench_encoder_shapes);
 criterion_main!(benches);

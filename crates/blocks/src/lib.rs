@@ -23,7 +23,7 @@ pub use attention::{
     NormedSelfAttention, QkNorm, QkvProjection, Rope, SelfAttention, SlidingWindow,
 };
 pub use embedding::{Embedding, PositionEmbedding};
-pub use linear::{Linear, LmHead};
+pub use linear::{Linear, LmHead, SumOrder};
 pub use norm::{LayerNorm, RmsNorm};
 pub use pool::{L2Normalize, MeanPool};
 pub use sampler::{Sampler, SamplerConfig, SamplerState};

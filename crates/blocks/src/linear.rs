@@ -2,7 +2,7 @@
 
 use patchbay_combinators::{check_in, Capacity, Ctx, Layer, LayerError, Node, Rows};
 use patchbay_primitives::quant::{self, DotMode};
-use patchbay_primitives::{kernels, matmul, Act, DType, MatRef, ShapeError, Tensor};
+use patchbay_primitives::{gemm, kernels, matmul, Act, DType, MatRef, ShapeError, Tensor};
 
 use crate::BlockError;
 
@@ -35,7 +35,37 @@ pub struct Linear {
     out_dim: usize,
     in_dim: usize,
     mode: DotMode,
+    order: SumOrder,
     name: &'static str,
+}
+
+/// The operation order the products of an f32 weight give each output (both
+/// are independent of the number of rows and of the thread count, so a row's
+/// result never depends on the rows it is batched with).
+///
+/// ```
+/// use patchbay_blocks::{Linear, SumOrder};
+/// use patchbay_combinators::{Capacity, Ctx, Layer};
+/// use patchbay_primitives::{Act, Simd, Tensor, Threads};
+/// let w = Tensor::from_f32(&[1.0, 2.0, 3.0, 4.0], vec![2, 2]).unwrap();
+/// let lin = Linear::new(w, None).unwrap().with_order(SumOrder::Sequential);
+/// let (threads, scratch) = (Threads::single(), patchbay_combinators::Scratch::new());
+/// let ctx = Ctx::new(Simd::detect(), &threads, &scratch);
+/// let x = Act::from_vec(2, 2, vec![1.0, 1.0, 0.5, -1.0]).unwrap();
+/// let y = lin.apply(&x, &mut lin.new_state(Capacity::new(2, 1)), &ctx).unwrap();
+/// assert_eq!(y.as_slice(), &[3.0, 7.0, -1.5, -2.5]);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SumOrder {
+    /// The decode kernel's order (`L` lanes, then a reduction tree): a
+    /// prompt's rows have the bits of decoding them one at a time.
+    #[default]
+    Lanes,
+    /// Plain `k` order, by the packed GEMM kernel
+    /// ([`matmul_sequential`](patchbay_primitives::gemm::matmul_sequential)):
+    /// faster on many rows, for layers that only ever see whole sequences
+    /// (an encoder), where no decode step has to match a prompt.
+    Sequential,
 }
 
 impl Linear {
@@ -82,6 +112,7 @@ impl Linear {
             out_dim,
             in_dim,
             mode: DotMode::Exact,
+            order: SumOrder::Lanes,
             name: "Linear",
         })
     }
@@ -90,6 +121,13 @@ impl Linear {
     /// activations with integer dot products (faster, as llama.cpp does).
     pub fn with_mode(mut self, mode: DotMode) -> Linear {
         self.mode = mode;
+        self
+    }
+
+    /// Chooses the operation order of f32 products (other formats keep the
+    /// decode kernel's order).
+    pub fn with_order(mut self, order: SumOrder) -> Linear {
+        self.order = order;
         self
     }
 
@@ -128,6 +166,9 @@ impl Linear {
         // (one sequence alone or packed with others). `DotMode::Q8` (int8
         // activations, one row only) is the exception.
         match (w.as_f32(), m) {
+            (Some(wf), _) if self.order == SumOrder::Sequential => {
+                gemm::matmul_sequential(ctx.simd, ctx.threads, x, MatRef::new(wf, n, k)?, y)?
+            }
             (Some(wf), _) => matmul::matmul(ctx.simd, ctx.threads, x, MatRef::new(wf, n, k)?, y)?,
             (None, 1) if w.dtype().is_quantized() => quant::matvec_q(
                 ctx.simd,

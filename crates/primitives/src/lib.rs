@@ -10,6 +10,7 @@ pub mod alloc;
 pub mod convert;
 pub mod dtype;
 pub mod error;
+pub mod gemm;
 pub mod kernels;
 pub mod matmul;
 pub mod quant;

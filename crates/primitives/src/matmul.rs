@@ -338,6 +338,28 @@ impl Out {
         unsafe { *self.ptr.get().add(i * self.ld + j) = v }
     }
 
+    /// Writes outputs `(i, j..j + v.len())`.
+    #[inline(always)]
+    pub(crate) fn put_slice(self, i: usize, j: usize, v: &[f32]) {
+        // SAFETY: in bounds (the caller passes `(i, j + v.len() - 1)` in range
+        // too) and unaliased by the contract of `Out::new`; `v` is a separate
+        // buffer, so the regions do not overlap.
+        unsafe {
+            let dst = self.ptr.get().add(i * self.ld + j);
+            // The usual full widths as fixed-size copies (vector stores, not
+            // a call to memmove).
+            match v.len() {
+                16 => dst
+                    .cast::<[f32; 16]>()
+                    .write_unaligned(*v.as_ptr().cast::<[f32; 16]>()),
+                32 => dst
+                    .cast::<[f32; 32]>()
+                    .write_unaligned(*v.as_ptr().cast::<[f32; 32]>()),
+                len => core::ptr::copy_nonoverlapping(v.as_ptr(), dst, len),
+            }
+        }
+    }
+
     /// Writes outputs `(i, j..j + 4)`.
     #[inline(always)]
     pub(crate) fn put4(self, i: usize, j: usize, v: [f32; 4]) {

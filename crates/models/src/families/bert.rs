@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 
 use patchbay_blocks::{
     output_projection, qkv_projection, Attend, Bidirectional, Embedding, GeluErf, Heads,
-    L2Normalize, LayerNorm, Linear, MeanPool, PositionEmbedding, QkvProjection,
+    L2Normalize, LayerNorm, Linear, MeanPool, PositionEmbedding, QkvProjection, SumOrder,
 };
 use patchbay_combinators::{residual, series, LayerExt, Residual, Series, Stack};
 
@@ -279,9 +279,11 @@ pub fn build(source: &ModelSource, opts: &BuildOptions) -> Result<Model<BertNet>
         let b = w.tensor_shaped(&bias_name, &[e])?;
         LayerNorm::new(&wt, Some(&b), eps).map_err(|err| w.error(stem, err))
     };
+    // An encoder only ever sees whole sequences, never a decode step that
+    // would have to match them: its products take the faster plain order.
     let biased = |stem: &str| -> Result<Linear, ModelError> {
         source.tensor(&format!("{stem}.bias"))?;
-        w.linear(stem)
+        Ok(w.linear(stem)?.with_order(SumOrder::Sequential))
     };
     let mut layers = Vec::with_capacity(cfg.n_layers);
     for i in 0..cfg.n_layers {
