@@ -22,7 +22,7 @@
 //! and no copy outlives the call.
 
 use crate::error::ShapeError;
-use crate::matmul::Out;
+use crate::matmul::{check_product, Out};
 use crate::simd::Simd;
 use crate::tensor::MatRef;
 use crate::threads::Threads;
@@ -72,25 +72,15 @@ pub fn matmul_sequential(
     w: MatRef<'_>,
     y: &mut [f32],
 ) -> Result<(), ShapeError> {
-    let (m, k, n) = (x.rows(), x.cols(), w.rows());
-    if w.cols() != k {
-        return Err(ShapeError::Mismatch {
-            what: "matmul_sequential: x.cols vs w.cols (k)",
-            left: k,
-            right: w.cols(),
-        });
-    }
-    let expected = m
-        .checked_mul(n)
-        .ok_or(ShapeError::Overflow { what: "matmul y" })?;
-    if y.len() != expected {
-        return Err(ShapeError::Len {
-            what: "matmul_sequential y (m * n)",
-            expected,
-            found: y.len(),
-        });
-    }
-    if expected == 0 {
+    check_product(
+        x,
+        w,
+        y,
+        "matmul_sequential: x.cols vs w.cols (k)",
+        "matmul_sequential y (m * n)",
+    )?;
+    let (m, n) = (x.rows(), w.rows());
+    if y.is_empty() {
         return Ok(());
     }
     let row_tasks = m.div_ceil(MC);

@@ -635,10 +635,26 @@ pub fn matmul(
     w: MatRef<'_>,
     y: &mut [f32],
 ) -> Result<(), ShapeError> {
+    check_product(x, w, y, "matmul: x.cols vs w.cols (k)", "matmul y (m * n)")?;
+    if !y.is_empty() {
+        product(s, threads, x, w, y);
+    }
+    Ok(())
+}
+
+/// The shape checks of a product `y = x · wᵀ`: `w` has `x`'s `k` columns
+/// (else `k_what`) and `y` holds exactly `m * n` values (else `y_what`).
+pub(crate) fn check_product(
+    x: MatRef<'_>,
+    w: MatRef<'_>,
+    y: &[f32],
+    k_what: &'static str,
+    y_what: &'static str,
+) -> Result<(), ShapeError> {
     let (m, k, n) = (x.rows(), x.cols(), w.rows());
     if w.cols() != k {
         return Err(ShapeError::Mismatch {
-            what: "matmul: x.cols vs w.cols (k)",
+            what: k_what,
             left: k,
             right: w.cols(),
         });
@@ -648,15 +664,11 @@ pub fn matmul(
         .ok_or(ShapeError::Overflow { what: "matmul y" })?;
     if y.len() != expected {
         return Err(ShapeError::Len {
-            what: "matmul y (m * n)",
+            what: y_what,
             expected,
             found: y.len(),
         });
     }
-    if expected == 0 {
-        return Ok(());
-    }
-    product(s, threads, x, w, y);
     Ok(())
 }
 
