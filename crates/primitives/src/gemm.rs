@@ -16,10 +16,10 @@
 //! columns of `W` (`MR x 2` accumulators), fed per step by two vector loads of
 //! packed `W` and `MR` broadcasts of `X`, with no horizontal sums at all.
 //!
-//! Each task packs its block of `X` (tiles of `MR` rows, `k`-major) and, group
-//! by group, its columns of `W` (panels of `2 L` columns, `k`-major) into
-//! buffers of its thread, so the weights stay where they are (memory-mapped)
-//! and no copy outlives the call.
+//! `W` is packed once per call (panels of `2 L` columns, `k`-major) into a
+//! buffer of the calling thread that every task reads; the broadcasts read
+//! the rows of `X` where they are, so `X` is never packed. The weights stay
+//! where they are (memory-mapped) and no copy outlives the call.
 
 use crate::error::ShapeError;
 use crate::matmul::{check_product, Out};
@@ -34,21 +34,15 @@ const MR: usize = 6;
 /// Vectors of `W` columns per micro-kernel tile.
 const NV: usize = 2;
 
-/// Rows of `X` per task: packing `W` again for every such block of rows costs
-/// under 1/`MC` of the multiply-adds.
-const MC: usize = 48 * MR;
+/// Rows of `X` per task at most: the block's slice of `KC` columns (under
+/// 150 KB) stays in L2 while every panel of `W` passes over it.
+const MC: usize = 24 * MR;
 
-/// Bytes of packed `W` a task keeps in L2 while every tile of its rows passes.
-const GROUP_BYTES: usize = 192 << 10;
-
-/// Values of `k` per step (a panel's slice, `KC x 2L`, stays in L1).
+/// Values of `k` per step at most (a panel's slice, `KC x 2L`, stays in L1).
 const KC: usize = 256;
 
-/// Columns per task at most (with many rows; fewer when rows are few).
-const TASK_COLS: usize = 256;
-
-/// Column ranges of tasks are multiples of this (the widest panel, AVX-512).
-const COL_ALIGN: usize = 32;
+/// Panels of `W` packed per task of the packing pass.
+const PACK_PANELS: usize = 8;
 
 /// `y = x · wᵀ` (`x` is `m x k`, `w` is `n x k`, `y` the `m x n` row-major
 /// result) with every output summed in plain `k` order (module docs): a row of
@@ -79,53 +73,81 @@ pub fn matmul_sequential(
         "matmul_sequential: x.cols vs w.cols (k)",
         "matmul_sequential y (m * n)",
     )?;
-    let (m, n) = (x.rows(), w.rows());
+    let (m, n, k) = (x.rows(), w.rows(), x.cols());
     if y.is_empty() {
         return Ok(());
     }
+    if k == 0 {
+        y.fill(0.0);
+        return Ok(());
+    }
+    let nr = NV * s.vectorize(Lanes);
+    let panels = n.div_ceil(nr);
+    // All of `W` is packed once, by every thread, before any product: each
+    // panel is then shared by every block of rows instead of being packed
+    // again for each. The buffer is the calling thread's, reused across calls
+    // (taken out and put back, so a nested call only allocates its own).
+    let mut wp = PACKED_W.with(|c| c.take());
+    wp.clear();
+    wp.resize(panels * k * nr, 0.0);
+    threads.for_each_chunk(&mut wp, PACK_PANELS * k * nr, |c, chunk| {
+        pack_cols(chunk, c * PACK_PANELS, nr, k, |j| (j < n).then(|| w.row(j)));
+    });
+    // Tasks are blocks of rows times ranges of panels: with many rows only
+    // rows are cut; with few, panels are cut too so that every thread works.
     let row_tasks = m.div_ceil(MC);
-    // Cut the columns too: with few rows, so that every thread has work; with
-    // many, so that tasks are small enough to balance.
     let want = threads.count() * 4;
-    let col_tasks = want
-        .div_ceil(row_tasks)
-        .max(n.div_ceil(TASK_COLS))
-        .min(n.div_ceil(COL_ALIGN));
-    let cols_per = n.div_ceil(col_tasks).div_ceil(COL_ALIGN) * COL_ALIGN;
-    let col_tasks = n.div_ceil(cols_per);
+    let panel_tasks = want.div_ceil(row_tasks).min(panels);
+    let per_task = panels.div_ceil(panel_tasks);
+    let panel_tasks = panels.div_ceil(per_task);
     // SAFETY: `Out` for row 0, column 0 of `y` with row stride n; each task
     // writes rows i0..i1 < m and columns j0..j1 <= n only, i.e. offsets
     // < m * n = y.len(); tasks have disjoint row x column ranges and `y` is
     // exclusively borrowed here.
     let out = unsafe { Out::new(y.as_mut_ptr(), n, 0) };
-    threads.for_each_index(row_tasks * col_tasks, |t| {
-        let (ri, ci) = (t / col_tasks, t % col_tasks);
-        let (i0, j0) = (ri * MC, ci * cols_per);
+    let packed: &[f32] = &wp;
+    threads.for_each_index(row_tasks * panel_tasks, |t| {
+        let (ri, pi) = (t / panel_tasks, t % panel_tasks);
+        let i0 = ri * MC;
+        let p0 = pi * per_task;
         s.vectorize(Task {
             x,
-            w,
+            packed,
+            n,
             rows: i0..(i0 + MC).min(m),
-            cols: j0..(j0 + cols_per).min(n),
+            panels: p0..(p0 + per_task).min(panels),
             out,
         });
     });
+    PACKED_W.with(|c| c.set(wp));
     Ok(())
 }
 
-/// Rows `rows` x columns `cols` of the product.
-struct Task<'a> {
-    x: MatRef<'a>,
-    w: MatRef<'a>,
-    rows: core::ops::Range<usize>,
-    cols: core::ops::Range<usize>,
-    out: Out,
+/// The number of `f32` lanes of a level's vector.
+struct Lanes;
+
+impl pulp::WithSimd for Lanes {
+    type Output = usize;
+
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, _: S) -> usize {
+        core::mem::size_of::<S::f32s>() / 4
+    }
 }
 
 thread_local! {
-    /// This thread's packed `X` block, packed `W` group and accumulators.
-    #[allow(clippy::type_complexity)]
-    static PACKS: std::cell::Cell<(Vec<f32>, Vec<f32>, Vec<f32>)> =
-        const { std::cell::Cell::new((Vec::new(), Vec::new(), Vec::new())) };
+    /// The calling thread's packed `W`, kept for the next call.
+    static PACKED_W: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// Rows `rows` x the columns of panels `panels` of the product.
+struct Task<'a> {
+    x: MatRef<'a>,
+    packed: &'a [f32],
+    n: usize,
+    rows: core::ops::Range<usize>,
+    panels: core::ops::Range<usize>,
+    out: Out,
 }
 
 impl pulp::WithSimd for Task<'_> {
@@ -135,107 +157,105 @@ impl pulp::WithSimd for Task<'_> {
     fn with_simd<S: pulp::Simd>(self, simd: S) {
         let Task {
             x,
-            w,
+            packed,
+            n,
             rows,
-            cols,
+            panels,
             out,
         } = self;
         let lanes = core::mem::size_of::<S::f32s>() / 4;
         let nr = NV * lanes;
         let k = x.cols();
-        let group = (GROUP_BYTES / (4 * k.max(1)) / nr).max(1) * nr;
-        // Taken out of the thread-local and put back, so a nested call would
-        // only allocate its own.
-        let (mut xp, mut wp, mut acc) = PACKS.with(|c| c.take());
-        let tiles = rows.len().div_ceil(MR);
-        pack_rows(&mut xp, tiles * MR, k, |t| {
-            let r = rows.start + t;
-            (r < rows.end).then(|| x.row(r))
-        });
-        let per_tile = MR * nr; // accumulator values of one tile
-        let mut j = cols.start;
-        while j < cols.end {
-            let gc = group.min(cols.end - j);
-            let panels = gc.div_ceil(nr);
-            pack_cols(&mut wp, panels, nr, k, |c| (c < gc).then(|| w.row(j + c)));
-            acc.clear();
-            acc.resize(tiles * panels * per_tile, 0.0);
-            // Steps along `k` (a panel's slice stays in L1 while every tile
-            // of rows passes); the accumulators wait in `acc` between steps,
-            // which changes no operation.
-            let mut k0 = 0;
-            while k0 < k {
-                let kc = KC.min(k - k0);
-                for p in 0..panels {
-                    let wt = &wp[(p * k + k0) * nr..(p * k + k0 + kc) * nr];
-                    for t in 0..tiles {
-                        let xt = &xp[(t * k + k0) * MR..(t * k + k0 + kc) * MR];
-                        let a = &mut acc[(t * panels + p) * per_tile..][..per_tile];
-                        tile::<S>(simd, xt, wt, S::as_mut_simd_f32s(a).0);
+        // Steps along `k` of equal length: a panel's slice stays in L1 while
+        // every tile of rows passes; between steps the accumulators wait in
+        // `y` itself, which changes no operation.
+        let steps = k.div_ceil(KC);
+        let kc_max = k.div_ceil(steps);
+        let zero = simd.splat_f32s(0.0);
+        let mut edge = [0.0f32; MR * KC];
+        for step in 0..steps {
+            let k0 = step * kc_max;
+            let kc = kc_max.min(k - k0);
+            for p in panels.clone() {
+                let wt = &packed[(p * k + k0) * nr..(p * k + k0 + kc) * nr];
+                let j = p * nr;
+                let live_cols = nr.min(n - j);
+                let mut i = rows.start;
+                while i < rows.end {
+                    let live_rows = MR.min(rows.end - i);
+                    let mut acc = [[zero; NV]; MR];
+                    // Full tiles read `X` where it is; an edge tile reads a
+                    // copy with zero rows past the end.
+                    let (xp, stride) = if live_rows == MR {
+                        (&x.as_slice()[i * x.stride() + k0..], x.stride())
+                    } else {
+                        for (r, e) in edge.chunks_exact_mut(kc).take(MR).enumerate() {
+                            if r < live_rows {
+                                e.copy_from_slice(&x.row(i + r)[k0..k0 + kc]);
+                            } else {
+                                e.fill(0.0);
+                            }
+                        }
+                        (&edge[..], kc)
+                    };
+                    // The tile's rows are inside `xp`: row r < MR starts at
+                    // r * stride and holds kc values.
+                    assert!(xp.len() >= (MR - 1) * stride + kc);
+                    let mut buf = [0.0f32; 16 * NV];
+                    let buf = &mut buf[..nr];
+                    if step > 0 {
+                        for (r, a) in acc.iter_mut().enumerate().take(live_rows) {
+                            // SAFETY: row i + r < rows.end <= m and columns
+                            // j..j + live_cols <= n belong to this task only.
+                            let seg = unsafe { out.slice_mut(i + r, j, live_cols) };
+                            if live_cols == nr {
+                                a.copy_from_slice(S::as_simd_f32s(seg).0);
+                            } else {
+                                buf[..live_cols].copy_from_slice(seg);
+                                a.copy_from_slice(S::as_simd_f32s(buf).0);
+                            }
+                        }
                     }
-                }
-                k0 += kc;
-            }
-            for t in 0..tiles {
-                for (i, vals) in acc[t * panels * per_tile..(t + 1) * panels * per_tile]
-                    .chunks_exact(nr)
-                    .enumerate()
-                {
-                    // Tile t's values are panel-major, then row, then column.
-                    let (p, r) = (i / MR, i % MR);
-                    let row = t * MR + r;
-                    if row < rows.len() {
-                        let live_cols = nr.min(gc - p * nr);
-                        out.put_slice(rows.start + row, j + p * nr, &vals[..live_cols]);
+                    // SAFETY: asserted just above.
+                    unsafe { tile::<S>(simd, xp.as_ptr(), stride, kc, wt, &mut acc) };
+                    for (r, a) in acc.iter().enumerate().take(live_rows) {
+                        // SAFETY: as above.
+                        let seg = unsafe { out.slice_mut(i + r, j, live_cols) };
+                        if live_cols == nr {
+                            S::as_mut_simd_f32s(seg).0.copy_from_slice(a);
+                        } else {
+                            // The last panel, narrower than a tile: the
+                            // columns past `n` are never stored.
+                            S::as_mut_simd_f32s(buf).0.copy_from_slice(a);
+                            seg.copy_from_slice(&buf[..live_cols]);
+                        }
                     }
+                    i += live_rows;
                 }
             }
-            j += gc;
         }
-        PACKS.with(|c| c.set((xp, wp, acc)));
     }
 }
 
-/// Packs `count` rows (`row(t)`, `None` = zeros) of `k` values into tiles of
-/// [`MR`] rows, each tile `k`-major: `buf[(tile * k + l) * MR + i]`.
-fn pack_rows<'a>(
-    buf: &mut Vec<f32>,
-    count: usize,
-    k: usize,
-    row: impl Fn(usize) -> Option<&'a [f32]>,
-) {
-    // Stale values are all overwritten (missing rows with zeros).
-    buf.resize(count * k, 0.0);
-    if k == 0 {
-        return;
-    }
-    for (t, tile) in buf[..count * k].chunks_exact_mut(k * MR).enumerate() {
-        interleave::<MR>(tile, k, |i| row(t * MR + i));
-    }
-}
-
-/// Packs `panels * nr` rows of `W` (`row(c)`, `None` = zeros) into panels of
-/// `nr` columns of the product, each `k`-major: `buf[(p * k + l) * nr + c]`.
+/// Packs rows `first * nr..` of `W` (`row(c)`, `None` = zeros) into
+/// `buf.len() / (k * nr)` panels of `nr` columns of the product, each
+/// `k`-major: `buf[(p * k + l) * nr + c]`.
 fn pack_cols<'a>(
-    buf: &mut Vec<f32>,
-    panels: usize,
+    buf: &mut [f32],
+    first: usize,
     nr: usize,
     k: usize,
     row: impl Fn(usize) -> Option<&'a [f32]>,
 ) {
-    // Stale values are all overwritten (missing rows with zeros).
-    buf.resize(panels * k * nr, 0.0);
-    if k == 0 {
-        return;
-    }
-    for (p, panel) in buf[..panels * k * nr].chunks_exact_mut(k * nr).enumerate() {
+    for (p, panel) in buf.chunks_exact_mut(k * nr).enumerate() {
+        let c0 = (first + p) * nr;
         match nr {
-            32 => interleave::<32>(panel, k, |c| row(p * nr + c)),
-            16 => interleave::<16>(panel, k, |c| row(p * nr + c)),
-            8 => interleave::<8>(panel, k, |c| row(p * nr + c)),
+            32 => interleave::<32>(panel, k, |c| row(c0 + c)),
+            16 => interleave::<16>(panel, k, |c| row(c0 + c)),
+            8 => interleave::<8>(panel, k, |c| row(c0 + c)),
             _ => {
                 for c in 0..nr {
-                    let r = row(p * nr + c);
+                    let r = row(c0 + c);
                     for (l, dst) in panel[c..].iter_mut().step_by(nr).enumerate() {
                         *dst = r.map_or(0.0, |r| r[l]);
                     }
@@ -246,8 +266,9 @@ fn pack_cols<'a>(
 }
 
 /// `dst[l * N + i] = row(i)[l]` for `l < k`, `i < N` (zero for a missing
-/// row; `dst` holds exactly `k * N` values): `N` rows written side by side, one contiguous group of
-/// `N` values per `l`, which keeps the writes sequential.
+/// row; `dst` holds exactly `k * N` values): `N` rows written side by side,
+/// one contiguous group of `N` values per `l`, which keeps the writes
+/// sequential.
 #[inline(always)]
 fn interleave<'a, const N: usize>(
     dst: &mut [f32],
@@ -271,34 +292,58 @@ fn interleave<'a, const N: usize>(
     }
 }
 
-/// One step of an `MR x 2L` tile: `xt` is a slice of a packed tile of `X`
-/// rows, `wt` the same slice of a packed panel of `W` columns, and `acc` the
-/// tile's `MR x 2` accumulators, resumed and saved.
+/// One step of an `MR x 2L` tile: row `r` of the tile's `X` is `kc` values
+/// at `x + r * stride`, `wt` is the same step of a packed panel of `W`
+/// columns (at least `kc x 2L` values), and `acc` holds the tile's accumulators,
+/// resumed and left for the next step.
+///
+/// # Safety
+/// `x.add(r * stride + l)` is readable for every `r < MR` and `l < kc`.
 #[inline(always)]
-fn tile<S: pulp::Simd>(simd: S, xt: &[f32], wt: &[f32], acc: &mut [S::f32s]) {
+unsafe fn tile<S: pulp::Simd>(
+    simd: S,
+    x: *const f32,
+    stride: usize,
+    kc: usize,
+    wt: &[f32],
+    acc: &mut [[S::f32s; NV]; MR],
+) {
+    const { assert!(MR == 6) };
     let (wv, _) = S::as_simd_f32s(wt);
+    assert!(wv.len() >= kc * NV);
     let zero = simd.splat_f32s(0.0);
-    let mut a = [[zero; NV]; MR];
-    for i in 0..MR {
-        for v in 0..NV {
-            a[i][v] = acc[NV * i + v];
-        }
-    }
+    let mut a = *acc;
+    // Rows 3..6 from a second base, so that every row is a base plus 0, 1
+    // or 2 strides: two pointers and a stride in registers, not six.
+    // SAFETY: row 3 starts inside the rows the caller vouches for.
+    let x3 = unsafe { x.add(3 * stride) };
     // Plain loops, no closures: a closure would be compiled without the
     // level's target features and move vectors through memory.
-    for (wk, xs) in wv.chunks_exact(NV).zip(xt.chunks_exact(MR)) {
+    let (mut px, mut p3) = (x, x3);
+    for wk in wv[..kc * NV].chunks_exact(NV) {
         let mut wr = [zero; NV];
         wr.copy_from_slice(wk);
+        // SAFETY: this is step l < kc of rows r < MR, readable by the
+        // contract; the pointers move on by one value per step.
+        let xv = unsafe {
+            let v = [
+                *px,
+                *px.add(stride),
+                *px.add(2 * stride),
+                *p3,
+                *p3.add(stride),
+                *p3.add(2 * stride),
+            ];
+            px = px.add(1);
+            p3 = p3.add(1);
+            v
+        };
         for i in 0..MR {
-            let xb = simd.splat_f32s(xs[i]);
+            let xb = simd.splat_f32s(xv[i]);
             for v in 0..NV {
                 a[i][v] = simd.mul_add_e_f32s(xb, wr[v], a[i][v]);
             }
         }
     }
-    for i in 0..MR {
-        for v in 0..NV {
-            acc[NV * i + v] = a[i][v];
-        }
-    }
+    *acc = a;
 }

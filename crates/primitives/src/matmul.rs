@@ -338,26 +338,15 @@ impl Out {
         unsafe { *self.ptr.get().add(i * self.ld + j) = v }
     }
 
-    /// Writes outputs `(i, j..j + v.len())`.
+    /// Outputs `(i, j..j + len)` as a slice, to read and write.
+    ///
+    /// # Safety
+    /// `(i, j + len - 1)` is in range (the contract of [`Out::new`]) and no
+    /// other reference to those outputs exists while the slice lives.
     #[inline(always)]
-    pub(crate) fn put_slice(self, i: usize, j: usize, v: &[f32]) {
-        // SAFETY: in bounds (the caller passes `(i, j + v.len() - 1)` in range
-        // too) and unaliased by the contract of `Out::new`; `v` is a separate
-        // buffer, so the regions do not overlap.
-        unsafe {
-            let dst = self.ptr.get().add(i * self.ld + j);
-            // The usual full widths as fixed-size copies (vector stores, not
-            // a call to memmove).
-            match v.len() {
-                16 => dst
-                    .cast::<[f32; 16]>()
-                    .write_unaligned(*v.as_ptr().cast::<[f32; 16]>()),
-                32 => dst
-                    .cast::<[f32; 32]>()
-                    .write_unaligned(*v.as_ptr().cast::<[f32; 32]>()),
-                len => core::ptr::copy_nonoverlapping(v.as_ptr(), dst, len),
-            }
-        }
+    pub(crate) unsafe fn slice_mut<'y>(self, i: usize, j: usize, len: usize) -> &'y mut [f32] {
+        // SAFETY: in bounds and unaliased by the caller's contract.
+        unsafe { core::slice::from_raw_parts_mut(self.ptr.get().add(i * self.ld + j), len) }
     }
 
     /// Writes outputs `(i, j..j + 4)`.
