@@ -22,7 +22,7 @@ use std::sync::Arc;
 
 use patchbay_combinators::{check_in, series, Capacity, Ctx, Layer, LayerError, Node, Parallel};
 use patchbay_primitives::rope::{self, RopeLayout, RopeTable};
-use patchbay_primitives::{kernels, matmul, Act, MatRef, Threads};
+use patchbay_primitives::{gemm, kernels, matmul, Act, MatRef, Threads};
 
 use crate::{BlockError, Linear, RmsNorm};
 
@@ -277,6 +277,14 @@ pub trait Mask: Clone + std::fmt::Debug + Send + Sync {
     fn visible(&self, query: usize, end: usize) -> Range<usize>;
     /// A short description for the graph.
     fn describe(&self) -> String;
+    /// Whether a query sees its whole sequence, so that a sequence is never
+    /// decoded one row at a time against earlier rows: its score products
+    /// then need not share the decode kernel's summation order and take the
+    /// faster plain order of [`gemm`](patchbay_primitives::gemm) instead
+    /// (a row's scores still do not depend on the rows beside it).
+    fn whole_sequence(&self) -> bool {
+        false
+    }
 }
 
 /// Each position sees itself and every earlier one (decoders).
@@ -330,6 +338,9 @@ impl Mask for Bidirectional {
     }
     fn describe(&self) -> String {
         "bidirectional".into()
+    }
+    fn whole_sequence(&self) -> bool {
+        true
     }
 }
 
@@ -528,6 +539,7 @@ impl<M: Mask> Layer for Attend<M> {
         y.reshape(m, qw);
         let (k_cache, v_cache, lens) = (&st.k, &st.v, &st.lens);
         let (scale, mask, simd) = (self.scale, &self.mask, ctx.simd);
+        let plain_order = mask.whole_sequence();
         // Where each row belongs, without the (single-threaded) scratch.
         let (map, pos0) = (ctx.map, ctx.pos);
         let locate = |r: usize| match map {
@@ -586,7 +598,12 @@ impl<M: Mask> Layer for Attend<M> {
                                 xw,
                             );
                             let done = q.and_then(|q| {
-                                matmul::matmul(simd, &one, q, MatRef::new(keys, nk, hd)?, sc)
+                                let keys = MatRef::new(keys, nk, hd)?;
+                                if plain_order {
+                                    gemm::matmul_sequential(simd, &one, q, keys, sc)
+                                } else {
+                                    matmul::matmul(simd, &one, q, keys, sc)
+                                }
                             });
                             if let Err(err) = done {
                                 if let Ok(mut f) = failed.lock() {
