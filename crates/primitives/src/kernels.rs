@@ -323,6 +323,47 @@ pub(crate) fn exp_v<S: PSimd>(s: S, x: S::f32s) -> S::f32s {
     )
 }
 
+/// Down to here `exp` is a normal float (about 1.6e-38), which
+/// [`exp_nonpos_v`] builds by adding to the exponent field.
+const EXP_NORMAL_LO: f32 = -87.0;
+
+/// `exp(x)` for `x <= 0`, as softmax needs after subtracting the maximum,
+/// with exactly the bits of [`exp_v`]: the same reduction and polynomial,
+/// scaled by `2^n` by adding `n` to the exponent field, which is exact while
+/// the result is normal. A vector with a lane below -87 (a term under 2^-125
+/// of the largest, rare in softmax) takes [`exp_v`] itself, which also gets
+/// subnormal results right. About half the operations of [`exp_v`].
+/// NaN propagates.
+#[inline(always)]
+fn exp_nonpos_v<S: PSimd>(s: S, x: S::f32s) -> S::f32s {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const C1: f32 = 0.693_359_4;
+    const C2: f32 = -2.121_944_4e-4;
+    let magic = s.splat_f32s(ROUND_MAGIC);
+    let t = s.mul_add_e_f32s(x, s.splat_f32s(LOG2E), magic);
+    let n = s.sub_f32s(t, magic);
+    let r = s.mul_add_e_f32s(n, s.splat_f32s(-C1), x);
+    let r = s.mul_add_e_f32s(n, s.splat_f32s(-C2), r);
+    let mut p = s.splat_f32s(1.987_569_1e-4);
+    p = s.mul_add_e_f32s(p, r, s.splat_f32s(1.398_199_9e-3));
+    p = s.mul_add_e_f32s(p, r, s.splat_f32s(8.333_452e-3));
+    p = s.mul_add_e_f32s(p, r, s.splat_f32s(4.166_579_6e-2));
+    p = s.mul_add_e_f32s(p, r, s.splat_f32s(1.666_666_5e-1));
+    p = s.mul_add_e_f32s(p, r, s.splat_f32s(0.5));
+    let r2 = s.mul_f32s(r, r);
+    p = s.add_f32s(s.mul_add_e_f32s(p, r2, r), s.splat_f32s(1.0));
+    // The low mantissa bits of `t` hold n (two's complement); shifted into
+    // the exponent field they add n to p's exponent. For x >= -87, n >= -126
+    // and the sum stays a normal exponent (p < 1 only when x < -126 ln 2).
+    let n_bits = s.wrapping_dyn_shl_u32s(s.transmute_u32s_f32s(t), s.splat_u32s(23));
+    let y = s.transmute_f32s_u32s(s.add_u32s(s.transmute_u32s_f32s(p), n_bits));
+    let low = s.less_than_f32s(x, s.splat_f32s(EXP_NORMAL_LO));
+    if s.first_true_m32s(low) < S::F32_LANES {
+        return exp_v(s, x);
+    }
+    y
+}
+
 /// `x * sigmoid(x) = x / (1 + exp(-x))`: exp overflow gives `x / inf = -0`,
 /// never NaN.
 #[inline(always)]
@@ -505,18 +546,18 @@ fn softmax_impl<S: PSimd>(s: S, x: &mut [f32]) {
         let mut acc1 = acc0;
         let (x2, x1) = xh.as_chunks_mut::<2>();
         for v in x2 {
-            v[0] = exp_v(s, s.sub_f32s(v[0], mv));
-            v[1] = exp_v(s, s.sub_f32s(v[1], mv));
+            v[0] = exp_nonpos_v(s, s.sub_f32s(v[0], mv));
+            v[1] = exp_nonpos_v(s, s.sub_f32s(v[1], mv));
             acc0 = s.add_f32s(acc0, v[0]);
             acc1 = s.add_f32s(acc1, v[1]);
         }
         for v in x1 {
-            *v = exp_v(s, s.sub_f32s(*v, mv));
+            *v = exp_nonpos_v(s, s.sub_f32s(*v, mv));
             acc0 = s.add_f32s(acc0, *v);
         }
         if !xt.is_empty() {
             // Padding -inf gives exp = 0, so the padded lanes add nothing.
-            let e = exp_v(s, s.sub_f32s(load_tail_fill(s, xt, f32::NEG_INFINITY), mv));
+            let e = exp_nonpos_v(s, s.sub_f32s(load_tail_fill(s, xt, f32::NEG_INFINITY), mv));
             s.partial_store_f32s(xt, e);
             acc1 = s.add_f32s(acc1, e);
         }
@@ -964,4 +1005,50 @@ pub fn gelu_erf(s: Simd, x: &mut [f32]) {
 pub fn gelu_tanh_mul(s: Simd, gate: &mut [f32], up: &[f32]) {
     assert_eq!(gate.len(), up.len(), "gelu_tanh_mul: length mismatch");
     run!(s, GeluTanhMulOp { gate, up })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Simd;
+
+    /// Every `x` in `[-88, 0]` at a fine spacing, and the far range: the
+    /// softmax `exp` must give the bits of the full-range one at every level,
+    /// whether or not a vector mixes normal and subnormal results.
+    struct Compare;
+
+    impl pulp::WithSimd for Compare {
+        type Output = ();
+
+        #[inline(always)]
+        fn with_simd<S: PSimd>(self, s: S) {
+            let lanes = S::F32_LANES;
+            let mut xs: Vec<f32> = (0..=880_000).map(|i| -(i as f32) * 1e-4).collect();
+            xs.extend([-0.0, -87.0, -87.0001, -87.3, -90.0, -103.9, -104.0, -1e30]);
+            xs.extend([f32::NEG_INFINITY, f32::NAN]);
+            for chunk in xs.chunks(lanes) {
+                let mut buf = vec![0.0f32; lanes];
+                buf[..chunk.len()].copy_from_slice(chunk);
+                let x = S::as_simd_f32s(&buf).0[0];
+                let (mut fast, mut full) = (vec![0.0f32; lanes], vec![0.0f32; lanes]);
+                S::as_mut_simd_f32s(&mut fast).0[0] = exp_nonpos_v(s, x);
+                S::as_mut_simd_f32s(&mut full).0[0] = exp_v(s, x);
+                for i in 0..chunk.len() {
+                    let (x, a, b) = (chunk[i], fast[i], full[i]);
+                    if x.is_nan() {
+                        assert!(a.is_nan(), "exp({x}) = {a}");
+                    } else {
+                        assert_eq!(a.to_bits(), b.to_bits(), "exp({x}): {a} vs {b}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn softmax_exp_has_the_bits_of_exp_wherever_the_result_is_normal() {
+        for s in Simd::available() {
+            s.vectorize(Compare);
+        }
+    }
 }
