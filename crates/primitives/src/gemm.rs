@@ -173,6 +173,8 @@ impl pulp::WithSimd for Task<'_> {
         let kc_max = k.div_ceil(steps);
         let zero = simd.splat_f32s(0.0);
         let mut edge = [0.0f32; MR * KC];
+        let mut buf = [0.0f32; 16 * NV];
+        let buf = &mut buf[..nr];
         for step in 0..steps {
             let k0 = step * kc_max;
             let kc = kc_max.min(k - k0);
@@ -201,8 +203,6 @@ impl pulp::WithSimd for Task<'_> {
                     // The tile's rows are inside `xp`: row r < MR starts at
                     // r * stride and holds kc values.
                     assert!(xp.len() >= (MR - 1) * stride + kc);
-                    let mut buf = [0.0f32; 16 * NV];
-                    let buf = &mut buf[..nr];
                     if step > 0 {
                         for (r, a) in acc.iter_mut().enumerate().take(live_rows) {
                             // SAFETY: row i + r < rows.end <= m and columns

@@ -101,7 +101,7 @@ lane_fn!(F2 DevSqAccF { mean } |s, v, acc| {
     let d = s.sub_f32s(v, s.splat_f32s(mean));
     s.mul_add_e_f32s(d, d, acc)
 });
-lane_fn!(F2 ExpAccF { m } |s, v, acc| s.add_f32s(acc, exp_v(s, s.sub_f32s(v, s.splat_f32s(m)))));
+lane_fn!(F2 ExpAccF { m } |s, v, acc| s.add_f32s(acc, exp_fast_v(s, s.sub_f32s(v, s.splat_f32s(m)))));
 lane_fn!(F2 MaxF {} |s, v, acc| {
     // `select(v > acc, v, acc)` rather than `max_f32s`: its NaN behaviour is
     // the same at every level (a NaN compares false and is skipped).
@@ -323,19 +323,20 @@ pub(crate) fn exp_v<S: PSimd>(s: S, x: S::f32s) -> S::f32s {
     )
 }
 
-/// Down to here `exp` is a normal float (about 1.6e-38), which
-/// [`exp_nonpos_v`] builds by adding to the exponent field.
-const EXP_NORMAL_LO: f32 = -87.0;
+/// Within `[-EXP_FAST, EXP_FAST]` `exp` is a normal float (from about
+/// 1.6e-38 to 6e37), which [`exp_fast_v`] builds by adding to the exponent
+/// field.
+const EXP_FAST: f32 = 87.0;
 
-/// `exp(x)` for `x <= 0`, as softmax needs after subtracting the maximum,
-/// with exactly the bits of [`exp_v`]: the same reduction and polynomial,
-/// scaled by `2^n` by adding `n` to the exponent field, which is exact while
-/// the result is normal. A vector with a lane below -87 (a term under 2^-125
-/// of the largest, rare in softmax) takes [`exp_v`] itself, which also gets
-/// subnormal results right. About half the operations of [`exp_v`].
+/// `exp(x)` with exactly the bits of [`exp_v`] for every input, at about
+/// half its work where it matters: the same reduction and polynomial, scaled
+/// by `2^n` by adding `n` to the exponent field, which is exact while the
+/// result is normal. A vector with a lane outside `[-87, 87]` (rare: softmax
+/// terms under 2^-125 of the largest, saturated activations) takes [`exp_v`]
+/// itself, which handles subnormal, overflowing and infinite results.
 /// NaN propagates.
 #[inline(always)]
-fn exp_nonpos_v<S: PSimd>(s: S, x: S::f32s) -> S::f32s {
+fn exp_fast_v<S: PSimd>(s: S, x: S::f32s) -> S::f32s {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const C1: f32 = 0.693_359_4;
     const C2: f32 = -2.121_944_4e-4;
@@ -353,12 +354,13 @@ fn exp_nonpos_v<S: PSimd>(s: S, x: S::f32s) -> S::f32s {
     let r2 = s.mul_f32s(r, r);
     p = s.add_f32s(s.mul_add_e_f32s(p, r2, r), s.splat_f32s(1.0));
     // The low mantissa bits of `t` hold n (two's complement); shifted into
-    // the exponent field they add n to p's exponent. For x >= -87, n >= -126
-    // and the sum stays a normal exponent (p < 1 only when x < -126 ln 2).
+    // the exponent field they add n to p's exponent. For |x| <= 87,
+    // -126 <= n <= 126 and the sum stays a normal exponent (p < 1 with
+    // n = -126 only when x < -126 ln 2).
     let n_bits = s.wrapping_dyn_shl_u32s(s.transmute_u32s_f32s(t), s.splat_u32s(23));
     let y = s.transmute_f32s_u32s(s.add_u32s(s.transmute_u32s_f32s(p), n_bits));
-    let low = s.less_than_f32s(x, s.splat_f32s(EXP_NORMAL_LO));
-    if s.first_true_m32s(low) < S::F32_LANES {
+    let outside = s.greater_than_f32s(s.abs_f32s(x), s.splat_f32s(EXP_FAST));
+    if s.first_true_m32s(outside) < S::F32_LANES {
         return exp_v(s, x);
     }
     y
@@ -368,7 +370,7 @@ fn exp_nonpos_v<S: PSimd>(s: S, x: S::f32s) -> S::f32s {
 /// never NaN.
 #[inline(always)]
 fn silu_v<S: PSimd>(s: S, x: S::f32s) -> S::f32s {
-    let e = exp_v(s, s.neg_f32s(x));
+    let e = exp_fast_v(s, s.neg_f32s(x));
     s.div_f32s(x, s.add_f32s(s.splat_f32s(1.0), e))
 }
 
@@ -382,7 +384,7 @@ fn gelu_tanh_v<S: PSimd>(s: S, x: S::f32s) -> S::f32s {
     const B: f32 = A * 0.044_715;
     let x2 = s.mul_f32s(x, x);
     let z = s.mul_f32s(x, s.mul_add_e_f32s(s.splat_f32s(B), x2, s.splat_f32s(A)));
-    let e = exp_v(s, z);
+    let e = exp_fast_v(s, z);
     s.div_f32s(x, s.add_f32s(s.splat_f32s(1.0), e))
 }
 
@@ -422,8 +424,8 @@ fn erfc_pos_v<S: PSimd>(s: S, a: S::f32s) -> S::f32s {
     } else {
         s.mul_add_f32s(a, a, s.neg_f32s(hi))
     };
-    let e1 = exp_v(s, s.neg_f32s(hi));
-    let e2 = exp_v(s, s.sub_f32s(p, lo));
+    let e1 = exp_fast_v(s, s.neg_f32s(hi));
+    let e2 = exp_fast_v(s, s.sub_f32s(p, lo));
     s.mul_f32s(s.mul_f32s(t, e1), e2)
 }
 
@@ -546,18 +548,18 @@ fn softmax_impl<S: PSimd>(s: S, x: &mut [f32]) {
         let mut acc1 = acc0;
         let (x2, x1) = xh.as_chunks_mut::<2>();
         for v in x2 {
-            v[0] = exp_nonpos_v(s, s.sub_f32s(v[0], mv));
-            v[1] = exp_nonpos_v(s, s.sub_f32s(v[1], mv));
+            v[0] = exp_fast_v(s, s.sub_f32s(v[0], mv));
+            v[1] = exp_fast_v(s, s.sub_f32s(v[1], mv));
             acc0 = s.add_f32s(acc0, v[0]);
             acc1 = s.add_f32s(acc1, v[1]);
         }
         for v in x1 {
-            *v = exp_nonpos_v(s, s.sub_f32s(*v, mv));
+            *v = exp_fast_v(s, s.sub_f32s(*v, mv));
             acc0 = s.add_f32s(acc0, *v);
         }
         if !xt.is_empty() {
             // Padding -inf gives exp = 0, so the padded lanes add nothing.
-            let e = exp_nonpos_v(s, s.sub_f32s(load_tail_fill(s, xt, f32::NEG_INFINITY), mv));
+            let e = exp_fast_v(s, s.sub_f32s(load_tail_fill(s, xt, f32::NEG_INFINITY), mv));
             s.partial_store_f32s(xt, e);
             acc1 = s.add_f32s(acc1, e);
         }
@@ -1012,9 +1014,10 @@ mod tests {
     use super::*;
     use crate::Simd;
 
-    /// Every `x` in `[-88, 0]` at a fine spacing, and the far range: the
-    /// softmax `exp` must give the bits of the full-range one at every level,
-    /// whether or not a vector mixes normal and subnormal results.
+    /// Every `x` in `[-88, 88]` at a fine spacing, and the far range: the
+    /// fast `exp` must give the bits of the full-range one at every level,
+    /// whether or not a vector mixes normal with subnormal or infinite
+    /// results.
     struct Compare;
 
     impl pulp::WithSimd for Compare {
@@ -1023,15 +1026,16 @@ mod tests {
         #[inline(always)]
         fn with_simd<S: PSimd>(self, s: S) {
             let lanes = S::F32_LANES;
-            let mut xs: Vec<f32> = (0..=880_000).map(|i| -(i as f32) * 1e-4).collect();
+            let mut xs: Vec<f32> = (-880_000..=880_000).map(|i| i as f32 * 1e-4).collect();
             xs.extend([-0.0, -87.0, -87.0001, -87.3, -90.0, -103.9, -104.0, -1e30]);
+            xs.extend([87.0, 87.0001, 88.7, 88.8, 1e30, f32::INFINITY]);
             xs.extend([f32::NEG_INFINITY, f32::NAN]);
             for chunk in xs.chunks(lanes) {
                 let mut buf = vec![0.0f32; lanes];
                 buf[..chunk.len()].copy_from_slice(chunk);
                 let x = S::as_simd_f32s(&buf).0[0];
                 let (mut fast, mut full) = (vec![0.0f32; lanes], vec![0.0f32; lanes]);
-                S::as_mut_simd_f32s(&mut fast).0[0] = exp_nonpos_v(s, x);
+                S::as_mut_simd_f32s(&mut fast).0[0] = exp_fast_v(s, x);
                 S::as_mut_simd_f32s(&mut full).0[0] = exp_v(s, x);
                 for i in 0..chunk.len() {
                     let (x, a, b) = (chunk[i], fast[i], full[i]);
@@ -1046,7 +1050,7 @@ mod tests {
     }
 
     #[test]
-    fn softmax_exp_has_the_bits_of_exp_wherever_the_result_is_normal() {
+    fn fast_exp_has_the_bits_of_exp_everywhere() {
         for s in Simd::available() {
             s.vectorize(Compare);
         }
