@@ -7,7 +7,7 @@
 //!
 //! ```text
 //! BertEmbeddings = series![Embedding, PositionEmbedding, LayerNorm]
-//! BertAttention  = series![QkvProjection, Attend<Bidirectional>, Linear]
+//! BertAttention  = series![Linear ([q | k | v]), Attend<Bidirectional>, Linear]
 //! BertMlp        = series![Linear, GeluErf, Linear]
 //! BertBlock      = series![Series<Residual<BertAttention>, LayerNorm>,
 //!                          Series<Residual<BertMlp>, LayerNorm>]
@@ -22,8 +22,8 @@
 use std::path::{Path, PathBuf};
 
 use patchbay_blocks::{
-    output_projection, qkv_projection, Attend, Bidirectional, Embedding, GeluErf, Heads,
-    L2Normalize, LayerNorm, Linear, MeanPool, PositionEmbedding, QkvProjection, SumOrder,
+    output_projection, Attend, Bidirectional, Embedding, GeluErf, Heads, L2Normalize, LayerNorm,
+    Linear, MeanPool, PositionEmbedding, SumOrder,
 };
 use patchbay_combinators::{residual, series, LayerExt, Residual, Series, Stack};
 
@@ -35,9 +35,10 @@ use crate::formats::source::{HParams, ModelSource};
 /// LayerNorm.
 pub type BertEmbeddings = series![Embedding, PositionEmbedding, LayerNorm];
 
-/// BERT self-attention: biased q/k/v projections, every position seeing every
-/// position of its sequence, a biased output projection.
-pub type BertAttention = series![QkvProjection, Attend<Bidirectional>, Linear];
+/// BERT self-attention: the biased q, k and v projections fused into one
+/// (`[q | k | v]`, as GPT-2 stores it), every position seeing every position
+/// of its sequence, a biased output projection.
+pub type BertAttention = series![Linear, Attend<Bidirectional>, Linear];
 
 /// BERT's MLP: up projection, erf GELU, down projection (all biased).
 pub type BertMlp = series![Linear, GeluErf, Linear];
@@ -288,13 +289,17 @@ pub fn build(source: &ModelSource, opts: &BuildOptions) -> Result<Model<BertNet>
     let mut layers = Vec::with_capacity(cfg.n_layers);
     for i in 0..cfg.n_layers {
         let p = format!("blk.{i}");
-        let proj = qkv_projection(
-            heads,
-            biased(&format!("{p}.attn_q"))?,
-            biased(&format!("{p}.attn_k"))?,
-            biased(&format!("{p}.attn_v"))?,
-        )
-        .map_err(|err| w.error(&format!("{p}.attn_qkv"), err))?;
+        let stems = ["attn_q", "attn_k", "attn_v"].map(|t| format!("{p}.{t}"));
+        for stem in &stems {
+            source.tensor(&format!("{stem}.bias"))?;
+        }
+        let proj = w
+            .fused_linear(
+                &format!("{p}.attn_qkv"),
+                &stems.each_ref().map(String::as_str),
+            )?
+            .with_order(SumOrder::Sequential)
+            .named("attn_qkv");
         let out = output_projection(heads, biased(&format!("{p}.attn_output"))?)
             .map_err(|err| w.error(&format!("{p}.attn_output"), err))?;
         let attn = proj.then(Attend::new(heads, Bidirectional)).then(out);

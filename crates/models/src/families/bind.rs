@@ -7,7 +7,9 @@
 
 use patchbay_blocks::{BlockError, Embedding, Linear, RmsNorm};
 use patchbay_primitives::quant::DotMode;
-use patchbay_primitives::Tensor;
+use std::sync::Arc;
+
+use patchbay_primitives::{Storage, Tensor};
 
 use crate::error::ModelError;
 use crate::formats::source::ModelSource;
@@ -70,6 +72,90 @@ impl<'a> Weights<'a> {
         Linear::new(w, b)
             .map(|l| l.with_mode(self.mode))
             .map_err(|e| self.error(stem, e))
+    }
+
+    /// One projection whose output is those of `{stem}.weight` (and
+    /// `{stem}.bias`) for each of `stems` side by side, e.g. `[q | k | v]`:
+    /// one product reads its input once instead of once per projection, and
+    /// nothing has to be concatenated after. The rows are copied into one
+    /// owned tensor of the same format at load (whole rows, so any block
+    /// format joins as it is). The weights must share their format and
+    /// input width, and either all have a bias or none.
+    pub fn fused_linear(&self, name: &str, stems: &[&str]) -> Result<Linear, ModelError> {
+        let mut weights = Vec::with_capacity(stems.len());
+        for stem in stems {
+            weights.push((stem, self.tensor(&format!("{stem}.weight"))?));
+        }
+        let Some((first, w0)) = weights.first() else {
+            return Err(ModelError::Unsupported {
+                path: self.source.path().to_path_buf(),
+                detail: format!("{name}: a fused projection of no weights"),
+            });
+        };
+        let (dtype, cols) = (w0.dtype(), w0.shape().get(1).copied().unwrap_or(0));
+        let mut rows = 0;
+        let mut bytes = Vec::new();
+        for (stem, w) in &weights {
+            if w.shape().len() != 2 || w.shape()[1] != cols {
+                return Err(ModelError::ShapeMismatch {
+                    path: self.source.path().to_path_buf(),
+                    tensor: format!("{stem}.weight"),
+                    expected: vec![w.shape().first().copied().unwrap_or(0), cols],
+                    found: w.shape().to_vec(),
+                });
+            }
+            if w.dtype() != dtype {
+                return Err(ModelError::Unsupported {
+                    path: self.source.path().to_path_buf(),
+                    detail: format!(
+                        "{stem}.weight is {:?} but {first}.weight is {dtype:?}: the projections of {name} must share a format",
+                        w.dtype()
+                    ),
+                });
+            }
+            rows += w.shape()[0];
+            bytes.extend_from_slice(w.bytes());
+        }
+        let mut biases = Vec::new();
+        let mut with_bias = 0;
+        for (stem, w) in &weights {
+            let bias_name = format!("{stem}.bias");
+            match self.source.try_tensor(&bias_name)? {
+                Some(b) => {
+                    with_bias += 1;
+                    let values = self.f32_values(&bias_name, &b)?;
+                    if values.len() != w.shape()[0] {
+                        return Err(ModelError::ShapeMismatch {
+                            path: self.source.path().to_path_buf(),
+                            tensor: bias_name,
+                            expected: vec![w.shape()[0]],
+                            found: b.shape().to_vec(),
+                        });
+                    }
+                    biases.extend(values);
+                }
+                None => biases.extend(std::iter::repeat_n(0.0, w.shape()[0])),
+            }
+        }
+        if with_bias != 0 && with_bias != weights.len() {
+            return Err(ModelError::Unsupported {
+                path: self.source.path().to_path_buf(),
+                detail: format!(
+                    "{name}: some of {} have a bias and some do not",
+                    stems.join(", ")
+                ),
+            });
+        }
+        let fused = Tensor::new(
+            Arc::new(Storage::from_bytes(&bytes)),
+            0,
+            dtype,
+            vec![rows, cols],
+        )
+        .map_err(|e| self.error(name, e.into()))?;
+        Linear::new(fused, (with_bias != 0).then_some(biases))
+            .map(|l| l.with_mode(self.mode))
+            .map_err(|e| self.error(name, e))
     }
 
     /// A projection over an explicit weight tensor (tied heads).
