@@ -281,11 +281,11 @@ fn pow2i<S: PSimd>(s: S, k: S::f32s) -> S::f32s {
     s.transmute_f32s_u32s(bits)
 }
 
-/// Vectorised `exp`, Cephes `expf` polynomial (about 1-2 ulp over the whole
-/// range, subnormal results included); `exp(-inf) = 0`, `exp(+inf) = inf`,
-/// NaN propagates.
+/// The reduction and polynomial every vector `exp` shares: `t` (holding
+/// `n = round(x / ln 2)` in its low mantissa bits), `n` and
+/// `p = exp(x - n ln 2)`, so that `exp(x) = p 2^n`.
 #[inline(always)]
-pub(crate) fn exp_v<S: PSimd>(s: S, x: S::f32s) -> S::f32s {
+fn exp_reduce<S: PSimd>(s: S, x: S::f32s) -> (S::f32s, S::f32s, S::f32s) {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     // ln 2 split so that n * C1 is exact for |n| < 2^15.
     const C1: f32 = 0.693_359_4;
@@ -304,6 +304,13 @@ pub(crate) fn exp_v<S: PSimd>(s: S, x: S::f32s) -> S::f32s {
     p = s.mul_add_e_f32s(p, r, s.splat_f32s(0.5));
     let r2 = s.mul_f32s(r, r);
     p = s.add_f32s(s.mul_add_e_f32s(p, r2, r), s.splat_f32s(1.0));
+    (t, n, p)
+}
+
+/// `p 2^n` over the whole range of `exp`: subnormal and overflowing results,
+/// and `x = +-inf` (the input the reduction came from).
+#[inline(always)]
+fn exp_scale_full<S: PSimd>(s: S, x: S::f32s, n: S::f32s, p: S::f32s) -> S::f32s {
     // Scale by 2^n in two steps so that n in [-150, 128] (subnormal and
     // near-overflow results) never needs an out-of-range exponent field.
     let n1 = s.min_f32s(s.max_f32s(n, s.splat_f32s(-126.0)), s.splat_f32s(127.0));
@@ -323,47 +330,43 @@ pub(crate) fn exp_v<S: PSimd>(s: S, x: S::f32s) -> S::f32s {
     )
 }
 
+/// Vectorised `exp` by the reduction and the full-range scaling alone: the
+/// reference the fast path is tested against (about 1-2 ulp over the whole
+/// range, subnormal results included; `exp(-inf) = 0`, `exp(+inf) = inf`,
+/// NaN propagates).
+#[cfg(test)]
+#[inline(always)]
+fn exp_v<S: PSimd>(s: S, x: S::f32s) -> S::f32s {
+    let (_, n, p) = exp_reduce(s, x);
+    exp_scale_full(s, x, n, p)
+}
+
 /// Within `[-EXP_FAST, EXP_FAST]` `exp` is a normal float (from about
 /// 1.6e-38 to 6e37), which [`exp_fast_v`] builds by adding to the exponent
 /// field.
 const EXP_FAST: f32 = 87.0;
 
-/// `exp(x)` with exactly the bits of [`exp_v`] for every input, at about
+/// Vectorised `exp`, Cephes `expf` polynomial (about 1-2 ulp over the whole
+/// range): exactly the bits of the full-range scaling for every input, at about
 /// half its work where it matters: the same reduction and polynomial, scaled
 /// by `2^n` by adding `n` to the exponent field, which is exact while the
 /// result is normal. A vector with a lane outside `[-87, 87]` (rare: softmax
-/// terms under 2^-125 of the largest, saturated activations) takes [`exp_v`]
-/// itself, which handles subnormal, overflowing and infinite results.
-/// NaN propagates.
+/// terms under 2^-125 of the largest, saturated activations) takes the
+/// full-range scaling, which handles subnormal, overflowing and infinite
+/// results. NaN propagates.
 #[inline(always)]
 fn exp_fast_v<S: PSimd>(s: S, x: S::f32s) -> S::f32s {
-    const LOG2E: f32 = std::f32::consts::LOG2_E;
-    const C1: f32 = 0.693_359_4;
-    const C2: f32 = -2.121_944_4e-4;
-    let magic = s.splat_f32s(ROUND_MAGIC);
-    let t = s.mul_add_e_f32s(x, s.splat_f32s(LOG2E), magic);
-    let n = s.sub_f32s(t, magic);
-    let r = s.mul_add_e_f32s(n, s.splat_f32s(-C1), x);
-    let r = s.mul_add_e_f32s(n, s.splat_f32s(-C2), r);
-    let mut p = s.splat_f32s(1.987_569_1e-4);
-    p = s.mul_add_e_f32s(p, r, s.splat_f32s(1.398_199_9e-3));
-    p = s.mul_add_e_f32s(p, r, s.splat_f32s(8.333_452e-3));
-    p = s.mul_add_e_f32s(p, r, s.splat_f32s(4.166_579_6e-2));
-    p = s.mul_add_e_f32s(p, r, s.splat_f32s(1.666_666_5e-1));
-    p = s.mul_add_e_f32s(p, r, s.splat_f32s(0.5));
-    let r2 = s.mul_f32s(r, r);
-    p = s.add_f32s(s.mul_add_e_f32s(p, r2, r), s.splat_f32s(1.0));
+    let (t, n, p) = exp_reduce(s, x);
+    let outside = s.greater_than_f32s(s.abs_f32s(x), s.splat_f32s(EXP_FAST));
+    if s.first_true_m32s(outside) < S::F32_LANES {
+        return exp_scale_full(s, x, n, p);
+    }
     // The low mantissa bits of `t` hold n (two's complement); shifted into
     // the exponent field they add n to p's exponent. For |x| <= 87,
     // -126 <= n <= 126 and the sum stays a normal exponent (p < 1 with
     // n = -126 only when x < -126 ln 2).
     let n_bits = s.wrapping_dyn_shl_u32s(s.transmute_u32s_f32s(t), s.splat_u32s(23));
-    let y = s.transmute_f32s_u32s(s.add_u32s(s.transmute_u32s_f32s(p), n_bits));
-    let outside = s.greater_than_f32s(s.abs_f32s(x), s.splat_f32s(EXP_FAST));
-    if s.first_true_m32s(outside) < S::F32_LANES {
-        return exp_v(s, x);
-    }
-    y
+    s.transmute_f32s_u32s(s.add_u32s(s.transmute_u32s_f32s(p), n_bits))
 }
 
 /// `x * sigmoid(x) = x / (1 + exp(-x))`: exp overflow gives `x / inf = -0`,
