@@ -1,8 +1,10 @@
 //! [`Linear`]: `y = W x + b` over any weight format, read in place.
 
 use patchbay_combinators::{check_in, Capacity, Ctx, Layer, LayerError, Node, Rows};
+use patchbay_primitives::gemm::{self, PackedW};
 use patchbay_primitives::quant::{self, DotMode};
-use patchbay_primitives::{gemm, kernels, matmul, Act, DType, MatRef, ShapeError, Tensor};
+use patchbay_primitives::{kernels, matmul, Act, DType, MatRef, ShapeError, Tensor};
+use std::sync::{Arc, OnceLock};
 
 use crate::BlockError;
 
@@ -37,6 +39,9 @@ pub struct Linear {
     mode: DotMode,
     order: SumOrder,
     name: &'static str,
+    /// The weight packed for the plain-order kernel, on first use (shared by
+    /// clones, which have the same weight).
+    packed: Arc<OnceLock<PackedW>>,
 }
 
 /// The operation order the products of an f32 weight give each output (both
@@ -114,6 +119,7 @@ impl Linear {
             mode: DotMode::Exact,
             order: SumOrder::Lanes,
             name: "Linear",
+            packed: Arc::new(OnceLock::new()),
         })
     }
 
@@ -167,7 +173,19 @@ impl Linear {
         // activations, one row only) is the exception.
         match (w.as_f32(), m) {
             (Some(wf), _) if self.order == SumOrder::Sequential => {
-                gemm::matmul_sequential(ctx.simd, ctx.threads, x, MatRef::new(wf, n, k)?, y)?
+                // Packed once and kept: every call after the first skips the
+                // packing pass, and the bias joins as the products are stored.
+                let wv = MatRef::new(wf, n, k)?;
+                let (s, t, bias) = (ctx.simd, ctx.threads, self.bias.as_deref());
+                let packed = self.packed.get_or_init(|| PackedW::new(s, t, wv));
+                if packed.fits(s) {
+                    gemm::matmul_packed(s, t, x, packed, bias, y)?;
+                } else {
+                    // A level other than the one packed for (a test of every
+                    // level): packed again for this call only.
+                    gemm::matmul_packed(s, t, x, &PackedW::new(s, t, wv), bias, y)?;
+                }
+                return Ok(());
             }
             (Some(wf), _) => matmul::matmul(ctx.simd, ctx.threads, x, MatRef::new(wf, n, k)?, y)?,
             (None, 1) if w.dtype().is_quantized() => quant::matvec_q(

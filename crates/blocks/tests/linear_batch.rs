@@ -6,10 +6,11 @@
 
 use std::sync::Arc;
 
-use patchbay_blocks::Linear;
+use patchbay_blocks::{Linear, SumOrder};
 use patchbay_combinators::{Capacity, Ctx, Layer, Scratch};
+use patchbay_primitives::gemm::matmul_sequential;
 use patchbay_primitives::quant::{dequantize_row, quantize_row};
-use patchbay_primitives::{Act, DType, Simd, Storage, Tensor, Threads};
+use patchbay_primitives::{Act, DType, MatRef, Simd, Storage, Tensor, Threads};
 use proptest::prelude::*;
 
 /// Deterministic values in [-1, 1) from a seed (xorshift).
@@ -86,6 +87,43 @@ proptest! {
                     }
                 }
             }
+        }
+    }
+}
+
+/// A plain-order f32 projection keeps its weight packed after the first call
+/// (for the level of that call) and adds its bias as products are stored: at
+/// every level, on every call, each output has the bits of
+/// `matmul_sequential` followed by adding the bias.
+#[test]
+fn a_packed_plain_order_projection_has_the_bits_of_the_product_plus_bias() {
+    let (m, out, inp) = (13, 37, 70);
+    let w = values(out * inp, 7);
+    let b = values(out, 8);
+    let x = values(m * inp, 9);
+    let lin = Linear::new(
+        Tensor::from_f32(&w, vec![out, inp]).unwrap(),
+        Some(b.clone()),
+    )
+    .unwrap()
+    .with_order(SumOrder::Sequential);
+    let (xv, wv) = (
+        MatRef::new(&x, m, inp).unwrap(),
+        MatRef::new(&w, out, inp).unwrap(),
+    );
+    // Each level twice: the first level's calls find the packing made for
+    // them, the others pack for themselves.
+    for s in Simd::available().into_iter().chain(Simd::available()) {
+        for t in [Threads::single(), Threads::new(2)] {
+            let mut want = vec![0.0; m * out];
+            matmul_sequential(s, &t, xv, wv, &mut want).unwrap();
+            for row in want.chunks_exact_mut(out) {
+                for (o, b) in row.iter_mut().zip(&b) {
+                    *o += b;
+                }
+            }
+            let got = run(&lin, s, &t, m, x.clone());
+            assert_eq!(bits(&got), bits(&want), "at {}", s.level());
         }
     }
 }

@@ -39,7 +39,7 @@ const NV: usize = 2;
 const MC: usize = 24 * MR;
 
 /// Values of `k` per step at most (a panel's slice, `KC x 2L`, stays in L1).
-const KC: usize = 256;
+const KC: usize = 384;
 
 /// Panels of `W` packed per task of the packing pass.
 const PACK_PANELS: usize = 8;
@@ -73,7 +73,7 @@ pub fn matmul_sequential(
         "matmul_sequential: x.cols vs w.cols (k)",
         "matmul_sequential y (m * n)",
     )?;
-    let (m, n, k) = (x.rows(), w.rows(), x.cols());
+    let (n, k) = (w.rows(), x.cols());
     if y.is_empty() {
         return Ok(());
     }
@@ -81,21 +81,179 @@ pub fn matmul_sequential(
         y.fill(0.0);
         return Ok(());
     }
-    let nr = NV * s.vectorize(Lanes);
-    let panels = n.div_ceil(nr);
     // All of `W` is packed once, by every thread, before any product: each
     // panel is then shared by every block of rows instead of being packed
     // again for each. The buffer is the calling thread's, reused across calls
     // (taken out and put back, so a nested call only allocates its own).
     let mut wp = PACKED_W.with(|c| c.take());
+    let nr = pack_into(s, threads, w, &mut wp);
+    products(s, threads, x, &wp, nr, n, None, y);
+    PACKED_W.with(|c| c.set(wp));
+    Ok(())
+}
+
+/// `W` (`n x k`) packed once for [`matmul_packed`] at one SIMD level, to be
+/// reused by every call (a layer's weights): the packing pass of
+/// [`matmul_sequential`] is then paid once instead of per call, at the cost of
+/// a copy of `W` held for as long as the packing lives.
+///
+/// ```
+/// use patchbay_primitives::gemm::{matmul_packed, PackedW};
+/// use patchbay_primitives::{MatRef, Simd, Threads};
+/// let (s, t) = (Simd::detect(), Threads::single());
+/// let w = [1.0, 0.0, 1.0, 1.0, 0.0, 2.0]; // 3 x 2
+/// let packed = PackedW::new(s, &t, MatRef::new(&w, 3, 2).unwrap());
+/// let x = [1.0, 2.0]; // 1 x 2
+/// let mut y = [0.0; 3];
+/// let bias = [0.5, 0.0, -1.0];
+/// matmul_packed(s, &t, MatRef::new(&x, 1, 2).unwrap(), &packed, Some(&bias), &mut y).unwrap();
+/// assert_eq!(y, [1.5, 3.0, 3.0]);
+/// ```
+pub struct PackedW {
+    data: Vec<f32>,
+    nr: usize,
+    n: usize,
+    k: usize,
+}
+
+impl PackedW {
+    /// Packs `w` (`n x k`, one output a row) for level `s`, on `threads`.
+    pub fn new(s: Simd, threads: &Threads, w: MatRef<'_>) -> PackedW {
+        let mut data = Vec::new();
+        let nr = pack_into(s, threads, w, &mut data);
+        PackedW {
+            data,
+            nr,
+            n: w.rows(),
+            k: w.cols(),
+        }
+    }
+
+    /// Whether the packing serves level `s` (levels differ in panel width).
+    pub fn fits(&self, s: Simd) -> bool {
+        self.nr == NV * s.vectorize(Lanes)
+    }
+
+    /// Outputs (rows of `W`).
+    pub fn rows(&self) -> usize {
+        self.n
+    }
+
+    /// Inputs (columns of `W`).
+    pub fn cols(&self) -> usize {
+        self.k
+    }
+}
+
+impl core::fmt::Debug for PackedW {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "PackedW({} x {}, panels of {})", self.n, self.k, self.nr)
+    }
+}
+
+/// [`matmul_sequential`] with `W` packed beforehand, plus an optional `bias`
+/// (`n` values) added to each row of the result as it is stored: each output
+/// is `(Σ in plain k order) + bias`, the bits of [`matmul_sequential`]
+/// followed by adding the bias in a second pass, without that pass.
+pub fn matmul_packed(
+    s: Simd,
+    threads: &Threads,
+    x: MatRef<'_>,
+    w: &PackedW,
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+) -> Result<(), ShapeError> {
+    let (m, n, k) = (x.rows(), w.n, w.k);
+    if x.cols() != k {
+        return Err(ShapeError::Mismatch {
+            what: "matmul_packed: x.cols vs w.cols (k)",
+            left: x.cols(),
+            right: k,
+        });
+    }
+    if !w.fits(s) {
+        return Err(ShapeError::Mismatch {
+            what: "matmul_packed: panel width of the packing vs of this SIMD level",
+            left: w.nr,
+            right: NV * s.vectorize(Lanes),
+        });
+    }
+    if let Some(b) = bias.filter(|b| b.len() != n) {
+        return Err(ShapeError::Len {
+            what: "matmul_packed bias (n)",
+            expected: n,
+            found: b.len(),
+        });
+    }
+    let expected = m.checked_mul(n).ok_or(ShapeError::Overflow {
+        what: "matmul_packed y",
+    })?;
+    if y.len() != expected {
+        return Err(ShapeError::Len {
+            what: "matmul_packed y (m * n)",
+            expected,
+            found: y.len(),
+        });
+    }
+    if y.is_empty() {
+        return Ok(());
+    }
+    if k == 0 {
+        match bias {
+            // The empty sum plus the bias, as the stored sum would be.
+            Some(b) => y.chunks_exact_mut(n).for_each(|row| {
+                row.iter_mut().zip(b).for_each(|(o, b)| *o = 0.0 + b);
+            }),
+            None => y.fill(0.0),
+        }
+        return Ok(());
+    }
+    products(s, threads, x, &w.data, w.nr, n, bias, y);
+    Ok(())
+}
+
+/// Packs `w` (`n x k`, `k > 0`) into `wp` as panels of `nr` columns for level
+/// `s`, on every thread, and returns `nr`.
+fn pack_into(s: Simd, threads: &Threads, w: MatRef<'_>, wp: &mut Vec<f32>) -> usize {
+    let (n, k) = (w.rows(), w.cols());
+    let nr = NV * s.vectorize(Lanes);
+    let panels = n.div_ceil(nr);
     wp.clear();
     wp.resize(panels * k * nr, 0.0);
-    threads.for_each_chunk(&mut wp, PACK_PANELS * k * nr, |c, chunk| {
+    threads.for_each_chunk(wp, PACK_PANELS * k * nr, |c, chunk| {
         pack_cols(chunk, c * PACK_PANELS, nr, k, |j| (j < n).then(|| w.row(j)));
     });
+    nr
+}
+
+/// `y = x · Wᵀ (+ bias)` from `packed` (`W` in panels of `nr`, `n` columns of
+/// the product); shapes are checked, `k > 0` and `y` is not empty.
+#[allow(clippy::too_many_arguments)]
+fn products(
+    s: Simd,
+    threads: &Threads,
+    x: MatRef<'_>,
+    packed: &[f32],
+    nr: usize,
+    n: usize,
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+) {
+    let m = x.rows();
+    let panels = n.div_ceil(nr);
     // Tasks are blocks of rows times ranges of panels: with many rows only
     // rows are cut; with few, panels are cut too so that every thread works.
-    let row_tasks = m.div_ceil(MC);
+    // Blocks of at most `MC` rows, as many as a multiple of the thread count
+    // once there are enough: a thread's last block would otherwise leave the
+    // others waiting for up to a block's time (a whole tile's worth of rows
+    // fewer in each block costs nothing).
+    let nt = threads.count();
+    let mut row_tasks = m.div_ceil(MC);
+    if row_tasks >= nt {
+        row_tasks = row_tasks.next_multiple_of(nt);
+    }
+    let rows_per = m.div_ceil(row_tasks).next_multiple_of(MR);
+    let row_tasks = m.div_ceil(rows_per);
     let want = threads.count() * 4;
     let panel_tasks = want.div_ceil(row_tasks).min(panels);
     let per_task = panels.div_ceil(panel_tasks);
@@ -105,22 +263,20 @@ pub fn matmul_sequential(
     // < m * n = y.len(); tasks have disjoint row x column ranges and `y` is
     // exclusively borrowed here.
     let out = unsafe { Out::new(y.as_mut_ptr(), n, 0) };
-    let packed: &[f32] = &wp;
     threads.for_each_index(row_tasks * panel_tasks, |t| {
         let (ri, pi) = (t / panel_tasks, t % panel_tasks);
-        let i0 = ri * MC;
+        let i0 = ri * rows_per;
         let p0 = pi * per_task;
         s.vectorize(Task {
             x,
             packed,
             n,
-            rows: i0..(i0 + MC).min(m),
+            bias,
+            rows: i0..(i0 + rows_per).min(m),
             panels: p0..(p0 + per_task).min(panels),
             out,
         });
     });
-    PACKED_W.with(|c| c.set(wp));
-    Ok(())
 }
 
 /// The number of `f32` lanes of a level's vector.
@@ -145,6 +301,7 @@ struct Task<'a> {
     x: MatRef<'a>,
     packed: &'a [f32],
     n: usize,
+    bias: Option<&'a [f32]>,
     rows: core::ops::Range<usize>,
     panels: core::ops::Range<usize>,
     out: Out,
@@ -159,6 +316,7 @@ impl pulp::WithSimd for Task<'_> {
             x,
             packed,
             n,
+            bias,
             rows,
             panels,
             out,
@@ -175,29 +333,46 @@ impl pulp::WithSimd for Task<'_> {
         let mut edge = [0.0f32; MR * KC];
         let mut buf = [0.0f32; 16 * NV];
         let buf = &mut buf[..nr];
+        // A block whose rows are not a whole number of tiles ends with an
+        // edge tile, read from a copy with zero rows past the end: one copy
+        // per step, shared by every panel.
+        let edge_start = rows.end - rows.len() % MR;
         for step in 0..steps {
             let k0 = step * kc_max;
             let kc = kc_max.min(k - k0);
+            if edge_start < rows.end {
+                for (r, e) in edge.chunks_exact_mut(kc).take(MR).enumerate() {
+                    if edge_start + r < rows.end {
+                        e.copy_from_slice(&x.row(edge_start + r)[k0..k0 + kc]);
+                    } else {
+                        e.fill(0.0);
+                    }
+                }
+            }
             for p in panels.clone() {
                 let wt = &packed[(p * k + k0) * nr..(p * k + k0 + kc) * nr];
                 let j = p * nr;
                 let live_cols = nr.min(n - j);
+                // The bias joins at the last step's store: one addition per
+                // output after its whole sum, as a second pass would add it.
+                let add = match bias {
+                    Some(b) if step + 1 == steps => {
+                        buf.fill(0.0);
+                        buf[..live_cols].copy_from_slice(&b[j..j + live_cols]);
+                        let mut v = [zero; NV];
+                        v.copy_from_slice(S::as_simd_f32s(buf).0);
+                        Some(v)
+                    }
+                    _ => None,
+                };
                 let mut i = rows.start;
                 while i < rows.end {
                     let live_rows = MR.min(rows.end - i);
                     let mut acc = [[zero; NV]; MR];
-                    // Full tiles read `X` where it is; an edge tile reads a
-                    // copy with zero rows past the end.
+                    // Full tiles read `X` where it is.
                     let (xp, stride) = if live_rows == MR {
                         (&x.as_slice()[i * x.stride() + k0..], x.stride())
                     } else {
-                        for (r, e) in edge.chunks_exact_mut(kc).take(MR).enumerate() {
-                            if r < live_rows {
-                                e.copy_from_slice(&x.row(i + r)[k0..k0 + kc]);
-                            } else {
-                                e.fill(0.0);
-                            }
-                        }
                         (&edge[..], kc)
                     };
                     // The tile's rows are inside `xp`: row r < MR starts at
@@ -218,6 +393,13 @@ impl pulp::WithSimd for Task<'_> {
                     }
                     // SAFETY: asserted just above.
                     unsafe { tile::<S>(simd, xp.as_ptr(), stride, kc, wt, &mut acc) };
+                    if let Some(add) = add {
+                        for a in acc.iter_mut() {
+                            for (v, b) in a.iter_mut().zip(add) {
+                                *v = simd.add_f32s(*v, b);
+                            }
+                        }
+                    }
                     for (r, a) in acc.iter().enumerate().take(live_rows) {
                         // SAFETY: as above.
                         let seg = unsafe { out.slice_mut(i + r, j, live_cols) };
@@ -308,42 +490,68 @@ unsafe fn tile<S: pulp::Simd>(
     wt: &[f32],
     acc: &mut [[S::f32s; NV]; MR],
 ) {
-    const { assert!(MR == 6) };
+    const { assert!(MR == 6 && NV == 2) };
     let (wv, _) = S::as_simd_f32s(wt);
     assert!(wv.len() >= kc * NV);
-    let zero = simd.splat_f32s(0.0);
     let mut a = *acc;
     // Rows 3..6 from a second base, so that every row is a base plus 0, 1
     // or 2 strides: two pointers and a stride in registers, not six.
     // SAFETY: row 3 starts inside the rows the caller vouches for.
     let x3 = unsafe { x.add(3 * stride) };
     // Plain loops, no closures: a closure would be compiled without the
-    // level's target features and move vectors through memory.
+    // level's target features and move vectors through memory. Two values of
+    // `k` per pass halve the loop's pointer and counter work; the order of
+    // the multiply-adds on each accumulator is unchanged.
     let (mut px, mut p3) = (x, x3);
-    for wk in wv[..kc * NV].chunks_exact(NV) {
-        let mut wr = [zero; NV];
-        wr.copy_from_slice(wk);
-        // SAFETY: this is step l < kc of rows r < MR, readable by the
-        // contract; the pointers move on by one value per step.
-        let xv = unsafe {
-            let v = [
-                *px,
-                *px.add(stride),
-                *px.add(2 * stride),
-                *p3,
-                *p3.add(stride),
-                *p3.add(2 * stride),
-            ];
-            px = px.add(1);
-            p3 = p3.add(1);
-            v
-        };
-        for i in 0..MR {
-            let xb = simd.splat_f32s(xv[i]);
-            for v in 0..NV {
-                a[i][v] = simd.mul_add_e_f32s(xb, wr[v], a[i][v]);
-            }
+    let mut steps = wv[..kc * NV].chunks_exact(2 * NV);
+    for wk in &mut steps {
+        // SAFETY: these are steps l, l + 1 < kc of rows r < MR, readable by
+        // the contract; the pointers move on by two values per pass.
+        unsafe {
+            step::<S>(simd, px, p3, stride, &wk[..NV], &mut a);
+            step::<S>(simd, px.add(1), p3.add(1), stride, &wk[NV..], &mut a);
+            px = px.add(2);
+            p3 = p3.add(2);
         }
     }
+    if let [w0, w1] = *steps.remainder() {
+        // SAFETY: step kc - 1 of rows r < MR, as above.
+        unsafe { step::<S>(simd, px, p3, stride, &[w0, w1], &mut a) };
+    }
     *acc = a;
+}
+
+/// One value of `k` for the whole tile: `MR` broadcasts of `X` (rows 0..3 at
+/// `px` plus 0, 1, 2 strides, rows 3..6 at `p3` likewise) times the two
+/// vectors `wk` of `W`.
+///
+/// # Safety
+/// `px.add(r * stride)` and `p3.add(r * stride)` are readable for `r < 3`.
+#[inline(always)]
+unsafe fn step<S: pulp::Simd>(
+    simd: S,
+    px: *const f32,
+    p3: *const f32,
+    stride: usize,
+    wk: &[S::f32s],
+    a: &mut [[S::f32s; NV]; MR],
+) {
+    let wr = [wk[0], wk[1]];
+    // SAFETY: by the contract.
+    let xv = unsafe {
+        [
+            *px,
+            *px.add(stride),
+            *px.add(2 * stride),
+            *p3,
+            *p3.add(stride),
+            *p3.add(2 * stride),
+        ]
+    };
+    for i in 0..MR {
+        let xb = simd.splat_f32s(xv[i]);
+        for v in 0..NV {
+            a[i][v] = simd.mul_add_e_f32s(xb, wr[v], a[i][v]);
+        }
+    }
 }

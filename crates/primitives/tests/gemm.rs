@@ -2,9 +2,12 @@
 //! the bits of a plain scalar loop over `k` (one fused multiply-add per term
 //! from zero at the SIMD levels; multiply then add at the portable level),
 //! whatever the shape, the strides, the thread count and the rows it is
-//! computed with; and it must agree with a float64 reference.
+//! computed with; and it must agree with a float64 reference. `matmul_packed`
+//! (the same products from `W` packed beforehand, with a bias added as they
+//! are stored) must give the bits of `matmul_sequential` followed by adding
+//! the bias.
 
-use patchbay_primitives::gemm::matmul_sequential;
+use patchbay_primitives::gemm::{matmul_packed, matmul_sequential, PackedW};
 use patchbay_primitives::{Level, MatRef, ShapeError, Simd, Threads};
 use proptest::prelude::*;
 
@@ -88,6 +91,23 @@ proptest! {
             matmul_sequential(s, &t, xv, wv, &mut y).unwrap();
             let what = format!("{m}x{n}x{k}, {threads} threads, at {}", s.level());
             prop_assert_eq!(bits(&y), bits(&sequential(s, xv, wv)), "{}", what);
+            // From a packing made once, with and without a bias.
+            let packed = PackedW::new(s, &t, wv);
+            prop_assert!(packed.fits(s));
+            prop_assert_eq!((packed.rows(), packed.cols()), (n, k));
+            let mut yp = vec![f32::NAN; m * n];
+            matmul_packed(s, &t, xv, &packed, None, &mut yp).unwrap();
+            prop_assert_eq!(bits(&yp), bits(&y), "packed, {}", what);
+            let bias = values(n, seed ^ 0x5EED);
+            let mut yb = vec![f32::NAN; m * n];
+            matmul_packed(s, &t, xv, &packed, Some(&bias), &mut yb).unwrap();
+            let mut want_b = y.clone();
+            for row in want_b.chunks_exact_mut(n) {
+                for (o, b) in row.iter_mut().zip(&bias) {
+                    *o += b;
+                }
+            }
+            prop_assert_eq!(bits(&yb), bits(&want_b), "packed with bias, {}", what);
             for (idx, ((&g, &r), &b)) in y.iter().zip(&want).zip(&bound).enumerate() {
                 // A sum of k terms in f32 is within k * 2^-24 * sum |terms|.
                 let tol = (k as f64 + 1.0) * f32::EPSILON as f64 * b + 1e-30;
@@ -147,4 +167,48 @@ fn shapes_that_do_not_fit_are_errors() {
     )
     .unwrap();
     assert_eq!(y, [0.0; 4]);
+}
+
+#[test]
+fn packed_shapes_that_do_not_fit_are_errors() {
+    let s = Simd::detect();
+    let t = Threads::single();
+    let w = vec![1.0; 6];
+    let packed = PackedW::new(s, &t, MatRef::new(&w, 3, 2).unwrap());
+    let x = vec![1.0; 4];
+    let x2 = MatRef::new(&x, 2, 2).unwrap();
+    let mut y = vec![0.0; 6];
+    // k differs.
+    let x1 = MatRef::new(&x[..3], 1, 3).unwrap();
+    let e = matmul_packed(s, &t, x1, &packed, None, &mut y[..3]).unwrap_err();
+    assert!(matches!(e, ShapeError::Mismatch { .. }), "{e:?}");
+    // y too short, bias of the wrong length.
+    let e = matmul_packed(s, &t, x2, &packed, None, &mut y[..5]).unwrap_err();
+    assert!(matches!(e, ShapeError::Len { .. }), "{e:?}");
+    let e = matmul_packed(s, &t, x2, &packed, Some(&[1.0; 2]), &mut y).unwrap_err();
+    assert!(matches!(e, ShapeError::Len { .. }), "{e:?}");
+    // A packing for one level is refused by a level of another width.
+    for other in Simd::available() {
+        let r = matmul_packed(other, &t, x2, &packed, None, &mut y);
+        if packed.fits(other) {
+            r.unwrap();
+        } else {
+            assert!(matches!(r, Err(ShapeError::Mismatch { .. })), "{r:?}");
+        }
+    }
+    // k = 0: each output is the empty sum plus its bias.
+    let empty: [f32; 0] = [];
+    let p0 = PackedW::new(s, &t, MatRef::new(&empty, 3, 0).unwrap());
+    let mut y = vec![f32::NAN; 6];
+    let bias = [0.5, -0.0, 2.0];
+    matmul_packed(
+        s,
+        &t,
+        MatRef::new(&empty, 2, 0).unwrap(),
+        &p0,
+        Some(&bias),
+        &mut y,
+    )
+    .unwrap();
+    assert_eq!(bits(&y), bits(&[0.5, 0.0, 2.0, 0.5, 0.0, 2.0]));
 }
