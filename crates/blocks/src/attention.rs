@@ -347,6 +347,10 @@ impl Mask for Bidirectional {
 /// Most query rows whose scores are computed in one product.
 const RUN_ROWS: usize = 128;
 
+/// Rows from which a batch's keys and values are appended to the cache by
+/// every thread (fewer rows, as in decoding, are not worth a dispatch).
+const APPEND_SPLIT_ROWS: usize = 64;
+
 thread_local! {
     /// Attention scores of a run of query rows, per worker thread (kept
     /// between calls, so decoding does not allocate).
@@ -511,15 +515,52 @@ impl<M: Mask> Layer for Attend<M> {
                 });
             }
         }
-        // Append this batch's keys and values to each row's slot.
-        for r in 0..m {
-            let row = x.row(r);
-            let (s, t) = (ctx.sequence(r), ctx.position(r));
-            for g in 0..kv {
-                let dst = ((s * kv + g) * cap + t) * hd;
-                let src = qw + g * hd;
-                st.k[dst..dst + hd].copy_from_slice(&row[src..src + hd]);
-                st.v[dst..dst + hd].copy_from_slice(&row[src + kw..src + kw + hd]);
+        // Append this batch's keys and values to each row's slot. With many
+        // rows, one task per (slot, head): its positions are one contiguous
+        // region of the cache, so the tasks never share a destination.
+        let (map, pos0) = (ctx.map, ctx.pos);
+        let locate = move |r: usize| match map {
+            Some(m) => (m.sequence(r), m.position(r)),
+            None => (0, pos0 + r),
+        };
+        let (xs, xw) = (x.as_slice(), x.cols());
+        if m < APPEND_SPLIT_ROWS {
+            for r in 0..m {
+                let row = x.row(r);
+                let (s, t) = locate(r);
+                for g in 0..kv {
+                    let dst = ((s * kv + g) * cap + t) * hd;
+                    let src = qw + g * hd;
+                    st.k[dst..dst + hd].copy_from_slice(&row[src..src + hd]);
+                    st.v[dst..dst + hd].copy_from_slice(&row[src + kw..src + kw + hd]);
+                }
+            }
+        } else {
+            // Runs of consecutive rows of one sequence, so a task skips the
+            // other sequences' rows in one step.
+            let mut runs: Vec<(usize, Range<usize>)> = Vec::new();
+            for r in 0..m {
+                let s = locate(r).0;
+                match runs.last_mut() {
+                    Some((last, rows)) if *last == s => rows.end = r + 1,
+                    _ => runs.push((s, r..r + 1)),
+                }
+            }
+            for (cache, first_col) in [(&mut st.k, qw), (&mut st.v, qw + kw)] {
+                ctx.threads.for_each_chunk(cache, cap * hd, |c, region| {
+                    let (s, g) = (c / kv, c % kv);
+                    let col = first_col + g * hd;
+                    for (_, rows) in runs.iter().filter(|(seq, _)| *seq == s) {
+                        for r in rows.clone() {
+                            let t = locate(r).1;
+                            let src = &xs[r * xw + col..][..hd];
+                            // A plain loop: a 32-value copy inline, not a call.
+                            for (d, v) in region[t * hd..][..hd].iter_mut().zip(src) {
+                                *d = *v;
+                            }
+                        }
+                    }
+                });
             }
         }
         // A sequence now holds everything up to its last row here; one
@@ -540,17 +581,9 @@ impl<M: Mask> Layer for Attend<M> {
         let (k_cache, v_cache, lens) = (&st.k, &st.v, &st.lens);
         let (scale, mask, simd) = (self.scale, &self.mask, ctx.simd);
         let plain_order = mask.whole_sequence();
-        // Where each row belongs, without the (single-threaded) scratch.
-        let (map, pos0) = (ctx.map, ctx.pos);
-        let locate = |r: usize| match map {
-            Some(m) => (m.sequence(r), m.position(r)),
-            None => (0, pos0 + r),
-        };
         // Rows are independent once the cache holds the batch: spread them
         // over the threads in runs (a row's result never depends on the split).
         let per_task = m.div_ceil(ctx.threads.count() * 4).max(1);
-        let xw = x.cols();
-        let xs = x.as_slice();
         let failed = std::sync::Mutex::new(None);
         ctx.threads
             .for_each_chunk(y.as_mut_slice(), per_task * qw, |task, out_rows| {

@@ -785,10 +785,14 @@ fn axpy_rows_many_impl<S: PSimd>(
     let n = rows.len() / d;
     let mut r0 = 0;
     while r0 < nr {
-        let rt = (nr - r0).min(4);
+        // Six rows: 6 x 2 accumulators, two vectors of `rows` and a
+        // broadcast fill the 16 registers of AVX2.
+        let rt = (nr - r0).min(6);
         let w = |r: usize| &weights[(r0 + r) * w_ld..(r0 + r) * w_ld + n];
         let y = &mut y[r0 * y_ld..];
         match rt {
+            6 => axpy_tile::<S, 6>(s, core::array::from_fn(w), rows, d, y, y_ld),
+            5 => axpy_tile::<S, 5>(s, core::array::from_fn(w), rows, d, y, y_ld),
             4 => axpy_tile::<S, 4>(s, core::array::from_fn(w), rows, d, y, y_ld),
             3 => axpy_tile::<S, 3>(s, core::array::from_fn(w), rows, d, y, y_ld),
             2 => axpy_tile::<S, 2>(s, core::array::from_fn(w), rows, d, y, y_ld),
