@@ -30,10 +30,18 @@ macro_rules! activation {
             fn forward(&self, x: &Act, y: &mut Act, _: &mut (), ctx: &Ctx<'_>) -> Result<(), LayerError> {
                 check_in($label, self.dim, x)?;
                 y.reshape(x.rows(), self.dim);
+                if self.dim == 0 {
+                    return Ok(());
+                }
                 let (src, simd) = (x.as_slice(), ctx.simd);
                 ctx.for_row_runs(y.as_mut_slice(), self.dim, |first, run| {
-                    run.copy_from_slice(&src[first * self.dim..][..run.len()]);
-                    $kernel(simd, run);
+                    // Row by row, so the kernel finds its row in L1 right
+                    // after the copy instead of in a second pass over the run.
+                    let rows = src[first * self.dim..].chunks_exact(self.dim);
+                    for (out, row) in run.chunks_exact_mut(self.dim).zip(rows) {
+                        out.copy_from_slice(row);
+                        $kernel(simd, out);
+                    }
                 });
                 Ok(())
             }

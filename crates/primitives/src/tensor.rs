@@ -13,8 +13,11 @@
 use crate::error::ShapeError;
 
 /// An owned row-major `rows x cols` f32 matrix whose allocation is reused.
-#[derive(Clone, Default, PartialEq)]
+#[derive(Clone, Default)]
 pub struct Act {
+    /// The elements in `data[..rows * cols]`; what follows is left from a
+    /// larger shape, so that shrinking and growing again (a layer's scratch
+    /// between widths) writes nothing.
     data: Vec<f32>,
     rows: usize,
     cols: usize,
@@ -105,12 +108,17 @@ impl Act {
         (0..self.rows).map(|r| self.token(r))
     }
 
-    /// Sets the logical shape; contents are unspecified afterwards (new elements are 0).
+    /// Sets the logical shape; contents are unspecified afterwards (elements
+    /// never used by any shape before are 0).
     ///
-    /// Does not allocate when `rows * cols` fits the capacity reserved so far.
+    /// Does not allocate when `rows * cols` fits the capacity reserved so far,
+    /// and writes nothing unless the shape is the largest yet.
     #[inline]
     pub fn reshape(&mut self, rows: usize, cols: usize) {
-        self.data.resize(rows * cols, 0.0);
+        let len = rows * cols;
+        if self.data.len() < len {
+            self.data.resize(len, 0.0);
+        }
         self.rows = rows;
         self.cols = cols;
     }
@@ -119,7 +127,7 @@ impl Act {
     #[inline]
     pub fn copy_from(&mut self, src: &Act) {
         self.data.clear();
-        self.data.extend_from_slice(&src.data);
+        self.data.extend_from_slice(src.as_slice());
         self.rows = src.rows;
         self.cols = src.cols;
     }
@@ -144,32 +152,33 @@ impl Act {
     /// All elements, row-major.
     #[inline]
     pub fn as_slice(&self) -> &[f32] {
-        &self.data
+        &self.data[..self.rows * self.cols]
     }
 
     /// All elements, row-major, mutable.
     #[inline]
     pub fn as_mut_slice(&mut self) -> &mut [f32] {
-        &mut self.data
+        &mut self.data[..self.rows * self.cols]
     }
 
     /// Row `i`. Panics if `i >= rows` (an internal invariant, not user input).
     #[inline]
     pub fn row(&self, i: usize) -> &[f32] {
-        &self.data[i * self.cols..(i + 1) * self.cols]
+        &self.as_slice()[i * self.cols..(i + 1) * self.cols]
     }
 
     /// Row `i`, mutable.
     #[inline]
     pub fn row_mut(&mut self, i: usize) -> &mut [f32] {
-        &mut self.data[i * self.cols..(i + 1) * self.cols]
+        let cols = self.cols;
+        &mut self.as_mut_slice()[i * cols..(i + 1) * cols]
     }
 
     /// A borrowed view of the whole matrix.
     #[inline]
     pub fn view(&self) -> MatRef<'_> {
         MatRef {
-            data: &self.data,
+            data: self.as_slice(),
             rows: self.rows,
             cols: self.cols,
             stride: self.cols,
@@ -177,8 +186,16 @@ impl Act {
     }
 
     /// Consumes the buffer, returning its elements.
-    pub fn into_vec(self) -> Vec<f32> {
+    pub fn into_vec(mut self) -> Vec<f32> {
+        self.data.truncate(self.rows * self.cols);
         self.data
+    }
+}
+
+/// Equal shapes and elements (whatever a larger shape left behind).
+impl PartialEq for Act {
+    fn eq(&self, other: &Act) -> bool {
+        (self.rows, self.cols) == (other.rows, other.cols) && self.as_slice() == other.as_slice()
     }
 }
 
