@@ -22,7 +22,7 @@
 //! where they are (memory-mapped) and no copy outlives the call.
 
 use crate::error::ShapeError;
-use crate::matmul::{check_product, Out};
+use crate::matmul::{check_out, check_product, Out};
 use crate::simd::Simd;
 use crate::tensor::MatRef;
 use crate::threads::Threads;
@@ -185,16 +185,7 @@ pub fn matmul_packed(
             found: b.len(),
         });
     }
-    let expected = m.checked_mul(n).ok_or(ShapeError::Overflow {
-        what: "matmul_packed y",
-    })?;
-    if y.len() != expected {
-        return Err(ShapeError::Len {
-            what: "matmul_packed y (m * n)",
-            expected,
-            found: y.len(),
-        });
-    }
+    check_out(m, n, y, "matmul_packed y (m * n)")?;
     if y.is_empty() {
         return Ok(());
     }

@@ -648,6 +648,16 @@ pub(crate) fn check_product(
             right: w.cols(),
         });
     }
+    check_out(m, n, y, y_what)
+}
+
+/// Checks that `y` holds the `m x n` result of a product.
+pub(crate) fn check_out(
+    m: usize,
+    n: usize,
+    y: &[f32],
+    y_what: &'static str,
+) -> Result<(), ShapeError> {
     let expected = m
         .checked_mul(n)
         .ok_or(ShapeError::Overflow { what: "matmul y" })?;
