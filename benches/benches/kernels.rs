@@ -54,6 +54,13 @@ fn bench(c: &mut Criterion) {
                 kernels::silu_mul(s, black_box(&mut gate), black_box(&w))
             })
         });
+        let mut act = x.clone();
+        g.bench_function(BenchmarkId::new("gelu_erf", lvl), |b| {
+            b.iter(|| {
+                act.copy_from_slice(&x);
+                kernels::gelu_erf(s, black_box(&mut act))
+            })
+        });
     }
     g.finish();
 }
