@@ -657,10 +657,7 @@ impl<M: Mask> Layer for Attend<M> {
                                 let off = sp.start - lo;
                                 for rr in r..r2 {
                                     let row = &mut sc[(rr - i) * nk + off..][..sp.len()];
-                                    for v in row.iter_mut() {
-                                        *v *= scale;
-                                    }
-                                    kernels::softmax(simd, row);
+                                    kernels::softmax_scaled(simd, row, scale);
                                 }
                                 let vals =
                                     &v_cache[(base + off) * hd..(base + off + sp.len()) * hd];

@@ -539,14 +539,22 @@ fn argmax_impl<S: PSimd>(s: S, x: &[f32]) -> usize {
 
 #[inline(always)]
 fn softmax_impl<S: PSimd>(s: S, x: &mut [f32]) {
-    let m = max_impl(s, x);
+    softmax_scaled_impl(s, x, 1.0)
+}
+
+/// Softmax of `scale * x` (`scale > 0`), with the bits of scaling in place
+/// first: rounding is monotonic, so the largest scaled value is the scaled
+/// largest, and each term is rounded the same way in a register.
+#[inline(always)]
+fn softmax_scaled_impl<S: PSimd>(s: S, x: &mut [f32], scale: f32) {
+    let m = max_impl(s, x) * scale;
     if m == f32::NEG_INFINITY {
         // Empty, all -inf (a fully masked row) or all NaN: no mass anywhere.
         // Zeros rather than NaN so that a masked row contributes nothing.
         x.fill(0.0);
         return;
     }
-    let mv = s.splat_f32s(m);
+    let (mv, sv) = (s.splat_f32s(m), s.splat_f32s(scale));
     // exp in place, summing as we go (blocked like `reduce1`).
     let mut total = 0.0f64;
     for xb in x.chunks_mut(BLOCK_REGS * S::F32_LANES) {
@@ -555,18 +563,19 @@ fn softmax_impl<S: PSimd>(s: S, x: &mut [f32]) {
         let mut acc1 = acc0;
         let (x2, x1) = xh.as_chunks_mut::<2>();
         for v in x2 {
-            v[0] = exp_fast_v(s, s.sub_f32s(v[0], mv));
-            v[1] = exp_fast_v(s, s.sub_f32s(v[1], mv));
+            v[0] = exp_fast_v(s, s.sub_f32s(s.mul_f32s(v[0], sv), mv));
+            v[1] = exp_fast_v(s, s.sub_f32s(s.mul_f32s(v[1], sv), mv));
             acc0 = s.add_f32s(acc0, v[0]);
             acc1 = s.add_f32s(acc1, v[1]);
         }
         for v in x1 {
-            *v = exp_fast_v(s, s.sub_f32s(*v, mv));
+            *v = exp_fast_v(s, s.sub_f32s(s.mul_f32s(*v, sv), mv));
             acc0 = s.add_f32s(acc0, *v);
         }
         if !xt.is_empty() {
             // Padding -inf gives exp = 0, so the padded lanes add nothing.
-            let e = exp_fast_v(s, s.sub_f32s(load_tail_fill(s, xt, f32::NEG_INFINITY), mv));
+            let tail = s.mul_f32s(load_tail_fill(s, xt, f32::NEG_INFINITY), sv);
+            let e = exp_fast_v(s, s.sub_f32s(tail, mv));
             s.partial_store_f32s(xt, e);
             acc1 = s.add_f32s(acc1, e);
         }
@@ -637,6 +646,7 @@ simd_op!(AddAssignOp { y: &'a mut [f32], x: &'a [f32] } -> () => add_assign_impl
 simd_op!(MulAssignOp { y: &'a mut [f32], x: &'a [f32] } -> () => mul_assign_impl);
 simd_op!(ScaleOp { y: &'a mut [f32], alpha: f32 } -> () => scale_impl);
 simd_op!(SoftmaxOp { x: &'a mut [f32] } -> () => softmax_impl);
+simd_op!(SoftmaxScaledOp { x: &'a mut [f32], scale: f32 } -> () => softmax_scaled_impl);
 simd_op!(LseOp { x: &'a [f32] } -> f32 => log_sum_exp_impl);
 simd_op!(RmsNormOp { x: &'a [f32], weight: &'a [f32], eps: f32, out: &'a mut [f32] } -> () => rms_norm_impl);
 simd_op!(LayerNormOp {
@@ -940,6 +950,31 @@ pub fn argmax(s: Simd, x: &[f32]) -> usize {
 /// a row that is entirely `-inf` (fully masked) becomes all zeros, not NaN.
 pub fn softmax(s: Simd, x: &mut [f32]) {
     run!(s, SoftmaxOp { x })
+}
+
+/// In-place softmax of `scale * x` (attention scores and their scale) in
+/// one pass fewer: the bits of multiplying every element by `scale`, then
+/// [`softmax`]. A `scale` that is not positive (or NaN) takes exactly that
+/// route, since only a positive factor keeps the maximum where it was.
+///
+/// ```
+/// use patchbay_primitives::{kernels, Simd};
+/// let s = Simd::detect();
+/// let mut a = [1.0f32, 2.0, -3.0];
+/// let mut b = a.map(|v| v * 0.5);
+/// kernels::softmax_scaled(s, &mut a, 0.5);
+/// kernels::softmax(s, &mut b);
+/// assert_eq!(a, b);
+/// ```
+pub fn softmax_scaled(s: Simd, x: &mut [f32], scale: f32) {
+    if scale > 0.0 {
+        run!(s, SoftmaxScaledOp { x, scale })
+    } else {
+        for v in x.iter_mut() {
+            *v *= scale;
+        }
+        run!(s, SoftmaxOp { x })
+    }
 }
 
 /// `ln(sum_i exp(x[i]))`, computed stably around the maximum; `-inf` for an

@@ -193,6 +193,29 @@ proptest! {
         }
     }
 
+    /// softmax_scaled has the bits of scaling in place and then softmax, for
+    /// any scale (positive, zero, negative, tiny or huge) and masked entries.
+    #[test]
+    fn softmax_scaled_is_scale_then_softmax(
+        x in values(len_strategy()),
+        scale in prop_oneof![-4.0f32..4.0, 1e-30f32..1e-20, 1e20f32..1e30, Just(0.0f32), Just(-0.0f32)],
+        mask_every in 0usize..5,
+    ) {
+        let mut x = x;
+        if mask_every > 0 {
+            for v in x.iter_mut().step_by(mask_every + 1) { *v = f32::NEG_INFINITY; }
+        }
+        for s in levels() {
+            let mut want: Vec<f32> = x.iter().map(|v| v * scale).collect();
+            kernels::softmax(s, &mut want);
+            let mut got = x.clone();
+            kernels::softmax_scaled(s, &mut got, scale);
+            let (g, w): (Vec<u32>, Vec<u32>) =
+                (got.iter().map(|v| v.to_bits()).collect(), want.iter().map(|v| v.to_bits()).collect());
+            prop_assert_eq!(g, w, "{} scale {}", s.level(), scale);
+        }
+    }
+
     /// log_sum_exp: |got - ref| <= 2e-6 * (1 + |ref|) (final f32 rounding plus
     /// the ~1e-6 relative error of the exp sum).
     #[test]
