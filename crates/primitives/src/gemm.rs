@@ -245,7 +245,8 @@ fn products(
     }
     let rows_per = m.div_ceil(row_tasks).next_multiple_of(MR);
     let row_tasks = m.div_ceil(rows_per);
-    let want = threads.count() * 4;
+    // One thread runs its tasks in turn: cutting the panels gains nothing.
+    let want = if nt == 1 { 1 } else { nt * 4 };
     let panel_tasks = want.div_ceil(row_tasks).min(panels);
     let per_task = panels.div_ceil(panel_tasks);
     let panel_tasks = panels.div_ceil(per_task);
@@ -321,7 +322,10 @@ impl pulp::WithSimd for Task<'_> {
         let steps = k.div_ceil(KC);
         let kc_max = k.div_ceil(steps);
         let zero = simd.splat_f32s(0.0);
-        let mut edge = [0.0f32; MR * KC];
+        // Written before it is read (each step's copy below sets all `MR x
+        // kc` values it uses), so it is not zeroed first: a product with a
+        // short `k` (attention scores) would pay more to clear it than to use it.
+        let mut edge = [core::mem::MaybeUninit::<f32>::uninit(); MR * KC];
         let mut buf = [0.0f32; 16 * NV];
         let buf = &mut buf[..nr];
         // A block whose rows are not a whole number of tiles ends with an
@@ -331,14 +335,22 @@ impl pulp::WithSimd for Task<'_> {
         for step in 0..steps {
             let k0 = step * kc_max;
             let kc = kc_max.min(k - k0);
+            let mut edge_rows: &[f32] = &[];
             if edge_start < rows.end {
                 for (r, e) in edge.chunks_exact_mut(kc).take(MR).enumerate() {
                     if edge_start + r < rows.end {
-                        e.copy_from_slice(&x.row(edge_start + r)[k0..k0 + kc]);
+                        let src = &x.row(edge_start + r)[k0..k0 + kc];
+                        for (d, v) in e.iter_mut().zip(src) {
+                            d.write(*v);
+                        }
                     } else {
-                        e.fill(0.0);
+                        e.fill(core::mem::MaybeUninit::new(0.0));
                     }
                 }
+                // SAFETY: the loop above wrote all of `edge[..MR * kc]`
+                // (`MR * kc <= MR * KC`), and `MaybeUninit<f32>` has the
+                // layout of `f32`.
+                edge_rows = unsafe { core::slice::from_raw_parts(edge.as_ptr().cast(), MR * kc) };
             }
             for p in panels.clone() {
                 let wt = &packed[(p * k + k0) * nr..(p * k + k0 + kc) * nr];
@@ -364,7 +376,7 @@ impl pulp::WithSimd for Task<'_> {
                     let (xp, stride) = if live_rows == MR {
                         (&x.as_slice()[i * x.stride() + k0..], x.stride())
                     } else {
-                        (&edge[..], kc)
+                        (edge_rows, kc)
                     };
                     // The tile's rows are inside `xp`: row r < MR starts at
                     // r * stride and holds kc values.
