@@ -156,22 +156,23 @@ impl Embedder {
     /// The token ids the model sees for `text`: [CLS] text [SEP], cut to
     /// [`Embedder::max_tokens`] with the final [SEP] kept.
     pub fn tokenize(&self, text: &str) -> Vec<u32> {
-        let mut ids = self.tokenizer.encode(text, true);
-        let max = self.max_tokens();
-        if ids.len() > max {
-            let last = ids[ids.len() - 1];
-            ids.truncate(max);
-            if max > 1 {
-                ids[max - 1] = last;
-            }
-        }
-        ids
+        tokenize_cut(&self.tokenizer, self.max_tokens(), text)
     }
 
     /// One L2-normalised embedding per text, in order; the texts go through
     /// the network in groups of the options' `batch`.
     pub fn embed<S: AsRef<str>>(&mut self, texts: &[S]) -> Result<Vec<Vec<f32>>, ModelError> {
-        let seqs: Vec<Vec<u32>> = texts.iter().map(|t| self.tokenize(t.as_ref())).collect();
+        // Tokenized on every thread (texts are independent): serially, the
+        // other threads would wait through it.
+        let texts: Vec<&str> = texts.iter().map(AsRef::as_ref).collect();
+        let mut seqs: Vec<Vec<u32>> = vec![Vec::new(); texts.len()];
+        let (tokenizer, max) = (&self.tokenizer, self.max_tokens());
+        let per_task = texts.len().div_ceil(self.threads.count() * 4).max(1);
+        self.threads.for_each_chunk(&mut seqs, per_task, |c, out| {
+            for (ids, text) in out.iter_mut().zip(&texts[c * per_task..]) {
+                *ids = tokenize_cut(tokenizer, max, text);
+            }
+        });
         let mut out = Vec::with_capacity(seqs.len());
         for group in seqs.chunks(self.batch) {
             out.extend(self.embed_tokens(group)?);
@@ -233,6 +234,19 @@ impl Embedder {
             .map(|i| self.output.row(i).to_vec())
             .collect())
     }
+}
+
+/// `text`'s ids, [CLS] text [SEP], cut to `max` with the final [SEP] kept.
+fn tokenize_cut(tokenizer: &Tokenizer, max: usize, text: &str) -> Vec<u32> {
+    let mut ids = tokenizer.encode(text, true);
+    if ids.len() > max {
+        let last = ids[ids.len() - 1];
+        ids.truncate(max);
+        if max > 1 {
+            ids[max - 1] = last;
+        }
+    }
+    ids
 }
 
 /// Cosine similarity of two vectors (accumulated in f64; 0 when either is
