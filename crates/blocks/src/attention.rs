@@ -277,11 +277,16 @@ pub trait Mask: Clone + std::fmt::Debug + Send + Sync {
     fn visible(&self, query: usize, end: usize) -> Range<usize>;
     /// A short description for the graph.
     fn describe(&self) -> String;
-    /// Whether a query sees its whole sequence, so that a sequence is never
-    /// decoded one row at a time against earlier rows: its score products
-    /// then need not share the decode kernel's summation order and take the
-    /// faster plain order of [`gemm`](patchbay_primitives::gemm) instead
-    /// (a row's scores still do not depend on the rows beside it).
+    /// Whether a query sees its whole sequence (an encoder), so that a
+    /// sequence is never decoded one row at a time against earlier rows:
+    /// - its score products need not share the decode kernel's summation
+    ///   order and take the faster plain order of
+    ///   [`gemm`](patchbay_primitives::gemm) instead (a row's scores still do
+    ///   not depend on the rows beside it);
+    /// - [`Attend`] keeps no keys or values between calls: each call must
+    ///   hold each of its sequences whole, as one run of rows at positions
+    ///   0, 1, 2, ... (else [`LayerError::PartialSequence`]), and attends to
+    ///   those rows where they are.
     fn whole_sequence(&self) -> bool {
         false
     }
@@ -327,7 +332,23 @@ impl Mask for SlidingWindow {
     }
 }
 
-/// Every position sees every position of the sequence (encoders).
+/// Every position sees every position of the sequence (encoders). Each
+/// call holds its sequences whole ([`Mask::whole_sequence`]).
+///
+/// ```
+/// use patchbay_blocks::{Attend, Bidirectional, Heads};
+/// use patchbay_combinators::{Capacity, Ctx, Layer, Scratch};
+/// use patchbay_primitives::{Act, Simd, Threads};
+/// let attend = Attend::new(Heads::new(1, 1, 1).unwrap(), Bidirectional);
+/// let (threads, scratch) = (Threads::single(), Scratch::new());
+/// let ctx = Ctx::new(Simd::detect(), &threads, &scratch);
+/// let mut state = attend.new_state(Capacity::new(2, 4));
+/// // Equal keys: both positions weigh both values alike, the first too.
+/// let x = Act::from_vec(2, 3, vec![1.0, 1.0, 2.0, 1.0, 1.0, 4.0]).unwrap();
+/// assert_eq!(attend.apply(&x, &mut state, &ctx).unwrap().as_slice(), &[3.0, 3.0]);
+/// // A sequence continued from position 2 is part of one: an error.
+/// assert!(attend.apply(&x, &mut state, &ctx.at(2)).is_err());
+/// ```
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Bidirectional;
 
@@ -363,7 +384,9 @@ thread_local! {
 /// from `ctx.pos` in one sequence, or a [`RowMap`](patchbay_combinators::RowMap)
 /// for several), and returns each query head's `softmax(q kᵀ · scale) v` under
 /// the mask within the row's own sequence, heads side by side
-/// (`n_heads * head_dim` wide).
+/// (`n_heads * head_dim` wide). Under a whole-sequence mask
+/// ([`Bidirectional`]) nothing is cached: each call holds its sequences
+/// whole and their keys and values are read from its rows.
 ///
 /// ```
 /// use patchbay_blocks::{Attend, Causal, Heads};
@@ -387,7 +410,8 @@ pub struct Attend<M> {
 }
 
 /// The keys and values of every position seen so far, one slot per
-/// sequence: an [`Attend`]'s state.
+/// sequence: an [`Attend`]'s state (empty under a whole-sequence mask, which
+/// reads each call's own rows).
 #[derive(Debug)]
 pub struct KvCache {
     /// Keys, `[slot][kv_head][position][head_dim]`.
@@ -470,7 +494,12 @@ impl<M: Mask> Layer for Attend<M> {
         self.heads.q_width()
     }
     fn new_state(&self, cap: Capacity) -> KvCache {
-        let n = self.heads.kv_width() * cap.max_context * cap.max_seqs;
+        // A whole-sequence mask reads each call's own rows: nothing to keep.
+        let n = if self.mask.whole_sequence() {
+            0
+        } else {
+            self.heads.kv_width() * cap.max_context * cap.max_seqs
+        };
         KvCache {
             k: vec![0.0; n],
             v: vec![0.0; n],
@@ -515,63 +544,92 @@ impl<M: Mask> Layer for Attend<M> {
                 });
             }
         }
-        // Append this batch's keys and values to each row's slot. With many
-        // rows, one task per (slot, head): its positions are one contiguous
-        // region of the cache, so the tasks never share a destination.
         let (map, pos0) = (ctx.map, ctx.pos);
         let locate = move |r: usize| match map {
             Some(m) => (m.sequence(r), m.position(r)),
             None => (0, pos0 + r),
         };
         let (xs, xw) = (x.as_slice(), x.cols());
-        if m < APPEND_SPLIT_ROWS {
-            for r in 0..m {
-                let row = x.row(r);
-                let (s, t) = locate(r);
-                for g in 0..kv {
-                    let dst = ((s * kv + g) * cap + t) * hd;
-                    let src = qw + g * hd;
-                    st.k[dst..dst + hd].copy_from_slice(&row[src..src + hd]);
-                    st.v[dst..dst + hd].copy_from_slice(&row[src + kw..src + kw + hd]);
+        let whole = self.mask.whole_sequence();
+        // With a whole-sequence mask, the first row of each sequence here
+        // (its keys and values are read where they are); else the cache.
+        let mut starts: Vec<usize> = Vec::new();
+        if whole {
+            starts = vec![usize::MAX; slots];
+            st.lens.fill(0);
+            let mut r = 0;
+            while r < m {
+                let s = locate(r).0;
+                let mut e = r;
+                while e < m && locate(e).0 == s {
+                    let pos = locate(e).1;
+                    if pos != e - r || starts[s] != usize::MAX {
+                        return Err(LayerError::PartialSequence {
+                            layer: "Attend",
+                            seq: s,
+                            row: e,
+                            pos,
+                        });
+                    }
+                    e += 1;
                 }
+                starts[s] = r;
+                st.lens[s] = e - r;
+                r = e;
             }
         } else {
-            // Runs of consecutive rows of one sequence, so a task skips the
-            // other sequences' rows in one step.
-            let mut runs: Vec<(usize, Range<usize>)> = Vec::new();
-            for r in 0..m {
-                let s = locate(r).0;
-                match runs.last_mut() {
-                    Some((last, rows)) if *last == s => rows.end = r + 1,
-                    _ => runs.push((s, r..r + 1)),
+            // Append this batch's keys and values to each row's slot. With many
+            // rows, one task per (slot, head): its positions are one contiguous
+            // region of the cache, so the tasks never share a destination.
+            if m < APPEND_SPLIT_ROWS {
+                for r in 0..m {
+                    let row = x.row(r);
+                    let (s, t) = locate(r);
+                    for g in 0..kv {
+                        let dst = ((s * kv + g) * cap + t) * hd;
+                        let src = qw + g * hd;
+                        st.k[dst..dst + hd].copy_from_slice(&row[src..src + hd]);
+                        st.v[dst..dst + hd].copy_from_slice(&row[src + kw..src + kw + hd]);
+                    }
                 }
-            }
-            for (cache, first_col) in [(&mut st.k, qw), (&mut st.v, qw + kw)] {
-                ctx.threads.for_each_chunk(cache, cap * hd, |c, region| {
-                    let (s, g) = (c / kv, c % kv);
-                    let col = first_col + g * hd;
-                    for (_, rows) in runs.iter().filter(|(seq, _)| *seq == s) {
-                        for r in rows.clone() {
-                            let t = locate(r).1;
-                            let src = &xs[r * xw + col..][..hd];
-                            // A plain loop: a 32-value copy inline, not a call.
-                            for (d, v) in region[t * hd..][..hd].iter_mut().zip(src) {
-                                *d = *v;
+            } else {
+                // Runs of consecutive rows of one sequence, so a task skips the
+                // other sequences' rows in one step.
+                let mut runs: Vec<(usize, Range<usize>)> = Vec::new();
+                for r in 0..m {
+                    let s = locate(r).0;
+                    match runs.last_mut() {
+                        Some((last, rows)) if *last == s => rows.end = r + 1,
+                        _ => runs.push((s, r..r + 1)),
+                    }
+                }
+                for (cache, first_col) in [(&mut st.k, qw), (&mut st.v, qw + kw)] {
+                    ctx.threads.for_each_chunk(cache, cap * hd, |c, region| {
+                        let (s, g) = (c / kv, c % kv);
+                        let col = first_col + g * hd;
+                        for (_, rows) in runs.iter().filter(|(seq, _)| *seq == s) {
+                            for r in rows.clone() {
+                                let t = locate(r).1;
+                                let src = &xs[r * xw + col..][..hd];
+                                // A plain loop: a 32-value copy inline, not a call.
+                                for (d, v) in region[t * hd..][..hd].iter_mut().zip(src) {
+                                    *d = *v;
+                                }
                             }
                         }
-                    }
-                });
+                    });
+                }
             }
-        }
-        // A sequence now holds everything up to its last row here; one
-        // sequence at consecutive positions ends exactly there (a re-run from
-        // an earlier position forgets what came after).
-        match ctx.map {
-            None => st.lens[0] = ctx.pos.saturating_add(m),
-            Some(_) => {
-                for r in 0..m {
-                    let s = ctx.sequence(r);
-                    st.lens[s] = st.lens[s].max(ctx.position(r) + 1);
+            // A sequence now holds everything up to its last row here; one
+            // sequence at consecutive positions ends exactly there (a re-run from
+            // an earlier position forgets what came after).
+            match ctx.map {
+                None => st.lens[0] = ctx.pos.saturating_add(m),
+                Some(_) => {
+                    for r in 0..m {
+                        let s = ctx.sequence(r);
+                        st.lens[s] = st.lens[s].max(ctx.position(r) + 1);
+                    }
                 }
             }
         }
@@ -580,7 +638,6 @@ impl<M: Mask> Layer for Attend<M> {
         y.reshape(m, qw);
         let (k_cache, v_cache, lens) = (&st.k, &st.v, &st.lens);
         let (scale, mask, simd) = (self.scale, &self.mask, ctx.simd);
-        let plain_order = mask.whole_sequence();
         // Rows are independent once the cache holds the batch: spread them
         // over the threads in runs (a row's result never depends on the split).
         let per_task = m.div_ceil(ctx.threads.count() * 4).max(1);
@@ -617,9 +674,21 @@ impl<M: Mask> Layer for Attend<M> {
                             // does not reallocate while decoding.
                             scores.resize((nq * nk).max(cap), 0.0);
                         }
+                        // Rows `from..from + len` of the sequence's keys
+                        // (or values) for kv head `g`.
+                        let kv_rows = |values: bool, g: usize, from: usize, len: usize| {
+                            if whole {
+                                let col = qw + usize::from(values) * kw + g * hd;
+                                let row = starts[seq] + from;
+                                MatRef::with_stride(&xs[row * xw + col..], len, hd, xw)
+                            } else {
+                                let cache = if values { v_cache } else { k_cache };
+                                let at = ((seq * kv + g) * cap + from) * hd;
+                                MatRef::new(&cache[at..at + len * hd], len, hd)
+                            }
+                        };
                         for head in 0..h {
-                            let base = (seq * kv + head / group) * cap + lo;
-                            let keys = &k_cache[base * hd..(base + nk) * hd];
+                            let g = head / group;
                             let sc = &mut scores[..nq * nk];
                             // Scores in the order of a matrix product, which
                             // gives each one the same operations whatever the
@@ -631,8 +700,8 @@ impl<M: Mask> Layer for Attend<M> {
                                 xw,
                             );
                             let done = q.and_then(|q| {
-                                let keys = MatRef::new(keys, nk, hd)?;
-                                if plain_order {
+                                let keys = kv_rows(false, g, lo, nk)?;
+                                if whole {
                                     gemm::matmul_sequential(simd, &one, q, keys, sc)
                                 } else {
                                     matmul::matmul(simd, &one, q, keys, sc)
@@ -659,8 +728,15 @@ impl<M: Mask> Layer for Attend<M> {
                                     let row = &mut sc[(rr - i) * nk + off..][..sp.len()];
                                     kernels::softmax_scaled(simd, row, scale);
                                 }
-                                let vals =
-                                    &v_cache[(base + off) * hd..(base + off + sp.len()) * hd];
+                                let vals = match kv_rows(true, g, sp.start, sp.len()) {
+                                    Ok(v) => v,
+                                    Err(err) => {
+                                        if let Ok(mut f) = failed.lock() {
+                                            f.get_or_insert(err);
+                                        }
+                                        return;
+                                    }
+                                };
                                 kernels::axpy_rows_many(
                                     simd,
                                     &sc[(r - i) * nk + off..],
@@ -669,7 +745,6 @@ impl<M: Mask> Layer for Attend<M> {
                                     vals,
                                     &mut out_rows[r * qw + head * hd..],
                                     qw,
-                                    hd,
                                 );
                                 r = r2;
                             }

@@ -49,6 +49,21 @@ pub enum LayerError {
         /// Slots the state holds.
         slots: usize,
     },
+    /// Attention over whole sequences (an encoder's) was given part of one:
+    /// each sequence must come in one run of rows at positions 0, 1, 2, ...
+    #[error(
+        "{layer}: sequence {seq} must come whole in one call, one run of rows at positions 0, 1, 2, ...; row {row} is at position {pos}"
+    )]
+    PartialSequence {
+        /// The layer's name.
+        layer: &'static str,
+        /// The sequence.
+        seq: usize,
+        /// The first row out of place.
+        row: usize,
+        /// That row's position.
+        pos: usize,
+    },
     /// A token id outside the vocabulary.
     #[error("{layer}: token id {id} is outside the vocabulary of {vocab}")]
     TokenOutOfRange {

@@ -20,6 +20,7 @@
 use pulp::{Simd as PSimd, WithSimd};
 
 use crate::simd::Simd;
+use crate::tensor::MatRef;
 
 /// Registers per block of a blocked reduction (see the module docs).
 const BLOCK_REGS: usize = 64;
@@ -726,35 +727,28 @@ pub fn axpy_rows(s: Simd, weights: &[f32], rows: &[f32], y: &mut [f32]) {
 }
 
 /// [`axpy_rows`] for `nr` outputs at once: for `r < nr`,
-/// `y_r += Σ_j weights[r * w_ld + j] · rows[j]`, where `y_r` is `y[r * y_ld..r * y_ld + d]` and
-/// `rows` holds `d`-wide rows (e.g. the attention weights of several queries
-/// times the same cached values). Each `y_r` gets bit for bit what
-/// [`axpy_rows`] gives it alone (the same multiply-adds in the same order of
-/// `j`), but tiles of outputs share the loads of `rows` and keep their sums
-/// in registers.
-#[allow(clippy::too_many_arguments)]
+/// `y_r += Σ_j weights[r * w_ld + j] · values.row(j)`, where `y_r` is
+/// `y[r * y_ld..r * y_ld + d]` and `values` is `n x d` (e.g. the attention
+/// weights of several queries times the same values, cached or strided rows
+/// of a projection). Each `y_r` gets bit for bit what [`axpy_rows`] gives it
+/// alone (the same multiply-adds in the same order of `j`), but tiles of
+/// outputs share the loads of `values` and keep their sums in registers.
 pub fn axpy_rows_many(
     s: Simd,
     weights: &[f32],
     w_ld: usize,
     nr: usize,
-    rows: &[f32],
+    values: MatRef<'_>,
     y: &mut [f32],
     y_ld: usize,
-    d: usize,
 ) {
+    let (n, d) = (values.rows(), values.cols());
     if nr == 0 || d == 0 {
         return;
     }
-    assert_eq!(
-        rows.len() % d,
-        0,
-        "axpy_rows_many: rows must hold d-wide rows"
-    );
-    let n = rows.len() / d;
     assert!(
         weights.len() >= (nr - 1) * w_ld + n && (nr == 1 || w_ld >= n),
-        "axpy_rows_many: weights must hold nr rows of rows.len() / d, w_ld apart"
+        "axpy_rows_many: weights must hold nr rows of values.rows(), w_ld apart"
     );
     assert!(
         y.len() >= (nr - 1) * y_ld + d && (nr == 1 || y_ld >= d),
@@ -766,7 +760,9 @@ pub fn axpy_rows_many(
             weights,
             w_ld,
             nr,
-            rows,
+            rows: values.as_slice(),
+            rows_ld: values.stride(),
+            n,
             y,
             y_ld,
             d
@@ -779,6 +775,8 @@ simd_op!(AxpyRowsManyOp {
     w_ld: usize,
     nr: usize,
     rows: &'a [f32],
+    rows_ld: usize,
+    n: usize,
     y: &'a mut [f32],
     y_ld: usize,
     d: usize,
@@ -792,11 +790,12 @@ fn axpy_rows_many_impl<S: PSimd>(
     w_ld: usize,
     nr: usize,
     rows: &[f32],
+    rows_ld: usize,
+    n: usize,
     y: &mut [f32],
     y_ld: usize,
     d: usize,
 ) {
-    let n = rows.len() / d;
     let mut r0 = 0;
     while r0 < nr {
         // Six rows: 6 x 2 accumulators, two vectors of `rows` and a
@@ -805,12 +804,12 @@ fn axpy_rows_many_impl<S: PSimd>(
         let w = |r: usize| &weights[(r0 + r) * w_ld..(r0 + r) * w_ld + n];
         let y = &mut y[r0 * y_ld..];
         match rt {
-            6 => axpy_tile::<S, 6>(s, core::array::from_fn(w), rows, d, y, y_ld),
-            5 => axpy_tile::<S, 5>(s, core::array::from_fn(w), rows, d, y, y_ld),
-            4 => axpy_tile::<S, 4>(s, core::array::from_fn(w), rows, d, y, y_ld),
-            3 => axpy_tile::<S, 3>(s, core::array::from_fn(w), rows, d, y, y_ld),
-            2 => axpy_tile::<S, 2>(s, core::array::from_fn(w), rows, d, y, y_ld),
-            _ => axpy_tile::<S, 1>(s, core::array::from_fn(w), rows, d, y, y_ld),
+            6 => axpy_tile::<S, 6>(s, core::array::from_fn(w), rows, rows_ld, d, y, y_ld),
+            5 => axpy_tile::<S, 5>(s, core::array::from_fn(w), rows, rows_ld, d, y, y_ld),
+            4 => axpy_tile::<S, 4>(s, core::array::from_fn(w), rows, rows_ld, d, y, y_ld),
+            3 => axpy_tile::<S, 3>(s, core::array::from_fn(w), rows, rows_ld, d, y, y_ld),
+            2 => axpy_tile::<S, 2>(s, core::array::from_fn(w), rows, rows_ld, d, y, y_ld),
+            _ => axpy_tile::<S, 1>(s, core::array::from_fn(w), rows, rows_ld, d, y, y_ld),
         }
         r0 += rt;
     }
@@ -819,10 +818,12 @@ fn axpy_rows_many_impl<S: PSimd>(
 /// `RT` outputs of [`axpy_rows_many_impl`], two vectors of columns at a time,
 /// then one, then the zero-padded tail (what `map2` does for each).
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 fn axpy_tile<S: PSimd, const RT: usize>(
     s: S,
     w: [&[f32]; RT],
     rows: &[f32],
+    rows_ld: usize,
     d: usize,
     y: &mut [f32],
     y_ld: usize,
@@ -831,14 +832,14 @@ fn axpy_tile<S: PSimd, const RT: usize>(
     let nv = d / lanes;
     let mut c = 0;
     while c + 2 <= nv {
-        axpy_cols::<S, RT, 2>(s, w, rows, d, y, y_ld, c * lanes, lanes);
+        axpy_cols::<S, RT, 2>(s, w, rows, rows_ld, y, y_ld, c * lanes, lanes);
         c += 2;
     }
     if c < nv {
-        axpy_cols::<S, RT, 1>(s, w, rows, d, y, y_ld, c * lanes, lanes);
+        axpy_cols::<S, RT, 1>(s, w, rows, rows_ld, y, y_ld, c * lanes, lanes);
     }
     if !d.is_multiple_of(lanes) {
-        axpy_cols::<S, RT, 1>(s, w, rows, d, y, y_ld, nv * lanes, d % lanes);
+        axpy_cols::<S, RT, 1>(s, w, rows, rows_ld, y, y_ld, nv * lanes, d % lanes);
     }
 }
 
@@ -850,7 +851,7 @@ fn axpy_cols<S: PSimd, const RT: usize, const CV: usize>(
     s: S,
     w: [&[f32]; RT],
     rows: &[f32],
-    d: usize,
+    rows_ld: usize,
     y: &mut [f32],
     y_ld: usize,
     c0: usize,
@@ -866,7 +867,7 @@ fn axpy_cols<S: PSimd, const RT: usize, const CV: usize>(
     }
     let n = if RT > 0 { w[0].len() } else { 0 };
     for t in 0..n {
-        let src = &rows[t * d + c0..t * d + c0 + CV * width];
+        let src = &rows[t * rows_ld + c0..t * rows_ld + c0 + CV * width];
         let mut xv = [zero; CV];
         for (v, x) in xv.iter_mut().enumerate() {
             *x = load_part(s, &src[v * width..(v + 1) * width]);

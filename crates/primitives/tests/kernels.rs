@@ -6,7 +6,7 @@
 //! per kernel; for reductions they are relative to the sum of |terms|.
 
 use patchbay_primitives::kernels;
-use patchbay_primitives::Simd;
+use patchbay_primitives::{MatRef, Simd};
 use proptest::prelude::*;
 
 fn cfg() -> ProptestConfig {
@@ -532,7 +532,7 @@ proptest! {
 
     /// axpy_rows_many (several queries' weighted sums of the same values):
     /// each output row bit for bit what axpy_rows gives it alone, with strided
-    /// weights and outputs, and close to an f64 reference.
+    /// weights, values and outputs, and close to an f64 reference.
     #[test]
     fn many_row_axpy_matches_one_row_at_a_time(
         d in prop_oneof![Just(1usize), 1usize..40, Just(32), Just(64), Just(80)],
@@ -543,13 +543,15 @@ proptest! {
     ) {
         let mut r = seed;
         let mut next = || { r = r.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407); ((r >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0 };
-        let (w_ld, y_ld) = (n + pad, d + 2 * pad + 1);
-        let rows: Vec<f32> = (0..n * d).map(|_| next()).collect();
+        let (w_ld, y_ld, rows_ld) = (n + pad, d + 2 * pad + 1, d + pad);
+        let strided: Vec<f32> = (0..n * rows_ld).map(|_| next()).collect();
+        let rows: Vec<f32> = strided.chunks(rows_ld).flat_map(|r| r[..d].to_vec()).collect();
         let w: Vec<f32> = (0..nr * w_ld).map(|_| next()).collect();
         let y0: Vec<f32> = (0..nr * y_ld).map(|_| next()).collect();
         for s in levels() {
             let mut got = y0.clone();
-            kernels::axpy_rows_many(s, &w, w_ld, nr, &rows, &mut got, y_ld, d);
+            let values = MatRef::with_stride(&strided, n, d, rows_ld).unwrap();
+            kernels::axpy_rows_many(s, &w, w_ld, nr, values, &mut got, y_ld);
             for i in 0..nr {
                 let mut alone = y0[i * y_ld..i * y_ld + d].to_vec();
                 kernels::axpy_rows(s, &w[i * w_ld..i * w_ld + n], &rows, &mut alone);
