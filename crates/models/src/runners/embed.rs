@@ -211,8 +211,8 @@ impl Embedder {
             self.state = self.model.net.new_state(cap);
             self.state_size = size;
         }
-        // Bidirectional attention sees every cached position of a slot, so
-        // each group starts from empty slots.
+        // Bidirectional attention keeps nothing between calls; the reset
+        // forgets the last group's lengths all the same.
         self.model.net.reset(&mut self.state);
         let lens: Vec<usize> = seqs.iter().map(Vec::len).collect();
         self.map = RowMap::packed(&lens);
