@@ -58,12 +58,6 @@ fn reference(x: &Act, heads: Heads, lens: &[usize]) -> Vec<f64> {
     out
 }
 
-fn levels() -> Vec<Simd> {
-    let mut v = Simd::available();
-    v.dedup();
-    v
-}
-
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(24))]
 
@@ -87,7 +81,7 @@ proptest! {
         let longest = *lens.iter().max().unwrap();
         let (pool, scratch) = (Threads::new(threads), Scratch::new());
         let map = RowMap::packed(&lens);
-        for s in levels() {
+        for s in Simd::available() {
             let ctx = Ctx::new(s, &pool, &scratch).with_map(&map);
             let cap = Capacity::new(rows, longest).with_seqs(lens.len());
             let mut state = attend.new_state(cap);

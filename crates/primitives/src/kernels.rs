@@ -971,9 +971,7 @@ pub fn softmax_scaled(s: Simd, x: &mut [f32], scale: f32) {
     if scale > 0.0 {
         run!(s, SoftmaxScaledOp { x, scale })
     } else {
-        for v in x.iter_mut() {
-            *v *= scale;
-        }
+        self::scale(s, x, scale);
         run!(s, SoftmaxOp { x })
     }
 }
