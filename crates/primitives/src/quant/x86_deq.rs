@@ -7,11 +7,16 @@
 //! The `g_*` functions dequantise one group of 32 values into four 8-lane
 //! vectors; `x86_fused` multiplies them in registers (the decode path), and
 //! [`dequantizer`] stores them for the panels of many-row products (prefill).
+//! The `prep_*` functions decode once per block what its groups share (the
+//! K-quants' scales times `d`), rather than once per group and row. Where
+//! a format packs bits across values (Q5_0's fifth bits, Q6_K's two high
+//! bits), its 32 quants are assembled as bytes in one vector and only then
+//! widened to 32-bit lanes.
 //! Done with portable code, the scalar f16 conversion of the block scales and
 //! the byte unpacking took more time than the multiply-adds (SmolLM2 decode,
 //! `perf`: 34% converting f16, 35% unpacking Q4_1/Q8_0, 9% multiply-adds).
 
-use super::blocks::scale_min_k4;
+use super::blocks::scales_mins_k4;
 use crate::dtype::DType;
 use core::arch::x86_64::*;
 
@@ -69,24 +74,6 @@ pub(super) fn f16_at(b: &[u8], at: usize) -> f32 {
     _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
 }
 
-/// 16 bytes of `b` from `at`.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-fn ld128(b: &[u8], at: usize) -> __m128i {
-    let b: &[u8; 16] = b[at..at + 16].try_into().unwrap();
-    // SAFETY: `b` is 16 readable bytes; loadu has no alignment requirement.
-    unsafe { _mm_loadu_si128(b.as_ptr().cast()) }
-}
-
-/// 8 bytes of `b` from `at`, in the low half.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-fn ld64(b: &[u8], at: usize) -> __m128i {
-    let b: &[u8; 8] = b[at..at + 8].try_into().unwrap();
-    // SAFETY: `b` is 8 readable bytes; loadl has no alignment requirement.
-    unsafe { _mm_loadl_epi64(b.as_ptr().cast()) }
-}
-
 /// Stores 8 values at `y[at..at + 8]`.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -96,147 +83,325 @@ fn st(y: &mut [f32], at: usize, v: __m256) {
     unsafe { _mm256_storeu_ps(y.as_mut_ptr(), v) }
 }
 
-/// The low 8 bytes of `v` as 8 unsigned 32-bit lanes.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-fn lo8(v: __m128i) -> __m256i {
-    _mm256_cvtepu8_epi32(v)
+// The group decoders below are `#[inline(always)]` so that each is compiled
+// into the loop that calls it: out of line, Q6_K's was a call per 32 values
+// returning its four vectors through the stack, and ran at a third of
+// Q8_0's speed. rustc does not allow `inline(always)` with
+// `#[target_feature]`, so they are `unsafe fn`s without it, to be called
+// only from code compiled with AVX2, FMA and F16C (where their intrinsics
+// are then inlined too).
+
+/// The f16 at `b[at..at + 2]` in every lane (F16C: exact).
+///
+/// # Safety
+/// The caller is compiled with AVX2 and F16C.
+#[inline(always)]
+unsafe fn f16_splat(b: &[u8], at: usize) -> __m256 {
+    let bits = u16::from_le_bytes([b[at], b[at + 1]]);
+    // SAFETY: the caller has AVX2 and F16C (this function's contract).
+    unsafe { _mm256_broadcastss_ps(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32))) }
 }
 
-/// The high 8 bytes of `v` as 8 unsigned 32-bit lanes.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-fn hi8(v: __m128i) -> __m256i {
-    _mm256_cvtepu8_epi32(_mm_srli_si128::<8>(v))
+/// Bytes `at..at + 8` of `b`, zero-extended to eight 32-bit lanes.
+///
+/// # Safety
+/// The caller is compiled with AVX2.
+#[inline(always)]
+unsafe fn zx8(b: &[u8], at: usize) -> __m256i {
+    let b: &[u8; 8] = b[at..at + 8].try_into().unwrap();
+    // SAFETY: `b` is 8 readable bytes (loadl is unaligned); AVX2 per the contract.
+    unsafe { _mm256_cvtepu8_epi32(_mm_loadl_epi64(b.as_ptr().cast())) }
+}
+
+/// Bytes `at..at + 32` of `b`.
+///
+/// # Safety
+/// The caller is compiled with AVX2.
+#[inline(always)]
+unsafe fn ld256(b: &[u8], at: usize) -> __m256i {
+    let b: &[u8; 32] = b[at..at + 32].try_into().unwrap();
+    // SAFETY: `b` is 32 readable bytes; loadu has no alignment requirement.
+    unsafe { _mm256_loadu_si256(b.as_ptr().cast()) }
+}
+
+/// The 32 signed bytes of `q` as four vectors of eight 32-bit lanes, in
+/// order.
+///
+/// # Safety
+/// The caller is compiled with AVX2.
+#[inline(always)]
+unsafe fn sx32(q: __m256i) -> [__m256i; 4] {
+    // SAFETY: AVX2 per the contract.
+    unsafe {
+        let lo = _mm256_castsi256_si128(q);
+        let hi = _mm256_extracti128_si256::<1>(q);
+        [
+            _mm256_cvtepi8_epi32(lo),
+            _mm256_cvtepi8_epi32(_mm_srli_si128::<8>(lo)),
+            _mm256_cvtepi8_epi32(hi),
+            _mm256_cvtepi8_epi32(_mm_srli_si128::<8>(hi)),
+        ]
+    }
+}
+
+/// The four vectors of nibbles of a 16-byte run at `b[at..]`, values in
+/// GGML's order: the low nibbles of its bytes, then the high ones.
+///
+/// # Safety
+/// The caller is compiled with AVX2.
+#[inline(always)]
+unsafe fn nibbles16(b: &[u8], at: usize) -> [__m256i; 4] {
+    // SAFETY: AVX2 per the contract (and `zx8`'s).
+    unsafe {
+        let (p0, p1) = (zx8(b, at), zx8(b, at + 8));
+        let mask = _mm256_set1_epi32(0x0F);
+        [
+            _mm256_and_si256(p0, mask),
+            _mm256_and_si256(p1, mask),
+            _mm256_srli_epi32::<4>(p0),
+            _mm256_srli_epi32::<4>(p1),
+        ]
+    }
 }
 
 /// Q4_0 group (the whole block): `(nibble - 8) * d`, low nibbles first.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(super) fn g_q4_0(b: &[u8], _g: usize) -> [__m256; 4] {
-    let mask = _mm_set1_epi8(0x0F);
-    let eight = _mm256_set1_epi32(8);
-    let d = _mm256_set1_ps(f16_at(b, 0));
-    let q = ld128(b, 2);
-    let lo = _mm_and_si128(q, mask);
-    let hi = _mm_and_si128(_mm_srli_epi16::<4>(q), mask);
-    [lo8(lo), hi8(lo), lo8(hi), hi8(hi)]
-        .map(|v| _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(v, eight)), d))
+///
+/// # Safety
+/// The caller is compiled with AVX2, FMA and F16C.
+#[inline(always)]
+pub(super) unsafe fn g_q4_0(b: &[u8], _g: usize, _prep: &[__m256; 2]) -> [__m256; 4] {
+    // SAFETY: the features per the contract.
+    unsafe {
+        let d = f16_splat(b, 0);
+        let eight = _mm256_set1_epi32(8);
+        let [a, b, c, e] = nibbles16(b, 2);
+        [
+            _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(a, eight)), d),
+            _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(b, eight)), d),
+            _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(c, eight)), d),
+            _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(e, eight)), d),
+        ]
+    }
 }
 
 /// Q4_1 group (the whole block): `nibble * d + m`. `nibble * d` is exact
 /// (4 bits times the 11 of an f16), so the sum rounds once, fused or not.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(super) fn g_q4_1(b: &[u8], _g: usize) -> [__m256; 4] {
-    let mask = _mm_set1_epi8(0x0F);
-    let d = _mm256_set1_ps(f16_at(b, 0));
-    let m = _mm256_set1_ps(f16_at(b, 2));
-    let q = ld128(b, 4);
-    let lo = _mm_and_si128(q, mask);
-    let hi = _mm_and_si128(_mm_srli_epi16::<4>(q), mask);
-    [lo8(lo), hi8(lo), lo8(hi), hi8(hi)].map(|v| _mm256_fmadd_ps(_mm256_cvtepi32_ps(v), d, m))
+///
+/// # Safety
+/// The caller is compiled with AVX2, FMA and F16C.
+#[inline(always)]
+pub(super) unsafe fn g_q4_1(b: &[u8], _g: usize, _prep: &[__m256; 2]) -> [__m256; 4] {
+    // SAFETY: the features per the contract.
+    unsafe {
+        // d and m convert together: lanes 0 and 1.
+        let dm = i32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+        let dm = _mm_cvtph_ps(_mm_cvtsi32_si128(dm));
+        let d = _mm256_broadcastss_ps(dm);
+        let m = _mm256_broadcastss_ps(_mm_movehdup_ps(dm));
+        let [a, b, c, e] = nibbles16(b, 4);
+        [
+            _mm256_fmadd_ps(_mm256_cvtepi32_ps(a), d, m),
+            _mm256_fmadd_ps(_mm256_cvtepi32_ps(b), d, m),
+            _mm256_fmadd_ps(_mm256_cvtepi32_ps(c), d, m),
+            _mm256_fmadd_ps(_mm256_cvtepi32_ps(e), d, m),
+        ]
+    }
 }
 
+/// Byte `j` of the result is `!(1 << (j % 8))`: ORed with byte `j / 8` of
+/// a bit field, it is all ones exactly when bit `j` is set.
+const NOT_BIT: i64 = 0x7fbf_dfef_f7fb_fdfe;
+
 /// Q5_0 group (the whole block): `((nibble | fifth bit << 4) - 16) * d`;
-/// bit `j` of `qh` is value `j`'s fifth bit.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(super) fn g_q5_0(b: &[u8], _g: usize) -> [__m256; 4] {
-    let mask = _mm_set1_epi8(0x0F);
-    let sixteen = _mm256_set1_epi32(16);
-    let one = _mm256_set1_epi32(1);
-    let d = _mm256_set1_ps(f16_at(b, 0));
-    let qh = _mm256_set1_epi32(i32::from_le_bytes([b[2], b[3], b[4], b[5]]));
-    let q = ld128(b, 6);
-    let lo = _mm_and_si128(q, mask);
-    let hi = _mm_and_si128(_mm_srli_epi16::<4>(q), mask);
-    let quants = [lo8(lo), hi8(lo), lo8(hi), hi8(hi)];
-    let mut out = [_mm256_setzero_ps(); 4];
-    for (k, (v, o)) in quants.into_iter().zip(out.iter_mut()).enumerate() {
-        let j = 8 * k as i32;
-        let shifts = _mm256_setr_epi32(j, j + 1, j + 2, j + 3, j + 4, j + 5, j + 6, j + 7);
-        let h = _mm256_slli_epi32::<4>(_mm256_and_si256(_mm256_srlv_epi32(qh, shifts), one));
-        let f = _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_or_si256(v, h), sixteen));
-        *o = _mm256_mul_ps(f, d);
+/// bit `j` of `qh` is value `j`'s fifth bit. The 32 quants are formed as
+/// bytes (as llama.cpp's `bytes_from_bits_32`): `nibble - 16` is
+/// `nibble | 0xF0` in a signed byte, so a clear fifth bit sets the top four.
+///
+/// # Safety
+/// The caller is compiled with AVX2, FMA and F16C.
+#[inline(always)]
+pub(super) unsafe fn g_q5_0(b: &[u8], _g: usize, _prep: &[__m256; 2]) -> [__m256; 4] {
+    // SAFETY: the features per the contract.
+    unsafe {
+        let d = f16_splat(b, 0);
+        let qh = i32::from_le_bytes([b[2], b[3], b[4], b[5]]);
+        let qs: &[u8; 16] = b[6..22].try_into().unwrap();
+        let qs = _mm_loadu_si128(qs.as_ptr().cast());
+        let both = _mm256_set_m128i(_mm_srli_epi16::<4>(qs), qs);
+        let nib = _mm256_and_si256(both, _mm256_set1_epi8(0x0F));
+        // Byte j: byte j / 8 of qh (each 128-bit lane holds all of qh).
+        let spread = _mm256_set_epi64x(
+            0x0303_0303_0303_0303,
+            0x0202_0202_0202_0202,
+            0x0101_0101_0101_0101,
+            0,
+        );
+        let bytes = _mm256_shuffle_epi8(_mm256_set1_epi32(qh), spread);
+        let set = _mm256_cmpeq_epi8(
+            _mm256_or_si256(bytes, _mm256_set1_epi64x(NOT_BIT)),
+            _mm256_set1_epi64x(-1),
+        );
+        let top = _mm256_andnot_si256(set, _mm256_set1_epi8(0xF0u8 as i8));
+        let [a, b, c, e] = sx32(_mm256_or_si256(nib, top));
+        [
+            _mm256_mul_ps(_mm256_cvtepi32_ps(a), d),
+            _mm256_mul_ps(_mm256_cvtepi32_ps(b), d),
+            _mm256_mul_ps(_mm256_cvtepi32_ps(c), d),
+            _mm256_mul_ps(_mm256_cvtepi32_ps(e), d),
+        ]
     }
-    out
 }
 
 /// Q8_0 group (the whole block): `q * d` with signed bytes `q`.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(super) fn g_q8_0(b: &[u8], _g: usize) -> [__m256; 4] {
-    let d = _mm256_set1_ps(f16_at(b, 0));
-    let mut out = [_mm256_setzero_ps(); 4];
-    for (k, o) in out.iter_mut().enumerate() {
-        let f = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(ld64(b, 2 + 8 * k)));
-        *o = _mm256_mul_ps(f, d);
+///
+/// # Safety
+/// The caller is compiled with AVX2, FMA and F16C.
+#[inline(always)]
+pub(super) unsafe fn g_q8_0(b: &[u8], _g: usize, _prep: &[__m256; 2]) -> [__m256; 4] {
+    // SAFETY: the features per the contract.
+    unsafe {
+        let d = f16_splat(b, 0);
+        let mut out = [_mm256_setzero_ps(); 4];
+        for (k, o) in out.iter_mut().enumerate() {
+            let q: &[u8; 8] = b[2 + 8 * k..10 + 8 * k].try_into().unwrap();
+            let q = _mm256_cvtepi8_epi32(_mm_loadl_epi64(q.as_ptr().cast()));
+            *o = _mm256_mul_ps(_mm256_cvtepi32_ps(q), d);
+        }
+        out
     }
-    out
+}
+
+/// No per-block state: the 32-value formats' block is their one group.
+///
+/// # Safety
+/// The caller is compiled with AVX.
+#[inline(always)]
+pub(super) unsafe fn no_prep(_b: &[u8]) -> [__m256; 2] {
+    // SAFETY: AVX per the contract.
+    unsafe { [_mm256_setzero_ps(); 2] }
+}
+
+/// A Q4_K block's eight group scales `d * scale` (lane `g` of the first
+/// vector) and mins `dmin * min` (of the second), with the portable code's
+/// products: decoded once per block rather than once per group.
+///
+/// # Safety
+/// The caller is compiled with AVX2, FMA and F16C.
+#[inline(always)]
+pub(super) unsafe fn prep_q4_k(b: &[u8]) -> [__m256; 2] {
+    // SAFETY: the features per the contract.
+    unsafe {
+        let (sc, mn) = scales_mins_k4(&b[4..16]);
+        let dm = _mm_cvtph_ps(_mm_cvtsi32_si128(i32::from_le_bytes([
+            b[0], b[1], b[2], b[3],
+        ])));
+        let d = _mm256_broadcastss_ps(dm);
+        let dmin = _mm256_broadcastss_ps(_mm_movehdup_ps(dm));
+        let f = |v: [u8; 8]| i64::from_le_bytes(v);
+        let (sc, mn) = (f(sc), f(mn));
+        let sc = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128(sc)));
+        let mn = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128(mn)));
+        [_mm256_mul_ps(d, sc), _mm256_mul_ps(dmin, mn)]
+    }
+}
+
+/// Lane `i` of `v` in every lane.
+///
+/// # Safety
+/// The caller is compiled with AVX2.
+#[inline(always)]
+unsafe fn lane(v: __m256, i: usize) -> __m256 {
+    // SAFETY: AVX2 per the contract.
+    unsafe { _mm256_permutevar8x32_ps(v, _mm256_set1_epi32(i as i32)) }
 }
 
 /// Q4_K group `g` (values 32g..32g + 32 of the block): `d1 * nibble - m1`
-/// with the group's 6-bit scale and min, from the low nibbles of bytes
-/// `32 * (g / 2)..` for even groups and the high ones for odd groups. The
-/// multiply and the difference stay separate, as in the portable code.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(super) fn g_q4_k(b: &[u8], g: usize) -> [__m256; 4] {
-    let (d, dmin) = (f16_at(b, 0), f16_at(b, 2));
-    let (sc, mn) = scale_min_k4(g, &b[4..16]);
-    let scale = _mm256_set1_ps(d * sc as f32);
-    let min = _mm256_set1_ps(dmin * mn as f32);
-    let at = 16 + 32 * (g / 2);
-    let (q0, q1) = (ld128(b, at), ld128(b, at + 16));
-    let quants = [lo8(q0), hi8(q0), lo8(q1), hi8(q1)];
-    let mask = _mm256_set1_epi32(0x0F);
-    let odd = !g.is_multiple_of(2);
-    quants.map(|v| {
-        let v = if odd {
-            _mm256_srli_epi32::<4>(v)
-        } else {
-            _mm256_and_si256(v, mask)
-        };
-        _mm256_sub_ps(_mm256_mul_ps(scale, _mm256_cvtepi32_ps(v)), min)
-    })
+/// with the group's scale and min from `prep` ([`prep_q4_k`]), from the low
+/// nibbles of bytes `32 * (g / 2)..` for even groups and the high ones for
+/// odd groups. The multiply and the difference stay separate, as in the
+/// portable code.
+///
+/// # Safety
+/// The caller is compiled with AVX2, FMA and F16C.
+#[inline(always)]
+pub(super) unsafe fn g_q4_k(b: &[u8], g: usize, prep: &[__m256; 2]) -> [__m256; 4] {
+    // SAFETY: the features per the contract.
+    unsafe {
+        let (scale, min) = (lane(prep[0], g), lane(prep[1], g));
+        let at = 16 + 32 * (g / 2);
+        let mut out = [_mm256_setzero_ps(); 4];
+        for (v, o) in out.iter_mut().enumerate() {
+            let q = zx8(b, at + 8 * v);
+            let q = if g % 2 == 1 {
+                _mm256_srli_epi32::<4>(q)
+            } else {
+                _mm256_and_si256(q, _mm256_set1_epi32(0x0F))
+            };
+            *o = _mm256_sub_ps(_mm256_mul_ps(scale, _mm256_cvtepi32_ps(q)), min);
+        }
+        out
+    }
+}
+
+/// A Q6_K block's sixteen scales times `d` (the portable code's products):
+/// scales 0..8 in the first vector, 8..16 in the second.
+///
+/// # Safety
+/// The caller is compiled with AVX2, FMA and F16C.
+#[inline(always)]
+pub(super) unsafe fn prep_q6_k(b: &[u8]) -> [__m256; 2] {
+    // SAFETY: the features per the contract.
+    unsafe {
+        let d = f16_splat(b, 208);
+        let sc: &[u8; 16] = b[192..208].try_into().unwrap();
+        let sc = _mm_loadu_si128(sc.as_ptr().cast());
+        let lo = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(sc));
+        let hi = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128::<8>(sc)));
+        [_mm256_mul_ps(d, lo), _mm256_mul_ps(d, hi)]
+    }
 }
 
 /// Q6_K group `g` (values 32g..32g + 32): with `n = g / 4` and `k = g % 4`,
 /// `(d * scale) * (q - 32)`, `q` a nibble of `ql` (bytes `64n + 32 (k % 2)..`,
 /// low for `k < 2`) and bits `2k..2k + 2` of `qh` (bytes `128 + 32n..`); each
-/// 16 values share a scale.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(super) fn g_q6_k(b: &[u8], g: usize) -> [__m256; 4] {
-    let d = f16_at(b, 208);
-    let (n, k) = (g / 4, g % 4);
-    let (ql, qh) = (64 * n + 32 * (k % 2), 128 + 32 * n);
-    let low4 = _mm256_set1_epi32(0x0F);
-    let low2 = _mm256_set1_epi32(3);
-    let bias = _mm256_set1_epi32(32);
-    let shift = _mm_cvtsi32_si128(2 * k as i32);
-    let mut out = [_mm256_setzero_ps(); 4];
-    for (v, o) in out.iter_mut().enumerate() {
-        let l = _mm256_cvtepu8_epi32(ld64(b, ql + 8 * v));
-        let l = if k < 2 {
-            _mm256_and_si256(l, low4)
+/// 16 values share a scale (scales `8n + 2k` and `8n + 2k + 1`, times `d`,
+/// from `prep`: [`prep_q6_k`]). The 32 quants are formed as bytes.
+///
+/// # Safety
+/// The caller is compiled with AVX2, FMA and F16C.
+#[inline(always)]
+pub(super) unsafe fn g_q6_k(b: &[u8], g: usize, prep: &[__m256; 2]) -> [__m256; 4] {
+    // SAFETY: the features per the contract.
+    unsafe {
+        let (n, k) = (g / 4, g % 4);
+        let low4 = _mm256_set1_epi8(0x0F);
+        let ql = ld256(b, 64 * n + 32 * (k % 2));
+        let ql = if k < 2 {
+            _mm256_and_si256(ql, low4)
         } else {
-            _mm256_srli_epi32::<4>(l)
+            _mm256_and_si256(_mm256_srli_epi16::<4>(ql), low4)
         };
-        let h = _mm256_cvtepu8_epi32(ld64(b, qh + 8 * v));
-        let h = _mm256_slli_epi32::<4>(_mm256_and_si256(_mm256_srl_epi32(h, shift), low2));
-        let q = _mm256_sub_epi32(_mm256_or_si256(l, h), bias);
-        let scale = d * (b[192 + 8 * n + v / 2 + 2 * k] as i8) as f32;
-        *o = _mm256_mul_ps(_mm256_set1_ps(scale), _mm256_cvtepi32_ps(q));
+        // Bits 2k, 2k + 1 of each qh byte to bits 4, 5. The 16-bit right
+        // shift carries bits of the high byte into the low one, which the
+        // mask clears; the left shift then stays within each byte.
+        let qh = _mm256_srl_epi16(ld256(b, 128 + 32 * n), _mm_cvtsi32_si128(2 * k as i32));
+        let qh = _mm256_slli_epi16::<4>(_mm256_and_si256(qh, _mm256_set1_epi8(3)));
+        let q = _mm256_sub_epi8(_mm256_or_si256(ql, qh), _mm256_set1_epi8(32));
+        let (s0, s1) = (lane(prep[n], 2 * k), lane(prep[n], 2 * k + 1));
+        let [a, b, c, e] = sx32(q);
+        [
+            _mm256_mul_ps(s0, _mm256_cvtepi32_ps(a)),
+            _mm256_mul_ps(s0, _mm256_cvtepi32_ps(b)),
+            _mm256_mul_ps(s1, _mm256_cvtepi32_ps(c)),
+            _mm256_mul_ps(s1, _mm256_cvtepi32_ps(e)),
+        ]
     }
-    out
 }
 
 /// A run of blocks of `$bb` bytes in `$groups` groups of 32 values, each
 /// dequantised by `$g` and stored.
 macro_rules! run {
-    ($name:ident, $g:ident, $bb:expr, $groups:expr) => {
+    ($name:ident, $prep:ident, $g:ident, $bb:expr, $groups:expr) => {
         #[target_feature(enable = "avx2,fma,f16c")]
         fn $name(src: &[u8], dst: &mut [f32]) {
             for (b, y) in src
@@ -244,8 +409,12 @@ macro_rules! run {
                 .zip(dst.chunks_exact_mut(32 * $groups))
             {
                 prefetch_ahead(b);
+                // SAFETY: this function is compiled with AVX2, FMA and F16C.
+                let prep = unsafe { $prep(b) };
                 for g in 0..$groups {
-                    for (k, v) in $g(b, g).into_iter().enumerate() {
+                    // SAFETY: as above.
+                    let vs = unsafe { $g(b, g, &prep) };
+                    for (k, v) in vs.into_iter().enumerate() {
                         st(y, 32 * g + 8 * k, v);
                     }
                 }
@@ -254,9 +423,9 @@ macro_rules! run {
     };
 }
 
-run!(q4_0, g_q4_0, 18, 1);
-run!(q4_1, g_q4_1, 20, 1);
-run!(q5_0, g_q5_0, 22, 1);
-run!(q8_0, g_q8_0, 34, 1);
-run!(q4_k, g_q4_k, 144, 8);
-run!(q6_k, g_q6_k, 210, 8);
+run!(q4_0, no_prep, g_q4_0, 18, 1);
+run!(q4_1, no_prep, g_q4_1, 20, 1);
+run!(q5_0, no_prep, g_q5_0, 22, 1);
+run!(q8_0, no_prep, g_q8_0, 34, 1);
+run!(q4_k, prep_q4_k, g_q4_k, 144, 8);
+run!(q6_k, prep_q6_k, g_q6_k, 210, 8);

@@ -15,7 +15,9 @@
 //! Prefill (the panel path) and decode (this one) therefore give every output
 //! the same bits.
 
-use super::x86_deq::{f16_at, g_q4_0, g_q4_1, g_q4_k, g_q5_0, g_q6_k, g_q8_0};
+use super::x86_deq::{
+    f16_at, g_q4_0, g_q4_1, g_q4_k, g_q5_0, g_q6_k, g_q8_0, no_prep, prep_q4_k, prep_q6_k,
+};
 use crate::dtype::DType;
 use crate::matmul::Out;
 use crate::simd::Level;
@@ -262,15 +264,19 @@ fn ld_x8(x: &[f32], at: usize) -> __m256 {
 }
 
 /// The kernel of one format at one vector width: a block is `$bb` bytes in
-/// `$groups` groups of 32 values, and `$deq(block, g)` dequantises group `g`
-/// as `32 / $lanes` vectors of type `$vec` (`$ldx`, `$zero` and `$fma` load,
-/// zero and multiply-add them; `$pulp` is pulp's type for them, summed by
-/// the level token `$tok`, so the sum is the f32 kernel's).
+/// `$groups` groups of 32 values. `$prep` (of the block `$pb`) decodes once
+/// per block and row what its groups share (two vectors: the K-quants'
+/// scales, at the AVX2 level), and `$deq` (of the block `$b`, group `$g` and
+/// that `$p`) dequantises a group as `32 / $lanes` vectors of type `$vec`
+/// (`$ldx`, `$zero` and `$fma` load, zero and multiply-add them; `$pulp` is
+/// pulp's type for them, summed by the level token `$tok`, so the sum is the
+/// f32 kernel's).
 macro_rules! rows_kernel {
     (
         $feat:literal, $tok:ty, $vec:ty, $pulp:ty, $lanes:literal,
         [$ldx:ident, $zero:ident, $fma:ident, $store:ident],
-        $name:ident, $tile:ident, $deq:ident, $bb:expr, $groups:expr
+        $name:ident, $tile:ident, |$pb:ident| $prep:expr,
+        |$b:ident, $g:ident, $p:ident| $deq:expr, $bb:expr, $groups:expr
     ) => {
         /// Every row of `w` against the `MR` rows of `x`.
         #[target_feature(enable = $feat)]
@@ -322,8 +328,17 @@ macro_rules! rows_kernel {
             let mut acc = [[$zero(); NR]; MR];
             let blocks = row_bytes / $bb;
             for k in 0..blocks {
-                for g in 0..$groups {
-                    let at = 32 * ($groups * k + g);
+                let block = |jj: usize| jj * row_bytes + k * $bb..jj * row_bytes + (k + 1) * $bb;
+                let mut preps = [[$zero(); 2]; NR];
+                for (jj, prep) in preps.iter_mut().enumerate() {
+                    let $pb = &w[block(jj)];
+                    // SAFETY: as for `$deq` below.
+                    #[allow(unused_unsafe)]
+                    let decoded: [$vec; 2] = unsafe { $prep };
+                    *prep = decoded;
+                }
+                for gi in 0..$groups {
+                    let at = 32 * ($groups * k + gi);
                     let mut xv = [[$zero(); V]; MR];
                     for i in 0..MR {
                         for v in 0..V {
@@ -331,11 +346,16 @@ macro_rules! rows_kernel {
                         }
                     }
                     for jj in 0..NR {
-                        let b = &w[jj * row_bytes + k * $bb..jj * row_bytes + (k + 1) * $bb];
+                        let $b = &w[block(jj)];
                         // A prefetch never faults: the address may lie past `w`.
-                        let ahead = PREFETCH + g * $bb / $groups;
-                        _mm_prefetch::<_MM_HINT_T0>(b.as_ptr().wrapping_add(ahead).cast());
-                        let wv: [$vec; V] = $deq(b, g);
+                        let ahead = PREFETCH + gi * $bb / $groups;
+                        _mm_prefetch::<_MM_HINT_T0>($b.as_ptr().wrapping_add(ahead).cast());
+                        let ($g, $p) = (gi, &preps[jj]);
+                        // SAFETY: this function is compiled with the level's
+                        // features, which the AVX2 decoders (`unsafe` to be
+                        // `inline(always)`) require; the AVX-512 ones are safe.
+                        #[allow(unused_unsafe)]
+                        let wv: [$vec; V] = unsafe { $deq };
                         for i in 0..MR {
                             for v in 0..V {
                                 acc[i][jj] = $fma(xv[i][v], wv[v], acc[i][jj]);
@@ -357,7 +377,7 @@ macro_rules! rows_kernel {
     };
 }
 
-/// 16 lanes: AVX-512 (pulp's V4).
+/// 16 lanes: AVX-512 (pulp's V4); its decoders need no per-block state.
 macro_rules! rows16 {
     ($name:ident, $tile:ident, $deq:ident, $bb:expr, $groups:expr) => {
         rows_kernel!(
@@ -369,16 +389,17 @@ macro_rules! rows16 {
             [ld_x, _mm512_setzero_ps, _mm512_fmadd_ps, _mm512_storeu_ps],
             $name,
             $tile,
-            $deq,
+            |_pb| [_mm512_setzero_ps(); 2],
+            |b, g, _p| $deq(b, g),
             $bb,
             $groups
         );
     };
 }
 
-/// 8 lanes: AVX2 (pulp's V3).
+/// 8 lanes: AVX2 (pulp's V3); `$prep` decodes what a block's groups share.
 macro_rules! rows8 {
-    ($name:ident, $tile:ident, $deq:ident, $bb:expr, $groups:expr) => {
+    ($name:ident, $tile:ident, $prep:ident, $deq:ident, $bb:expr, $groups:expr) => {
         rows_kernel!(
             "avx2,fma,f16c",
             pulp::x86::V3,
@@ -388,7 +409,8 @@ macro_rules! rows8 {
             [ld_x8, _mm256_setzero_ps, _mm256_fmadd_ps, _mm256_storeu_ps],
             $name,
             $tile,
-            $deq,
+            |pb| $prep(pb),
+            |b, g, p| $deq(b, g, p),
             $bb,
             $groups
         );
@@ -402,9 +424,9 @@ rows16!(rows_q8_0, tile_q8_0, deq_q8_0, 34, 1);
 rows16!(rows_q4_k, tile_q4_k, deq_q4_k, 144, 8);
 rows16!(rows_q6_k, tile_q6_k, deq_q6_k, 210, 8);
 
-rows8!(rows8_q4_0, tile8_q4_0, g_q4_0, 18, 1);
-rows8!(rows8_q4_1, tile8_q4_1, g_q4_1, 20, 1);
-rows8!(rows8_q5_0, tile8_q5_0, g_q5_0, 22, 1);
-rows8!(rows8_q8_0, tile8_q8_0, g_q8_0, 34, 1);
-rows8!(rows8_q4_k, tile8_q4_k, g_q4_k, 144, 8);
-rows8!(rows8_q6_k, tile8_q6_k, g_q6_k, 210, 8);
+rows8!(rows8_q4_0, tile8_q4_0, no_prep, g_q4_0, 18, 1);
+rows8!(rows8_q4_1, tile8_q4_1, no_prep, g_q4_1, 20, 1);
+rows8!(rows8_q5_0, tile8_q5_0, no_prep, g_q5_0, 22, 1);
+rows8!(rows8_q8_0, tile8_q8_0, no_prep, g_q8_0, 34, 1);
+rows8!(rows8_q4_k, tile8_q4_k, prep_q4_k, g_q4_k, 144, 8);
+rows8!(rows8_q6_k, tile8_q6_k, prep_q6_k, g_q6_k, 210, 8);
