@@ -7,14 +7,15 @@
 //! The `g_*` functions dequantise one group of 32 values into four 8-lane
 //! vectors; `x86_fused` multiplies them in registers (the decode path), and
 //! [`dequantizer`] stores them for the panels of many-row products (prefill).
+//! Done with portable code, the scalar f16 conversion of the block scales and
+//! the byte unpacking took more time than the multiply-adds (SmolLM2 decode,
+//! `perf`: 34% converting f16, 35% unpacking Q4_1/Q8_0, 9% multiply-adds).
+//!
 //! The `prep_*` functions decode once per block what its groups share (the
 //! K-quants' scales times `d`), rather than once per group and row. Where
 //! a format packs bits across values (Q5_0's fifth bits, Q6_K's two high
 //! bits), its 32 quants are assembled as bytes in one vector and only then
 //! widened to 32-bit lanes.
-//! Done with portable code, the scalar f16 conversion of the block scales and
-//! the byte unpacking took more time than the multiply-adds (SmolLM2 decode,
-//! `perf`: 34% converting f16, 35% unpacking Q4_1/Q8_0, 9% multiply-adds).
 
 use super::blocks::scales_mins_k4;
 use crate::dtype::DType;
@@ -85,8 +86,8 @@ fn st(y: &mut [f32], at: usize, v: __m256) {
 
 // The group decoders below are `#[inline(always)]` so that each is compiled
 // into the loop that calls it: out of line, Q6_K's was a call per 32 values
-// returning its four vectors through the stack, and ran at a third of
-// Q8_0's speed. rustc does not allow `inline(always)` with
+// returning its four vectors through the stack, and streamed weights at a
+// fifth of Q8_0's rate. rustc does not allow `inline(always)` with
 // `#[target_feature]`, so they are `unsafe fn`s without it, to be called
 // only from code compiled with AVX2, FMA and F16C (where their intrinsics
 // are then inlined too).
@@ -100,6 +101,24 @@ unsafe fn f16_splat(b: &[u8], at: usize) -> __m256 {
     let bits = u16::from_le_bytes([b[at], b[at + 1]]);
     // SAFETY: the caller has AVX2 and F16C (this function's contract).
     unsafe { _mm256_broadcastss_ps(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32))) }
+}
+
+/// The two consecutive f16 at `b[at..at + 4]`, each in every lane of its
+/// vector (converted together; F16C: exact).
+///
+/// # Safety
+/// The caller is compiled with AVX2 and F16C.
+#[inline(always)]
+unsafe fn f16_pair_splat(b: &[u8], at: usize) -> [__m256; 2] {
+    let bits = i32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
+    // SAFETY: the caller has AVX2 and F16C (this function's contract).
+    unsafe {
+        let both = _mm_cvtph_ps(_mm_cvtsi32_si128(bits));
+        [
+            _mm256_broadcastss_ps(both),
+            _mm256_broadcastss_ps(_mm_movehdup_ps(both)),
+        ]
+    }
 }
 
 /// Bytes `at..at + 8` of `b`, zero-extended to eight 32-bit lanes.
@@ -193,11 +212,7 @@ pub(super) unsafe fn g_q4_0(b: &[u8], _g: usize, _prep: &[__m256; 2]) -> [__m256
 pub(super) unsafe fn g_q4_1(b: &[u8], _g: usize, _prep: &[__m256; 2]) -> [__m256; 4] {
     // SAFETY: the features per the contract.
     unsafe {
-        // d and m convert together: lanes 0 and 1.
-        let dm = i32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-        let dm = _mm_cvtph_ps(_mm_cvtsi32_si128(dm));
-        let d = _mm256_broadcastss_ps(dm);
-        let m = _mm256_broadcastss_ps(_mm_movehdup_ps(dm));
+        let [d, m] = f16_pair_splat(b, 0);
         let [a, b, c, e] = nibbles16(b, 4);
         [
             _mm256_fmadd_ps(_mm256_cvtepi32_ps(a), d, m),
@@ -292,15 +307,11 @@ pub(super) unsafe fn prep_q4_k(b: &[u8]) -> [__m256; 2] {
     // SAFETY: the features per the contract.
     unsafe {
         let (sc, mn) = scales_mins_k4(&b[4..16]);
-        let dm = _mm_cvtph_ps(_mm_cvtsi32_si128(i32::from_le_bytes([
-            b[0], b[1], b[2], b[3],
-        ])));
-        let d = _mm256_broadcastss_ps(dm);
-        let dmin = _mm256_broadcastss_ps(_mm_movehdup_ps(dm));
-        let f = |v: [u8; 8]| i64::from_le_bytes(v);
-        let (sc, mn) = (f(sc), f(mn));
-        let sc = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128(sc)));
-        let mn = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128(mn)));
+        let [d, dmin] = f16_pair_splat(b, 0);
+        let sc = _mm_cvtsi64_si128(i64::from_le_bytes(sc));
+        let mn = _mm_cvtsi64_si128(i64::from_le_bytes(mn));
+        let sc = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(sc));
+        let mn = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(mn));
         [_mm256_mul_ps(d, sc), _mm256_mul_ps(dmin, mn)]
     }
 }
