@@ -10,11 +10,16 @@ use crate::error::ModelError;
 
 /// Memory-maps `path` read-only.
 pub fn mmap_file(path: &Path) -> Result<Arc<Storage>, ModelError> {
-    let file = std::fs::File::open(path).map_err(|e| ModelError::io(path, e))?;
+    map_read_only(path).map_err(|e| ModelError::io(path, e))
+}
+
+/// [`mmap_file`] with the bare I/O error (for readers with their own error type).
+pub(crate) fn map_read_only(path: &Path) -> std::io::Result<Arc<Storage>> {
+    let file = std::fs::File::open(path)?;
     // SAFETY: the map is read-only and patchbay never writes weight files; like
     // every mmap-based loader we rely on no other process truncating or
     // rewriting the file while it is mapped (doing so would be undefined
     // behaviour, which memmap2 cannot prevent).
-    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| ModelError::io(path, e))?;
+    let map = unsafe { memmap2::Mmap::map(&file) }?;
     Ok(Arc::new(Storage::Mmap(map)))
 }

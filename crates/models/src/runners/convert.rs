@@ -553,7 +553,7 @@ pub fn convert_with_layers(
     config.insert("torch_dtype".into(), json!(dtype.name()));
     let config = Value::Object(config);
     let tokenizer = tokenizer_json(model, &vocab)?;
-    let text = |id: Option<u32>| id.and_then(|i| vocab.tokens.get(i as usize).cloned());
+    let text = |id: Option<u32>| id.and_then(|i| vocab.tokens.get(i as usize).map(str::to_owned));
     let tcfg = json!({
         "add_bos_token": vocab.add_bos,
         "add_eos_token": vocab.add_eos,
@@ -751,7 +751,7 @@ fn llama2c_vocab(model: &Path, n_vocab: usize) -> Result<crate::tokenizer::Vocab
         } else {
             (text.replace(' ', "\u{2581}"), 1)
         };
-        v.tokens.push(text);
+        v.tokens.push(&text);
         v.token_types.push(ty);
         v.scores.push(tok.score(id).unwrap_or(0.0));
     }
@@ -765,7 +765,7 @@ fn added_tokens(v: &crate::tokenizer::Vocab) -> Vec<Value> {
         .enumerate()
         .filter(|(_, &ty)| ty == 3 || ty == 4)
         .map(|(i, &ty)| {
-            json!({"id": i, "content": v.tokens[i], "single_word": false, "lstrip": false,
+            json!({"id": i, "content": &v.tokens[i], "single_word": false, "lstrip": false,
                    "rstrip": false, "normalized": ty == 4, "special": ty == 3})
         })
         .collect()
@@ -773,7 +773,10 @@ fn added_tokens(v: &crate::tokenizer::Vocab) -> Vec<Value> {
 
 /// The post-processor that prepends BOS when the vocabulary asks for it.
 fn bos_post_processor(v: &crate::tokenizer::Vocab) -> Value {
-    let bos = v.bos.and_then(|b| v.tokens.get(b as usize)).cloned();
+    let bos = v
+        .bos
+        .and_then(|b| v.tokens.get(b as usize))
+        .map(str::to_owned);
     match (v.add_bos, bos) {
         (true, Some(b)) => json!({"type": "TemplateProcessing",
             "single": [{"SpecialToken": {"id": b, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
@@ -809,12 +812,7 @@ fn tokenizer_json(model: &Path, v: &crate::tokenizer::Vocab) -> Result<Value, Mo
 fn spm_tokenizer_json(v: &crate::tokenizer::Vocab) -> Value {
     let ty = |i: usize| v.token_types.get(i).copied().unwrap_or(1);
     let score = |i: usize| v.scores.get(i).copied().unwrap_or(0.0);
-    let ids: HashMap<&str, usize> = v
-        .tokens
-        .iter()
-        .enumerate()
-        .map(|(i, t)| (t.as_str(), i))
-        .collect();
+    let ids: HashMap<&str, usize> = v.tokens.iter().enumerate().map(|(i, t)| (t, i)).collect();
     // (merged id, left id, left, right)
     let mut merges: Vec<(usize, usize, &str, &str)> = Vec::new();
     for (id, t) in v.tokens.iter().enumerate() {
@@ -840,7 +838,7 @@ fn spm_tokenizer_json(v: &crate::tokenizer::Vocab) -> Value {
         .tokens
         .iter()
         .enumerate()
-        .map(|(i, t)| (t.clone(), json!(i)))
+        .map(|(i, t)| (t.to_owned(), json!(i)))
         .collect();
     let replace = json!({"type": "Replace", "pattern": {"String": " "}, "content": "\u{2581}"});
     let normalizer = if v.add_space_prefix {
@@ -849,7 +847,10 @@ fn spm_tokenizer_json(v: &crate::tokenizer::Vocab) -> Value {
     } else {
         replace
     };
-    let unk = v.unk.and_then(|u| v.tokens.get(u as usize)).cloned();
+    let unk = v
+        .unk
+        .and_then(|u| v.tokens.get(u as usize))
+        .map(str::to_owned);
     json!({
         "version": "1.0",
         "truncation": null,
@@ -888,7 +889,7 @@ fn gpt2_tokenizer_json(v: &crate::tokenizer::Vocab) -> Value {
         .tokens
         .iter()
         .enumerate()
-        .map(|(i, t)| (t.clone(), json!(i)))
+        .map(|(i, t)| (t.to_owned(), json!(i)))
         .collect();
     json!({
         "version": "1.0",
@@ -901,6 +902,6 @@ fn gpt2_tokenizer_json(v: &crate::tokenizer::Vocab) -> Value {
         "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
         "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
                   "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false,
-                  "ignore_merges": false, "vocab": vocab, "merges": v.merges},
+                  "ignore_merges": false, "vocab": vocab, "merges": v.merges.iter().collect::<Vec<_>>()},
     })
 }

@@ -6,7 +6,10 @@
 //! order.
 
 use std::cmp::Ordering;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::BinaryHeap;
+
+use super::fasthash::FastState;
+use crate::formats::gguf::StringArray;
 
 use super::unicode::{byte_to_char_table, class, Class};
 use super::{Core, TokenizerError};
@@ -45,15 +48,16 @@ impl PreTokenizer {
     }
 }
 
-/// A BPE merge candidate in the work queue.
+/// A BPE merge candidate in the work queue: the symbols at `left` and
+/// `right` as they were when it was queued (a symbol's start never moves, so
+/// its length names its text).
 #[derive(Debug, Clone, Copy)]
 struct Bigram {
     rank: u32,
     left: usize,
     right: usize,
-    left_id: u32,
-    right_id: u32,
-    result: u32,
+    left_len: usize,
+    right_len: usize,
 }
 
 impl PartialEq for Bigram {
@@ -74,69 +78,83 @@ impl Ord for Bigram {
     }
 }
 
+/// A symbol of a word being merged: `word[start..start + len]`, in a linked list.
 #[derive(Debug, Clone, Copy)]
 struct Sym {
-    /// Interned id of the symbol's text (vocab id if < n_vocab), or NONE.
-    id: u32,
     start: usize,
     len: usize,
     prev: Option<usize>,
     next: Option<usize>,
 }
 
-const NONE: u32 = u32::MAX;
+/// Where merge text `m` (`"a b"`) splits: as llama.cpp, at the first space
+/// after the first byte.
+fn split_point(m: &str) -> Option<usize> {
+    m.bytes().skip(1).position(|b| b == b' ').map(|p| p + 1)
+}
 
 /// The byte-level BPE model.
+///
+/// Merges are looked up by text, not by token id: the table is built by
+/// hashing each merge's text once, where interning both halves and the result
+/// as ids took three vocabulary lookups per merge (half a million for a
+/// 151k-merge vocabulary, and most of a model's start-up time).
 #[derive(Debug, Clone)]
 pub(crate) struct Bpe {
     pub(crate) pre: PreTokenizer,
-    /// (left, right) interned ids -> (rank, interned id of the merged text).
-    merges: HashMap<(u32, u32), (u32, u32)>,
-    /// Interned strings that are not vocab tokens (ids from n_vocab up).
-    extra: HashMap<Box<str>, u32>,
+    /// Every merge text `"a b"` in rank order, packed: merge `r` ends at
+    /// `merge_ends[r]` and starts where merge `r - 1` ends.
+    merge_text: String,
+    merge_ends: Vec<u32>,
+    /// Ranks of the merges that split, keyed by their text's hash (the first
+    /// rank of a repeated text only).
+    ranks: hashbrown::HashTable<u32>,
+    hasher: FastState,
     byte_chars: [char; 256],
 }
 
 impl Bpe {
-    pub(crate) fn new(core: &Core, merges: &[String], pre: PreTokenizer) -> Self {
-        let n_vocab = core.tokens.len() as u32;
-        let mut extra: HashMap<Box<str>, u32> = HashMap::new();
-        let intern = |s: &str, extra: &mut HashMap<Box<str>, u32>| -> u32 {
-            if let Some(id) = core.tokens.id(s) {
-                return id;
-            }
-            let next = n_vocab + extra.len() as u32;
-            *extra.entry(s.into()).or_insert(next)
-        };
-        let mut map = HashMap::with_capacity(merges.len());
-        let mut joined = String::new();
-        for (rank, m) in merges.iter().enumerate() {
-            // As llama.cpp: split at the first space after the first byte.
-            let Some(pos) = m.bytes().skip(1).position(|b| b == b' ').map(|p| p + 1) else {
-                continue;
-            };
-            let (a, b) = (&m[..pos], &m[pos + 1..]);
-            let ia = intern(a, &mut extra);
-            let ib = intern(b, &mut extra);
-            joined.clear();
-            joined.push_str(a);
-            joined.push_str(b);
-            let iab = intern(&joined, &mut extra);
-            map.entry((ia, ib)).or_insert((rank as u32, iab));
-        }
-        Bpe {
+    pub(crate) fn new(merges: &StringArray, pre: PreTokenizer) -> Self {
+        let bytes = merges.iter().map(str::len).sum();
+        let mut bpe = Bpe {
             pre,
-            merges: map,
-            extra,
+            merge_text: String::with_capacity(bytes),
+            merge_ends: Vec::with_capacity(merges.len()),
+            ranks: hashbrown::HashTable::with_capacity(merges.len()),
+            hasher: FastState::default(),
             byte_chars: byte_to_char_table(),
+        };
+        for (rank, m) in merges.iter().enumerate() {
+            bpe.merge_text.push_str(m);
+            bpe.merge_ends.push(bpe.merge_text.len() as u32);
+            if split_point(m).is_none() {
+                continue;
+            }
+            let h = bpe.hasher.hash_str(m);
+            let (text, ends) = (&bpe.merge_text, &bpe.merge_ends);
+            let at = |r: u32| merge_at(text, ends, r);
+            if bpe.ranks.find(h, |&r| at(r) == m).is_none() {
+                let hasher = &bpe.hasher;
+                bpe.ranks
+                    .insert_unique(h, rank as u32, |&r| hasher.hash_str(at(r)));
+            }
         }
+        bpe.merge_text.shrink_to_fit();
+        bpe
     }
 
-    fn lookup(&self, core: &Core, s: &str) -> u32 {
-        if let Some(id) = core.tokens.id(s) {
-            return id;
-        }
-        self.extra.get(s).copied().unwrap_or(NONE)
+    /// The rank of the merge of `left` with `right`, if there is one; `buf`
+    /// is scratch for the merge text.
+    fn rank(&self, left: &str, right: &str, buf: &mut String) -> Option<u32> {
+        buf.clear();
+        buf.push_str(left);
+        buf.push(' ');
+        buf.push_str(right);
+        let h = self.hasher.hash_str(buf);
+        let (text, ends) = (&self.merge_text, &self.merge_ends);
+        let r = *self.ranks.find(h, |&r| merge_at(text, ends, r) == buf)?;
+        // "a b c" merges "a" with "b c", never "a b" with "c".
+        (split_point(buf) == Some(left.len())).then_some(r)
     }
 
     /// Tokenizes one fragment of plain text (no special tokens in it).
@@ -145,8 +163,7 @@ impl Bpe {
         let mut words: Vec<(usize, usize)> = Vec::new();
         split_words(self.pre, &chars, &mut words);
         let mut word = String::new();
-        let mut syms: Vec<Sym> = Vec::new();
-        let mut heap: BinaryHeap<Bigram> = BinaryHeap::new();
+        let mut work = Work::default();
         for &(a, b) in &words {
             let start = chars[a].0;
             let end = chars.get(b).map_or(text.len(), |c| c.0);
@@ -160,28 +177,20 @@ impl Bpe {
                     continue;
                 }
             }
-            self.merge_word(core, &word, &mut syms, &mut heap, out);
+            self.merge_word(core, &word, &mut work, out);
         }
     }
 
-    fn merge_word(
-        &self,
-        core: &Core,
-        word: &str,
-        syms: &mut Vec<Sym>,
-        heap: &mut BinaryHeap<Bigram>,
-        out: &mut Vec<u32>,
-    ) {
+    fn merge_word(&self, core: &Core, word: &str, work: &mut Work, out: &mut Vec<u32>) {
+        let syms = &mut work.syms;
         syms.clear();
-        heap.clear();
+        work.heap.clear();
         let mut it = word.char_indices().peekable();
         while let Some((i, c)) = it.next() {
-            let len = c.len_utf8();
             let idx = syms.len();
             syms.push(Sym {
-                id: self.lookup(core, &word[i..i + len]),
                 start: i,
-                len,
+                len: c.len_utf8(),
                 prev: idx.checked_sub(1),
                 next: it.peek().map(|_| idx + 1),
             });
@@ -190,41 +199,42 @@ impl Bpe {
             return;
         }
         for i in 1..syms.len() {
-            self.add_bigram(syms, heap, i - 1, i);
+            self.add_bigram(word, work, i - 1, i);
         }
-        while let Some(bg) = heap.pop() {
+        while let Some(bg) = work.heap.pop() {
+            let syms = &mut work.syms;
             let (l, r) = (syms[bg.left], syms[bg.right]);
-            if l.len == 0 || r.len == 0 || l.id != bg.left_id || r.id != bg.right_id {
-                continue; // outdated
+            if l.len != bg.left_len || r.len != bg.right_len {
+                continue; // outdated: one side has merged since
             }
-            syms[bg.left].id = bg.result;
             syms[bg.left].len += r.len;
             syms[bg.right].len = 0;
             syms[bg.left].next = r.next;
             if let Some(n) = r.next {
                 syms[n].prev = Some(bg.left);
             }
-            if let Some(p) = syms[bg.left].prev {
-                self.add_bigram(syms, heap, p, bg.left);
+            let (prev, next) = (syms[bg.left].prev, syms[bg.left].next);
+            if let Some(p) = prev {
+                self.add_bigram(word, work, p, bg.left);
             }
-            if let Some(n) = syms[bg.left].next {
-                self.add_bigram(syms, heap, bg.left, n);
+            if let Some(n) = next {
+                self.add_bigram(word, work, bg.left, n);
             }
         }
-        let n_vocab = core.tokens.len() as u32;
         let mut i = Some(0);
         while let Some(k) = i {
-            let s = syms[k];
+            let s = work.syms[k];
             i = s.next;
             if s.len == 0 {
                 continue;
             }
-            if s.id < n_vocab {
-                out.push(s.id);
+            let text = &word[s.start..s.start + s.len];
+            if let Some(id) = core.tokens.id(text) {
+                out.push(id);
             } else {
                 // Not a token: llama.cpp falls back to the single bytes of the
                 // encoded text that are tokens by themselves.
-                for &b in &word.as_bytes()[s.start..s.start + s.len] {
+                for &b in text.as_bytes() {
                     if b < 0x80 {
                         let mut buf = [0u8; 4];
                         if let Some(id) = core.tokens.id((b as char).encode_utf8(&mut buf)) {
@@ -236,22 +246,37 @@ impl Bpe {
         }
     }
 
-    fn add_bigram(&self, syms: &[Sym], heap: &mut BinaryHeap<Bigram>, left: usize, right: usize) {
-        let (a, b) = (syms[left].id, syms[right].id);
-        if a == NONE || b == NONE {
-            return;
-        }
-        if let Some(&(rank, result)) = self.merges.get(&(a, b)) {
-            heap.push(Bigram {
+    fn add_bigram(&self, word: &str, work: &mut Work, left: usize, right: usize) {
+        let (l, r) = (work.syms[left], work.syms[right]);
+        let (a, b) = (
+            &word[l.start..l.start + l.len],
+            &word[r.start..r.start + r.len],
+        );
+        if let Some(rank) = self.rank(a, b, &mut work.buf) {
+            work.heap.push(Bigram {
                 rank,
                 left,
                 right,
-                left_id: a,
-                right_id: b,
-                result,
+                left_len: l.len,
+                right_len: r.len,
             });
         }
     }
+}
+
+/// Merge `r`'s text in the packed merges.
+fn merge_at<'a>(text: &'a str, ends: &[u32], r: u32) -> &'a str {
+    let r = r as usize;
+    let start = if r == 0 { 0 } else { ends[r - 1] as usize };
+    &text[start..ends[r] as usize]
+}
+
+/// The buffers one word's merging works in (kept across the words of a text).
+#[derive(Default)]
+struct Work {
+    syms: Vec<Sym>,
+    heap: BinaryHeap<Bigram>,
+    buf: String,
 }
 
 /// Splits `chars` into words (ranges of char indices) with the pre-tokenizer.
@@ -428,6 +453,27 @@ mod tests {
         out.iter()
             .map(|&(a, b)| chars[a..b].iter().map(|c| c.1).collect())
             .collect()
+    }
+
+    /// Merges are found by their halves' texts, with the rank of their place
+    /// in the list (unsplittable entries keep their place), the first of a
+    /// repeated merge winning, and the split at the first space after the
+    /// first byte as llama.cpp does.
+    #[test]
+    fn merge_ranks_follow_the_list() {
+        let merges: StringArray = ["nospace", "a b", "x yz", "a b", " c d", "p q r"]
+            .into_iter()
+            .collect();
+        let bpe = Bpe::new(&merges, PreTokenizer::Gpt2);
+        let mut buf = String::new();
+        assert_eq!(bpe.rank("a", "b", &mut buf), Some(1));
+        assert_eq!(bpe.rank("x", "yz", &mut buf), Some(2));
+        assert_eq!(bpe.rank(" c", "d", &mut buf), Some(4));
+        assert_eq!(bpe.rank("p", "q r", &mut buf), Some(5));
+        assert_eq!(bpe.rank("p q", "r", &mut buf), None);
+        assert_eq!(bpe.rank("x y", "z", &mut buf), None);
+        assert_eq!(bpe.rank("b", "a", &mut buf), None);
+        assert_eq!(bpe.rank("nospace", "", &mut buf), None);
     }
 
     #[test]

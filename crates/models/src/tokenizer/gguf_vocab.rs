@@ -6,9 +6,12 @@
 //! allocation. (The shared GGUF reader in `crate::formats::gguf` will replace it.)
 
 use std::collections::HashMap;
-use std::fs::File;
-use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use patchbay_primitives::Storage;
+
+use crate::formats::gguf::StringArray;
 
 use super::{TokenizerError, Vocab};
 
@@ -22,15 +25,20 @@ enum Val {
     F64(f64),
     Bool(bool),
     Str(String),
-    ArrStr(Vec<String>),
+    ArrStr(StringArray),
     ArrF32(Vec<f32>),
     ArrI32(Vec<i32>),
     /// Arrays of other element types (skipped).
     ArrOther,
 }
 
+/// A cursor over the memory-mapped file: texts are validated and copied once,
+/// straight from the map (a buffered reader cost a zeroed buffer and a copy
+/// more per token).
 struct Reader {
-    r: BufReader<File>,
+    map: Arc<Storage>,
+    /// Where the next read starts in `map`.
+    pos: usize,
     path: PathBuf,
     /// Bytes left in the file; every length is checked against it.
     left: u64,
@@ -44,17 +52,19 @@ impl Reader {
         }
     }
 
+    /// The next `n` bytes (`n` already checked against `left`).
+    fn take(&mut self, n: usize) -> &[u8] {
+        let at = self.pos;
+        self.pos += n;
+        self.left -= n as u64;
+        &self.map.bytes()[at..at + n]
+    }
+
     fn bytes<const N: usize>(&mut self) -> Result<[u8; N], TokenizerError> {
         if (N as u64) > self.left {
             return Err(self.err("unexpected end of file in metadata"));
         }
-        let mut b = [0u8; N];
-        self.r.read_exact(&mut b).map_err(|e| TokenizerError::Io {
-            path: self.path.clone(),
-            source: e,
-        })?;
-        self.left -= N as u64;
-        Ok(b)
+        Ok(self.take(N).try_into().expect("N bytes"))
     }
 
     fn u32(&mut self) -> Result<u32, TokenizerError> {
@@ -69,38 +79,33 @@ impl Reader {
         if n > self.left {
             return Err(self.err("unexpected end of file in metadata"));
         }
-        let copied =
-            std::io::copy(&mut (&mut self.r).take(n), &mut std::io::sink()).map_err(|e| {
-                TokenizerError::Io {
-                    path: self.path.clone(),
-                    source: e,
-                }
-            })?;
-        if copied != n {
-            return Err(self.err("unexpected end of file in metadata"));
-        }
-        self.left -= n;
+        self.take(n as usize);
         Ok(())
     }
 
-    fn string(&mut self) -> Result<String, TokenizerError> {
+    /// The next string's bytes, length-prefixed.
+    fn string_bytes(&mut self) -> Result<&[u8], TokenizerError> {
         let n = self.u64()?;
         if n > self.left {
             return Err(self.err(format!("string length {n} exceeds the file")));
         }
-        let mut buf = vec![0u8; n as usize];
-        self.r
-            .read_exact(&mut buf)
-            .map_err(|e| TokenizerError::Io {
-                path: self.path.clone(),
-                source: e,
-            })?;
-        self.left -= n;
-        // Token texts are UTF-8 in practice; a stray invalid byte must not abort loading.
-        Ok(match String::from_utf8(buf) {
-            Ok(s) => s,
-            Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
-        })
+        Ok(self.take(n as usize))
+    }
+
+    // Token texts are UTF-8 in practice; a stray invalid byte must not abort
+    // loading: it becomes U+FFFD.
+    fn string(&mut self) -> Result<String, TokenizerError> {
+        Ok(String::from_utf8_lossy(self.string_bytes()?).into_owned())
+    }
+
+    /// Appends the next string to `out` (as [`Reader::string`] reads it).
+    fn string_into(&mut self, out: &mut StringArray) -> Result<(), TokenizerError> {
+        let bytes = self.string_bytes()?;
+        match std::str::from_utf8(bytes) {
+            Ok(s) => out.push(s),
+            Err(_) => out.push(&String::from_utf8_lossy(bytes)),
+        }
+        Ok(())
     }
 
     /// Size in bytes of a fixed-size scalar type, `None` for string/array.
@@ -144,9 +149,13 @@ impl Reader {
         }
         match ety {
             8 => {
-                let mut v = Vec::with_capacity(n as usize);
+                // Packed: one buffer for all texts, no allocation per string.
+                let mut v = StringArray::with_capacity(
+                    n as usize,
+                    (n as usize).saturating_mul(8).min(self.left as usize),
+                );
                 for _ in 0..n {
-                    v.push(self.string()?);
+                    self.string_into(&mut v)?;
                 }
                 Ok(Val::ArrStr(v))
             }
@@ -185,10 +194,11 @@ fn read_metadata(path: &Path) -> Result<HashMap<String, Val>, TokenizerError> {
         path: path.to_path_buf(),
         source: e,
     };
-    let f = File::open(path).map_err(io)?;
-    let len = f.metadata().map_err(io)?.len();
+    let map = crate::formats::mmap::map_read_only(path).map_err(io)?;
+    let len = map.bytes().len() as u64;
     let mut r = Reader {
-        r: BufReader::with_capacity(1 << 20, f),
+        map,
+        pos: 0,
         path: path.to_path_buf(),
         left: len,
     };
@@ -262,7 +272,7 @@ pub fn read_vocab(path: &Path) -> Result<Vocab, TokenizerError> {
     let merges = match kv.remove("tokenizer.ggml.merges") {
         Some(Val::ArrStr(v)) => v,
         Some(_) => return Err(wrong("tokenizer.ggml.merges", "an array of strings")),
-        None => Vec::new(),
+        None => StringArray::default(),
     };
     let id = |kv: &HashMap<String, Val>, key: &str| -> Option<u32> {
         match kv.get(key) {

@@ -7,6 +7,7 @@
 
 mod bpe;
 pub mod chat;
+mod fasthash;
 pub mod gguf_vocab;
 mod hf;
 mod llama2c;
@@ -16,6 +17,8 @@ mod unicode;
 
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
+
+use crate::formats::gguf::StringArray;
 use std::path::{Path, PathBuf};
 
 pub use bpe::PreTokenizer;
@@ -64,15 +67,16 @@ pub enum TokenizerError {
 /// A tokenizer vocabulary as plain data (the `tokenizer.*` keys of a GGUF file).
 #[derive(Debug, Clone, Default)]
 pub struct Vocab {
-    /// Token texts, indexed by id (`tokenizer.ggml.tokens`).
-    pub tokens: Vec<String>,
+    /// Token texts, indexed by id (`tokenizer.ggml.tokens`), packed in one
+    /// buffer (a vocabulary holds 10^5 of them).
+    pub tokens: StringArray,
     /// Scores (`tokenizer.ggml.scores`; SentencePiece merge priorities), may be empty.
     pub scores: Vec<f32>,
     /// Token types (`tokenizer.ggml.token_type`: 1 normal, 2 unknown, 3 control,
     /// 4 user-defined, 5 unused, 6 byte), may be empty (all normal).
     pub token_types: Vec<i32>,
-    /// BPE merges `"a b"` in rank order (`tokenizer.ggml.merges`).
-    pub merges: Vec<String>,
+    /// BPE merges `"a b"` in rank order (`tokenizer.ggml.merges`), packed.
+    pub merges: StringArray,
     /// `tokenizer.ggml.model`: `"gpt2"` (byte-level BPE) or `"llama"` (SentencePiece).
     pub model: String,
     /// `tokenizer.ggml.pre`: the BPE pre-tokenizer (`"smollm"`, `"qwen2"`, ...).
@@ -187,12 +191,12 @@ impl Core {
             .enumerate()
             .map(|(i, t)| match t.is_empty() {
                 true => Cow::Owned(format!("[EMPTY_{i}]")),
-                false => Cow::Borrowed(t.as_str()),
+                false => Cow::Borrowed(t),
             });
         let tokens = table::TokenTable::new(texts).map_err(|(prev, i)| {
             TokenizerError::BadVocab(format!(
                 "duplicate token {:?} has ids {prev} and {i}",
-                v.tokens[i as usize]
+                &v.tokens[i as usize]
             ))
         })?;
         let mut attrs: Vec<u8> = (0..n)
@@ -345,7 +349,7 @@ impl GgufTokenizer {
         let kind = match v.model.as_str() {
             "gpt2" => {
                 let pre = PreTokenizer::from_name(v.pre.as_deref())?;
-                GgufKind::Bpe(Box::new(bpe::Bpe::new(&core, &v.merges, pre)))
+                GgufKind::Bpe(Box::new(bpe::Bpe::new(&v.merges, pre)))
             }
             "llama" => GgufKind::Spm,
             other => {
@@ -520,14 +524,13 @@ impl Tokenizer {
         let merges = bpe
             .lines()
             .filter(|l| !l.starts_with("#version") && !l.trim().is_empty())
-            .map(str::to_string)
             .collect();
         let eot = tokens
             .iter()
             .position(|t| t == "<|endoftext|>")
             .map(|i| i as u32);
         Self::from_vocab(Vocab {
-            tokens,
+            tokens: tokens.into_iter().collect(),
             token_types,
             merges,
             model: "gpt2".into(),

@@ -3,7 +3,7 @@
 //! 262k-token vocabulary (Gemma 3) takes about 6 MB this way, where a
 //! `Vec<String>` beside a `HashMap<Box<str>, u32>` took over 30 MB.
 
-use std::hash::BuildHasher;
+use super::fasthash::FastState;
 
 /// Token texts indexed by id, and the id of a text.
 #[derive(Clone)]
@@ -12,7 +12,7 @@ pub(crate) struct TokenTable {
     /// `ends[i]` is where token `i`'s text ends in `text`; it starts at `ends[i - 1]`.
     ends: Vec<u32>,
     index: hashbrown::HashTable<u32>,
-    hasher: std::hash::RandomState,
+    hasher: FastState,
 }
 
 impl std::fmt::Debug for TokenTable {
@@ -32,13 +32,13 @@ impl TokenTable {
             text: String::with_capacity(n * 8),
             ends: Vec::with_capacity(n),
             index: hashbrown::HashTable::with_capacity(n),
-            hasher: std::hash::RandomState::new(),
+            hasher: FastState::default(),
         };
         for (i, s) in texts.enumerate() {
             let s = s.as_ref();
             t.text.push_str(s);
             t.ends.push(t.text.len() as u32);
-            let h = t.hasher.hash_one(s);
+            let h = t.hasher.hash_str(s);
             let (text, ends) = (&t.text, &t.ends);
             let at = |id: u32| -> &str { slice(text, ends, id as usize) };
             if let Some(&prev) = t.index.find(h, |&id| at(id) == s) {
@@ -46,7 +46,7 @@ impl TokenTable {
             }
             let hasher = &t.hasher;
             t.index
-                .insert_unique(h, i as u32, |&id| hasher.hash_one(at(id)));
+                .insert_unique(h, i as u32, |&id| hasher.hash_str(at(id)));
         }
         t.text.shrink_to_fit();
         Ok(t)
@@ -64,7 +64,7 @@ impl TokenTable {
 
     /// The id of the token whose text is `s`.
     pub(crate) fn id(&self, s: &str) -> Option<u32> {
-        let h = self.hasher.hash_one(s);
+        let h = self.hasher.hash_str(s);
         self.index
             .find(h, |&id| slice(&self.text, &self.ends, id as usize) == s)
             .copied()
