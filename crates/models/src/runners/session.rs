@@ -19,7 +19,7 @@ use patchbay_primitives::{Act, Simd, Threads};
 
 use crate::error::ModelError;
 use crate::families::{self, BuildOptions, CausalLmVisitor, Model, ModelInfo};
-use crate::tokenizer::Tokenizer;
+use crate::tokenizer::{Tokenizer, TokenizerError};
 
 /// The generation pipeline: the network (its logits checked) and the
 /// sampler in a loop.
@@ -223,34 +223,46 @@ pub fn with_session<J: SessionJob>(
     opts: &SessionOptions,
     job: J,
 ) -> Result<J::Output, ModelError> {
-    struct Open<'a, J> {
+    struct Open<'a, 's, J> {
         job: J,
-        tokenizer: Tokenizer,
+        tokenizer: std::thread::ScopedJoinHandle<'s, Result<Tokenizer, TokenizerError>>,
         opts: &'a SessionOptions,
         t0: Instant,
     }
-    impl<J: SessionJob> CausalLmVisitor for Open<'_, J> {
+    impl<J: SessionJob> CausalLmVisitor for Open<'_, '_, J> {
         type Output = Result<J::Output, ModelError>;
         fn visit<N: Layer>(self, model: Model<N>) -> Self::Output {
-            let mut session = Session::new(model, self.tokenizer, self.opts)?;
+            let tokenizer = match self.tokenizer.join() {
+                Ok(t) => t?,
+                Err(panic) => std::panic::resume_unwind(panic),
+            };
+            let mut session = Session::new(model, tokenizer, self.opts)?;
             session.load_time = self.t0.elapsed();
             Ok(self.job.run(session))
         }
     }
     let t0 = Instant::now();
-    let source = families::open(path)?;
-    let tokenizer = Tokenizer::load(path)?;
-    let build = BuildOptions {
-        max_context: opts.max_context,
-        ..opts.build.clone()
-    };
-    let open = Open {
-        job,
-        tokenizer,
-        opts,
-        t0,
-    };
-    families::with_causal_lm(&source, &build, open)?
+    // The tokenizer (a vocabulary of 10^5 texts to index) is built on a second
+    // thread while this one maps the weights and builds the network: both
+    // are needed before the first token, and neither needs the other.
+    std::thread::scope(|scope| {
+        let tokenizer = std::thread::Builder::new()
+            .name("tokenizer".into())
+            .spawn_scoped(scope, || Tokenizer::load(path))
+            .map_err(|e| ModelError::io(path, e))?;
+        let source = families::open(path)?;
+        let build = BuildOptions {
+            max_context: opts.max_context,
+            ..opts.build.clone()
+        };
+        let open = Open {
+            job,
+            tokenizer,
+            opts,
+            t0,
+        };
+        families::with_causal_lm(&source, &build, open)?
+    })
 }
 
 impl<N: Layer> Session<N> {
