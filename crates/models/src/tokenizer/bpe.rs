@@ -102,10 +102,8 @@ fn split_point(m: &str) -> Option<usize> {
 #[derive(Debug, Clone)]
 pub(crate) struct Bpe {
     pub(crate) pre: PreTokenizer,
-    /// Every merge text `"a b"` in rank order, packed: merge `r` ends at
-    /// `merge_ends[r]` and starts where merge `r - 1` ends.
-    merge_text: String,
-    merge_ends: Vec<u32>,
+    /// Every merge text `"a b"`, indexed by rank.
+    merges: StringArray,
     /// Ranks of the merges that split, keyed by their text's hash (the first
     /// rank of a repeated text only).
     ranks: hashbrown::HashTable<u32>,
@@ -114,33 +112,26 @@ pub(crate) struct Bpe {
 }
 
 impl Bpe {
-    pub(crate) fn new(merges: &StringArray, pre: PreTokenizer) -> Self {
-        let bytes = merges.iter().map(str::len).sum();
-        let mut bpe = Bpe {
-            pre,
-            merge_text: String::with_capacity(bytes),
-            merge_ends: Vec::with_capacity(merges.len()),
-            ranks: hashbrown::HashTable::with_capacity(merges.len()),
-            hasher: FastState::default(),
-            byte_chars: byte_to_char_table(),
-        };
+    pub(crate) fn new(merges: StringArray, pre: PreTokenizer) -> Self {
+        let hasher = FastState::default();
+        let mut ranks = hashbrown::HashTable::with_capacity(merges.len());
+        let at = |r: u32| &merges[r as usize];
         for (rank, m) in merges.iter().enumerate() {
-            bpe.merge_text.push_str(m);
-            bpe.merge_ends.push(bpe.merge_text.len() as u32);
             if split_point(m).is_none() {
                 continue;
             }
-            let h = bpe.hasher.hash_str(m);
-            let (text, ends) = (&bpe.merge_text, &bpe.merge_ends);
-            let at = |r: u32| merge_at(text, ends, r);
-            if bpe.ranks.find(h, |&r| at(r) == m).is_none() {
-                let hasher = &bpe.hasher;
-                bpe.ranks
-                    .insert_unique(h, rank as u32, |&r| hasher.hash_str(at(r)));
+            let h = hasher.hash_str(m);
+            if ranks.find(h, |&r| at(r) == m).is_none() {
+                ranks.insert_unique(h, rank as u32, |&r| hasher.hash_str(at(r)));
             }
         }
-        bpe.merge_text.shrink_to_fit();
-        bpe
+        Bpe {
+            pre,
+            merges,
+            ranks,
+            hasher,
+            byte_chars: byte_to_char_table(),
+        }
     }
 
     /// The rank of the merge of `left` with `right`, if there is one; `buf`
@@ -151,8 +142,7 @@ impl Bpe {
         buf.push(' ');
         buf.push_str(right);
         let h = self.hasher.hash_str(buf);
-        let (text, ends) = (&self.merge_text, &self.merge_ends);
-        let r = *self.ranks.find(h, |&r| merge_at(text, ends, r) == buf)?;
+        let r = *self.ranks.find(h, |&r| &self.merges[r as usize] == buf)?;
         // "a b c" merges "a" with "b c", never "a b" with "c".
         (split_point(buf) == Some(left.len())).then_some(r)
     }
@@ -262,13 +252,6 @@ impl Bpe {
             });
         }
     }
-}
-
-/// Merge `r`'s text in the packed merges.
-fn merge_at<'a>(text: &'a str, ends: &[u32], r: u32) -> &'a str {
-    let r = r as usize;
-    let start = if r == 0 { 0 } else { ends[r - 1] as usize };
-    &text[start..ends[r] as usize]
 }
 
 /// The buffers one word's merging works in (kept across the words of a text).
@@ -464,7 +447,7 @@ mod tests {
         let merges: StringArray = ["nospace", "a b", "x yz", "a b", " c d", "p q r"]
             .into_iter()
             .collect();
-        let bpe = Bpe::new(&merges, PreTokenizer::Gpt2);
+        let bpe = Bpe::new(merges, PreTokenizer::Gpt2);
         let mut buf = String::new();
         assert_eq!(bpe.rank("a", "b", &mut buf), Some(1));
         assert_eq!(bpe.rank("x", "yz", &mut buf), Some(2));

@@ -17,9 +17,9 @@ mod unicode;
 
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
 
 use crate::formats::gguf::StringArray;
-use std::path::{Path, PathBuf};
 
 pub use bpe::PreTokenizer;
 pub use chat::{render_chat, ChatMessage};
@@ -349,7 +349,7 @@ impl GgufTokenizer {
         let kind = match v.model.as_str() {
             "gpt2" => {
                 let pre = PreTokenizer::from_name(v.pre.as_deref())?;
-                GgufKind::Bpe(Box::new(bpe::Bpe::new(&v.merges, pre)))
+                GgufKind::Bpe(Box::new(bpe::Bpe::new(v.merges, pre)))
             }
             "llama" => GgufKind::Spm,
             other => {
