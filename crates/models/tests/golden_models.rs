@@ -135,18 +135,57 @@ fn run_model(name: &str, mode: DotMode, feed: Feed) -> Vec<(String, golden::Gold
 
 fn assert_agrees(name: &str, mode: DotMode, feed: Feed) {
     let reports = run_model(name, mode, feed);
+    let int8 = mode == DotMode::Q8;
     let failures: Vec<String> = reports
         .iter()
         .flat_map(|(c, r)| r.failures.iter().map(move |f| format!("{name}/{c}: {f}")))
-        // The int8-activation path (`--fast`) is held to the token-level rules
-        // (1: ids, 2: argmax, 5: greedy); its KL and log-prob distances are
-        // printed above and are of llama.cpp's order, not always within 2x of it.
-        .filter(|f| mode == DotMode::Exact || !(f.contains("KL") || f.contains("log-prob")))
+        // The int8-activation path (`--fast`) is held to rules 3 and 4 over
+        // all cases together (below) rather than case by case.
+        .filter(|f| !int8 || !(f.contains("mean KL") || f.contains("log-prob differs")))
         .collect();
     assert!(
         failures.is_empty(),
         "golden disagreements:\n{}",
         failures.join("\n")
+    );
+    if int8 {
+        assert_int8_as_close_as_llamacpp(name, &reports);
+    }
+}
+
+/// The int8-activation path against llama.cpp (which also quantises
+/// activations to int8), over all cases together: its mean KL, weighted by
+/// positions, at most llama.cpp's, and its worst log-prob difference within
+/// rule 4's 1.5x of llama.cpp's worst. Case by case, the rules' KL bound is
+/// noise for such a path on the shortest cases: a 4-token case's mean KL is
+/// a signed sum over exact's top-10 that can cancel (llama.cpp's qwen2.5
+/// `code` case scores 4.6e-5 with a worst log-prob difference of 0.16, as
+/// large as on its other cases).
+fn assert_int8_as_close_as_llamacpp(name: &str, reports: &[(String, golden::GoldenReport)]) {
+    let cases = cases(name);
+    let (mut ours, mut theirs, mut n) = (0.0, 0.0, 0usize);
+    let (mut worst_ours, mut worst_theirs) = (0.0f64, 0.0f64);
+    for ((case_name, r), (_, case)) in reports.iter().zip(&cases) {
+        let ll = case
+            .llamacpp_vs_exact
+            .unwrap_or_else(|| panic!("{name}/{case_name}: no llama.cpp figures"));
+        ours += r.mean_kl * r.positions as f64;
+        theirs += ll.mean_kl * r.positions as f64;
+        n += r.positions;
+        worst_ours = worst_ours.max(r.max_abs_logprob);
+        worst_theirs = worst_theirs.max(ll.max_abs_logprob_p1);
+    }
+    let (ours, theirs) = (ours / n as f64, theirs / n as f64);
+    eprintln!(
+        "{name} int8 over {n} positions: mean KL {ours:.3e} (llama.cpp {theirs:.3e}), worst |dlogprob| {worst_ours:.4} (llama.cpp {worst_theirs:.4})"
+    );
+    assert!(
+        ours <= theirs,
+        "{name}: int8 mean KL over all cases {ours:.3e} > llama.cpp's {theirs:.3e}"
+    );
+    assert!(
+        worst_ours <= 1.5 * worst_theirs,
+        "{name}: int8 worst log-prob difference {worst_ours:.4} > 1.5 x llama.cpp's {worst_theirs:.4}"
     );
 }
 
@@ -161,7 +200,7 @@ fn smollm2_agrees_with_golden_exact() {
 }
 
 #[test]
-fn smollm2_int8_path_keeps_golden_tokens() {
+fn smollm2_int8_path_is_as_close_as_llamacpp() {
     assert_agrees("smollm2-135m", DotMode::Q8, Feed::TokenByToken);
 }
 
@@ -171,7 +210,7 @@ fn qwen25_agrees_with_golden_exact() {
 }
 
 #[test]
-fn qwen25_int8_path_keeps_golden_tokens() {
+fn qwen25_int8_path_is_as_close_as_llamacpp() {
     assert_agrees("qwen2.5-0.5b", DotMode::Q8, Feed::TokenByToken);
 }
 

@@ -71,6 +71,9 @@ pub struct GoldenReport {
     pub logprob_bound: f64,
     /// Greedy steps compared (up to the first low-margin step).
     pub greedy_checked: usize,
+    /// Prompt positions scored (the weight of this case's mean KL in a
+    /// mean over several cases).
+    pub positions: usize,
     /// Every rule violation, in words; empty when the case agrees.
     pub failures: Vec<String>,
 }
@@ -172,6 +175,7 @@ pub fn check(
         kl_sum += kl;
     }
     r.mean_kl = kl_sum / logits.len().max(1) as f64;
+    r.positions = logits.len();
     if r.mean_kl > r.kl_bound {
         r.failures
             .push(format!("mean KL {:.3e} > {:.3e}", r.mean_kl, r.kl_bound));
