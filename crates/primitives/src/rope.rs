@@ -94,6 +94,10 @@ impl RopeScaling {
     }
 }
 
+/// Positions between exact `sin_cos` anchors of a [`RopeTable`] (the ones
+/// between are rotated on from the last).
+const ROPE_ANCHOR: usize = 16;
+
 /// Precomputed `cos`/`sin` for every position and frequency.
 #[derive(Debug, Clone)]
 pub struct RopeTable {
@@ -170,13 +174,24 @@ impl RopeTable {
             "RopeTable: {} frequencies for rot_dim {rot_dim}",
             freqs.len()
         );
-        let mut cos = Vec::with_capacity(max_pos * half);
-        let mut sin = Vec::with_capacity(max_pos * half);
-        for p in 0..max_pos {
-            for &f in freqs {
-                let (s, c) = (p as f64 * f).sin_cos();
-                cos.push(c as f32);
-                sin.push(s as f32);
+        let mut cos = vec![0.0f32; max_pos * half];
+        let mut sin = vec![0.0f32; max_pos * half];
+        // A rotation by one position's angle carries each pair from one
+        // position to the next in f64; an exact `sin_cos` every
+        // `ROPE_ANCHOR` positions keeps the drift near 1e-15, far below an
+        // f32 step. It is some ten times faster than `sin_cos` everywhere:
+        // Gemma 3's two tables of 4096 x 128 pairs took 20 ms of each load.
+        for (i, &f) in freqs.iter().enumerate() {
+            let (s1, c1) = f.sin_cos();
+            let (mut s, mut c) = (0.0f64, 1.0f64);
+            for p in 0..max_pos {
+                (s, c) = if p % ROPE_ANCHOR == 0 {
+                    (p as f64 * f).sin_cos()
+                } else {
+                    (s * c1 + c * s1, c * c1 - s * s1)
+                };
+                cos[p * half + i] = c as f32;
+                sin[p * half + i] = s as f32;
             }
         }
         RopeTable {
@@ -460,6 +475,42 @@ mod tests {
                 prop_assert!((c[i] as f64 - angle.cos()).abs() <= 1e-6);
                 prop_assert!((s[i] as f64 - angle.sin()).abs() <= 1e-6);
             }
+        }
+    }
+
+    /// Every entry of a long table (Gemma 3's head size and both of its
+    /// bases, and a frequency of 1) is within one f32 step of the rounded
+    /// exact `sin_cos`: the rotations between anchors do not drift.
+    #[test]
+    fn table_stays_within_an_f32_step_of_exact() {
+        for (rot, base) in [(256usize, 10_000.0f64), (256, 1_000_000.0), (2, 1.0)] {
+            let freqs = if rot == 2 {
+                vec![1.0]
+            } else {
+                inv_freqs(rot, base)
+            };
+            let table = RopeTable::from_inv_freqs(rot, &freqs, 4096);
+            let mut differ = 0usize;
+            for p in 0..4096 {
+                let (c, s) = table.row(p);
+                for (i, &f) in freqs.iter().enumerate() {
+                    let (ws, wc) = (p as f64 * f).sin_cos();
+                    for (got, want) in [(c[i], wc as f32), (s[i], ws as f32)] {
+                        let step = (want.abs().max(f32::MIN_POSITIVE) * f32::EPSILON) as f64;
+                        assert!(
+                            (got as f64 - want as f64).abs() <= step,
+                            "rot {rot} base {base} p {p} i {i}: {got} vs {want}"
+                        );
+                        differ += usize::from(got != want);
+                    }
+                }
+            }
+            // Rounding can land on the other side only when the exact value
+            // is within ~1e-15 of a midpoint: a handful of entries at most.
+            assert!(
+                differ <= 64,
+                "rot {rot} base {base}: {differ} entries differ"
+            );
         }
     }
 
