@@ -74,6 +74,8 @@ pub struct GoldenReport {
     /// Prompt positions scored (the weight of this case's mean KL in a
     /// mean over several cases).
     pub positions: usize,
+    /// llama.cpp's distance from `exact` on this case, when the case has it.
+    pub llamacpp: Option<LlamaCppDistance>,
     /// Every rule violation, in words; empty when the case agrees.
     pub failures: Vec<String>,
 }
@@ -101,6 +103,7 @@ pub fn check(
     const TOP: usize = 40;
     let mut r = GoldenReport::default();
     let ll = case.llamacpp_vs_exact;
+    r.llamacpp = ll;
     r.kl_bound = (2.0 * ll.map_or(0.0, |d| d.mean_kl)).max(1e-4);
     r.logprob_bound = (1.5 * ll.map_or(0.0, |d| d.max_abs_logprob_p1)).max(0.05);
 
