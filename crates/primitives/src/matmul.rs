@@ -53,11 +53,16 @@ const L1_GROUP_BYTES: usize = 32 << 10;
 const BLOCK_BYTES: usize = 1 << 20;
 
 /// Rows of `X` per micro-kernel tile at SIMD level `S`: 4 x [`NR`] accumulators
-/// with 32 vector registers (AVX-512), 2 x [`NR`] with 16 (AVX2, scalar).
+/// with 32 vector registers (AVX-512); 3 x [`NR`] with 16 (AVX2: 12
+/// accumulators, three vectors of `X` and one of `W`, so a step loads 7
+/// vectors for 12 multiply-adds where 2 x [`NR`] loads 6 for 8); 2 x [`NR`] on
+/// the scalar level.
 #[inline(always)]
 pub(crate) fn mr_max<S: pulp::Simd>() -> usize {
     if core::mem::size_of::<S::f32s>() >= 64 {
         4
+    } else if core::mem::size_of::<S::f32s>() == 32 {
+        3
     } else {
         2
     }
@@ -280,6 +285,14 @@ pub(crate) fn put_tile<S: pulp::Simd, const MR: usize>(
             let v = unsafe { core::mem::transmute_copy::<__m256, [f32; 8]>(&v) };
             out.put4(i0, j, [v[0], v[1], v[2], v[3]]);
             out.put4(i0 + 1, j, [v[4], v[5], v[6], v[7]]);
+            return;
+        }
+        if let (Some(_), 8, 3) = (lanes.v3, core::mem::size_of::<S::f32s>() / 4, MR) {
+            // Rows 0 and 1 side by side as above, row 2 on its own.
+            put_tile::<S, 2>(simd, lanes, &[acc[0], acc[1]], out, i0, j);
+            for (jj, a) in acc[2].iter().enumerate() {
+                out.put(i0 + 2, j + jj, simd.reduce_sum_f32s(*a));
+            }
             return;
         }
     }
@@ -508,6 +521,11 @@ fn block_kc<'a, S: pulp::Simd>(
                 };
                 if width == NR && mr == 4 {
                     put_tile::<S, 4>(simd, lanes, slot, out, i0, j0 + j);
+                    continue;
+                }
+                if width == NR && mr == 3 {
+                    let acc: Acc<S, 3, NR> = [slot[0], slot[1], slot[2]];
+                    put_tile::<S, 3>(simd, lanes, &acc, out, i0, j0 + j);
                     continue;
                 }
                 if width == NR && mr == 2 {

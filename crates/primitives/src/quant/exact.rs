@@ -5,7 +5,7 @@
 
 use super::blocks::*;
 use crate::dtype::DType;
-use crate::matmul::{acc_zero, mr_max, tile_acc, tile_sum, Out, NR};
+use crate::matmul::{acc_zero, tile_acc, tile_sum, Out, NR};
 use crate::tensor::MatRef;
 use pulp::Simd as PSimd;
 
@@ -216,15 +216,20 @@ impl pulp::WithSimd for FusedOp<'_> {
     }
 }
 
-/// Rows of `x` that the fused kernels take at once at level `s` (the tile
-/// height of the f32 kernel).
+/// Rows of `x` that the fused kernels take at once at level `s`: 4 with the
+/// 32 vector registers of AVX-512, else 2 (more rows spill the dequantised
+/// weights and the rows' vectors out of the 16 registers of AVX2).
 pub fn fused_max_rows(s: crate::simd::Simd) -> usize {
     struct Op;
     impl pulp::WithSimd for Op {
         type Output = usize;
         #[inline(always)]
         fn with_simd<S: PSimd>(self, _s: S) -> usize {
-            mr_max::<S>()
+            if core::mem::size_of::<S::f32s>() >= 64 {
+                4
+            } else {
+                2
+            }
         }
     }
     s.vectorize(Op)
