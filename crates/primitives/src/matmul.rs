@@ -463,9 +463,10 @@ fn block_kc<'a, S: pulp::Simd>(
     let total: usize = (0..groups)
         .map(|g| col_tiles(KC_GROUP.min(nc - g * KC_GROUP)))
         .sum();
-    // Zeroed accumulators, in a buffer of this thread kept between calls
-    // (taken out of the thread-local and put back, so a nested call would
-    // only allocate its own).
+    // Accumulators, in a buffer of this thread kept between calls (taken out
+    // of the thread-local and put back, so a nested call would only allocate
+    // its own). The first step starts every tile from zero and stores it, so
+    // the buffer needs no clearing.
     let per = core::mem::size_of::<Slot<S>>() / 4;
     let need = row_tiles * total * per;
     let mut buf = SLOTS.with(|c| c.take());
@@ -474,7 +475,6 @@ fn block_kc<'a, S: pulp::Simd>(
     }
     let at = buf.as_ptr().align_offset(64).min(15);
     let flat = &mut buf[at..at + need];
-    flat.fill(0.0);
     let slots: &mut [Slot<S>] = bytemuck::cast_slice_mut(flat);
     let mut k0 = 0;
     while k0 < k {
@@ -490,11 +490,12 @@ fn block_kc<'a, S: pulp::Simd>(
                 let i0 = ti * mrm;
                 let mr = mrm.min(m - i0);
                 let sl = &mut slots[base + ti * ct..base + (ti + 1) * ct];
+                let first = k0 == 0;
                 match mr {
-                    4 => slot_row::<S, 4>(simd, i0, xs, gc, ws, sl),
-                    3 => slot_row::<S, 3>(simd, i0, xs, gc, ws, sl),
-                    2 => slot_row::<S, 2>(simd, i0, xs, gc, ws, sl),
-                    _ => slot_row::<S, 1>(simd, i0, xs, gc, ws, sl),
+                    4 => slot_row::<S, 4>(simd, i0, xs, gc, ws, sl, first),
+                    3 => slot_row::<S, 3>(simd, i0, xs, gc, ws, sl, first),
+                    2 => slot_row::<S, 2>(simd, i0, xs, gc, ws, sl, first),
+                    _ => slot_row::<S, 1>(simd, i0, xs, gc, ws, sl, first),
                 }
             }
             base += row_tiles * ct;
@@ -551,7 +552,8 @@ thread_local! {
 }
 
 /// One step of [`block_kc`] for rows `i0..i0 + MR` of `X` and every column
-/// tile of the group, resuming from and saving to `slots`.
+/// tile of the group, resuming from `slots` (from zero at the `first` step)
+/// and saving to them.
 #[inline(always)]
 fn slot_row<'a, S: pulp::Simd, const MR: usize>(
     simd: S,
@@ -560,6 +562,7 @@ fn slot_row<'a, S: pulp::Simd, const MR: usize>(
     gc: usize,
     ws: impl Fn(usize) -> &'a [f32] + Copy,
     slots: &mut [Slot<S>],
+    first: bool,
 ) {
     let x: [&[f32]; MR] = core::array::from_fn(|i| xs(i0 + i));
     let zero = simd.splat_f32s(0.0);
@@ -568,14 +571,18 @@ fn slot_row<'a, S: pulp::Simd, const MR: usize>(
         if c < full {
             let w: [&[f32]; NR] = core::array::from_fn(|jj| ws(c * NR + jj));
             let mut acc = [[zero; NR]; MR];
-            acc.copy_from_slice(&slot[..MR]);
+            if !first {
+                acc.copy_from_slice(&slot[..MR]);
+            }
             tile_acc(simd, &mut acc, x, w);
             slot[..MR].copy_from_slice(&acc);
         } else {
             let j = full * NR + (c - full);
             let mut acc = [[zero; 1]; MR];
-            for i in 0..MR {
-                acc[i][0] = slot[i][0];
+            if !first {
+                for i in 0..MR {
+                    acc[i][0] = slot[i][0];
+                }
             }
             tile_acc(simd, &mut acc, x, [ws(j)]);
             for i in 0..MR {
