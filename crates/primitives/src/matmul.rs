@@ -479,6 +479,7 @@ fn block_kc<'a, S: pulp::Simd>(
     let mut k0 = 0;
     while k0 < k {
         let len = KC.min(k - k0);
+        let first = k0 == 0;
         let xs = move |i: usize| &xrow(i)[k0..k0 + len];
         let mut base = 0;
         for g in 0..groups {
@@ -490,7 +491,6 @@ fn block_kc<'a, S: pulp::Simd>(
                 let i0 = ti * mrm;
                 let mr = mrm.min(m - i0);
                 let sl = &mut slots[base + ti * ct..base + (ti + 1) * ct];
-                let first = k0 == 0;
                 match mr {
                     4 => slot_row::<S, 4>(simd, i0, xs, gc, ws, sl, first),
                     3 => slot_row::<S, 3>(simd, i0, xs, gc, ws, sl, first),
@@ -520,18 +520,14 @@ fn block_kc<'a, S: pulp::Simd>(
                 } else {
                     (gc / NR * NR + (c - gc / NR), 1)
                 };
-                if width == NR && mr == 4 {
-                    put_tile::<S, 4>(simd, lanes, slot, out, i0, j0 + j);
-                    continue;
-                }
-                if width == NR && mr == 3 {
-                    let acc: Acc<S, 3, NR> = [slot[0], slot[1], slot[2]];
-                    put_tile::<S, 3>(simd, lanes, &acc, out, i0, j0 + j);
-                    continue;
-                }
-                if width == NR && mr == 2 {
-                    let acc: Acc<S, 2, NR> = [slot[0], slot[1]];
-                    put_tile::<S, 2>(simd, lanes, &acc, out, i0, j0 + j);
+                if width == NR {
+                    let (o, jt) = (out, j0 + j);
+                    match mr {
+                        4 => put_tile::<S, 4>(simd, lanes, slot, o, i0, jt),
+                        3 => put_tile::<S, 3>(simd, lanes, &[slot[0], slot[1], slot[2]], o, i0, jt),
+                        2 => put_tile::<S, 2>(simd, lanes, &[slot[0], slot[1]], o, i0, jt),
+                        _ => put_tile::<S, 1>(simd, lanes, &[slot[0]], o, i0, jt),
+                    }
                     continue;
                 }
                 for (i, row) in slot.iter().enumerate().take(mr) {

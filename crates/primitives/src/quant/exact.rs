@@ -217,8 +217,8 @@ impl pulp::WithSimd for FusedOp<'_> {
 }
 
 /// Rows of `x` that the fused kernels take at once at level `s`: 4 with the
-/// 32 vector registers of AVX-512, else 2 (more rows spill the dequantised
-/// weights and the rows' vectors out of the 16 registers of AVX2).
+/// 32 vector registers of AVX-512, else 2, the heights they were tuned at
+/// (the f32 tile's 3 rows at AVX2 were not measured for them).
 pub fn fused_max_rows(s: crate::simd::Simd) -> usize {
     struct Op;
     impl pulp::WithSimd for Op {
