@@ -24,9 +24,6 @@ use crate::simd::Level;
 use crate::tensor::MatRef;
 use core::arch::x86_64::*;
 
-/// How far ahead (bytes) the kernels prefetch weights (as the int8 kernels).
-const PREFETCH: usize = 3072;
-
 /// Whether this CPU runs the AVX-512 kernels (pulp's V4, and F16C).
 fn has_avx512() -> bool {
     static OK: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
@@ -297,6 +294,7 @@ macro_rules! rows_kernel {
                     x,
                     out,
                     j,
+                    super::x86::tile_ahead(4 * row_bytes, (nrows - j - 4) * row_bytes),
                 );
                 j += 4;
             }
@@ -308,12 +306,14 @@ macro_rules! rows_kernel {
                     x,
                     out,
                     j,
+                    super::x86::tile_ahead(row_bytes, (nrows - j - 1) * row_bytes),
                 );
                 j += 1;
             }
         }
 
-        /// `NR` rows of `w` (from output column `j`) against the rows of `x`.
+        /// `NR` rows of `w` (from output column `j`) against the rows of `x`,
+        /// prefetching `dist` bytes ahead of each block.
         #[inline]
         #[target_feature(enable = $feat)]
         fn $tile<const MR: usize, const NR: usize>(
@@ -323,6 +323,7 @@ macro_rules! rows_kernel {
             x: [&[f32]; MR],
             out: Out,
             j: usize,
+            dist: usize,
         ) {
             const V: usize = 32 / $lanes;
             let mut acc = [[$zero(); NR]; MR];
@@ -348,7 +349,7 @@ macro_rules! rows_kernel {
                     for jj in 0..NR {
                         let $b = &w[block(jj)];
                         // A prefetch never faults: the address may lie past `w`.
-                        let ahead = PREFETCH + gi * $bb / $groups;
+                        let ahead = dist + gi * $bb / $groups;
                         _mm_prefetch::<_MM_HINT_T0>($b.as_ptr().wrapping_add(ahead).cast());
                         let ($g, $p) = (gi, &preps[jj]);
                         // SAFETY: this function is compiled with the level's
