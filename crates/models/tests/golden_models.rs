@@ -222,3 +222,8 @@ fn gemma3_agrees_with_golden_exact() {
 fn gemma3_agrees_with_golden_exact_token_by_token() {
     assert_agrees("gemma3-270m", DotMode::Exact, Feed::TokenByToken);
 }
+
+#[test]
+fn gemma3_int8_path_is_as_close_as_llamacpp() {
+    assert_agrees("gemma3-270m", DotMode::Q8, Feed::TokenByToken);
+}
