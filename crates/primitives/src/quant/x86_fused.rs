@@ -126,7 +126,8 @@ fn ld16(b: &[u8], at: usize) -> __m128i {
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
 fn f16_splat(b: &[u8], at: usize) -> __m512 {
-    _mm512_set1_ps(f16_at(b, at))
+    // Broadcast the 16 bits, then convert all lanes at once (F16C: exact).
+    _mm512_cvtph_ps(_mm256_set1_epi16(i16::from_le_bytes([b[at], b[at + 1]])))
 }
 
 /// Q4_0 block: `(nibble - 8) * d`, low nibbles then high.
