@@ -67,14 +67,6 @@ fn prefetch_ahead(b: &[u8]) {
     }
 }
 
-/// The little-endian f16 at `b[at..at + 2]`, as f32 (F16C: exact).
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(super) fn f16_at(b: &[u8], at: usize) -> f32 {
-    let bits = u16::from_le_bytes([b[at], b[at + 1]]);
-    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
-}
-
 /// Stores 8 values at `y[at..at + 8]`.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]

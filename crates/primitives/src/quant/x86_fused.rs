@@ -16,7 +16,7 @@
 //! the same bits.
 
 use super::x86_deq::{
-    f16_at, g_q4_0, g_q4_1, g_q4_k, g_q5_0, g_q6_k, g_q8_0, no_prep, prep_q4_k, prep_q6_k,
+    g_q4_0, g_q4_1, g_q4_k, g_q5_0, g_q6_k, g_q8_0, no_prep, prep_q4_k, prep_q6_k,
 };
 use crate::dtype::DType;
 use crate::matmul::Out;
@@ -191,19 +191,36 @@ fn deq_q8_0(b: &[u8], _group: usize) -> [__m512; 2] {
     ]
 }
 
-/// Q4_K group `g` (values 32g..32g + 32 of the block): `d1 * nibble - m1`
-/// with the group's 6-bit scale and min, low nibbles of bytes
-/// `32 * (g / 2)..` for even groups and high ones for odd groups. `d1 * q` is
-/// not exact, so the multiply and the difference stay separate, as in the
-/// portable code.
+/// A K-quant block's per-group factors from the AVX2 `prep` (eight or
+/// sixteen f32 in two 8-lane vectors), widened to the 16-lane type. Decoded
+/// once per block and row rather than once per group, with the portable
+/// code's products (`d * scale` of the f16 `d`).
+///
+/// # Safety
+/// The caller is compiled with AVX-512F, AVX2, FMA and F16C.
+#[inline(always)]
+unsafe fn widen_prep(p: [__m256; 2]) -> [__m512; 2] {
+    // SAFETY: the features per the contract.
+    unsafe { [_mm512_castps256_ps512(p[0]), _mm512_castps256_ps512(p[1])] }
+}
+
+/// Lane `i` (< 8) of `v` in every lane.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-fn deq_q4_k(b: &[u8], g: usize) -> [__m512; 2] {
-    let d = f16_at(b, 0);
-    let dmin = f16_at(b, 2);
-    let (sc, mn) = super::blocks::scale_min_k4(g, &b[4..16]);
-    let scale = _mm512_set1_ps(d * sc as f32);
-    let min = _mm512_set1_ps(dmin * mn as f32);
+fn lane16(v: __m512, i: usize) -> __m512 {
+    _mm512_permutexvar_ps(_mm512_set1_epi32(i as i32), v)
+}
+
+/// Q4_K group `g` (values 32g..32g + 32 of the block): `d1 * nibble - m1`
+/// with the group's scale and min (lane `g` of `prep`'s two vectors), low
+/// nibbles of bytes `32 * (g / 2)..` for even groups and high ones for odd
+/// groups. `d1 * q` is not exact, so the multiply and the difference stay
+/// separate, as in the portable code.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+fn deq_q4_k(b: &[u8], g: usize, prep: &[__m512; 2]) -> [__m512; 2] {
+    let scale = lane16(prep[0], g);
+    let min = lane16(prep[1], g);
     let at = 16 + 32 * (g / 2);
     let (q0, q1) = (
         _mm512_cvtepu8_epi32(ld16(b, at)),
@@ -224,11 +241,11 @@ fn deq_q4_k(b: &[u8], g: usize) -> [__m512; 2] {
 /// Q6_K group `g` (values 32g..32g + 32): with `n = g / 4` and `k = g % 4`,
 /// `(d * scale) * (q - 32)`, `q` a nibble of `ql` (bytes `64n + 32 (k % 2)..`,
 /// low for `k < 2`) and bits `2k..2k + 2` of `qh` (bytes `128 + 32n..`); the
-/// 16 values of each vector share a scale.
+/// 16 values of each vector share a scale (`d * scale` from `prep`:
+/// scales 0..8 in its first vector, 8..16 in its second).
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-fn deq_q6_k(b: &[u8], g: usize) -> [__m512; 2] {
-    let d = f16_at(b, 208);
+fn deq_q6_k(b: &[u8], g: usize, prep: &[__m512; 2]) -> [__m512; 2] {
     let (n, k) = (g / 4, g % 4);
     let (ql, qh) = (64 * n + 32 * (k % 2), 128 + 32 * n);
     let low4 = _mm512_set1_epi32(0x0F);
@@ -246,8 +263,9 @@ fn deq_q6_k(b: &[u8], g: usize) -> [__m512; 2] {
         let h = _mm512_cvtepu8_epi32(ld16(b, qh + 16 * half));
         let h = _mm512_slli_epi32::<4>(_mm512_and_si512(_mm512_srl_epi32(h, shift), low2));
         let q = _mm512_sub_epi32(_mm512_or_si512(l, h), bias);
-        let scale = d * (b[192 + 8 * n + half + 2 * k] as i8) as f32;
-        *o = _mm512_mul_ps(_mm512_set1_ps(scale), _mm512_cvtepi32_ps(q));
+        // Scale 8n + 2k + half times `d`: lane 2k + half of prep[n].
+        let scale = lane16(prep[n], 2 * k + half);
+        *o = _mm512_mul_ps(scale, _mm512_cvtepi32_ps(q));
     }
     out
 }
@@ -379,8 +397,26 @@ macro_rules! rows_kernel {
     };
 }
 
-/// 16 lanes: AVX-512 (pulp's V4); its decoders need no per-block state.
+/// 16 lanes: AVX-512 (pulp's V4); the K-quants' `$prep` (the AVX2 one,
+/// widened) decodes what a block's groups share, the 32-value formats need
+/// no per-block state.
 macro_rules! rows16 {
+    ($name:ident, $tile:ident, $prep:ident, $deq:ident, $bb:expr, $groups:expr) => {
+        rows_kernel!(
+            "avx512f,avx512bw,avx512vl,avx2,fma,f16c",
+            pulp::x86::V4,
+            __m512,
+            pulp::f32x16,
+            16,
+            [ld_x, _mm512_setzero_ps, _mm512_fmadd_ps, _mm512_storeu_ps],
+            $name,
+            $tile,
+            |pb| widen_prep($prep(pb)),
+            |b, g, p| $deq(b, g, p),
+            $bb,
+            $groups
+        );
+    };
     ($name:ident, $tile:ident, $deq:ident, $bb:expr, $groups:expr) => {
         rows_kernel!(
             "avx512f,avx512bw,avx512vl,avx2,fma,f16c",
@@ -423,8 +459,8 @@ rows16!(rows_q4_0, tile_q4_0, deq_q4_0, 18, 1);
 rows16!(rows_q4_1, tile_q4_1, deq_q4_1, 20, 1);
 rows16!(rows_q5_0, tile_q5_0, deq_q5_0, 22, 1);
 rows16!(rows_q8_0, tile_q8_0, deq_q8_0, 34, 1);
-rows16!(rows_q4_k, tile_q4_k, deq_q4_k, 144, 8);
-rows16!(rows_q6_k, tile_q6_k, deq_q6_k, 210, 8);
+rows16!(rows_q4_k, tile_q4_k, prep_q4_k, deq_q4_k, 144, 8);
+rows16!(rows_q6_k, tile_q6_k, prep_q6_k, deq_q6_k, 210, 8);
 
 rows8!(rows8_q4_0, tile8_q4_0, no_prep, g_q4_0, 18, 1);
 rows8!(rows8_q4_1, tile8_q4_1, no_prep, g_q4_1, 20, 1);
