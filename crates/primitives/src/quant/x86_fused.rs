@@ -133,7 +133,7 @@ fn f16_splat(b: &[u8], at: usize) -> __m512 {
 /// Q4_0 block: `(nibble - 8) * d`, low nibbles then high.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-fn deq_q4_0(b: &[u8], _group: usize) -> [__m512; 2] {
+fn deq_q4_0(b: &[u8], _group: usize, _prep: &[__m512; 2]) -> [__m512; 2] {
     let d = f16_splat(b, 0);
     let q = _mm512_cvtepu8_epi32(ld16(b, 2));
     let eight = _mm512_set1_epi32(8);
@@ -148,7 +148,7 @@ fn deq_q4_0(b: &[u8], _group: usize) -> [__m512; 2] {
 /// Q4_1 block: `nibble * d + m` (the product is exact: one rounding).
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-fn deq_q4_1(b: &[u8], _group: usize) -> [__m512; 2] {
+fn deq_q4_1(b: &[u8], _group: usize, _prep: &[__m512; 2]) -> [__m512; 2] {
     let (d, m) = (f16_splat(b, 0), f16_splat(b, 2));
     let q = _mm512_cvtepu8_epi32(ld16(b, 4));
     let lo = _mm512_and_si512(q, _mm512_set1_epi32(0x0F));
@@ -163,7 +163,7 @@ fn deq_q4_1(b: &[u8], _group: usize) -> [__m512; 2] {
 /// value `j`'s fifth bit.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-fn deq_q5_0(b: &[u8], _group: usize) -> [__m512; 2] {
+fn deq_q5_0(b: &[u8], _group: usize, _prep: &[__m512; 2]) -> [__m512; 2] {
     let d = f16_splat(b, 0);
     let qh = i32::from_le_bytes([b[2], b[3], b[4], b[5]]);
     let q = _mm512_cvtepu8_epi32(ld16(b, 6));
@@ -183,7 +183,7 @@ fn deq_q5_0(b: &[u8], _group: usize) -> [__m512; 2] {
 /// Q8_0 block: `q * d` with signed bytes `q`.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-fn deq_q8_0(b: &[u8], _group: usize) -> [__m512; 2] {
+fn deq_q8_0(b: &[u8], _group: usize, _prep: &[__m512; 2]) -> [__m512; 2] {
     let d = f16_splat(b, 0);
     [
         _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(ld16(b, 2))), d),
@@ -191,10 +191,11 @@ fn deq_q8_0(b: &[u8], _group: usize) -> [__m512; 2] {
     ]
 }
 
-/// A K-quant block's per-group factors from the AVX2 `prep` (eight or
-/// sixteen f32 in two 8-lane vectors), widened to the 16-lane type. Decoded
-/// once per block and row rather than once per group, with the portable
-/// code's products (`d * scale` of the f16 `d`).
+/// A block's per-group factors from the AVX2 `prep` (for the K-quants eight
+/// or sixteen f32 in two 8-lane vectors, for the 32-value formats nothing),
+/// widened to the 16-lane type. Decoded once per block and row rather than
+/// once per group, with the portable code's products (`d * scale` of the
+/// f16 `d`).
 ///
 /// # Safety
 /// The caller is compiled with AVX-512F, AVX2, FMA and F16C.
@@ -397,9 +398,8 @@ macro_rules! rows_kernel {
     };
 }
 
-/// 16 lanes: AVX-512 (pulp's V4); the K-quants' `$prep` (the AVX2 one,
-/// widened) decodes what a block's groups share, the 32-value formats need
-/// no per-block state.
+/// 16 lanes: AVX-512 (pulp's V4); `$prep` (the AVX2 one, widened) decodes
+/// what a block's groups share.
 macro_rules! rows16 {
     ($name:ident, $tile:ident, $prep:ident, $deq:ident, $bb:expr, $groups:expr) => {
         rows_kernel!(
@@ -413,22 +413,6 @@ macro_rules! rows16 {
             $tile,
             |pb| widen_prep($prep(pb)),
             |b, g, p| $deq(b, g, p),
-            $bb,
-            $groups
-        );
-    };
-    ($name:ident, $tile:ident, $deq:ident, $bb:expr, $groups:expr) => {
-        rows_kernel!(
-            "avx512f,avx512bw,avx512vl,avx2,fma,f16c",
-            pulp::x86::V4,
-            __m512,
-            pulp::f32x16,
-            16,
-            [ld_x, _mm512_setzero_ps, _mm512_fmadd_ps, _mm512_storeu_ps],
-            $name,
-            $tile,
-            |_pb| [_mm512_setzero_ps(); 2],
-            |b, g, _p| $deq(b, g),
             $bb,
             $groups
         );
@@ -455,10 +439,10 @@ macro_rules! rows8 {
     };
 }
 
-rows16!(rows_q4_0, tile_q4_0, deq_q4_0, 18, 1);
-rows16!(rows_q4_1, tile_q4_1, deq_q4_1, 20, 1);
-rows16!(rows_q5_0, tile_q5_0, deq_q5_0, 22, 1);
-rows16!(rows_q8_0, tile_q8_0, deq_q8_0, 34, 1);
+rows16!(rows_q4_0, tile_q4_0, no_prep, deq_q4_0, 18, 1);
+rows16!(rows_q4_1, tile_q4_1, no_prep, deq_q4_1, 20, 1);
+rows16!(rows_q5_0, tile_q5_0, no_prep, deq_q5_0, 22, 1);
+rows16!(rows_q8_0, tile_q8_0, no_prep, deq_q8_0, 34, 1);
 rows16!(rows_q4_k, tile_q4_k, prep_q4_k, deq_q4_k, 144, 8);
 rows16!(rows_q6_k, tile_q6_k, prep_q6_k, deq_q6_k, 210, 8);
 
