@@ -160,23 +160,24 @@ fn deq_q4_1(b: &[u8], _group: usize, _prep: &[__m512; 2]) -> [__m512; 2] {
 }
 
 /// Q5_0 block: `((nibble | fifth bit << 4) - 16) * d`; bit `j` of `qh` is
-/// value `j`'s fifth bit.
+/// value `j`'s fifth bit. The integer is formed as `nibble - 16` where the
+/// fifth bit is clear and `nibble` where it is set: one masked subtraction.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
 fn deq_q5_0(b: &[u8], _group: usize, _prep: &[__m512; 2]) -> [__m512; 2] {
     let d = f16_splat(b, 0);
-    let qh = i32::from_le_bytes([b[2], b[3], b[4], b[5]]);
+    let qh = !u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
     let q = _mm512_cvtepu8_epi32(ld16(b, 6));
-    // The fifth bits as 16-bit masks: bit j of `qh` for lane j of each half.
-    let (mlo, mhi) = ((qh as u32 & 0xFFFF) as u16, (qh as u32 >> 16) as u16);
+    // Lanes whose fifth bit is clear, as 16-bit masks (lane j of each half).
+    let (clo, chi) = ((qh & 0xFFFF) as u16, (qh >> 16) as u16);
     let sixteen = _mm512_set1_epi32(16);
     let lo = _mm512_and_si512(q, _mm512_set1_epi32(0x0F));
     let hi = _mm512_srli_epi32::<4>(q);
-    let lo = _mm512_mask_or_epi32(lo, mlo, lo, sixteen);
-    let hi = _mm512_mask_or_epi32(hi, mhi, hi, sixteen);
+    let lo = _mm512_mask_sub_epi32(lo, clo, lo, sixteen);
+    let hi = _mm512_mask_sub_epi32(hi, chi, hi, sixteen);
     [
-        _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(lo, sixteen)), d),
-        _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(hi, sixteen)), d),
+        _mm512_mul_ps(_mm512_cvtepi32_ps(lo), d),
+        _mm512_mul_ps(_mm512_cvtepi32_ps(hi), d),
     ]
 }
 
@@ -212,30 +213,41 @@ fn lane16(v: __m512, i: usize) -> __m512 {
     _mm512_permutexvar_ps(_mm512_set1_epi32(i as i32), v)
 }
 
+/// `i` in lane `i`: the 16 nibble values as f32.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+fn ramp16() -> __m512 {
+    _mm512_setr_ps(
+        0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0, 11.0, 12.0, 13.0, 14.0, 15.0,
+    )
+}
+
 /// Q4_K group `g` (values 32g..32g + 32 of the block): `d1 * nibble - m1`
 /// with the group's scale and min (lane `g` of `prep`'s two vectors), low
 /// nibbles of bytes `32 * (g / 2)..` for even groups and high ones for odd
 /// groups. `d1 * q` is not exact, so the multiply and the difference stay
-/// separate, as in the portable code.
+/// separate, as in the portable code; they are done once per group for the
+/// 16 nibble values, and each value is then looked up (a permute reads only
+/// an index's low 4 bits, so even groups need no mask).
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
 fn deq_q4_k(b: &[u8], g: usize, prep: &[__m512; 2]) -> [__m512; 2] {
     let scale = lane16(prep[0], g);
     let min = lane16(prep[1], g);
+    let table = _mm512_sub_ps(_mm512_mul_ps(scale, ramp16()), min);
     let at = 16 + 32 * (g / 2);
     let (q0, q1) = (
         _mm512_cvtepu8_epi32(ld16(b, at)),
         _mm512_cvtepu8_epi32(ld16(b, at + 16)),
     );
     let (q0, q1) = if g.is_multiple_of(2) {
-        let m = _mm512_set1_epi32(0x0F);
-        (_mm512_and_si512(q0, m), _mm512_and_si512(q1, m))
+        (q0, q1)
     } else {
         (_mm512_srli_epi32::<4>(q0), _mm512_srli_epi32::<4>(q1))
     };
     [
-        _mm512_sub_ps(_mm512_mul_ps(scale, _mm512_cvtepi32_ps(q0)), min),
-        _mm512_sub_ps(_mm512_mul_ps(scale, _mm512_cvtepi32_ps(q1)), min),
+        _mm512_permutexvar_ps(q0, table),
+        _mm512_permutexvar_ps(q1, table),
     ]
 }
 
