@@ -360,26 +360,46 @@ macro_rules! rows_kernel {
             const V: usize = 32 / $lanes;
             let mut acc = [[$zero(); NR]; MR];
             let blocks = row_bytes / $bb;
+            // Checked once here rather than at every block's slice and every
+            // load of `x` (their checks were a third of the instructions).
+            assert!(w.len() >= NR * row_bytes && blocks * $bb <= row_bytes);
+            for xi in x {
+                assert!(xi.len() >= blocks * 32 * $groups);
+            }
             for k in 0..blocks {
-                let block = |jj: usize| jj * row_bytes + k * $bb..jj * row_bytes + (k + 1) * $bb;
+                let mut blk: [&[u8]; NR] = [&[]; NR];
+                for (jj, b) in blk.iter_mut().enumerate() {
+                    let at = jj * row_bytes + k * $bb;
+                    // SAFETY: `jj < NR` and `k < blocks`, so
+                    // `at + $bb <= jj * row_bytes + blocks * $bb
+                    // <= (jj + 1) * row_bytes <= NR * row_bytes <= w.len()`
+                    // (asserted above).
+                    *b = unsafe { w.get_unchecked(at..at + $bb) };
+                }
+                let mut xb: [&[f32]; MR] = [&[]; MR];
+                for (xb, xi) in xb.iter_mut().zip(x) {
+                    let at = k * 32 * $groups;
+                    // SAFETY: `k < blocks`, so `at + 32 * $groups <=
+                    // blocks * 32 * $groups <= xi.len()` (asserted above).
+                    *xb = unsafe { xi.get_unchecked(at..at + 32 * $groups) };
+                }
                 let mut preps = [[$zero(); 2]; NR];
                 for (jj, prep) in preps.iter_mut().enumerate() {
-                    let $pb = &w[block(jj)];
+                    let $pb = blk[jj];
                     // SAFETY: as for `$deq` below.
                     #[allow(unused_unsafe)]
                     let decoded: [$vec; 2] = unsafe { $prep };
                     *prep = decoded;
                 }
                 for gi in 0..$groups {
-                    let at = 32 * ($groups * k + gi);
                     let mut xv = [[$zero(); V]; MR];
                     for i in 0..MR {
                         for v in 0..V {
-                            xv[i][v] = $ldx(x[i], at + $lanes * v);
+                            xv[i][v] = $ldx(xb[i], 32 * gi + $lanes * v);
                         }
                     }
                     for jj in 0..NR {
-                        let $b = &w[block(jj)];
+                        let $b = blk[jj];
                         // A prefetch never faults: the address may lie past `w`.
                         let ahead = dist + gi * $bb / $groups;
                         _mm_prefetch::<_MM_HINT_T0>($b.as_ptr().wrapping_add(ahead).cast());
