@@ -362,25 +362,28 @@ macro_rules! rows_kernel {
             let blocks = row_bytes / $bb;
             // Checked once here rather than at every block's slice and every
             // load of `x` (their checks were a third of the instructions).
-            assert!(w.len() >= NR * row_bytes && blocks * $bb <= row_bytes);
+            // (Checked products: a wrapped one could pass the comparison.)
+            assert!(NR.checked_mul(row_bytes).is_some_and(|n| w.len() >= n));
+            let xlen = blocks.checked_mul(32 * $groups).expect("row length");
             for xi in x {
-                assert!(xi.len() >= blocks * 32 * $groups);
+                assert!(xi.len() >= xlen);
             }
             for k in 0..blocks {
                 let mut blk: [&[u8]; NR] = [&[]; NR];
                 for (jj, b) in blk.iter_mut().enumerate() {
                     let at = jj * row_bytes + k * $bb;
-                    // SAFETY: `jj < NR` and `k < blocks`, so
-                    // `at + $bb <= jj * row_bytes + blocks * $bb
+                    // SAFETY: `jj < NR` and `k < blocks = row_bytes / $bb`,
+                    // so `at + $bb <= jj * row_bytes + blocks * $bb
                     // <= (jj + 1) * row_bytes <= NR * row_bytes <= w.len()`
-                    // (asserted above).
+                    // (asserted above, without overflow).
                     *b = unsafe { w.get_unchecked(at..at + $bb) };
                 }
                 let mut xb: [&[f32]; MR] = [&[]; MR];
                 for (xb, xi) in xb.iter_mut().zip(x) {
                     let at = k * 32 * $groups;
                     // SAFETY: `k < blocks`, so `at + 32 * $groups <=
-                    // blocks * 32 * $groups <= xi.len()` (asserted above).
+                    // blocks * 32 * $groups = xlen <= xi.len()` (asserted
+                    // above, without overflow).
                     *xb = unsafe { xi.get_unchecked(at..at + 32 * $groups) };
                 }
                 let mut preps = [[$zero(); 2]; NR];
