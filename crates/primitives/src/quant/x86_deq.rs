@@ -364,16 +364,13 @@ pub(super) unsafe fn prep_q6_k(b: &[u8]) -> [__m256; 2] {
     }
 }
 
-/// Q6_K group `g` (values 32g..32g + 32): with `n = g / 4` and `k = g % 4`,
-/// `(d * scale) * (q - 32)`, `q` a nibble of `ql` (bytes `64n + 32 (k % 2)..`,
-/// low for `k < 2`) and bits `2k..2k + 2` of `qh` (bytes `128 + 32n..`); each
-/// 16 values share a scale (scales `8n + 2k` and `8n + 2k + 1`, times `d`,
-/// from `prep`: [`prep_q6_k`]). The 32 quants are formed as bytes.
+/// The 32 quants `q - 32` of Q6_K group `g` (see [`g_q6_k`]) as signed
+/// bytes: seven byte operations for all of them.
 ///
 /// # Safety
-/// The caller is compiled with AVX2, FMA and F16C.
+/// The caller is compiled with AVX2.
 #[inline(always)]
-pub(super) unsafe fn g_q6_k(b: &[u8], g: usize, prep: &[__m256; 2]) -> [__m256; 4] {
+pub(super) unsafe fn q6_k_bytes(b: &[u8], g: usize) -> __m256i {
     // SAFETY: the features per the contract.
     unsafe {
         let (n, k) = (g / 4, g % 4);
@@ -389,7 +386,24 @@ pub(super) unsafe fn g_q6_k(b: &[u8], g: usize, prep: &[__m256; 2]) -> [__m256; 
         // mask clears; the left shift then stays within each byte.
         let qh = _mm256_srl_epi16(ld256(b, 128 + 32 * n), _mm_cvtsi32_si128(2 * k as i32));
         let qh = _mm256_slli_epi16::<4>(_mm256_and_si256(qh, _mm256_set1_epi8(3)));
-        let q = _mm256_sub_epi8(_mm256_or_si256(ql, qh), _mm256_set1_epi8(32));
+        _mm256_sub_epi8(_mm256_or_si256(ql, qh), _mm256_set1_epi8(32))
+    }
+}
+
+/// Q6_K group `g` (values 32g..32g + 32): with `n = g / 4` and `k = g % 4`,
+/// `(d * scale) * (q - 32)`, `q` a nibble of `ql` (bytes `64n + 32 (k % 2)..`,
+/// low for `k < 2`) and bits `2k..2k + 2` of `qh` (bytes `128 + 32n..`); each
+/// 16 values share a scale (scales `8n + 2k` and `8n + 2k + 1`, times `d`,
+/// from `prep`: [`prep_q6_k`]). The 32 quants are formed as bytes.
+///
+/// # Safety
+/// The caller is compiled with AVX2, FMA and F16C.
+#[inline(always)]
+pub(super) unsafe fn g_q6_k(b: &[u8], g: usize, prep: &[__m256; 2]) -> [__m256; 4] {
+    // SAFETY: the features per the contract.
+    unsafe {
+        let (n, k) = (g / 4, g % 4);
+        let q = q6_k_bytes(b, g);
         let (s0, s1) = (lane(prep[n], 2 * k), lane(prep[n], 2 * k + 1));
         let [a, b, c, e] = sx32(q);
         [

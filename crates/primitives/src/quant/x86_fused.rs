@@ -16,7 +16,7 @@
 //! the same bits.
 
 use super::x86_deq::{
-    g_q4_0, g_q4_1, g_q4_k, g_q5_0, g_q6_k, g_q8_0, no_prep, prep_q4_k, prep_q6_k,
+    g_q4_0, g_q4_1, g_q4_k, g_q5_0, g_q6_k, g_q8_0, no_prep, prep_q4_k, prep_q6_k, q6_k_bytes,
 };
 use crate::dtype::DType;
 use crate::matmul::Out;
@@ -206,11 +206,14 @@ unsafe fn widen_prep(p: [__m256; 2]) -> [__m512; 2] {
     unsafe { [_mm512_castps256_ps512(p[0]), _mm512_castps256_ps512(p[1])] }
 }
 
-/// Lane `i` (< 8) of `v` in every lane.
+/// Lane `i` (< 8) of `v` in every lane: a broadcast from memory (a load),
+/// where a permute of the register would take the shuffle unit that the
+/// table lookups of Q4_K need.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-fn lane16(v: __m512, i: usize) -> __m512 {
-    _mm512_permutexvar_ps(_mm512_set1_epi32(i as i32), v)
+fn lane16(v: &__m512, i: usize) -> __m512 {
+    let lanes: &[f32; 16] = bytemuck::cast_ref(v);
+    _mm512_set1_ps(lanes[i])
 }
 
 /// `i` in lane `i`: the 16 nibble values as f32.
@@ -232,8 +235,8 @@ fn ramp16() -> __m512 {
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
 fn deq_q4_k(b: &[u8], g: usize, prep: &[__m512; 2]) -> [__m512; 2] {
-    let scale = lane16(prep[0], g);
-    let min = lane16(prep[1], g);
+    let scale = lane16(&prep[0], g);
+    let min = lane16(&prep[1], g);
     let table = _mm512_sub_ps(_mm512_mul_ps(scale, ramp16()), min);
     let at = 16 + 32 * (g / 2);
     let (q0, q1) = (
@@ -255,32 +258,23 @@ fn deq_q4_k(b: &[u8], g: usize, prep: &[__m512; 2]) -> [__m512; 2] {
 /// `(d * scale) * (q - 32)`, `q` a nibble of `ql` (bytes `64n + 32 (k % 2)..`,
 /// low for `k < 2`) and bits `2k..2k + 2` of `qh` (bytes `128 + 32n..`); the
 /// 16 values of each vector share a scale (`d * scale` from `prep`:
-/// scales 0..8 in its first vector, 8..16 in its second).
+/// scales 0..8 in its first vector, 8..16 in its second). The 32 quants are
+/// formed as bytes (seven byte operations for all of them, as at the AVX2
+/// level) and only then widened: forming them in 32-bit lanes took eleven
+/// operations per 16.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
 fn deq_q6_k(b: &[u8], g: usize, prep: &[__m512; 2]) -> [__m512; 2] {
     let (n, k) = (g / 4, g % 4);
-    let (ql, qh) = (64 * n + 32 * (k % 2), 128 + 32 * n);
-    let low4 = _mm512_set1_epi32(0x0F);
-    let low2 = _mm512_set1_epi32(3);
-    let bias = _mm512_set1_epi32(32);
-    let shift = _mm_cvtsi32_si128(2 * k as i32);
-    let mut out = [_mm512_setzero_ps(); 2];
-    for (half, o) in out.iter_mut().enumerate() {
-        let l = _mm512_cvtepu8_epi32(ld16(b, ql + 16 * half));
-        let l = if k < 2 {
-            _mm512_and_si512(l, low4)
-        } else {
-            _mm512_srli_epi32::<4>(l)
-        };
-        let h = _mm512_cvtepu8_epi32(ld16(b, qh + 16 * half));
-        let h = _mm512_slli_epi32::<4>(_mm512_and_si512(_mm512_srl_epi32(h, shift), low2));
-        let q = _mm512_sub_epi32(_mm512_or_si512(l, h), bias);
-        // Scale 8n + 2k + half times `d`: lane 2k + half of prep[n].
-        let scale = lane16(prep[n], 2 * k + half);
-        *o = _mm512_mul_ps(scale, _mm512_cvtepi32_ps(q));
-    }
-    out
+    // SAFETY: this function is compiled with AVX2, the helper's contract.
+    let q = unsafe { q6_k_bytes(b, g) };
+    let lo = _mm512_cvtepi8_epi32(_mm256_castsi256_si128(q));
+    let hi = _mm512_cvtepi8_epi32(_mm256_extracti128_si256::<1>(q));
+    // Scale 8n + 2k + half times `d`: lane 2k + half of prep[n].
+    [
+        _mm512_mul_ps(lane16(&prep[n], 2 * k), _mm512_cvtepi32_ps(lo)),
+        _mm512_mul_ps(lane16(&prep[n], 2 * k + 1), _mm512_cvtepi32_ps(hi)),
+    ]
 }
 
 /// 8 f32 of `x` from `at`.
