@@ -250,7 +250,8 @@ impl Layer for Linear {
 
 /// The language-model head: a [`Linear`] to vocabulary logits that computes
 /// only the last row (of each sequence, in a batch of several) when the caller
-/// asks for [`Rows::Last`], with optional
+/// asks for [`Rows::Last`], and only the last `n` rows of the batch for
+/// [`Rows::Tail`], with optional
 /// final logit soft-capping (`cap * tanh(logit / cap)`).
 ///
 /// ```
@@ -316,7 +317,7 @@ impl Layer for LmHead {
         let k = self.linear.in_dim;
         let m = x.rows();
         let last_rows = match ctx.rows {
-            Rows::All => None,
+            Rows::All | Rows::Tail(_) => None,
             Rows::Last => Some((0..m).filter(|&r| ctx.is_last_of_sequence(r, m)).count()),
         };
         match last_rows {
@@ -335,12 +336,15 @@ impl Layer for LmHead {
             _ => {
                 let first = match (ctx.rows, ctx.map) {
                     (Rows::Last, None) => m.saturating_sub(1),
+                    (Rows::Tail(n), _) => m.saturating_sub(n),
                     _ => 0,
                 };
                 let rows = m - first;
-                let view = MatRef::new(&x.as_slice()[first * k..], rows, k)?;
                 y.reshape(rows, self.linear.out_dim);
-                self.linear.project(view, y.as_mut_slice(), ctx)?;
+                if rows > 0 {
+                    let view = MatRef::new(&x.as_slice()[first * k..], rows, k)?;
+                    self.linear.project(view, y.as_mut_slice(), ctx)?;
+                }
             }
         }
         if let Some(cap) = self.softcap {
@@ -381,5 +385,52 @@ mod tests {
         let last = head.apply(&x, &mut (), &ctx.with_rows(Rows::Last)).unwrap();
         assert_eq!(last.as_slice(), &[1.5, 1.0, 5.0]);
         assert!(head.describe().detail.contains("+bias"));
+    }
+
+    /// `Rows::Tail(n)` computes the last `n` rows only, with the bits they
+    /// have among all the rows (Q8_0 weights: few rows take the fused decode
+    /// kernels, many the dequantised panels), at every SIMD level.
+    #[test]
+    fn lm_head_tail_rows_have_the_bits_of_all_rows() {
+        use patchbay_primitives::{quant, DType, Storage};
+        let (n, k, m) = (37, 96, 11);
+        let vals: Vec<f32> = (0..n * k)
+            .map(|i| ((i * 7919 % 263) as f32 - 131.0) / 97.0)
+            .collect();
+        let row_bytes = DType::Q8_0.bytes_for(k).unwrap();
+        let mut bytes = vec![0u8; n * row_bytes];
+        for (src, dst) in vals.chunks(k).zip(bytes.chunks_mut(row_bytes)) {
+            quant::quantize_row(DType::Q8_0, src, dst);
+        }
+        let storage = std::sync::Arc::new(Storage::from_bytes(&bytes));
+        let w = Tensor::new(storage, 0, DType::Q8_0, vec![n, k]).unwrap();
+        let head = LmHead::new(Linear::new(w, None).unwrap()).with_softcap(Some(30.0));
+        let xs: Vec<f32> = (0..m * k)
+            .map(|i| ((i * 104_729 % 211) as f32 - 105.0) / 53.0)
+            .collect();
+        let x = Act::from_vec(m, k, xs).unwrap();
+        let threads = Threads::new(2);
+        let scratch = Scratch::new();
+        for simd in Simd::available() {
+            let ctx = Ctx::new(simd, &threads, &scratch);
+            let all = head.apply(&x, &mut (), &ctx).unwrap();
+            for tail in [0, 1, 3, 4, 5, m, m + 2] {
+                let got = head
+                    .apply(&x, &mut (), &ctx.with_rows(Rows::Tail(tail)))
+                    .unwrap();
+                let rows = tail.min(m);
+                assert_eq!((got.rows(), got.cols()), (rows, n), "{simd:?} tail {tail}");
+                let want = &all.as_slice()[(m - rows) * n..];
+                let same = got
+                    .as_slice()
+                    .iter()
+                    .zip(want)
+                    .all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(
+                    same,
+                    "{simd:?} tail {tail}: rows differ from those of all rows"
+                );
+            }
+        }
     }
 }

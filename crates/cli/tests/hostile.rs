@@ -444,7 +444,9 @@ fn hostile_inputs_get_clear_errors_and_exit_codes() {
         // first layer that went non-finite (no `null` logits, no `PPL = NaN`).
         case(&["generate", "-m", &nan_bin, "-p", "Once upon a time", "-n", "5"], 1, "logits at position 4: layer 2 is the first to produce NaN (at position 0)"),
         case(&["logits", "-m", &nan_bin, "-p", "Once upon a time"], 1, "the forward pass produced NaN logits at position 0: layer 2 is the first to produce NaN"),
-        case(&["perplexity", "-m", &nan_bin, "-f", &text, "--ctx", "64", "--chunks", "2"], 1, "the forward pass produced NaN logits at position 0: layer 2 is the first to produce NaN"),
+        // Perplexity computes the logits of the scored half only (positions 32.. of a
+        // 64-token chunk); the diagnosis still finds the first layer and position.
+        case(&["perplexity", "-m", &nan_bin, "-f", &text, "--ctx", "64", "--chunks", "2"], 1, "the forward pass produced NaN logits at position 32: layer 2 is the first to produce NaN (at position 0)"),
         case(&["generate", "-m", &nan_bin, "-f", &two_prompts, "--batch-prompts", "-n", "4"], 1, "layer 2 is the first to produce NaN"),
         case(&["bench", "-m", &nan_bin, "-p", "8", "-n", "4", "-r", "1"], 1, "pp: the forward pass produced NaN logits"),
         case(&["generate", "-m", &inf_bin, "-p", "Once upon a time", "-n", "5"], 1, "layer 1 is the first to produce"),

@@ -213,6 +213,11 @@ pub enum Rows {
     /// Only the last row of each sequence (generation): heads may skip the
     /// others. With one sequence, the last row.
     Last,
+    /// Only the last `n` rows of the batch (all of them if it has fewer):
+    /// scoring the tail of a text, as perplexity scores a chunk's second
+    /// half. Heads compute those rows only, with the bits they would have
+    /// among all the rows.
+    Tail(usize),
 }
 
 /// Temporary buffers for a forward pass, shared by every layer of a network.

@@ -114,9 +114,10 @@ pub fn perplexity<N: Layer>(
         }
         session.reset();
         let vocab = session.info.vocab;
-        let logits = session.logits(&chunk)?;
+        // Logits of the scored half only (row `i - first` is position `i`).
+        let logits = session.logits_tail(&chunk, ctx - first)?;
         for i in first..ctx - 1 {
-            let row = &logits.as_slice()[i * vocab..(i + 1) * vocab];
+            let row = &logits.as_slice()[(i - first) * vocab..(i - first + 1) * vocab];
             let target = tokens[c * ctx + i + 1] as usize;
             acc.add(log_sum_exp(row) - row[target] as f64);
         }

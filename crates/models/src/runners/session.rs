@@ -343,17 +343,44 @@ impl<N: Layer> Session<N> {
     /// Runs `tokens` through the network at the current position and returns
     /// the logits of every position (`tokens.len() x vocab`), in batches.
     pub fn logits(&mut self, tokens: &[u32]) -> Result<&Act, ModelError> {
+        self.logits_tail(tokens, tokens.len())
+    }
+
+    /// [`Session::logits`] for the last `keep` positions only (all of them if
+    /// there are fewer): a `keep x vocab` result, row `i` that of position
+    /// `tokens.len() - keep + i`, with the bits it has among all the rows.
+    /// Every token still goes through the network (and the KV cache); only
+    /// the head skips the other rows, which for a large vocabulary is most of
+    /// the work and memory of scoring a text (perplexity scores the second
+    /// half of each chunk).
+    pub fn logits_tail(&mut self, tokens: &[u32], keep: usize) -> Result<&Act, ModelError> {
         self.check_room(tokens.len())?;
         let vocab = self.info.vocab;
+        let keep = keep.min(tokens.len());
+        let skip = tokens.len() - keep;
         let start = self.pos;
         let mut all = std::mem::take(&mut self.logits);
-        all.reshape(tokens.len(), vocab);
-        let mut out = Act::default();
+        all.reshape(keep, vocab);
+        // One batch: the head writes straight into the result, so the logits
+        // are held once (for a large vocabulary, most of the memory).
+        let single = tokens.len() <= self.batch;
+        let mut part = Act::default();
         for (c, chunk) in tokens.chunks(self.batch).enumerate() {
+            let c0 = c * self.batch;
+            // Rows of this chunk at or after position `skip`.
+            let wanted = (c0 + chunk.len()).saturating_sub(skip.max(c0));
             self.load_ids(chunk);
-            let ctx = Ctx::new(self.simd, &self.threads, &self.scratch).at(self.pos);
+            let rows = if wanted == chunk.len() {
+                Rows::All
+            } else {
+                Rows::Tail(wanted)
+            };
+            let ctx = Ctx::new(self.simd, &self.threads, &self.scratch)
+                .at(self.pos)
+                .with_rows(rows);
             let net = &self.decoder.body.first.0;
-            net.forward(&self.ids, &mut out, &mut self.state.body_mut().first, &ctx)?;
+            let out = if single { &mut all } else { &mut part };
+            net.forward(&self.ids, out, &mut self.state.body_mut().first, &ctx)?;
             let replay = || {
                 if start == 0 {
                     tokens.to_vec()
@@ -361,9 +388,26 @@ impl<N: Layer> Session<N> {
                     Vec::new()
                 }
             };
-            check_logits(&out, self.pos, replay)?;
-            let start = c * self.batch * vocab;
-            all.as_mut_slice()[start..start + chunk.len() * vocab].copy_from_slice(out.as_slice());
+            // A head that ignores `Rows` returns every row: the wanted ones
+            // are its last.
+            let got = out.rows().min(chunk.len());
+            check_logits(out, self.pos + chunk.len() - got, replay)?;
+            if got < wanted {
+                let e = patchbay_primitives::ShapeError::Len {
+                    what: "rows of logits the network returned",
+                    expected: wanted,
+                    found: got,
+                };
+                return Err(LayerError::Shape(e).into());
+            }
+            let from = (got - wanted) * vocab..got * vocab;
+            if single {
+                all.as_mut_slice().copy_within(from, 0);
+                all.reshape(wanted, vocab);
+            } else if wanted > 0 {
+                let at = (skip.max(c0) - skip) * vocab;
+                all.as_mut_slice()[at..at + wanted * vocab].copy_from_slice(&part.as_slice()[from]);
+            }
             self.pos += chunk.len();
         }
         self.logits = all;
