@@ -370,14 +370,10 @@ impl<N: Layer> Session<N> {
             // Rows of this chunk at or after position `skip`.
             let wanted = (c0 + chunk.len()).saturating_sub(skip.max(c0));
             self.load_ids(chunk);
-            let rows = if wanted == chunk.len() {
-                Rows::All
-            } else {
-                Rows::Tail(wanted)
-            };
+            // `Tail(chunk.len())` is every row.
             let ctx = Ctx::new(self.simd, &self.threads, &self.scratch)
                 .at(self.pos)
-                .with_rows(rows);
+                .with_rows(Rows::Tail(wanted));
             let net = &self.decoder.body.first.0;
             let out = if single { &mut all } else { &mut part };
             net.forward(&self.ids, out, &mut self.state.body_mut().first, &ctx)?;
@@ -402,7 +398,10 @@ impl<N: Layer> Session<N> {
             }
             let from = (got - wanted) * vocab..got * vocab;
             if single {
-                all.as_mut_slice().copy_within(from, 0);
+                // Only a head that ignored `Rows` leaves rows to drop.
+                if got > wanted {
+                    all.as_mut_slice().copy_within(from, 0);
+                }
                 all.reshape(wanted, vocab);
             } else if wanted > 0 {
                 let at = (skip.max(c0) - skip) * vocab;
