@@ -117,23 +117,31 @@ fn bench_matvec(c: &mut Criterion) {
 }
 
 fn bench_matmul(c: &mut Criterion) {
-    let s = Simd::detect();
-    let (dtype, rows, cols, m) = (DType::Q4_K, 896, 4864, 64);
-    let w = weights(dtype, rows, cols);
+    let (rows, cols, m) = (896, 4864, 64);
     let x: Vec<f32> = (0..m * cols).map(|i| (i as f32 * 0.1).sin()).collect();
     let mut y = vec![0.0f32; m * rows];
     let mut scratch = Vec::new();
     let mut g = c.benchmark_group("matmul_q");
     g.throughput(Throughput::Elements((2 * m * rows * cols) as u64));
-    for threads in [1, 2] {
-        let t = Threads::new(threads);
-        let id = format!("{dtype}_{rows}x{cols}_m{m}/t{threads} (elements = flop)");
-        g.bench_function(BenchmarkId::from_parameter(id), |b| {
-            b.iter(|| {
-                let xm = MatRef::new(&x, m, cols).unwrap();
-                matmul_q(s, &t, dtype, &w, rows, cols, xm, &mut y, &mut scratch).unwrap()
-            })
-        });
+    // Q5_0 and Q8_0 take int16 activations at the AVX-512 level (with VNNI),
+    // Q4_K f32 ones everywhere.
+    for s in Simd::available() {
+        for dtype in [DType::Q4_K, DType::Q5_0, DType::Q8_0] {
+            let w = weights(dtype, rows, cols);
+            for threads in [1, 2] {
+                let t = Threads::new(threads);
+                let id = format!(
+                    "{}/{dtype}_{rows}x{cols}_m{m}/t{threads} (elements = flop)",
+                    s.level()
+                );
+                g.bench_function(BenchmarkId::from_parameter(id), |b| {
+                    b.iter(|| {
+                        let xm = MatRef::new(&x, m, cols).unwrap();
+                        matmul_q(s, &t, dtype, &w, rows, cols, xm, &mut y, &mut scratch).unwrap()
+                    })
+                });
+            }
+        }
     }
     g.finish();
 }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use patchbay_blocks::{Linear, SumOrder};
 use patchbay_combinators::{Capacity, Ctx, Layer, Scratch};
 use patchbay_primitives::gemm::matmul_sequential;
-use patchbay_primitives::quant::{dequantize_row, quantize_row};
+use patchbay_primitives::quant::{dequantize_row, exact_rounding_bound, quantize_row};
 use patchbay_primitives::{Act, DType, MatRef, Simd, Storage, Tensor, Threads};
 use proptest::prelude::*;
 
@@ -81,7 +81,8 @@ proptest! {
                                 r += *xv as f64 * *wv as f64;
                                 mag += (*xv as f64 * *wv as f64).abs();
                             }
-                            prop_assert!((got as f64 - r).abs() <= 1e-5 * (mag + r.abs()) + 1e-30,
+                            let extra = exact_rounding_bound(s, dtype, &row, &wf[j * inp..(j + 1) * inp]);
+                            prop_assert!((got as f64 - r).abs() <= 1e-5 * (mag + r.abs()) + extra + 1e-30,
                                 "{} output {}: {} vs {}", dtype, j, got, r);
                         }
                     }

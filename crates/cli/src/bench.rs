@@ -37,7 +37,8 @@ pub struct BenchArgs {
     #[arg(short = 't', long, value_delimiter = ',', default_value = "0", value_parser = crate::common::count, allow_negative_numbers = true)]
     pub threads: Vec<usize>,
     /// Int8 activations for quantised weights (as `generate --fast`); the
-    /// default is the exact f32 path that `generate` uses by default.
+    /// default is the exact path that `generate` uses by default (f32
+    /// activations, or int16 ones for Q8_0 and Q5_0 on AVX-512 VNNI).
     #[arg(long)]
     pub fast: bool,
     /// Print every sample as JSON (one array of records) instead of the table.

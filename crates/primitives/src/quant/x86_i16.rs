@@ -1,0 +1,584 @@
+//! AVX-512 (BW, VNNI) kernels of the int16-activation products of
+//! [`super::i16`], with the bits of its portable reference.
+//!
+//! - Decode ([`rows`]): a tile of 4 weight rows and 4 blocks at a time. Each
+//!   (row, block) is one `vpmaddwd` of the block's 32 weights (widened to
+//!   int16 in a register) with the 32 rounded activations: 16 lanes of pair
+//!   sums. A tree of unpacks and adds turns the tile's 16 vectors into one
+//!   vector of the 16 exact block sums, which are scaled and accumulated per
+//!   row, block after block.
+//! - Prefill ([`gemm`]): 32 weight rows at a time are repacked (once for all
+//!   rows of `x`) so that one 16-lane vector holds a pair of values of 16
+//!   rows; `vpdpwssd` with a broadcast pair of activations then sums a block
+//!   for 16 rows at once, two products per lane per instruction (twice the
+//!   multiply-adds of an f32 FMA), and the same scaling follows.
+
+use super::i16::{block_scale, ActsI16, BLOCK};
+use crate::dtype::DType;
+use crate::matmul::Out;
+use core::arch::x86_64::*;
+
+/// Whether this CPU runs these kernels (pulp's V4 level, VNNI and F16C).
+pub(crate) fn available() -> bool {
+    static OK: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *OK.get_or_init(|| pulp::x86::V4::try_new().is_some() && super::x86::has_vnni())
+}
+
+/// Rounds one row (see [`super::i16::quantize_row_ref`], same bits); false
+/// without the CPU features or when the lengths do not match.
+pub(crate) fn quantize_row(x: &[f32], q: &mut [i16], d: &mut [f32]) -> bool {
+    if !available()
+        || !x.len().is_multiple_of(BLOCK)
+        || q.len() != x.len()
+        || d.len() != x.len() / BLOCK
+    {
+        return false;
+    }
+    // SAFETY: `available` found the features `quantize_impl` is compiled for.
+    unsafe { quantize_impl(x, q, d) };
+    true
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")]
+fn quantize_impl(x: &[f32], q: &mut [i16], d: &mut [f32]) {
+    let magnitude = _mm512_set1_epi32(0x7FFF_FFFF);
+    for ((xb, qb), db) in x
+        .chunks_exact(BLOCK)
+        .zip(q.chunks_exact_mut(BLOCK))
+        .zip(d.iter_mut())
+    {
+        let xb: &[f32; BLOCK] = xb.try_into().expect("a block");
+        let qb: &mut [i16; BLOCK] = qb.try_into().expect("a block");
+        // SAFETY: 32 readable f32s; loadu has no alignment requirement.
+        let (x0, x1) = unsafe {
+            (
+                _mm512_loadu_ps(xb.as_ptr()),
+                _mm512_loadu_ps(xb.as_ptr().add(16)),
+            )
+        };
+        let nan =
+            _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(x0, x0) | _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(x1, x1);
+        let a0 = _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(x0), magnitude));
+        let a1 = _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(x1), magnitude));
+        // The largest magnitude is exact in any order (NaNs are `nan`'s).
+        let amax = _mm512_reduce_max_ps(_mm512_max_ps(a0, a1));
+        let bad = nan != 0 || !amax.is_finite();
+        let (scale, mul) = block_scale(amax, bad);
+        *db = scale;
+        if bad {
+            *qb = [0; BLOCK];
+            continue;
+        }
+        let m = _mm512_set1_ps(mul);
+        // Rounded to nearest, ties to even (the default rounding mode), and
+        // within +-32767, so the saturating narrowing is exact.
+        let q0 = _mm512_cvtsepi32_epi16(_mm512_cvtps_epi32(_mm512_mul_ps(x0, m)));
+        let q1 = _mm512_cvtsepi32_epi16(_mm512_cvtps_epi32(_mm512_mul_ps(x1, m)));
+        // SAFETY: 32 writable i16s; storeu has no alignment requirement.
+        unsafe {
+            _mm256_storeu_si256(qb.as_mut_ptr().cast(), q0);
+            _mm256_storeu_si256(qb.as_mut_ptr().add(16).cast(), q1);
+        }
+    }
+}
+
+/// The 32 integer weights of the block at `b` as int16: Q8_0's signed bytes
+/// (`Q5 = false`) or Q5_0's `q - 16` (`Q5 = true`).
+///
+/// # Safety
+/// `b` points to a whole block of the format; the caller is compiled with
+/// the features of this module.
+#[inline(always)]
+unsafe fn block_weights<const Q5: bool>(b: *const u8) -> __m512i {
+    // SAFETY: the block is readable (the contract); unaligned loads.
+    unsafe {
+        if Q5 {
+            let qs = _mm256_broadcastsi128_si256(_mm_loadu_si128(b.add(6).cast()));
+            let t = _mm512_cvtepu8_epi16(qs);
+            // Words 0..16 keep the low nibbles, 16..32 take the high ones.
+            let t = _mm512_mask_srli_epi16::<4>(t, 0xFFFF_0000, t);
+            let v = _mm512_and_si512(t, _mm512_set1_epi16(0x0F));
+            let qh = b.add(2).cast::<u32>().read_unaligned();
+            // `nibble - 16` where the fifth bit is clear, `nibble` where set.
+            _mm512_mask_sub_epi16(v, !qh, v, _mm512_set1_epi16(16))
+        } else {
+            _mm512_cvtepi8_epi16(_mm256_loadu_si256(b.add(2).cast()))
+        }
+    }
+}
+
+/// The sums of all 16 lanes of each of `p[0..16]`, as one vector: lane `l`
+/// holds the sum of `p[l]` (unpacks within 128-bit lanes, then across them).
+///
+/// # Safety
+/// The caller is compiled with this module's features.
+#[inline(always)]
+unsafe fn lane_sums(p: &[__m512i; 16]) -> __m512i {
+    // SAFETY: the features per the contract.
+    unsafe { lane_sums_in(p) }
+}
+
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")]
+fn lane_sums_in(p: &[__m512i; 16]) -> __m512i {
+    let mut l1 = [_mm512_setzero_si512(); 8];
+    for (k, v) in l1.iter_mut().enumerate() {
+        let (a, b) = (p[2 * k], p[2 * k + 1]);
+        *v = _mm512_add_epi32(_mm512_unpacklo_epi32(a, b), _mm512_unpackhi_epi32(a, b));
+    }
+    let mut l2 = [_mm512_setzero_si512(); 4];
+    for (k, v) in l2.iter_mut().enumerate() {
+        let (a, b) = (l1[2 * k], l1[2 * k + 1]);
+        *v = _mm512_add_epi32(_mm512_unpacklo_epi64(a, b), _mm512_unpackhi_epi64(a, b));
+    }
+    // Each 128-bit lane of l2[k] now holds partial sums of p[4k..4k + 4].
+    let mut l3 = [_mm512_setzero_si512(); 2];
+    for (k, v) in l3.iter_mut().enumerate() {
+        let (a, b) = (l2[2 * k], l2[2 * k + 1]);
+        *v = _mm512_add_epi32(
+            _mm512_shuffle_i32x4::<0b01_00_01_00>(a, b),
+            _mm512_shuffle_i32x4::<0b11_10_11_10>(a, b),
+        );
+    }
+    _mm512_add_epi32(
+        _mm512_shuffle_i32x4::<0b10_00_10_00>(l3[0], l3[1]),
+        _mm512_shuffle_i32x4::<0b11_01_11_01>(l3[0], l3[1]),
+    )
+}
+
+/// The first `n` (<= 64) bytes as a load mask.
+fn byte_mask(n: usize) -> __mmask64 {
+    if n >= 64 {
+        !0
+    } else {
+        (1u64 << n) - 1
+    }
+}
+
+/// The decode products (see [`super::i16::rows`]); false, doing nothing,
+/// without the CPU features, for other formats or mismatched lengths.
+pub(crate) fn rows(dtype: DType, w: &[u8], row_bytes: usize, acts: &ActsI16, out: Out) -> bool {
+    let Some(shape) = Shape::of(dtype, w, row_bytes, acts) else {
+        return false;
+    };
+    // SAFETY: `Shape::of` checked the features and that every block and
+    // activation the kernel reads lies within `w` and `acts`.
+    unsafe {
+        if dtype == DType::Q5_0 {
+            rows_impl::<true>(w, &shape, acts, out)
+        } else {
+            rows_impl::<false>(w, &shape, acts, out)
+        }
+    }
+    true
+}
+
+/// The checked dimensions of a product.
+struct Shape {
+    row_bytes: usize,
+    block_bytes: usize,
+    blocks: usize,
+    nrows: usize,
+}
+
+impl Shape {
+    fn of(dtype: DType, w: &[u8], row_bytes: usize, acts: &ActsI16) -> Option<Shape> {
+        if !available() || !matches!(dtype, DType::Q8_0 | DType::Q5_0) || row_bytes == 0 {
+            return None;
+        }
+        let block_bytes = dtype.block_bytes();
+        let blocks = row_bytes / block_bytes;
+        let fits = row_bytes.is_multiple_of(block_bytes)
+            && w.len().is_multiple_of(row_bytes)
+            && acts.cols == blocks * BLOCK
+            && acts.q.len() == acts.rows() * acts.cols
+            && acts.d.len() == acts.rows() * blocks;
+        fits.then_some(Shape {
+            row_bytes,
+            block_bytes,
+            blocks,
+            nrows: w.len() / row_bytes,
+        })
+    }
+}
+
+/// One step of a decode tile: blocks `k..k + step` (`step` <= 4) of the
+/// tile's rows at byte offsets `row` against one rounded row of `x` (`xq`,
+/// `xd`). Returns the exact block sums as floats and their scales `d_w * d_x`,
+/// lane `bb * 4 + r` for block `k + bb` of row `r` (lanes of blocks past the
+/// step are zero).
+///
+/// # Safety
+/// The caller is compiled with this module's features; the step's blocks
+/// lie within `base`'s rows and `xq`/`xd` hold them (`Shape::of`).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn decode_step<const Q5: bool>(
+    base: *const u8,
+    row: &[usize; 4],
+    block_bytes: usize,
+    k: usize,
+    step: usize,
+    (xq, xd): (*const i16, &[f32]),
+    (scale_words, spread): (__m512i, __m512i),
+    dist: usize,
+) -> (__m512, __m512) {
+    // SAFETY: the features and bounds per the contract.
+    unsafe {
+        let mut p = [_mm512_setzero_si512(); 16];
+        for bb in 0..step {
+            let xv = _mm512_loadu_si512(xq.add((k + bb) * BLOCK).cast());
+            for r in 0..4 {
+                let b = base.add(row[r] + (k + bb) * block_bytes);
+                // A prefetch never faults: the address may lie past `w`.
+                _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add(dist).cast());
+                p[bb * 4 + r] = _mm512_madd_epi16(block_weights::<Q5>(b), xv);
+            }
+        }
+        let sums = _mm512_cvtepi32_ps(lane_sums(&p));
+        // The scales: word `bb * 4 + r` is block `bb`'s of row `r`, picked
+        // from the step's bytes of each row (masked loads, so nothing past
+        // the step is read), where a gather was a third of the time.
+        let len = step * block_bytes;
+        let (ka, kb) = (byte_mask(len), byte_mask(len.saturating_sub(64)));
+        let mut dw = _mm512_setzero_si512();
+        for (r, at) in row.iter().enumerate() {
+            let p = base.add(at + k * block_bytes);
+            let a = _mm512_maskz_loadu_epi8(ka, p.cast());
+            let b = _mm512_maskz_loadu_epi8(kb, p.wrapping_add(64).cast());
+            let pick = _mm512_maskz_permutex2var_epi16(0x1111 << r, a, scale_words, b);
+            dw = _mm512_or_si512(dw, pick);
+        }
+        let dw = _mm512_cvtph_ps(_mm512_castsi512_si256(dw));
+        let mut dx = [0.0f32; 4];
+        dx[..step].copy_from_slice(&xd[k..k + step]);
+        let dx = _mm512_castps128_ps512(_mm_loadu_ps(dx.as_ptr()));
+        (sums, _mm512_mul_ps(dw, _mm512_permutexvar_ps(spread, dx)))
+    }
+}
+
+/// # Safety
+/// The CPU has this module's features, and `shape` was checked by
+/// [`Shape::of`] for `w` and `acts`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")]
+unsafe fn rows_impl<const Q5: bool>(w: &[u8], shape: &Shape, acts: &ActsI16, out: Out) {
+    let Shape {
+        row_bytes,
+        block_bytes,
+        blocks,
+        nrows,
+    } = *shape;
+    // Word `bb * 4 + r` (any r): the word of block `bb`'s scale among a
+    // step's bytes (block lengths are even).
+    let at: [i16; 32] = core::array::from_fn(|l| ((l % 16 / 4) * block_bytes / 2) as i16);
+    // SAFETY: 32 readable i16s; loadu has no alignment requirement.
+    let scale_words = unsafe { _mm512_loadu_si512(at.as_ptr().cast()) };
+    let spread = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
+    let base = w.as_ptr();
+    let mut j = 0;
+    while j < nrows {
+        // Rows past the end repeat the last one (their outputs are dropped).
+        let row: [usize; 4] = core::array::from_fn(|r| (j + r).min(nrows - 1) * row_bytes);
+        let dist = super::x86::tile_ahead(4 * row_bytes, (nrows - j).saturating_sub(4) * row_bytes);
+        for i in 0..acts.rows() {
+            let x = (acts.q_row(i).as_ptr(), acts.d_row(i));
+            // Lane `bb * 4 + r`: row r's sum of the blocks `bb` mod 4.
+            let mut acc = _mm512_setzero_ps();
+            let mut k = 0;
+            while k + 4 <= blocks {
+                // SAFETY: blocks k..k + 4 exist (`Shape::of`); the features.
+                let (sums, scale) = unsafe {
+                    decode_step::<Q5>(
+                        base,
+                        &row,
+                        block_bytes,
+                        k,
+                        4,
+                        x,
+                        (scale_words, spread),
+                        dist,
+                    )
+                };
+                acc = _mm512_fmadd_ps(sums, scale, acc);
+                k += 4;
+            }
+            if k < blocks {
+                let step = blocks - k;
+                // SAFETY: as above, for the last `step` blocks.
+                let (sums, scale) = unsafe {
+                    decode_step::<Q5>(
+                        base,
+                        &row,
+                        block_bytes,
+                        k,
+                        step,
+                        x,
+                        (scale_words, spread),
+                        dist,
+                    )
+                };
+                acc = _mm512_mask3_fmadd_ps(sums, scale, acc, (1u16 << (4 * step)) - 1);
+            }
+            let v = (
+                _mm512_extractf32x4_ps::<0>(acc),
+                _mm512_extractf32x4_ps::<1>(acc),
+            );
+            let h = (
+                _mm512_extractf32x4_ps::<2>(acc),
+                _mm512_extractf32x4_ps::<3>(acc),
+            );
+            let acc = _mm_add_ps(_mm_add_ps(v.0, v.1), _mm_add_ps(h.0, h.1));
+            let mut v = [0.0f32; 4];
+            // SAFETY: 4 writable f32s.
+            unsafe { _mm_storeu_ps(v.as_mut_ptr(), acc) };
+            for (r, vr) in v.iter().enumerate().take(nrows - j) {
+                out.put(i, j + r, *vr);
+            }
+        }
+        j += 4;
+    }
+}
+
+/// Weight rows per prefill panel (two 16-lane vectors).
+const PANEL: usize = 32;
+
+thread_local! {
+    /// This thread's repacked panel: pairs of int16 weights, and scales.
+    static PACKED: std::cell::RefCell<(Vec<i32>, Vec<f32>)> =
+        const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
+}
+
+/// The prefill products (see [`super::i16::gemm`]); false, doing nothing,
+/// as for [`rows`].
+pub(crate) fn gemm(dtype: DType, w: &[u8], row_bytes: usize, acts: &ActsI16, out: Out) -> bool {
+    let Some(shape) = Shape::of(dtype, w, row_bytes, acts) else {
+        return false;
+    };
+    let run = |packed: &mut (Vec<i32>, Vec<f32>)| {
+        let (pairs, scales) = packed;
+        pairs.resize(shape.blocks * 16 * PANEL, 0);
+        scales.resize(shape.blocks * PANEL, 0.0);
+        let mut j = 0;
+        while j < shape.nrows {
+            // SAFETY: `Shape::of` checked the features and the lengths.
+            unsafe {
+                if dtype == DType::Q5_0 {
+                    pack::<true>(w, &shape, j, pairs, scales);
+                } else {
+                    pack::<false>(w, &shape, j, pairs, scales);
+                }
+                panel(&shape, pairs, scales, acts, out, j);
+            }
+            j += PANEL;
+        }
+    };
+    PACKED.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut p) => run(&mut p),
+        // Only if `run` itself came back here, which it never does.
+        Err(_) => run(&mut (Vec::new(), Vec::new())),
+    });
+    true
+}
+
+/// Repacks rows `j..j + PANEL` (the last row repeated past the end):
+/// `pairs[(b * 16 + p) * PANEL + r]` holds values `2p, 2p + 1` of block `b`
+/// of row `r` as two int16, and `scales[b * PANEL + r]` its scale.
+///
+/// # Safety
+/// As for [`rows_impl`]; `pairs` and `scales` hold a panel of `shape`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")]
+unsafe fn pack<const Q5: bool>(
+    w: &[u8],
+    shape: &Shape,
+    j: usize,
+    pairs: &mut [i32],
+    scales: &mut [f32],
+) {
+    let base = w.as_ptr();
+    assert!(pairs.len() >= shape.blocks * 16 * PANEL && scales.len() >= shape.blocks * PANEL);
+    for half in 0..PANEL / 16 {
+        let row: [usize; 16] =
+            core::array::from_fn(|r| (j + half * 16 + r).min(shape.nrows - 1) * shape.row_bytes);
+        for b in 0..shape.blocks {
+            let mut v = [_mm512_setzero_si512(); 16];
+            let mut d = [0u16; 16];
+            for r in 0..16 {
+                let at = row[r] + b * shape.block_bytes;
+                // Sixteen rows are more streams than the hardware follows.
+                _mm_prefetch::<_MM_HINT_T0>(base.wrapping_add(at + 8 * shape.block_bytes).cast());
+                // SAFETY: a whole block within `w` (row < nrows, b < blocks).
+                v[r] = unsafe { block_weights::<Q5>(base.add(at)) };
+                d[r] = u16::from_le_bytes([w[at], w[at + 1]]);
+            }
+            // Column p of the 16 x 16 pairs is pair p of the 16 rows.
+            let t = transpose16(&v);
+            // SAFETY: in bounds (asserted above): 16 i32s from
+            // (b * 16 + p) * PANEL + half * 16, and 16 f32s from
+            // b * PANEL + half * 16.
+            unsafe {
+                for (p, tp) in t.iter().enumerate() {
+                    let at = pairs.as_mut_ptr().add((b * 16 + p) * PANEL + half * 16);
+                    _mm512_storeu_si512(at.cast(), *tp);
+                }
+                let dv = _mm512_cvtph_ps(_mm256_loadu_si256(d.as_ptr().cast()));
+                _mm512_storeu_ps(scales.as_mut_ptr().add(b * PANEL + half * 16), dv);
+            }
+        }
+    }
+}
+
+/// The 16 x 16 transpose of 32-bit lanes: lane `r` of result `l` is lane
+/// `l` of `v[r]` (unpacks within 128-bit lanes, then a 4 x 4 transpose of
+/// the 128-bit lanes).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")]
+fn transpose16(v: &[__m512i; 16]) -> [__m512i; 16] {
+    let mut s1 = [_mm512_setzero_si512(); 16];
+    for k in 0..8 {
+        s1[2 * k] = _mm512_unpacklo_epi32(v[2 * k], v[2 * k + 1]);
+        s1[2 * k + 1] = _mm512_unpackhi_epi32(v[2 * k], v[2 * k + 1]);
+    }
+    // s2[4k + q], 128-bit lane c: lane 4c + q of rows 4k..4k + 4.
+    let mut s2 = [_mm512_setzero_si512(); 16];
+    for k in 0..4 {
+        let (a, b, c, d) = (s1[4 * k], s1[4 * k + 2], s1[4 * k + 1], s1[4 * k + 3]);
+        s2[4 * k] = _mm512_unpacklo_epi64(a, b);
+        s2[4 * k + 1] = _mm512_unpackhi_epi64(a, b);
+        s2[4 * k + 2] = _mm512_unpacklo_epi64(c, d);
+        s2[4 * k + 3] = _mm512_unpackhi_epi64(c, d);
+    }
+    let mut out = [_mm512_setzero_si512(); 16];
+    for q in 0..4 {
+        let x = [s2[q], s2[4 + q], s2[8 + q], s2[12 + q]];
+        let p0 = _mm512_shuffle_i32x4::<0x44>(x[0], x[1]);
+        let p1 = _mm512_shuffle_i32x4::<0xEE>(x[0], x[1]);
+        let p2 = _mm512_shuffle_i32x4::<0x44>(x[2], x[3]);
+        let p3 = _mm512_shuffle_i32x4::<0xEE>(x[2], x[3]);
+        out[q] = _mm512_shuffle_i32x4::<0x88>(p0, p2);
+        out[4 + q] = _mm512_shuffle_i32x4::<0xDD>(p0, p2);
+        out[8 + q] = _mm512_shuffle_i32x4::<0x88>(p1, p3);
+        out[12 + q] = _mm512_shuffle_i32x4::<0xDD>(p1, p3);
+    }
+    out
+}
+
+/// `acc += ` the pair sums of `w * x` (int16 pairs into int32 lanes):
+/// `vpdpwssd`, written out because the compiler otherwise splits it into a
+/// multiply-add and an add (half the throughput).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")]
+fn dpwssd(acc: &mut __m512i, w: __m512i, x: __m512i) {
+    // SAFETY: one register-only instruction of the features this function
+    // is compiled for (so only called where the CPU has them).
+    unsafe {
+        core::arch::asm!(
+            "vpdpwssd {a}, {w}, {x}",
+            a = inout(zmm_reg) *acc,
+            w = in(zmm_reg) w,
+            x = in(zmm_reg) x,
+            options(pure, nomem, nostack, preserves_flags),
+        );
+    }
+}
+
+/// Rows of `x` per prefill tile.
+const MR: usize = 6;
+
+/// Every row of `acts` against a packed panel (rows `j..`).
+///
+/// # Safety
+/// As for [`pack`], after it filled `pairs` and `scales`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")]
+unsafe fn panel(shape: &Shape, pairs: &[i32], scales: &[f32], acts: &ActsI16, out: Out, j: usize) {
+    let m = acts.rows();
+    let mut i = 0;
+    while i < m {
+        // SAFETY: forwarded.
+        unsafe {
+            match m - i {
+                1 => tile::<1>(shape, pairs, scales, acts, out, i, j),
+                2 => tile::<2>(shape, pairs, scales, acts, out, i, j),
+                3 => tile::<3>(shape, pairs, scales, acts, out, i, j),
+                4 => tile::<4>(shape, pairs, scales, acts, out, i, j),
+                5 => tile::<5>(shape, pairs, scales, acts, out, i, j),
+                _ => tile::<MR>(shape, pairs, scales, acts, out, i, j),
+            }
+        }
+        i += MR;
+    }
+}
+
+/// Rows `i0..i0 + T` of `acts` against the packed panel of rows `j..`.
+///
+/// # Safety
+/// As for [`panel`], with `i0 + T <= acts.rows()`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")]
+unsafe fn tile<const T: usize>(
+    shape: &Shape,
+    pairs: &[i32],
+    scales: &[f32],
+    acts: &ActsI16,
+    out: Out,
+    i0: usize,
+    j: usize,
+) {
+    let xq: [*const i32; T] = core::array::from_fn(|i| acts.q_row(i0 + i).as_ptr().cast());
+    let xd: [&[f32]; T] = core::array::from_fn(|i| acts.d_row(i0 + i));
+    let (pp, sp) = (pairs.as_ptr(), scales.as_ptr());
+    // The sums of the blocks `t` mod 4, for each t (see `super::i16`).
+    let mut part = [[[_mm512_setzero_ps(); 2]; T]; 4];
+    for (t, acc) in part.iter_mut().enumerate() {
+        for b in (t..shape.blocks).step_by(4) {
+            let mut sums = [[_mm512_setzero_si512(); 2]; T];
+            for p in 0..16 {
+                // SAFETY: (b * 16 + p + 1) * PANEL <= pairs.len() (a whole panel).
+                let (w0, w1) = unsafe {
+                    let at = pp.add((b * 16 + p) * PANEL);
+                    (
+                        _mm512_loadu_si512(at.cast()),
+                        _mm512_loadu_si512(at.add(16).cast()),
+                    )
+                };
+                for i in 0..T {
+                    // SAFETY: values 2p, 2p + 1 of block b < blocks of row i.
+                    let x = _mm512_set1_epi32(unsafe { xq[i].add(b * 16 + p).read_unaligned() });
+                    dpwssd(&mut sums[i][0], w0, x);
+                    dpwssd(&mut sums[i][1], w1, x);
+                }
+            }
+            // SAFETY: (b + 1) * PANEL <= scales.len().
+            let (d0, d1) = unsafe {
+                let at = sp.add(b * PANEL);
+                (_mm512_loadu_ps(at), _mm512_loadu_ps(at.add(16)))
+            };
+            for i in 0..T {
+                let dx = _mm512_set1_ps(xd[i][b]);
+                let (s0, s1) = (
+                    _mm512_cvtepi32_ps(sums[i][0]),
+                    _mm512_cvtepi32_ps(sums[i][1]),
+                );
+                acc[i][0] = _mm512_fmadd_ps(s0, _mm512_mul_ps(d0, dx), acc[i][0]);
+                acc[i][1] = _mm512_fmadd_ps(s1, _mm512_mul_ps(d1, dx), acc[i][1]);
+            }
+        }
+    }
+    let acc: [[__m512; 2]; T] = core::array::from_fn(|i| {
+        core::array::from_fn(|v| {
+            let [a, b, c, d] = [0, 1, 2, 3].map(|t| part[t][i][v]);
+            _mm512_add_ps(_mm512_add_ps(a, b), _mm512_add_ps(c, d))
+        })
+    });
+    let live = (shape.nrows - j).min(PANEL);
+    for (i, a) in acc.iter().enumerate() {
+        let mut v = [0.0f32; PANEL];
+        // SAFETY: 32 writable f32s.
+        unsafe {
+            _mm512_storeu_ps(v.as_mut_ptr(), a[0]);
+            _mm512_storeu_ps(v.as_mut_ptr().add(16), a[1]);
+        }
+        for (r, vr) in v.iter().enumerate().take(live) {
+            out.put(i0 + i, j + r, *vr);
+        }
+    }
+}
