@@ -44,10 +44,10 @@ impl Default for EmbedderOptions {
 /// A BERT sentence encoder ready to run: network, tokenizer, state and
 /// buffers.
 ///
-/// Texts are tokenized with the model's `tokenizer.json` ([CLS] and [SEP]
+/// Texts are tokenized with the model's `tokenizer.json` (`[CLS]` and `[SEP]`
 /// added) and cut to [`Embedder::max_tokens`]: sentence-transformers'
 /// `max_seq_length` from `sentence_bert_config.json`, else the size of the
-/// position table, keeping the final [SEP] as HF's truncation does.
+/// position table, keeping the final `[SEP]` as HF's truncation does.
 pub struct Embedder {
     model: Model<BertNet>,
     tokenizer: Tokenizer,
@@ -133,7 +133,7 @@ impl Embedder {
         self.model.info.dim
     }
 
-    /// Most tokens of a text the model sees ([CLS] and [SEP] included).
+    /// Most tokens of a text the model sees (`[CLS]` and `[SEP]` included).
     pub fn max_tokens(&self) -> usize {
         self.model.info.max_context
     }
@@ -153,8 +153,8 @@ impl Embedder {
         &self.tokenizer
     }
 
-    /// The token ids the model sees for `text`: [CLS] text [SEP], cut to
-    /// [`Embedder::max_tokens`] with the final [SEP] kept.
+    /// The token ids the model sees for `text`: `[CLS]` text `[SEP]`, cut to
+    /// [`Embedder::max_tokens`] with the final `[SEP]` kept.
     pub fn tokenize(&self, text: &str) -> Vec<u32> {
         tokenize_cut(&self.tokenizer, self.max_tokens(), text)
     }
@@ -236,7 +236,7 @@ impl Embedder {
     }
 }
 
-/// `text`'s ids, [CLS] text [SEP], cut to `max` with the final [SEP] kept.
+/// `text`'s ids, `[CLS]` text `[SEP]`, cut to `max` with the final `[SEP]` kept.
 fn tokenize_cut(tokenizer: &Tokenizer, max: usize, text: &str) -> Vec<u32> {
     let mut ids = tokenizer.encode(text, true);
     if ids.len() > max {

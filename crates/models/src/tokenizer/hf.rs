@@ -187,7 +187,7 @@ impl HfTokenizer {
         self.eog.contains(&id)
     }
 
-    /// Token ids of `text`; `add_special` adds the post-processor's tokens ([CLS] .. [SEP]).
+    /// Token ids of `text`; `add_special` adds the post-processor's tokens (`[CLS]` .. `[SEP]`).
     pub fn encode(&self, text: &str, add_special: bool) -> Vec<u32> {
         match self.inner.encode(text, add_special) {
             Ok(e) => e.get_ids().to_vec(),
