@@ -45,6 +45,12 @@ fn cpu_has_kernels() -> bool {
     false
 }
 
+/// Whether the decode products of `dtype` ([`rows`]) read the activations'
+/// byte split (Q5_0's byte products do; Q8_0's word products do not).
+pub(crate) fn decode_splits(dtype: DType) -> bool {
+    dtype == DType::Q5_0
+}
+
 /// Rows of activations rounded to int16 per block of [`BLOCK`] values.
 #[derive(Debug, Default, Clone)]
 pub(crate) struct ActsI16 {
@@ -54,6 +60,13 @@ pub(crate) struct ActsI16 {
     pub d: Vec<f32>,
     /// Values per row (a multiple of [`BLOCK`]).
     pub cols: usize,
+    /// The byte split of `q` for byte products (`vpdpbusd` in decode), see
+    /// [`split_row_ref`]: low bytes, unsigned.
+    pub lo: Vec<u8>,
+    /// High bytes, signed: `q = 256 * hi + lo`.
+    pub hi: Vec<i8>,
+    /// Minus the sum of each 4 consecutive `q` (`rows x cols / 4`).
+    pub neg_quad_q: Vec<i32>,
 }
 
 impl ActsI16 {
@@ -66,6 +79,17 @@ impl ActsI16 {
     pub fn d_row(&self, i: usize) -> &[f32] {
         let nb = self.cols / BLOCK;
         &self.d[i * nb..(i + 1) * nb]
+    }
+
+    /// The byte split of row `i`: low and high bytes, and minus the sums of
+    /// each 4 values.
+    pub fn split_row(&self, i: usize) -> (&[u8], &[i8], &[i32]) {
+        let (c, c4) = (self.cols, self.cols / 4);
+        (
+            &self.lo[i * c..(i + 1) * c],
+            &self.hi[i * c..(i + 1) * c],
+            &self.neg_quad_q[i * c4..(i + 1) * c4],
+        )
     }
 
     /// Rows held.
@@ -112,21 +136,59 @@ pub(crate) fn quantize_row_ref(x: &[f32], q: &mut [i16], d: &mut [f32]) {
     }
 }
 
-/// Rounds the rows of `x` (columns a multiple of [`BLOCK`]) into `acts`.
-pub(crate) fn quantize(x: MatRef<'_>, acts: &mut ActsI16) {
+/// Splits the rounded values `q` (a multiple of 4 long) into bytes, `q =
+/// 256 * hi + lo` with `lo` unsigned and `hi` signed, and writes minus the
+/// sum of each 4 values (the offset of byte products with weights stored
+/// with a bias), in portable code.
+pub(crate) fn split_row_ref(q: &[i16], lo: &mut [u8], hi: &mut [i8], neg_quad_q: &mut [i32]) {
+    for ((qc, (lc, hc)), nq) in q
+        .chunks_exact(4)
+        .zip(lo.chunks_exact_mut(4).zip(hi.chunks_exact_mut(4)))
+        .zip(neg_quad_q.iter_mut())
+    {
+        for ((v, l), h) in qc.iter().zip(lc.iter_mut()).zip(hc.iter_mut()) {
+            // Truncations: the low byte, and the arithmetic shift's byte.
+            *l = *v as u8;
+            *h = (*v >> 8) as i8;
+        }
+        *nq = -qc.iter().map(|v| i32::from(*v)).sum::<i32>();
+    }
+}
+
+/// Rounds the rows of `x` (columns a multiple of [`BLOCK`]) into `acts`,
+/// with their byte split when `split` (decode, [`rows`], needs it; prefill,
+/// [`gemm`], does not). Without it the split is left empty, never stale.
+pub(crate) fn quantize(x: MatRef<'_>, split: bool, acts: &mut ActsI16) {
     let (rows, cols) = (x.rows(), x.cols());
-    let nb = cols / BLOCK;
+    let (nb, c4) = (cols / BLOCK, cols / 4);
+    let split_rows = if split { rows } else { 0 };
     acts.cols = cols;
     acts.q.resize(rows * cols, 0);
     acts.d.resize(rows * nb, 0.0);
+    acts.lo.resize(split_rows * cols, 0);
+    acts.hi.resize(split_rows * cols, 0);
+    acts.neg_quad_q.resize(split_rows * c4, 0);
     for i in 0..rows {
         let q = &mut acts.q[i * cols..(i + 1) * cols];
         let d = &mut acts.d[i * nb..(i + 1) * nb];
         #[cfg(target_arch = "x86_64")]
-        if super::x86_i16::quantize_row(x.row(i), q, d) {
+        let done = super::x86_i16::quantize_row(x.row(i), q, d);
+        #[cfg(not(target_arch = "x86_64"))]
+        let done = false;
+        if !done {
+            quantize_row_ref(x.row(i), q, d);
+        }
+        if !split {
             continue;
         }
-        quantize_row_ref(x.row(i), q, d);
+        let lo = &mut acts.lo[i * cols..(i + 1) * cols];
+        let hi = &mut acts.hi[i * cols..(i + 1) * cols];
+        let nq = &mut acts.neg_quad_q[i * c4..(i + 1) * c4];
+        #[cfg(target_arch = "x86_64")]
+        if super::x86_i16::split_row(q, lo, hi, nq) {
+            continue;
+        }
+        split_row_ref(q, lo, hi, nq);
     }
 }
 
@@ -136,17 +198,18 @@ thread_local! {
     static ACTS: std::cell::RefCell<ActsI16> = std::cell::RefCell::new(ActsI16::default());
 }
 
-/// Rounds `x` (see [`quantize`]) into this thread's buffer and runs `f` on
-/// it. Never nested by the kernels; a nested call gets a buffer of its own.
-pub(crate) fn with_acts<R>(x: MatRef<'_>, f: impl FnOnce(&ActsI16) -> R) -> R {
+/// Rounds `x` (see [`quantize`], with the byte split when `split`) into this
+/// thread's buffer and runs `f` on it. Never nested by the kernels; a nested
+/// call gets a buffer of its own.
+pub(crate) fn with_acts<R>(x: MatRef<'_>, split: bool, f: impl FnOnce(&ActsI16) -> R) -> R {
     ACTS.with(|cell| match cell.try_borrow_mut() {
         Ok(mut acts) => {
-            quantize(x, &mut acts);
+            quantize(x, split, &mut acts);
             f(&acts)
         }
         Err(_) => {
             let mut acts = ActsI16::default();
-            quantize(x, &mut acts);
+            quantize(x, split, &mut acts);
             f(&acts)
         }
     })
@@ -282,7 +345,7 @@ mod tests {
                 x[cols - BLOCK..cols].fill(0.0);
                 let xm = MatRef::new(&x, m, cols).unwrap();
                 let mut acts = ActsI16::default();
-                quantize(xm, &mut acts);
+                quantize(xm, true, &mut acts);
                 for i in 0..m {
                     let mut q = vec![0i16; cols];
                     let mut d = vec![0.0f32; blocks];
@@ -291,9 +354,35 @@ mod tests {
                     let db: Vec<u32> = d.iter().map(|v| v.to_bits()).collect();
                     let ab: Vec<u32> = acts.d_row(i).iter().map(|v| v.to_bits()).collect();
                     assert_eq!(db, ab, "{dtype} scales of row {i}");
+                    let (mut lo, mut hi) = (vec![0u8; cols], vec![0i8; cols]);
+                    let mut nq = vec![0i32; cols / 4];
+                    split_row_ref(&q, &mut lo, &mut hi, &mut nq);
+                    let split = acts.split_row(i);
+                    assert_eq!(
+                        (&lo[..], &hi[..]),
+                        (split.0, split.1),
+                        "{dtype} bytes of row {i}"
+                    );
+                    assert_eq!(nq, split.2, "{dtype} sums of row {i}");
+                    for (l, v) in q.iter().enumerate() {
+                        let back = 256 * i32::from(hi[l]) + i32::from(lo[l]);
+                        assert_eq!(back, i32::from(*v), "{dtype} split of row {i} value {l}");
+                    }
                 }
                 let dec = products(dtype, &w, rb, &acts, n, false);
                 let pre = products(dtype, &w, rb, &acts, n, true);
+                // Without the byte split (prefill's rounding) decode still
+                // has the bits, from the reference where it needs the split.
+                let mut unsplit = acts.clone();
+                quantize(xm, false, &mut unsplit);
+                assert!(unsplit.lo.is_empty() && unsplit.neg_quad_q.is_empty());
+                let dec_unsplit = products(dtype, &w, rb, &unsplit, n, false);
+                let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                assert_eq!(
+                    bits(&dec_unsplit),
+                    bits(&dec),
+                    "{dtype} decode without the split"
+                );
                 for i in 0..m {
                     for j in 0..n {
                         let r = &w[j * rb..(j + 1) * rb];
@@ -335,7 +424,7 @@ mod tests {
             x[cols + 40] = f32::NAN;
             x[3 * cols + 5] = f32::INFINITY;
             let mut acts = ActsI16::default();
-            quantize(MatRef::new(&x, m, cols).unwrap(), &mut acts);
+            quantize(MatRef::new(&x, m, cols).unwrap(), true, &mut acts);
             for gemm in [false, true] {
                 let y = products(dtype, &w, rb, &acts, n, gemm);
                 for i in 0..m {

@@ -406,7 +406,7 @@ pub fn matvec_q(
     let chunk = matvec_chunk_rows(rows, threads.count());
     if kernel.is_none() && i16::applies(s, dtype) {
         // Exact products that round activations to int16 do it once, here.
-        i16::with_acts(xm, |acts| {
+        i16::with_acts(xm, i16::decode_splits(dtype), |acts| {
             threads.for_each_chunk(y, chunk, |ci, yc| {
                 let r0 = ci * chunk;
                 let wc = &w[r0 * row_bytes..(r0 + yc.len()) * row_bytes];
@@ -539,11 +539,13 @@ pub fn matmul_q(
     let base = unsafe { Out::new(y.as_mut_ptr(), rows, 0) };
     if i16::applies(s, dtype) {
         // Exact products that round activations to int16 do it once, here.
-        i16::with_acts(x, |acts| {
-            let (chunk, gemm) = if m <= exact::fused_max_rows(s) {
-                (matvec_chunk_rows(rows, threads.count()), false)
+        let gemm = m > exact::fused_max_rows(s);
+        // Only decode's kernel takes the activations' byte split.
+        i16::with_acts(x, !gemm && i16::decode_splits(dtype), |acts| {
+            let chunk = if gemm {
+                MATMUL_PANEL_ROWS
             } else {
-                (MATMUL_PANEL_ROWS, true)
+                matvec_chunk_rows(rows, threads.count())
             };
             threads.for_each_index(rows.div_ceil(chunk), |c| {
                 let r0 = c * chunk;

@@ -1,12 +1,15 @@
 //! AVX-512 (BW, VNNI) kernels of the int16-activation products of
 //! [`super::i16`], with the bits of its portable reference.
 //!
-//! - Decode ([`rows`]): a tile of 4 weight rows and 4 blocks at a time. Each
-//!   (row, block) is one `vpmaddwd` of the block's 32 weights (widened to
-//!   int16 in a register) with the 32 rounded activations: 16 lanes of pair
-//!   sums. A tree of unpacks and adds turns the tile's 16 vectors into one
-//!   vector of the 16 exact block sums, which are scaled and accumulated per
-//!   row, block after block.
+//! - Decode ([`rows`]): a tile of 4 weight rows and 4 blocks at a time.
+//!   Q8_0 takes each (row, block) as one `vpmaddwd` of the block's 32
+//!   weights (widened to int16 in a register) with the 32 rounded
+//!   activations: 16 lanes of pair sums. Q5_0 takes a pair of blocks per
+//!   row in bytes: its stored 5-bit quants times the activations' low and
+//!   high bytes (split once per call), two `vpdpbusd`, which needs no
+//!   widening and half the lanes per block. A tree of unpacks and adds turns
+//!   the lanes into one vector of the tile's 16 exact block sums, which are
+//!   scaled and accumulated per row, block after block.
 //! - Prefill ([`gemm`]): 32 weight rows at a time are repacked (once for all
 //!   rows of `x`) so that one 16-lane vector holds a pair of values of 16
 //!   rows; `vpdpwssd` with a broadcast pair of activations then sums a block
@@ -82,6 +85,52 @@ fn quantize_impl(x: &[f32], q: &mut [i16], d: &mut [f32]) {
     }
 }
 
+/// Splits one rounded row into bytes (see [`super::i16::split_row_ref`],
+/// same values); false without the CPU features or when the lengths do not
+/// match.
+pub(crate) fn split_row(q: &[i16], lo: &mut [u8], hi: &mut [i8], neg_quad_q: &mut [i32]) -> bool {
+    let n = q.len();
+    if !available()
+        || !n.is_multiple_of(BLOCK)
+        || lo.len() != n
+        || hi.len() != n
+        || neg_quad_q.len() != n / 4
+    {
+        return false;
+    }
+    // SAFETY: `available` found the features `split_impl` is compiled for.
+    unsafe { split_impl(q, lo, hi, neg_quad_q) };
+    true
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")]
+fn split_impl(q: &[i16], lo: &mut [u8], hi: &mut [i8], neg_quad_q: &mut [i32]) {
+    let ones = _mm256_set1_epi8(1);
+    let zero = _mm256_setzero_si256();
+    for (((qb, lb), hb), nq) in q
+        .chunks_exact(BLOCK)
+        .zip(lo.chunks_exact_mut(BLOCK))
+        .zip(hi.chunks_exact_mut(BLOCK))
+        .zip(neg_quad_q.chunks_exact_mut(BLOCK / 4))
+    {
+        // SAFETY: 32 readable i16s, 32 writable bytes of `lo` and `hi` and 8
+        // i32s of `nq` (chunks of those lengths); unaligned loads and stores.
+        unsafe {
+            let v = _mm512_loadu_si512(qb.as_ptr().cast());
+            let l = _mm512_cvtepi16_epi8(v);
+            let h = _mm512_cvtepi16_epi8(_mm512_srai_epi16::<8>(v));
+            // Each 4 values: 256 * (sum of high bytes) + (sum of low bytes),
+            // both exact in int32.
+            let sh = _mm256_dpbusd_epi32(zero, ones, h);
+            let sl = _mm256_dpbusd_epi32(zero, l, ones);
+            let sq = _mm256_add_epi32(_mm256_slli_epi32::<8>(sh), sl);
+            _mm256_storeu_si256(lb.as_mut_ptr().cast(), l);
+            _mm256_storeu_si256(hb.as_mut_ptr().cast(), h);
+            _mm256_storeu_si256(nq.as_mut_ptr().cast(), _mm256_sub_epi32(zero, sq));
+        }
+    }
+}
+
 /// The 32 integer weights of the block at `b` as int16: Q8_0's signed bytes
 /// (`Q5 = false`) or Q5_0's `q - 16` (`Q5 = true`).
 ///
@@ -104,6 +153,278 @@ unsafe fn block_weights<const Q5: bool>(b: *const u8) -> __m512i {
         } else {
             _mm512_cvtepi8_epi16(_mm256_loadu_si256(b.add(2).cast()))
         }
+    }
+}
+
+/// The stored 5-bit quants `q` (0..32, `w = q - 16`) of the pair of Q5_0
+/// blocks at `b` (the first `n` of them, 1 or 2; the other's bytes are
+/// zero), as 64 bytes in value order.
+///
+/// # Safety
+/// `b` points to `n` whole Q5_0 blocks; the caller is compiled with the
+/// features of this module.
+#[inline(always)]
+unsafe fn q5_pair(b: *const u8, n: usize) -> __m512i {
+    // SAFETY: the blocks are readable (the contract); unaligned loads, and
+    // the second block is read only when it exists.
+    unsafe {
+        let qs0 = _mm_loadu_si128(b.add(6).cast());
+        let (qs1, qh1) = if n == 2 {
+            let b1 = b.add(q5_or_q8_block_bytes::<true>());
+            (
+                _mm_loadu_si128(b1.add(6).cast()),
+                b1.add(2).cast::<u32>().read_unaligned(),
+            )
+        } else {
+            (_mm_setzero_si128(), 0)
+        };
+        let qh = u64::from(b.add(2).cast::<u32>().read_unaligned()) | u64::from(qh1) << 32;
+        let y = _mm256_inserti128_si256::<1>(_mm256_castsi128_si256(qs0), qs1);
+        // 128-bit lanes [qs0, qs0, qs1, qs1]: lanes 1 and 3 take the high
+        // nibbles (values 16..32 of their block), 0 and 2 the low ones.
+        let z = _mm512_castsi256_si512(y);
+        let z = _mm512_shuffle_i64x2::<0b01_01_00_00>(z, z);
+        let z = _mm512_mask_srli_epi16::<4>(z, 0xFF00_FF00, z);
+        let v = _mm512_and_si512(z, _mm512_set1_epi8(0x0F));
+        // Byte i's fifth bit is bit i of the two blocks' `qh`.
+        _mm512_mask_add_epi8(v, qh, v, _mm512_set1_epi8(16))
+    }
+}
+
+/// The sums of each half (8 lanes) of `p[0..8]`, as one vector: lane `4h +
+/// r` holds the sum of half `h % 2` of `p[4 * (h / 2) + r]` (unpacks within
+/// 128-bit lanes, then across them).
+///
+/// # Safety
+/// The caller is compiled with this module's features.
+#[inline(always)]
+unsafe fn half_sums(p: &[__m512i; 8]) -> __m512i {
+    // SAFETY: the features per the contract.
+    unsafe { half_sums_in(p) }
+}
+
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")]
+fn half_sums_in(p: &[__m512i; 8]) -> __m512i {
+    let mut l1 = [_mm512_setzero_si512(); 4];
+    for (k, v) in l1.iter_mut().enumerate() {
+        let (a, b) = (p[2 * k], p[2 * k + 1]);
+        *v = _mm512_add_epi32(_mm512_unpacklo_epi32(a, b), _mm512_unpackhi_epi32(a, b));
+    }
+    let mut l2 = [_mm512_setzero_si512(); 2];
+    for (k, v) in l2.iter_mut().enumerate() {
+        let (a, b) = (l1[2 * k], l1[2 * k + 1]);
+        *v = _mm512_add_epi32(_mm512_unpacklo_epi64(a, b), _mm512_unpackhi_epi64(a, b));
+    }
+    // 128-bit lane c of l2[k] holds the sums of lanes 4c..4c + 4 of
+    // p[4k..4k + 4]; a half is two such lanes.
+    _mm512_add_epi32(
+        _mm512_shuffle_i32x4::<0b10_00_10_00>(l2[0], l2[1]),
+        _mm512_shuffle_i32x4::<0b11_01_11_01>(l2[0], l2[1]),
+    )
+}
+
+/// The first `n` (<= 64) bytes as a load mask.
+fn byte_mask(n: usize) -> __mmask64 {
+    if n >= 64 {
+        !0
+    } else {
+        (1u64 << n) - 1
+    }
+}
+
+/// The decode products (see [`super::i16::rows`]); false, doing nothing,
+/// without the CPU features, for other formats or mismatched lengths.
+pub(crate) fn rows(dtype: DType, w: &[u8], row_bytes: usize, acts: &ActsI16, out: Out) -> bool {
+    let Some(shape) = Shape::of(dtype, w, row_bytes, acts, super::i16::decode_splits(dtype)) else {
+        return false;
+    };
+    // SAFETY: `Shape::of` checked the features and that every block and
+    // activation the kernel reads lies within `w` and `acts`.
+    unsafe {
+        if dtype == DType::Q5_0 {
+            rows_impl::<true>(w, &shape, acts, out)
+        } else {
+            rows_impl::<false>(w, &shape, acts, out)
+        }
+    }
+    true
+}
+
+/// The checked dimensions of a product.
+struct Shape {
+    row_bytes: usize,
+    block_bytes: usize,
+    blocks: usize,
+    nrows: usize,
+}
+
+impl Shape {
+    /// `split`: the kernel reads the activations' byte split.
+    fn of(dtype: DType, w: &[u8], row_bytes: usize, acts: &ActsI16, split: bool) -> Option<Shape> {
+        if !available() || !matches!(dtype, DType::Q8_0 | DType::Q5_0) || row_bytes == 0 {
+            return None;
+        }
+        let block_bytes = dtype.block_bytes();
+        let blocks = row_bytes / block_bytes;
+        let fits = row_bytes.is_multiple_of(block_bytes)
+            && w.len().is_multiple_of(row_bytes)
+            && acts.cols == blocks * BLOCK
+            && acts.q.len() == acts.rows() * acts.cols
+            && acts.d.len() == acts.rows() * blocks
+            && (!split
+                || acts.lo.len() == acts.q.len()
+                    && acts.hi.len() == acts.q.len()
+                    && acts.neg_quad_q.len() == acts.q.len() / 4);
+        fits.then_some(Shape {
+            row_bytes,
+            block_bytes,
+            blocks,
+            nrows: w.len() / row_bytes,
+        })
+    }
+}
+
+/// The bytes of a block of Q5_0 (`Q5`) or Q8_0, as a constant for the
+/// decode kernel's offsets.
+const fn q5_or_q8_block_bytes<const Q5: bool>() -> usize {
+    if Q5 {
+        22
+    } else {
+        34
+    }
+}
+
+/// One decode row of `x` in the byte split (see [`ActsI16::split_row`]).
+#[derive(Clone, Copy)]
+struct SplitRow<'a> {
+    q: *const i16,
+    lo: *const u8,
+    hi: *const i8,
+    neg_quad_q: *const i32,
+    d: &'a [f32],
+}
+
+/// One step of a decode tile: blocks `k..k + step` (`step` <= 4) of the
+/// tile's rows at byte offsets `row` against one row of `x`. Returns the
+/// exact block sums as floats and their scales `d_w * d_x`, lane `bb * 4 +
+/// r` for block `k + bb` of row `r` (lanes of blocks past the step are
+/// zero).
+///
+/// Q5_0 takes its block sums in bytes ([`q5_byte_sums`]), Q8_0 in words
+/// ([`q8_word_sums`]); both are exact, so the sums are the reference's.
+///
+/// # Safety
+/// The caller is compiled with this module's features; the step's blocks
+/// lie within `base`'s rows and `x` holds them (`Shape::of`).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn decode_step<const Q5: bool>(
+    row: &[*const u8; 4],
+    k: usize,
+    step: usize,
+    x: SplitRow<'_>,
+    (scale_words, spread): (__m512i, __m512i),
+    dist: usize,
+) -> (__m512, __m512) {
+    let block_bytes = q5_or_q8_block_bytes::<Q5>();
+    // SAFETY: the features and bounds per the contract.
+    unsafe {
+        let len = step * block_bytes;
+        for r in row {
+            // A prefetch never faults: the address may lie past `w`.
+            let at = r.wrapping_add(k * block_bytes + dist);
+            for off in (0..len).step_by(64) {
+                _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(off).cast());
+            }
+        }
+        let sums = _mm512_cvtepi32_ps(if Q5 {
+            q5_byte_sums(row, k, step, x)
+        } else {
+            q8_word_sums(row, k, step, x.q)
+        });
+        // The scales: word `bb * 4 + r` is block `bb`'s of row `r`, picked
+        // from the step's bytes of each row (masked loads, so nothing past
+        // the step is read), where a gather was a third of the time.
+        let (ka, kb) = (byte_mask(len), byte_mask(len.saturating_sub(64)));
+        let mut dw = _mm512_setzero_si512();
+        for (r, at) in row.iter().enumerate() {
+            let p = at.add(k * block_bytes);
+            let a = _mm512_maskz_loadu_epi8(ka, p.cast());
+            let b = _mm512_maskz_loadu_epi8(kb, p.wrapping_add(64).cast());
+            let pick = _mm512_maskz_permutex2var_epi16(0x1111 << r, a, scale_words, b);
+            dw = _mm512_or_si512(dw, pick);
+        }
+        let dw = _mm512_cvtph_ps(_mm512_castsi512_si256(dw));
+        let mut dx = [0.0f32; 4];
+        dx[..step].copy_from_slice(&x.d[k..k + step]);
+        let dx = _mm512_castps128_ps512(_mm_loadu_ps(dx.as_ptr()));
+        (sums, _mm512_mul_ps(dw, _mm512_permutexvar_ps(spread, dx)))
+    }
+}
+
+/// The exact block sums of a decode step of Q5_0 (lane `bb * 4 + r`), in
+/// bytes. With `x = 256 * hi + lo` and the stored quants `q = w + 16`
+/// (0..32), `sum(w * x) = 256 * sum(q * hi) + sum(q * lo) - 16 * sum(x)`:
+/// each product is a `vpdpbusd` (unsigned bytes times signed bytes, four
+/// per lane) over a pair of blocks, and `-16 * sum(x)` (per 4 values) starts
+/// the low product. Every step is exact: the sums are the reference's.
+///
+/// # Safety
+/// As for [`decode_step`] (Q5_0 rows).
+#[inline(always)]
+unsafe fn q5_byte_sums(row: &[*const u8; 4], k: usize, step: usize, x: SplitRow<'_>) -> __m512i {
+    let block_bytes = q5_or_q8_block_bytes::<true>();
+    // SAFETY: the features and bounds per the contract.
+    unsafe {
+        let mut p = [_mm512_setzero_si512(); 8];
+        for pair in 0..2 {
+            let n = step.saturating_sub(2 * pair).min(2);
+            if n == 0 {
+                break;
+            }
+            let at = (k + 2 * pair) * BLOCK;
+            // Values past the step load as zero, so the weights there (zero
+            // too) add nothing.
+            let m = byte_mask(n * BLOCK);
+            let lo = _mm512_maskz_loadu_epi8(m, x.lo.add(at).cast());
+            let hi = _mm512_maskz_loadu_epi8(m, x.hi.add(at).cast());
+            let quads = if n == 2 { 0xFFFF } else { 0x00FF };
+            let s = _mm512_maskz_loadu_epi32(quads, x.neg_quad_q.add(at / 4).cast());
+            let offset = _mm512_slli_epi32::<4>(s);
+            for (r, at_row) in row.iter().enumerate() {
+                let q = q5_pair(at_row.add((k + 2 * pair) * block_bytes), n);
+                let low = _mm512_dpbusd_epi32(offset, lo, q);
+                let high = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q, hi);
+                p[pair * 4 + r] = _mm512_add_epi32(_mm512_slli_epi32::<8>(high), low);
+            }
+        }
+        half_sums(&p)
+    }
+}
+
+/// The exact block sums of a decode step of Q8_0 (lane `bb * 4 + r`): one
+/// `vpmaddwd` of a block's weights (widened to int16) and its rounded
+/// activations per block and row, and the sums of their 16 lanes. (The
+/// byte products of Q5_0 were slower here: Q8_0 needs no forming.)
+///
+/// # Safety
+/// As for [`decode_step`] (Q8_0 rows); `xq` holds the row's values.
+#[inline(always)]
+unsafe fn q8_word_sums(row: &[*const u8; 4], k: usize, step: usize, xq: *const i16) -> __m512i {
+    let block_bytes = q5_or_q8_block_bytes::<false>();
+    // SAFETY: the features and bounds per the contract.
+    unsafe {
+        let mut p = [_mm512_setzero_si512(); 16];
+        for bb in 0..step {
+            let xv = _mm512_loadu_si512(xq.add((k + bb) * BLOCK).cast());
+            for (r, at_row) in row.iter().enumerate() {
+                let b = at_row.add((k + bb) * block_bytes);
+                let w = _mm512_cvtepi8_epi16(_mm256_loadu_si256(b.add(2).cast()));
+                p[bb * 4 + r] = _mm512_madd_epi16(w, xv);
+            }
+        }
+        lane_sums(&p)
     }
 }
 
@@ -146,117 +467,6 @@ fn lane_sums_in(p: &[__m512i; 16]) -> __m512i {
     )
 }
 
-/// The first `n` (<= 64) bytes as a load mask.
-fn byte_mask(n: usize) -> __mmask64 {
-    if n >= 64 {
-        !0
-    } else {
-        (1u64 << n) - 1
-    }
-}
-
-/// The decode products (see [`super::i16::rows`]); false, doing nothing,
-/// without the CPU features, for other formats or mismatched lengths.
-pub(crate) fn rows(dtype: DType, w: &[u8], row_bytes: usize, acts: &ActsI16, out: Out) -> bool {
-    let Some(shape) = Shape::of(dtype, w, row_bytes, acts) else {
-        return false;
-    };
-    // SAFETY: `Shape::of` checked the features and that every block and
-    // activation the kernel reads lies within `w` and `acts`.
-    unsafe {
-        if dtype == DType::Q5_0 {
-            rows_impl::<true>(w, &shape, acts, out)
-        } else {
-            rows_impl::<false>(w, &shape, acts, out)
-        }
-    }
-    true
-}
-
-/// The checked dimensions of a product.
-struct Shape {
-    row_bytes: usize,
-    block_bytes: usize,
-    blocks: usize,
-    nrows: usize,
-}
-
-impl Shape {
-    fn of(dtype: DType, w: &[u8], row_bytes: usize, acts: &ActsI16) -> Option<Shape> {
-        if !available() || !matches!(dtype, DType::Q8_0 | DType::Q5_0) || row_bytes == 0 {
-            return None;
-        }
-        let block_bytes = dtype.block_bytes();
-        let blocks = row_bytes / block_bytes;
-        let fits = row_bytes.is_multiple_of(block_bytes)
-            && w.len().is_multiple_of(row_bytes)
-            && acts.cols == blocks * BLOCK
-            && acts.q.len() == acts.rows() * acts.cols
-            && acts.d.len() == acts.rows() * blocks;
-        fits.then_some(Shape {
-            row_bytes,
-            block_bytes,
-            blocks,
-            nrows: w.len() / row_bytes,
-        })
-    }
-}
-
-/// One step of a decode tile: blocks `k..k + step` (`step` <= 4) of the
-/// tile's rows at byte offsets `row` against one rounded row of `x` (`xq`,
-/// `xd`). Returns the exact block sums as floats and their scales `d_w * d_x`,
-/// lane `bb * 4 + r` for block `k + bb` of row `r` (lanes of blocks past the
-/// step are zero).
-///
-/// # Safety
-/// The caller is compiled with this module's features; the step's blocks
-/// lie within `base`'s rows and `xq`/`xd` hold them (`Shape::of`).
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-unsafe fn decode_step<const Q5: bool>(
-    base: *const u8,
-    row: &[usize; 4],
-    block_bytes: usize,
-    k: usize,
-    step: usize,
-    (xq, xd): (*const i16, &[f32]),
-    (scale_words, spread): (__m512i, __m512i),
-    dist: usize,
-) -> (__m512, __m512) {
-    // SAFETY: the features and bounds per the contract.
-    unsafe {
-        let mut p = [_mm512_setzero_si512(); 16];
-        for bb in 0..step {
-            let xv = _mm512_loadu_si512(xq.add((k + bb) * BLOCK).cast());
-            for r in 0..4 {
-                let b = base.add(row[r] + (k + bb) * block_bytes);
-                // A prefetch never faults: the address may lie past `w`.
-                _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add(dist).cast());
-                p[bb * 4 + r] = _mm512_madd_epi16(block_weights::<Q5>(b), xv);
-            }
-        }
-        let sums = _mm512_cvtepi32_ps(lane_sums(&p));
-        // The scales: word `bb * 4 + r` is block `bb`'s of row `r`, picked
-        // from the step's bytes of each row (masked loads, so nothing past
-        // the step is read), where a gather was a third of the time.
-        let len = step * block_bytes;
-        let (ka, kb) = (byte_mask(len), byte_mask(len.saturating_sub(64)));
-        let mut dw = _mm512_setzero_si512();
-        for (r, at) in row.iter().enumerate() {
-            let p = base.add(at + k * block_bytes);
-            let a = _mm512_maskz_loadu_epi8(ka, p.cast());
-            let b = _mm512_maskz_loadu_epi8(kb, p.wrapping_add(64).cast());
-            let pick = _mm512_maskz_permutex2var_epi16(0x1111 << r, a, scale_words, b);
-            dw = _mm512_or_si512(dw, pick);
-        }
-        let dw = _mm512_cvtph_ps(_mm512_castsi512_si256(dw));
-        let mut dx = [0.0f32; 4];
-        dx[..step].copy_from_slice(&xd[k..k + step]);
-        let dx = _mm512_castps128_ps512(_mm_loadu_ps(dx.as_ptr()));
-        (sums, _mm512_mul_ps(dw, _mm512_permutexvar_ps(spread, dx)))
-    }
-}
-
 /// # Safety
 /// The CPU has this module's features, and `shape` was checked by
 /// [`Shape::of`] for `w` and `acts`.
@@ -268,6 +478,11 @@ unsafe fn rows_impl<const Q5: bool>(w: &[u8], shape: &Shape, acts: &ActsI16, out
         blocks,
         nrows,
     } = *shape;
+    assert_eq!(
+        block_bytes,
+        q5_or_q8_block_bytes::<Q5>(),
+        "the format's block length"
+    );
     // Word `bb * 4 + r` (any r): the word of block `bb`'s scale among a
     // step's bytes (block lengths are even).
     let at: [i16; 32] = core::array::from_fn(|l| ((l % 16 / 4) * block_bytes / 2) as i16);
@@ -278,45 +493,39 @@ unsafe fn rows_impl<const Q5: bool>(w: &[u8], shape: &Shape, acts: &ActsI16, out
     let mut j = 0;
     while j < nrows {
         // Rows past the end repeat the last one (their outputs are dropped).
-        let row: [usize; 4] = core::array::from_fn(|r| (j + r).min(nrows - 1) * row_bytes);
+        // SAFETY: in bounds: row < nrows.
+        let row: [*const u8; 4] =
+            core::array::from_fn(|r| unsafe { base.add((j + r).min(nrows - 1) * row_bytes) });
         let dist = super::x86::tile_ahead(4 * row_bytes, (nrows - j).saturating_sub(4) * row_bytes);
         for i in 0..acts.rows() {
-            let x = (acts.q_row(i).as_ptr(), acts.d_row(i));
+            // Only Q5_0 reads the byte split (`super::i16::decode_splits`).
+            let (lo, hi, nq): (&[u8], &[i8], &[i32]) = if Q5 {
+                acts.split_row(i)
+            } else {
+                (&[], &[], &[])
+            };
+            let x = SplitRow {
+                q: acts.q_row(i).as_ptr(),
+                lo: lo.as_ptr(),
+                hi: hi.as_ptr(),
+                neg_quad_q: nq.as_ptr(),
+                d: acts.d_row(i),
+            };
             // Lane `bb * 4 + r`: row r's sum of the blocks `bb` mod 4.
             let mut acc = _mm512_setzero_ps();
             let mut k = 0;
             while k + 4 <= blocks {
                 // SAFETY: blocks k..k + 4 exist (`Shape::of`); the features.
-                let (sums, scale) = unsafe {
-                    decode_step::<Q5>(
-                        base,
-                        &row,
-                        block_bytes,
-                        k,
-                        4,
-                        x,
-                        (scale_words, spread),
-                        dist,
-                    )
-                };
+                let (sums, scale) =
+                    unsafe { decode_step::<Q5>(&row, k, 4, x, (scale_words, spread), dist) };
                 acc = _mm512_fmadd_ps(sums, scale, acc);
                 k += 4;
             }
             if k < blocks {
                 let step = blocks - k;
                 // SAFETY: as above, for the last `step` blocks.
-                let (sums, scale) = unsafe {
-                    decode_step::<Q5>(
-                        base,
-                        &row,
-                        block_bytes,
-                        k,
-                        step,
-                        x,
-                        (scale_words, spread),
-                        dist,
-                    )
-                };
+                let (sums, scale) =
+                    unsafe { decode_step::<Q5>(&row, k, step, x, (scale_words, spread), dist) };
                 acc = _mm512_mask3_fmadd_ps(sums, scale, acc, (1u16 << (4 * step)) - 1);
             }
             let v = (
@@ -351,7 +560,7 @@ thread_local! {
 /// The prefill products (see [`super::i16::gemm`]); false, doing nothing,
 /// as for [`rows`].
 pub(crate) fn gemm(dtype: DType, w: &[u8], row_bytes: usize, acts: &ActsI16, out: Out) -> bool {
-    let Some(shape) = Shape::of(dtype, w, row_bytes, acts) else {
+    let Some(shape) = Shape::of(dtype, w, row_bytes, acts, false) else {
         return false;
     };
     let run = |packed: &mut (Vec<i32>, Vec<f32>)| {
