@@ -117,6 +117,7 @@ fn bad_input_gives_clear_errors_not_panics() {
             "{args:?}: expected {needle:?} in {err:?}"
         );
     }
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]

@@ -871,4 +871,5 @@ fn gguf_impossible_hyper_parameters_are_rejected_at_open_naming_key_and_file() {
     let p = dir.join("good.gguf");
     std::fs::write(&p, tiny_llama_gguf_with(None, &[])).unwrap();
     ModelSource::open(&p).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
 }

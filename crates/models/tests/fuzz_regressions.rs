@@ -255,6 +255,7 @@ fn a_template_tokenizers_would_panic_on_is_refused() {
             (r, _) => panic!("{post_processor}: {:?} (want {bad:?})", r.map(|_| ())),
         }
     }
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// fuzz target `safetensors`: an index may only name shards beside it.
