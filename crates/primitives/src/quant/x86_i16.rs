@@ -206,22 +206,25 @@ unsafe fn half_sums(p: &[__m512i; 8]) -> __m512i {
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")]
 fn half_sums_in(p: &[__m512i; 8]) -> __m512i {
-    let mut l1 = [_mm512_setzero_si512(); 4];
-    for (k, v) in l1.iter_mut().enumerate() {
-        let (a, b) = (p[2 * k], p[2 * k + 1]);
-        *v = _mm512_add_epi32(_mm512_unpacklo_epi32(a, b), _mm512_unpackhi_epi32(a, b));
-    }
-    let mut l2 = [_mm512_setzero_si512(); 2];
-    for (k, v) in l2.iter_mut().enumerate() {
-        let (a, b) = (l1[2 * k], l1[2 * k + 1]);
-        *v = _mm512_add_epi32(_mm512_unpacklo_epi64(a, b), _mm512_unpackhi_epi64(a, b));
-    }
-    // 128-bit lane c of l2[k] holds the sums of lanes 4c..4c + 4 of
-    // p[4k..4k + 4]; a half is two such lanes.
+    let (a, b) = (quad_sums(&p[..4]), quad_sums(&p[4..]));
+    // A half is two 128-bit lanes.
     _mm512_add_epi32(
-        _mm512_shuffle_i32x4::<0b10_00_10_00>(l2[0], l2[1]),
-        _mm512_shuffle_i32x4::<0b11_01_11_01>(l2[0], l2[1]),
+        _mm512_shuffle_i32x4::<0b10_00_10_00>(a, b),
+        _mm512_shuffle_i32x4::<0b11_01_11_01>(a, b),
     )
+}
+
+/// The first levels of the lane-sum trees: 128-bit lane `c` of the result
+/// holds, in lane `4c + j`, the sum of lanes `4c..4c + 4` of `p[j]` (unpacks
+/// within 128-bit lanes).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")]
+fn quad_sums(p: &[__m512i]) -> __m512i {
+    let pair = |a: __m512i, b: __m512i| {
+        _mm512_add_epi32(_mm512_unpacklo_epi32(a, b), _mm512_unpackhi_epi32(a, b))
+    };
+    let (a, b) = (pair(p[0], p[1]), pair(p[2], p[3]));
+    _mm512_add_epi32(_mm512_unpacklo_epi64(a, b), _mm512_unpackhi_epi64(a, b))
 }
 
 /// The first `n` (<= 64) bytes as a load mask.
@@ -289,9 +292,9 @@ impl Shape {
 /// decode kernel's offsets.
 const fn q5_or_q8_block_bytes<const Q5: bool>() -> usize {
     if Q5 {
-        22
+        DType::Q5_0.block_bytes()
     } else {
-        34
+        DType::Q8_0.block_bytes()
     }
 }
 
@@ -306,7 +309,7 @@ struct SplitRow<'a> {
 }
 
 /// One step of a decode tile: blocks `k..k + step` (`step` <= 4) of the
-/// tile's rows at byte offsets `row` against one row of `x`. Returns the
+/// tile's rows (starting at `row`) against one row of `x`. Returns the
 /// exact block sums as floats and their scales `d_w * d_x`, lane `bb * 4 +
 /// r` for block `k + bb` of row `r` (lanes of blocks past the step are
 /// zero).
@@ -316,7 +319,7 @@ struct SplitRow<'a> {
 ///
 /// # Safety
 /// The caller is compiled with this module's features; the step's blocks
-/// lie within `base`'s rows and `x` holds them (`Shape::of`).
+/// lie within the rows at `row` and `x` holds them (`Shape::of`).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 unsafe fn decode_step<const Q5: bool>(
@@ -420,8 +423,7 @@ unsafe fn q8_word_sums(row: &[*const u8; 4], k: usize, step: usize, xq: *const i
             let xv = _mm512_loadu_si512(xq.add((k + bb) * BLOCK).cast());
             for (r, at_row) in row.iter().enumerate() {
                 let b = at_row.add((k + bb) * block_bytes);
-                let w = _mm512_cvtepi8_epi16(_mm256_loadu_si256(b.add(2).cast()));
-                p[bb * 4 + r] = _mm512_madd_epi16(w, xv);
+                p[bb * 4 + r] = _mm512_madd_epi16(block_weights::<false>(b), xv);
             }
         }
         lane_sums(&p)
@@ -442,16 +444,7 @@ unsafe fn lane_sums(p: &[__m512i; 16]) -> __m512i {
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")]
 fn lane_sums_in(p: &[__m512i; 16]) -> __m512i {
-    let mut l1 = [_mm512_setzero_si512(); 8];
-    for (k, v) in l1.iter_mut().enumerate() {
-        let (a, b) = (p[2 * k], p[2 * k + 1]);
-        *v = _mm512_add_epi32(_mm512_unpacklo_epi32(a, b), _mm512_unpackhi_epi32(a, b));
-    }
-    let mut l2 = [_mm512_setzero_si512(); 4];
-    for (k, v) in l2.iter_mut().enumerate() {
-        let (a, b) = (l1[2 * k], l1[2 * k + 1]);
-        *v = _mm512_add_epi32(_mm512_unpacklo_epi64(a, b), _mm512_unpackhi_epi64(a, b));
-    }
+    let l2: [__m512i; 4] = core::array::from_fn(|k| quad_sums(&p[4 * k..4 * k + 4]));
     // Each 128-bit lane of l2[k] now holds partial sums of p[4k..4k + 4].
     let mut l3 = [_mm512_setzero_si512(); 2];
     for (k, v) in l3.iter_mut().enumerate() {
