@@ -1,21 +1,28 @@
-//! Exact-mode products of Q8_0 and Q5_0 weights with activations rounded to
-//! int16, at the AVX-512 level (with VNNI): integer block sums at integer
+//! Exact-mode products of Q8_0, Q5_0, Q4_K and Q6_K weights with activations
+//! rounded to int16, at the AVX-512 level (with VNNI): integer sums at integer
 //! speed, within about 1.5e-5 of the f32 activations' largest value per block.
 //!
 //! Every output has one fixed arithmetic, whichever kernel computes it:
 //! - each row of `x` is rounded per block of 32 values: `d = amax / 32767`
 //!   and `q = round_ties_even(x * (32767 / amax))` (all zero when `amax` is
 //!   zero; `d` is NaN and `q` zero when the block holds a NaN or an infinity,
-//!   so that non-finite activations still give non-finite outputs);
-//! - each block `b` of a weight row gives the exact integer
-//!   `S_b = sum(w_q * x_q)` (Q8_0's signed bytes, Q5_0's `q - 16`);
-//! - four sums, `acc[t]` from zero, take the blocks `b = t mod 4` in order:
-//!   `acc[t] = fma(S_b as f32, d_w * d_x, acc[t])` (four independent chains,
-//!   so that a kernel need not wait on one multiply-add per block);
+//!   so that non-finite activations still give non-finite outputs), and the
+//!   exact sum `X` of each block's `q` is kept;
+//! - a weight row is a run of groups of [`group_len`] values (32, or Q6_K's
+//!   16), each with integer weights `w_q` and a scale `s_w` (Q8_0's and
+//!   Q5_0's `d`, Q4_K's `d * sc`, Q6_K's `d * sc`, all exact in f32), and
+//!   for Q4_K a min `m_w = dmin * m` (`w = s_w * w_q - m_w`);
+//! - each group `g` gives the exact integer `S_g = sum(w_q * x_q)` over its
+//!   values, at most 2^24 in magnitude, so exact as an f32;
+//! - four sums, `acc[t]` from zero, take the groups `g = t mod 4` in order:
+//!   `acc[t] = fma(S_g as f32, s_w * d_x, acc[t])`, then for Q4_K
+//!   `acc[t] = fma(-X, m_w * d_x, acc[t])` (`d_x` and `X` of the activation
+//!   block holding the group; four independent chains, so that a kernel need
+//!   not wait on one multiply-add per group);
 //! - the output is `(acc[0] + acc[1]) + (acc[2] + acc[3])`.
 //!
 //! Integer sums do not depend on how they are grouped, so decode (a few rows
-//! of `x`, sums across each block's lanes) and prefill (many rows, sums
+//! of `x`, sums across each group's lanes) and prefill (many rows, sums
 //! across weight rows in lanes) give every output the same bits, and both the
 //! bits of [`dot_ref`].
 
@@ -24,15 +31,35 @@ use crate::matmul::Out;
 use crate::simd::{Level, Simd};
 use crate::tensor::MatRef;
 
-use super::blocks::f16_to_f32;
+use super::blocks::{f16_at, scales_mins_k4};
 
 /// Values per activation block (the Q8_0/Q5_0 block length).
 pub(crate) const BLOCK: usize = 32;
 
+/// The formats with int16-activation products.
+pub(crate) fn has_kernels(dtype: DType) -> bool {
+    matches!(dtype, DType::Q8_0 | DType::Q5_0 | DType::Q4_K | DType::Q6_K)
+}
+
 /// Whether exact-mode products of `dtype` at level `s` use int16 activations
 /// (the same answer for every call, so that decode and prefill agree).
 pub(crate) fn applies(s: Simd, dtype: DType) -> bool {
-    matches!(dtype, DType::Q8_0 | DType::Q5_0) && s.level() == Level::Avx512 && cpu_has_kernels()
+    has_kernels(dtype) && s.level() == Level::Avx512 && cpu_has_kernels()
+}
+
+/// Values per group of one weight scale (see the module docs): Q6_K's
+/// sub-blocks of 16, else 32.
+pub(crate) const fn group_len(dtype: DType) -> usize {
+    match dtype {
+        DType::Q6_K => 16,
+        _ => BLOCK,
+    }
+}
+
+/// Whether `dtype`'s groups have a min (Q4_K), which takes the activation
+/// blocks' sums.
+pub(crate) const fn has_mins(dtype: DType) -> bool {
+    matches!(dtype, DType::Q4_K)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -46,9 +73,10 @@ fn cpu_has_kernels() -> bool {
 }
 
 /// Whether the decode products of `dtype` ([`rows`]) read the activations'
-/// byte split (Q5_0's byte products do; Q8_0's word products do not).
+/// byte split (the byte products of Q5_0, Q4_K and Q6_K do; Q8_0's word
+/// products do not).
 pub(crate) fn decode_splits(dtype: DType) -> bool {
-    dtype == DType::Q5_0
+    matches!(dtype, DType::Q5_0 | DType::Q4_K | DType::Q6_K)
 }
 
 /// Rows of activations rounded to int16 per block of [`BLOCK`] values.
@@ -58,6 +86,9 @@ pub(crate) struct ActsI16 {
     pub q: Vec<i16>,
     /// `rows x cols / BLOCK` scales.
     pub d: Vec<f32>,
+    /// `rows x cols / BLOCK` exact sums of each block's `q`, as f32 (at most
+    /// 32 * 32767 in magnitude).
+    pub sums: Vec<f32>,
     /// Values per row (a multiple of [`BLOCK`]).
     pub cols: usize,
     /// The byte split of `q` for byte products (`vpdpbusd` in decode), see
@@ -79,6 +110,12 @@ impl ActsI16 {
     pub fn d_row(&self, i: usize) -> &[f32] {
         let nb = self.cols / BLOCK;
         &self.d[i * nb..(i + 1) * nb]
+    }
+
+    /// Block sums of row `i`.
+    pub fn sums_row(&self, i: usize) -> &[f32] {
+        let nb = self.cols / BLOCK;
+        &self.sums[i * nb..(i + 1) * nb]
     }
 
     /// The byte split of row `i`: low and high bytes, and minus the sums of
@@ -111,13 +148,15 @@ pub(crate) fn block_scale(amax: f32, bad: bool) -> (f32, f32) {
     }
 }
 
-/// Rounds one row `x` (a multiple of [`BLOCK`] long) into `q` and `d`, in
-/// portable code (the reference of the SIMD rounding, with its bits).
-pub(crate) fn quantize_row_ref(x: &[f32], q: &mut [i16], d: &mut [f32]) {
-    for ((xb, qb), db) in x
+/// Rounds one row `x` (a multiple of [`BLOCK`] long) into `q`, `d` and the
+/// block sums `sums`, in portable code (the reference of the SIMD rounding,
+/// with its bits).
+pub(crate) fn quantize_row_ref(x: &[f32], q: &mut [i16], d: &mut [f32], sums: &mut [f32]) {
+    for (((xb, qb), db), sb) in x
         .chunks_exact(BLOCK)
         .zip(q.chunks_exact_mut(BLOCK))
         .zip(d.iter_mut())
+        .zip(sums.iter_mut())
     {
         let bad = xb.iter().any(|v| !v.is_finite());
         let amax = xb.iter().fold(0.0f32, |m, v| m.max(v.abs()));
@@ -133,6 +172,7 @@ pub(crate) fn quantize_row_ref(x: &[f32], q: &mut [i16], d: &mut [f32]) {
                 (xv * mul).round_ties_even() as i16
             };
         }
+        *sb = qb.iter().map(|v| i32::from(*v)).sum::<i32>() as f32;
     }
 }
 
@@ -165,18 +205,20 @@ pub(crate) fn quantize(x: MatRef<'_>, split: bool, acts: &mut ActsI16) {
     acts.cols = cols;
     acts.q.resize(rows * cols, 0);
     acts.d.resize(rows * nb, 0.0);
+    acts.sums.resize(rows * nb, 0.0);
     acts.lo.resize(split_rows * cols, 0);
     acts.hi.resize(split_rows * cols, 0);
     acts.neg_quad_q.resize(split_rows * c4, 0);
     for i in 0..rows {
         let q = &mut acts.q[i * cols..(i + 1) * cols];
         let d = &mut acts.d[i * nb..(i + 1) * nb];
+        let sums = &mut acts.sums[i * nb..(i + 1) * nb];
         #[cfg(target_arch = "x86_64")]
-        let done = super::x86_i16::quantize_row(x.row(i), q, d);
+        let done = super::x86_i16::quantize_row(x.row(i), q, d, sums);
         #[cfg(not(target_arch = "x86_64"))]
         let done = false;
         if !done {
-            quantize_row_ref(x.row(i), q, d);
+            quantize_row_ref(x.row(i), q, d, sums);
         }
         if !split {
             continue;
@@ -215,10 +257,40 @@ pub(crate) fn with_acts<R>(x: MatRef<'_>, split: bool, f: impl FnOnce(&ActsI16) 
     })
 }
 
-/// The integer values of block `b` of a Q8_0 or Q5_0 row, and its scale.
-pub(crate) fn block_ints(dtype: DType, b: &[u8]) -> ([i32; BLOCK], f32) {
-    let d = f16_to_f32(u16::from_le_bytes([b[0], b[1]]));
-    let mut v = [0i32; BLOCK];
+/// Values of one block of `dtype` at most (a K-quant super-block).
+const UNIT: usize = 256;
+
+/// The scale and min of each group of block `b` of `dtype` (see the module
+/// docs; mins are zero but for Q4_K).
+pub(crate) fn block_scales(dtype: DType, b: &[u8]) -> ([f32; 16], [f32; 16]) {
+    let (mut scale, mut min) = ([0.0f32; 16], [0.0f32; 16]);
+    match dtype {
+        DType::Q8_0 | DType::Q5_0 => scale[0] = f16_at(b, 0),
+        DType::Q4_K => {
+            let (d, dmin) = (f16_at(b, 0), f16_at(b, 2));
+            let (sc, mn) = scales_mins_k4(&b[4..16]);
+            for j in 0..8 {
+                // Products of an f16 and a 6-bit integer: exact in f32.
+                scale[j] = d * f32::from(sc[j]);
+                min[j] = dmin * f32::from(mn[j]);
+            }
+        }
+        DType::Q6_K => {
+            let d = f16_at(b, 208);
+            for (g, sg) in scale.iter_mut().enumerate() {
+                // An f16 times an 8-bit integer: exact in f32.
+                *sg = d * f32::from(b[192 + g] as i8);
+            }
+        }
+        _ => unreachable!("int16 products take Q8_0, Q5_0, Q4_K and Q6_K only"),
+    }
+    (scale, min)
+}
+
+/// The integer weights of block `b` of `dtype` (its first `block_len`
+/// values), and its groups' scales and mins ([`block_scales`]).
+pub(crate) fn block_ints(dtype: DType, b: &[u8]) -> ([i32; UNIT], [f32; 16], [f32; 16]) {
+    let mut v = [0i32; UNIT];
     match dtype {
         DType::Q8_0 => {
             for (vi, q) in v.iter_mut().zip(&b[2..34]) {
@@ -235,25 +307,56 @@ pub(crate) fn block_ints(dtype: DType, b: &[u8]) -> ([i32; BLOCK], f32) {
                 v[j + 16] = hi - 16;
             }
         }
-        _ => unreachable!("int16 products take Q8_0 and Q5_0 only"),
+        DType::Q4_K => {
+            for (c, q) in b[16..144].chunks_exact(32).enumerate() {
+                for (l, ql) in q.iter().enumerate() {
+                    v[64 * c + l] = i32::from(ql & 0x0F);
+                    v[64 * c + 32 + l] = i32::from(ql >> 4);
+                }
+            }
+        }
+        DType::Q6_K => {
+            for n in 0..2 {
+                let (ql, qh) = (&b[64 * n..64 * n + 64], &b[128 + 32 * n..160 + 32 * n]);
+                for l in 0..32 {
+                    let at = 128 * n + l;
+                    let h = |k: usize| i32::from((qh[l] >> (2 * k)) & 3) << 4;
+                    v[at] = (i32::from(ql[l] & 0x0F) | h(0)) - 32;
+                    v[at + 32] = (i32::from(ql[l + 32] & 0x0F) | h(1)) - 32;
+                    v[at + 64] = (i32::from(ql[l] >> 4) | h(2)) - 32;
+                    v[at + 96] = (i32::from(ql[l + 32] >> 4) | h(3)) - 32;
+                }
+            }
+        }
+        _ => unreachable!("int16 products take Q8_0, Q5_0, Q4_K and Q6_K only"),
     }
-    (v, d)
+    let (scale, min) = block_scales(dtype, b);
+    (v, scale, min)
 }
 
 /// One output of the fixed arithmetic (see the module docs), in portable
-/// code: weight row `row` of `dtype` against one rounded row (`q`, `d`).
-pub(crate) fn dot_ref(dtype: DType, row: &[u8], q: &[i16], d: &[f32]) -> f32 {
-    let bb = dtype.block_bytes();
+/// code: weight row `row` of `dtype` against one rounded row (`q`, `d`,
+/// `sums`).
+pub(crate) fn dot_ref(dtype: DType, row: &[u8], q: &[i16], d: &[f32], sums: &[f32]) -> f32 {
+    let (bl, gl) = (dtype.block_len(), group_len(dtype));
     let mut acc = [0.0f32; 4];
-    for (k, ((b, qb), db)) in row
-        .chunks_exact(bb)
-        .zip(q.chunks_exact(BLOCK))
-        .zip(d)
-        .enumerate()
-    {
-        let (w, dw) = block_ints(dtype, b);
-        let s: i32 = w.iter().zip(qb).map(|(a, x)| a * i32::from(*x)).sum();
-        acc[k % 4] = (s as f32).mul_add(dw * db, acc[k % 4]);
+    let mut g = 0;
+    for (k, b) in row.chunks_exact(dtype.block_bytes()).enumerate() {
+        let (w, scale, min) = block_ints(dtype, b);
+        for (j, wg) in w[..bl].chunks_exact(gl).enumerate() {
+            let at = k * bl + j * gl;
+            let s: i32 = wg
+                .iter()
+                .zip(&q[at..at + gl])
+                .map(|(a, x)| a * i32::from(*x))
+                .sum();
+            let (t, dx) = (g % 4, d[at / BLOCK]);
+            acc[t] = (s as f32).mul_add(scale[j] * dx, acc[t]);
+            if has_mins(dtype) {
+                acc[t] = (-sums[at / BLOCK]).mul_add(min[j] * dx, acc[t]);
+            }
+            g += 1;
+        }
     }
     (acc[0] + acc[1]) + (acc[2] + acc[3])
 }
@@ -268,7 +371,8 @@ pub(crate) fn rows(dtype: DType, w: &[u8], row_bytes: usize, acts: &ActsI16, out
     }
     for i in 0..acts.rows() {
         for (j, r) in w.chunks_exact(row_bytes).enumerate() {
-            out.put(i, j, dot_ref(dtype, r, acts.q_row(i), acts.d_row(i)));
+            let (q, d, sums) = (acts.q_row(i), acts.d_row(i), acts.sums_row(i));
+            out.put(i, j, dot_ref(dtype, r, q, d, sums));
         }
     }
 }
@@ -289,14 +393,15 @@ mod tests {
 
     use super::super::tests::Rng;
 
+    const KINDS: [DType; 4] = [DType::Q8_0, DType::Q5_0, DType::Q4_K, DType::Q6_K];
+
+    /// Random rows: quantised random values (Q8_0, Q5_0), or random bytes
+    /// with small f16 scales (K-quants: every integer weight and sub-block
+    /// scale, the extremes included).
     fn weights(rng: &mut Rng, dtype: DType, rows: usize, cols: usize) -> Vec<u8> {
-        let x: Vec<f32> = (0..rows * cols).map(|_| rng.f()).collect();
-        let rb = dtype.bytes_for(cols).unwrap();
-        let mut b = vec![0u8; rows * rb];
-        for (xr, br) in x.chunks_exact(cols).zip(b.chunks_exact_mut(rb)) {
-            super::super::quantize_row(dtype, xr, br);
-        }
-        b
+        (0..rows)
+            .flat_map(|_| super::super::tests::random_row(rng, dtype, cols))
+            .collect()
     }
 
     fn products(
@@ -312,6 +417,21 @@ mod tests {
         // SAFETY: `y` is m x n, exclusively borrowed; the kernels write
         // rows < m and columns < n only.
         let out = unsafe { Out::new(y.as_mut_ptr(), n, 0) };
+        // Where the CPU has the kernels, they (not the reference) must run,
+        // except decode without the byte split its products need.
+        #[cfg(target_arch = "x86_64")]
+        if super::super::x86_i16::available() {
+            let ran = if gemm {
+                super::super::x86_i16::gemm(dtype, w, rb, acts, out)
+            } else {
+                super::super::x86_i16::rows(dtype, w, rb, acts, out)
+            };
+            let split = !acts.lo.is_empty() || !decode_splits(dtype);
+            assert_eq!(ran, gemm || split, "{dtype} kernel ran (gemm {gemm})");
+            if ran {
+                return y;
+            }
+        }
         if gemm {
             super::gemm(dtype, w, rb, acts, out);
         } else {
@@ -321,13 +441,14 @@ mod tests {
     }
 
     /// Rounding, decode and prefill have the bits of the portable reference
-    /// for ragged row counts, 1 to 13 blocks, blocks of zeros and scales
-    /// from 1e-3 to 1e3; and the result is within the rounding's bound of
-    /// the f64 product of the dequantised weights and the f32 activations.
+    /// for every format, ragged row counts, 1 to 13 blocks, blocks of zeros
+    /// and scales from 1e-3 to 1e3; and the result is within the rounding's
+    /// bound of the f64 product of the dequantised weights and the f32
+    /// activations.
     #[test]
     fn kernels_have_the_bits_of_the_reference() {
         let mut rng = Rng(0x2545_f491_4f6c_dd1d);
-        for dtype in [DType::Q8_0, DType::Q5_0] {
+        for dtype in KINDS {
             for (n, blocks, m) in [
                 (1, 1, 1),
                 (3, 2, 5),
@@ -336,7 +457,8 @@ mod tests {
                 (4, 4, 4),
                 (65, 3, 2),
             ] {
-                let cols = blocks * BLOCK;
+                let cols = blocks * dtype.block_len();
+                let nb = cols / BLOCK;
                 let w = weights(&mut rng, dtype, n, cols);
                 let rb = dtype.bytes_for(cols).unwrap();
                 let mut x: Vec<f32> = (0..m * cols)
@@ -348,12 +470,20 @@ mod tests {
                 quantize(xm, true, &mut acts);
                 for i in 0..m {
                     let mut q = vec![0i16; cols];
-                    let mut d = vec![0.0f32; blocks];
-                    quantize_row_ref(xm.row(i), &mut q, &mut d);
+                    let (mut d, mut sums) = (vec![0.0f32; nb], vec![0.0f32; nb]);
+                    quantize_row_ref(xm.row(i), &mut q, &mut d, &mut sums);
                     assert_eq!(q, acts.q_row(i), "{dtype} row {i}");
                     let db: Vec<u32> = d.iter().map(|v| v.to_bits()).collect();
                     let ab: Vec<u32> = acts.d_row(i).iter().map(|v| v.to_bits()).collect();
                     assert_eq!(db, ab, "{dtype} scales of row {i}");
+                    assert_eq!(sums, acts.sums_row(i), "{dtype} block sums of row {i}");
+                    for (b, sb) in sums.iter().enumerate() {
+                        let want: i32 = q[b * BLOCK..(b + 1) * BLOCK]
+                            .iter()
+                            .map(|v| i32::from(*v))
+                            .sum();
+                        assert_eq!(*sb, want as f32, "{dtype} sum of block {b} of row {i}");
+                    }
                     let (mut lo, mut hi) = (vec![0u8; cols], vec![0i8; cols]);
                     let mut nq = vec![0i32; cols / 4];
                     split_row_ref(&q, &mut lo, &mut hi, &mut nq);
@@ -386,7 +516,8 @@ mod tests {
                 for i in 0..m {
                     for j in 0..n {
                         let r = &w[j * rb..(j + 1) * rb];
-                        let want = dot_ref(dtype, r, acts.q_row(i), acts.d_row(i));
+                        let want =
+                            dot_ref(dtype, r, acts.q_row(i), acts.d_row(i), acts.sums_row(i));
                         let what = format!("{dtype} {m}x{n}x{cols} ({i}, {j})");
                         assert_eq!(dec[i * n + j].to_bits(), want.to_bits(), "decode {what}");
                         assert_eq!(pre[i * n + j].to_bits(), want.to_bits(), "prefill {what}");
@@ -416,8 +547,8 @@ mod tests {
     #[test]
     fn non_finite_activations_give_nan() {
         let mut rng = Rng(3);
-        for dtype in [DType::Q8_0, DType::Q5_0] {
-            let (n, cols, m) = (9, 3 * BLOCK, 6);
+        for dtype in KINDS {
+            let (n, cols, m) = (9, 3 * dtype.block_len(), 6);
             let w = weights(&mut rng, dtype, n, cols);
             let rb = dtype.bytes_for(cols).unwrap();
             let mut x: Vec<f32> = (0..m * cols).map(|_| rng.f()).collect();

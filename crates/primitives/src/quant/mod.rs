@@ -8,8 +8,8 @@
 //! Two kinds of dot product:
 //! - [`dot_row`] ([`DotMode::Exact`]): weights dequantised bit-exactly in
 //!   registers (an L1-resident stretch of 256 at a time) times f32 activations;
-//!   for Q8_0 and Q5_0 at the AVX-512 level with VNNI, activations rounded to
-//!   int16 per block of 32 and integer block sums ([`exact_rounds_activations`]),
+//!   for Q8_0, Q5_0, Q4_K and Q6_K at the AVX-512 level with VNNI, activations rounded to
+//!   int16 per block of 32 and integer sums per block or sub-block ([`exact_rounds_activations`]),
 //!   about twice the multiply-adds per instruction in prefill.
 //! - [`dot_row_q8`] ([`DotMode::Q8`]): the activations are quantised once per
 //!   token ([`quantize_acts`]) to int8 blocks and each row is an integer dot
@@ -33,6 +33,8 @@ mod x86_deq;
 mod x86_fused;
 #[cfg(target_arch = "x86_64")]
 mod x86_i16;
+#[cfg(target_arch = "x86_64")]
+mod x86_i16_k;
 
 pub use acts::{ActsKind, QuantizedActs};
 pub use blocks::{QK, QK_K};
@@ -57,7 +59,7 @@ pub enum DotMode {
 }
 
 /// Whether [`DotMode::Exact`] products of `dtype` at level `s` round the
-/// activations to int16 per block of 32 (Q8_0 and Q5_0 at the AVX-512 level
+/// activations to int16 per block of 32 (Q8_0, Q5_0, Q4_K and Q6_K at the AVX-512 level
 /// with VNNI: integer block sums, within 1.5e-5 of each block's largest
 /// activation) rather than multiplying f32 activations with the dequantised
 /// weights. Either way every output has one operation order, the same in
@@ -668,7 +670,7 @@ mod tests {
     }
 
     /// Random weight blocks: valid (finite, modest) f16 scales, random quant bytes.
-    fn random_row(rng: &mut Rng, dtype: DType, n: usize) -> Vec<u8> {
+    pub(super) fn random_row(rng: &mut Rng, dtype: DType, n: usize) -> Vec<u8> {
         let mut x: Vec<f32> = (0..n).map(|_| rng.f()).collect();
         if matches!(
             dtype,

@@ -29,26 +29,28 @@ pub(crate) fn available() -> bool {
 
 /// Rounds one row (see [`super::i16::quantize_row_ref`], same bits); false
 /// without the CPU features or when the lengths do not match.
-pub(crate) fn quantize_row(x: &[f32], q: &mut [i16], d: &mut [f32]) -> bool {
+pub(crate) fn quantize_row(x: &[f32], q: &mut [i16], d: &mut [f32], sums: &mut [f32]) -> bool {
     if !available()
         || !x.len().is_multiple_of(BLOCK)
         || q.len() != x.len()
         || d.len() != x.len() / BLOCK
+        || sums.len() != d.len()
     {
         return false;
     }
     // SAFETY: `available` found the features `quantize_impl` is compiled for.
-    unsafe { quantize_impl(x, q, d) };
+    unsafe { quantize_impl(x, q, d, sums) };
     true
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")]
-fn quantize_impl(x: &[f32], q: &mut [i16], d: &mut [f32]) {
+fn quantize_impl(x: &[f32], q: &mut [i16], d: &mut [f32], sums: &mut [f32]) {
     let magnitude = _mm512_set1_epi32(0x7FFF_FFFF);
-    for ((xb, qb), db) in x
+    for (((xb, qb), db), sb) in x
         .chunks_exact(BLOCK)
         .zip(q.chunks_exact_mut(BLOCK))
         .zip(d.iter_mut())
+        .zip(sums.iter_mut())
     {
         let xb: &[f32; BLOCK] = xb.try_into().expect("a block");
         let qb: &mut [i16; BLOCK] = qb.try_into().expect("a block");
@@ -70,6 +72,7 @@ fn quantize_impl(x: &[f32], q: &mut [i16], d: &mut [f32]) {
         *db = scale;
         if bad {
             *qb = [0; BLOCK];
+            *sb = 0.0;
             continue;
         }
         let m = _mm512_set1_ps(mul);
@@ -77,6 +80,12 @@ fn quantize_impl(x: &[f32], q: &mut [i16], d: &mut [f32]) {
         // within +-32767, so the saturating narrowing is exact.
         let q0 = _mm512_cvtsepi32_epi16(_mm512_cvtps_epi32(_mm512_mul_ps(x0, m)));
         let q1 = _mm512_cvtsepi32_epi16(_mm512_cvtps_epi32(_mm512_mul_ps(x1, m)));
+        // The block's exact sum (at most 32 * 32767: exact as an f32).
+        let pairs = _mm512_madd_epi16(
+            _mm512_inserti64x4::<1>(_mm512_castsi256_si512(q0), q1),
+            _mm512_set1_epi16(1),
+        );
+        *sb = _mm512_reduce_add_epi32(pairs) as f32;
         // SAFETY: 32 writable i16s; storeu has no alignment requirement.
         unsafe {
             _mm256_storeu_si256(qb.as_mut_ptr().cast(), q0);
@@ -198,7 +207,7 @@ unsafe fn q5_pair(b: *const u8, n: usize) -> __m512i {
 /// # Safety
 /// The caller is compiled with this module's features.
 #[inline(always)]
-unsafe fn half_sums(p: &[__m512i; 8]) -> __m512i {
+pub(super) unsafe fn half_sums(p: &[__m512i; 8]) -> __m512i {
     // SAFETY: the features per the contract.
     unsafe { half_sums_in(p) }
 }
@@ -219,7 +228,7 @@ fn half_sums_in(p: &[__m512i; 8]) -> __m512i {
 /// within 128-bit lanes).
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")]
-fn quad_sums(p: &[__m512i]) -> __m512i {
+pub(super) fn quad_sums(p: &[__m512i]) -> __m512i {
     let pair = |a: __m512i, b: __m512i| {
         _mm512_add_epi32(_mm512_unpacklo_epi32(a, b), _mm512_unpackhi_epi32(a, b))
     };
@@ -228,7 +237,7 @@ fn quad_sums(p: &[__m512i]) -> __m512i {
 }
 
 /// The first `n` (<= 64) bytes as a load mask.
-fn byte_mask(n: usize) -> __mmask64 {
+pub(super) fn byte_mask(n: usize) -> __mmask64 {
     if n >= 64 {
         !0
     } else {
@@ -245,36 +254,48 @@ pub(crate) fn rows(dtype: DType, w: &[u8], row_bytes: usize, acts: &ActsI16, out
     // SAFETY: `Shape::of` checked the features and that every block and
     // activation the kernel reads lies within `w` and `acts`.
     unsafe {
-        if dtype == DType::Q5_0 {
-            rows_impl::<true>(w, &shape, acts, out)
-        } else {
-            rows_impl::<false>(w, &shape, acts, out)
+        match dtype {
+            DType::Q5_0 => rows_impl::<true>(w, &shape, acts, out),
+            DType::Q8_0 => rows_impl::<false>(w, &shape, acts, out),
+            DType::Q4_K => super::x86_i16_k::rows_k::<false>(w, &shape, acts, out),
+            _ => super::x86_i16_k::rows_k::<true>(w, &shape, acts, out),
         }
     }
     true
 }
 
 /// The checked dimensions of a product.
-struct Shape {
-    row_bytes: usize,
-    block_bytes: usize,
-    blocks: usize,
-    nrows: usize,
+pub(super) struct Shape {
+    /// Bytes per weight row.
+    pub row_bytes: usize,
+    /// Bytes per block of the format.
+    pub block_bytes: usize,
+    /// Blocks of the format per row.
+    pub blocks: usize,
+    /// Weight rows.
+    pub nrows: usize,
 }
 
 impl Shape {
     /// `split`: the kernel reads the activations' byte split.
-    fn of(dtype: DType, w: &[u8], row_bytes: usize, acts: &ActsI16, split: bool) -> Option<Shape> {
-        if !available() || !matches!(dtype, DType::Q8_0 | DType::Q5_0) || row_bytes == 0 {
+    pub(super) fn of(
+        dtype: DType,
+        w: &[u8],
+        row_bytes: usize,
+        acts: &ActsI16,
+        split: bool,
+    ) -> Option<Shape> {
+        if !available() || !super::i16::has_kernels(dtype) || row_bytes == 0 {
             return None;
         }
         let block_bytes = dtype.block_bytes();
         let blocks = row_bytes / block_bytes;
         let fits = row_bytes.is_multiple_of(block_bytes)
             && w.len().is_multiple_of(row_bytes)
-            && acts.cols == blocks * BLOCK
+            && acts.cols == blocks * dtype.block_len()
             && acts.q.len() == acts.rows() * acts.cols
-            && acts.d.len() == acts.rows() * blocks
+            && acts.d.len() == acts.rows() * (acts.cols / BLOCK)
+            && acts.sums.len() == acts.d.len()
             && (!split
                 || acts.lo.len() == acts.q.len()
                     && acts.hi.len() == acts.q.len()
@@ -300,12 +321,62 @@ const fn q5_or_q8_block_bytes<const Q5: bool>() -> usize {
 
 /// One decode row of `x` in the byte split (see [`ActsI16::split_row`]).
 #[derive(Clone, Copy)]
-struct SplitRow<'a> {
-    q: *const i16,
-    lo: *const u8,
-    hi: *const i8,
-    neg_quad_q: *const i32,
-    d: &'a [f32],
+pub(super) struct SplitRow<'a> {
+    /// The rounded values.
+    pub q: *const i16,
+    /// Their low bytes.
+    pub lo: *const u8,
+    /// Their high bytes.
+    pub hi: *const i8,
+    /// Minus the sums of each 4 values.
+    pub neg_quad_q: *const i32,
+    /// The block scales.
+    pub d: &'a [f32],
+    /// The block sums.
+    pub sums: &'a [f32],
+}
+
+impl<'a> SplitRow<'a> {
+    /// Row `i` of `acts`, with its byte split when `split` (else those
+    /// pointers dangle and must not be read).
+    #[inline]
+    pub fn of(acts: &'a ActsI16, i: usize, split: bool) -> SplitRow<'a> {
+        let (lo, hi, nq): (&[u8], &[i8], &[i32]) = if split {
+            acts.split_row(i)
+        } else {
+            (&[], &[], &[])
+        };
+        SplitRow {
+            q: acts.q_row(i).as_ptr(),
+            lo: lo.as_ptr(),
+            hi: hi.as_ptr(),
+            neg_quad_q: nq.as_ptr(),
+            d: acts.d_row(i),
+            sums: acts.sums_row(i),
+        }
+    }
+}
+
+/// The exact sums of 4 consecutive products of `q` (unsigned bytes, at
+/// most 127) with activations `x = 256 * hi + lo` (see
+/// [`ActsI16::split_row`]), plus `start`: `256 * sum(q * hi) + sum(q * lo)`,
+/// two `vpdpbusd`.
+///
+/// # Safety
+/// The caller is compiled with this module's features.
+#[inline(always)]
+pub(super) unsafe fn byte_products(
+    q: __m512i,
+    lo: __m512i,
+    hi: __m512i,
+    start: __m512i,
+) -> __m512i {
+    // SAFETY: the features per the contract.
+    unsafe {
+        let low = _mm512_dpbusd_epi32(start, lo, q);
+        let high = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q, hi);
+        _mm512_add_epi32(_mm512_slli_epi32::<8>(high), low)
+    }
 }
 
 /// One step of a decode tile: blocks `k..k + step` (`step` <= 4) of the
@@ -397,9 +468,7 @@ unsafe fn q5_byte_sums(row: &[*const u8; 4], k: usize, step: usize, x: SplitRow<
             let offset = _mm512_slli_epi32::<4>(s);
             for (r, at_row) in row.iter().enumerate() {
                 let q = q5_pair(at_row.add((k + 2 * pair) * block_bytes), n);
-                let low = _mm512_dpbusd_epi32(offset, lo, q);
-                let high = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q, hi);
-                p[pair * 4 + r] = _mm512_add_epi32(_mm512_slli_epi32::<8>(high), low);
+                p[pair * 4 + r] = byte_products(q, lo, hi, offset);
             }
         }
         half_sums(&p)
@@ -466,10 +535,10 @@ fn lane_sums_in(p: &[__m512i; 16]) -> __m512i {
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")]
 unsafe fn rows_impl<const Q5: bool>(w: &[u8], shape: &Shape, acts: &ActsI16, out: Out) {
     let Shape {
-        row_bytes,
         block_bytes,
         blocks,
         nrows,
+        ..
     } = *shape;
     assert_eq!(
         block_bytes,
@@ -482,28 +551,12 @@ unsafe fn rows_impl<const Q5: bool>(w: &[u8], shape: &Shape, acts: &ActsI16, out
     // SAFETY: 32 readable i16s; loadu has no alignment requirement.
     let scale_words = unsafe { _mm512_loadu_si512(at.as_ptr().cast()) };
     let spread = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
-    let base = w.as_ptr();
     let mut j = 0;
     while j < nrows {
-        // Rows past the end repeat the last one (their outputs are dropped).
-        // SAFETY: in bounds: row < nrows.
-        let row: [*const u8; 4] =
-            core::array::from_fn(|r| unsafe { base.add((j + r).min(nrows - 1) * row_bytes) });
-        let dist = super::x86::tile_ahead(4 * row_bytes, (nrows - j).saturating_sub(4) * row_bytes);
+        let (row, dist) = tile_rows(w, shape, j);
         for i in 0..acts.rows() {
             // Only Q5_0 reads the byte split (`super::i16::decode_splits`).
-            let (lo, hi, nq): (&[u8], &[i8], &[i32]) = if Q5 {
-                acts.split_row(i)
-            } else {
-                (&[], &[], &[])
-            };
-            let x = SplitRow {
-                q: acts.q_row(i).as_ptr(),
-                lo: lo.as_ptr(),
-                hi: hi.as_ptr(),
-                neg_quad_q: nq.as_ptr(),
-                d: acts.d_row(i),
-            };
+            let x = SplitRow::of(acts, i, Q5);
             // Lane `bb * 4 + r`: row r's sum of the blocks `bb` mod 4.
             let mut acc = _mm512_setzero_ps();
             let mut k = 0;
@@ -521,34 +574,69 @@ unsafe fn rows_impl<const Q5: bool>(w: &[u8], shape: &Shape, acts: &ActsI16, out
                     unsafe { decode_step::<Q5>(&row, k, step, x, (scale_words, spread), dist) };
                 acc = _mm512_mask3_fmadd_ps(sums, scale, acc, (1u16 << (4 * step)) - 1);
             }
-            let v = (
-                _mm512_extractf32x4_ps::<0>(acc),
-                _mm512_extractf32x4_ps::<1>(acc),
-            );
-            let h = (
-                _mm512_extractf32x4_ps::<2>(acc),
-                _mm512_extractf32x4_ps::<3>(acc),
-            );
-            let acc = _mm_add_ps(_mm_add_ps(v.0, v.1), _mm_add_ps(h.0, h.1));
-            let mut v = [0.0f32; 4];
-            // SAFETY: 4 writable f32s.
-            unsafe { _mm_storeu_ps(v.as_mut_ptr(), acc) };
-            for (r, vr) in v.iter().enumerate().take(nrows - j) {
-                out.put(i, j + r, *vr);
-            }
+            put_chains(acc, out, i, j, nrows);
         }
         j += 4;
+    }
+}
+
+/// The 4 weight rows of the decode tile at row `j` (rows past the end repeat
+/// the last one; their outputs are dropped), and its prefetch distance.
+#[inline(always)]
+pub(super) fn tile_rows(w: &[u8], shape: &Shape, j: usize) -> ([*const u8; 4], usize) {
+    let (nrows, row_bytes) = (shape.nrows, shape.row_bytes);
+    let row = core::array::from_fn(|r| w[(j + r).min(nrows - 1) * row_bytes..].as_ptr());
+    let dist = super::x86::tile_ahead(4 * row_bytes, (nrows - j).saturating_sub(4) * row_bytes);
+    (row, dist)
+}
+
+/// Writes the outputs of a decode tile: row `r` of the 4 (those below
+/// `nrows`) is `(a0 + a1) + (a2 + a3)` of its chains `a_t`, lane `4t + r`
+/// of `acc`, at output `(i, j + r)`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")]
+pub(super) fn put_chains(acc: __m512, out: Out, i: usize, j: usize, nrows: usize) {
+    let (a0, a1) = (
+        _mm512_extractf32x4_ps::<0>(acc),
+        _mm512_extractf32x4_ps::<1>(acc),
+    );
+    let (a2, a3) = (
+        _mm512_extractf32x4_ps::<2>(acc),
+        _mm512_extractf32x4_ps::<3>(acc),
+    );
+    let acc = _mm_add_ps(_mm_add_ps(a0, a1), _mm_add_ps(a2, a3));
+    let mut v = [0.0f32; 4];
+    // SAFETY: 4 writable f32s.
+    unsafe { _mm_storeu_ps(v.as_mut_ptr(), acc) };
+    for (r, vr) in v.iter().enumerate().take(nrows - j) {
+        out.put(i, j + r, *vr);
     }
 }
 
 /// Weight rows per prefill panel (two 16-lane vectors).
 const PANEL: usize = 32;
 
-thread_local! {
-    /// This thread's repacked panel: pairs of int16 weights, and scales.
-    static PACKED: std::cell::RefCell<(Vec<i32>, Vec<f32>)> =
-        const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
+/// A repacked prefill panel (see [`pack`]).
+#[derive(Default)]
+struct Packed {
+    /// Pairs of int16 weights.
+    pairs: Vec<i32>,
+    /// Scales per group and row.
+    scales: Vec<f32>,
+    /// Mins per group and row (Q4_K only).
+    mins: Vec<f32>,
 }
+
+thread_local! {
+    /// This thread's repacked panel.
+    static PACKED: std::cell::RefCell<Packed> = std::cell::RefCell::new(Packed::default());
+}
+
+/// The formats of [`pack`], as its constant parameter.
+const F_Q8_0: u8 = 0;
+const F_Q5_0: u8 = 1;
+const F_Q4_K: u8 = 2;
+const F_Q6_K: u8 = 3;
 
 /// The prefill products (see [`super::i16::gemm`]); false, doing nothing,
 /// as for [`rows`].
@@ -556,20 +644,39 @@ pub(crate) fn gemm(dtype: DType, w: &[u8], row_bytes: usize, acts: &ActsI16, out
     let Some(shape) = Shape::of(dtype, w, row_bytes, acts, false) else {
         return false;
     };
-    let run = |packed: &mut (Vec<i32>, Vec<f32>)| {
-        let (pairs, scales) = packed;
-        pairs.resize(shape.blocks * 16 * PANEL, 0);
-        scales.resize(shape.blocks * PANEL, 0.0);
+    let groups = acts.cols / super::i16::group_len(dtype);
+    let run = |p: &mut Packed| {
+        p.pairs.resize(acts.cols / 2 * PANEL, 0);
+        p.scales.resize(groups * PANEL, 0.0);
+        let mins = if super::i16::has_mins(dtype) {
+            groups
+        } else {
+            0
+        };
+        p.mins.resize(mins * PANEL, 0.0);
         let mut j = 0;
         while j < shape.nrows {
-            // SAFETY: `Shape::of` checked the features and the lengths.
+            // SAFETY: `Shape::of` checked the features and the lengths, and
+            // `p` holds a whole panel of them.
             unsafe {
-                if dtype == DType::Q5_0 {
-                    pack::<true>(w, &shape, j, pairs, scales);
-                } else {
-                    pack::<false>(w, &shape, j, pairs, scales);
+                match dtype {
+                    DType::Q5_0 => {
+                        pack::<F_Q5_0>(w, &shape, j, p);
+                        panel::<32, false>(&shape, p, acts, out, j);
+                    }
+                    DType::Q8_0 => {
+                        pack::<F_Q8_0>(w, &shape, j, p);
+                        panel::<32, false>(&shape, p, acts, out, j);
+                    }
+                    DType::Q4_K => {
+                        pack::<F_Q4_K>(w, &shape, j, p);
+                        panel::<32, true>(&shape, p, acts, out, j);
+                    }
+                    _ => {
+                        pack::<F_Q6_K>(w, &shape, j, p);
+                        panel::<16, false>(&shape, p, acts, out, j);
+                    }
                 }
-                panel(&shape, pairs, scales, acts, out, j);
             }
             j += PANEL;
         }
@@ -577,40 +684,98 @@ pub(crate) fn gemm(dtype: DType, w: &[u8], row_bytes: usize, acts: &ActsI16, out
     PACKED.with(|cell| match cell.try_borrow_mut() {
         Ok(mut p) => run(&mut p),
         // Only if `run` itself came back here, which it never does.
-        Err(_) => run(&mut (Vec::new(), Vec::new())),
+        Err(_) => run(&mut Packed::default()),
     });
     true
 }
 
-/// Repacks rows `j..j + PANEL` (the last row repeated past the end):
-/// `pairs[(b * 16 + p) * PANEL + r]` holds values `2p, 2p + 1` of block `b`
-/// of row `r` as two int16, and `scales[b * PANEL + r]` its scale.
+/// The 32 integer weights of 32-value block `t` of the block of format `F`
+/// at `b` (`t` = 0 but for the K-quants' super-blocks), as int16.
 ///
 /// # Safety
-/// As for [`rows_impl`]; `pairs` and `scales` hold a panel of `shape`.
+/// `b` points to a whole block of the format; the caller is compiled with
+/// the features of this module.
+#[inline(always)]
+unsafe fn block_weights_of<const F: u8>(b: *const u8, t: usize) -> __m512i {
+    // SAFETY: the block is readable (the contract); unaligned loads within it.
+    unsafe {
+        let nibble = |v: __m512i, high: bool| {
+            if high {
+                _mm512_srli_epi16::<4>(v)
+            } else {
+                _mm512_and_si512(v, _mm512_set1_epi16(0x0F))
+            }
+        };
+        match F {
+            F_Q8_0 => block_weights::<false>(b),
+            F_Q5_0 => block_weights::<true>(b),
+            F_Q4_K => {
+                // Values 64c..64c + 32 are the low nibbles of qs[32c..], the
+                // next 32 their high nibbles.
+                let qs = _mm256_loadu_si256(b.add(16 + 32 * (t / 2)).cast());
+                nibble(_mm512_cvtepu8_epi16(qs), t % 2 == 1)
+            }
+            _ => {
+                // Block t = 4n + k: nibbles of ql[64n + 32 (k % 2)..] (high
+                // for k >= 2), bits 2k, 2k + 1 of qh[32n..] above them.
+                let (n, k) = (t / 4, t % 4);
+                let ql = _mm256_loadu_si256(b.add(64 * n + 32 * (k % 2)).cast());
+                let qh = _mm256_loadu_si256(b.add(128 + 32 * n).cast());
+                let low = nibble(_mm512_cvtepu8_epi16(ql), k >= 2);
+                let h =
+                    _mm512_srlv_epi16(_mm512_cvtepu8_epi16(qh), _mm512_set1_epi16(2 * k as i16));
+                let h = _mm512_slli_epi16::<4>(_mm512_and_si512(h, _mm512_set1_epi16(3)));
+                _mm512_sub_epi16(_mm512_or_si512(low, h), _mm512_set1_epi16(32))
+            }
+        }
+    }
+}
+
+/// Repacks rows `j..j + PANEL` (the last row repeated past the end):
+/// `pairs[(b * 16 + p) * PANEL + r]` holds values `2p, 2p + 1` of 32-value
+/// block `b` of row `r` as two int16, and `scales[g * PANEL + r]` (and
+/// `mins`) the scale (and min) of its group `g`.
+///
+/// # Safety
+/// As for [`rows_impl`]; `p` holds a panel of `shape` for format `F`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")]
-unsafe fn pack<const Q5: bool>(
-    w: &[u8],
-    shape: &Shape,
-    j: usize,
-    pairs: &mut [i32],
-    scales: &mut [f32],
-) {
+unsafe fn pack<const F: u8>(w: &[u8], shape: &Shape, j: usize, p: &mut Packed) {
     let base = w.as_ptr();
-    assert!(pairs.len() >= shape.blocks * 16 * PANEL && scales.len() >= shape.blocks * PANEL);
+    let bb = shape.block_bytes;
+    let (per_block, kquant) = if F == F_Q8_0 || F == F_Q5_0 {
+        (1, false)
+    } else {
+        (8, true)
+    };
+    let blocks = shape.blocks * per_block;
+    let Packed {
+        pairs,
+        scales,
+        mins,
+    } = p;
+    let groups_per_block = if F == F_Q6_K { 16 } else { 8 };
+    assert!(
+        pairs.len() >= blocks * 16 * PANEL
+            && scales.len() >= blocks * (if F == F_Q6_K { 2 } else { 1 }) * PANEL
+            && (F != F_Q4_K || mins.len() >= blocks * PANEL)
+    );
     for half in 0..PANEL / 16 {
         let row: [usize; 16] =
             core::array::from_fn(|r| (j + half * 16 + r).min(shape.nrows - 1) * shape.row_bytes);
-        for b in 0..shape.blocks {
+        for b in 0..blocks {
+            let (unit, t) = (b / per_block, b % per_block);
             let mut v = [_mm512_setzero_si512(); 16];
             let mut d = [0u16; 16];
             for r in 0..16 {
-                let at = row[r] + b * shape.block_bytes;
+                let at = row[r] + unit * bb;
                 // Sixteen rows are more streams than the hardware follows.
-                _mm_prefetch::<_MM_HINT_T0>(base.wrapping_add(at + 8 * shape.block_bytes).cast());
-                // SAFETY: a whole block within `w` (row < nrows, b < blocks).
-                v[r] = unsafe { block_weights::<Q5>(base.add(at)) };
-                d[r] = u16::from_le_bytes([w[at], w[at + 1]]);
+                let ahead = if kquant { 2 * bb + 32 * t } else { 8 * bb };
+                _mm_prefetch::<_MM_HINT_T0>(base.wrapping_add(at + ahead).cast());
+                // SAFETY: a whole block within `w` (row < nrows, unit < blocks).
+                v[r] = unsafe { block_weights_of::<F>(base.add(at), t) };
+                if !kquant {
+                    d[r] = u16::from_le_bytes([w[at], w[at + 1]]);
+                }
             }
             // Column p of the 16 x 16 pairs is pair p of the 16 rows.
             let t = transpose16(&v);
@@ -622,8 +787,32 @@ unsafe fn pack<const Q5: bool>(
                     let at = pairs.as_mut_ptr().add((b * 16 + p) * PANEL + half * 16);
                     _mm512_storeu_si512(at.cast(), *tp);
                 }
-                let dv = _mm512_cvtph_ps(_mm256_loadu_si256(d.as_ptr().cast()));
-                _mm512_storeu_ps(scales.as_mut_ptr().add(b * PANEL + half * 16), dv);
+                if !kquant {
+                    let dv = _mm512_cvtph_ps(_mm256_loadu_si256(d.as_ptr().cast()));
+                    _mm512_storeu_ps(scales.as_mut_ptr().add(b * PANEL + half * 16), dv);
+                }
+            }
+        }
+        if kquant {
+            // The K-quants' scales (and mins) per group, from the
+            // reference's unpacking: once per row and super-block.
+            for (r, at) in row.iter().enumerate() {
+                for unit in 0..shape.blocks {
+                    let ub = &w[at + unit * bb..at + (unit + 1) * bb];
+                    let dtype = if F == F_Q4_K {
+                        DType::Q4_K
+                    } else {
+                        DType::Q6_K
+                    };
+                    let (sc, mn) = super::i16::block_scales(dtype, ub);
+                    for g in 0..groups_per_block {
+                        let k = ((unit * groups_per_block + g) * PANEL) + half * 16 + r;
+                        scales[k] = sc[g];
+                        if F == F_Q4_K {
+                            mins[k] = mn[g];
+                        }
+                    }
+                }
             }
         }
     }
@@ -686,24 +875,31 @@ fn dpwssd(acc: &mut __m512i, w: __m512i, x: __m512i) {
 /// Rows of `x` per prefill tile.
 const MR: usize = 6;
 
-/// Every row of `acts` against a packed panel (rows `j..`).
+/// Every row of `acts` against a packed panel (rows `j..`), with groups of
+/// `G` values, and mins when `MINS`.
 ///
 /// # Safety
-/// As for [`pack`], after it filled `pairs` and `scales`.
+/// As for [`pack`], after it filled `p`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")]
-unsafe fn panel(shape: &Shape, pairs: &[i32], scales: &[f32], acts: &ActsI16, out: Out, j: usize) {
+unsafe fn panel<const G: usize, const MINS: bool>(
+    shape: &Shape,
+    p: &Packed,
+    acts: &ActsI16,
+    out: Out,
+    j: usize,
+) {
     let m = acts.rows();
     let mut i = 0;
     while i < m {
         // SAFETY: forwarded.
         unsafe {
             match m - i {
-                1 => tile::<1>(shape, pairs, scales, acts, out, i, j),
-                2 => tile::<2>(shape, pairs, scales, acts, out, i, j),
-                3 => tile::<3>(shape, pairs, scales, acts, out, i, j),
-                4 => tile::<4>(shape, pairs, scales, acts, out, i, j),
-                5 => tile::<5>(shape, pairs, scales, acts, out, i, j),
-                _ => tile::<MR>(shape, pairs, scales, acts, out, i, j),
+                1 => tile::<1, G, MINS>(shape, p, acts, out, i, j),
+                2 => tile::<2, G, MINS>(shape, p, acts, out, i, j),
+                3 => tile::<3, G, MINS>(shape, p, acts, out, i, j),
+                4 => tile::<4, G, MINS>(shape, p, acts, out, i, j),
+                5 => tile::<5, G, MINS>(shape, p, acts, out, i, j),
+                _ => tile::<MR, G, MINS>(shape, p, acts, out, i, j),
             }
         }
         i += MR;
@@ -716,10 +912,9 @@ unsafe fn panel(shape: &Shape, pairs: &[i32], scales: &[f32], acts: &ActsI16, ou
 /// As for [`panel`], with `i0 + T <= acts.rows()`.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")]
-unsafe fn tile<const T: usize>(
+unsafe fn tile<const T: usize, const G: usize, const MINS: bool>(
     shape: &Shape,
-    pairs: &[i32],
-    scales: &[f32],
+    packed: &Packed,
     acts: &ActsI16,
     out: Out,
     i0: usize,
@@ -727,33 +922,45 @@ unsafe fn tile<const T: usize>(
 ) {
     let xq: [*const i32; T] = core::array::from_fn(|i| acts.q_row(i0 + i).as_ptr().cast());
     let xd: [&[f32]; T] = core::array::from_fn(|i| acts.d_row(i0 + i));
-    let (pp, sp) = (pairs.as_ptr(), scales.as_ptr());
-    // The sums of the blocks `t` mod 4, for each t (see `super::i16`).
+    let xs: [&[f32]; T] = core::array::from_fn(|i| acts.sums_row(i0 + i));
+    let (pp, sp, mp) = (
+        packed.pairs.as_ptr(),
+        packed.scales.as_ptr(),
+        packed.mins.as_ptr(),
+    );
+    let groups = acts.cols / G;
+    assert!(
+        packed.pairs.len() >= acts.cols / 2 * PANEL
+            && packed.scales.len() >= groups * PANEL
+            && (!MINS || packed.mins.len() >= groups * PANEL)
+    );
+    // The sums of the groups `t` mod 4, for each t (see `super::i16`).
     let mut part = [[[_mm512_setzero_ps(); 2]; T]; 4];
     for (t, acc) in part.iter_mut().enumerate() {
-        for b in (t..shape.blocks).step_by(4) {
+        for g in (t..groups).step_by(4) {
             let mut sums = [[_mm512_setzero_si512(); 2]; T];
-            for p in 0..16 {
-                // SAFETY: (b * 16 + p + 1) * PANEL <= pairs.len() (a whole panel).
+            for p in g * G / 2..(g + 1) * G / 2 {
+                // SAFETY: (p + 1) * PANEL <= pairs.len() (asserted).
                 let (w0, w1) = unsafe {
-                    let at = pp.add((b * 16 + p) * PANEL);
+                    let at = pp.add(p * PANEL);
                     (
                         _mm512_loadu_si512(at.cast()),
                         _mm512_loadu_si512(at.add(16).cast()),
                     )
                 };
                 for i in 0..T {
-                    // SAFETY: values 2p, 2p + 1 of block b < blocks of row i.
-                    let x = _mm512_set1_epi32(unsafe { xq[i].add(b * 16 + p).read_unaligned() });
+                    // SAFETY: values 2p, 2p + 1 of row i (p < cols / 2).
+                    let x = _mm512_set1_epi32(unsafe { xq[i].add(p).read_unaligned() });
                     dpwssd(&mut sums[i][0], w0, x);
                     dpwssd(&mut sums[i][1], w1, x);
                 }
             }
-            // SAFETY: (b + 1) * PANEL <= scales.len().
+            // SAFETY: (g + 1) * PANEL <= scales.len() (and mins.len()).
             let (d0, d1) = unsafe {
-                let at = sp.add(b * PANEL);
+                let at = sp.add(g * PANEL);
                 (_mm512_loadu_ps(at), _mm512_loadu_ps(at.add(16)))
             };
+            let b = g * G / BLOCK;
             for i in 0..T {
                 let dx = _mm512_set1_ps(xd[i][b]);
                 let (s0, s1) = (
@@ -762,6 +969,18 @@ unsafe fn tile<const T: usize>(
                 );
                 acc[i][0] = _mm512_fmadd_ps(s0, _mm512_mul_ps(d0, dx), acc[i][0]);
                 acc[i][1] = _mm512_fmadd_ps(s1, _mm512_mul_ps(d1, dx), acc[i][1]);
+            }
+            if MINS {
+                // SAFETY: as for the scales.
+                let (m0, m1) = unsafe {
+                    let at = mp.add(g * PANEL);
+                    (_mm512_loadu_ps(at), _mm512_loadu_ps(at.add(16)))
+                };
+                for i in 0..T {
+                    let (dx, sx) = (_mm512_set1_ps(xd[i][b]), _mm512_set1_ps(xs[i][b]));
+                    acc[i][0] = _mm512_fnmadd_ps(sx, _mm512_mul_ps(m0, dx), acc[i][0]);
+                    acc[i][1] = _mm512_fnmadd_ps(sx, _mm512_mul_ps(m1, dx), acc[i][1]);
+                }
             }
         }
     }
