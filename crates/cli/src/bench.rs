@@ -38,7 +38,7 @@ pub struct BenchArgs {
     pub threads: Vec<usize>,
     /// Int8 activations for quantised weights (as `generate --fast`); the
     /// default is the exact path that `generate` uses by default (f32
-    /// activations, or int16 ones for Q8_0, Q5_0, Q4_K and Q6_K on AVX-512
+    /// activations, or int16 ones for Q8_0, Q5_0, Q4_1, Q4_K and Q6_K on AVX-512
     /// VNNI).
     #[arg(long)]
     pub fast: bool,

@@ -1,4 +1,4 @@
-//! Exact-mode products of Q8_0, Q5_0, Q4_K and Q6_K weights with activations
+//! Exact-mode products of Q8_0, Q5_0, Q4_1, Q4_K and Q6_K weights with activations
 //! rounded to int16, at the AVX-512 level (with VNNI): integer sums at integer
 //! speed, within about 1.5e-5 of the f32 activations' largest value per block.
 //!
@@ -9,13 +9,14 @@
 //!   so that non-finite activations still give non-finite outputs), and the
 //!   exact sum `X` of each block's `q` is kept;
 //! - a weight row is a run of groups of [`group_len`] values (32, or Q6_K's
-//!   16), each with integer weights `w_q` and a scale `s_w` (Q8_0's and
-//!   Q5_0's `d`, Q4_K's `d * sc`, Q6_K's `d * sc`, all exact in f32), and
-//!   for Q4_K a min `m_w = dmin * m` (`w = s_w * w_q - m_w`);
+//!   16), each with integer weights `w_q` and a scale `s_w` (Q8_0's, Q5_0's
+//!   and Q4_1's `d`, Q4_K's `d * sc`, Q6_K's `d * sc`, all exact in f32),
+//!   and for Q4_1 and Q4_K a min `m_w` (Q4_1's `-m`, Q4_K's `dmin * m`;
+//!   `w = s_w * w_q - m_w`);
 //! - each group `g` gives the exact integer `S_g = sum(w_q * x_q)` over its
 //!   values, at most 2^24 in magnitude, so exact as an f32;
 //! - four sums, `acc[t]` from zero, take the groups `g = t mod 4` in order:
-//!   `acc[t] = fma(S_g as f32, s_w * d_x, acc[t])`, then for Q4_K
+//!   `acc[t] = fma(S_g as f32, s_w * d_x, acc[t])`, then for Q4_1 and Q4_K
 //!   `acc[t] = fma(-X, m_w * d_x, acc[t])` (`d_x` and `X` of the activation
 //!   block holding the group; four independent chains, so that a kernel need
 //!   not wait on one multiply-add per group);
@@ -38,7 +39,10 @@ pub(crate) const BLOCK: usize = 32;
 
 /// The formats with int16-activation products.
 pub(crate) fn has_kernels(dtype: DType) -> bool {
-    matches!(dtype, DType::Q8_0 | DType::Q5_0 | DType::Q4_K | DType::Q6_K)
+    matches!(
+        dtype,
+        DType::Q8_0 | DType::Q5_0 | DType::Q4_1 | DType::Q4_K | DType::Q6_K
+    )
 }
 
 /// Whether exact-mode products of `dtype` at level `s` use int16 activations
@@ -56,10 +60,10 @@ pub(crate) const fn group_len(dtype: DType) -> usize {
     }
 }
 
-/// Whether `dtype`'s groups have a min (Q4_K), which takes the activation
-/// blocks' sums.
+/// Whether `dtype`'s groups have a min (Q4_1, Q4_K), which takes the
+/// activation blocks' sums.
 pub(crate) const fn has_mins(dtype: DType) -> bool {
-    matches!(dtype, DType::Q4_K)
+    matches!(dtype, DType::Q4_1 | DType::Q4_K)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -73,10 +77,10 @@ fn cpu_has_kernels() -> bool {
 }
 
 /// Whether the decode products of `dtype` ([`rows`]) read the activations'
-/// byte split (the byte products of Q5_0, Q4_K and Q6_K do; Q8_0's word
+/// byte split (the byte products of Q5_0, Q4_1, Q4_K and Q6_K do; Q8_0's word
 /// products do not).
 pub(crate) fn decode_splits(dtype: DType) -> bool {
-    matches!(dtype, DType::Q5_0 | DType::Q4_K | DType::Q6_K)
+    matches!(dtype, DType::Q5_0 | DType::Q4_1 | DType::Q4_K | DType::Q6_K)
 }
 
 /// Rows of activations rounded to int16 per block of [`BLOCK`] values.
@@ -266,6 +270,11 @@ pub(crate) fn block_scales(dtype: DType, b: &[u8]) -> ([f32; 16], [f32; 16]) {
     let (mut scale, mut min) = ([0.0f32; 16], [0.0f32; 16]);
     match dtype {
         DType::Q8_0 | DType::Q5_0 => scale[0] = f16_at(b, 0),
+        DType::Q4_1 => {
+            // `w = d q + m`: a min of `-m` (exact).
+            scale[0] = f16_at(b, 0);
+            min[0] = -f16_at(b, 2);
+        }
         DType::Q4_K => {
             let (d, dmin) = (f16_at(b, 0), f16_at(b, 2));
             let (sc, mn) = scales_mins_k4(&b[4..16]);
@@ -282,7 +291,7 @@ pub(crate) fn block_scales(dtype: DType, b: &[u8]) -> ([f32; 16], [f32; 16]) {
                 *sg = d * f32::from(b[192 + g] as i8);
             }
         }
-        _ => unreachable!("int16 products take Q8_0, Q5_0, Q4_K and Q6_K only"),
+        _ => unreachable!("int16 products take Q8_0, Q5_0, Q4_1, Q4_K and Q6_K only"),
     }
     (scale, min)
 }
@@ -307,6 +316,12 @@ pub(crate) fn block_ints(dtype: DType, b: &[u8]) -> ([i32; UNIT], [f32; 16], [f3
                 v[j + 16] = hi - 16;
             }
         }
+        DType::Q4_1 => {
+            for (j, q) in b[4..20].iter().enumerate() {
+                v[j] = i32::from(q & 0x0F);
+                v[j + 16] = i32::from(q >> 4);
+            }
+        }
         DType::Q4_K => {
             for (c, q) in b[16..144].chunks_exact(32).enumerate() {
                 for (l, ql) in q.iter().enumerate() {
@@ -328,7 +343,7 @@ pub(crate) fn block_ints(dtype: DType, b: &[u8]) -> ([i32; UNIT], [f32; 16], [f3
                 }
             }
         }
-        _ => unreachable!("int16 products take Q8_0, Q5_0, Q4_K and Q6_K only"),
+        _ => unreachable!("int16 products take Q8_0, Q5_0, Q4_1, Q4_K and Q6_K only"),
     }
     let (scale, min) = block_scales(dtype, b);
     (v, scale, min)
@@ -393,7 +408,13 @@ mod tests {
 
     use super::super::tests::Rng;
 
-    const KINDS: [DType; 4] = [DType::Q8_0, DType::Q5_0, DType::Q4_K, DType::Q6_K];
+    const KINDS: [DType; 5] = [
+        DType::Q8_0,
+        DType::Q5_0,
+        DType::Q4_1,
+        DType::Q4_K,
+        DType::Q6_K,
+    ];
 
     /// Random rows: quantised random values (Q8_0, Q5_0), or random bytes
     /// with small f16 scales (K-quants: every integer weight and sub-block

@@ -8,7 +8,7 @@
 //! Two kinds of dot product:
 //! - [`dot_row`] ([`DotMode::Exact`]): weights dequantised bit-exactly in
 //!   registers (an L1-resident stretch of 256 at a time) times f32 activations;
-//!   for Q8_0, Q5_0, Q4_K and Q6_K at the AVX-512 level with VNNI, activations rounded to
+//!   for Q8_0, Q5_0, Q4_1, Q4_K and Q6_K at the AVX-512 level with VNNI, activations rounded to
 //!   int16 per block of 32 and integer sums per block or sub-block ([`exact_rounds_activations`]),
 //!   about twice the multiply-adds per instruction in prefill.
 //! - [`dot_row_q8`] ([`DotMode::Q8`]): the activations are quantised once per
@@ -59,7 +59,7 @@ pub enum DotMode {
 }
 
 /// Whether [`DotMode::Exact`] products of `dtype` at level `s` round the
-/// activations to int16 per block of 32 (Q8_0, Q5_0, Q4_K and Q6_K at the AVX-512 level
+/// activations to int16 per block of 32 (Q8_0, Q5_0, Q4_1, Q4_K and Q6_K at the AVX-512 level
 /// with VNNI: integer block sums, within 1.5e-5 of each block's largest
 /// activation) rather than multiplying f32 activations with the dequantised
 /// weights. Either way every output has one operation order, the same in

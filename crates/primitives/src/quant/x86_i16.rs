@@ -165,29 +165,26 @@ unsafe fn block_weights<const Q5: bool>(b: *const u8) -> __m512i {
     }
 }
 
-/// The stored 5-bit quants `q` (0..32, `w = q - 16`) of the pair of Q5_0
-/// blocks at `b` (the first `n` of them, 1 or 2; the other's bytes are
-/// zero), as 64 bytes in value order.
+/// The stored quants of the pair of blocks of format `F` (Q5_0 or Q4_1) at
+/// `b` (the first `n` of them, 1 or 2; the other's bytes are zero), as 64
+/// bytes in value order: Q5_0's 5-bit `q` (`w = q - 16`), Q4_1's nibbles.
 ///
 /// # Safety
-/// `b` points to `n` whole Q5_0 blocks; the caller is compiled with the
-/// features of this module.
+/// `b` points to `n` whole blocks of the format; the caller is compiled with
+/// the features of this module.
 #[inline(always)]
-unsafe fn q5_pair(b: *const u8, n: usize) -> __m512i {
+unsafe fn nibble_pair<const F: u8>(b: *const u8, n: usize) -> __m512i {
+    let qs_at = if F == F_Q5_0 { 6 } else { 4 };
     // SAFETY: the blocks are readable (the contract); unaligned loads, and
     // the second block is read only when it exists.
     unsafe {
-        let qs0 = _mm_loadu_si128(b.add(6).cast());
-        let (qs1, qh1) = if n == 2 {
-            let b1 = b.add(q5_or_q8_block_bytes::<true>());
-            (
-                _mm_loadu_si128(b1.add(6).cast()),
-                b1.add(2).cast::<u32>().read_unaligned(),
-            )
+        let qs0 = _mm_loadu_si128(b.add(qs_at).cast());
+        let b1 = b.wrapping_add(block_bytes_of::<F>());
+        let qs1 = if n == 2 {
+            _mm_loadu_si128(b1.add(qs_at).cast())
         } else {
-            (_mm_setzero_si128(), 0)
+            _mm_setzero_si128()
         };
-        let qh = u64::from(b.add(2).cast::<u32>().read_unaligned()) | u64::from(qh1) << 32;
         let y = _mm256_inserti128_si256::<1>(_mm256_castsi128_si256(qs0), qs1);
         // 128-bit lanes [qs0, qs0, qs1, qs1]: lanes 1 and 3 take the high
         // nibbles (values 16..32 of their block), 0 and 2 the low ones.
@@ -195,6 +192,15 @@ unsafe fn q5_pair(b: *const u8, n: usize) -> __m512i {
         let z = _mm512_shuffle_i64x2::<0b01_01_00_00>(z, z);
         let z = _mm512_mask_srli_epi16::<4>(z, 0xFF00_FF00, z);
         let v = _mm512_and_si512(z, _mm512_set1_epi8(0x0F));
+        if F != F_Q5_0 {
+            return v;
+        }
+        let qh1 = if n == 2 {
+            b1.add(2).cast::<u32>().read_unaligned()
+        } else {
+            0
+        };
+        let qh = u64::from(b.add(2).cast::<u32>().read_unaligned()) | u64::from(qh1) << 32;
         // Byte i's fifth bit is bit i of the two blocks' `qh`.
         _mm512_mask_add_epi8(v, qh, v, _mm512_set1_epi8(16))
     }
@@ -255,8 +261,9 @@ pub(crate) fn rows(dtype: DType, w: &[u8], row_bytes: usize, acts: &ActsI16, out
     // activation the kernel reads lies within `w` and `acts`.
     unsafe {
         match dtype {
-            DType::Q5_0 => rows_impl::<true>(w, &shape, acts, out),
-            DType::Q8_0 => rows_impl::<false>(w, &shape, acts, out),
+            DType::Q5_0 => rows_impl::<F_Q5_0>(w, &shape, acts, out),
+            DType::Q8_0 => rows_impl::<F_Q8_0>(w, &shape, acts, out),
+            DType::Q4_1 => rows_impl::<F_Q4_1>(w, &shape, acts, out),
             DType::Q4_K => super::x86_i16_k::rows_k::<false>(w, &shape, acts, out),
             _ => super::x86_i16_k::rows_k::<true>(w, &shape, acts, out),
         }
@@ -309,13 +316,13 @@ impl Shape {
     }
 }
 
-/// The bytes of a block of Q5_0 (`Q5`) or Q8_0, as a constant for the
-/// decode kernel's offsets.
-const fn q5_or_q8_block_bytes<const Q5: bool>() -> usize {
-    if Q5 {
-        DType::Q5_0.block_bytes()
-    } else {
-        DType::Q8_0.block_bytes()
+/// The bytes of a block of format `F` (Q8_0, Q5_0 or Q4_1), as a constant
+/// for the decode kernel's offsets.
+const fn block_bytes_of<const F: u8>() -> usize {
+    match F {
+        F_Q5_0 => DType::Q5_0.block_bytes(),
+        F_Q4_1 => DType::Q4_1.block_bytes(),
+        _ => DType::Q8_0.block_bytes(),
     }
 }
 
@@ -380,28 +387,29 @@ pub(super) unsafe fn byte_products(
 }
 
 /// One step of a decode tile: blocks `k..k + step` (`step` <= 4) of the
-/// tile's rows (starting at `row`) against one row of `x`. Returns the
-/// exact block sums as floats and their scales `d_w * d_x`, lane `bb * 4 +
-/// r` for block `k + bb` of row `r` (lanes of blocks past the step are
-/// zero).
+/// tile's rows (starting at `row`) against one row of `x`, added to `acc`
+/// (lane `bb * 4 + r` for block `k + bb` of row `r`; the lanes of blocks
+/// past the step are left as they are): `fma(S, d_w d_x)`, then for Q4_1
+/// `fma(-X, -m d_x)` (`m` its stored min, `X` the activation block's sum).
 ///
-/// Q5_0 takes its block sums in bytes ([`q5_byte_sums`]), Q8_0 in words
-/// ([`q8_word_sums`]); both are exact, so the sums are the reference's.
+/// Q5_0 and Q4_1 take their block sums in bytes ([`byte_sums`]), Q8_0 in
+/// words ([`q8_word_sums`]); all are exact, so the sums are the reference's.
 ///
 /// # Safety
 /// The caller is compiled with this module's features; the step's blocks
 /// lie within the rows at `row` and `x` holds them (`Shape::of`).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn decode_step<const Q5: bool>(
+unsafe fn decode_step<const F: u8>(
+    acc: __m512,
     row: &[*const u8; 4],
     k: usize,
     step: usize,
     x: SplitRow<'_>,
     (scale_words, spread): (__m512i, __m512i),
     dist: usize,
-) -> (__m512, __m512) {
-    let block_bytes = q5_or_q8_block_bytes::<Q5>();
+) -> __m512 {
+    let block_bytes = block_bytes_of::<F>();
     // SAFETY: the features and bounds per the contract.
     unsafe {
         let len = step * block_bytes;
@@ -412,43 +420,67 @@ unsafe fn decode_step<const Q5: bool>(
                 _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(off).cast());
             }
         }
-        let sums = _mm512_cvtepi32_ps(if Q5 {
-            q5_byte_sums(row, k, step, x)
-        } else {
+        let sums = _mm512_cvtepi32_ps(if F == F_Q8_0 {
             q8_word_sums(row, k, step, x.q)
+        } else {
+            byte_sums::<F>(row, k, step, x)
         });
-        // The scales: word `bb * 4 + r` is block `bb`'s of row `r`, picked
-        // from the step's bytes of each row (masked loads, so nothing past
-        // the step is read), where a gather was a third of the time.
+        // The scales (and Q4_1's mins, the next word): word `bb * 4 + r` is
+        // block `bb`'s of row `r`, picked from the step's bytes of each row
+        // (masked loads, so nothing past the step is read), where a gather
+        // was a third of the time.
         let (ka, kb) = (byte_mask(len), byte_mask(len.saturating_sub(64)));
-        let mut dw = _mm512_setzero_si512();
+        let min_words = _mm512_add_epi16(scale_words, _mm512_set1_epi16(1));
+        let (mut dw, mut mw) = (_mm512_setzero_si512(), _mm512_setzero_si512());
         for (r, at) in row.iter().enumerate() {
             let p = at.add(k * block_bytes);
             let a = _mm512_maskz_loadu_epi8(ka, p.cast());
             let b = _mm512_maskz_loadu_epi8(kb, p.wrapping_add(64).cast());
             let pick = _mm512_maskz_permutex2var_epi16(0x1111 << r, a, scale_words, b);
             dw = _mm512_or_si512(dw, pick);
+            if F == F_Q4_1 {
+                let pick = _mm512_maskz_permutex2var_epi16(0x1111 << r, a, min_words, b);
+                mw = _mm512_or_si512(mw, pick);
+            }
         }
         let dw = _mm512_cvtph_ps(_mm512_castsi512_si256(dw));
-        let mut dx = [0.0f32; 4];
-        dx[..step].copy_from_slice(&x.d[k..k + step]);
-        let dx = _mm512_castps128_ps512(_mm_loadu_ps(dx.as_ptr()));
-        (sums, _mm512_mul_ps(dw, _mm512_permutexvar_ps(spread, dx)))
+        let lanes = ((1u32 << (4 * step)) - 1) as u16;
+        let spread_of = |v: &[f32]| {
+            let mut four = [0.0f32; 4];
+            four[..step].copy_from_slice(&v[k..k + step]);
+            _mm512_permutexvar_ps(spread, _mm512_castps128_ps512(_mm_loadu_ps(four.as_ptr())))
+        };
+        let dx = spread_of(x.d);
+        let acc = _mm512_mask3_fmadd_ps(sums, _mm512_mul_ps(dw, dx), acc, lanes);
+        if F != F_Q4_1 {
+            return acc;
+        }
+        // Q4_1's `w = d q + m`: the reference's min is `-m`, exactly.
+        let sign = _mm512_set1_ps(-0.0);
+        let neg_m = _mm512_xor_ps(_mm512_cvtph_ps(_mm512_castsi512_si256(mw)), sign);
+        _mm512_mask3_fnmadd_ps(spread_of(x.sums), _mm512_mul_ps(neg_m, dx), acc, lanes)
     }
 }
 
-/// The exact block sums of a decode step of Q5_0 (lane `bb * 4 + r`), in
-/// bytes. With `x = 256 * hi + lo` and the stored quants `q = w + 16`
-/// (0..32), `sum(w * x) = 256 * sum(q * hi) + sum(q * lo) - 16 * sum(x)`:
-/// each product is a `vpdpbusd` (unsigned bytes times signed bytes, four
-/// per lane) over a pair of blocks, and `-16 * sum(x)` (per 4 values) starts
-/// the low product. Every step is exact: the sums are the reference's.
+/// The exact block sums of a decode step of Q5_0 or Q4_1 (lane `bb * 4 +
+/// r`), in bytes. With `x = 256 * hi + lo` and the stored quants `q` (Q5_0's
+/// `w + 16`, 0..32, or Q4_1's nibbles, `w = q`), `sum(w * x) = 256 *
+/// sum(q * hi) + sum(q * lo) - 16 * sum(x)` (without the last term for
+/// Q4_1): each product is a `vpdpbusd` (unsigned bytes times signed bytes,
+/// four per lane) over a pair of blocks, and `-16 * sum(x)` (per 4 values)
+/// starts the low product. Every step is exact: the sums are the
+/// reference's.
 ///
 /// # Safety
-/// As for [`decode_step`] (Q5_0 rows).
+/// As for [`decode_step`] (Q5_0 or Q4_1 rows).
 #[inline(always)]
-unsafe fn q5_byte_sums(row: &[*const u8; 4], k: usize, step: usize, x: SplitRow<'_>) -> __m512i {
-    let block_bytes = q5_or_q8_block_bytes::<true>();
+unsafe fn byte_sums<const F: u8>(
+    row: &[*const u8; 4],
+    k: usize,
+    step: usize,
+    x: SplitRow<'_>,
+) -> __m512i {
+    let block_bytes = block_bytes_of::<F>();
     // SAFETY: the features and bounds per the contract.
     unsafe {
         let mut p = [_mm512_setzero_si512(); 8];
@@ -463,11 +495,15 @@ unsafe fn q5_byte_sums(row: &[*const u8; 4], k: usize, step: usize, x: SplitRow<
             let m = byte_mask(n * BLOCK);
             let lo = _mm512_maskz_loadu_epi8(m, x.lo.add(at).cast());
             let hi = _mm512_maskz_loadu_epi8(m, x.hi.add(at).cast());
-            let quads = if n == 2 { 0xFFFF } else { 0x00FF };
-            let s = _mm512_maskz_loadu_epi32(quads, x.neg_quad_q.add(at / 4).cast());
-            let offset = _mm512_slli_epi32::<4>(s);
+            let offset = if F == F_Q5_0 {
+                let quads = if n == 2 { 0xFFFF } else { 0x00FF };
+                let s = _mm512_maskz_loadu_epi32(quads, x.neg_quad_q.add(at / 4).cast());
+                _mm512_slli_epi32::<4>(s)
+            } else {
+                _mm512_setzero_si512()
+            };
             for (r, at_row) in row.iter().enumerate() {
-                let q = q5_pair(at_row.add((k + 2 * pair) * block_bytes), n);
+                let q = nibble_pair::<F>(at_row.add((k + 2 * pair) * block_bytes), n);
                 p[pair * 4 + r] = byte_products(q, lo, hi, offset);
             }
         }
@@ -484,7 +520,7 @@ unsafe fn q5_byte_sums(row: &[*const u8; 4], k: usize, step: usize, x: SplitRow<
 /// As for [`decode_step`] (Q8_0 rows); `xq` holds the row's values.
 #[inline(always)]
 unsafe fn q8_word_sums(row: &[*const u8; 4], k: usize, step: usize, xq: *const i16) -> __m512i {
-    let block_bytes = q5_or_q8_block_bytes::<false>();
+    let block_bytes = block_bytes_of::<F_Q8_0>();
     // SAFETY: the features and bounds per the contract.
     unsafe {
         let mut p = [_mm512_setzero_si512(); 16];
@@ -533,7 +569,7 @@ fn lane_sums_in(p: &[__m512i; 16]) -> __m512i {
 /// The CPU has this module's features, and `shape` was checked by
 /// [`Shape::of`] for `w` and `acts`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")]
-unsafe fn rows_impl<const Q5: bool>(w: &[u8], shape: &Shape, acts: &ActsI16, out: Out) {
+unsafe fn rows_impl<const F: u8>(w: &[u8], shape: &Shape, acts: &ActsI16, out: Out) {
     let Shape {
         block_bytes,
         blocks,
@@ -542,7 +578,7 @@ unsafe fn rows_impl<const Q5: bool>(w: &[u8], shape: &Shape, acts: &ActsI16, out
     } = *shape;
     assert_eq!(
         block_bytes,
-        q5_or_q8_block_bytes::<Q5>(),
+        block_bytes_of::<F>(),
         "the format's block length"
     );
     // Word `bb * 4 + r` (any r): the word of block `bb`'s scale among a
@@ -555,24 +591,20 @@ unsafe fn rows_impl<const Q5: bool>(w: &[u8], shape: &Shape, acts: &ActsI16, out
     while j < nrows {
         let (row, dist) = tile_rows(w, shape, j);
         for i in 0..acts.rows() {
-            // Only Q5_0 reads the byte split (`super::i16::decode_splits`).
-            let x = SplitRow::of(acts, i, Q5);
+            // Q8_0 does not read the byte split (`super::i16::decode_splits`).
+            let x = SplitRow::of(acts, i, F != F_Q8_0);
             // Lane `bb * 4 + r`: row r's sum of the blocks `bb` mod 4.
             let mut acc = _mm512_setzero_ps();
             let mut k = 0;
+            let consts = (scale_words, spread);
             while k + 4 <= blocks {
                 // SAFETY: blocks k..k + 4 exist (`Shape::of`); the features.
-                let (sums, scale) =
-                    unsafe { decode_step::<Q5>(&row, k, 4, x, (scale_words, spread), dist) };
-                acc = _mm512_fmadd_ps(sums, scale, acc);
+                acc = unsafe { decode_step::<F>(acc, &row, k, 4, x, consts, dist) };
                 k += 4;
             }
             if k < blocks {
-                let step = blocks - k;
-                // SAFETY: as above, for the last `step` blocks.
-                let (sums, scale) =
-                    unsafe { decode_step::<Q5>(&row, k, step, x, (scale_words, spread), dist) };
-                acc = _mm512_mask3_fmadd_ps(sums, scale, acc, (1u16 << (4 * step)) - 1);
+                // SAFETY: as above, for the last blocks.
+                acc = unsafe { decode_step::<F>(acc, &row, k, blocks - k, x, consts, dist) };
             }
             put_chains(acc, out, i, j, nrows);
         }
@@ -637,6 +669,7 @@ const F_Q8_0: u8 = 0;
 const F_Q5_0: u8 = 1;
 const F_Q4_K: u8 = 2;
 const F_Q6_K: u8 = 3;
+const F_Q4_1: u8 = 4;
 
 /// The prefill products (see [`super::i16::gemm`]); false, doing nothing,
 /// as for [`rows`].
@@ -667,6 +700,10 @@ pub(crate) fn gemm(dtype: DType, w: &[u8], row_bytes: usize, acts: &ActsI16, out
                     DType::Q8_0 => {
                         pack::<F_Q8_0>(w, &shape, j, p);
                         panel::<32, false>(&shape, p, acts, out, j);
+                    }
+                    DType::Q4_1 => {
+                        pack::<F_Q4_1>(w, &shape, j, p);
+                        panel::<32, true>(&shape, p, acts, out, j);
                     }
                     DType::Q4_K => {
                         pack::<F_Q4_K>(w, &shape, j, p);
@@ -709,6 +746,13 @@ unsafe fn block_weights_of<const F: u8>(b: *const u8, t: usize) -> __m512i {
         match F {
             F_Q8_0 => block_weights::<false>(b),
             F_Q5_0 => block_weights::<true>(b),
+            F_Q4_1 => {
+                // Values 0..16 are the low nibbles of qs, 16..32 the high ones.
+                let qs = _mm256_broadcastsi128_si256(_mm_loadu_si128(b.add(4).cast()));
+                let t = _mm512_cvtepu8_epi16(qs);
+                let t = _mm512_mask_srli_epi16::<4>(t, 0xFFFF_0000, t);
+                _mm512_and_si512(t, _mm512_set1_epi16(0x0F))
+            }
             F_Q4_K => {
                 // Values 64c..64c + 32 are the low nibbles of qs[32c..], the
                 // next 32 their high nibbles.
@@ -742,10 +786,10 @@ unsafe fn block_weights_of<const F: u8>(b: *const u8, t: usize) -> __m512i {
 unsafe fn pack<const F: u8>(w: &[u8], shape: &Shape, j: usize, p: &mut Packed) {
     let base = w.as_ptr();
     let bb = shape.block_bytes;
-    let (per_block, kquant) = if F == F_Q8_0 || F == F_Q5_0 {
-        (1, false)
-    } else {
+    let (per_block, kquant) = if F == F_Q6_K || F == F_Q4_K {
         (8, true)
+    } else {
+        (1, false)
     };
     let blocks = shape.blocks * per_block;
     let Packed {
@@ -757,7 +801,7 @@ unsafe fn pack<const F: u8>(w: &[u8], shape: &Shape, j: usize, p: &mut Packed) {
     assert!(
         pairs.len() >= blocks * 16 * PANEL
             && scales.len() >= blocks * (if F == F_Q6_K { 2 } else { 1 }) * PANEL
-            && (F != F_Q4_K || mins.len() >= blocks * PANEL)
+            && (F != F_Q4_K && F != F_Q4_1 || mins.len() >= blocks * PANEL)
     );
     for half in 0..PANEL / 16 {
         let row: [usize; 16] =
@@ -765,7 +809,7 @@ unsafe fn pack<const F: u8>(w: &[u8], shape: &Shape, j: usize, p: &mut Packed) {
         for b in 0..blocks {
             let (unit, t) = (b / per_block, b % per_block);
             let mut v = [_mm512_setzero_si512(); 16];
-            let mut d = [0u16; 16];
+            let (mut d, mut m) = ([0u16; 16], [0u16; 16]);
             for r in 0..16 {
                 let at = row[r] + unit * bb;
                 // Sixteen rows are more streams than the hardware follows.
@@ -775,6 +819,7 @@ unsafe fn pack<const F: u8>(w: &[u8], shape: &Shape, j: usize, p: &mut Packed) {
                 v[r] = unsafe { block_weights_of::<F>(base.add(at), t) };
                 if !kquant {
                     d[r] = u16::from_le_bytes([w[at], w[at + 1]]);
+                    m[r] = u16::from_le_bytes([w[at + 2], w[at + 3]]);
                 }
             }
             // Column p of the 16 x 16 pairs is pair p of the 16 rows.
@@ -790,6 +835,12 @@ unsafe fn pack<const F: u8>(w: &[u8], shape: &Shape, j: usize, p: &mut Packed) {
                 if !kquant {
                     let dv = _mm512_cvtph_ps(_mm256_loadu_si256(d.as_ptr().cast()));
                     _mm512_storeu_ps(scales.as_mut_ptr().add(b * PANEL + half * 16), dv);
+                }
+                if F == F_Q4_1 {
+                    // `w = d q + m`: the reference's min is `-m`, exactly.
+                    let mv = _mm512_cvtph_ps(_mm256_loadu_si256(m.as_ptr().cast()));
+                    let neg = _mm512_xor_ps(mv, _mm512_set1_ps(-0.0));
+                    _mm512_storeu_ps(mins.as_mut_ptr().add(b * PANEL + half * 16), neg);
                 }
             }
         }
