@@ -4,17 +4,19 @@
 //! - Decode ([`rows`]): a tile of 4 weight rows and 4 blocks at a time.
 //!   Q8_0 takes each (row, block) as one `vpmaddwd` of the block's 32
 //!   weights (widened to int16 in a register) with the 32 rounded
-//!   activations: 16 lanes of pair sums. Q5_0 takes a pair of blocks per
-//!   row in bytes: its stored 5-bit quants times the activations' low and
-//!   high bytes (split once per call), two `vpdpbusd`, which needs no
-//!   widening and half the lanes per block. A tree of unpacks and adds turns
-//!   the lanes into one vector of the tile's 16 exact block sums, which are
-//!   scaled and accumulated per row, block after block.
-//! - Prefill ([`gemm`]): 32 weight rows at a time are repacked (once for all
-//!   rows of `x`) so that one 16-lane vector holds a pair of values of 16
-//!   rows; `vpdpwssd` with a broadcast pair of activations then sums a block
-//!   for 16 rows at once, two products per lane per instruction (twice the
-//!   multiply-adds of an f32 FMA), and the same scaling follows.
+//!   activations: 16 lanes of pair sums. Q5_0 and Q4_1 take a pair of
+//!   blocks per row in bytes: their stored quants times the activations'
+//!   low and high bytes (split once per call), two `vpdpbusd`, which needs
+//!   no widening and half the lanes per block. A tree of unpacks and adds
+//!   turns the lanes into one vector of the tile's 16 exact block sums,
+//!   which are scaled (and Q4_1's mins added) and accumulated per row, block
+//!   after block. The K-quants' decode is in [`super::x86_i16_k`].
+//! - Prefill ([`gemm`], every format): 32 weight rows at a time are
+//!   repacked (once for all rows of `x`) so that one 16-lane vector holds a
+//!   pair of values of 16 rows; `vpdpwssd` with a broadcast pair of
+//!   activations then sums a group for 16 rows at once, two products per
+//!   lane per instruction (twice the multiply-adds of an f32 FMA), and the
+//!   same scaling follows.
 
 use super::i16::{block_scale, ActsI16, BLOCK};
 use crate::dtype::DType;
