@@ -447,10 +447,12 @@ unsafe fn decode_step<const F: u8>(
         }
         let dw = _mm512_cvtph_ps(_mm512_castsi512_si256(dw));
         let lanes = ((1u32 << (4 * step)) - 1) as u16;
+        // The step's values of `v` (zero past it), spread to the lanes: a
+        // masked load, where copying them out called memmove every step.
         let spread_of = |v: &[f32]| {
-            let mut four = [0.0f32; 4];
-            four[..step].copy_from_slice(&v[k..k + step]);
-            _mm512_permutexvar_ps(spread, _mm512_castps128_ps512(_mm_loadu_ps(four.as_ptr())))
+            let v = &v[k..k + step];
+            let four = _mm_maskz_loadu_ps(((1u32 << step) - 1) as u8, v.as_ptr());
+            _mm512_permutexvar_ps(spread, _mm512_castps128_ps512(four))
         };
         let dx = spread_of(x.d);
         let acc = _mm512_mask3_fmadd_ps(sums, _mm512_mul_ps(dw, dx), acc, lanes);
@@ -642,6 +644,11 @@ pub(super) fn put_chains(acc: __m512, out: Out, i: usize, j: usize, nrows: usize
     let mut v = [0.0f32; 4];
     // SAFETY: 4 writable f32s.
     unsafe { _mm_storeu_ps(v.as_mut_ptr(), acc) };
+    if nrows - j >= 4 {
+        // One store: the loop below became a call to memmove.
+        out.put4(i, j, v);
+        return;
+    }
     for (r, vr) in v.iter().enumerate().take(nrows - j) {
         out.put(i, j + r, *vr);
     }
