@@ -14,7 +14,8 @@
 //!   and for Q4_1 and Q4_K a min `m_w` (Q4_1's `-m`, Q4_K's `dmin * m`;
 //!   `w = s_w * w_q - m_w`);
 //! - each group `g` gives the exact integer `S_g = sum(w_q * x_q)` over its
-//!   values, at most 2^24 in magnitude, so exact as an f32;
+//!   values (below 2^24 in magnitude, so exact as an f32, for every format
+//!   but Q8_0, whose largest sums round to f32 the same way in every kernel);
 //! - four sums, `acc[t]` from zero, take the groups `g = t mod 4` in order:
 //!   `acc[t] = fma(S_g as f32, s_w * d_x, acc[t])`, then for Q4_1 and Q4_K
 //!   `acc[t] = fma(-X, m_w * d_x, acc[t])` (`d_x` and `X` of the activation
