@@ -153,17 +153,30 @@ unsafe fn block_weights<const Q5: bool>(b: *const u8) -> __m512i {
     // SAFETY: the block is readable (the contract); unaligned loads.
     unsafe {
         if Q5 {
-            let qs = _mm256_broadcastsi128_si256(_mm_loadu_si128(b.add(6).cast()));
-            let t = _mm512_cvtepu8_epi16(qs);
-            // Words 0..16 keep the low nibbles, 16..32 take the high ones.
-            let t = _mm512_mask_srli_epi16::<4>(t, 0xFFFF_0000, t);
-            let v = _mm512_and_si512(t, _mm512_set1_epi16(0x0F));
+            let v = block_nibbles(b.add(6));
             let qh = b.add(2).cast::<u32>().read_unaligned();
             // `nibble - 16` where the fifth bit is clear, `nibble` where set.
             _mm512_mask_sub_epi16(v, !qh, v, _mm512_set1_epi16(16))
         } else {
             _mm512_cvtepi8_epi16(_mm256_loadu_si256(b.add(2).cast()))
         }
+    }
+}
+
+/// The 32 nibbles of a block's 16 quant bytes at `qs` as int16, in value
+/// order: the low nibbles (values 0..16), then the high ones (16..32).
+///
+/// # Safety
+/// `qs` points to 16 readable bytes; the caller is compiled with the
+/// features of this module.
+#[inline(always)]
+unsafe fn block_nibbles(qs: *const u8) -> __m512i {
+    // SAFETY: 16 readable bytes (the contract); an unaligned load.
+    unsafe {
+        let t = _mm512_cvtepu8_epi16(_mm256_broadcastsi128_si256(_mm_loadu_si128(qs.cast())));
+        // Words 0..16 keep the low nibbles, 16..32 take the high ones.
+        let t = _mm512_mask_srli_epi16::<4>(t, 0xFFFF_0000, t);
+        _mm512_and_si512(t, _mm512_set1_epi16(0x0F))
     }
 }
 
@@ -755,13 +768,7 @@ unsafe fn block_weights_of<const F: u8>(b: *const u8, t: usize) -> __m512i {
         match F {
             F_Q8_0 => block_weights::<false>(b),
             F_Q5_0 => block_weights::<true>(b),
-            F_Q4_1 => {
-                // Values 0..16 are the low nibbles of qs, 16..32 the high ones.
-                let qs = _mm256_broadcastsi128_si256(_mm_loadu_si128(b.add(4).cast()));
-                let t = _mm512_cvtepu8_epi16(qs);
-                let t = _mm512_mask_srli_epi16::<4>(t, 0xFFFF_0000, t);
-                _mm512_and_si512(t, _mm512_set1_epi16(0x0F))
-            }
+            F_Q4_1 => block_nibbles(b.add(4)),
             F_Q4_K => {
                 // Values 64c..64c + 32 are the low nibbles of qs[32c..], the
                 // next 32 their high nibbles.

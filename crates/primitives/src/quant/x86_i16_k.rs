@@ -12,6 +12,7 @@
 
 use super::i16::ActsI16;
 use super::x86_i16::{byte_products, half_sums, quad_sums, Shape, SplitRow};
+use crate::dtype::DType;
 use crate::matmul::Out;
 use core::arch::x86_64::*;
 
@@ -29,7 +30,7 @@ pub(super) unsafe fn rows_k<const Q6: bool>(w: &[u8], shape: &Shape, acts: &Acts
     let (block_bytes, blocks, nrows) = (shape.block_bytes, shape.blocks, shape.nrows);
     assert_eq!(
         block_bytes,
-        if Q6 { 210 } else { 144 },
+        if Q6 { DType::Q6_K } else { DType::Q4_K }.block_bytes(),
         "the format's block length"
     );
     let mut j = 0;
