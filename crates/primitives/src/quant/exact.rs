@@ -253,8 +253,8 @@ pub(crate) fn fused_rows(
         return;
     }
     if super::i16::applies(s, dtype) {
-        return super::i16::with_acts(x, super::i16::decode_splits(dtype), |acts| {
-            super::i16::rows(dtype, w, row_bytes, acts, out)
+        return super::i16::with_acts(x, super::i16::decode_splits(s, dtype), |acts| {
+            super::i16::rows(s, dtype, w, row_bytes, acts, out)
         });
     }
     // x86 dequantises the block formats in registers: the same operations

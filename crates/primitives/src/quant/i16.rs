@@ -1,6 +1,8 @@
 //! Exact-mode products of Q8_0, Q5_0, Q4_1, Q4_K and Q6_K weights with activations
-//! rounded to int16, at the AVX-512 level (with VNNI): integer sums at integer
-//! speed, within about 1.5e-5 of the f32 activations' largest value per block.
+//! rounded to int16, at the AVX-512 level (with VNNI), and of Q8_0 and Q4_1
+//! at the AVX2 level: integer sums at integer speed, within about 1.5e-5 of
+//! the f32 activations' largest value per block. Both levels' kernels have
+//! the one arithmetic below.
 //!
 //! Every output has one fixed arithmetic, whichever kernel computes it:
 //! - each row of `x` is rounded per block of 32 values: `d = amax / 32767`
@@ -49,7 +51,39 @@ pub(crate) fn has_kernels(dtype: DType) -> bool {
 /// Whether exact-mode products of `dtype` at level `s` use int16 activations
 /// (the same answer for every call, so that decode and prefill agree).
 pub(crate) fn applies(s: Simd, dtype: DType) -> bool {
-    has_kernels(dtype) && s.level() == Level::Avx512 && cpu_has_kernels()
+    kernels(s, dtype).is_some()
+}
+
+/// The kernels that compute the int16 products of a level.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kernels {
+    /// AVX-512 with VNNI: every format of [`has_kernels`].
+    Avx512,
+    /// AVX2 with FMA and F16C: Q8_0 and Q4_1 (also at the AVX-512 level of
+    /// a CPU without VNNI).
+    Avx2,
+}
+
+/// Which kernels compute exact-mode products of `dtype` at level `s`, if
+/// any; elsewhere the activations stay f32.
+pub(crate) fn kernels(s: Simd, dtype: DType) -> Option<Kernels> {
+    if !has_kernels(dtype) {
+        return None;
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        let avx2 = super::x86_i16_avx2::has_kernels(dtype) && super::x86_i16_avx2::available();
+        match s.level() {
+            Level::Avx512 if super::x86_i16::available() => Some(Kernels::Avx512),
+            Level::Avx512 | Level::Avx2 if avx2 => Some(Kernels::Avx2),
+            _ => None,
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = s;
+        None
+    }
 }
 
 /// Values per group of one weight scale (see the module docs): Q6_K's
@@ -67,20 +101,16 @@ pub(crate) const fn has_mins(dtype: DType) -> bool {
     matches!(dtype, DType::Q4_1 | DType::Q4_K)
 }
 
-#[cfg(target_arch = "x86_64")]
-fn cpu_has_kernels() -> bool {
-    super::x86_i16::available()
+/// Whether the decode products of `dtype` at level `s` ([`rows`]) read the
+/// activations' byte split (the AVX-512 byte products of Q5_0, Q4_1, Q4_K
+/// and Q6_K do; Q8_0's word products and the AVX2 kernels do not).
+pub(crate) fn decode_splits(s: Simd, dtype: DType) -> bool {
+    kernels(s, dtype) == Some(Kernels::Avx512) && byte_products(dtype)
 }
 
-#[cfg(not(target_arch = "x86_64"))]
-fn cpu_has_kernels() -> bool {
-    false
-}
-
-/// Whether the decode products of `dtype` ([`rows`]) read the activations'
-/// byte split (the byte products of Q5_0, Q4_1, Q4_K and Q6_K do; Q8_0's word
-/// products do not).
-pub(crate) fn decode_splits(dtype: DType) -> bool {
+/// Whether the AVX-512 decode products of `dtype` meet the activations'
+/// byte split (Q8_0's word products do not).
+pub(crate) fn byte_products(dtype: DType) -> bool {
     matches!(dtype, DType::Q5_0 | DType::Q4_1 | DType::Q4_K | DType::Q6_K)
 }
 
@@ -219,7 +249,8 @@ pub(crate) fn quantize(x: MatRef<'_>, split: bool, acts: &mut ActsI16) {
         let d = &mut acts.d[i * nb..(i + 1) * nb];
         let sums = &mut acts.sums[i * nb..(i + 1) * nb];
         #[cfg(target_arch = "x86_64")]
-        let done = super::x86_i16::quantize_row(x.row(i), q, d, sums);
+        let done = super::x86_i16::quantize_row(x.row(i), q, d, sums)
+            || super::x86_i16_avx2::quantize_row(x.row(i), q, d, sums);
         #[cfg(not(target_arch = "x86_64"))]
         let done = false;
         if !done {
@@ -378,11 +409,21 @@ pub(crate) fn dot_ref(dtype: DType, row: &[u8], q: &[i16], d: &[f32], sums: &[f3
 }
 
 /// `out[i][j] = ` the fixed product of row `i` of `acts` and row `j` of `w`
-/// (`row_bytes` bytes each), for the few rows of a decode step: the AVX-512
-/// kernel where [`applies`], else the portable reference.
-pub(crate) fn rows(dtype: DType, w: &[u8], row_bytes: usize, acts: &ActsI16, out: Out) {
+/// (`row_bytes` bytes each), for the few rows of a decode step: the
+/// [`kernels`] of level `s`, else the portable reference.
+pub(crate) fn rows(s: Simd, dtype: DType, w: &[u8], row_bytes: usize, acts: &ActsI16, out: Out) {
     #[cfg(target_arch = "x86_64")]
-    if super::x86_i16::rows(dtype, w, row_bytes, acts, out) {
+    let done = match kernels(s, dtype) {
+        Some(Kernels::Avx512) => super::x86_i16::rows(dtype, w, row_bytes, acts, out),
+        Some(Kernels::Avx2) => super::x86_i16_avx2::rows(dtype, w, row_bytes, acts, out),
+        None => false,
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let done = {
+        let _ = s;
+        false
+    };
+    if done {
         return;
     }
     for i in 0..acts.rows() {
@@ -395,12 +436,18 @@ pub(crate) fn rows(dtype: DType, w: &[u8], row_bytes: usize, acts: &ActsI16, out
 
 /// [`rows`] for many rows of `acts`: the prefill kernel, which takes the
 /// integer sums across weight rows in its lanes (same bits as [`rows`]).
-pub(crate) fn gemm(dtype: DType, w: &[u8], row_bytes: usize, acts: &ActsI16, out: Out) {
+pub(crate) fn gemm(s: Simd, dtype: DType, w: &[u8], row_bytes: usize, acts: &ActsI16, out: Out) {
     #[cfg(target_arch = "x86_64")]
-    if super::x86_i16::gemm(dtype, w, row_bytes, acts, out) {
-        return;
+    let done = match kernels(s, dtype) {
+        Some(Kernels::Avx512) => super::x86_i16::gemm(dtype, w, row_bytes, acts, out),
+        Some(Kernels::Avx2) => super::x86_i16_avx2::gemm(dtype, w, row_bytes, acts, out),
+        None => false,
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let done = false;
+    if !done {
+        rows(s, dtype, w, row_bytes, acts, out)
     }
-    rows(dtype, w, row_bytes, acts, out)
 }
 
 #[cfg(test)]
@@ -427,6 +474,7 @@ mod tests {
     }
 
     fn products(
+        s: Simd,
         dtype: DType,
         w: &[u8],
         rb: usize,
@@ -439,27 +487,71 @@ mod tests {
         // SAFETY: `y` is m x n, exclusively borrowed; the kernels write
         // rows < m and columns < n only.
         let out = unsafe { Out::new(y.as_mut_ptr(), n, 0) };
-        // Where the CPU has the kernels, they (not the reference) must run,
-        // except decode without the byte split its products need.
+        // Where level `s` has kernels, they (not the reference) must run,
+        // except AVX-512 decode without the byte split its products need.
         #[cfg(target_arch = "x86_64")]
-        if super::super::x86_i16::available() {
-            let ran = if gemm {
-                super::super::x86_i16::gemm(dtype, w, rb, acts, out)
-            } else {
-                super::super::x86_i16::rows(dtype, w, rb, acts, out)
-            };
-            let split = !acts.lo.is_empty() || !decode_splits(dtype);
-            assert_eq!(ran, gemm || split, "{dtype} kernel ran (gemm {gemm})");
-            if ran {
+        match kernels(s, dtype) {
+            Some(Kernels::Avx512) => {
+                let ran = if gemm {
+                    super::super::x86_i16::gemm(dtype, w, rb, acts, out)
+                } else {
+                    super::super::x86_i16::rows(dtype, w, rb, acts, out)
+                };
+                let split = !acts.lo.is_empty() || !decode_splits(s, dtype);
+                assert_eq!(ran, gemm || split, "{dtype} kernel ran (gemm {gemm})");
+                if ran {
+                    return y;
+                }
+            }
+            Some(Kernels::Avx2) => {
+                let ran = if gemm {
+                    super::super::x86_i16_avx2::gemm(dtype, w, rb, acts, out)
+                } else {
+                    super::super::x86_i16_avx2::rows(dtype, w, rb, acts, out)
+                };
+                assert!(ran, "{dtype} AVX2 kernel ran (gemm {gemm})");
                 return y;
             }
+            None => {}
         }
         if gemm {
-            super::gemm(dtype, w, rb, acts, out);
+            super::gemm(s, dtype, w, rb, acts, out);
         } else {
-            super::rows(dtype, w, rb, acts, out);
+            super::rows(s, dtype, w, rb, acts, out);
         }
         y
+    }
+
+    /// The AVX2 rounding has the reference's bits (the AVX-512 one, where
+    /// the CPU has it, is what [`quantize`] runs).
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn avx2_rounding_has_the_bits_of_the_reference() {
+        if !super::super::x86_i16_avx2::available() {
+            return;
+        }
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        for blocks in [1, 2, 7] {
+            let cols = blocks * BLOCK;
+            let mut x: Vec<f32> = (0..cols)
+                .map(|i| rng.f() * [1e-3, 1.0, 1e3, 0.0][i / BLOCK % 4])
+                .collect();
+            if blocks == 7 {
+                x[5 * BLOCK + 3] = f32::NAN;
+                x[6 * BLOCK + 9] = f32::NEG_INFINITY;
+            }
+            let (mut q, mut d, mut sums) =
+                (vec![0i16; cols], vec![0.0f32; blocks], vec![0.0f32; blocks]);
+            let (mut qr, mut dr, mut sr) = (q.clone(), d.clone(), sums.clone());
+            assert!(super::super::x86_i16_avx2::quantize_row(
+                &x, &mut q, &mut d, &mut sums
+            ));
+            quantize_row_ref(&x, &mut qr, &mut dr, &mut sr);
+            assert_eq!(q, qr, "{blocks} blocks");
+            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&d), bits(&dr), "{blocks} blocks");
+            assert_eq!(sums, sr, "{blocks} blocks");
+        }
     }
 
     /// Rounding, decode and prefill have the bits of the portable reference
@@ -478,6 +570,8 @@ mod tests {
                 (70, 13, 13),
                 (4, 4, 4),
                 (65, 3, 2),
+                // More blocks than a stretch of the AVX2 prefill tile.
+                (6, 37, 5),
             ] {
                 let cols = blocks * dtype.block_len();
                 let nb = cols / BLOCK;
@@ -521,28 +615,37 @@ mod tests {
                         assert_eq!(back, i32::from(*v), "{dtype} split of row {i} value {l}");
                     }
                 }
-                let dec = products(dtype, &w, rb, &acts, n, false);
-                let pre = products(dtype, &w, rb, &acts, n, true);
                 // Without the byte split (prefill's rounding) decode still
                 // has the bits, from the reference where it needs the split.
                 let mut unsplit = acts.clone();
                 quantize(xm, false, &mut unsplit);
                 assert!(unsplit.lo.is_empty() && unsplit.neg_quad_q.is_empty());
-                let dec_unsplit = products(dtype, &w, rb, &unsplit, n, false);
                 let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
-                assert_eq!(
-                    bits(&dec_unsplit),
-                    bits(&dec),
-                    "{dtype} decode without the split"
-                );
+                for s in Simd::available() {
+                    let dec = products(s, dtype, &w, rb, &acts, n, false);
+                    let pre = products(s, dtype, &w, rb, &acts, n, true);
+                    let dec_unsplit = products(s, dtype, &w, rb, &unsplit, n, false);
+                    assert_eq!(
+                        bits(&dec_unsplit),
+                        bits(&dec),
+                        "{dtype} decode without the split at {s:?}"
+                    );
+                    for (k, (dv, pv)) in dec.iter().zip(&pre).enumerate() {
+                        let (i, j) = (k / n, k % n);
+                        let r = &w[j * rb..(j + 1) * rb];
+                        let want =
+                            dot_ref(dtype, r, acts.q_row(i), acts.d_row(i), acts.sums_row(i));
+                        let what = format!("{dtype} {m}x{n}x{cols} ({i}, {j}) at {s:?}");
+                        assert_eq!(dv.to_bits(), want.to_bits(), "decode {what}");
+                        assert_eq!(pv.to_bits(), want.to_bits(), "prefill {what}");
+                    }
+                }
                 for i in 0..m {
                     for j in 0..n {
                         let r = &w[j * rb..(j + 1) * rb];
                         let want =
                             dot_ref(dtype, r, acts.q_row(i), acts.d_row(i), acts.sums_row(i));
                         let what = format!("{dtype} {m}x{n}x{cols} ({i}, {j})");
-                        assert_eq!(dec[i * n + j].to_bits(), want.to_bits(), "decode {what}");
-                        assert_eq!(pre[i * n + j].to_bits(), want.to_bits(), "prefill {what}");
                         let mut wf = vec![0.0f32; cols];
                         super::super::dequantize_row(dtype, r, &mut wf).unwrap();
                         let (mut exact, mut bound) = (0.0f64, 0.0f64);
@@ -578,8 +681,11 @@ mod tests {
             x[3 * cols + 5] = f32::INFINITY;
             let mut acts = ActsI16::default();
             quantize(MatRef::new(&x, m, cols).unwrap(), true, &mut acts);
-            for gemm in [false, true] {
-                let y = products(dtype, &w, rb, &acts, n, gemm);
+            for (s, gemm) in Simd::available()
+                .into_iter()
+                .flat_map(|s| [(s, false), (s, true)])
+            {
+                let y = products(s, dtype, &w, rb, &acts, n, gemm);
                 for i in 0..m {
                     let bad = i == 1 || i == 3;
                     for j in 0..n {

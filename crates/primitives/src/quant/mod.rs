@@ -8,9 +8,10 @@
 //! Two kinds of dot product:
 //! - [`dot_row`] ([`DotMode::Exact`]): weights dequantised bit-exactly in
 //!   registers (an L1-resident stretch of 256 at a time) times f32 activations;
-//!   for Q8_0, Q5_0, Q4_1, Q4_K and Q6_K at the AVX-512 level with VNNI, activations rounded to
-//!   int16 per block of 32 and integer sums per block or sub-block ([`exact_rounds_activations`]),
-//!   about twice the multiply-adds per instruction in prefill.
+//!   for Q8_0, Q5_0, Q4_1, Q4_K and Q6_K at the AVX-512 level with VNNI,
+//!   and for Q8_0 and Q4_1 at the AVX2 level, activations rounded to int16
+//!   per block of 32 and integer sums per block or sub-block
+//!   ([`exact_rounds_activations`]), with the same bits at both levels.
 //! - [`dot_row_q8`] ([`DotMode::Q8`]): the activations are quantised once per
 //!   token ([`quantize_acts`]) to int8 blocks and each row is an integer dot
 //!   product with per-block float scales, as llama.cpp's `vec_dot` kernels
@@ -33,6 +34,8 @@ mod x86_deq;
 mod x86_fused;
 #[cfg(target_arch = "x86_64")]
 mod x86_i16;
+#[cfg(target_arch = "x86_64")]
+mod x86_i16_avx2;
 #[cfg(target_arch = "x86_64")]
 mod x86_i16_k;
 
@@ -60,8 +63,8 @@ pub enum DotMode {
 
 /// Whether [`DotMode::Exact`] products of `dtype` at level `s` round the
 /// activations to int16 per block of 32 (Q8_0, Q5_0, Q4_1, Q4_K and Q6_K at the AVX-512 level
-/// with VNNI: integer block sums, within 1.5e-5 of each block's largest
-/// activation) rather than multiplying f32 activations with the dequantised
+/// with VNNI, Q8_0 and Q4_1 at the AVX2 level: integer block sums, within
+/// 1.5e-5 of each block's largest activation) rather than multiplying f32 activations with the dequantised
 /// weights. Either way every output has one operation order, the same in
 /// decode and prefill, for any batch and thread count.
 pub fn exact_rounds_activations(s: Simd, dtype: DType) -> bool {
@@ -408,14 +411,14 @@ pub fn matvec_q(
     let chunk = matvec_chunk_rows(rows, threads.count());
     if kernel.is_none() && i16::applies(s, dtype) {
         // Exact products that round activations to int16 do it once, here.
-        i16::with_acts(xm, i16::decode_splits(dtype), |acts| {
+        i16::with_acts(xm, i16::decode_splits(s, dtype), |acts| {
             threads.for_each_chunk(y, chunk, |ci, yc| {
                 let r0 = ci * chunk;
                 let wc = &w[r0 * row_bytes..(r0 + yc.len()) * row_bytes];
                 // SAFETY: `yc` is this task's exclusive chunk of `y`; one row
                 // of `x`, so only `yc[j]` for j < yc.len() is written.
                 let out = unsafe { Out::new(yc.as_mut_ptr(), yc.len(), 0) };
-                i16::rows(dtype, wc, row_bytes, acts, out);
+                i16::rows(s, dtype, wc, row_bytes, acts, out);
             })
         });
         return Ok(());
@@ -543,7 +546,7 @@ pub fn matmul_q(
         // Exact products that round activations to int16 do it once, here.
         let gemm = m > exact::fused_max_rows(s);
         // Only decode's kernel takes the activations' byte split.
-        i16::with_acts(x, !gemm && i16::decode_splits(dtype), |acts| {
+        i16::with_acts(x, !gemm && i16::decode_splits(s, dtype), |acts| {
             let chunk = if gemm {
                 MATMUL_PANEL_ROWS
             } else {
@@ -556,9 +559,9 @@ pub fn matmul_q(
                 let out = unsafe { base.shifted(r0) };
                 let wc = &w[r0 * row_bytes..(r0 + nr) * row_bytes];
                 if gemm {
-                    i16::gemm(dtype, wc, row_bytes, acts, out);
+                    i16::gemm(s, dtype, wc, row_bytes, acts, out);
                 } else {
-                    i16::rows(dtype, wc, row_bytes, acts, out);
+                    i16::rows(s, dtype, wc, row_bytes, acts, out);
                 }
             });
         });

@@ -55,8 +55,13 @@ const PREFETCH: usize = 3072;
 /// 4864 x 1024, one thread, AVX-512 on AMD Zen 5) went from 7-8 to 15-18
 /// GB/s for the exact kernel and from 11-13 to 18-25 for the int8 one.
 pub(super) fn tile_ahead(tile_bytes: usize, left_bytes: usize) -> usize {
+    tile_ahead_by(TILE_PREFETCH, tile_bytes, left_bytes)
+}
+
+/// [`tile_ahead`] with a least distance of `least` bytes.
+pub(super) fn tile_ahead_by(least: usize, tile_bytes: usize, left_bytes: usize) -> usize {
     let tile = tile_bytes.max(1);
-    (TILE_PREFETCH.div_ceil(tile) * tile).min(left_bytes / tile * tile)
+    (least.div_ceil(tile) * tile).min(left_bytes / tile * tile)
 }
 
 /// The least distance of [`tile_ahead`]: about the bytes in flight that hide

@@ -269,7 +269,7 @@ pub(super) fn byte_mask(n: usize) -> __mmask64 {
 /// The decode products (see [`super::i16::rows`]); false, doing nothing,
 /// without the CPU features, for other formats or mismatched lengths.
 pub(crate) fn rows(dtype: DType, w: &[u8], row_bytes: usize, acts: &ActsI16, out: Out) -> bool {
-    let Some(shape) = Shape::of(dtype, w, row_bytes, acts, super::i16::decode_splits(dtype)) else {
+    let Some(shape) = Shape::of(dtype, w, row_bytes, acts, super::i16::byte_products(dtype)) else {
         return false;
     };
     // SAFETY: `Shape::of` checked the features and that every block and

@@ -1,0 +1,689 @@
+//! The int16 exact products (see [`super::i16`]) at the AVX2 level (with FMA
+//! and F16C), for Q4_1 (most of SmolLM2's weights). AVX2 has no VNNI, so
+//! the integer sums come from `vpmaddwd` (pairs of int16 products into int32
+//! lanes) and `vpaddd`. Q8_0 stays with f32 activations at this level: the
+//! same decode for it was no faster than the f32 kernel on the large
+//! matrices it holds (Qwen2.5's and Gemma 3's embeddings).
+//!
+//! - Decode ([`rows`]): a tile of 4 weight rows and 2 blocks. Each row's two
+//!   blocks share a vector, one per 128-bit half, and their quants become
+//!   int16 by shifts and masks alone, with no byte-widening shuffles: the
+//!   activations are reordered once per call to match ([`Pair`]). Three
+//!   `vphaddd` give the 8 exact block sums of the 4 rows, and block `k` goes
+//!   to chain `k mod 4` of the reference's arithmetic.
+//! - Prefill ([`gemm`]): 16 weight rows are repacked as int16 pairs (a
+//!   transpose, so that one vector holds a pair of 8 rows), and each pair of
+//!   activations, broadcast, meets them with `vpmaddwd`: 16 rows' block sums
+//!   in lanes, scaled per block as decode scales them.
+//!
+//! Integer sums do not depend on their grouping, so both kernels have the
+//! bits of [`super::i16::dot_ref`].
+
+use super::i16::{block_scale, ActsI16, BLOCK};
+use crate::dtype::DType;
+use crate::matmul::Out;
+use core::arch::x86_64::*;
+
+/// Whether this CPU runs these kernels (pulp's V3 level: AVX2, FMA, F16C).
+pub(crate) fn available() -> bool {
+    static OK: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *OK.get_or_init(|| pulp::x86::V3::try_new().is_some())
+}
+
+/// The formats these kernels take.
+pub(crate) fn has_kernels(dtype: DType) -> bool {
+    matches!(dtype, DType::Q4_1)
+}
+
+/// Rounds one row (see [`super::i16::quantize_row_ref`], same bits); false
+/// without the CPU features or when the lengths do not match.
+pub(crate) fn quantize_row(x: &[f32], q: &mut [i16], d: &mut [f32], sums: &mut [f32]) -> bool {
+    if !available()
+        || !x.len().is_multiple_of(BLOCK)
+        || q.len() != x.len()
+        || d.len() != x.len() / BLOCK
+        || sums.len() != d.len()
+    {
+        return false;
+    }
+    // SAFETY: `available` found the features `quantize_impl` is compiled for.
+    unsafe { quantize_impl(x, q, d, sums) };
+    true
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn quantize_impl(x: &[f32], q: &mut [i16], d: &mut [f32], sums: &mut [f32]) {
+    let magnitude = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFF_FFFF));
+    for (((xb, qb), db), sb) in x
+        .chunks_exact(BLOCK)
+        .zip(q.chunks_exact_mut(BLOCK))
+        .zip(d.iter_mut())
+        .zip(sums.iter_mut())
+    {
+        // SAFETY: 32 readable f32s; loadu has no alignment requirement.
+        let v: [__m256; 4] =
+            core::array::from_fn(|k| unsafe { _mm256_loadu_ps(xb[8 * k..].as_ptr()) });
+        let unordered = v.iter().fold(_mm256_setzero_ps(), |u, vk| {
+            _mm256_or_ps(u, _mm256_cmp_ps::<_CMP_UNORD_Q>(*vk, *vk))
+        });
+        let nan = _mm256_movemask_ps(unordered) != 0;
+        let a = v.map(|vk| _mm256_and_ps(vk, magnitude));
+        // The largest magnitude is exact in any order (NaNs are `nan`'s).
+        let m8 = _mm256_max_ps(_mm256_max_ps(a[0], a[1]), _mm256_max_ps(a[2], a[3]));
+        let m4 = _mm_max_ps(_mm256_castps256_ps128(m8), _mm256_extractf128_ps::<1>(m8));
+        let m2 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+        let amax = _mm_cvtss_f32(_mm_max_ss(m2, _mm_shuffle_ps::<1>(m2, m2)));
+        let bad = nan || !amax.is_finite();
+        let (scale, mul) = block_scale(amax, bad);
+        *db = scale;
+        if bad {
+            qb.fill(0);
+            *sb = 0.0;
+            continue;
+        }
+        let m = _mm256_set1_ps(mul);
+        // Rounded to nearest, ties to even (the default rounding mode), and
+        // within +-32767, so the saturating narrowing is exact; the packs
+        // interleave 128-bit lanes, which the permutes undo.
+        let r = v.map(|vk| _mm256_cvtps_epi32(_mm256_mul_ps(vk, m)));
+        let q0 = _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_packs_epi32(r[0], r[1]));
+        let q1 = _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_packs_epi32(r[2], r[3]));
+        // The block's exact sum (at most 32 * 32767: exact as an f32).
+        let ones = _mm256_set1_epi16(1);
+        let s8 = _mm256_add_epi32(_mm256_madd_epi16(q0, ones), _mm256_madd_epi16(q1, ones));
+        *sb = hsum8(s8) as f32;
+        // SAFETY: 32 writable i16s; storeu has no alignment requirement.
+        unsafe {
+            _mm256_storeu_si256(qb.as_mut_ptr().cast(), q0);
+            _mm256_storeu_si256(qb.as_mut_ptr().add(16).cast(), q1);
+        }
+    }
+}
+
+/// The sum of the 8 lanes of `v` (exact: integer adds).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn hsum8(v: __m256i) -> i32 {
+    let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
+    let s = _mm_add_epi32(s, _mm_unpackhi_epi64(s, s));
+    _mm_cvtsi128_si32(_mm_add_epi32(s, _mm_shuffle_epi32::<1>(s)))
+}
+
+/// The checked dimensions of a product.
+struct Dims {
+    row_bytes: usize,
+    block_bytes: usize,
+    blocks: usize,
+    nrows: usize,
+}
+
+impl Dims {
+    fn of(dtype: DType, w: &[u8], row_bytes: usize, acts: &ActsI16) -> Option<Dims> {
+        if !available() || !has_kernels(dtype) || row_bytes == 0 {
+            return None;
+        }
+        let block_bytes = dtype.block_bytes();
+        let blocks = row_bytes / block_bytes;
+        let fits = row_bytes.is_multiple_of(block_bytes)
+            && w.len().is_multiple_of(row_bytes)
+            && acts.cols == blocks * BLOCK
+            && acts.q.len() == acts.rows() * acts.cols
+            && acts.d.len() == acts.rows() * blocks
+            && acts.sums.len() == acts.d.len();
+        fits.then_some(Dims {
+            row_bytes,
+            block_bytes,
+            blocks,
+            nrows: w.len() / row_bytes,
+        })
+    }
+}
+
+/// The 32 nibbles of the Q4_1 block at `b` as int16, values 0..16 and
+/// 16..32.
+///
+/// # Safety
+/// `b` points to a whole block; the caller is compiled with the features of
+/// this module.
+#[inline(always)]
+unsafe fn block_words(b: *const u8) -> (__m256i, __m256i) {
+    // SAFETY: the block is readable (the contract); unaligned loads within it.
+    unsafe {
+        let qs = _mm_loadu_si128(b.add(4).cast());
+        let low = _mm_set1_epi8(0x0F);
+        (
+            _mm256_cvtepu8_epi16(_mm_and_si128(qs, low)),
+            _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16::<4>(qs), low)),
+        )
+    }
+}
+
+/// The decode products (see [`super::i16::rows`]); false, doing nothing,
+/// without the CPU features, for other formats or mismatched lengths.
+pub(crate) fn rows(dtype: DType, w: &[u8], row_bytes: usize, acts: &ActsI16, out: Out) -> bool {
+    let Some(dims) = Dims::of(dtype, w, row_bytes, acts) else {
+        return false;
+    };
+    // SAFETY: `Dims::of` checked the features and that every block and
+    // activation the kernel reads lies within `w` and `acts`.
+    unsafe { rows_pairs(w, &dims, acts, out) }
+    true
+}
+
+/// Weight rows per prefill panel (two 8-lane vectors).
+const PANEL: usize = 16;
+
+/// Rows of `x` per prefill tile.
+const MR: usize = 4;
+
+/// Blocks per stretch of the prefill tile, in which it runs the four chains
+/// one after another (a multiple of 4, so that every block stays in its
+/// chain `k mod 4`): 32 KB of pairs, within L1. Taking each chain over the
+/// whole row (4 passes) ran prefill slower, as at the AVX-512 level.
+const STRETCH: usize = 32;
+const _: () = assert!(STRETCH.is_multiple_of(4));
+
+/// A repacked prefill panel (see [`pack`]).
+#[derive(Default)]
+struct Packed {
+    /// Pairs of int16 weights.
+    pairs: Vec<i32>,
+    /// Scales per block and row.
+    scales: Vec<f32>,
+    /// Mins per block and row.
+    mins: Vec<f32>,
+}
+
+thread_local! {
+    /// This thread's repacked panel.
+    static PACKED: std::cell::RefCell<Packed> = std::cell::RefCell::new(Packed::default());
+}
+
+/// The prefill products (see [`super::i16::gemm`]); false, doing nothing,
+/// as for [`rows`].
+pub(crate) fn gemm(dtype: DType, w: &[u8], row_bytes: usize, acts: &ActsI16, out: Out) -> bool {
+    let Some(dims) = Dims::of(dtype, w, row_bytes, acts) else {
+        return false;
+    };
+    let run = |p: &mut Packed| {
+        p.pairs.resize(dims.blocks * 16 * PANEL, 0);
+        p.scales.resize(dims.blocks * PANEL, 0.0);
+        p.mins.resize(dims.blocks * PANEL, 0.0);
+        let mut j = 0;
+        while j < dims.nrows {
+            // SAFETY: `Dims::of` checked the features and the lengths, and
+            // `p` holds a whole panel of them.
+            unsafe {
+                pack(w, &dims, j, p);
+                panel(&dims, p, acts, out, j);
+            }
+            j += PANEL;
+        }
+    };
+    PACKED.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut p) => run(&mut p),
+        Err(_) => run(&mut Packed::default()),
+    });
+    true
+}
+
+/// Repacks rows `j..j + PANEL` (the last row repeated past the end):
+/// `pairs[(b * 16 + p) * PANEL + r]` holds values `2p, 2p + 1` of block `b`
+/// of row `r` as two int16, `scales[b * PANEL + r]` its scale and `mins`
+/// its min.
+///
+/// # Safety
+/// As for [`rows_pairs`]; `p` holds a panel of `dims`.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn pack(w: &[u8], dims: &Dims, j: usize, p: &mut Packed) {
+    let Packed {
+        pairs,
+        scales,
+        mins,
+    } = p;
+    let bb = dims.block_bytes;
+    assert!(
+        pairs.len() >= dims.blocks * 16 * PANEL
+            && scales.len() >= dims.blocks * PANEL
+            && mins.len() >= dims.blocks * PANEL
+    );
+    for half in 0..PANEL / 8 {
+        let row: [*const u8; 8] = core::array::from_fn(|r| {
+            w[(j + half * 8 + r).min(dims.nrows - 1) * dims.row_bytes..].as_ptr()
+        });
+        for b in 0..dims.blocks {
+            let blk: [*const u8; 8] = core::array::from_fn(|r| row[r].wrapping_add(b * bb));
+            let (mut lo, mut hi) = ([_mm256_setzero_si256(); 8], [_mm256_setzero_si256(); 8]);
+            let (mut d, mut m) = ([0i16; 8], [0i16; 8]);
+            for r in 0..8 {
+                // SAFETY: a whole block within `w` (row < nrows, b < blocks).
+                unsafe {
+                    (lo[r], hi[r]) = block_words(blk[r]);
+                    d[r] = blk[r].cast::<i16>().read_unaligned();
+                    m[r] = blk[r].add(2).cast::<i16>().read_unaligned();
+                }
+            }
+            // Column p of the 8 x 8 pairs is pair p of the 8 rows.
+            let (tl, th) = (transpose8(&lo), transpose8(&hi));
+            // SAFETY: in bounds (asserted above): 8 i32s from
+            // (b * 16 + p) * PANEL + half * 8, and 8 f32s from
+            // b * PANEL + half * 8.
+            unsafe {
+                let at = pairs.as_mut_ptr().add(b * 16 * PANEL + half * 8);
+                for (p, (l, h)) in tl.iter().zip(&th).enumerate() {
+                    _mm256_storeu_si256(at.add(p * PANEL).cast(), *l);
+                    _mm256_storeu_si256(at.add((p + 8) * PANEL).cast(), *h);
+                }
+                let dv = _mm256_cvtph_ps(_mm_loadu_si128(d.as_ptr().cast()));
+                _mm256_storeu_ps(scales.as_mut_ptr().add(b * PANEL + half * 8), dv);
+                // `w = d q + m`: the reference's min is `-m`, exactly.
+                let mv = _mm256_cvtph_ps(_mm_loadu_si128(m.as_ptr().cast()));
+                let neg = _mm256_xor_ps(mv, _mm256_set1_ps(-0.0));
+                _mm256_storeu_ps(mins.as_mut_ptr().add(b * PANEL + half * 8), neg);
+            }
+        }
+    }
+}
+
+/// The 8 x 8 transpose of 32-bit lanes: lane `r` of result `c` is lane `c`
+/// of `v[r]`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn transpose8(v: &[__m256i; 8]) -> [__m256i; 8] {
+    let t: [__m256i; 8] = core::array::from_fn(|k| {
+        let (a, b) = (v[k / 2 * 2], v[k / 2 * 2 + 1]);
+        if k % 2 == 0 {
+            _mm256_unpacklo_epi32(a, b)
+        } else {
+            _mm256_unpackhi_epi32(a, b)
+        }
+    });
+    // s[4h + c], 128-bit lane l: lane 4l + c of rows 4h..4h + 4.
+    let s: [__m256i; 8] = core::array::from_fn(|k| {
+        let (h, c) = (k / 4, k % 4);
+        let (a, b) = (t[4 * h + c / 2], t[4 * h + 2 + c / 2]);
+        if c % 2 == 0 {
+            _mm256_unpacklo_epi64(a, b)
+        } else {
+            _mm256_unpackhi_epi64(a, b)
+        }
+    });
+    core::array::from_fn(|c| {
+        if c < 4 {
+            _mm256_permute2x128_si256::<0x20>(s[c], s[4 + c])
+        } else {
+            _mm256_permute2x128_si256::<0x31>(s[c - 4], s[c])
+        }
+    })
+}
+
+/// Every row of `acts` against a packed panel (rows `j..`).
+///
+/// # Safety
+/// As for [`pack`], after it filled `p`.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn panel(dims: &Dims, p: &Packed, acts: &ActsI16, out: Out, j: usize) {
+    let m = acts.rows();
+    let mut i = 0;
+    while i < m {
+        // SAFETY: forwarded.
+        unsafe {
+            match m - i {
+                1 => tile::<1>(dims, p, acts, out, i, j),
+                2 => tile::<2>(dims, p, acts, out, i, j),
+                3 => tile::<3>(dims, p, acts, out, i, j),
+                _ => tile::<MR>(dims, p, acts, out, i, j),
+            }
+        }
+        i += MR;
+    }
+}
+
+/// Rows `i0..i0 + T` of `acts` against the packed panel of rows `j..`.
+///
+/// # Safety
+/// As for [`panel`], with `i0 + T <= acts.rows()`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn tile<const T: usize>(
+    dims: &Dims,
+    packed: &Packed,
+    acts: &ActsI16,
+    out: Out,
+    i0: usize,
+    j: usize,
+) {
+    let xq: [*const i32; T] = core::array::from_fn(|i| acts.q_row(i0 + i).as_ptr().cast());
+    let xd: [&[f32]; T] = core::array::from_fn(|i| acts.d_row(i0 + i));
+    let xs: [&[f32]; T] = core::array::from_fn(|i| acts.sums_row(i0 + i));
+    let (pp, sp, mp) = (
+        packed.pairs.as_ptr(),
+        packed.scales.as_ptr(),
+        packed.mins.as_ptr(),
+    );
+    let blocks = dims.blocks;
+    assert!(
+        packed.pairs.len() >= blocks * 16 * PANEL
+            && packed.scales.len() >= blocks * PANEL
+            && packed.mins.len() >= blocks * PANEL
+    );
+    // The sums of the blocks `t` mod 4, for each t (see `super::i16`), in
+    // stretches of STRETCH blocks: each chain in registers over its blocks
+    // of the stretch, and the stretch's pairs still cached for the next.
+    let mut part = [[[_mm256_setzero_ps(); 2]; T]; 4];
+    for b0 in (0..blocks).step_by(STRETCH) {
+        for (t, part_t) in part.iter_mut().enumerate() {
+            let mut acc = *part_t;
+            for b in (b0 + t..(b0 + STRETCH).min(blocks)).step_by(4) {
+                let mut sums = [[_mm256_setzero_si256(); 2]; T];
+                for p in b * 16..(b + 1) * 16 {
+                    // SAFETY: (p + 1) * PANEL <= pairs.len() (asserted).
+                    let (w0, w1) = unsafe {
+                        let at = pp.add(p * PANEL);
+                        (
+                            _mm256_loadu_si256(at.cast()),
+                            _mm256_loadu_si256(at.add(8).cast()),
+                        )
+                    };
+                    for (s, xi) in sums.iter_mut().zip(xq) {
+                        // SAFETY: values 2p, 2p + 1 of row i (p < cols / 2).
+                        let x = _mm256_set1_epi32(unsafe { xi.add(p).read_unaligned() });
+                        s[0] = _mm256_add_epi32(s[0], _mm256_madd_epi16(w0, x));
+                        s[1] = _mm256_add_epi32(s[1], _mm256_madd_epi16(w1, x));
+                    }
+                }
+                // SAFETY: (b + 1) * PANEL <= scales.len() and mins.len().
+                let (d0, d1, m0, m1) = unsafe {
+                    let (s, m) = (sp.add(b * PANEL), mp.add(b * PANEL));
+                    (
+                        _mm256_loadu_ps(s),
+                        _mm256_loadu_ps(s.add(8)),
+                        _mm256_loadu_ps(m),
+                        _mm256_loadu_ps(m.add(8)),
+                    )
+                };
+                for i in 0..T {
+                    let dx = _mm256_set1_ps(xd[i][b]);
+                    let (s0, s1) = (
+                        _mm256_cvtepi32_ps(sums[i][0]),
+                        _mm256_cvtepi32_ps(sums[i][1]),
+                    );
+                    acc[i][0] = _mm256_fmadd_ps(s0, _mm256_mul_ps(d0, dx), acc[i][0]);
+                    acc[i][1] = _mm256_fmadd_ps(s1, _mm256_mul_ps(d1, dx), acc[i][1]);
+                    let sx = _mm256_set1_ps(xs[i][b]);
+                    acc[i][0] = _mm256_fnmadd_ps(sx, _mm256_mul_ps(m0, dx), acc[i][0]);
+                    acc[i][1] = _mm256_fnmadd_ps(sx, _mm256_mul_ps(m1, dx), acc[i][1]);
+                }
+            }
+            *part_t = acc;
+        }
+    }
+    let live = (dims.nrows - j).min(PANEL);
+    for i in 0..T {
+        let mut v = [0.0f32; PANEL];
+        for (h, vh) in v.chunks_exact_mut(8).enumerate() {
+            let [a, b, c, d] = part.map(|pt| pt[i][h]);
+            let y = _mm256_add_ps(_mm256_add_ps(a, b), _mm256_add_ps(c, d));
+            // SAFETY: 8 writable f32s.
+            unsafe { _mm256_storeu_ps(vh.as_mut_ptr(), y) };
+        }
+        for (r, vr) in v.iter().enumerate().take(live) {
+            out.put(i0 + i, j + r, *vr);
+        }
+    }
+}
+
+/// One pair of activation blocks `(2p, 2p + 1)` laid out for
+/// [`rows_pairs`] (the last block paired with itself when their number is
+/// odd).
+#[derive(Clone, Copy)]
+#[repr(C, align(32))]
+struct Pair {
+    /// Values at even offsets 0..16, odd 0..16, even 16..32 and odd 16..32
+    /// of the blocks: 8 of block `2p`, then the same 8 of block `2p + 1`.
+    q: [i16; 64],
+    /// The blocks' scales, each 4 times.
+    d: [f32; 8],
+    /// The blocks' sums, each 4 times.
+    sums: [f32; 8],
+}
+
+impl Pair {
+    const ZERO: Pair = Pair {
+        q: [0; 64],
+        d: [0.0; 8],
+        sums: [0.0; 8],
+    };
+}
+
+/// Every row of `acts` as pairs: row `i`'s pair `p` at `pairs[i * np + p]`
+/// with `np` pairs per row.
+fn lay_out_pairs(acts: &ActsI16, pairs: &mut Vec<Pair>) {
+    let nb = acts.cols / BLOCK;
+    let np = nb.div_ceil(2);
+    pairs.clear();
+    pairs.resize(acts.rows() * np, Pair::ZERO);
+    for (i, row) in pairs.chunks_exact_mut(np).enumerate() {
+        let (q, d, sums) = (acts.q_row(i), acts.d_row(i), acts.sums_row(i));
+        for (p, pair) in row.iter_mut().enumerate() {
+            for h in 0..2 {
+                let blk = (2 * p + h).min(nb - 1);
+                let qb = &q[blk * BLOCK..(blk + 1) * BLOCK];
+                for (v, start) in [0, 1, 16, 17].into_iter().enumerate() {
+                    for k in 0..8 {
+                        pair.q[v * 16 + h * 8 + k] = qb[start + 2 * k];
+                    }
+                }
+                pair.d[h * 4..h * 4 + 4].fill(d[blk]);
+                pair.sums[h * 4..h * 4 + 4].fill(sums[blk]);
+            }
+        }
+    }
+}
+
+thread_local! {
+    /// This thread's activations laid out as pairs.
+    static PAIRS: std::cell::RefCell<Vec<Pair>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// 16 bytes from `a + off`, then 16 from `b + off`.
+///
+/// # Safety
+/// 16 readable bytes at each; the caller has this module's features.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn halves(a: *const u8, b: *const u8, off: usize) -> __m256i {
+    // SAFETY: readable (the contract); unaligned loads.
+    unsafe {
+        _mm256_inserti128_si256::<1>(
+            _mm256_castsi128_si256(_mm_loadu_si128(a.add(off).cast())),
+            _mm_loadu_si128(b.add(off).cast()),
+        )
+    }
+}
+
+/// The two blocks' 64 integer weights of one row, in the order of
+/// [`Pair::q`].
+///
+/// # Safety
+/// Whole blocks at `a` and `b`; the caller has this module's features.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn pair_words(a: *const u8, b: *const u8) -> [__m256i; 4] {
+    // SAFETY: readable blocks (the contract); unaligned loads.
+    unsafe {
+        let w = halves(a, b, 4);
+        // Word j: byte 2j holds values 2j (low nibble) and 2j + 16, byte
+        // 2j + 1 values 2j + 1 and 2j + 17.
+        let nib = _mm256_set1_epi16(0x0F);
+        [
+            _mm256_and_si256(w, nib),
+            _mm256_and_si256(_mm256_srli_epi16::<8>(w), nib),
+            _mm256_and_si256(_mm256_srli_epi16::<4>(w), nib),
+            _mm256_srli_epi16::<12>(w),
+        ]
+    }
+}
+
+/// One pair's terms for 4 weight rows (`row[r]`, `off` bytes to the pair's
+/// first block, `next` to its second), added to the two chains in `acc`'s
+/// halves.
+///
+/// # Safety
+/// Whole blocks at `row[r] + off` and `+ next`; the caller has this
+/// module's features.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn pair_step(
+    row: &[*const u8; 4],
+    off: usize,
+    next: usize,
+    x: &Pair,
+    acc: __m256,
+) -> __m256 {
+    // SAFETY: readable blocks (the contract); register-only instructions of
+    // the caller's features otherwise.
+    unsafe {
+        let xv: [__m256i; 4] =
+            core::array::from_fn(|v| _mm256_load_si256(x.q.as_ptr().add(16 * v).cast()));
+        // Row r's scale (and min) f16 of both blocks, moved to word r (and
+        // 4 + r) of each half by a byte shuffle of the blocks' first bytes.
+        let mut sep = _mm256_setzero_si256();
+        let prod: [__m256i; 4] = core::array::from_fn(|r| {
+            let (a, b) = (row[r].add(off), row[r].add(next));
+            let head = halves(a, b, 0);
+            let (z, d0, d1, m0, m1) = (-1i8, 0i8, 1i8, 2i8, 3i8);
+            let mut ctl = [z; 16];
+            ctl[2 * r] = d0;
+            ctl[2 * r + 1] = d1;
+            ctl[8 + 2 * r] = m0;
+            ctl[8 + 2 * r + 1] = m1;
+            let ctl = _mm_loadu_si128(ctl.as_ptr().cast());
+            sep = _mm256_or_si256(sep, _mm256_shuffle_epi8(head, _mm256_set_m128i(ctl, ctl)));
+            let e = pair_words(a, b);
+            _mm256_add_epi32(
+                _mm256_add_epi32(
+                    _mm256_madd_epi16(e[0], xv[0]),
+                    _mm256_madd_epi16(e[1], xv[1]),
+                ),
+                _mm256_add_epi32(
+                    _mm256_madd_epi16(e[2], xv[2]),
+                    _mm256_madd_epi16(e[3], xv[3]),
+                ),
+            )
+        });
+        // Lanes r and 4 + r: row r's sums of the first and second block.
+        let s = _mm256_hadd_epi32(
+            _mm256_hadd_epi32(prod[0], prod[1]),
+            _mm256_hadd_epi32(prod[2], prod[3]),
+        );
+        let sep = _mm256_permute4x64_epi64::<0b11_01_10_00>(sep);
+        let dx = _mm256_load_ps(x.d.as_ptr());
+        let dw = _mm256_cvtph_ps(_mm256_castsi256_si128(sep));
+        let acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(dw, dx), acc);
+        // `w = d q + m`: the reference's min is `-m`, exactly.
+        let m = _mm256_cvtph_ps(_mm256_extracti128_si256::<1>(sep));
+        let m = _mm256_xor_ps(m, _mm256_set1_ps(-0.0));
+        _mm256_fnmadd_ps(_mm256_load_ps(x.sums.as_ptr()), _mm256_mul_ps(m, dx), acc)
+    }
+}
+
+/// Least distance, in bytes, that decode prefetches the weights ahead
+/// (whole tiles; see [`super::x86::tile_ahead`]). SmolLM2's decode at the
+/// AVX2 level (Intel Xeon, 1 and 2 threads, 4 alternating rounds) ran about
+/// 5% faster at 2 and 4 KB than at 8 KB, and 10-30% slower at 16-32 KB.
+const PREFETCH: usize = 4096;
+
+/// Decode products of Q4_1: 4 weight rows and 2
+/// blocks at a time (see the module docs), every row of `acts` against a
+/// tile while it is in L1. Pair `p` feeds the chains `2p mod 4` and
+/// `2p + 1 mod 4` in the two halves of one accumulator; a lone last block
+/// only its chain's half.
+///
+/// # Safety
+/// The CPU has this module's features, and `dims` was checked by
+/// [`Dims::of`] for `w` and `acts`.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn rows_pairs(w: &[u8], dims: &Dims, acts: &ActsI16, out: Out) {
+    let Dims {
+        row_bytes,
+        block_bytes: bb,
+        blocks,
+        nrows,
+    } = *dims;
+    let (full, np) = (blocks / 2, blocks.div_ceil(2));
+    let tile = 4 * row_bytes;
+    PAIRS.with(|cell| {
+        let mut pairs = cell.borrow_mut();
+        lay_out_pairs(acts, &mut pairs);
+        let mut j = 0;
+        while j < nrows {
+            // Rows past the end repeat the last one; their outputs are dropped.
+            let row: [*const u8; 4] =
+                core::array::from_fn(|r| w[(j + r).min(nrows - 1) * row_bytes..].as_ptr());
+            let left = (nrows - j).saturating_sub(4) * row_bytes;
+            let dist = super::x86::tile_ahead_by(PREFETCH, tile, left);
+            for (i, x) in pairs.chunks_exact(np).enumerate() {
+                let (mut acc0, mut acc1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+                let mut p = 0;
+                // SAFETY: pairs p < full have both blocks in every row, the
+                // lone last block (p = full) its first, and `x` holds np pairs.
+                unsafe {
+                    while p + 2 <= full {
+                        let off = 2 * p * bb;
+                        if i == 0 {
+                            // The cache lines of these 4 blocks of each row,
+                            // `dist` ahead (a range's last line is the next
+                            // range's first).
+                            for r in row {
+                                for line in (0..4 * bb).step_by(64) {
+                                    // A prefetch never faults: the address
+                                    // may lie past `w`.
+                                    let at = r.wrapping_add(off + dist + line);
+                                    _mm_prefetch::<_MM_HINT_T0>(at.cast());
+                                }
+                            }
+                        }
+                        acc0 = pair_step(&row, off, off + bb, &x[p], acc0);
+                        acc1 = pair_step(&row, off + 2 * bb, off + 3 * bb, &x[p + 1], acc1);
+                        p += 2;
+                    }
+                    if p < full {
+                        let off = 2 * p * bb;
+                        acc0 = pair_step(&row, off, off + bb, &x[p], acc0);
+                        p += 1;
+                    }
+                    if blocks % 2 == 1 {
+                        let off = 2 * p * bb;
+                        let old = if p % 2 == 0 { acc0 } else { acc1 };
+                        let new = pair_step(&row, off, off, &x[p], old);
+                        let new = _mm256_blend_ps::<0xF0>(new, old);
+                        if p % 2 == 0 {
+                            acc0 = new;
+                        } else {
+                            acc1 = new;
+                        }
+                    }
+                }
+                let lo = |v: __m256| _mm256_castps256_ps128(v);
+                let hi = |v: __m256| _mm256_extractf128_ps::<1>(v);
+                // (chain 0 + chain 1) + (chain 2 + chain 3), rows in lanes.
+                let y = _mm_add_ps(
+                    _mm_add_ps(lo(acc0), hi(acc0)),
+                    _mm_add_ps(lo(acc1), hi(acc1)),
+                );
+                let mut v = [0.0f32; 4];
+                // SAFETY: 4 writable f32s.
+                unsafe { _mm_storeu_ps(v.as_mut_ptr(), y) };
+                if nrows - j >= 4 {
+                    out.put4(i, j, v);
+                } else {
+                    for (r, vr) in v.iter().enumerate().take(nrows - j) {
+                        out.put(i, j + r, *vr);
+                    }
+                }
+            }
+            j += 4;
+        }
+    });
+}
