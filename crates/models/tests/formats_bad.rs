@@ -12,25 +12,12 @@ use patchbay_models::formats::source::ModelSource;
 use patchbay_primitives::rope::RopeLayout;
 use patchbay_primitives::DType;
 use std::path::PathBuf;
-use support::gguf_writer::{to_bytes, TensorData};
+use support::gguf_writer::{f32_bytes, to_bytes, TensorData};
 
 const NAME: &str = "crafted.gguf";
 
 fn kv(k: &str, v: Value) -> (String, Value) {
     (k.to_owned(), v)
-}
-
-fn f32_bytes(v: &[f32]) -> Vec<u8> {
-    v.iter().flat_map(|x| x.to_le_bytes()).collect()
-}
-
-fn tensor(name: &str, dtype: DType, shape: &[usize], data: Vec<u8>) -> TensorData {
-    TensorData {
-        name: name.into(),
-        dtype,
-        shape: shape.to_vec(),
-        data,
-    }
 }
 
 /// Metadata with every value type, nested arrays included.
@@ -78,14 +65,14 @@ fn small_gguf(version: u32) -> Vec<u8> {
         version,
         &all_types(),
         &[
-            tensor(
+            TensorData::new(
                 "t.f32",
                 DType::F32,
                 &[2, 3],
                 f32_bytes(&[1., 2., 3., 4., 5., 6.]),
             ),
-            tensor("t.q8", DType::Q8_0, &[2, 32], q8),
-            tensor("t.f16", DType::F16, &[4], vec![0; 8]),
+            TensorData::new("t.q8", DType::Q8_0, &[2, 32], q8),
+            TensorData::new("t.f16", DType::F16, &[4], vec![0; 8]),
         ],
     )
 }
@@ -314,8 +301,8 @@ fn gguf_bad_magic_versions_and_keys() {
         3,
         &[kv("general.alignment", Value::U32(64))],
         &[
-            tensor("a", DType::F32, &[3], vec![0; 12]),
-            tensor("b", DType::F32, &[1], f32_bytes(&[7.0])),
+            TensorData::new("a", DType::F32, &[3], vec![0; 12]),
+            TensorData::new("b", DType::F32, &[1], f32_bytes(&[7.0])),
         ],
     );
     let g = parse(&b).unwrap();
@@ -387,8 +374,8 @@ fn gguf_bad_tensor_infos() {
         3,
         &[],
         &[
-            tensor("d", DType::F32, &[1], vec![0; 4]),
-            tensor("d", DType::F32, &[1], vec![0; 4]),
+            TensorData::new("d", DType::F32, &[1], vec![0; 4]),
+            TensorData::new("d", DType::F32, &[1], vec![0; 4]),
         ],
     );
     assert!(matches!(parse(&b), Err(ModelError::BadTensor { .. })));
@@ -466,17 +453,14 @@ fn tiny_llama_gguf_with(bad: Option<(&str, Vec<usize>)>, over: &[(&str, Value)])
                 }
             }
             let n = shape.iter().product();
-            tensor(&name, DType::F32, &shape, f32_bytes(&fill(k, n)))
+            TensorData::new(&name, DType::F32, &shape, f32_bytes(&fill(k, n)))
         })
         .collect();
     to_bytes(3, &meta, &tensors)
 }
 
 fn temp_dir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("patchbay-formats-{}-{tag}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    support::temp_dir("formats", tag)
 }
 
 #[test]
@@ -536,7 +520,7 @@ fn source_over_crafted_gguf_checks_shapes() {
         to_bytes(
             3,
             &meta,
-            &[tensor(
+            &[TensorData::new(
                 "token_embd.weight",
                 DType::F32,
                 &[VOCAB, E],

@@ -15,15 +15,8 @@ use support::gguf_writer::{to_bytes, TensorData};
 
 fn f32_tensor(name: &str, shape: &[usize], seed: f32) -> TensorData {
     let n: usize = shape.iter().product();
-    let data = (0..n)
-        .flat_map(|i| (seed + i as f32 * 0.25).to_le_bytes())
-        .collect();
-    TensorData {
-        name: name.into(),
-        dtype: DType::F32,
-        shape: shape.to_vec(),
-        data,
-    }
+    let values: Vec<f32> = (0..n).map(|i| seed + i as f32 * 0.25).collect();
+    TensorData::f32(name, shape, &values)
 }
 
 /// A GGUF file of loose projections, removed when dropped.
@@ -33,12 +26,7 @@ struct Fixture {
 
 impl Fixture {
     fn new() -> Fixture {
-        let f16 = TensorData {
-            name: "half.weight".into(),
-            dtype: DType::F16,
-            shape: vec![2, 8],
-            data: vec![0; 2 * 8 * 2],
-        };
+        let f16 = TensorData::new("half.weight", DType::F16, &[2, 8], vec![0; 2 * 8 * 2]);
         let tensors = vec![
             f32_tensor("p.weight", &[4, 8], 1.0),
             f32_tensor("q.weight", &[2, 8], -3.0),

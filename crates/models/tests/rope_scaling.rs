@@ -14,9 +14,9 @@ use patchbay_models::families::{self, llama};
 use patchbay_models::formats::gguf::Value;
 use patchbay_models::formats::source::RopeScaling;
 use patchbay_primitives::quant::DotMode;
-use patchbay_primitives::{Act, DType, Simd, Threads};
+use patchbay_primitives::{Act, Simd, Threads};
 use serde_json::json;
-use support::gguf_writer::{to_bytes, TensorData};
+use support::gguf_writer::{f32_bytes, to_bytes, TensorData};
 
 const E: usize = 16;
 const HEADS: usize = 2;
@@ -72,15 +72,8 @@ fn tensors() -> Vec<(String, Vec<usize>, Vec<f32>)> {
     t
 }
 
-fn f32_bytes(v: &[f32]) -> Vec<u8> {
-    v.iter().flat_map(|x| x.to_le_bytes()).collect()
-}
-
 fn temp_dir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("patchbay-rope-{}-{tag}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    support::temp_dir("rope", tag)
 }
 
 /// Writes a tiny GGUF llama with extra metadata and, optionally, a
@@ -111,20 +104,10 @@ fn write_gguf(path: &Path, extra: &[(&str, Value)], rope_freqs: Option<Vec<f32>>
     meta.extend(extra.iter().map(|(k, v)| (k.to_string(), v.clone())));
     let mut ts: Vec<TensorData> = tensors()
         .into_iter()
-        .map(|(name, shape, v)| TensorData {
-            name,
-            dtype: DType::F32,
-            shape,
-            data: f32_bytes(&v),
-        })
+        .map(|(name, shape, v)| TensorData::f32(&name, &shape, &v))
         .collect();
     if let Some(f) = rope_freqs {
-        ts.push(TensorData {
-            name: "rope_freqs.weight".into(),
-            dtype: DType::F32,
-            shape: vec![f.len()],
-            data: f32_bytes(&f),
-        });
+        ts.push(TensorData::f32("rope_freqs.weight", &[f.len()], &f));
     }
     std::fs::write(path, to_bytes(3, &meta, &ts)).unwrap();
 }

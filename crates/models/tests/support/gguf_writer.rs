@@ -36,6 +36,28 @@ pub struct TensorData {
     pub data: Vec<u8>,
 }
 
+impl TensorData {
+    /// A tensor of `dtype` and `shape` with the bytes `data`.
+    pub fn new(name: &str, dtype: DType, shape: &[usize], data: Vec<u8>) -> TensorData {
+        TensorData {
+            name: name.into(),
+            dtype,
+            shape: shape.to_vec(),
+            data,
+        }
+    }
+
+    /// An f32 tensor holding `values`.
+    pub fn f32(name: &str, shape: &[usize], values: &[f32]) -> TensorData {
+        TensorData::new(name, DType::F32, shape, f32_bytes(values))
+    }
+}
+
+/// `v` as little-endian f32 bytes.
+pub fn f32_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
 fn put_str(out: &mut Vec<u8>, s: &str) {
     out.extend_from_slice(&(s.len() as u64).to_le_bytes());
     out.extend_from_slice(s.as_bytes());

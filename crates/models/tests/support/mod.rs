@@ -19,6 +19,15 @@ pub fn shared_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../testdata")
 }
 
+/// A fresh, empty directory under the system's temporary one, named after
+/// `prefix`, this process and `tag`.
+pub fn temp_dir(prefix: &str, tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("patchbay-{prefix}-{}-{tag}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
 /// The golden folder (`golden/<dir>`) of a known model's short name.
 pub fn golden_dir(model: &str) -> PathBuf {
     let dir = match model {
