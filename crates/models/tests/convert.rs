@@ -32,7 +32,7 @@ use support::golden::{self, GoldenCase};
 /// activations. There the GGUF's quantised weights meet the activations in
 /// the arithmetic of the converted f32 weights, so the comparison measures
 /// the conversion alone. Where quantised weights round activations to
-/// int16 (SmolLM2's Q8_0 and Q4_1 at the AVX2 and AVX-512 levels), the
+/// int16 (SmolLM2's Q4_1 at the AVX2 level, Q8_0 and Q4_1 at AVX-512), the
 /// golden tests check that rounding.
 fn f32_level() -> Simd {
     let cap = Simd::detect().level();

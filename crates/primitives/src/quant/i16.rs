@@ -1,13 +1,13 @@
 //! Exact-mode products of Q8_0, Q5_0, Q4_1, Q4_K and Q6_K weights with activations
-//! rounded to int16, at the AVX-512 level (with VNNI), and of Q8_0 and Q4_1
-//! at the AVX2 level: integer sums at integer speed, within about 1.5e-5 of
+//! rounded to int16, at the AVX-512 level (with VNNI), and of Q4_1 at the
+//! AVX2 level: integer sums at integer speed, within about 1.5e-5 of
 //! the f32 activations' largest value per block. Both levels' kernels have
 //! the one arithmetic below.
 //!
 //! Every output has one fixed arithmetic, whichever kernel computes it:
 //! - each row of `x` is rounded per block of 32 values: `d = amax / 32767`
-//!   and `q = round_ties_even(x * (32767 / amax))` (all zero when `amax` is
-//!   zero; `d` is NaN and `q` zero when the block holds a NaN or an infinity,
+//!   and `q = round_ties_even(x * (32767 / amax))` (`d` and `q` all zero
+//!   when `amax` is zero or `32767 / amax` overflows; `d` is NaN and `q` zero when the block holds a NaN or an infinity,
 //!   so that non-finite activations still give non-finite outputs), and the
 //!   exact sum `X` of each block's `q` is kept;
 //! - a weight row is a run of groups of [`group_len`] values (32, or Q6_K's
@@ -59,8 +59,8 @@ pub(crate) fn applies(s: Simd, dtype: DType) -> bool {
 pub(crate) enum Kernels {
     /// AVX-512 with VNNI: every format of [`has_kernels`].
     Avx512,
-    /// AVX2 with FMA and F16C: Q8_0 and Q4_1 (also at the AVX-512 level of
-    /// a CPU without VNNI).
+    /// AVX2 with FMA and F16C: Q4_1 (also at the AVX-512 level of a CPU
+    /// without VNNI).
     Avx2,
 }
 
@@ -175,11 +175,17 @@ impl ActsI16 {
 #[inline(always)]
 pub(crate) fn block_scale(amax: f32, bad: bool) -> (f32, f32) {
     if bad || !amax.is_finite() {
-        (f32::NAN, 0.0)
-    } else if amax == 0.0 {
+        return (f32::NAN, 0.0);
+    }
+    let mul = 32767.0 / amax;
+    // Zero, or so small (below about 9.6e-35) that the multiplier overflows:
+    // an all-zero block, whose products are exactly zero, rather than
+    // infinite products that each kernel's conversion would saturate its own
+    // way.
+    if amax == 0.0 || !mul.is_finite() {
         (0.0, 0.0)
     } else {
-        (amax / 32767.0, 32767.0 / amax)
+        (amax / 32767.0, mul)
     }
 }
 
@@ -534,7 +540,7 @@ mod tests {
         for blocks in [1, 2, 7] {
             let cols = blocks * BLOCK;
             let mut x: Vec<f32> = (0..cols)
-                .map(|i| rng.f() * [1e-3, 1.0, 1e3, 0.0][i / BLOCK % 4])
+                .map(|i| rng.f() * [1e-3, 1.0, 1e3, 0.0, 1e-36][i / BLOCK % 5])
                 .collect();
             if blocks == 7 {
                 x[5 * BLOCK + 3] = f32::NAN;
@@ -555,8 +561,8 @@ mod tests {
     }
 
     /// Rounding, decode and prefill have the bits of the portable reference
-    /// for every format, ragged row counts, 1 to 13 blocks, blocks of zeros
-    /// and scales from 1e-3 to 1e3; and the result is within the rounding's
+    /// for every format, ragged row counts, 1 to 37 blocks, blocks of zeros
+    /// and scales from 1e-36 to 1e3; and the result is within the rounding's
     /// bound of the f64 product of the dequantised weights and the f32
     /// activations.
     #[test]
@@ -572,13 +578,17 @@ mod tests {
                 (65, 3, 2),
                 // More blocks than a stretch of the AVX2 prefill tile.
                 (6, 37, 5),
+                // Odd pair counts: a lone pair after whole ones, and a lone
+                // block into chains 2 and 3 (AVX2 decode).
+                (7, 7, 3),
+                (5, 11, 2),
             ] {
                 let cols = blocks * dtype.block_len();
                 let nb = cols / BLOCK;
                 let w = weights(&mut rng, dtype, n, cols);
                 let rb = dtype.bytes_for(cols).unwrap();
                 let mut x: Vec<f32> = (0..m * cols)
-                    .map(|i| rng.f() * [1e-3, 1.0, 1e3][i / BLOCK % 3])
+                    .map(|i| rng.f() * [1e-3, 1.0, 1e3, 1e-36][i / BLOCK % 4])
                     .collect();
                 x[cols - BLOCK..cols].fill(0.0);
                 let xm = MatRef::new(&x, m, cols).unwrap();

@@ -9,7 +9,7 @@
 //! - [`dot_row`] ([`DotMode::Exact`]): weights dequantised bit-exactly in
 //!   registers (an L1-resident stretch of 256 at a time) times f32 activations;
 //!   for Q8_0, Q5_0, Q4_1, Q4_K and Q6_K at the AVX-512 level with VNNI,
-//!   and for Q8_0 and Q4_1 at the AVX2 level, activations rounded to int16
+//!   and for Q4_1 at the AVX2 level, activations rounded to int16
 //!   per block of 32 and integer sums per block or sub-block
 //!   ([`exact_rounds_activations`]), with the same bits at both levels.
 //! - [`dot_row_q8`] ([`DotMode::Q8`]): the activations are quantised once per
@@ -63,7 +63,7 @@ pub enum DotMode {
 
 /// Whether [`DotMode::Exact`] products of `dtype` at level `s` round the
 /// activations to int16 per block of 32 (Q8_0, Q5_0, Q4_1, Q4_K and Q6_K at the AVX-512 level
-/// with VNNI, Q8_0 and Q4_1 at the AVX2 level: integer block sums, within
+/// with VNNI, Q4_1 at the AVX2 level: integer block sums, within
 /// 1.5e-5 of each block's largest activation) rather than multiplying f32 activations with the dequantised
 /// weights. Either way every output has one operation order, the same in
 /// decode and prefill, for any batch and thread count.
@@ -85,8 +85,13 @@ pub fn exact_rounding_bound(s: Simd, dtype: DType, x: &[f32], w: &[f32]) -> f64 
         .chunks(i16::BLOCK)
         .zip(w.chunks(i16::BLOCK))
         .map(|(xb, wb)| {
-            let amax = xb.iter().fold(0.0f64, |a, v| a.max(f64::from(v.abs())));
-            let half_step = 0.5 * amax / 32767.0;
+            let amax = xb.iter().fold(0.0f32, |a, v| a.max(v.abs()));
+            // A block too small for its multiplier rounds to zero: all of it.
+            let half_step = if (32767.0 / amax).is_finite() {
+                0.5 * f64::from(amax) / 32767.0
+            } else {
+                f64::from(amax)
+            };
             wb.iter()
                 .map(|v| f64::from(v.abs()) * half_step)
                 .sum::<f64>()
