@@ -170,6 +170,62 @@ impl ActsI16 {
     }
 }
 
+/// The checked dimensions of an int16 product of weight rows `w`
+/// (`row_bytes` each) with `acts`, for the SIMD kernels.
+pub(crate) struct Shape {
+    /// Bytes per weight row.
+    pub row_bytes: usize,
+    /// Bytes per block of the format.
+    pub block_bytes: usize,
+    /// Blocks of the format per row.
+    pub blocks: usize,
+    /// Weight rows.
+    pub nrows: usize,
+}
+
+impl Shape {
+    /// The lengths of `w` and `acts` fit `dtype` (`split`: with the
+    /// activations' byte split); the kernels check their CPU features.
+    pub(crate) fn of(
+        dtype: DType,
+        w: &[u8],
+        row_bytes: usize,
+        acts: &ActsI16,
+        split: bool,
+    ) -> Option<Shape> {
+        if row_bytes == 0 {
+            return None;
+        }
+        let block_bytes = dtype.block_bytes();
+        let blocks = row_bytes / block_bytes;
+        let fits = row_bytes.is_multiple_of(block_bytes)
+            && w.len().is_multiple_of(row_bytes)
+            && acts.cols == blocks * dtype.block_len()
+            && acts.q.len() == acts.rows() * acts.cols
+            && acts.d.len() == acts.rows() * (acts.cols / BLOCK)
+            && acts.sums.len() == acts.d.len()
+            && (!split
+                || acts.lo.len() == acts.q.len()
+                    && acts.hi.len() == acts.q.len()
+                    && acts.neg_quad_q.len() == acts.q.len() / 4);
+        fits.then_some(Shape {
+            row_bytes,
+            block_bytes,
+            blocks,
+            nrows: w.len() / row_bytes,
+        })
+    }
+}
+
+/// Whether `q`, `d` and `sums` have the lengths of the rounding of the row
+/// `x` (whole blocks).
+pub(crate) fn row_fits(x: &[f32], q: &[i16], d: &[f32], sums: &[f32]) -> bool {
+    x.len().is_multiple_of(BLOCK)
+        && q.len() == x.len()
+        && d.len() == x.len() / BLOCK
+        && sums.len() == d.len()
+}
+
 /// The scale and the multiplier of a block whose largest magnitude is
 /// `amax` (`bad` when it holds a NaN or an infinity).
 #[inline(always)]

@@ -18,6 +18,7 @@
 //!   lane per instruction (twice the multiply-adds of an f32 FMA), and the
 //!   same scaling follows.
 
+pub(super) use super::i16::Shape;
 use super::i16::{block_scale, ActsI16, BLOCK};
 use crate::dtype::DType;
 use crate::matmul::Out;
@@ -32,12 +33,7 @@ pub(crate) fn available() -> bool {
 /// Rounds one row (see [`super::i16::quantize_row_ref`], same bits); false
 /// without the CPU features or when the lengths do not match.
 pub(crate) fn quantize_row(x: &[f32], q: &mut [i16], d: &mut [f32], sums: &mut [f32]) -> bool {
-    if !available()
-        || !x.len().is_multiple_of(BLOCK)
-        || q.len() != x.len()
-        || d.len() != x.len() / BLOCK
-        || sums.len() != d.len()
-    {
+    if !available() || !super::i16::row_fits(x, q, d, sums) {
         return false;
     }
     // SAFETY: `available` found the features `quantize_impl` is compiled for.
@@ -269,10 +265,10 @@ pub(super) fn byte_mask(n: usize) -> __mmask64 {
 /// The decode products (see [`super::i16::rows`]); false, doing nothing,
 /// without the CPU features, for other formats or mismatched lengths.
 pub(crate) fn rows(dtype: DType, w: &[u8], row_bytes: usize, acts: &ActsI16, out: Out) -> bool {
-    let Some(shape) = Shape::of(dtype, w, row_bytes, acts, super::i16::byte_products(dtype)) else {
+    let Some(shape) = shape(dtype, w, row_bytes, acts, super::i16::byte_products(dtype)) else {
         return false;
     };
-    // SAFETY: `Shape::of` checked the features and that every block and
+    // SAFETY: `shape` checked the features and that every block and
     // activation the kernel reads lies within `w` and `acts`.
     unsafe {
         match dtype {
@@ -286,49 +282,12 @@ pub(crate) fn rows(dtype: DType, w: &[u8], row_bytes: usize, acts: &ActsI16, out
     true
 }
 
-/// The checked dimensions of a product.
-pub(super) struct Shape {
-    /// Bytes per weight row.
-    pub row_bytes: usize,
-    /// Bytes per block of the format.
-    pub block_bytes: usize,
-    /// Blocks of the format per row.
-    pub blocks: usize,
-    /// Weight rows.
-    pub nrows: usize,
-}
-
-impl Shape {
-    /// `split`: the kernel reads the activations' byte split.
-    pub(super) fn of(
-        dtype: DType,
-        w: &[u8],
-        row_bytes: usize,
-        acts: &ActsI16,
-        split: bool,
-    ) -> Option<Shape> {
-        if !available() || !super::i16::has_kernels(dtype) || row_bytes == 0 {
-            return None;
-        }
-        let block_bytes = dtype.block_bytes();
-        let blocks = row_bytes / block_bytes;
-        let fits = row_bytes.is_multiple_of(block_bytes)
-            && w.len().is_multiple_of(row_bytes)
-            && acts.cols == blocks * dtype.block_len()
-            && acts.q.len() == acts.rows() * acts.cols
-            && acts.d.len() == acts.rows() * (acts.cols / BLOCK)
-            && acts.sums.len() == acts.d.len()
-            && (!split
-                || acts.lo.len() == acts.q.len()
-                    && acts.hi.len() == acts.q.len()
-                    && acts.neg_quad_q.len() == acts.q.len() / 4);
-        fits.then_some(Shape {
-            row_bytes,
-            block_bytes,
-            blocks,
-            nrows: w.len() / row_bytes,
-        })
+/// [`Shape::of`] where this CPU runs these kernels for `dtype`.
+fn shape(dtype: DType, w: &[u8], row_bytes: usize, acts: &ActsI16, split: bool) -> Option<Shape> {
+    if !available() || !super::i16::has_kernels(dtype) {
+        return None;
     }
+    Shape::of(dtype, w, row_bytes, acts, split)
 }
 
 /// The bytes of a block of format `F` (Q8_0, Q5_0 or Q4_1), as a constant
@@ -696,7 +655,7 @@ const F_Q4_1: u8 = 4;
 /// The prefill products (see [`super::i16::gemm`]); false, doing nothing,
 /// as for [`rows`].
 pub(crate) fn gemm(dtype: DType, w: &[u8], row_bytes: usize, acts: &ActsI16, out: Out) -> bool {
-    let Some(shape) = Shape::of(dtype, w, row_bytes, acts, false) else {
+    let Some(shape) = shape(dtype, w, row_bytes, acts, false) else {
         return false;
     };
     let groups = acts.cols / super::i16::group_len(dtype);
@@ -711,7 +670,7 @@ pub(crate) fn gemm(dtype: DType, w: &[u8], row_bytes: usize, acts: &ActsI16, out
         p.mins.resize(mins * PANEL, 0.0);
         let mut j = 0;
         while j < shape.nrows {
-            // SAFETY: `Shape::of` checked the features and the lengths, and
+            // SAFETY: `shape` checked the features and the lengths, and
             // `p` holds a whole panel of them.
             unsafe {
                 match dtype {

@@ -19,7 +19,7 @@
 //! Integer sums do not depend on their grouping, so both kernels have the
 //! bits of [`super::i16::dot_ref`].
 
-use super::i16::{block_scale, ActsI16, BLOCK};
+use super::i16::{block_scale, ActsI16, Shape, BLOCK};
 use crate::dtype::DType;
 use crate::matmul::Out;
 use core::arch::x86_64::*;
@@ -38,12 +38,7 @@ pub(crate) fn has_kernels(dtype: DType) -> bool {
 /// Rounds one row (see [`super::i16::quantize_row_ref`], same bits); false
 /// without the CPU features or when the lengths do not match.
 pub(crate) fn quantize_row(x: &[f32], q: &mut [i16], d: &mut [f32], sums: &mut [f32]) -> bool {
-    if !available()
-        || !x.len().is_multiple_of(BLOCK)
-        || q.len() != x.len()
-        || d.len() != x.len() / BLOCK
-        || sums.len() != d.len()
-    {
+    if !available() || !super::i16::row_fits(x, q, d, sums) {
         return false;
     }
     // SAFETY: `available` found the features `quantize_impl` is compiled for.
@@ -109,34 +104,12 @@ fn hsum8(v: __m256i) -> i32 {
     _mm_cvtsi128_si32(_mm_add_epi32(s, _mm_shuffle_epi32::<1>(s)))
 }
 
-/// The checked dimensions of a product.
-struct Dims {
-    row_bytes: usize,
-    block_bytes: usize,
-    blocks: usize,
-    nrows: usize,
-}
-
-impl Dims {
-    fn of(dtype: DType, w: &[u8], row_bytes: usize, acts: &ActsI16) -> Option<Dims> {
-        if !available() || !has_kernels(dtype) || row_bytes == 0 {
-            return None;
-        }
-        let block_bytes = dtype.block_bytes();
-        let blocks = row_bytes / block_bytes;
-        let fits = row_bytes.is_multiple_of(block_bytes)
-            && w.len().is_multiple_of(row_bytes)
-            && acts.cols == blocks * BLOCK
-            && acts.q.len() == acts.rows() * acts.cols
-            && acts.d.len() == acts.rows() * blocks
-            && acts.sums.len() == acts.d.len();
-        fits.then_some(Dims {
-            row_bytes,
-            block_bytes,
-            blocks,
-            nrows: w.len() / row_bytes,
-        })
+/// [`Shape::of`] where this CPU runs these kernels for `dtype`.
+fn shape(dtype: DType, w: &[u8], row_bytes: usize, acts: &ActsI16) -> Option<Shape> {
+    if !available() || !has_kernels(dtype) {
+        return None;
     }
+    Shape::of(dtype, w, row_bytes, acts, false)
 }
 
 /// The 32 nibbles of the Q4_1 block at `b` as int16, values 0..16 and
@@ -161,10 +134,10 @@ unsafe fn block_words(b: *const u8) -> (__m256i, __m256i) {
 /// The decode products (see [`super::i16::rows`]); false, doing nothing,
 /// without the CPU features, for other formats or mismatched lengths.
 pub(crate) fn rows(dtype: DType, w: &[u8], row_bytes: usize, acts: &ActsI16, out: Out) -> bool {
-    let Some(dims) = Dims::of(dtype, w, row_bytes, acts) else {
+    let Some(dims) = shape(dtype, w, row_bytes, acts) else {
         return false;
     };
-    // SAFETY: `Dims::of` checked the features and that every block and
+    // SAFETY: `shape` checked the features and that every block and
     // activation the kernel reads lies within `w` and `acts`.
     unsafe { rows_pairs(w, &dims, acts, out) }
     true
@@ -203,7 +176,7 @@ thread_local! {
 /// The prefill products (see [`super::i16::gemm`]); false, doing nothing,
 /// as for [`rows`].
 pub(crate) fn gemm(dtype: DType, w: &[u8], row_bytes: usize, acts: &ActsI16, out: Out) -> bool {
-    let Some(dims) = Dims::of(dtype, w, row_bytes, acts) else {
+    let Some(dims) = shape(dtype, w, row_bytes, acts) else {
         return false;
     };
     let run = |p: &mut Packed| {
@@ -212,7 +185,7 @@ pub(crate) fn gemm(dtype: DType, w: &[u8], row_bytes: usize, acts: &ActsI16, out
         p.mins.resize(dims.blocks * PANEL, 0.0);
         let mut j = 0;
         while j < dims.nrows {
-            // SAFETY: `Dims::of` checked the features and the lengths, and
+            // SAFETY: `shape` checked the features and the lengths, and
             // `p` holds a whole panel of them.
             unsafe {
                 pack(w, &dims, j, p);
@@ -236,7 +209,7 @@ pub(crate) fn gemm(dtype: DType, w: &[u8], row_bytes: usize, acts: &ActsI16, out
 /// # Safety
 /// As for [`rows_pairs`]; `p` holds a panel of `dims`.
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn pack(w: &[u8], dims: &Dims, j: usize, p: &mut Packed) {
+unsafe fn pack(w: &[u8], dims: &Shape, j: usize, p: &mut Packed) {
     let Packed {
         pairs,
         scales,
@@ -323,7 +296,7 @@ fn transpose8(v: &[__m256i; 8]) -> [__m256i; 8] {
 /// # Safety
 /// As for [`pack`], after it filled `p`.
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn panel(dims: &Dims, p: &Packed, acts: &ActsI16, out: Out, j: usize) {
+unsafe fn panel(dims: &Shape, p: &Packed, acts: &ActsI16, out: Out, j: usize) {
     let m = acts.rows();
     let mut i = 0;
     while i < m {
@@ -347,7 +320,7 @@ unsafe fn panel(dims: &Dims, p: &Packed, acts: &ActsI16, out: Out, j: usize) {
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn tile<const T: usize>(
-    dims: &Dims,
+    dims: &Shape,
     packed: &Packed,
     acts: &ActsI16,
     out: Out,
@@ -602,10 +575,10 @@ const PREFETCH: usize = 4096;
 ///
 /// # Safety
 /// The CPU has this module's features, and `dims` was checked by
-/// [`Dims::of`] for `w` and `acts`.
+/// [`shape`] for `w` and `acts`.
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn rows_pairs(w: &[u8], dims: &Dims, acts: &ActsI16, out: Out) {
-    let Dims {
+unsafe fn rows_pairs(w: &[u8], dims: &Shape, acts: &ActsI16, out: Out) {
+    let Shape {
         row_bytes,
         block_bytes: bb,
         blocks,
