@@ -39,7 +39,7 @@ pub struct BenchArgs {
     /// Int8 activations for quantised weights (as `generate --fast`); the
     /// default is the exact path that `generate` uses by default (f32
     /// activations, or int16 ones for Q8_0, Q5_0, Q4_1, Q4_K and Q6_K on AVX-512
-    /// VNNI and for Q4_1 on AVX2).
+    /// VNNI and for all of them but Q8_0 on AVX2).
     #[arg(long)]
     pub fast: bool,
     /// Print every sample as JSON (one array of records) instead of the table.

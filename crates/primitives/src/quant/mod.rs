@@ -9,7 +9,7 @@
 //! - [`dot_row`] ([`DotMode::Exact`]): weights dequantised bit-exactly in
 //!   registers (an L1-resident stretch of 256 at a time) times f32 activations;
 //!   for Q8_0, Q5_0, Q4_1, Q4_K and Q6_K at the AVX-512 level with VNNI,
-//!   and for Q4_1 at the AVX2 level, activations rounded to int16
+//!   and for all of them but Q8_0 at the AVX2 level, activations rounded to int16
 //!   per block of 32 and integer sums per block or sub-block
 //!   ([`exact_rounds_activations`]), with the same bits at both levels.
 //! - [`dot_row_q8`] ([`DotMode::Q8`]): the activations are quantised once per
@@ -37,6 +37,8 @@ mod x86_i16;
 #[cfg(target_arch = "x86_64")]
 mod x86_i16_avx2;
 #[cfg(target_arch = "x86_64")]
+mod x86_i16_avx2_k;
+#[cfg(target_arch = "x86_64")]
 mod x86_i16_k;
 
 pub use acts::{ActsKind, QuantizedActs};
@@ -63,7 +65,7 @@ pub enum DotMode {
 
 /// Whether [`DotMode::Exact`] products of `dtype` at level `s` round the
 /// activations to int16 per block of 32 (Q8_0, Q5_0, Q4_1, Q4_K and Q6_K at the AVX-512 level
-/// with VNNI, Q4_1 at the AVX2 level: integer block sums, within
+/// with VNNI, all of them but Q8_0 at the AVX2 level: integer block sums, within
 /// 1.5e-5 of each block's largest activation) rather than multiplying f32 activations with the dequantised
 /// weights. Either way every output has one operation order, the same in
 /// decode and prefill, for any batch and thread count.

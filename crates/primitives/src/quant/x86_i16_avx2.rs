@@ -1,5 +1,7 @@
 //! The int16 exact products (see [`super::i16`]) at the AVX2 level (with FMA
-//! and F16C), for Q4_1 (most of SmolLM2's weights). AVX2 has no VNNI, so
+//! and F16C), for Q4_1 (most of SmolLM2's weights), Q5_0 (most of
+//! Qwen2.5's, and Gemma 3's after its embeddings), Q4_K and Q6_K (the decode
+//! steps of the K-quants are in [`super::x86_i16_avx2_k`]). AVX2 has no VNNI, so
 //! the integer sums come from `vpmaddwd` (pairs of int16 products into int32
 //! lanes) and `vpaddd`. Q8_0 stays with f32 activations at this level: the
 //! same decode for it was no faster than the f32 kernel on the large
@@ -7,14 +9,17 @@
 //!
 //! - Decode ([`rows`]): a tile of 4 weight rows and 2 blocks. Each row's two
 //!   blocks share a vector, one per 128-bit half, and their quants become
-//!   int16 by shifts and masks alone, with no byte-widening shuffles: the
+//!   int16 by shifts and masks alone (Q5_0's fifth bits by a byte shuffle
+//!   and a compare per 16 values), with no byte-widening shuffles: the
 //!   activations are reordered once per call to match ([`Pair`]). Three
-//!   `vphaddd` give the 8 exact block sums of the 4 rows, and block `k` goes
-//!   to chain `k mod 4` of the reference's arithmetic.
+//!   `vphaddd` give the 8 exact block sums of the 4 rows (Q5_0's stored
+//!   quants are `w + 16`: minus 16 times the activation block's sum), and
+//!   block `k` goes to chain `k mod 4` of the reference's arithmetic.
 //! - Prefill ([`gemm`]): 16 weight rows are repacked as int16 pairs (a
 //!   transpose, so that one vector holds a pair of 8 rows), and each pair of
-//!   activations, broadcast, meets them with `vpmaddwd`: 16 rows' block sums
-//!   in lanes, scaled per block as decode scales them.
+//!   activations, broadcast, meets them with `vpmaddwd`: 16 rows' group sums
+//!   in lanes (per block of 32, or K-quant group of 32 or 16), scaled per
+//!   group as decode scales them.
 //!
 //! Integer sums do not depend on their grouping, so both kernels have the
 //! bits of [`super::i16::dot_ref`].
@@ -32,7 +37,7 @@ pub(crate) fn available() -> bool {
 
 /// The formats these kernels take.
 pub(crate) fn has_kernels(dtype: DType) -> bool {
-    matches!(dtype, DType::Q4_1)
+    matches!(dtype, DType::Q4_1 | DType::Q5_0 | DType::Q4_K | DType::Q6_K)
 }
 
 /// Rounds one row (see [`super::i16::quantize_row_ref`], same bits); false
@@ -112,22 +117,147 @@ fn shape(dtype: DType, w: &[u8], row_bytes: usize, acts: &ActsI16) -> Option<Sha
     Shape::of(dtype, w, row_bytes, acts, false)
 }
 
-/// The 32 nibbles of the Q4_1 block at `b` as int16, values 0..16 and
-/// 16..32.
-///
-/// # Safety
-/// `b` points to a whole block; the caller is compiled with the features of
-/// this module.
-#[inline(always)]
-unsafe fn block_words(b: *const u8) -> (__m256i, __m256i) {
-    // SAFETY: the block is readable (the contract); unaligned loads within it.
-    unsafe {
-        let qs = _mm_loadu_si128(b.add(4).cast());
+/// A format of 32-value blocks with an f16 scale `d` in their first two
+/// bytes (Q4_1, Q5_0), as these kernels read it.
+trait Blocks {
+    /// Whether `w = d q + m` with an f16 `m` in bytes 2..4 (Q4_1); else
+    /// `w = d (q - OFFSET)`.
+    const MINS: bool;
+    /// The bias of the stored quants `q` (Q5_0's 16).
+    const OFFSET: i32;
+
+    /// The block's integer weights `q - OFFSET` as int16, values 0..16 and
+    /// 16..32.
+    ///
+    /// # Safety
+    /// `b` points to a whole block; the caller has this module's features.
+    unsafe fn block_words(b: *const u8) -> (__m256i, __m256i);
+
+    /// The stored quants `q` of the blocks at `a` and `b` in the order of
+    /// [`Pair::q`] (`head`: the first 16 bytes of each, as [`halves`]).
+    ///
+    /// # Safety
+    /// Whole blocks at `a` and `b`; the caller has this module's features.
+    unsafe fn pair_words(a: *const u8, b: *const u8, head: __m256i) -> [__m256i; 4];
+}
+
+/// Q4_1: `d`, `m`, then 16 bytes of nibbles (value `l` in byte `l`'s low
+/// nibble, `l + 16` in its high one).
+struct Q41;
+
+impl Blocks for Q41 {
+    const MINS: bool = true;
+    const OFFSET: i32 = 0;
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn block_words(b: *const u8) -> (__m256i, __m256i) {
+        // SAFETY: the block is readable (the contract); an unaligned load
+        // within it.
+        let qs = unsafe { _mm_loadu_si128(b.add(4).cast()) };
         let low = _mm_set1_epi8(0x0F);
         (
             _mm256_cvtepu8_epi16(_mm_and_si128(qs, low)),
             _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16::<4>(qs), low)),
         )
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn pair_words(a: *const u8, b: *const u8, _head: __m256i) -> [__m256i; 4] {
+        // SAFETY: readable blocks (the contract).
+        let w = unsafe { halves(a, b, 4) };
+        // Word j: byte 2j holds values 2j (low nibble) and 2j + 16, byte
+        // 2j + 1 values 2j + 1 and 2j + 17.
+        let nib = _mm256_set1_epi16(0x0F);
+        [
+            _mm256_and_si256(w, nib),
+            _mm256_and_si256(_mm256_srli_epi16::<8>(w), nib),
+            _mm256_and_si256(_mm256_srli_epi16::<4>(w), nib),
+            _mm256_srli_epi16::<12>(w),
+        ]
+    }
+}
+
+/// Q5_0: `d`, 32 fifth bits `qh` (bit `l` of value `l`), then 16 bytes of
+/// nibbles as Q4_1's; `q` is 0..32 and `w = d (q - 16)`.
+struct Q50;
+
+impl Blocks for Q50 {
+    const MINS: bool = false;
+    const OFFSET: i32 = 16;
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn block_words(b: *const u8) -> (__m256i, __m256i) {
+        // SAFETY: the block is readable (the contract); unaligned loads
+        // within it.
+        let (qs, qh) = unsafe {
+            (
+                _mm_loadu_si128(b.add(6).cast()),
+                b.add(2).cast::<i32>().read_unaligned(),
+            )
+        };
+        // Byte l: bit l of qh (values 0..16), then bit 16 + l (16..32).
+        let sel = |at: i64| {
+            _mm_shuffle_epi8(
+                _mm_set1_epi32(qh),
+                _mm_set_epi64x(at + 0x0101_0101_0101_0101, at),
+            )
+        };
+        let bit = _mm_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
+        let fifth = |v: __m128i| {
+            _mm_and_si128(
+                _mm_cmpeq_epi8(_mm_and_si128(v, bit), bit),
+                _mm_set1_epi8(0x10),
+            )
+        };
+        let low = _mm_set1_epi8(0x0F);
+        let lo = _mm_or_si128(_mm_and_si128(qs, low), fifth(sel(0)));
+        let hi = _mm_or_si128(
+            _mm_and_si128(_mm_srli_epi16::<4>(qs), low),
+            fifth(sel(0x0202_0202_0202_0202)),
+        );
+        let bias = _mm256_set1_epi16(16);
+        (
+            _mm256_sub_epi16(_mm256_cvtepu8_epi16(lo), bias),
+            _mm256_sub_epi16(_mm256_cvtepu8_epi16(hi), bias),
+        )
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn pair_words(a: *const u8, b: *const u8, head: __m256i) -> [__m256i; 4] {
+        // SAFETY: readable blocks (the contract).
+        let qs = unsafe { halves(a, b, 6) };
+        // Byte l of each half: qh's byte holding bit l (head byte 2 + l / 8),
+        // then the one holding bit 16 + l (4 + l / 8).
+        let lo_sel = _mm256_set_epi64x(
+            0x0303_0303_0303_0303,
+            0x0202_0202_0202_0202,
+            0x0303_0303_0303_0303,
+            0x0202_0202_0202_0202,
+        );
+        let hi_sel = _mm256_add_epi8(lo_sel, _mm256_set1_epi8(2));
+        let bit = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
+        let fifth = |sel: __m256i| {
+            let v = _mm256_and_si256(_mm256_shuffle_epi8(head, sel), bit);
+            _mm256_and_si256(_mm256_cmpeq_epi8(v, bit), _mm256_set1_epi8(0x10))
+        };
+        let nib = _mm256_set1_epi8(0x0F);
+        // Byte l: value l, and value 16 + l.
+        let lo = _mm256_or_si256(_mm256_and_si256(qs, nib), fifth(lo_sel));
+        let hi = _mm256_or_si256(
+            _mm256_and_si256(_mm256_srli_epi16::<4>(qs), nib),
+            fifth(hi_sel),
+        );
+        let byte = _mm256_set1_epi16(0xFF);
+        [
+            _mm256_and_si256(lo, byte),
+            _mm256_srli_epi16::<8>(lo),
+            _mm256_and_si256(hi, byte),
+            _mm256_srli_epi16::<8>(hi),
+        ]
     }
 }
 
@@ -139,33 +269,42 @@ pub(crate) fn rows(dtype: DType, w: &[u8], row_bytes: usize, acts: &ActsI16, out
     };
     // SAFETY: `shape` checked the features and that every block and
     // activation the kernel reads lies within `w` and `acts`.
-    unsafe { rows_pairs(w, &dims, acts, out) }
+    unsafe {
+        match dtype {
+            DType::Q4_1 => rows_pairs::<Q41>(w, &dims, acts, out),
+            DType::Q5_0 => rows_pairs::<Q50>(w, &dims, acts, out),
+            DType::Q4_K => super::x86_i16_avx2_k::rows_k::<false>(w, &dims, acts, out),
+            _ => super::x86_i16_avx2_k::rows_k::<true>(w, &dims, acts, out),
+        }
+    }
     true
 }
 
 /// Weight rows per prefill panel (two 8-lane vectors).
-const PANEL: usize = 16;
+pub(super) const PANEL: usize = 16;
 
 /// Rows of `x` per prefill tile.
 const MR: usize = 4;
 
-/// Blocks per stretch of the prefill tile, in which it runs the four chains
-/// one after another (a multiple of 4, so that every block stays in its
-/// chain `k mod 4`): 32 KB of pairs, read four times while in L1 or L2.
+/// Groups per stretch of the prefill tile, in which it runs the four chains
+/// one after another (a multiple of 4, so that every group stays in its
+/// chain `g mod 4`): at most 32 KB of pairs, read four times while in L1 or L2.
 /// At the AVX-512 level, taking each chain over the whole row (4 passes)
 /// ran prefill 3-9% slower.
 const STRETCH: usize = 32;
 const _: () = assert!(STRETCH.is_multiple_of(4));
 
-/// A repacked prefill panel (see [`pack`]).
+/// A repacked prefill panel (see [`pack`]): per group of weights (a block
+/// of 32 values, or a K-quant's group of 32 or 16), its pairs, then its
+/// scale and min per row.
 #[derive(Default)]
-struct Packed {
+pub(super) struct Packed {
     /// Pairs of int16 weights.
-    pairs: Vec<i32>,
-    /// Scales per block and row.
-    scales: Vec<f32>,
-    /// Mins per block and row.
-    mins: Vec<f32>,
+    pub(super) pairs: Vec<i32>,
+    /// Scales per group and row.
+    pub(super) scales: Vec<f32>,
+    /// Mins per group and row.
+    pub(super) mins: Vec<f32>,
 }
 
 thread_local! {
@@ -179,17 +318,34 @@ pub(crate) fn gemm(dtype: DType, w: &[u8], row_bytes: usize, acts: &ActsI16, out
     let Some(dims) = shape(dtype, w, row_bytes, acts) else {
         return false;
     };
+    let groups = acts.cols / super::i16::group_len(dtype);
     let run = |p: &mut Packed| {
-        p.pairs.resize(dims.blocks * 16 * PANEL, 0);
-        p.scales.resize(dims.blocks * PANEL, 0.0);
-        p.mins.resize(dims.blocks * PANEL, 0.0);
+        p.pairs.resize(acts.cols / 2 * PANEL, 0);
+        p.scales.resize(groups * PANEL, 0.0);
+        p.mins.resize(groups * PANEL, 0.0);
         let mut j = 0;
         while j < dims.nrows {
             // SAFETY: `shape` checked the features and the lengths, and
             // `p` holds a whole panel of them.
             unsafe {
-                pack(w, &dims, j, p);
-                panel(&dims, p, acts, out, j);
+                match dtype {
+                    DType::Q4_1 => {
+                        pack::<Q41>(w, &dims, j, p);
+                        panel::<true, 16>(groups, p, acts, out, j, dims.nrows);
+                    }
+                    DType::Q5_0 => {
+                        pack::<Q50>(w, &dims, j, p);
+                        panel::<false, 16>(groups, p, acts, out, j, dims.nrows);
+                    }
+                    DType::Q4_K => {
+                        super::x86_i16_avx2_k::pack_k::<false>(w, &dims, j, p);
+                        panel::<true, 16>(groups, p, acts, out, j, dims.nrows);
+                    }
+                    _ => {
+                        super::x86_i16_avx2_k::pack_k::<true>(w, &dims, j, p);
+                        panel::<false, 8>(groups, p, acts, out, j, dims.nrows);
+                    }
+                }
             }
             j += PANEL;
         }
@@ -201,15 +357,15 @@ pub(crate) fn gemm(dtype: DType, w: &[u8], row_bytes: usize, acts: &ActsI16, out
     true
 }
 
-/// Repacks rows `j..j + PANEL` (the last row repeated past the end):
-/// `pairs[(b * 16 + p) * PANEL + r]` holds values `2p, 2p + 1` of block `b`
-/// of row `r` as two int16, `scales[b * PANEL + r]` its scale and `mins`
-/// its min.
+/// Repacks rows `j..j + PANEL` of Q4_1 or Q5_0 weights (`F`; the last row
+/// repeated past the end): `pairs[(b * 16 + p) * PANEL + r]` holds values
+/// `2p, 2p + 1` of block `b` of row `r` as two int16, `scales[b * PANEL +
+/// r]` its scale and `mins` its min (Q4_1).
 ///
 /// # Safety
 /// As for [`rows_pairs`]; `p` holds a panel of `dims`.
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn pack(w: &[u8], dims: &Shape, j: usize, p: &mut Packed) {
+unsafe fn pack<F: Blocks>(w: &[u8], dims: &Shape, j: usize, p: &mut Packed) {
     let Packed {
         pairs,
         scales,
@@ -232,7 +388,7 @@ unsafe fn pack(w: &[u8], dims: &Shape, j: usize, p: &mut Packed) {
             for r in 0..8 {
                 // SAFETY: a whole block within `w` (row < nrows, b < blocks).
                 unsafe {
-                    (lo[r], hi[r]) = block_words(blk[r]);
+                    (lo[r], hi[r]) = F::block_words(blk[r]);
                     d[r] = blk[r].cast::<i16>().read_unaligned();
                     m[r] = blk[r].add(2).cast::<i16>().read_unaligned();
                 }
@@ -250,6 +406,9 @@ unsafe fn pack(w: &[u8], dims: &Shape, j: usize, p: &mut Packed) {
                 }
                 let dv = _mm256_cvtph_ps(_mm_loadu_si128(d.as_ptr().cast()));
                 _mm256_storeu_ps(scales.as_mut_ptr().add(b * PANEL + half * 8), dv);
+                if !F::MINS {
+                    continue;
+                }
                 // `w = d q + m`: the reference's min is `-m`, exactly.
                 let mv = _mm256_cvtph_ps(_mm_loadu_si128(m.as_ptr().cast()));
                 let neg = _mm256_xor_ps(mv, _mm256_set1_ps(-0.0));
@@ -263,7 +422,7 @@ unsafe fn pack(w: &[u8], dims: &Shape, j: usize, p: &mut Packed) {
 /// of `v[r]`.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn transpose8(v: &[__m256i; 8]) -> [__m256i; 8] {
+pub(super) fn transpose8(v: &[__m256i; 8]) -> [__m256i; 8] {
     let t: [__m256i; 8] = core::array::from_fn(|k| {
         let (a, b) = (v[k / 2 * 2], v[k / 2 * 2 + 1]);
         if k % 2 == 0 {
@@ -291,22 +450,31 @@ fn transpose8(v: &[__m256i; 8]) -> [__m256i; 8] {
     })
 }
 
-/// Every row of `acts` against a packed panel (rows `j..`).
+/// Every row of `acts` against a packed panel (rows `j..` of `nrows`) of
+/// `groups` groups per row, `GP` pairs each, with mins when `MINS`.
 ///
 /// # Safety
-/// As for [`pack`], after it filled `p`.
+/// As for [`pack`] (or `pack_k`), after it filled `p` with groups of `GP`
+/// pairs.
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn panel(dims: &Shape, p: &Packed, acts: &ActsI16, out: Out, j: usize) {
+unsafe fn panel<const MINS: bool, const GP: usize>(
+    groups: usize,
+    p: &Packed,
+    acts: &ActsI16,
+    out: Out,
+    j: usize,
+    nrows: usize,
+) {
     let m = acts.rows();
     let mut i = 0;
     while i < m {
         // SAFETY: forwarded.
         unsafe {
             match m - i {
-                1 => tile::<1>(dims, p, acts, out, i, j),
-                2 => tile::<2>(dims, p, acts, out, i, j),
-                3 => tile::<3>(dims, p, acts, out, i, j),
-                _ => tile::<MR>(dims, p, acts, out, i, j),
+                1 => tile::<MINS, GP, 1>(groups, p, acts, out, i, j, nrows),
+                2 => tile::<MINS, GP, 2>(groups, p, acts, out, i, j, nrows),
+                3 => tile::<MINS, GP, 3>(groups, p, acts, out, i, j, nrows),
+                _ => tile::<MINS, GP, MR>(groups, p, acts, out, i, j, nrows),
             }
         }
         i += MR;
@@ -319,13 +487,15 @@ unsafe fn panel(dims: &Shape, p: &Packed, acts: &ActsI16, out: Out, j: usize) {
 /// As for [`panel`], with `i0 + T <= acts.rows()`.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn tile<const T: usize>(
-    dims: &Shape,
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile<const MINS: bool, const GP: usize, const T: usize>(
+    groups: usize,
     packed: &Packed,
     acts: &ActsI16,
     out: Out,
     i0: usize,
     j: usize,
+    nrows: usize,
 ) {
     let xq: [*const i32; T] = core::array::from_fn(|i| acts.q_row(i0 + i).as_ptr().cast());
     let xd: [&[f32]; T] = core::array::from_fn(|i| acts.d_row(i0 + i));
@@ -335,22 +505,22 @@ unsafe fn tile<const T: usize>(
         packed.scales.as_ptr(),
         packed.mins.as_ptr(),
     );
-    let blocks = dims.blocks;
     assert!(
-        packed.pairs.len() >= blocks * 16 * PANEL
-            && packed.scales.len() >= blocks * PANEL
-            && packed.mins.len() >= blocks * PANEL
+        groups * GP * 2 == acts.cols
+            && packed.pairs.len() >= groups * GP * PANEL
+            && packed.scales.len() >= groups * PANEL
+            && packed.mins.len() >= groups * PANEL
     );
     // The sums of the blocks `t` mod 4, for each t (see `super::i16`), in
     // stretches of STRETCH blocks: each chain in registers over its blocks
     // of the stretch, and the stretch's pairs still cached for the next.
     let mut part = [[[_mm256_setzero_ps(); 2]; T]; 4];
-    for b0 in (0..blocks).step_by(STRETCH) {
+    for b0 in (0..groups).step_by(STRETCH) {
         for (t, part_t) in part.iter_mut().enumerate() {
             let mut acc = *part_t;
-            for b in (b0 + t..(b0 + STRETCH).min(blocks)).step_by(4) {
+            for b in (b0 + t..(b0 + STRETCH).min(groups)).step_by(4) {
                 let mut sums = [[_mm256_setzero_si256(); 2]; T];
-                for p in b * 16..(b + 1) * 16 {
+                for p in b * GP..(b + 1) * GP {
                     // SAFETY: (p + 1) * PANEL <= pairs.len() (asserted).
                     let (w0, w1) = unsafe {
                         let at = pp.add(p * PANEL);
@@ -376,15 +546,20 @@ unsafe fn tile<const T: usize>(
                         _mm256_loadu_ps(m.add(8)),
                     )
                 };
+                // The activation block holding the group.
+                let blk = b * GP / 16;
                 for i in 0..T {
-                    let dx = _mm256_set1_ps(xd[i][b]);
+                    let dx = _mm256_set1_ps(xd[i][blk]);
                     let (s0, s1) = (
                         _mm256_cvtepi32_ps(sums[i][0]),
                         _mm256_cvtepi32_ps(sums[i][1]),
                     );
                     acc[i][0] = _mm256_fmadd_ps(s0, _mm256_mul_ps(d0, dx), acc[i][0]);
                     acc[i][1] = _mm256_fmadd_ps(s1, _mm256_mul_ps(d1, dx), acc[i][1]);
-                    let sx = _mm256_set1_ps(xs[i][b]);
+                    if !MINS {
+                        continue;
+                    }
+                    let sx = _mm256_set1_ps(xs[i][blk]);
                     acc[i][0] = _mm256_fnmadd_ps(sx, _mm256_mul_ps(m0, dx), acc[i][0]);
                     acc[i][1] = _mm256_fnmadd_ps(sx, _mm256_mul_ps(m1, dx), acc[i][1]);
                 }
@@ -392,7 +567,7 @@ unsafe fn tile<const T: usize>(
             *part_t = acc;
         }
     }
-    let live = (dims.nrows - j).min(PANEL);
+    let live = (nrows - j).min(PANEL);
     for i in 0..T {
         let mut v = [0.0f32; PANEL];
         for (h, vh) in v.chunks_exact_mut(8).enumerate() {
@@ -412,14 +587,17 @@ unsafe fn tile<const T: usize>(
 /// odd).
 #[derive(Clone, Copy)]
 #[repr(C, align(32))]
-struct Pair {
+pub(super) struct Pair {
     /// Values at even offsets 0..16, odd 0..16, even 16..32 and odd 16..32
     /// of the blocks: 8 of block `2p`, then the same 8 of block `2p + 1`.
-    q: [i16; 64],
+    pub(super) q: [i16; 64],
     /// The blocks' scales, each 4 times.
-    d: [f32; 8],
+    pub(super) d: [f32; 8],
     /// The blocks' sums, each 4 times.
-    sums: [f32; 8],
+    pub(super) sums: [f32; 8],
+    /// The sums of the blocks' values 0..16, each 4 times (block `2p`, then
+    /// `2p + 1`), then of values 16..32 (Q6_K's groups of 16).
+    pub(super) half_sums: [i32; 16],
 }
 
 impl Pair {
@@ -427,12 +605,13 @@ impl Pair {
         q: [0; 64],
         d: [0.0; 8],
         sums: [0.0; 8],
+        half_sums: [0; 16],
     };
 }
 
 /// Every row of `acts` as pairs: row `i`'s pair `p` at `pairs[i * np + p]`
 /// with `np` pairs per row.
-fn lay_out_pairs(acts: &ActsI16, pairs: &mut Vec<Pair>) {
+pub(super) fn lay_out_pairs(acts: &ActsI16, pairs: &mut Vec<Pair>) {
     let nb = acts.cols / BLOCK;
     let np = nb.div_ceil(2);
     pairs.clear();
@@ -450,6 +629,10 @@ fn lay_out_pairs(acts: &ActsI16, pairs: &mut Vec<Pair>) {
                 }
                 pair.d[h * 4..h * 4 + 4].fill(d[blk]);
                 pair.sums[h * 4..h * 4 + 4].fill(sums[blk]);
+                for (k, half) in qb.chunks_exact(16).enumerate() {
+                    let sum = half.iter().map(|v| i32::from(*v)).sum::<i32>();
+                    pair.half_sums[8 * k + 4 * h..8 * k + 4 * h + 4].fill(sum);
+                }
             }
         }
     }
@@ -466,36 +649,13 @@ thread_local! {
 /// 16 readable bytes at each; the caller has this module's features.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn halves(a: *const u8, b: *const u8, off: usize) -> __m256i {
+pub(super) unsafe fn halves(a: *const u8, b: *const u8, off: usize) -> __m256i {
     // SAFETY: readable (the contract); unaligned loads.
     unsafe {
         _mm256_inserti128_si256::<1>(
             _mm256_castsi128_si256(_mm_loadu_si128(a.add(off).cast())),
             _mm_loadu_si128(b.add(off).cast()),
         )
-    }
-}
-
-/// The two blocks' 64 integer weights of one row, in the order of
-/// [`Pair::q`].
-///
-/// # Safety
-/// Whole blocks at `a` and `b`; the caller has this module's features.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn pair_words(a: *const u8, b: *const u8) -> [__m256i; 4] {
-    // SAFETY: readable blocks (the contract); unaligned loads.
-    unsafe {
-        let w = halves(a, b, 4);
-        // Word j: byte 2j holds values 2j (low nibble) and 2j + 16, byte
-        // 2j + 1 values 2j + 1 and 2j + 17.
-        let nib = _mm256_set1_epi16(0x0F);
-        [
-            _mm256_and_si256(w, nib),
-            _mm256_and_si256(_mm256_srli_epi16::<8>(w), nib),
-            _mm256_and_si256(_mm256_srli_epi16::<4>(w), nib),
-            _mm256_srli_epi16::<12>(w),
-        ]
     }
 }
 
@@ -508,7 +668,7 @@ unsafe fn pair_words(a: *const u8, b: *const u8) -> [__m256i; 4] {
 /// module's features.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn pair_step(
+unsafe fn pair_step<F: Blocks>(
     row: &[*const u8; 4],
     off: usize,
     next: usize,
@@ -534,7 +694,7 @@ unsafe fn pair_step(
             ctl[8 + 2 * r + 1] = m1;
             let ctl = _mm_loadu_si128(ctl.as_ptr().cast());
             sep = _mm256_or_si256(sep, _mm256_shuffle_epi8(head, _mm256_set_m128i(ctl, ctl)));
-            let e = pair_words(a, b);
+            let e = F::pair_words(a, b, head);
             _mm256_add_epi32(
                 _mm256_add_epi32(
                     _mm256_madd_epi16(e[0], xv[0]),
@@ -551,14 +711,26 @@ unsafe fn pair_step(
             _mm256_hadd_epi32(prod[0], prod[1]),
             _mm256_hadd_epi32(prod[2], prod[3]),
         );
+        let sums = _mm256_load_ps(x.sums.as_ptr());
+        // The integer weights are `q - OFFSET`: minus OFFSET times the
+        // block's sum (exact integers, as the sums are).
+        let s = if F::OFFSET == 0 {
+            s
+        } else {
+            let offset = _mm256_mullo_epi32(_mm256_cvtps_epi32(sums), _mm256_set1_epi32(F::OFFSET));
+            _mm256_sub_epi32(s, offset)
+        };
         let sep = _mm256_permute4x64_epi64::<0b11_01_10_00>(sep);
         let dx = _mm256_load_ps(x.d.as_ptr());
         let dw = _mm256_cvtph_ps(_mm256_castsi256_si128(sep));
         let acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(dw, dx), acc);
+        if !F::MINS {
+            return acc;
+        }
         // `w = d q + m`: the reference's min is `-m`, exactly.
         let m = _mm256_cvtph_ps(_mm256_extracti128_si256::<1>(sep));
         let m = _mm256_xor_ps(m, _mm256_set1_ps(-0.0));
-        _mm256_fnmadd_ps(_mm256_load_ps(x.sums.as_ptr()), _mm256_mul_ps(m, dx), acc)
+        _mm256_fnmadd_ps(sums, _mm256_mul_ps(m, dx), acc)
     }
 }
 
@@ -566,9 +738,9 @@ unsafe fn pair_step(
 /// (whole tiles; see [`super::x86::tile_ahead`]). SmolLM2's decode at the
 /// AVX2 level (Intel Xeon, 1 and 2 threads, 4 alternating rounds) ran about
 /// 5% faster at 2 and 4 KB than at 8 KB, and 10-30% slower at 16-32 KB.
-const PREFETCH: usize = 4096;
+pub(super) const PREFETCH: usize = 4096;
 
-/// Decode products of Q4_1: 4 weight rows and 2 blocks at a time (see the
+/// Decode products of Q4_1 or Q5_0 (`F`): 4 weight rows and 2 blocks at a time (see the
 /// module docs), every row of `acts` against a tile while it is in L1.
 /// Pair `p` feeds the chains `2p mod 4` and `2p + 1 mod 4` in the two
 /// halves of one accumulator; a lone last block only its chain's half.
@@ -577,89 +749,136 @@ const PREFETCH: usize = 4096;
 /// The CPU has this module's features, and `dims` was checked by
 /// [`shape`] for `w` and `acts`.
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn rows_pairs(w: &[u8], dims: &Shape, acts: &ActsI16, out: Out) {
-    let Shape {
-        row_bytes,
-        block_bytes: bb,
-        blocks,
-        nrows,
-    } = *dims;
+unsafe fn rows_pairs<F: Blocks>(w: &[u8], dims: &Shape, acts: &ActsI16, out: Out) {
+    let (bb, blocks) = (dims.block_bytes, dims.blocks);
     let (full, np) = (blocks / 2, blocks.div_ceil(2));
-    let tile = 4 * row_bytes;
-    let run = |pairs: &mut Vec<Pair>| {
-        lay_out_pairs(acts, pairs);
+    let tile = |row: &[*const u8; 4], dist: usize, i: usize, x: &[Pair]| {
+        let (mut acc0, mut acc1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        let mut p = 0;
+        // SAFETY: pairs p < full have both blocks in every row, the lone
+        // last block (p = full) its first, and `x` holds np pairs.
+        unsafe {
+            while p + 2 <= full {
+                let off = 2 * p * bb;
+                if i == 0 {
+                    // These 4 blocks of each row, `dist` ahead.
+                    prefetch(row, off + dist, 4 * bb);
+                }
+                acc0 = pair_step::<F>(row, off, off + bb, &x[p], acc0);
+                acc1 = pair_step::<F>(row, off + 2 * bb, off + 3 * bb, &x[p + 1], acc1);
+                p += 2;
+            }
+            if p < full {
+                let off = 2 * p * bb;
+                acc0 = pair_step::<F>(row, off, off + bb, &x[p], acc0);
+                p += 1;
+            }
+            if blocks % 2 == 1 {
+                let off = 2 * p * bb;
+                let old = if p % 2 == 0 { acc0 } else { acc1 };
+                let new = pair_step::<F>(row, off, off, &x[p], old);
+                let new = _mm256_blend_ps::<0xF0>(new, old);
+                if p % 2 == 0 {
+                    acc0 = new;
+                } else {
+                    acc1 = new;
+                }
+            }
+        }
+        [acc0, acc1]
+    };
+    // SAFETY: forwarded (the contract).
+    unsafe { each_tile(w, dims, acts, np, out, tile) }
+}
+
+/// Decode's walk over tiles of 4 weight rows (`dims`' rows of `w`; rows
+/// past the end repeat the last one, their outputs dropped): for each tile
+/// and each row `i` of `acts` (`np` pairs, see [`with_pairs`]), `tile(row,
+/// dist, i, x)` gives the chains ([`put_chains`]) from the 4 rows' starts
+/// `row`, the distance `dist` to prefetch ahead (by row `i == 0`, while the
+/// others find the tile in L1) and row `i`'s pairs `x`.
+///
+/// # Safety
+/// The CPU has this module's features, and `dims` was checked by
+/// [`Shape::of`] for `w` and `acts`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn each_tile(
+    w: &[u8],
+    dims: &Shape,
+    acts: &ActsI16,
+    np: usize,
+    out: Out,
+    mut tile: impl FnMut(&[*const u8; 4], usize, usize, &[Pair]) -> [__m256; 2],
+) {
+    let (row_bytes, nrows) = (dims.row_bytes, dims.nrows);
+    let run = |pairs: &[Pair]| {
         let mut j = 0;
         while j < nrows {
-            // Rows past the end repeat the last one; their outputs are dropped.
             let row: [*const u8; 4] =
                 core::array::from_fn(|r| w[(j + r).min(nrows - 1) * row_bytes..].as_ptr());
             let left = (nrows - j).saturating_sub(4) * row_bytes;
-            let dist = super::x86::tile_ahead_by(PREFETCH, tile, left);
+            let dist = super::x86::tile_ahead_by(PREFETCH, 4 * row_bytes, left);
             for (i, x) in pairs.chunks_exact(np).enumerate() {
-                let (mut acc0, mut acc1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-                let mut p = 0;
-                // SAFETY: pairs p < full have both blocks in every row, the
-                // lone last block (p = full) its first, and `x` holds np pairs.
-                unsafe {
-                    while p + 2 <= full {
-                        let off = 2 * p * bb;
-                        if i == 0 {
-                            // The cache lines of these 4 blocks of each row,
-                            // `dist` ahead (a range's last line is the next
-                            // range's first).
-                            for r in row {
-                                for line in (0..4 * bb).step_by(64) {
-                                    // A prefetch never faults: the address
-                                    // may lie past `w`.
-                                    let at = r.wrapping_add(off + dist + line);
-                                    _mm_prefetch::<_MM_HINT_T0>(at.cast());
-                                }
-                            }
-                        }
-                        acc0 = pair_step(&row, off, off + bb, &x[p], acc0);
-                        acc1 = pair_step(&row, off + 2 * bb, off + 3 * bb, &x[p + 1], acc1);
-                        p += 2;
-                    }
-                    if p < full {
-                        let off = 2 * p * bb;
-                        acc0 = pair_step(&row, off, off + bb, &x[p], acc0);
-                        p += 1;
-                    }
-                    if blocks % 2 == 1 {
-                        let off = 2 * p * bb;
-                        let old = if p % 2 == 0 { acc0 } else { acc1 };
-                        let new = pair_step(&row, off, off, &x[p], old);
-                        let new = _mm256_blend_ps::<0xF0>(new, old);
-                        if p % 2 == 0 {
-                            acc0 = new;
-                        } else {
-                            acc1 = new;
-                        }
-                    }
-                }
-                let lo = |v: __m256| _mm256_castps256_ps128(v);
-                let hi = |v: __m256| _mm256_extractf128_ps::<1>(v);
-                // (chain 0 + chain 1) + (chain 2 + chain 3), rows in lanes.
-                let y = _mm_add_ps(
-                    _mm_add_ps(lo(acc0), hi(acc0)),
-                    _mm_add_ps(lo(acc1), hi(acc1)),
-                );
-                let mut v = [0.0f32; 4];
-                // SAFETY: 4 writable f32s.
-                unsafe { _mm_storeu_ps(v.as_mut_ptr(), y) };
-                if nrows - j >= 4 {
-                    out.put4(i, j, v);
-                } else {
-                    for (r, vr) in v.iter().enumerate().take(nrows - j) {
-                        out.put(i, j + r, *vr);
-                    }
-                }
+                let [acc0, acc1] = tile(&row, dist, i, x);
+                put_chains(acc0, acc1, out, i, j, nrows);
             }
             j += 4;
         }
     };
+    with_pairs(acts, run);
+}
+
+/// Prefetches the cache lines of `len` bytes at `off` past each of `row`
+/// (a range's last line is often the next range's first).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn prefetch(row: &[*const u8; 4], off: usize, len: usize) {
+    for r in row {
+        for line in (0..len).step_by(64) {
+            // A prefetch never faults: the address may lie past `w`.
+            _mm_prefetch::<_MM_HINT_T0>(r.wrapping_add(off + line).cast());
+        }
+    }
+}
+
+/// Runs `f` on this thread's buffer of pairs, laid out from `acts`
+/// ([`lay_out_pairs`]).
+pub(super) fn with_pairs(acts: &ActsI16, f: impl FnOnce(&[Pair])) {
     PAIRS.with(|cell| match cell.try_borrow_mut() {
-        Ok(mut pairs) => run(&mut pairs),
-        Err(_) => run(&mut Vec::new()),
+        Ok(mut pairs) => {
+            lay_out_pairs(acts, &mut pairs);
+            f(&pairs)
+        }
+        Err(_) => {
+            let mut pairs = Vec::new();
+            lay_out_pairs(acts, &mut pairs);
+            f(&pairs)
+        }
     });
+}
+
+/// Writes row `i`'s outputs of weight rows `j..j + 4` (those below `nrows`)
+/// from the chains in the halves of two accumulators: chains 0 and 1 in
+/// `acc0`'s, 2 and 3 in `acc1`'s, rows in lanes; `(chain 0 + chain 1) +
+/// (chain 2 + chain 3)` as the reference sums them.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn put_chains(acc0: __m256, acc1: __m256, out: Out, i: usize, j: usize, nrows: usize) {
+    let lo = |v: __m256| _mm256_castps256_ps128(v);
+    let hi = |v: __m256| _mm256_extractf128_ps::<1>(v);
+    let y = _mm_add_ps(
+        _mm_add_ps(lo(acc0), hi(acc0)),
+        _mm_add_ps(lo(acc1), hi(acc1)),
+    );
+    let mut v = [0.0f32; 4];
+    // SAFETY: 4 writable f32s.
+    unsafe { _mm_storeu_ps(v.as_mut_ptr(), y) };
+    if nrows - j >= 4 {
+        out.put4(i, j, v);
+    } else {
+        for (r, vr) in v.iter().enumerate().take(nrows - j) {
+            out.put(i, j + r, *vr);
+        }
+    }
 }
