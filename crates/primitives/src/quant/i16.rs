@@ -618,7 +618,7 @@ mod tests {
 
     /// Rounding, decode and prefill have the bits of the portable reference
     /// for every format, ragged row counts, 1 to 37 blocks, blocks of zeros
-    /// and scales from 1e-36 to 1e3; and the result is within the rounding's
+    /// and scales from 1e-30 to 1e3 (and 1e-36, which rounds to zero); and the result is within the rounding's
     /// bound of the f64 product of the dequantised weights and the f32
     /// activations.
     #[test]
@@ -644,7 +644,9 @@ mod tests {
                 let w = weights(&mut rng, dtype, n, cols);
                 let rb = dtype.bytes_for(cols).unwrap();
                 let mut x: Vec<f32> = (0..m * cols)
-                    .map(|i| rng.f() * [1e-3, 1.0, 1e3, 1e-36][i / BLOCK % 4])
+                    // Tiny blocks (1e-36 rounds to zero) move by one
+                    // block per row, so that no chain is always zero.
+                    .map(|i| rng.f() * [1e-3, 1.0, 1e3, 1e-30, 1e-36][(i / BLOCK + i / cols) % 5])
                     .collect();
                 x[cols - BLOCK..cols].fill(0.0);
                 let xm = MatRef::new(&x, m, cols).unwrap();

@@ -1,20 +1,23 @@
 //! The int16 exact products (see [`super::i16`]) at the AVX2 level (with FMA
 //! and F16C), for Q4_1 (most of SmolLM2's weights), Q5_0 (most of
 //! Qwen2.5's, and Gemma 3's after its embeddings), Q4_K and Q6_K (the decode
-//! steps of the K-quants are in [`super::x86_i16_avx2_k`]). AVX2 has no VNNI, so
+//! steps and the prefill repacking of the K-quants are in
+//! [`super::x86_i16_avx2_k`]). AVX2 has no VNNI, so
 //! the integer sums come from `vpmaddwd` (pairs of int16 products into int32
 //! lanes) and `vpaddd`. Q8_0 stays with f32 activations at this level: the
 //! same decode for it was no faster than the f32 kernel on the large
 //! matrices it holds (Qwen2.5's and Gemma 3's embeddings).
 //!
-//! - Decode ([`rows`]): a tile of 4 weight rows and 2 blocks. Each row's two
+//! - Decode ([`rows`]): a tile of 4 weight rows and 2 blocks (a K-quant
+//!   super-block: 4 pairs of groups of 32 values). Each row's two
 //!   blocks share a vector, one per 128-bit half, and their quants become
 //!   int16 by shifts and masks alone (Q5_0's fifth bits by a byte shuffle
 //!   and a compare per 16 values), with no byte-widening shuffles: the
 //!   activations are reordered once per call to match ([`Pair`]). Three
 //!   `vphaddd` give the 8 exact block sums of the 4 rows (Q5_0's stored
 //!   quants are `w + 16`: minus 16 times the activation block's sum), and
-//!   block `k` goes to chain `k mod 4` of the reference's arithmetic.
+//!   group `g` (block, or K-quant group) goes to chain `g mod 4` of the
+//!   reference's arithmetic.
 //! - Prefill ([`gemm`]): 16 weight rows are repacked as int16 pairs (a
 //!   transpose, so that one vector holds a pair of 8 rows), and each pair of
 //!   activations, broadcast, meets them with `vpmaddwd`: 16 rows' group sums
@@ -120,6 +123,8 @@ fn shape(dtype: DType, w: &[u8], row_bytes: usize, acts: &ActsI16) -> Option<Sha
 /// A format of 32-value blocks with an f16 scale `d` in their first two
 /// bytes (Q4_1, Q5_0), as these kernels read it.
 trait Blocks {
+    /// The format.
+    const DTYPE: DType;
     /// Whether `w = d q + m` with an f16 `m` in bytes 2..4 (Q4_1); else
     /// `w = d (q - OFFSET)`.
     const MINS: bool;
@@ -146,6 +151,7 @@ trait Blocks {
 struct Q41;
 
 impl Blocks for Q41 {
+    const DTYPE: DType = DType::Q4_1;
     const MINS: bool = true;
     const OFFSET: i32 = 0;
 
@@ -184,6 +190,7 @@ impl Blocks for Q41 {
 struct Q50;
 
 impl Blocks for Q50 {
+    const DTYPE: DType = DType::Q5_0;
     const MINS: bool = false;
     const OFFSET: i32 = 16;
 
@@ -294,7 +301,7 @@ const MR: usize = 4;
 const STRETCH: usize = 32;
 const _: () = assert!(STRETCH.is_multiple_of(4));
 
-/// A repacked prefill panel (see [`pack`]): per group of weights (a block
+/// A repacked prefill panel (see [`pack`] and `pack_k`): per group of weights (a block
 /// of 32 values, or a K-quant's group of 32 or 16), its pairs, then its
 /// scale and min per row.
 #[derive(Default)]
@@ -366,6 +373,11 @@ pub(crate) fn gemm(dtype: DType, w: &[u8], row_bytes: usize, acts: &ActsI16, out
 /// As for [`rows_pairs`]; `p` holds a panel of `dims`.
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn pack<F: Blocks>(w: &[u8], dims: &Shape, j: usize, p: &mut Packed) {
+    assert_eq!(
+        dims.block_bytes,
+        F::DTYPE.block_bytes(),
+        "the format's block length"
+    );
     let Packed {
         pairs,
         scales,
@@ -511,8 +523,8 @@ unsafe fn tile<const MINS: bool, const GP: usize, const T: usize>(
             && packed.scales.len() >= groups * PANEL
             && packed.mins.len() >= groups * PANEL
     );
-    // The sums of the blocks `t` mod 4, for each t (see `super::i16`), in
-    // stretches of STRETCH blocks: each chain in registers over its blocks
+    // The sums of the groups `t` mod 4, for each t (see `super::i16`), in
+    // stretches of STRETCH groups: each chain in registers over its groups
     // of the stretch, and the stretch's pairs still cached for the next.
     let mut part = [[[_mm256_setzero_ps(); 2]; T]; 4];
     for b0 in (0..groups).step_by(STRETCH) {
@@ -582,8 +594,8 @@ unsafe fn tile<const MINS: bool, const GP: usize, const T: usize>(
     }
 }
 
-/// One pair of activation blocks `(2p, 2p + 1)` laid out for
-/// [`rows_pairs`] (the last block paired with itself when their number is
+/// One pair of activation blocks `(2p, 2p + 1)` laid out for decode
+/// ([`rows_pairs`], `rows_k`; the last block paired with itself when their number is
 /// odd).
 #[derive(Clone, Copy)]
 #[repr(C, align(32))]
@@ -659,6 +671,37 @@ pub(super) unsafe fn halves(a: *const u8, b: *const u8, off: usize) -> __m256i {
     }
 }
 
+/// The four rows' products of one pair: `e[r]` against `x` (the four word
+/// vectors in the order of [`Pair::q`]), summed over its first two vectors
+/// (values 0..16 of each block) and its last two (16..32) apart.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn madd_halves(e: &[__m256i; 4], x: &[__m256i; 4]) -> (__m256i, __m256i) {
+    (
+        _mm256_add_epi32(_mm256_madd_epi16(e[0], x[0]), _mm256_madd_epi16(e[1], x[1])),
+        _mm256_add_epi32(_mm256_madd_epi16(e[2], x[2]), _mm256_madd_epi16(e[3], x[3])),
+    )
+}
+
+/// The lane sums of each half of `v[r]`, in lanes `r` (low halves) and
+/// `4 + r` (high halves): exact integer adds.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn row_sums(v: &[__m256i; 4]) -> __m256i {
+    _mm256_hadd_epi32(_mm256_hadd_epi32(v[0], v[1]), _mm256_hadd_epi32(v[2], v[3]))
+}
+
+/// The activation words of pair `x` (see [`Pair::q`]).
+///
+/// # Safety
+/// The caller has this module's features.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn pair_x(x: &Pair) -> [__m256i; 4] {
+    // SAFETY: aligned loads within `x` (a `Pair` is 32-byte aligned).
+    core::array::from_fn(|v| unsafe { _mm256_load_si256(x.q.as_ptr().add(16 * v).cast()) })
+}
+
 /// One pair's terms for 4 weight rows (`row[r]`, `off` bytes to the pair's
 /// first block, `next` to its second), added to the two chains in `acc`'s
 /// halves.
@@ -678,8 +721,7 @@ unsafe fn pair_step<F: Blocks>(
     // SAFETY: readable blocks (the contract); aligned loads of `x` (a `Pair`
     // is 32-byte aligned); register-only instructions otherwise.
     unsafe {
-        let xv: [__m256i; 4] =
-            core::array::from_fn(|v| _mm256_load_si256(x.q.as_ptr().add(16 * v).cast()));
+        let xv = pair_x(x);
         // Row r's scale (and min) f16 of both blocks, moved to word r (and
         // 4 + r) of each half by a byte shuffle of the blocks' first bytes.
         let mut sep = _mm256_setzero_si256();
@@ -694,23 +736,11 @@ unsafe fn pair_step<F: Blocks>(
             ctl[8 + 2 * r + 1] = m1;
             let ctl = _mm_loadu_si128(ctl.as_ptr().cast());
             sep = _mm256_or_si256(sep, _mm256_shuffle_epi8(head, _mm256_set_m128i(ctl, ctl)));
-            let e = F::pair_words(a, b, head);
-            _mm256_add_epi32(
-                _mm256_add_epi32(
-                    _mm256_madd_epi16(e[0], xv[0]),
-                    _mm256_madd_epi16(e[1], xv[1]),
-                ),
-                _mm256_add_epi32(
-                    _mm256_madd_epi16(e[2], xv[2]),
-                    _mm256_madd_epi16(e[3], xv[3]),
-                ),
-            )
+            let (lo, hi) = madd_halves(&F::pair_words(a, b, head), &xv);
+            _mm256_add_epi32(lo, hi)
         });
         // Lanes r and 4 + r: row r's sums of the first and second block.
-        let s = _mm256_hadd_epi32(
-            _mm256_hadd_epi32(prod[0], prod[1]),
-            _mm256_hadd_epi32(prod[2], prod[3]),
-        );
+        let s = row_sums(&prod);
         let sums = _mm256_load_ps(x.sums.as_ptr());
         // The integer weights are `q - OFFSET`: minus OFFSET times the
         // block's sum (exact integers, as the sums are).
@@ -751,6 +781,7 @@ pub(super) const PREFETCH: usize = 4096;
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn rows_pairs<F: Blocks>(w: &[u8], dims: &Shape, acts: &ActsI16, out: Out) {
     let (bb, blocks) = (dims.block_bytes, dims.blocks);
+    assert_eq!(bb, F::DTYPE.block_bytes(), "the format's block length");
     let (full, np) = (blocks / 2, blocks.div_ceil(2));
     let tile = |row: &[*const u8; 4], dist: usize, i: usize, x: &[Pair]| {
         let (mut acc0, mut acc1) = (_mm256_setzero_ps(), _mm256_setzero_ps());

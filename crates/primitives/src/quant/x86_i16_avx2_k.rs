@@ -1,5 +1,6 @@
 //! AVX2 decode kernels of the int16-activation products of Q4_K and Q6_K
-//! weights ([`super::i16`]), with the bits of its portable reference.
+//! weights ([`super::i16`]), with the bits of its portable reference, and
+//! their repacking for the prefill panel of [`super::x86_i16_avx2`].
 //!
 //! A tile of 4 weight rows takes one super-block (256 values, 4 pairs of
 //! activation blocks in the layout of [`Pair`]) per step. As for Q4_1
@@ -20,7 +21,9 @@
 //! transposes.
 
 use super::i16::{ActsI16, Shape};
-use super::x86_i16_avx2::{each_tile, halves, prefetch, transpose8, Packed, Pair, PANEL};
+use super::x86_i16_avx2::{
+    each_tile, halves, madd_halves, pair_x, prefetch, row_sums, transpose8, Packed, Pair, PANEL,
+};
 use crate::dtype::DType;
 use crate::matmul::Out;
 use core::arch::x86_64::*;
@@ -73,37 +76,6 @@ pub(super) unsafe fn rows_k<const Q6: bool>(w: &[u8], dims: &Shape, acts: &ActsI
     unsafe { each_tile(w, dims, acts, np, out, tile) }
 }
 
-/// The four rows' products of one pair: `e[r]` against `x` (the four word
-/// vectors in the order of [`Pair::q`]), summed over its first two vectors
-/// (values 0..16 of each block) and its last two (16..32) apart.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-fn madd_halves(e: &[__m256i; 4], x: &[__m256i; 4]) -> (__m256i, __m256i) {
-    (
-        _mm256_add_epi32(_mm256_madd_epi16(e[0], x[0]), _mm256_madd_epi16(e[1], x[1])),
-        _mm256_add_epi32(_mm256_madd_epi16(e[2], x[2]), _mm256_madd_epi16(e[3], x[3])),
-    )
-}
-
-/// The lane sums of each half of `v[r]`, in lanes `r` (low halves) and
-/// `4 + r` (high halves): exact integer adds.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-fn row_sums(v: &[__m256i; 4]) -> __m256i {
-    _mm256_hadd_epi32(_mm256_hadd_epi32(v[0], v[1]), _mm256_hadd_epi32(v[2], v[3]))
-}
-
-/// The activation words of pair `x` (see [`Pair::q`]).
-///
-/// # Safety
-/// The caller has this module's features.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn pair_x(x: &Pair) -> [__m256i; 4] {
-    // SAFETY: aligned loads within `x` (a `Pair` is 32-byte aligned).
-    core::array::from_fn(|v| unsafe { _mm256_load_si256(x.q.as_ptr().add(16 * v).cast()) })
-}
-
 /// The bytes of 4 rows' 16-byte runs (rows 0 and 2 in the halves of
 /// `v02`, 1 and 3 of `v13`) transposed: dword `k` of result `q` holds byte
 /// `4q + k` of rows 0..4, in that order.
@@ -149,7 +121,9 @@ unsafe fn f16_rows(at: &[*const u8; 4], off: usize) -> __m256 {
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn q4k_step(sb: &[*const u8; 4], x: &[Pair; 4], acc: [__m256; 2]) -> [__m256; 2] {
-    // SAFETY: 144-byte blocks: loads of bytes 0..16 and 16..144.
+    // SAFETY: 144-byte blocks: loads of bytes 0..16 and 16..144; aligned
+    // loads of the pairs' fields (a `Pair` is 32-byte aligned, its `d` and
+    // `sums` at offsets 128 and 160).
     unsafe {
         // Scales and mins: bytes 4..16 hold 8 6-bit scales and 8 6-bit mins
         // (ggml's packing). Per 128-bit lane (row): dword 1 `s0`, 2 `s1`, 3
@@ -244,7 +218,9 @@ unsafe fn q4k_step(sb: &[*const u8; 4], x: &[Pair; 4], acc: [__m256; 2]) -> [__m
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn q6k_step(sb: &[*const u8; 4], x: &[Pair; 4], acc: [__m256; 2]) -> [__m256; 2] {
     // SAFETY: 210-byte blocks: `ql` at 0..128, `qh` at 128..192, the scales
-    // at 192..208 and `d` at 208.
+    // at 192..208 and `d` at 208; aligned loads of the pairs' fields (a
+    // `Pair` is 32-byte aligned, its `d` and `half_sums` at offsets 128 and
+    // 192).
     unsafe {
         // t[q], dword k: the scales of group 4q + k of rows 0..4 (signed).
         let t = transpose_rows(halves(sb[0], sb[2], 192), halves(sb[1], sb[3], 192));
