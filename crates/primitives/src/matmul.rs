@@ -351,6 +351,23 @@ impl Out {
         unsafe { *self.ptr.get().add(i * self.ld + j) = v }
     }
 
+    /// Writes outputs `(i, j..j + live)`, the first `live` of `v`. A whole
+    /// run is one copy of constant length, which compiles to vector moves
+    /// (a copy of `live` values was a library `memcpy` call per run).
+    #[inline(always)]
+    pub(crate) fn put_run<const N: usize>(self, i: usize, j: usize, v: &[f32; N], live: usize) {
+        if live == N {
+            // SAFETY: in bounds and unaliased by the contract of `Out::new`.
+            unsafe {
+                core::ptr::copy_nonoverlapping(v.as_ptr(), self.ptr.get().add(i * self.ld + j), N)
+            }
+            return;
+        }
+        for (r, &x) in v.iter().enumerate().take(live) {
+            self.put(i, j + r, x);
+        }
+    }
+
     /// Outputs `(i, j..j + len)` as a slice, to read and write.
     ///
     /// # Safety

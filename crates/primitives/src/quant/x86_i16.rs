@@ -953,9 +953,7 @@ unsafe fn tile<const T: usize, const G: usize, const MINS: bool>(
     i0: usize,
     j: usize,
 ) {
-    let xq: [*const i32; T] = core::array::from_fn(|i| acts.q_row(i0 + i).as_ptr().cast());
-    let xd: [&[f32]; T] = core::array::from_fn(|i| acts.d_row(i0 + i));
-    let xs: [&[f32]; T] = core::array::from_fn(|i| acts.sums_row(i0 + i));
+    let (xq, xd, xs) = acts.tile_rows::<T>(i0);
     let (pp, sp, mp) = (
         packed.pairs.as_ptr(),
         packed.scales.as_ptr(),
@@ -970,11 +968,11 @@ unsafe fn tile<const T: usize, const G: usize, const MINS: bool>(
     // The sums of the groups `t` mod 4, for each t (see `super::i16`), over
     // a stretch of groups at a time: one chain in registers while it takes
     // its groups of the stretch, and the stretch's pairs still cached for the
-    // next chain.
+    // next chain. Updated in place: copying a chain's sums in and out (more
+    // than the registers hold) was a library `memcpy` each way.
     let mut part = [[[_mm512_setzero_ps(); 2]; T]; 4];
     for c0 in (0..groups).step_by(CHUNK_GROUPS) {
-        for (t, part_t) in part.iter_mut().enumerate() {
-            let mut acc = *part_t;
+        for (t, acc) in part.iter_mut().enumerate() {
             for g in (c0 + t..(c0 + CHUNK_GROUPS).min(groups)).step_by(4) {
                 let mut sums = [[_mm512_setzero_si512(); 2]; T];
                 for p in g * G / 2..(g + 1) * G / 2 {
@@ -1021,25 +1019,20 @@ unsafe fn tile<const T: usize, const G: usize, const MINS: bool>(
                     }
                 }
             }
-            *part_t = acc;
         }
     }
-    let acc: [[__m512; 2]; T] = core::array::from_fn(|i| {
-        core::array::from_fn(|v| {
-            let [a, b, c, d] = [0, 1, 2, 3].map(|t| part[t][i][v]);
-            _mm512_add_ps(_mm512_add_ps(a, b), _mm512_add_ps(c, d))
-        })
-    });
     let live = (shape.nrows - j).min(PANEL);
-    for (i, a) in acc.iter().enumerate() {
+    let [p0, p1, p2, p3] = &part;
+    let chains = p0.iter().zip(p1).zip(p2).zip(p3);
+    for (i, (((a, b), c), d)) in chains.enumerate() {
+        let sum = |v: usize| _mm512_add_ps(_mm512_add_ps(a[v], b[v]), _mm512_add_ps(c[v], d[v]));
+        let a = [sum(0), sum(1)];
         let mut v = [0.0f32; PANEL];
         // SAFETY: 32 writable f32s.
         unsafe {
             _mm512_storeu_ps(v.as_mut_ptr(), a[0]);
             _mm512_storeu_ps(v.as_mut_ptr().add(16), a[1]);
         }
-        for (r, vr) in v.iter().enumerate().take(live) {
-            out.put(i0 + i, j + r, *vr);
-        }
+        out.put_run(i0 + i, j, &v, live);
     }
 }

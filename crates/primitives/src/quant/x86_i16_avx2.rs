@@ -509,9 +509,7 @@ unsafe fn tile<const MINS: bool, const GP: usize, const T: usize>(
     j: usize,
     nrows: usize,
 ) {
-    let xq: [*const i32; T] = core::array::from_fn(|i| acts.q_row(i0 + i).as_ptr().cast());
-    let xd: [&[f32]; T] = core::array::from_fn(|i| acts.d_row(i0 + i));
-    let xs: [&[f32]; T] = core::array::from_fn(|i| acts.sums_row(i0 + i));
+    let (xq, xd, xs) = acts.tile_rows::<T>(i0);
     let (pp, sp, mp) = (
         packed.pairs.as_ptr(),
         packed.scales.as_ptr(),
@@ -526,10 +524,11 @@ unsafe fn tile<const MINS: bool, const GP: usize, const T: usize>(
     // The sums of the groups `t` mod 4, for each t (see `super::i16`), in
     // stretches of STRETCH groups: each chain in registers over its groups
     // of the stretch, and the stretch's pairs still cached for the next.
+    // Updated in place: a copy of a chain's sums in and out per stretch
+    // (more than the 16 registers) was a library `memcpy` each way.
     let mut part = [[[_mm256_setzero_ps(); 2]; T]; 4];
     for b0 in (0..groups).step_by(STRETCH) {
-        for (t, part_t) in part.iter_mut().enumerate() {
-            let mut acc = *part_t;
+        for (t, acc) in part.iter_mut().enumerate() {
             for b in (b0 + t..(b0 + STRETCH).min(groups)).step_by(4) {
                 let mut sums = [[_mm256_setzero_si256(); 2]; T];
                 for p in b * GP..(b + 1) * GP {
@@ -576,21 +575,21 @@ unsafe fn tile<const MINS: bool, const GP: usize, const T: usize>(
                     acc[i][1] = _mm256_fnmadd_ps(sx, _mm256_mul_ps(m1, dx), acc[i][1]);
                 }
             }
-            *part_t = acc;
         }
     }
     let live = (nrows - j).min(PANEL);
-    for i in 0..T {
+    let [p0, p1, p2, p3] = &part;
+    let chains = p0.iter().zip(p1).zip(p2).zip(p3);
+    for (i, (((a, b), c), d)) in chains.enumerate() {
+        let sum = |h: usize| _mm256_add_ps(_mm256_add_ps(a[h], b[h]), _mm256_add_ps(c[h], d[h]));
+        let y = [sum(0), sum(1)];
         let mut v = [0.0f32; PANEL];
-        for (h, vh) in v.chunks_exact_mut(8).enumerate() {
-            let [a, b, c, d] = part.map(|pt| pt[i][h]);
-            let y = _mm256_add_ps(_mm256_add_ps(a, b), _mm256_add_ps(c, d));
-            // SAFETY: 8 writable f32s.
-            unsafe { _mm256_storeu_ps(vh.as_mut_ptr(), y) };
+        // SAFETY: 16 writable f32s.
+        unsafe {
+            _mm256_storeu_ps(v.as_mut_ptr(), y[0]);
+            _mm256_storeu_ps(v.as_mut_ptr().add(8), y[1]);
         }
-        for (r, vr) in v.iter().enumerate().take(live) {
-            out.put(i0 + i, j + r, *vr);
-        }
+        out.put_run(i0 + i, j, &v, live);
     }
 }
 
