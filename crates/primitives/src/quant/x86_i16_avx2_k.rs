@@ -381,9 +381,12 @@ pub(super) unsafe fn pack_k<const Q6: bool>(w: &[u8], dims: &Shape, j: usize, p:
     for half in 0..PANEL / 8 {
         let rows: [usize; 8] = core::array::from_fn(|r| (j + half * 8 + r).min(dims.nrows - 1));
         for k in 0..dims.blocks {
-            let blk: [&[u8]; 8] = rows.map(|r| &w[r * dims.row_bytes + k * bb..][..bb]);
-            // SAFETY: whole blocks (row < nrows, k < blocks).
-            let words = blk.map(|b| unsafe { block_words_k::<Q6>(b.as_ptr()) });
+            let blk = |r: usize| &w[rows[r] * dims.row_bytes + k * bb..][..bb];
+            // SAFETY: a whole block (row < nrows, k < blocks).
+            let bw = |r: usize| unsafe { block_words_k::<Q6>(blk(r).as_ptr()) };
+            // Written out: `array::map` here was an outlined call, a copy
+            // and a fill of the 4 KB.
+            let words = [bw(0), bw(1), bw(2), bw(3), bw(4), bw(5), bw(6), bw(7)];
             // Vector v of the 8 rows (values 16v..16v + 16 of each block).
             let column = |v: usize| -> [__m256i; 8] { core::array::from_fn(|r| words[r][v]) };
             for v in 0..16 {
@@ -397,8 +400,8 @@ pub(super) unsafe fn pack_k<const Q6: bool>(w: &[u8], dims: &Shape, j: usize, p:
                     unsafe { _mm256_storeu_si256(dst.as_mut_ptr().cast(), *tp) };
                 }
             }
-            for (r, b) in blk.iter().enumerate() {
-                let (sc, mn) = super::i16::block_scales(dtype, b);
+            for r in 0..8 {
+                let (sc, mn) = super::i16::block_scales(dtype, blk(r));
                 for g in 0..gpb {
                     let at = (k * gpb + g) * PANEL + half * 8 + r;
                     scales[at] = sc[g];
