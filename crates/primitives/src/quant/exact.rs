@@ -253,7 +253,7 @@ pub(crate) fn fused_rows(
         return;
     }
     if super::i16::applies(s, dtype) {
-        return super::i16::with_acts(x, super::i16::decode_splits(s, dtype), |acts| {
+        return super::i16::with_acts(s, x, super::i16::decode_splits(s, dtype), |acts| {
             super::i16::rows(s, dtype, w, row_bytes, acts, out)
         });
     }

@@ -316,7 +316,9 @@ pub(crate) fn split_row_ref(q: &[i16], lo: &mut [u8], hi: &mut [i8], neg_quad_q:
 /// Rounds the rows of `x` (columns a multiple of [`BLOCK`]) into `acts`,
 /// with their byte split when `split` (decode, [`rows`], needs it; prefill,
 /// [`gemm`], does not). Without it the split is left empty, never stale.
-pub(crate) fn quantize(x: MatRef<'_>, split: bool, acts: &mut ActsI16) {
+/// Level `s` caps the kernels used (the same bits at every level), so that
+/// a run capped at AVX2 runs only AVX2 code.
+pub(crate) fn quantize(s: Simd, x: MatRef<'_>, split: bool, acts: &mut ActsI16) {
     let (rows, cols) = (x.rows(), x.cols());
     let (nb, c4) = (cols / BLOCK, cols / 4);
     let split_rows = if split { rows } else { 0 };
@@ -332,10 +334,19 @@ pub(crate) fn quantize(x: MatRef<'_>, split: bool, acts: &mut ActsI16) {
         let d = &mut acts.d[i * nb..(i + 1) * nb];
         let sums = &mut acts.sums[i * nb..(i + 1) * nb];
         #[cfg(target_arch = "x86_64")]
-        let done = super::x86_i16::quantize_row(x.row(i), q, d, sums)
-            || super::x86_i16_avx2::quantize_row(x.row(i), q, d, sums);
+        let done = match s.level() {
+            Level::Avx512 => {
+                super::x86_i16::quantize_row(x.row(i), q, d, sums)
+                    || super::x86_i16_avx2::quantize_row(x.row(i), q, d, sums)
+            }
+            Level::Avx2 => super::x86_i16_avx2::quantize_row(x.row(i), q, d, sums),
+            _ => false,
+        };
         #[cfg(not(target_arch = "x86_64"))]
-        let done = false;
+        let done = {
+            let _ = s;
+            false
+        };
         if !done {
             quantize_row_ref(x.row(i), q, d, sums);
         }
@@ -346,7 +357,7 @@ pub(crate) fn quantize(x: MatRef<'_>, split: bool, acts: &mut ActsI16) {
         let hi = &mut acts.hi[i * cols..(i + 1) * cols];
         let nq = &mut acts.neg_quad_q[i * c4..(i + 1) * c4];
         #[cfg(target_arch = "x86_64")]
-        if super::x86_i16::split_row(q, lo, hi, nq) {
+        if s.level() == Level::Avx512 && super::x86_i16::split_row(q, lo, hi, nq) {
             continue;
         }
         split_row_ref(q, lo, hi, nq);
@@ -362,15 +373,20 @@ thread_local! {
 /// Rounds `x` (see [`quantize`], with the byte split when `split`) into this
 /// thread's buffer and runs `f` on it. Never nested by the kernels; a nested
 /// call gets a buffer of its own.
-pub(crate) fn with_acts<R>(x: MatRef<'_>, split: bool, f: impl FnOnce(&ActsI16) -> R) -> R {
+pub(crate) fn with_acts<R>(
+    s: Simd,
+    x: MatRef<'_>,
+    split: bool,
+    f: impl FnOnce(&ActsI16) -> R,
+) -> R {
     ACTS.with(|cell| match cell.try_borrow_mut() {
         Ok(mut acts) => {
-            quantize(x, split, &mut acts);
+            quantize(s, x, split, &mut acts);
             f(&acts)
         }
         Err(_) => {
             let mut acts = ActsI16::default();
-            quantize(x, split, &mut acts);
+            quantize(s, x, split, &mut acts);
             f(&acts)
         }
     })
@@ -672,7 +688,23 @@ mod tests {
                 x[cols - BLOCK..cols].fill(0.0);
                 let xm = MatRef::new(&x, m, cols).unwrap();
                 let mut acts = ActsI16::default();
-                quantize(xm, true, &mut acts);
+                quantize(Simd::detect(), xm, true, &mut acts);
+                // Every level rounds to the same bits (checked against the
+                // reference below).
+                let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                for s in Simd::available() {
+                    let mut at = ActsI16::default();
+                    quantize(s, xm, true, &mut at);
+                    assert_eq!(at.q, acts.q, "{dtype} values at {s:?}");
+                    assert_eq!(bits(&at.d), bits(&acts.d), "{dtype} scales at {s:?}");
+                    assert_eq!(bits(&at.sums), bits(&acts.sums), "{dtype} sums at {s:?}");
+                    let split = (&at.lo, &at.hi, &at.neg_quad_q);
+                    assert_eq!(
+                        split,
+                        (&acts.lo, &acts.hi, &acts.neg_quad_q),
+                        "{dtype} at {s:?}"
+                    );
+                }
                 for i in 0..m {
                     let mut q = vec![0i16; cols];
                     let (mut d, mut sums) = (vec![0.0f32; nb], vec![0.0f32; nb]);
@@ -707,9 +739,8 @@ mod tests {
                 // Without the byte split (prefill's rounding) decode still
                 // has the bits, from the reference where it needs the split.
                 let mut unsplit = acts.clone();
-                quantize(xm, false, &mut unsplit);
+                quantize(Simd::detect(), xm, false, &mut unsplit);
                 assert!(unsplit.lo.is_empty() && unsplit.neg_quad_q.is_empty());
-                let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
                 for s in Simd::available() {
                     let dec = products(s, dtype, &w, rb, &acts, n, false);
                     let pre = products(s, dtype, &w, rb, &acts, n, true);
@@ -769,7 +800,12 @@ mod tests {
             x[cols + 40] = f32::NAN;
             x[3 * cols + 5] = f32::INFINITY;
             let mut acts = ActsI16::default();
-            quantize(MatRef::new(&x, m, cols).unwrap(), true, &mut acts);
+            quantize(
+                Simd::detect(),
+                MatRef::new(&x, m, cols).unwrap(),
+                true,
+                &mut acts,
+            );
             for (s, gemm) in Simd::available()
                 .into_iter()
                 .flat_map(|s| [(s, false), (s, true)])

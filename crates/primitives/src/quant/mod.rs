@@ -418,7 +418,7 @@ pub fn matvec_q(
     let chunk = matvec_chunk_rows(rows, threads.count());
     if kernel.is_none() && i16::applies(s, dtype) {
         // Exact products that round activations to int16 do it once, here.
-        i16::with_acts(xm, i16::decode_splits(s, dtype), |acts| {
+        i16::with_acts(s, xm, i16::decode_splits(s, dtype), |acts| {
             threads.for_each_chunk(y, chunk, |ci, yc| {
                 let r0 = ci * chunk;
                 let wc = &w[r0 * row_bytes..(r0 + yc.len()) * row_bytes];
@@ -553,7 +553,7 @@ pub fn matmul_q(
         // Exact products that round activations to int16 do it once, here.
         let gemm = m > exact::fused_max_rows(s);
         // Only decode's kernel takes the activations' byte split.
-        i16::with_acts(x, !gemm && i16::decode_splits(s, dtype), |acts| {
+        i16::with_acts(s, x, !gemm && i16::decode_splits(s, dtype), |acts| {
             let chunk = if gemm {
                 MATMUL_PANEL_ROWS
             } else {
