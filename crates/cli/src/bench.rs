@@ -36,7 +36,8 @@ pub struct BenchArgs {
     /// Worker thread counts, comma-separated (0 = one per core).
     #[arg(short = 't', long, value_delimiter = ',', default_value = "0", value_parser = crate::common::count, allow_negative_numbers = true)]
     pub threads: Vec<usize>,
-    /// Int8 activations for quantised weights (as `generate --fast`); the
+    /// Int8 activations for quantised weights when decoding (as `generate
+    /// --fast`, no faster than the default); the
     /// default is the exact path that `generate` uses by default (f32
     /// activations, or int16 ones for Q8_0, Q5_0, Q4_1, Q4_K and Q6_K on AVX-512
     /// VNNI and for all of them but Q8_0 on AVX2).

@@ -55,7 +55,8 @@ pub struct ModelArgs {
     /// kernels are batch-invariant); only speed and scratch memory do.
     #[arg(long, default_value_t = 512, value_parser = crate::common::positive, allow_negative_numbers = true)]
     pub batch: usize,
-    /// Int8 activations for quantised weights (llama.cpp's way: faster, slightly less exact).
+    /// Int8 activations for quantised weights when decoding (llama.cpp's
+    /// arithmetic: less exact, and no faster than the default).
     #[arg(long)]
     pub fast: bool,
     /// Re-wire the decoder layers: drop, repeat, re-order, run in parallel

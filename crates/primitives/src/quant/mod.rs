@@ -54,12 +54,14 @@ use crate::threads::Threads;
 /// How [`matvec_q`] multiplies weights with activations.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum DotMode {
-    /// f32 activations; dequantised weights in f32 (closest to the float
+    /// The default. f32 activations; dequantised weights in f32 (closest to the float
     /// model), except where [`exact_rounds_activations`]: activations rounded
     /// to int16 per block, integer block sums.
-    Exact,
-    /// int8-quantised activations and integer dot products (fastest; what llama.cpp does).
     #[default]
+    Exact,
+    /// int8-quantised activations and integer dot products (llama.cpp's
+    /// arithmetic). Decode only; not faster than `Exact` where `Exact` rounds
+    /// to int16, whose products are closer to the float model.
     Q8,
 }
 
