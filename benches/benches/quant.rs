@@ -1,13 +1,13 @@
 //! Decode matrix-vector products on every weight format (GGML blocks and
-//! f32/f16/bf16), at every SIMD level this CPU has, in both dot modes: weight
-//! bytes streamed per second (criterion prints GB/s from `Throughput::Bytes`).
+//! f32/f16/bf16), at every SIMD level this CPU has: weight bytes streamed per
+//! second (criterion prints GB/s from `Throughput::Bytes`).
 //!
 //! Quick run: `cargo bench -p patchbay-benches --bench quant -- --warm-up-time 1 --measurement-time 2`
 
 #![allow(missing_docs)] // criterion_group! generates undocumented items.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use patchbay_primitives::quant::{matmul_q, matvec_q, DotMode, QuantizedActs};
+use patchbay_primitives::quant::{exact_rounds_activations, matmul_q, matvec_q};
 use patchbay_primitives::{DType, MatRef, Simd, Threads};
 
 /// Random blocks with finite, small f16 scales at the format's scale offsets;
@@ -70,45 +70,28 @@ fn bench_matvec(c: &mut Criterion) {
     let shapes = [(576, 1536), (896, 4864)];
     let mut g = c.benchmark_group("matvec_q");
     for s in Simd::available() {
+        let int16: Vec<String> = formats
+            .iter()
+            .filter(|d| exact_rounds_activations(s, **d))
+            .map(|d| d.to_string())
+            .collect();
         eprintln!(
-            "simd level {}, int8 kernel {}",
+            "simd level {}, int16 activations for {}",
             s.level(),
-            patchbay_primitives::quant::int_kernel_name(s)
+            int16.join(", ")
         );
         for dtype in formats {
             for (rows, cols) in shapes {
                 let w = weights(dtype, rows, cols);
                 let x: Vec<f32> = (0..cols).map(|i| (i as f32 * 0.1).sin()).collect();
                 let mut y = vec![0.0f32; rows];
-                let mut scratch = QuantizedActs::with_capacity(cols);
                 g.throughput(Throughput::Bytes(w.len() as u64));
                 for threads in [1, 2] {
                     let t = Threads::new(threads);
-                    let modes: &[DotMode] = if dtype.is_quantized() {
-                        &[DotMode::Exact, DotMode::Q8]
-                    } else {
-                        &[DotMode::Exact]
-                    };
-                    for &mode in modes {
-                        let id = format!("{}/{dtype}_{rows}x{cols}/{mode:?}/t{threads}", s.level());
-                        g.bench_function(BenchmarkId::from_parameter(id), |b| {
-                            b.iter(|| {
-                                matvec_q(
-                                    s,
-                                    &t,
-                                    dtype,
-                                    &w,
-                                    rows,
-                                    cols,
-                                    &x,
-                                    &mut y,
-                                    mode,
-                                    &mut scratch,
-                                )
-                                .unwrap()
-                            })
-                        });
-                    }
+                    let id = format!("{}/{dtype}_{rows}x{cols}/t{threads}", s.level());
+                    g.bench_function(BenchmarkId::from_parameter(id), |b| {
+                        b.iter(|| matvec_q(s, &t, dtype, &w, rows, cols, &x, &mut y).unwrap())
+                    });
                 }
             }
         }

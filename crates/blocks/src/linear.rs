@@ -2,7 +2,7 @@
 
 use patchbay_combinators::{check_in, Capacity, Ctx, Layer, LayerError, Node, Rows};
 use patchbay_primitives::gemm::{self, PackedW};
-use patchbay_primitives::quant::{self, DotMode};
+use patchbay_primitives::quant;
 use patchbay_primitives::{kernels, matmul, Act, DType, MatRef, ShapeError, Tensor};
 use std::sync::{Arc, OnceLock};
 
@@ -13,9 +13,9 @@ use crate::BlockError;
 /// GGML block format — and stays in the memory map.
 ///
 /// One row (decoding) streams the weights once; several rows (a prompt, or
-/// several sequences packed together) run a tiled matrix product. In exact
-/// mode (the default) both compute each output with the same operations, so a
-/// row's result is bit-identical whatever number of rows it is computed with.
+/// several sequences packed together) run a tiled matrix product. Both
+/// compute each output with the same operations, so a row's result is
+/// bit-identical whatever number of rows it is computed with.
 ///
 /// ```
 /// use patchbay_blocks::Linear;
@@ -36,7 +36,6 @@ pub struct Linear {
     bias: Option<Vec<f32>>,
     out_dim: usize,
     in_dim: usize,
-    mode: DotMode,
     order: SumOrder,
     name: &'static str,
     /// The weight packed for the plain-order kernel, on first use (shared by
@@ -116,18 +115,10 @@ impl Linear {
             bias,
             out_dim,
             in_dim,
-            mode: DotMode::Exact,
             order: SumOrder::Lanes,
             name: "Linear",
             packed: Arc::new(OnceLock::new()),
         })
-    }
-
-    /// Chooses how quantised weights meet activations: exact f32 math or int8
-    /// activations with integer dot products (faster, as llama.cpp does).
-    pub fn with_mode(mut self, mode: DotMode) -> Linear {
-        self.mode = mode;
-        self
     }
 
     /// Chooses the operation order of f32 products (other formats keep the
@@ -169,8 +160,7 @@ impl Linear {
         let (m, n, k) = (x.rows(), self.out_dim, self.in_dim);
         // Every exact path gives each output the same operations whatever `m`
         // is, so a row's result does not depend on the rows it is batched with
-        // (one sequence alone or packed with others). `DotMode::Q8` (int8
-        // activations, one row only) is the exception.
+        // (one sequence alone or packed with others).
         match (w.as_f32(), m) {
             (Some(wf), _) if self.order == SumOrder::Sequential => {
                 // Packed once and kept: every call after the first skips the
@@ -197,8 +187,6 @@ impl Linear {
                 k,
                 x.row(0),
                 y,
-                self.mode,
-                &mut ctx.scratch.quant(),
             )?,
             (None, _) => quant::matmul_q(
                 ctx.simd,

@@ -15,7 +15,6 @@ use patchbay_models::families::{self, BuildOptions, CausalLmVisitor, Kind, Model
 use patchbay_models::runners::embed::{Embedder, EmbedderOptions};
 use patchbay_models::runners::session::first_non_finite;
 use patchbay_models::ModelSource;
-use patchbay_primitives::quant::DotMode;
 use patchbay_primitives::{kernels, Act, Simd, Threads};
 
 /// Arguments of `patchbay bench`.
@@ -36,13 +35,6 @@ pub struct BenchArgs {
     /// Worker thread counts, comma-separated (0 = one per core).
     #[arg(short = 't', long, value_delimiter = ',', default_value = "0", value_parser = crate::common::count, allow_negative_numbers = true)]
     pub threads: Vec<usize>,
-    /// Int8 activations for quantised weights when decoding (as `generate
-    /// --fast`, no faster than the default); the
-    /// default is the exact path that `generate` uses by default (f32
-    /// activations, or int16 ones for Q8_0, Q5_0, Q4_1, Q4_K and Q6_K on AVX-512
-    /// VNNI and for all of them but Q8_0 on AVX2).
-    #[arg(long)]
-    pub fast: bool,
     /// Print every sample as JSON (one array of records) instead of the table.
     #[arg(long)]
     pub json: bool,
@@ -73,7 +65,6 @@ struct Record {
     file_bytes: u64,
     threads: usize,
     simd: String,
-    mode: &'static str,
     test: String,
     /// Throughput per repetition (tokens/s, or sentences/s for `embed`).
     samples: Vec<f64>,
@@ -99,7 +90,6 @@ impl Record {
         model: &str,
         file_bytes: u64,
         threads: usize,
-        mode: &'static str,
         test: String,
         samples: Vec<f64>,
         unit: &'static str,
@@ -110,7 +100,6 @@ impl Record {
             file_bytes,
             threads,
             simd: Simd::detect().level().to_string(),
-            mode,
             test,
             samples,
             unit,
@@ -131,15 +120,8 @@ impl Record {
             _ => " | ".to_owned(),
         };
         format!(
-            "| {} | {} | {} | {} | {} | {:.2} ± {:.2} {} | {share} |",
-            self.model,
-            self.threads,
-            self.simd,
-            self.mode,
-            self.test,
-            self.mean,
-            self.stddev,
-            self.unit
+            "| {} | {} | {} | {} | {:.2} ± {:.2} {} | {share} |",
+            self.model, self.threads, self.simd, self.test, self.mean, self.stddev, self.unit
         )
     }
 }
@@ -171,7 +153,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let mut records = Vec::new();
     let mut probes: Vec<(usize, f64)> = Vec::new();
     if !args.json {
-        outln!("| model | threads | simd | mode | test | throughput | GB/s | of probe |\n|---|---|---|---|---|---|---|---|");
+        outln!("| model | threads | simd | test | throughput | GB/s | of probe |\n|---|---|---|---|---|---|---|");
     }
     for (path, source, kind) in &models {
         let name = path
@@ -334,7 +316,6 @@ fn bench_encoder(
         name,
         file_bytes,
         embedder.threads(),
-        "exact",
         test,
         samples,
         "sentences/s",
@@ -365,11 +346,6 @@ fn bench_causal(
         );
     }
     let opts = BuildOptions {
-        dot_mode: if args.fast {
-            DotMode::Q8
-        } else {
-            DotMode::Exact
-        },
         max_context: ctx_len.max(1),
         plan: None,
     };
@@ -413,18 +389,9 @@ impl CausalLmVisitor for Bench<'_> {
             .map(|i| ((i as u64 * 2_654_435_761 + 12345) % vocab as u64) as u32)
             .collect();
         let reps = args.repetitions.max(1);
-        let mode = if args.fast { "q8" } else { "exact" };
         let mut records = Vec::new();
         let record = |test: String, samples: Vec<f64>| {
-            Record::new(
-                name,
-                file_bytes,
-                threads.count(),
-                mode,
-                test,
-                samples,
-                "t/s",
-            )
+            Record::new(name, file_bytes, threads.count(), test, samples, "t/s")
         };
         if args.n_prompt > 0 {
             let x = Act::from_tokens(&ids[..args.n_prompt]);

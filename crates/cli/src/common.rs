@@ -55,10 +55,6 @@ pub struct ModelArgs {
     /// kernels are batch-invariant); only speed and scratch memory do.
     #[arg(long, default_value_t = 512, value_parser = crate::common::positive, allow_negative_numbers = true)]
     pub batch: usize,
-    /// Int8 activations for quantised weights when decoding (llama.cpp's
-    /// arithmetic: less exact, and no faster than the default).
-    #[arg(long)]
-    pub fast: bool,
     /// Re-wire the decoder layers: drop, repeat, re-order, run in parallel
     /// (e.g. `0-9,11-29`, `0-4,5x3,6-29`, `0-9,(10|11),12-29`; see below).
     #[arg(long, value_name = "PLAN")]
@@ -160,9 +156,6 @@ pub fn with_session<J: SessionJob<Output = Result<()>>>(
         sampler,
         ..SessionOptions::default()
     };
-    if args.fast {
-        opts.build.dot_mode = patchbay_primitives::quant::DotMode::Q8;
-    }
     if args.layers.is_some() {
         let source = families::open(&path)?;
         opts.build.plan = parse_plan(args.layers.as_deref(), &source)?;

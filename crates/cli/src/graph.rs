@@ -45,7 +45,6 @@ pub fn run(args: &GraphArgs) -> Result<()> {
         plan: common::parse_plan(args.layers.as_deref(), &source)?,
         // Only the tables are sized by it: keep them small.
         max_context: 16,
-        ..BuildOptions::default()
     };
     let node = families::with_model(&source, &opts, Describe)?;
     let text = graph::render(&node, args.format);

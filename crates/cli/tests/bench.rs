@@ -93,8 +93,8 @@ fn table_shows_mean_stddev_and_the_bandwidth_share() {
     assert_eq!(rows.len(), 4, "two models x (pp, tg): {out}");
     for row in rows {
         let cells: Vec<&str> = row.split('|').map(str::trim).collect();
-        // | model | threads | simd | mode | test | throughput | GB/s | of probe |
-        let (mean, sd) = cells[6]
+        // | model | threads | simd | test | throughput | GB/s | of probe |
+        let (mean, sd) = cells[5]
             .trim_end_matches(" t/s")
             .split_once(" ± ")
             .unwrap_or_else(|| panic!("mean ± sd in {row}"));
@@ -102,12 +102,12 @@ fn table_shows_mean_stddev_and_the_bandwidth_share() {
             mean.parse::<f64>().unwrap() > 0.0 && sd.parse::<f64>().unwrap() >= 0.0,
             "{row}"
         );
-        if cells[5] == "tg4" {
-            let bw: f64 = cells[7].parse().unwrap();
-            let share: f64 = cells[8].trim_end_matches('%').parse().unwrap();
+        if cells[4] == "tg4" {
+            let bw: f64 = cells[6].parse().unwrap();
+            let share: f64 = cells[7].trim_end_matches('%').parse().unwrap();
             assert!(bw > 0.0 && share > 0.0, "{row}");
         } else {
-            assert!(cells[7].is_empty() && cells[8].is_empty(), "{row}");
+            assert!(cells[6].is_empty() && cells[7].is_empty(), "{row}");
         }
     }
     let probe = out

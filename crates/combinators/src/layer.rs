@@ -2,7 +2,6 @@
 
 use std::cell::RefCell;
 
-use patchbay_primitives::quant::QuantizedActs;
 use patchbay_primitives::{Act, ShapeError, Simd, Threads};
 
 /// Why a forward pass could not run.
@@ -247,7 +246,6 @@ pub enum Rows {
 #[derive(Debug, Default)]
 pub struct Scratch {
     acts: RefCell<Vec<Act>>,
-    quant: RefCell<Vec<QuantizedActs>>,
     vecs: RefCell<Vec<Vec<f32>>>,
 }
 
@@ -266,15 +264,6 @@ impl Scratch {
         }
     }
 
-    /// Borrows a buffer for quantised activations.
-    pub fn quant(&self) -> Borrowed<'_, QuantizedActs> {
-        let buf = self.quant.borrow_mut().pop().unwrap_or_default();
-        Borrowed {
-            pool: &self.quant,
-            buf: Some(buf),
-        }
-    }
-
     /// Borrows a plain f32 vector (cleared).
     pub fn vec(&self) -> Borrowed<'_, Vec<f32>> {
         let mut buf = self.vecs.borrow_mut().pop().unwrap_or_default();
@@ -287,7 +276,7 @@ impl Scratch {
 
     /// Buffers currently in the pool (not lent out), of all kinds.
     pub fn pooled(&self) -> usize {
-        self.acts.borrow().len() + self.quant.borrow().len() + self.vecs.borrow().len()
+        self.acts.borrow().len() + self.vecs.borrow().len()
     }
 
     /// Bytes reserved by the pooled buffers (for memory reports).

@@ -24,7 +24,7 @@ use patchbay_models::runners::convert::{
     convert, to_safetensors, ConvertError, ConvertOptions, ExportDType,
 };
 use patchbay_models::tokenizer::Tokenizer;
-use patchbay_primitives::quant::{exact_rounds_activations, DotMode};
+use patchbay_primitives::quant::exact_rounds_activations;
 use patchbay_primitives::{Act, DType, Simd, Threads};
 use support::golden::{self, GoldenCase};
 
@@ -70,7 +70,6 @@ fn converted_smollm2_matches_the_gguf_and_the_goldens() {
     let files = to_safetensors(&gguf, &dir, ExportDType::F32).unwrap();
     assert_eq!(files.len(), 4);
     let opts = BuildOptions {
-        dot_mode: DotMode::Exact,
         max_context: 512,
         plan: None,
     };
@@ -141,7 +140,6 @@ fn converted_gemma3_matches_the_gguf() {
     assert_eq!(config["architectures"][0], "Gemma3ForCausalLM");
     assert_eq!(config["tie_word_embeddings"], true);
     let opts = BuildOptions {
-        dot_mode: DotMode::Exact,
         max_context: 512,
         plan: None,
     };
@@ -295,7 +293,6 @@ fn converted_stories260k_matches_llama2c() {
     }
 
     let opts = BuildOptions {
-        dot_mode: DotMode::Exact,
         max_context: 512,
         plan: None,
     };

@@ -1,22 +1,20 @@
 //! Determinism (DESIGN.md principle 5): the same logits, bit for bit, with 1 or
-//! 2 threads; and, on the default (exact) path, processing a prompt in one
-//! batch gives the same bits as processing it token by token.
+//! 2 threads; and processing a prompt in one batch gives the same bits as
+//! processing it token by token.
 
 use patchbay_combinators::{Capacity, Ctx, Layer};
 use patchbay_models::catalog;
 use patchbay_models::families::llama::{self, LlamaNet};
 use patchbay_models::families::{BuildOptions, Model};
 use patchbay_models::formats::source::ModelSource;
-use patchbay_primitives::quant::DotMode;
 use patchbay_primitives::{Act, Simd, Threads};
 
-fn load(name: &str, mode: DotMode) -> Model<LlamaNet> {
+fn load(name: &str) -> Model<LlamaNet> {
     let path = catalog::resolve_model(name).unwrap_or_else(|e| panic!("{e}"));
     let source = ModelSource::open(path).unwrap();
     llama::build(
         &source,
         &BuildOptions {
-            dot_mode: mode,
             max_context: 64,
             plan: None,
         },
@@ -53,23 +51,21 @@ fn logits(model: &Model<LlamaNet>, threads: usize, batch: bool) -> Vec<f32> {
 
 #[test]
 fn logits_are_bit_identical_for_one_and_two_threads() {
-    for mode in [DotMode::Exact, DotMode::Q8] {
-        let model = load("smollm2-135m", mode);
-        for batch in [true, false] {
-            let (a, b) = (logits(&model, 1, batch), logits(&model, 2, batch));
-            assert!(
-                a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()),
-                "{mode:?} batch={batch}: 1 and 2 threads differ"
-            );
-        }
+    let model = load("smollm2-135m");
+    for batch in [true, false] {
+        let (a, b) = (logits(&model, 1, batch), logits(&model, 2, batch));
+        assert!(
+            a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()),
+            "batch={batch}: 1 and 2 threads differ"
+        );
     }
 }
 
 #[test]
 fn batch_and_token_by_token_are_bit_identical() {
-    // Exact mode: every output element is reduced in one fixed order, whether
-    // its row is computed in a matrix product or alone (batch-invariant kernels).
-    let model = load("smollm2-135m", DotMode::Exact);
+    // Every output element is reduced in one fixed order, whether its row is
+    // computed in a matrix product or alone (batch-invariant kernels).
+    let model = load("smollm2-135m");
     let (a, b) = (logits(&model, 2, true), logits(&model, 2, false));
     let differ = a
         .iter()

@@ -9,7 +9,6 @@ use patchbay_models::error::ModelError;
 use patchbay_models::families::Weights;
 use patchbay_models::formats::gguf::Value;
 use patchbay_models::formats::source::ModelSource;
-use patchbay_primitives::quant::DotMode;
 use patchbay_primitives::DType;
 use support::gguf_writer::{to_bytes, TensorData};
 
@@ -68,7 +67,7 @@ impl Drop for Fixture {
 fn fused_projections_stack_rows_in_order_and_mismatches_are_refused() {
     let fixture = Fixture::new();
     let source = ModelSource::open(&fixture.path).unwrap();
-    let w = Weights::new(&source, DotMode::Exact);
+    let w = Weights::new(&source);
     let file = fixture.path.display().to_string();
 
     // Rows of p then q, no bias.

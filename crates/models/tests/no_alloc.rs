@@ -10,7 +10,6 @@ use patchbay_models::catalog;
 use patchbay_models::families::llama;
 use patchbay_models::families::BuildOptions;
 use patchbay_models::formats::source::ModelSource;
-use patchbay_primitives::quant::DotMode;
 use patchbay_primitives::{Act, Simd, Threads};
 
 struct Counting;
@@ -42,45 +41,42 @@ static GLOBAL: Counting = Counting;
 fn decoding_steps_do_not_allocate() {
     let path = catalog::resolve_model("smollm2-135m").unwrap_or_else(|e| panic!("{e}"));
     let source = ModelSource::open(path).unwrap();
-    for mode in [DotMode::Q8, DotMode::Exact] {
-        let model = llama::build(
-            &source,
-            &BuildOptions {
-                dot_mode: mode,
-                max_context: 128,
-                plan: None,
-            },
-        )
-        .unwrap();
-        let cfg = SamplerConfig {
-            temperature: 0.8,
-            repeat_penalty: 1.1,
-            ..SamplerConfig::default()
-        };
-        let sampler = Sampler::new(model.info.vocab, cfg).unwrap();
-        let decoder = Loop::autoregressive(Series::new(&model.net, sampler), 64);
-        for threads in [1, 2] {
-            let threads = Threads::new(threads);
-            let scratch = patchbay_combinators::Scratch::new();
-            let ctx = Ctx::new(Simd::detect(), &threads, &scratch);
-            let mut st = decoder.new_state(Capacity::new(8, 128));
-            let prompt = Act::from_tokens(&[504, 3575, 282, 4649, 314]);
-            let mut counts = Vec::with_capacity(64);
-            decoder
-                .run(&prompt, &mut st, &ctx, 40, |step, _| {
-                    counts.push(ALLOCATIONS.load(Ordering::Relaxed));
-                    let _ = step;
-                    Step::Continue
-                })
-                .unwrap();
-            // Steps 0-3 may size lazily-grown scratch; from then on, nothing.
-            let steady = counts[39] - counts[4];
-            assert_eq!(
-                steady,
-                0,
-                "{mode:?}, {} threads: {steady} allocations in 35 decode steps",
-                threads.count()
-            );
-        }
+    let model = llama::build(
+        &source,
+        &BuildOptions {
+            max_context: 128,
+            plan: None,
+        },
+    )
+    .unwrap();
+    let cfg = SamplerConfig {
+        temperature: 0.8,
+        repeat_penalty: 1.1,
+        ..SamplerConfig::default()
+    };
+    let sampler = Sampler::new(model.info.vocab, cfg).unwrap();
+    let decoder = Loop::autoregressive(Series::new(&model.net, sampler), 64);
+    for threads in [1, 2] {
+        let threads = Threads::new(threads);
+        let scratch = patchbay_combinators::Scratch::new();
+        let ctx = Ctx::new(Simd::detect(), &threads, &scratch);
+        let mut st = decoder.new_state(Capacity::new(8, 128));
+        let prompt = Act::from_tokens(&[504, 3575, 282, 4649, 314]);
+        let mut counts = Vec::with_capacity(64);
+        decoder
+            .run(&prompt, &mut st, &ctx, 40, |step, _| {
+                counts.push(ALLOCATIONS.load(Ordering::Relaxed));
+                let _ = step;
+                Step::Continue
+            })
+            .unwrap();
+        // Steps 0-3 may size lazily-grown scratch; from then on, nothing.
+        let steady = counts[39] - counts[4];
+        assert_eq!(
+            steady,
+            0,
+            "{} threads: {steady} allocations in 35 decode steps",
+            threads.count()
+        );
     }
 }

@@ -18,7 +18,6 @@ fn opts(plan: Option<&str>, n_layers: usize) -> BuildOptions {
     BuildOptions {
         max_context: 64,
         plan: plan.map(|p| Plan::parse(p, n_layers).unwrap()),
-        ..BuildOptions::default()
     }
 }
 

@@ -51,7 +51,6 @@ fn models(s: &Setup, plans: &[Option<Plan>], ctx: usize) -> Vec<Model<llama::Lla
             let opts = BuildOptions {
                 max_context: ctx,
                 plan: p.clone(),
-                ..BuildOptions::default()
             };
             llama::build(&source, &opts).unwrap()
         })

@@ -13,7 +13,6 @@ use patchbay_models::error::ModelError;
 use patchbay_models::families::{self, llama};
 use patchbay_models::formats::gguf::Value;
 use patchbay_models::formats::source::RopeScaling;
-use patchbay_primitives::quant::DotMode;
 use patchbay_primitives::{Act, Simd, Threads};
 use serde_json::json;
 use support::gguf_writer::{f32_bytes, to_bytes, TensorData};
@@ -146,7 +145,6 @@ fn logits(path: &Path) -> Result<Vec<f32>, ModelError> {
     let model = llama::build(
         &source,
         &patchbay_models::families::BuildOptions {
-            dot_mode: DotMode::Exact,
             max_context: CTX,
             plan: None,
         },

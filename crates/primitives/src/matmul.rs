@@ -24,7 +24,7 @@
 //! or packed with other sequences' rows, and for any thread count: the work is
 //! cut along `n` (weight rows) into blocks and each output is computed by
 //! exactly one thread. The quantised products (`quant::matmul_q`,
-//! `quant::matvec_q` in exact mode) run the same kernel on exactly
+//! `quant::matvec_q`) run the same kernel on exactly
 //! dequantised weights, so they follow the same order too. faer is no longer
 //! used: its blocking depends on the shape, so its rows do not have this
 //! property.

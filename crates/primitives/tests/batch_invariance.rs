@@ -11,8 +11,7 @@
 
 use patchbay_primitives::matmul::{matmul, matvec};
 use patchbay_primitives::quant::{
-    dequantize_row_at, exact_rounding_bound, exact_rounds_activations, matmul_q, matvec_q, DotMode,
-    QuantizedActs,
+    dequantize_row_at, exact_rounding_bound, exact_rounds_activations, matmul_q, matvec_q,
 };
 use patchbay_primitives::{DType, MatRef, Simd, Threads};
 use proptest::prelude::*;
@@ -207,20 +206,7 @@ fn q_matvec(
     x: &[f32],
 ) -> Vec<f32> {
     let mut y = vec![f32::NAN; n];
-    let mut scratch = QuantizedActs::new();
-    matvec_q(
-        s,
-        t,
-        dtype,
-        w,
-        n,
-        k,
-        x,
-        &mut y,
-        DotMode::Exact,
-        &mut scratch,
-    )
-    .unwrap();
+    matvec_q(s, t, dtype, w, n, k, x, &mut y).unwrap();
     y
 }
 
@@ -466,20 +452,7 @@ fn empty_rows_give_zeros() {
             assert!(y.iter().all(|v| *v == 0.0), "matmul m={m}: {y:?}");
         }
         let mut y = vec![f32::NAN; 5];
-        let mut scratch = QuantizedActs::new();
-        matvec_q(
-            s,
-            &t,
-            DType::F32,
-            &[],
-            5,
-            0,
-            &[],
-            &mut y,
-            DotMode::Exact,
-            &mut scratch,
-        )
-        .unwrap();
+        matvec_q(s, &t, DType::F32, &[], 5, 0, &[], &mut y).unwrap();
         assert!(y.iter().all(|v| *v == 0.0), "matvec_q: {y:?}");
     }
 }

@@ -3,8 +3,7 @@
 //! float64 references, and thread-count independence of matvec/matmul.
 
 use patchbay_primitives::quant::{
-    self, dequantize_row, dequantize_row_at, dot_row, dot_row_q8, matmul_q, matvec_q,
-    quantize_acts, quantize_row, DotMode, QuantizedActs,
+    dequantize_row, dequantize_row_at, dot_row, matmul_q, matvec_q, quantize_row,
 };
 use patchbay_primitives::{DType, MatRef, Simd, Threads};
 use proptest::prelude::*;
@@ -229,41 +228,6 @@ proptest! {
         }
     }
 
-    /// dot_row_q8 (integer math) at every level vs f64 dot of the dequantised row
-    /// with the dequantised int8 activations. Tolerance: 2e-5 * sum |w_i xq_i|.
-    #[test]
-    fn dot_row_q8_matches_f64(seed in any::<u64>(), blocks in 1usize..48) {
-        let mut rng = Rng(seed);
-        for dtype in ALL {
-            // Odd block counts too (a 576-wide row is 18 blocks of 32, 9 pairs).
-            let nb = if dtype.block_len() == 256 { blocks.div_ceil(6) } else { blocks * 2 - (seed % 2) as usize };
-            let n = row_len(dtype, nb);
-            let row = random_blocks(&mut rng, dtype, n / dtype.block_len());
-            let x = random_x(&mut rng, n);
-            let w = deq(dtype, &row, n);
-            for s in Simd::available() {
-                let mut xq = QuantizedActs::new();
-                quantize_acts(s, &x, dtype, &mut xq);
-                prop_assert_eq!(xq.len(), n);
-                let xd: Vec<f64> = (0..n).map(|i| xq.value(i) as f64).collect();
-                // The activations themselves lose at most half a step per block.
-                let bl = if dtype.is_quantized() { dtype.block_len().max(32) } else { n };
-                for (xb, qb) in x.chunks(bl).zip(xd.chunks(bl)) {
-                    let amax = xb.iter().fold(0.0f32, |a, v| a.max(v.abs())) as f64;
-                    for (a, b) in xb.iter().zip(qb) {
-                        prop_assert!((*a as f64 - b).abs() <= amax / 127.0 * 0.5001 + 1e-30);
-                    }
-                }
-                let want: f64 = w.iter().zip(&xd).map(|(a, b)| *a as f64 * b).sum();
-                let mag: f64 = w.iter().zip(&xd).map(|(a, b)| (*a as f64 * b).abs()).sum();
-                let got = dot_row_q8(s, dtype, &row, &xq) as f64;
-                prop_assert!((got - want).abs() <= 2e-5 * mag + 1e-30,
-                    "{dtype} {s:?} ({}) n={n}: {got} vs {want} (mag {mag})",
-                    quant::int_kernel_name(s));
-            }
-        }
-    }
-
     /// quantize -> dequantize stays within one quantisation step per value.
     #[test]
     fn quantize_round_trip_within_a_step(seed in any::<u64>(), blocks in 1usize..20) {
@@ -345,47 +309,21 @@ fn matvec_is_bit_identical_for_any_thread_count_and_matches_dot_row() {
         let x = random_x(&mut rng, cols);
         let rb = dtype.bytes_for(cols).unwrap();
         for s in Simd::available() {
-            for mode in [DotMode::Exact, DotMode::Q8] {
-                let mut first: Option<Vec<f32>> = None;
-                for t in [1, 2, 3] {
-                    let mut y = vec![0.0; rows];
-                    let mut scratch = QuantizedActs::new();
-                    matvec_q(
-                        s,
-                        &Threads::new(t),
-                        dtype,
-                        &w,
-                        rows,
-                        cols,
-                        &x,
-                        &mut y,
-                        mode,
-                        &mut scratch,
-                    )
-                    .unwrap();
-                    match &first {
-                        None => first = Some(y),
-                        Some(f) => assert!(
-                            f.iter().zip(&y).all(|(a, b)| a.to_bits() == b.to_bits()),
-                            "{dtype} {s:?} {mode:?}: thread count {t} changed the result"
-                        ),
-                    }
+            let mut first: Option<Vec<f32>> = None;
+            for t in [1, 2, 3] {
+                let mut y = vec![0.0; rows];
+                matvec_q(s, &Threads::new(t), dtype, &w, rows, cols, &x, &mut y).unwrap();
+                match &first {
+                    None => first = Some(y),
+                    Some(f) => assert!(
+                        f.iter().zip(&y).all(|(a, b)| a.to_bits() == b.to_bits()),
+                        "{dtype} {s:?}: thread count {t} changed the result"
+                    ),
                 }
-                let y = first.unwrap();
-                let mut xq = QuantizedActs::new();
-                quantize_acts(s, &x, dtype, &mut xq);
-                for (r, yv) in y.iter().enumerate() {
-                    let row = &w[r * rb..(r + 1) * rb];
-                    let want = match mode {
-                        DotMode::Exact => dot_row(s, dtype, row, &x),
-                        DotMode::Q8 => dot_row_q8(s, dtype, row, &xq),
-                    };
-                    assert_eq!(
-                        yv.to_bits(),
-                        want.to_bits(),
-                        "{dtype} {s:?} {mode:?} row {r}"
-                    );
-                }
+            }
+            for (r, yv) in first.unwrap().iter().enumerate() {
+                let want = dot_row(s, dtype, &w[r * rb..(r + 1) * rb], &x);
+                assert_eq!(yv.to_bits(), want.to_bits(), "{dtype} {s:?} row {r}");
             }
         }
     }
@@ -398,110 +336,23 @@ fn matvec_checks_shapes() {
     let w = vec![0u8; 4 * 20];
     let x = vec![0.0; 32];
     let mut y = vec![0.0; 4];
-    let mut sc = QuantizedActs::new();
-    assert!(matvec_q(
-        s,
-        &t,
-        DType::Q4_1,
-        &w,
-        4,
-        32,
-        &x,
-        &mut y,
-        DotMode::Q8,
-        &mut sc
-    )
-    .is_ok());
-    assert!(matvec_q(
-        s,
-        &t,
-        DType::Q4_1,
-        &w,
-        4,
-        31,
-        &x,
-        &mut y,
-        DotMode::Q8,
-        &mut sc
-    )
-    .is_err());
-    assert!(matvec_q(
-        s,
-        &t,
-        DType::Q4_1,
-        &w[1..],
-        4,
-        32,
-        &x,
-        &mut y,
-        DotMode::Q8,
-        &mut sc
-    )
-    .is_err());
-    assert!(matvec_q(
-        s,
-        &t,
-        DType::Q4_1,
-        &w,
-        4,
-        32,
-        &x[1..],
-        &mut y,
-        DotMode::Q8,
-        &mut sc
-    )
-    .is_err());
-    assert!(matvec_q(
-        s,
-        &t,
-        DType::Q4_1,
-        &w,
-        4,
-        32,
-        &x,
-        &mut y[1..],
-        DotMode::Q8,
-        &mut sc
-    )
-    .is_err());
+    let mv = |w: &[u8], cols: usize, x: &[f32], y: &mut [f32]| {
+        matvec_q(s, &t, DType::Q4_1, w, 4, cols, x, y)
+    };
+    assert!(mv(&w, 32, &x, &mut y).is_ok());
+    assert!(mv(&w, 31, &x, &mut y).is_err());
+    assert!(mv(&w[1..], 32, &x, &mut y).is_err());
+    assert!(mv(&w, 32, &x[1..], &mut y).is_err());
+    assert!(mv(&w, 32, &x, &mut y[1..]).is_err());
     let mut sm = Vec::new();
     let xm = MatRef::new(&x, 1, 32).unwrap();
     assert!(matmul_q(s, &t, DType::Q4_1, &w, 4, 32, xm, &mut y, &mut sm).is_ok());
     assert!(matmul_q(s, &t, DType::Q4_1, &w, 4, 32, xm, &mut y[1..], &mut sm).is_err());
 }
 
-#[test]
-fn quantize_acts_reuses_its_buffers() {
-    let s = Simd::detect();
-    let x: Vec<f32> = (0..1024).map(|i| (i as f32 * 0.37).sin()).collect();
-    let mut xq = QuantizedActs::new();
-    quantize_acts(s, &x, DType::Q4_K, &mut xq);
-    quantize_acts(s, &x, DType::Q8_0, &mut xq);
-    let p = xq.quants().as_ptr();
-    for dt in [DType::Q4_K, DType::Q8_0, DType::Q6_K] {
-        quantize_acts(s, &x, dt, &mut xq);
-        assert_eq!(xq.quants().as_ptr(), p, "reallocated for {dt}");
-    }
-}
-
-#[test]
-fn int_kernel_follows_the_simd_level() {
-    for s in Simd::available() {
-        let name = quant::int_kernel_name(s);
-        match s.level() {
-            patchbay_primitives::Level::Scalar => assert_eq!(name, "scalar"),
-            patchbay_primitives::Level::Avx2 => assert_eq!(name, "avx2"),
-            patchbay_primitives::Level::Avx512 => assert!(name == "vnni" || name == "avx2"),
-        }
-    }
-    if std::env::var("PATCHBAY_SIMD").is_ok_and(|v| v == "scalar") {
-        assert_eq!(quant::int_kernel_name(Simd::detect()), "scalar");
-    }
-}
-
 /// The decode path (`matvec_q`, one activation row) agrees with the prefill
 /// path (`matmul_q` on that one row) and with f64 references, for every format,
-/// at every SIMD level, in both dot modes, on 1-3 threads, at the widths real
+/// at every SIMD level, on 1-3 threads, at the widths real
 /// models have: 576 (18 blocks of 32, i.e. 9 pairs of 64), 640, 96 (3 blocks)
 /// and, for the K-quants, 768 and 256. The row counts split into several
 /// thread chunks with a ragged last chunk (4099 rows: chunks of 528 on two
@@ -510,9 +361,8 @@ fn int_kernel_follows_the_simd_level() {
 /// 49152 x 576.
 ///
 /// Bounds: each result within 2e-5 * sum |w_i x_i| of the f64 dot product of
-/// the dequantised row with `x` (Exact mode, `matmul_q`) or with the
-/// dequantised int8 activations (Q8 mode); so `matvec_q` (Exact) and
-/// `matmul_q` are within 4e-5 * sum |w_i x_i| of each other. Results are
+/// the dequantised row with `x` (plus the int16 rounding of the activations
+/// where the level rounds them); so `matvec_q` and `matmul_q` are within 4e-5 * sum |w_i x_i| of each other. Results are
 /// bit-identical for every thread count.
 #[test]
 fn matvec_q_equals_matmul_q_row_and_f64_at_model_shapes() {
@@ -550,25 +400,20 @@ fn matvec_q_equals_matmul_q_row_and_f64_at_model_shapes() {
         }
         let case = format!("{dtype} {rows}x{cols}");
         for s in Simd::available() {
-            let run = |mode: DotMode| {
-                let mut out: Option<Vec<f32>> = None;
-                for th in &pools {
-                    let mut y = vec![f32::NAN; rows];
-                    let mut scratch = QuantizedActs::new();
-                    matvec_q(s, th, dtype, &w, rows, cols, &x, &mut y, mode, &mut scratch).unwrap();
-                    match &out {
-                        None => out = Some(y),
-                        Some(f) => assert!(
-                            bits(f) == bits(&y),
-                            "{case} {s:?} {mode:?}: {} threads changed matvec_q",
-                            th.count()
-                        ),
-                    }
+            let mut y_exact: Option<Vec<f32>> = None;
+            for th in &pools {
+                let mut y = vec![f32::NAN; rows];
+                matvec_q(s, th, dtype, &w, rows, cols, &x, &mut y).unwrap();
+                match &y_exact {
+                    None => y_exact = Some(y),
+                    Some(f) => assert!(
+                        bits(f) == bits(&y),
+                        "{case} {s:?}: {} threads changed matvec_q",
+                        th.count()
+                    ),
                 }
-                out.unwrap()
-            };
-            let y_exact = run(DotMode::Exact);
-            let y_q8 = run(DotMode::Q8);
+            }
+            let y_exact = y_exact.unwrap();
             let mut y_mm: Option<Vec<f32>> = None;
             for th in &pools {
                 let mut y = vec![f32::NAN; rows];
@@ -584,9 +429,6 @@ fn matvec_q_equals_matmul_q_row_and_f64_at_model_shapes() {
                 }
             }
             let y_mm = y_mm.unwrap();
-            let mut xq = QuantizedActs::new();
-            quantize_acts(s, &x, dtype, &mut xq);
-            let xd: Vec<f64> = (0..cols).map(|i| xq.value(i) as f64).collect();
             for r in 0..rows {
                 let (want, mag) = want_x[r];
                 let mut tol = 2e-5 * mag + 1e-30;
@@ -598,35 +440,12 @@ fn matvec_q_equals_matmul_q_row_and_f64_at_model_shapes() {
                 let (ge, gm) = (y_exact[r] as f64, y_mm[r] as f64);
                 assert!(
                     (ge - want).abs() <= tol,
-                    "{case} {s:?} row {r}: matvec_q (Exact) {ge} vs f64 {want} (mag {mag})"
+                    "{case} {s:?} row {r}: matvec_q {ge} vs f64 {want} (mag {mag})"
                 );
                 assert!(
                     (gm - want).abs() <= tol,
                     "{case} {s:?} row {r}: matmul_q {gm} vs f64 {want} (mag {mag})"
                 );
-                if dtype.is_quantized() {
-                    dequantize_row_at(Simd::scalar(), dtype, &w[r * rb..(r + 1) * rb], &mut wrow)
-                        .unwrap();
-                    let (mut wq, mut mq) = (0.0f64, 0.0f64);
-                    for (a, b) in wrow.iter().zip(&xd) {
-                        let p = *a as f64 * b;
-                        wq += p;
-                        mq += p.abs();
-                    }
-                    let g = y_q8[r] as f64;
-                    assert!(
-                        (g - wq).abs() <= 2e-5 * mq + 1e-30,
-                        "{case} {s:?} ({}) row {r}: matvec_q (Q8) {g} vs f64 {wq} (mag {mq})",
-                        quant::int_kernel_name(s)
-                    );
-                } else {
-                    // Float weights have no integer path: Q8 mode is Exact mode.
-                    assert_eq!(
-                        y_q8[r].to_bits(),
-                        y_exact[r].to_bits(),
-                        "{case} {s:?} row {r}"
-                    );
-                }
             }
         }
     }

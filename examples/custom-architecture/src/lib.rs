@@ -128,7 +128,7 @@
 //! Fusing *pairs* asks a sharper question: how much does layer `i + 1` need to
 //! see layer `i`'s output, and its own attention, rather than work on the
 //! same input in parallel? Perplexity on WikiText-2 (test; the first 8
-//! windows of 512 tokens, `DotMode::Exact`), trained SmolLM2-135M: 25.2.
+//! windows of 512 tokens), trained SmolLM2-135M: 25.2.
 //!
 //! | layers | fused pairs (this crate) | odd layers dropped | pairs as parallel layers, `Plan` `(i\|i+1)` |
 //! |---|---|---|---|
@@ -205,7 +205,7 @@ pub fn build(
     second: impl Fn(&Weights<'_>, usize) -> Result<SwiGlu, ModelError>,
 ) -> Result<Model<TwinNet>, ModelError> {
     let cfg = LlamaConfig::from_source(source)?;
-    let (w, n) = (Weights::new(source, opts.dot_mode), cfg.n_layers);
+    let (w, n) = (Weights::new(source), cfg.n_layers);
     if fused.start == 0 || fused.end >= n || fused.is_empty() || fused.len() % 2 == 1 {
         let e = format!("cannot fuse {fused:?}: need an even count, not the first or last layer");
         return Err(ModelError::Usage(e));

@@ -272,7 +272,7 @@ fn read_max_seq_length(dir: &Path) -> Result<Option<usize>, ModelError> {
 pub fn build(source: &ModelSource, opts: &BuildOptions) -> Result<Model<BertNet>, ModelError> {
     let cfg = BertConfig::from_source(source)?;
     check_shapes(source)?;
-    let w = Weights::new(source, opts.dot_mode);
+    let w = Weights::new(source);
     let (e, heads, eps) = (cfg.dim, cfg.heads, cfg.norm_eps);
     let layer_norm = |stem: &str| -> Result<LayerNorm, ModelError> {
         let wt = w.tensor_shaped(&format!("{stem}.weight"), &[e])?;

@@ -6,7 +6,6 @@
 //! the tensor.
 
 use patchbay_blocks::{BlockError, Embedding, Linear, RmsNorm};
-use patchbay_primitives::quant::DotMode;
 use std::sync::Arc;
 
 use patchbay_primitives::{Storage, Tensor};
@@ -19,22 +18,20 @@ use crate::formats::source::ModelSource;
 /// ```no_run
 /// use patchbay_models::families::Weights;
 /// use patchbay_models::formats::source::ModelSource;
-/// use patchbay_primitives::quant::DotMode;
 /// let source = ModelSource::open("models/SmolLM2-135M-Instruct.Q4_1.gguf").unwrap();
-/// let w = Weights::new(&source, DotMode::Exact);
+/// let w = Weights::new(&source);
 /// let up = w.linear("blk.3.ffn_up").unwrap();      // blk.3.ffn_up.weight (+ .bias if present)
 /// let norm = w.rms_norm("blk.3.ffn_norm.weight", 1e-5, 0.0).unwrap();
 /// ```
 #[derive(Debug, Clone, Copy)]
 pub struct Weights<'a> {
     source: &'a ModelSource,
-    mode: DotMode,
 }
 
 impl<'a> Weights<'a> {
-    /// Binds tensors of `source`; quantised projections run in `mode`.
-    pub fn new(source: &'a ModelSource, mode: DotMode) -> Weights<'a> {
-        Weights { source, mode }
+    /// Binds tensors of `source`.
+    pub fn new(source: &'a ModelSource) -> Weights<'a> {
+        Weights { source }
     }
 
     /// The source.
@@ -69,9 +66,7 @@ impl<'a> Weights<'a> {
             Some(b) => Some(self.f32_values(&bias_name, &b)?),
             None => None,
         };
-        Linear::new(w, b)
-            .map(|l| l.with_mode(self.mode))
-            .map_err(|e| self.error(stem, e))
+        Linear::new(w, b).map_err(|e| self.error(stem, e))
     }
 
     /// One projection whose output is those of `{stem}.weight` (and
@@ -153,16 +148,12 @@ impl<'a> Weights<'a> {
             vec![rows, cols],
         )
         .map_err(|e| self.error(name, e.into()))?;
-        Linear::new(fused, (with_bias != 0).then_some(biases))
-            .map(|l| l.with_mode(self.mode))
-            .map_err(|e| self.error(name, e))
+        Linear::new(fused, (with_bias != 0).then_some(biases)).map_err(|e| self.error(name, e))
     }
 
     /// A projection over an explicit weight tensor (tied heads).
     pub fn linear_from(&self, name: &str, weight: Tensor) -> Result<Linear, ModelError> {
-        Linear::new(weight, None)
-            .map(|l| l.with_mode(self.mode))
-            .map_err(|e| self.error(name, e))
+        Linear::new(weight, None).map_err(|e| self.error(name, e))
     }
 
     /// An RMS norm over tensor `name`; `offset` is added to every stored weight

@@ -29,7 +29,6 @@ use patchbay_blocks::{
     QkNorm, RmsNorm, Rope, SlidingWindow,
 };
 use patchbay_combinators::{residual, series, LayerExt, Residual, Stack};
-use patchbay_primitives::quant::DotMode;
 use patchbay_primitives::rope::{RopeLayout, RopeTable};
 
 use super::{BuildOptions, Family, Model, ModelInfo, Weights};
@@ -126,7 +125,7 @@ fn query_pre_attn_scalar(source: &ModelSource) -> Result<Option<f64>, ModelError
 /// Builds a Gemma 3 network from a GGUF or HF checkpoint.
 pub fn build(source: &ModelSource, opts: &BuildOptions) -> Result<Model<Gemma3Net>, ModelError> {
     let cfg = Gemma3Config::from_source(source)?;
-    let w = Weights::new(source, opts.dot_mode);
+    let w = Weights::new(source);
     let (e, hd, heads) = (cfg.dim, cfg.heads.head_dim, cfg.heads);
     let norm = |name: String| w.rms_norm(&name, cfg.rms_eps, cfg.norm_offset);
     let max_context = opts.max_context.min(cfg.context_length).max(1);
@@ -167,13 +166,7 @@ pub fn build(source: &ModelSource, opts: &BuildOptions) -> Result<Model<Gemma3Ne
         let mlp = geglu(
             w.linear(&format!("{p}.ffn_gate"))?,
             w.linear(&format!("{p}.ffn_up"))?,
-            // Exact in every mode: the down projection's input (GELU(gate) *
-            // up, 2048 wide) is the most heavy-tailed, and its int8 blocks of
-            // 256 cost one golden position (long/221) a log-prob error of 1.7
-            // against llama.cpp's worst 0.79 (0.55 with this one exact, for
-            // about 10% of `--fast` decode speed).
-            w.linear(&format!("{p}.ffn_down"))?
-                .with_mode(DotMode::Exact),
+            w.linear(&format!("{p}.ffn_down"))?,
         );
         let block = residual(
             norm(format!("{p}.attn_norm.weight"))?

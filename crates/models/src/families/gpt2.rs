@@ -267,11 +267,10 @@ pub(crate) fn layer_norm(
 /// Builds a GPT-2 network from an HF or GGUF checkpoint.
 pub fn build(source: &ModelSource, opts: &BuildOptions) -> Result<Model<Gpt2Net>, ModelError> {
     let cfg = Gpt2Config::from_source(source)?;
-    let w = Weights::new(source, opts.dot_mode);
+    let w = Weights::new(source);
     let (e, ff, heads) = (cfg.dim, cfg.n_ff, cfg.heads);
-    let mode = opts.dot_mode;
     let proj = |stem: String, out: usize, inp: usize, label: &'static str| {
-        projection(&w, &stem, out, inp, label).map(|l| l.with_mode(mode))
+        projection(&w, &stem, out, inp, label)
     };
     let mut layers = Vec::with_capacity(cfg.n_layers);
     for i in 0..cfg.n_layers {

@@ -161,7 +161,7 @@ pub fn build(source: &ModelSource, opts: &BuildOptions) -> Result<Model<LlamaNet
         });
     }
     check_shapes(source)?;
-    let w = Weights::new(source, opts.dot_mode);
+    let w = Weights::new(source);
     let heads = Heads::new(cfg.n_heads, cfg.n_kv_heads, cfg.head_dim)
         .map_err(|e| w.error("attention heads", e))?;
     let norm = |name: &str| w.rms_norm(name, cfg.rms_eps, 0.0);
@@ -251,7 +251,7 @@ impl LlamaConfig {
                         found: t.shape().to_vec(),
                     });
                 }
-                let v = Weights::new(source, Default::default()).f32_values(name, &t)?;
+                let v = Weights::new(source).f32_values(name, &t)?;
                 if let Some(bad) = v.iter().find(|x| !(x.is_finite() && **x > 0.0)) {
                     return Err(ModelError::bad_tensor(
                         source.path(),

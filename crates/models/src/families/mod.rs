@@ -28,7 +28,6 @@ pub use bind::Weights;
 use std::path::Path;
 
 use patchbay_combinators::{Layer, Plan};
-use patchbay_primitives::quant::DotMode;
 use patchbay_primitives::rope::RopeLayout;
 
 use crate::error::ModelError;
@@ -37,8 +36,6 @@ use crate::formats::source::{HParams, ModelSource, NameMap};
 /// Options for building a network.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BuildOptions {
-    /// How quantised weights meet activations.
-    pub dot_mode: DotMode,
     /// Longest context to prepare RoPE tables for (capped by the model's own).
     pub max_context: usize,
     /// A re-wiring of the decoder layers (`None`: as trained).
@@ -48,7 +45,6 @@ pub struct BuildOptions {
 impl Default for BuildOptions {
     fn default() -> Self {
         BuildOptions {
-            dot_mode: DotMode::Exact,
             max_context: 4096,
             plan: None,
         }

@@ -179,7 +179,7 @@ impl PhiConfig {
 /// Builds a Phi network from an HF or GGUF checkpoint.
 pub fn build(source: &ModelSource, opts: &BuildOptions) -> Result<Model<PhiNet>, ModelError> {
     let cfg = PhiConfig::from_source(source)?;
-    let w = Weights::new(source, opts.dot_mode);
+    let w = Weights::new(source);
     let (e, ff, heads) = (cfg.dim, cfg.n_ff, cfg.heads);
     let max_context = opts.max_context.min(cfg.context_length).max(1);
     let table = RopeTable::scaled(

@@ -40,6 +40,8 @@ pub fn first_bad_layer(
             format!("0-{k}")
         };
         let plan = Plan::parse(&text, n).map_err(|e| ModelError::Usage(e.to_string()))?;
+        // Every other option (none today) as the model was built with.
+        #[allow(clippy::needless_update)]
         let build = BuildOptions {
             plan: Some(plan),
             max_context: tokens.len(),

@@ -52,13 +52,6 @@ pub fn dequant_into(dtype: DType, src: &[u8], dst: &mut [f32]) {
     }
 }
 
-/// One exact dot product, with the operations of every exact product (see
-/// [`fused`]).
-#[inline(always)]
-fn dot_impl<S: PSimd>(s: S, dtype: DType, row: &[u8], x: &[f32]) -> f32 {
-    fused_one::<S, 1>(s, dtype, row, [x])[0]
-}
-
 /// Float dot product at SIMD level `s`: one weight row through
 /// [`fused_rows`], so it has the bits of every exact product at that level.
 /// `row` must hold exactly `x.len()` values.
@@ -70,11 +63,6 @@ pub fn dot_f32(s: crate::simd::Simd, dtype: DType, row: &[u8], x: &[f32]) -> f32
     let out = unsafe { Out::new(&mut y, 1, 0) };
     fused_rows(s, dtype, row, row.len(), xm, out);
     y
-}
-
-/// The portable scalar version of [`dot_f32`].
-pub fn dot_f32_scalar(dtype: DType, row: &[u8], x: &[f32]) -> f32 {
-    dot_impl(pulp::Scalar::new(), dtype, row, x)
 }
 
 struct DequantOp<'a> {

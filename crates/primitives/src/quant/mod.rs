@@ -5,27 +5,22 @@
 //! file) and are only ever read through byte slices, since GGUF aligns a tensor
 //! start to 32 bytes at most and blocks are 18, 22, 210 ... bytes long.
 //!
-//! Two kinds of dot product:
-//! - [`dot_row`] ([`DotMode::Exact`]): weights dequantised bit-exactly in
-//!   registers (an L1-resident stretch of 256 at a time) times f32 activations;
-//!   for Q8_0, Q5_0, Q4_1, Q4_K and Q6_K at the AVX-512 level with VNNI,
-//!   and for all of them but Q8_0 at the AVX2 level, activations rounded to int16
-//!   per block of 32 and integer sums per block or sub-block
-//!   ([`exact_rounds_activations`]), with the same bits at both levels.
-//! - [`dot_row_q8`] ([`DotMode::Q8`]): the activations are quantised once per
-//!   token ([`quantize_acts`]) to int8 blocks and each row is an integer dot
-//!   product with per-block float scales, as llama.cpp's `vec_dot` kernels
-//!   (AVX-512 VNNI, AVX2 `maddubs`, or portable scalar code).
+//! One kind of dot product, [`dot_row`]: weights dequantised bit-exactly in
+//! registers (an L1-resident stretch of 256 at a time) times f32 activations;
+//! for Q8_0, Q5_0, Q4_1, Q4_K and Q6_K at the AVX-512 level with VNNI, and for
+//! all of them but Q8_0 at the AVX2 level, activations rounded to int16 per
+//! block of 32 and integer sums per block or sub-block
+//! ([`exact_rounds_activations`]), with the same bits at both levels. (An int8
+//! mode in llama.cpp's manner, activations quantised to int8 per token, was
+//! removed: it decoded no faster than this and further from the float model.)
 //!
 //! [`matvec_q`] splits rows over threads, each output element reduced entirely
 //! by one thread with operations that do not depend on the split, so results
 //! do not depend on the thread count.
 
-mod acts;
 mod blocks;
 mod exact;
 mod i16;
-mod int;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 #[cfg(target_arch = "x86_64")]
@@ -41,31 +36,16 @@ mod x86_i16_avx2_k;
 #[cfg(target_arch = "x86_64")]
 mod x86_i16_k;
 
-pub use acts::{ActsKind, QuantizedActs};
 pub use blocks::{QK, QK_K};
 
 use crate::dtype::DType;
 use crate::error::ShapeError;
 use crate::matmul::Out;
-use crate::simd::{Level, Simd};
+use crate::simd::Simd;
 use crate::tensor::MatRef;
 use crate::threads::Threads;
 
-/// How [`matvec_q`] multiplies weights with activations.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum DotMode {
-    /// The default. f32 activations; dequantised weights in f32 (closest to the float
-    /// model), except where [`exact_rounds_activations`]: activations rounded
-    /// to int16 per block, integer block sums.
-    #[default]
-    Exact,
-    /// int8-quantised activations and integer dot products (llama.cpp's
-    /// arithmetic). Decode only; not faster than `Exact` where `Exact` rounds
-    /// to int16, whose products are closer to the float model.
-    Q8,
-}
-
-/// Whether [`DotMode::Exact`] products of `dtype` at level `s` round the
+/// Whether the products of `dtype` at level `s` round the
 /// activations to int16 per block of 32 (Q8_0, Q5_0, Q4_1, Q4_K and Q6_K at the AVX-512 level
 /// with VNNI, all of them but Q8_0 at the AVX2 level: integer block sums, within
 /// 1.5e-5 of each block's largest activation) rather than multiplying f32 activations with the dequantised
@@ -212,153 +192,10 @@ pub fn dot_row(s: Simd, dtype: DType, row: &[u8], x: &[f32]) -> f32 {
     exact::dot_f32(s, dtype, row, x)
 }
 
-/// Quantises `x` for multiplication with weights of `for_dtype`: Q8_0 blocks of
-/// 32 for Q4_0/Q4_1/Q5_0/Q5_1/Q8_0, Q8_K super-blocks of 256 for the K-quants,
-/// a plain copy for float weights. Reuses `out`'s buffers (no allocation once
-/// they have grown to `x.len()`).
-pub fn quantize_acts(s: Simd, x: &[f32], for_dtype: DType, out: &mut QuantizedActs) {
-    let kind = QuantizedActs::kind_for(for_dtype);
-    #[cfg(target_arch = "x86_64")]
-    if s.level() >= Level::Avx2 && features().1 {
-        out.quantize(x, kind, true);
-        return;
-    }
-    struct Op<'a> {
-        x: &'a [f32],
-        kind: ActsKind,
-        out: &'a mut QuantizedActs,
-    }
-    impl pulp::WithSimd for Op<'_> {
-        type Output = ();
-        #[inline(always)]
-        fn with_simd<S: pulp::Simd>(self, _s: S) {
-            // Compiled with the level's features so the block loops vectorise.
-            self.out.quantize(self.x, self.kind, false)
-        }
-    }
-    s.vectorize(Op { x, kind, out });
-}
-
-type RowKernel = fn(&[u8], &QuantizedActs) -> f32;
-type Rows4Kernel = fn([&[u8]; 4], &QuantizedActs) -> [f32; 4];
-
-/// A SIMD integer kernel: one row, and four rows sharing the activation loads
-/// (each row bit-identical to the one-row kernel).
-#[derive(Clone, Copy)]
-struct IntKernel {
-    one: RowKernel,
-    four: Rows4Kernel,
-}
-
-/// The integer kernel for `dtype` at level `s`, if there is a SIMD one.
-fn int_kernel(s: Simd, dtype: DType) -> Option<IntKernel> {
-    #[cfg(target_arch = "x86_64")]
-    {
-        macro_rules! k {
-            ($m:ident, $f:ident, $f4:ident) => {
-                Some(IntKernel {
-                    // SAFETY: `int_kernel` returns this only after checking at run
-                    // time that the CPU has the features module `$m` is compiled for.
-                    one: |r, x| unsafe { x86::$m::$f(r, x) },
-                    // SAFETY: as above.
-                    four: |r, x| unsafe { x86::$m::$f4::<4>(r, x) },
-                })
-            };
-        }
-        // Formats without a multi-row kernel: four one-row calls.
-        macro_rules! k1 {
-            ($m:ident, $f:ident) => {
-                Some(IntKernel {
-                    // SAFETY: as in `k!`.
-                    one: |r, x| unsafe { x86::$m::$f(r, x) },
-                    // SAFETY: as in `k!`.
-                    four: |r, x| r.map(|r| unsafe { x86::$m::$f(r, x) }),
-                })
-            };
-        }
-        macro_rules! pick {
-            ($m:ident) => {
-                match dtype {
-                    DType::Q4_0 => k!($m, dot_q4_0, dot_q4_0_rows),
-                    DType::Q4_1 => k!($m, dot_q4_1, dot_q4_1_rows),
-                    DType::Q5_0 => k!($m, dot_q5_0, dot_q5_0_rows),
-                    DType::Q5_1 => k!($m, dot_q5_1, dot_q5_1_rows),
-                    DType::Q8_0 => k!($m, dot_q8_0, dot_q8_0_rows),
-                    DType::Q4_K => k1!($m, dot_q4_k),
-                    DType::Q5_K => k1!($m, dot_q5_k),
-                    DType::Q6_K => k1!($m, dot_q6_k),
-                    _ => None,
-                }
-            };
-        }
-        let (vnni, avx2) = features();
-        if s.level() >= Level::Avx512 && vnni {
-            return pick!(vnni);
-        }
-        if s.level() >= Level::Avx2 && avx2 {
-            return pick!(avx2);
-        }
-    }
-    let _ = (s, dtype);
-    None
-}
-
-#[cfg(target_arch = "x86_64")]
-fn features() -> (bool, bool) {
-    static F: std::sync::OnceLock<(bool, bool)> = std::sync::OnceLock::new();
-    *F.get_or_init(|| (x86::has_vnni(), x86::has_avx2()))
-}
-
-/// Which integer kernel [`dot_row_q8`] runs at level `s`: `"vnni"`, `"avx2"` or `"scalar"`.
-pub fn int_kernel_name(s: Simd) -> &'static str {
-    #[cfg(target_arch = "x86_64")]
-    {
-        let (vnni, avx2) = features();
-        if s.level() >= Level::Avx512 && vnni {
-            return "vnni";
-        }
-        if s.level() >= Level::Avx2 && avx2 {
-            return "avx2";
-        }
-    }
-    let _ = s;
-    "scalar"
-}
-
-/// Dot product of one weight row with activations quantised by [`quantize_acts`]
-/// (integer products, per-block float scales). Float weight formats fall back
-/// to the f32 dot product with the copy of `x` kept in `xq`.
-///
-/// # Panics
-/// When `xq` was not quantised for `dtype`'s layout, or `row` does not hold
-/// `xq.len()` values (internal invariants).
-pub fn dot_row_q8(s: Simd, dtype: DType, row: &[u8], xq: &QuantizedActs) -> f32 {
-    assert_eq!(
-        xq.kind,
-        QuantizedActs::kind_for(dtype),
-        "dot_row_q8: activations quantised for another format than {dtype}"
-    );
-    assert_eq!(
-        dtype.bytes_for(xq.n),
-        Some(row.len()),
-        "dot_row_q8: {} bytes of {dtype} vs {} activations",
-        row.len(),
-        xq.n
-    );
-    if xq.kind == ActsKind::F32 {
-        return exact::dot_f32(s, dtype, row, &xq.xf);
-    }
-    match int_kernel(s, dtype) {
-        Some(k) => (k.one)(row, xq),
-        None => int::dot_row_q8_scalar(dtype, row, xq),
-    }
-}
-
 /// `y = W · x` for a `rows x cols` weight matrix `w` of `dtype` (row-major, GGML
 /// layout). Rows are split over `threads` in multiples of
 /// [`MATVEC_CHUNK_ROWS`]; each row's dot product is computed by the same
 /// operations whatever the split, so `y` is bit-identical for any thread count.
-/// In [`DotMode::Q8`], `x` is quantised once into `scratch`.
 #[allow(clippy::too_many_arguments)]
 pub fn matvec_q(
     s: Simd,
@@ -369,8 +206,6 @@ pub fn matvec_q(
     cols: usize,
     x: &[f32],
     y: &mut [f32],
-    mode: DotMode,
-    scratch: &mut QuantizedActs,
 ) -> Result<(), ShapeError> {
     check_supported(dtype, "matvec_q dtype")?;
     let row_bytes = dtype.bytes_for(cols).ok_or(ShapeError::Mismatch {
@@ -409,16 +244,9 @@ pub fn matvec_q(
         y.fill(0.0);
         return Ok(());
     }
-    let kernel = match mode {
-        DotMode::Q8 if dtype.is_quantized() => {
-            quantize_acts(s, x, dtype, scratch);
-            Some(int_kernel(s, dtype))
-        }
-        _ => None,
-    };
     let xm = MatRef::new(x, 1, cols).expect("x.len() == cols (checked)");
     let chunk = matvec_chunk_rows(rows, threads.count());
-    if kernel.is_none() && i16::applies(s, dtype) {
+    if i16::applies(s, dtype) {
         // Exact products that round activations to int16 do it once, here.
         i16::with_acts(s, xm, i16::decode_splits(s, dtype), |acts| {
             threads.for_each_chunk(y, chunk, |ci, yc| {
@@ -432,34 +260,13 @@ pub fn matvec_q(
         });
         return Ok(());
     }
-    let xq: &QuantizedActs = scratch;
     threads.for_each_chunk(y, chunk, |ci, yc| {
         let r0 = ci * chunk;
         let wc = &w[r0 * row_bytes..(r0 + yc.len()) * row_bytes];
-        match kernel {
-            None => {
-                // SAFETY: `yc` is this task's exclusive chunk of `y`; one row of
-                // `x`, so only `yc[j]` for j < yc.len() (rows of `wc`) is written.
-                let out = unsafe { Out::new(yc.as_mut_ptr(), yc.len(), 0) };
-                exact::fused_rows(s, dtype, wc, row_bytes, xm, out);
-            }
-            Some(Some(k)) => {
-                let mut rs = wc.chunks_exact(row_bytes);
-                let mut ys = yc.chunks_exact_mut(4);
-                for y4 in &mut ys {
-                    let r4 = [(); 4].map(|_| rs.next().unwrap_or_default());
-                    y4.copy_from_slice(&(k.four)(r4, xq));
-                }
-                for (r, yv) in rs.zip(ys.into_remainder()) {
-                    *yv = (k.one)(r, xq);
-                }
-            }
-            Some(None) => {
-                for (r, yv) in wc.chunks_exact(row_bytes).zip(yc.iter_mut()) {
-                    *yv = int::dot_row_q8_scalar(dtype, r, xq);
-                }
-            }
-        }
+        // SAFETY: `yc` is this task's exclusive chunk of `y`; one row of `x`,
+        // so only `yc[j]` for j < yc.len() (rows of `wc`) is written.
+        let out = unsafe { Out::new(yc.as_mut_ptr(), yc.len(), 0) };
+        exact::fused_rows(s, dtype, wc, row_bytes, xm, out);
     });
     Ok(())
 }
@@ -481,7 +288,7 @@ fn matvec_chunk_rows(rows: usize, threads: usize) -> usize {
 /// matrix `w` of `dtype`, with exact float math: every output is the f32
 /// kernel of [`crate::matmul`] on the exactly dequantised weights, in its one
 /// fixed operation order, so each row of `y` has the same bits whatever `m`
-/// is, and the bits of [`matvec_q`] in [`DotMode::Exact`] for that row alone;
+/// is, and the bits of [`matvec_q`] for that row alone;
 /// the work is split over `threads` along the weight rows only, so results do
 /// not depend on the thread count either. `y` is row-major with `rows` columns.
 ///
@@ -712,59 +519,6 @@ mod tests {
         b
     }
 
-    /// The four-row kernels give each row the one-row kernel's bits, and both
-    /// stay within 2e-5 (relative to sum |w x|) of the f64 dot product.
-    #[test]
-    fn four_row_kernels_equal_one_row_kernels() {
-        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
-        let dtypes = [
-            DType::Q4_0,
-            DType::Q4_1,
-            DType::Q5_0,
-            DType::Q5_1,
-            DType::Q8_0,
-            DType::Q4_K,
-            DType::Q5_K,
-            DType::Q6_K,
-        ];
-        for s in Simd::available() {
-            for dtype in dtypes {
-                let Some(k) = int_kernel(s, dtype) else {
-                    continue;
-                };
-                for blocks in [1usize, 2, 3, 7, 18, 65] {
-                    let n = blocks * dtype.block_len();
-                    let rows: Vec<Vec<u8>> =
-                        (0..4).map(|_| random_row(&mut rng, dtype, n)).collect();
-                    let x: Vec<f32> = (0..n).map(|_| rng.f() * 3.0).collect();
-                    let mut xq = QuantizedActs::new();
-                    quantize_acts(s, &x, dtype, &mut xq);
-                    let four = (k.four)([&rows[0], &rows[1], &rows[2], &rows[3]], &xq);
-                    for (r, row) in rows.iter().enumerate() {
-                        let one = (k.one)(row, &xq);
-                        assert_eq!(
-                            four[r].to_bits(),
-                            one.to_bits(),
-                            "{dtype} {s:?} n={n} row {r}"
-                        );
-                        let mut w = vec![0.0f32; n];
-                        dequantize_row(dtype, row, &mut w).unwrap();
-                        let (mut want, mut mag) = (0.0f64, 0.0f64);
-                        for (i, wi) in w.iter().enumerate() {
-                            let p = *wi as f64 * xq.value(i) as f64;
-                            want += p;
-                            mag += p.abs();
-                        }
-                        assert!(
-                            (one as f64 - want).abs() <= 2e-5 * mag + 1e-30,
-                            "{dtype} {s:?} n={n}: {one} vs {want}"
-                        );
-                    }
-                }
-            }
-        }
-    }
-
     /// Many weight matrices (each caller with its own scratch, as every layer
     /// has) on any thread count: the callers' scratch is never grown, and each
     /// thread holds a single panel, sized for the widest matrix.
@@ -824,45 +578,6 @@ mod tests {
                 per_thread.contains(&(MATMUL_PANEL_ROWS * widest + PANEL_PAD)),
                 "{per_thread:?}"
             );
-        }
-    }
-
-    /// The AVX2 activation quantiser produces the scalar quantiser's bits.
-    #[test]
-    fn simd_activation_quantiser_matches_scalar() {
-        #[cfg(target_arch = "x86_64")]
-        if features().1 {
-            let mut rng = Rng(42);
-            for n in [32usize, 64, 256, 576, 2304] {
-                for scale in [0.0f32, 1e-3, 1.0, 300.0] {
-                    let mut x: Vec<f32> = (0..n).map(|_| rng.f() * scale).collect();
-                    // Exact halves after scaling exercise the rounding rule.
-                    x[0] = scale;
-                    if n > 3 {
-                        x[1] = scale * 0.5 / 127.0;
-                        x[2] = -scale * 2.5 / 127.0;
-                    }
-                    for kind in [ActsKind::Q8_0, ActsKind::Q8K] {
-                        if kind == ActsKind::Q8K && n % QK_K != 0 {
-                            continue;
-                        }
-                        let (mut a, mut b) = (QuantizedActs::new(), QuantizedActs::new());
-                        a.quantize(&x, kind, true);
-                        b.quantize(&x, kind, false);
-                        assert_eq!(a.qs, b.qs, "{kind:?} n={n} scale={scale}");
-                        assert_eq!(a.bsums, b.bsums, "{kind:?} n={n}");
-                        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
-                        assert_eq!(bits(&a.d), bits(&b.d));
-                        let dd = |q: &QuantizedActs| {
-                            q.dd.iter()
-                                .flatten()
-                                .map(|f| f.to_bits())
-                                .collect::<Vec<_>>()
-                        };
-                        assert_eq!(dd(&a), dd(&b));
-                    }
-                }
-            }
         }
     }
 }
