@@ -103,7 +103,6 @@ fn bench_matmul(c: &mut Criterion) {
     let (rows, cols, m) = (896, 4864, 64);
     let x: Vec<f32> = (0..m * cols).map(|i| (i as f32 * 0.1).sin()).collect();
     let mut y = vec![0.0f32; m * rows];
-    let mut scratch = Vec::new();
     let mut g = c.benchmark_group("matmul_q");
     g.throughput(Throughput::Elements((2 * m * rows * cols) as u64));
     // Q5_0 and Q8_0 take int16 activations at the AVX-512 level (with VNNI),
@@ -120,7 +119,7 @@ fn bench_matmul(c: &mut Criterion) {
                 g.bench_function(BenchmarkId::from_parameter(id), |b| {
                     b.iter(|| {
                         let xm = MatRef::new(&x, m, cols).unwrap();
-                        matmul_q(s, &t, dtype, &w, rows, cols, xm, &mut y, &mut scratch).unwrap()
+                        matmul_q(s, &t, dtype, &w, rows, cols, xm, &mut y).unwrap()
                     })
                 });
             }

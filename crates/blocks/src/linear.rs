@@ -188,17 +188,7 @@ impl Linear {
                 x.row(0),
                 y,
             )?,
-            (None, _) => quant::matmul_q(
-                ctx.simd,
-                ctx.threads,
-                w.dtype(),
-                w.bytes(),
-                n,
-                k,
-                x,
-                y,
-                &mut ctx.scratch.vec(),
-            )?,
+            (None, _) => quant::matmul_q(ctx.simd, ctx.threads, w.dtype(), w.bytes(), n, k, x, y)?,
         }
         if let Some(b) = &self.bias {
             let simd = ctx.simd;

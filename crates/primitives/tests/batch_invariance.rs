@@ -192,7 +192,7 @@ fn q_product(
 ) -> Vec<f32> {
     let mut y = vec![f32::NAN; m * n];
     let xm = MatRef::new(x, m, k).unwrap();
-    matmul_q(s, t, dtype, w, n, k, xm, &mut y, &mut Vec::new()).unwrap();
+    matmul_q(s, t, dtype, w, n, k, xm, &mut y).unwrap();
     y
 }
 
@@ -445,7 +445,7 @@ fn empty_rows_give_zeros() {
             let x: Vec<f32> = Vec::new();
             let xm = MatRef::new(&x, m, 0).unwrap();
             let mut y = vec![f32::NAN; m * 5];
-            matmul_q(s, &t, DType::F32, &[], 5, 0, xm, &mut y, &mut Vec::new()).unwrap();
+            matmul_q(s, &t, DType::F32, &[], 5, 0, xm, &mut y).unwrap();
             assert!(y.iter().all(|v| *v == 0.0), "matmul_q m={m}: {y:?}");
             let mut y = vec![f32::NAN; m * 5];
             matmul(s, &t, xm, MatRef::new(&x, 5, 0).unwrap(), &mut y).unwrap();

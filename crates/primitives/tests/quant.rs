@@ -273,9 +273,8 @@ proptest! {
             let mut first: Option<Vec<f32>> = None;
             for t in [1, 2, 3] {
                 let mut y = vec![0.0; m * rows];
-                let mut scratch = Vec::new();
                 matmul_q(Simd::detect(), &Threads::new(t), dtype, &w, rows, cols,
-                    MatRef::new(&x, m, cols).unwrap(), &mut y, &mut scratch).unwrap();
+                    MatRef::new(&x, m, cols).unwrap(), &mut y).unwrap();
                 for i in 0..m {
                     for r in 0..rows {
                         let (mut want, mut mag) = (0.0f64, 0.0f64);
@@ -344,10 +343,9 @@ fn matvec_checks_shapes() {
     assert!(mv(&w[1..], 32, &x, &mut y).is_err());
     assert!(mv(&w, 32, &x[1..], &mut y).is_err());
     assert!(mv(&w, 32, &x, &mut y[1..]).is_err());
-    let mut sm = Vec::new();
     let xm = MatRef::new(&x, 1, 32).unwrap();
-    assert!(matmul_q(s, &t, DType::Q4_1, &w, 4, 32, xm, &mut y, &mut sm).is_ok());
-    assert!(matmul_q(s, &t, DType::Q4_1, &w, 4, 32, xm, &mut y[1..], &mut sm).is_err());
+    assert!(matmul_q(s, &t, DType::Q4_1, &w, 4, 32, xm, &mut y).is_ok());
+    assert!(matmul_q(s, &t, DType::Q4_1, &w, 4, 32, xm, &mut y[1..]).is_err());
 }
 
 /// The decode path (`matvec_q`, one activation row) agrees with the prefill
@@ -418,7 +416,7 @@ fn matvec_q_equals_matmul_q_row_and_f64_at_model_shapes() {
             for th in &pools {
                 let mut y = vec![f32::NAN; rows];
                 let xm = MatRef::new(&x, 1, cols).unwrap();
-                matmul_q(s, th, dtype, &w, rows, cols, xm, &mut y, &mut Vec::new()).unwrap();
+                matmul_q(s, th, dtype, &w, rows, cols, xm, &mut y).unwrap();
                 match &y_mm {
                     None => y_mm = Some(y),
                     Some(f) => assert!(

@@ -298,8 +298,7 @@ fn matvec_chunk_rows(rows: usize, threads: usize) -> usize {
 /// per-thread buffer, kept between calls and shared by every weight matrix
 /// ([`MATMUL_PANEL_ROWS`] `x` the largest `cols` it has seen), so memory grows
 /// neither with the number of weight matrices nor, beyond one panel per
-/// thread, with the thread count. `scratch` is not used (it used to hold one
-/// panel per thread for each caller); callers may pass an empty `Vec`.
+/// thread, with the thread count.
 #[allow(clippy::too_many_arguments)]
 pub fn matmul_q(
     s: Simd,
@@ -310,9 +309,7 @@ pub fn matmul_q(
     cols: usize,
     x: MatRef<'_>,
     y: &mut [f32],
-    scratch: &mut Vec<f32>,
 ) -> Result<(), ShapeError> {
-    let _ = scratch;
     check_supported(dtype, "matmul_q dtype")?;
     let row_bytes = dtype.bytes_for(cols).ok_or(ShapeError::Mismatch {
         what: "matmul_q cols vs block length",
@@ -519,9 +516,8 @@ mod tests {
         b
     }
 
-    /// Many weight matrices (each caller with its own scratch, as every layer
-    /// has) on any thread count: the callers' scratch is never grown, and each
-    /// thread holds a single panel, sized for the widest matrix.
+    /// Many weight matrices on any thread count: each thread holds a single
+    /// panel, sized for the widest matrix.
     #[test]
     fn matmul_q_keeps_one_panel_per_thread_for_all_callers() {
         let mut rng = Rng(3);
@@ -536,7 +532,6 @@ mod tests {
                 let w = random_row(&mut rng, DType::Q4_0, rows * cols);
                 let x: Vec<f32> = (0..m * cols).map(|_| rng.f()).collect();
                 let mut y = vec![0.0; m * rows];
-                let mut scratch = Vec::new();
                 let xm = MatRef::new(&x, m, cols).unwrap();
                 matmul_q(
                     Simd::detect(),
@@ -547,14 +542,8 @@ mod tests {
                     cols,
                     xm,
                     &mut y,
-                    &mut scratch,
                 )
                 .unwrap();
-                assert_eq!(
-                    scratch.capacity(),
-                    0,
-                    "{t} threads: the caller's scratch grew"
-                );
             }
             // Every thread of the pool (workers and caller) reports its panel;
             // the short sleeps make each one take some of the indices.
