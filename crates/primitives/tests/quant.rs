@@ -360,8 +360,9 @@ fn matvec_checks_shapes() {
 ///
 /// Bounds: each result within 2e-5 * sum |w_i x_i| of the f64 dot product of
 /// the dequantised row with `x` (plus the int16 rounding of the activations
-/// where the level rounds them); so `matvec_q` and `matmul_q` are within 4e-5 * sum |w_i x_i| of each other. Results are
-/// bit-identical for every thread count.
+/// where the level rounds them); so `matvec_q` and `matmul_q` are within
+/// 4e-5 * sum |w_i x_i| of each other. Results are bit-identical for every
+/// thread count.
 #[test]
 fn matvec_q_equals_matmul_q_row_and_f64_at_model_shapes() {
     let mut rng = Rng(0x5eed_0576);
@@ -398,35 +399,30 @@ fn matvec_q_equals_matmul_q_row_and_f64_at_model_shapes() {
         }
         let case = format!("{dtype} {rows}x{cols}");
         for s in Simd::available() {
-            let mut y_exact: Option<Vec<f32>> = None;
-            for th in &pools {
-                let mut y = vec![f32::NAN; rows];
-                matvec_q(s, th, dtype, &w, rows, cols, &x, &mut y).unwrap();
-                match &y_exact {
-                    None => y_exact = Some(y),
-                    Some(f) => assert!(
-                        bits(f) == bits(&y),
-                        "{case} {s:?}: {} threads changed matvec_q",
-                        th.count()
-                    ),
+            // One product on every pool, whose results must have the same bits.
+            let on_every_pool = |what: &str, product: &dyn Fn(&Threads, &mut [f32])| {
+                let mut first: Option<Vec<f32>> = None;
+                for th in &pools {
+                    let mut y = vec![f32::NAN; rows];
+                    product(th, &mut y);
+                    match &first {
+                        None => first = Some(y),
+                        Some(f) => assert!(
+                            bits(f) == bits(&y),
+                            "{case} {s:?}: {} threads changed {what}",
+                            th.count()
+                        ),
+                    }
                 }
-            }
-            let y_exact = y_exact.unwrap();
-            let mut y_mm: Option<Vec<f32>> = None;
-            for th in &pools {
-                let mut y = vec![f32::NAN; rows];
-                let xm = MatRef::new(&x, 1, cols).unwrap();
-                matmul_q(s, th, dtype, &w, rows, cols, xm, &mut y).unwrap();
-                match &y_mm {
-                    None => y_mm = Some(y),
-                    Some(f) => assert!(
-                        bits(f) == bits(&y),
-                        "{case} {s:?}: {} threads changed matmul_q",
-                        th.count()
-                    ),
-                }
-            }
-            let y_mm = y_mm.unwrap();
+                first.unwrap()
+            };
+            let y_exact = on_every_pool("matvec_q", &|th, y| {
+                matvec_q(s, th, dtype, &w, rows, cols, &x, y).unwrap()
+            });
+            let xm = MatRef::new(&x, 1, cols).unwrap();
+            let y_mm = on_every_pool("matmul_q", &|th, y| {
+                matmul_q(s, th, dtype, &w, rows, cols, xm, y).unwrap()
+            });
             for r in 0..rows {
                 let (want, mag) = want_x[r];
                 let mut tol = 2e-5 * mag + 1e-30;
