@@ -34,6 +34,8 @@ use crate::dtype::DType;
 use crate::matmul::Out;
 use crate::simd::{Level, Simd};
 use crate::tensor::MatRef;
+use crate::threads::Threads;
+use std::sync::{Mutex, PoisonError};
 
 use super::blocks::{f16_at, scales_mins_k4};
 
@@ -136,6 +138,20 @@ pub(crate) struct ActsI16 {
 }
 
 impl ActsI16 {
+    /// Sizes the buffers for `rows x cols` values, with room for their byte
+    /// split when `split` (left empty otherwise, never stale).
+    fn reshape(&mut self, rows: usize, cols: usize, split: bool) {
+        let (nb, c4) = (cols / BLOCK, cols / 4);
+        let split_rows = if split { rows } else { 0 };
+        self.cols = cols;
+        self.q.resize(rows * cols, 0);
+        self.d.resize(rows * nb, 0.0);
+        self.sums.resize(rows * nb, 0.0);
+        self.lo.resize(split_rows * cols, 0);
+        self.hi.resize(split_rows * cols, 0);
+        self.neg_quad_q.resize(split_rows * c4, 0);
+    }
+
     /// Rounded values of row `i`.
     pub fn q_row(&self, i: usize) -> &[i16] {
         &self.q[i * self.cols..(i + 1) * self.cols]
@@ -321,35 +337,12 @@ pub(crate) fn split_row_ref(q: &[i16], lo: &mut [u8], hi: &mut [i8], neg_quad_q:
 pub(crate) fn quantize(s: Simd, x: MatRef<'_>, split: bool, acts: &mut ActsI16) {
     let (rows, cols) = (x.rows(), x.cols());
     let (nb, c4) = (cols / BLOCK, cols / 4);
-    let split_rows = if split { rows } else { 0 };
-    acts.cols = cols;
-    acts.q.resize(rows * cols, 0);
-    acts.d.resize(rows * nb, 0.0);
-    acts.sums.resize(rows * nb, 0.0);
-    acts.lo.resize(split_rows * cols, 0);
-    acts.hi.resize(split_rows * cols, 0);
-    acts.neg_quad_q.resize(split_rows * c4, 0);
+    acts.reshape(rows, cols, split);
     for i in 0..rows {
         let q = &mut acts.q[i * cols..(i + 1) * cols];
         let d = &mut acts.d[i * nb..(i + 1) * nb];
         let sums = &mut acts.sums[i * nb..(i + 1) * nb];
-        #[cfg(target_arch = "x86_64")]
-        let done = match s.level() {
-            Level::Avx512 => {
-                super::x86_i16::quantize_row(x.row(i), q, d, sums)
-                    || super::x86_i16_avx2::quantize_row(x.row(i), q, d, sums)
-            }
-            Level::Avx2 => super::x86_i16_avx2::quantize_row(x.row(i), q, d, sums),
-            _ => false,
-        };
-        #[cfg(not(target_arch = "x86_64"))]
-        let done = {
-            let _ = s;
-            false
-        };
-        if !done {
-            quantize_row_ref(x.row(i), q, d, sums);
-        }
+        round_row(s, x.row(i), q, d, sums);
         if !split {
             continue;
         }
@@ -364,6 +357,75 @@ pub(crate) fn quantize(s: Simd, x: MatRef<'_>, split: bool, acts: &mut ActsI16) 
     }
 }
 
+/// Rows of `x` from which [`quantize_on`] spreads them over the threads:
+/// below, handing them out would cost about what it saves.
+const SPREAD_ROWS: usize = 16;
+
+/// [`quantize`], with the rows spread over `threads` when there are at
+/// least [`SPREAD_ROWS`] and no split (prefill): rounded on the calling
+/// thread alone, they were a serial step before every product. Each row is
+/// rounded by the same code wherever it runs: the same bits.
+pub(crate) fn quantize_on(
+    s: Simd,
+    threads: &Threads,
+    x: MatRef<'_>,
+    split: bool,
+    acts: &mut ActsI16,
+) {
+    let (rows, cols) = (x.rows(), x.cols());
+    if split || threads.count() < 2 || rows < SPREAD_ROWS {
+        return quantize(s, x, split, acts);
+    }
+    let nb = cols / BLOCK;
+    acts.reshape(rows, cols, false);
+    // Contiguous runs of rows, one per thread, each behind its own
+    // (uncontended) lock so that the tasks can write them.
+    let per = rows.div_ceil(threads.count());
+    let runs: Vec<Mutex<RowsMut<'_>>> = acts
+        .q
+        .chunks_mut(per * cols)
+        .zip(acts.d.chunks_mut(per * nb))
+        .zip(acts.sums.chunks_mut(per * nb))
+        .map(|((q, d), sums)| Mutex::new((q, d, sums)))
+        .collect();
+    threads.for_each_index(runs.len(), |r| {
+        let mut run = runs[r].lock().unwrap_or_else(PoisonError::into_inner);
+        let (q, d, sums) = &mut *run;
+        let rows = q
+            .chunks_mut(cols)
+            .zip(d.chunks_mut(nb))
+            .zip(sums.chunks_mut(nb));
+        for (k, ((q, d), sums)) in rows.enumerate() {
+            round_row(s, x.row(r * per + k), q, d, sums);
+        }
+    });
+}
+
+/// Rounded values, scales and sums of a run of rows of [`ActsI16`].
+type RowsMut<'a> = (&'a mut [i16], &'a mut [f32], &'a mut [f32]);
+
+/// Rounds one row (`q`, `d`, `sums` its parts of [`ActsI16`]) with the
+/// kernels of level `s` or below.
+fn round_row(s: Simd, x: &[f32], q: &mut [i16], d: &mut [f32], sums: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    let done = match s.level() {
+        Level::Avx512 => {
+            super::x86_i16::quantize_row(x, q, d, sums)
+                || super::x86_i16_avx2::quantize_row(x, q, d, sums)
+        }
+        Level::Avx2 => super::x86_i16_avx2::quantize_row(x, q, d, sums),
+        _ => false,
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let done = {
+        let _ = s;
+        false
+    };
+    if !done {
+        quantize_row_ref(x, q, d, sums);
+    }
+}
+
 thread_local! {
     /// This thread's rounded activations, kept between calls so that
     /// decoding does not allocate.
@@ -375,18 +437,19 @@ thread_local! {
 /// call gets a buffer of its own.
 pub(crate) fn with_acts<R>(
     s: Simd,
+    threads: &Threads,
     x: MatRef<'_>,
     split: bool,
     f: impl FnOnce(&ActsI16) -> R,
 ) -> R {
     ACTS.with(|cell| match cell.try_borrow_mut() {
         Ok(mut acts) => {
-            quantize(s, x, split, &mut acts);
+            quantize_on(s, threads, x, split, &mut acts);
             f(&acts)
         }
         Err(_) => {
             let mut acts = ActsI16::default();
-            quantize(s, x, split, &mut acts);
+            quantize_on(s, threads, x, split, &mut acts);
             f(&acts)
         }
     })
@@ -570,6 +633,39 @@ mod tests {
         (0..rows)
             .flat_map(|_| super::super::tests::random_row(rng, dtype, cols))
             .collect()
+    }
+
+    /// Rounding spread over the threads (prefill) gives the bits of the
+    /// rounding on one thread, whatever the rows per thread, and leaves no
+    /// row of a larger earlier call behind.
+    #[test]
+    fn rounding_on_threads_has_the_bits_of_one_thread() {
+        let mut rng = Rng(0x5eed_0a7e);
+        let cols = 3 * BLOCK;
+        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+        for threads in [1, 2, 3] {
+            let t = Threads::new(threads);
+            // A first call with more rows, so that shrinking is covered.
+            let mut spread = ActsI16::default();
+            for m in [40, 1, SPREAD_ROWS - 1, SPREAD_ROWS, SPREAD_ROWS + 1, 33] {
+                let x: Vec<f32> = (0..m * cols).map(|_| rng.f() * 10.0).collect();
+                let xm = MatRef::new(&x, m, cols).unwrap();
+                for s in Simd::available() {
+                    let mut one = ActsI16::default();
+                    quantize(s, xm, false, &mut one);
+                    quantize_on(s, &t, xm, false, &mut spread);
+                    let what = format!("{m} rows on {threads} threads at {s:?}");
+                    assert_eq!(spread.cols, cols, "{what}");
+                    assert_eq!(spread.q, one.q, "values of {what}");
+                    assert_eq!(bits(&spread.d), bits(&one.d), "scales of {what}");
+                    assert_eq!(bits(&spread.sums), bits(&one.sums), "sums of {what}");
+                    assert!(
+                        spread.lo.is_empty() && spread.neg_quad_q.is_empty(),
+                        "{what}"
+                    );
+                }
+            }
+        }
     }
 
     fn products(
