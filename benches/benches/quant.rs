@@ -105,10 +105,17 @@ fn bench_matmul(c: &mut Criterion) {
     let mut y = vec![0.0f32; m * rows];
     let mut g = c.benchmark_group("matmul_q");
     g.throughput(Throughput::Elements((2 * m * rows * cols) as u64));
-    // Q5_0 and Q8_0 take int16 activations at the AVX-512 level (with VNNI),
-    // Q4_K f32 ones everywhere.
+    // Every format here takes int16 activations at the AVX-512 level (with
+    // VNNI); at AVX2 all but Q8_0 do, which takes f32 ones. Q4_1, Q4_K, Q6_K
+    // and Q5_0 carry the prefill of SmolLM2, Qwen2.5 and Gemma 3.
     for s in Simd::available() {
-        for dtype in [DType::Q4_K, DType::Q5_0, DType::Q8_0] {
+        for dtype in [
+            DType::Q4_1,
+            DType::Q4_K,
+            DType::Q6_K,
+            DType::Q5_0,
+            DType::Q8_0,
+        ] {
             let w = weights(dtype, rows, cols);
             for threads in [1, 2] {
                 let t = Threads::new(threads);
