@@ -35,7 +35,6 @@ use crate::matmul::Out;
 use crate::simd::{Level, Simd};
 use crate::tensor::MatRef;
 use crate::threads::Threads;
-use std::sync::{Mutex, PoisonError};
 
 use super::blocks::{f16_at, scales_mins_k4};
 
@@ -373,24 +372,22 @@ pub(crate) fn quantize_on(
     acts: &mut ActsI16,
 ) {
     let (rows, cols) = (x.rows(), x.cols());
-    if split || threads.count() < 2 || rows < SPREAD_ROWS {
+    if split || threads.count() < 2 || rows < SPREAD_ROWS || cols == 0 {
         return quantize(s, x, split, acts);
     }
     let nb = cols / BLOCK;
     acts.reshape(rows, cols, false);
-    // Contiguous runs of rows, one per thread, each behind its own
-    // (uncontended) lock so that the tasks can write them.
+    // Contiguous runs of rows, one per thread.
     let per = rows.div_ceil(threads.count());
-    let runs: Vec<Mutex<RowsMut<'_>>> = acts
+    let mut runs: Vec<RowsMut<'_>> = acts
         .q
         .chunks_mut(per * cols)
         .zip(acts.d.chunks_mut(per * nb))
         .zip(acts.sums.chunks_mut(per * nb))
-        .map(|((q, d), sums)| Mutex::new((q, d, sums)))
+        .map(|((q, d), sums)| (q, d, sums))
         .collect();
-    threads.for_each_index(runs.len(), |r| {
-        let mut run = runs[r].lock().unwrap_or_else(PoisonError::into_inner);
-        let (q, d, sums) = &mut *run;
+    threads.for_each_chunk(&mut runs, 1, |r, run| {
+        let (q, d, sums) = &mut run[0];
         let rows = q
             .chunks_mut(cols)
             .zip(d.chunks_mut(nb))
@@ -432,8 +429,9 @@ thread_local! {
     static ACTS: std::cell::RefCell<ActsI16> = std::cell::RefCell::new(ActsI16::default());
 }
 
-/// Rounds `x` (see [`quantize`], with the byte split when `split`) into this
-/// thread's buffer and runs `f` on it. Never nested by the kernels; a nested
+/// Rounds `x` (see [`quantize_on`]: with the byte split when `split`, and
+/// prefill's rows on the pool of `threads`) into this thread's buffer and
+/// runs `f` on it. Never nested by the kernels; a nested
 /// call gets a buffer of its own.
 pub(crate) fn with_acts<R>(
     s: Simd,
@@ -636,8 +634,8 @@ mod tests {
     }
 
     /// Rounding spread over the threads (prefill) gives the bits of the
-    /// rounding on one thread, whatever the rows per thread, and leaves no
-    /// row of a larger earlier call behind.
+    /// rounding on one thread, whatever the rows per thread, and leaves
+    /// nothing of a larger earlier call behind.
     #[test]
     fn rounding_on_threads_has_the_bits_of_one_thread() {
         let mut rng = Rng(0x5eed_0a7e);
@@ -645,9 +643,17 @@ mod tests {
         let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
         for threads in [1, 2, 3] {
             let t = Threads::new(threads);
-            // A first call with more rows, so that shrinking is covered.
+            // Calls with fewer rows than the last, spread or not, and a
+            // first call with the byte split: nothing stale may stay.
             let mut spread = ActsI16::default();
-            for m in [40, 1, SPREAD_ROWS - 1, SPREAD_ROWS, SPREAD_ROWS + 1, 33] {
+            let xs: Vec<f32> = (0..2 * cols).map(|_| rng.f()).collect();
+            quantize(
+                Simd::detect(),
+                MatRef::new(&xs, 2, cols).unwrap(),
+                true,
+                &mut spread,
+            );
+            for m in [40, 33, 1, SPREAD_ROWS - 1, SPREAD_ROWS, SPREAD_ROWS + 1] {
                 let x: Vec<f32> = (0..m * cols).map(|_| rng.f() * 10.0).collect();
                 let xm = MatRef::new(&x, m, cols).unwrap();
                 for s in Simd::available() {
@@ -659,10 +665,8 @@ mod tests {
                     assert_eq!(spread.q, one.q, "values of {what}");
                     assert_eq!(bits(&spread.d), bits(&one.d), "scales of {what}");
                     assert_eq!(bits(&spread.sums), bits(&one.sums), "sums of {what}");
-                    assert!(
-                        spread.lo.is_empty() && spread.neg_quad_q.is_empty(),
-                        "{what}"
-                    );
+                    let split = (spread.lo.len(), spread.hi.len(), spread.neg_quad_q.len());
+                    assert_eq!(split, (0, 0, 0), "byte split of {what}");
                 }
             }
         }
