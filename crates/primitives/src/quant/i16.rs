@@ -431,8 +431,8 @@ thread_local! {
 
 /// Rounds `x` (see [`quantize_on`]: with the byte split when `split`, and
 /// prefill's rows on the pool of `threads`) into this thread's buffer and
-/// runs `f` on it. Never nested by the kernels; a nested
-/// call gets a buffer of its own.
+/// runs `f` on it. Never nested by the kernels; a nested call gets a buffer
+/// of its own.
 pub(crate) fn with_acts<R>(
     s: Simd,
     threads: &Threads,

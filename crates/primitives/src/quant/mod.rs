@@ -359,31 +359,26 @@ pub fn matmul_q(
         // Exact products that round activations to int16 do it once, here.
         let gemm = m > exact::fused_max_rows(s);
         // Only decode's kernel takes the activations' byte split.
-        i16::with_acts(
-            s,
-            threads,
-            x,
-            !gemm && i16::decode_splits(s, dtype),
-            |acts| {
-                let chunk = if gemm {
-                    MATMUL_PANEL_ROWS
+        let split = !gemm && i16::decode_splits(s, dtype);
+        i16::with_acts(s, threads, x, split, |acts| {
+            let chunk = if gemm {
+                MATMUL_PANEL_ROWS
+            } else {
+                matvec_chunk_rows(rows, threads.count())
+            };
+            threads.for_each_index(rows.div_ceil(chunk), |c| {
+                let r0 = c * chunk;
+                let nr = chunk.min(rows - r0);
+                // SAFETY: columns r0..r0 + nr of `y`, this task's own (see `base`).
+                let out = unsafe { base.shifted(r0) };
+                let wc = &w[r0 * row_bytes..(r0 + nr) * row_bytes];
+                if gemm {
+                    i16::gemm(s, dtype, wc, row_bytes, acts, out);
                 } else {
-                    matvec_chunk_rows(rows, threads.count())
-                };
-                threads.for_each_index(rows.div_ceil(chunk), |c| {
-                    let r0 = c * chunk;
-                    let nr = chunk.min(rows - r0);
-                    // SAFETY: columns r0..r0 + nr of `y`, this task's own (see `base`).
-                    let out = unsafe { base.shifted(r0) };
-                    let wc = &w[r0 * row_bytes..(r0 + nr) * row_bytes];
-                    if gemm {
-                        i16::gemm(s, dtype, wc, row_bytes, acts, out);
-                    } else {
-                        i16::rows(s, dtype, wc, row_bytes, acts, out);
-                    }
-                });
-            },
-        );
+                    i16::rows(s, dtype, wc, row_bytes, acts, out);
+                }
+            });
+        });
         return Ok(());
     }
     if m <= exact::fused_max_rows(s) {
