@@ -1,6 +1,6 @@
 //! Exact-mode products of Q8_0, Q5_0, Q4_1, Q4_K and Q6_K weights with activations
-//! rounded to int16, at the AVX-512 level (with VNNI), and of all of them but
-//! Q8_0 at the AVX2 level: integer sums at integer speed, within about 1.5e-5 of
+//! rounded to int16, at the AVX-512 level (with VNNI) and at the AVX2 level:
+//! integer sums at integer speed, within about 1.5e-5 of
 //! the f32 activations' largest value per block. Both levels' kernels have
 //! the one arithmetic below.
 //!
@@ -60,8 +60,8 @@ pub(crate) fn applies(s: Simd, dtype: DType) -> bool {
 pub(crate) enum Kernels {
     /// AVX-512 with VNNI: every format of [`has_kernels`].
     Avx512,
-    /// AVX2 with FMA and F16C: Q5_0, Q4_1, Q4_K and Q6_K (also at the AVX-512 level of a CPU
-    /// without VNNI).
+    /// AVX2 with FMA and F16C: every format of [`has_kernels`] (also at the
+    /// AVX-512 level of a CPU without VNNI).
     Avx2,
 }
 

@@ -7,8 +7,8 @@
 //!
 //! One kind of dot product, [`dot_row`]: weights dequantised bit-exactly in
 //! registers (an L1-resident stretch of 256 at a time) times f32 activations;
-//! for Q8_0, Q5_0, Q4_1, Q4_K and Q6_K at the AVX-512 level with VNNI, and for
-//! all of them but Q8_0 at the AVX2 level, activations rounded to int16 per
+//! for Q8_0, Q5_0, Q4_1, Q4_K and Q6_K at the AVX-512 level with VNNI and at
+//! the AVX2 level, activations rounded to int16 per
 //! block of 32 and integer sums per block or sub-block
 //! ([`exact_rounds_activations`]), with the same bits at both levels. (An int8
 //! mode in llama.cpp's manner, activations quantised to int8 per token, was
@@ -47,7 +47,7 @@ use crate::threads::Threads;
 
 /// Whether the products of `dtype` at level `s` round the
 /// activations to int16 per block of 32 (Q8_0, Q5_0, Q4_1, Q4_K and Q6_K at the AVX-512 level
-/// with VNNI, all of them but Q8_0 at the AVX2 level: integer block sums, within
+/// with VNNI and at the AVX2 level: integer block sums, within
 /// 1.5e-5 of each block's largest activation) rather than multiplying f32 activations with the dequantised
 /// weights. Either way every output has one operation order, the same in
 /// decode and prefill, for any batch and thread count.
