@@ -106,8 +106,9 @@ fn bench_matmul(c: &mut Criterion) {
     let mut g = c.benchmark_group("matmul_q");
     g.throughput(Throughput::Elements((2 * m * rows * cols) as u64));
     // Every format here takes int16 activations at the AVX-512 level (with
-    // VNNI) and at AVX2 (and AVX-512 without VNNI), none at scalar. Q4_1, Q4_K, Q6_K, Q5_0 and (some `attn_v`) Q8_0 carry the
-    // prefill of SmolLM2, Qwen2.5 and Gemma 3.
+    // VNNI) and at AVX2 (and AVX-512 without VNNI), none at scalar. Q4_1,
+    // Q4_K, Q6_K, Q5_0 and (some `attn_v`) Q8_0 carry the prefill of
+    // SmolLM2, Qwen2.5 and Gemma 3.
     for s in Simd::available() {
         for dtype in [
             DType::Q4_1,

@@ -1,7 +1,7 @@
-//! Exact-mode products of Q8_0, Q5_0, Q4_1, Q4_K and Q6_K weights with activations
-//! rounded to int16, at the AVX-512 level (with VNNI) and at the AVX2 level:
-//! integer sums at integer speed, within about 1.5e-5 of
-//! the f32 activations' largest value per block. Both levels' kernels have
+//! Exact-mode products of Q8_0, Q5_0, Q4_1, Q4_K and Q6_K weights with
+//! activations rounded to int16, at the AVX-512 level (with VNNI) and at the
+//! AVX2 level: integer sums at integer speed, within about 1.5e-5 of the f32
+//! activations' largest value per block. Both levels' kernels have
 //! the one arithmetic below.
 //!
 //! Every output has one fixed arithmetic, whichever kernel computes it:

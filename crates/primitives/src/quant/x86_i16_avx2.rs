@@ -5,9 +5,10 @@
 //! decode steps and the prefill repacking of the K-quants are in
 //! [`super::x86_i16_avx2_k`]). AVX2 has no VNNI, so
 //! the integer sums come from `vpmaddwd` (pairs of int16 products into int32
-//! lanes) and `vpaddd`. Q8_0 with these kernels decoded 5-19% faster than
-//! with f32 activations on an AMD EPYC (AVX2 only), where the f32 kernel's
-//! byte-to-float conversions cost more than the int16 products.
+//! lanes) and `vpaddd`. With these kernels for Q8_0 rather than f32
+//! activations, whole-model decode ran 6-15% faster at 1 thread and 2-8% at
+//! 2 on an AMD EPYC (AVX2 only), where the f32 kernel's byte-to-float
+//! conversions cost more than the int16 products.
 //!
 //! - Decode ([`rows`]): a tile of 4 weight rows and 2 blocks (a K-quant
 //!   super-block: 4 pairs of groups of 32 values). Each row's two
