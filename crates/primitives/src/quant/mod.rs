@@ -95,8 +95,8 @@ pub const MATMUL_PANEL_ROWS: usize = 64;
 /// Weight rows per task of [`matmul_q`]'s int16 prefill products: one panel
 /// of its kernels at AVX-512, two at AVX2. At 64 rows, SmolLM2's matrices of
 /// 576 rows were 9 tasks, and one of 2 threads waited out the last; at 32,
-/// its pp128 at 2 threads ran 5% faster (AMD EPYC, 3 alternating rounds),
-/// and the other models' (896 and 640 rows) the same as before.
+/// its pp128 at 2 threads ran 5% faster (AMD EPYC, 3 alternating rounds);
+/// Qwen2.5's and Gemma 3's (896 and 640 rows, even splits of 64) the same.
 const I16_GEMM_TASK_ROWS: usize = 32;
 
 fn check_row(dtype: DType, bytes: usize, n: usize, what: &'static str) -> Result<(), ShapeError> {
