@@ -9,10 +9,10 @@
 //! registers (an L1-resident stretch of 256 at a time) times f32 activations;
 //! for Q8_0, Q5_0, Q4_1, Q4_K and Q6_K at the AVX-512 level with VNNI and at
 //! the AVX2 level, activations rounded to int16 per block of 32 and integer
-//! sums per block or sub-block
-//! ([`exact_rounds_activations`]), with the same bits at both levels. (An int8
-//! mode in llama.cpp's manner, activations quantised to int8 per token, was
-//! removed: it decoded no faster than this and further from the float model.)
+//! sums per block or sub-block ([`exact_rounds_activations`]), with the same
+//! bits at both levels. (An int8 mode in llama.cpp's manner, activations
+//! quantised to int8 per token, was removed: it decoded no faster than this
+//! and further from the float model.)
 //!
 //! [`matvec_q`] splits rows over threads, each output element reduced entirely
 //! by one thread with operations that do not depend on the split, so results
