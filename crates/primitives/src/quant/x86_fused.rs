@@ -311,6 +311,10 @@ macro_rules! rows_kernel {
             out: Out,
         ) {
             let nrows = w.len() / row_bytes;
+            let (ahead4, ahead1) = (
+                super::x86::Ahead::<4>::new(row_bytes),
+                super::x86::Ahead::<1>::new(row_bytes),
+            );
             let mut j = 0;
             while j + 4 <= nrows {
                 $tile::<MR, 4>(
@@ -320,7 +324,7 @@ macro_rules! rows_kernel {
                     x,
                     out,
                     j,
-                    super::x86::tile_ahead(4 * row_bytes, (nrows - j - 4) * row_bytes),
+                    ahead4.distance(nrows - j - 4),
                 );
                 j += 4;
             }
@@ -332,7 +336,7 @@ macro_rules! rows_kernel {
                     x,
                     out,
                     j,
-                    super::x86::tile_ahead(row_bytes, (nrows - j - 1) * row_bytes),
+                    ahead1.distance(nrows - j - 1),
                 );
                 j += 1;
             }

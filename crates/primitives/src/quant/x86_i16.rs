@@ -563,9 +563,10 @@ unsafe fn rows_impl<const F: u8>(w: &[u8], shape: &Shape, acts: &ActsI16, out: O
     // SAFETY: 32 readable i16s; loadu has no alignment requirement.
     let scale_words = unsafe { _mm512_loadu_si512(at.as_ptr().cast()) };
     let spread = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
+    let ahead = super::x86::Ahead::new(shape.row_bytes);
     let mut j = 0;
     while j < nrows {
-        let (row, dist) = tile_rows(w, shape, j);
+        let (row, dist) = tile_rows(w, shape, ahead, j);
         for i in 0..acts.rows() {
             // Q8_0 does not read the byte split (`super::i16::decode_splits`).
             let x = SplitRow::of(acts, i, F != F_Q8_0);
@@ -591,11 +592,15 @@ unsafe fn rows_impl<const F: u8>(w: &[u8], shape: &Shape, acts: &ActsI16, out: O
 /// The 4 weight rows of the decode tile at row `j` (rows past the end repeat
 /// the last one; their outputs are dropped), and its prefetch distance.
 #[inline(always)]
-pub(super) fn tile_rows(w: &[u8], shape: &Shape, j: usize) -> ([*const u8; 4], usize) {
+pub(super) fn tile_rows(
+    w: &[u8],
+    shape: &Shape,
+    ahead: super::x86::Ahead<4>,
+    j: usize,
+) -> ([*const u8; 4], usize) {
     let (nrows, row_bytes) = (shape.nrows, shape.row_bytes);
     let row = core::array::from_fn(|r| w[(j + r).min(nrows - 1) * row_bytes..].as_ptr());
-    let dist = super::x86::tile_ahead(4 * row_bytes, (nrows - j).saturating_sub(4) * row_bytes);
-    (row, dist)
+    (row, ahead.distance((nrows - j).saturating_sub(4)))
 }
 
 /// Writes the outputs of a decode tile: row `r` of the 4 (those below

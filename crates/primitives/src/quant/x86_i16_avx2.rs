@@ -812,7 +812,7 @@ unsafe fn pair_step<F: Blocks>(
 }
 
 /// Least distance, in bytes, that decode prefetches the weights ahead
-/// (whole tiles; see [`super::x86::tile_ahead`]). SmolLM2's decode at the
+/// (whole tiles; see [`super::x86::Ahead`]). SmolLM2's decode at the
 /// AVX2 level (Intel Xeon, 1 and 2 threads, 4 alternating rounds) ran about
 /// 5% faster at 2 and 4 KB than at 8 KB, and 10-30% slower at 16-32 KB.
 pub(super) const PREFETCH: usize = 4096;
@@ -890,15 +890,16 @@ pub(super) unsafe fn each_tile(
     mut tile: impl FnMut(&[*const u8; 4], usize, usize, &[Pair]) -> [__m256; 2],
 ) {
     let (row_bytes, nrows) = (dims.row_bytes, dims.nrows);
+    let ahead = super::x86::Ahead::<4>::at_least(PREFETCH, row_bytes);
     let run = |pairs: &[Pair]| {
         let mut j = 0;
         while j < nrows {
             let row: [*const u8; 4] =
                 core::array::from_fn(|r| w[(j + r).min(nrows - 1) * row_bytes..].as_ptr());
-            let left = (nrows - j).saturating_sub(4) * row_bytes;
-            let dist = super::x86::tile_ahead_by(PREFETCH, 4 * row_bytes, left);
-            for (i, x) in pairs.chunks_exact(np).enumerate() {
-                let [acc0, acc1] = tile(&row, dist, i, x);
+            let dist = ahead.distance((nrows - j).saturating_sub(4));
+            // Rows by index: `chunks_exact` divides once per tile.
+            for i in 0..acts.rows() {
+                let [acc0, acc1] = tile(&row, dist, i, &pairs[i * np..(i + 1) * np]);
                 put_chains(acc0, acc1, out, i, j, nrows);
             }
             j += 4;

@@ -33,9 +33,10 @@ pub(super) unsafe fn rows_k<const Q6: bool>(w: &[u8], shape: &Shape, acts: &Acts
         if Q6 { DType::Q6_K } else { DType::Q4_K }.block_bytes(),
         "the format's block length"
     );
+    let ahead = super::x86::Ahead::new(shape.row_bytes);
     let mut j = 0;
     while j < nrows {
-        let (row, dist) = super::x86_i16::tile_rows(w, shape, j);
+        let (row, dist) = super::x86_i16::tile_rows(w, shape, ahead, j);
         for i in 0..acts.rows() {
             let x = SplitRow::of(acts, i, true);
             // Lane `4c + r`: row r's sum of the groups `c` mod 4.
