@@ -564,10 +564,12 @@ unsafe fn rows_impl<const F: u8>(w: &[u8], shape: &Shape, acts: &ActsI16, out: O
     let scale_words = unsafe { _mm512_loadu_si512(at.as_ptr().cast()) };
     let spread = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
     let ahead = super::x86::Ahead::new(shape.row_bytes);
+    // Once: `rows` divides, and the tile loop need not.
+    let rows = acts.rows();
     let mut j = 0;
     while j < nrows {
         let (row, dist) = tile_rows(w, shape, ahead, j);
-        for i in 0..acts.rows() {
+        for i in 0..rows {
             // Q8_0 does not read the byte split (`super::i16::decode_splits`).
             let x = SplitRow::of(acts, i, F != F_Q8_0);
             // Lane `bb * 4 + r`: row r's sum of the blocks `bb` mod 4.

@@ -889,16 +889,16 @@ pub(super) unsafe fn each_tile(
     out: Out,
     mut tile: impl FnMut(&[*const u8; 4], usize, usize, &[Pair]) -> [__m256; 2],
 ) {
-    let (row_bytes, nrows) = (dims.row_bytes, dims.nrows);
-    let ahead = super::x86::Ahead::<4>::at_least(PREFETCH, row_bytes);
+    let nrows = dims.nrows;
+    let ahead = super::x86::Ahead::at_least(PREFETCH, dims.row_bytes);
+    // Once: `rows` divides, and the tile loop need not.
+    let rows = acts.rows();
     let run = |pairs: &[Pair]| {
         let mut j = 0;
         while j < nrows {
-            let row: [*const u8; 4] =
-                core::array::from_fn(|r| w[(j + r).min(nrows - 1) * row_bytes..].as_ptr());
-            let dist = ahead.distance((nrows - j).saturating_sub(4));
-            // Rows by index: `chunks_exact` divides once per tile.
-            for i in 0..acts.rows() {
+            let (row, dist) = super::x86_i16::tile_rows(w, dims, ahead, j);
+            // Rows by index: `chunks_exact` would divide once per tile.
+            for i in 0..rows {
                 let [acc0, acc1] = tile(&row, dist, i, &pairs[i * np..(i + 1) * np]);
                 put_chains(acc0, acc1, out, i, j, nrows);
             }

@@ -34,10 +34,12 @@ pub(super) unsafe fn rows_k<const Q6: bool>(w: &[u8], shape: &Shape, acts: &Acts
         "the format's block length"
     );
     let ahead = super::x86::Ahead::new(shape.row_bytes);
+    // Once: `rows` divides, and the tile loop need not.
+    let rows = acts.rows();
     let mut j = 0;
     while j < nrows {
         let (row, dist) = super::x86_i16::tile_rows(w, shape, ahead, j);
-        for i in 0..acts.rows() {
+        for i in 0..rows {
             let x = SplitRow::of(acts, i, true);
             // Lane `4c + r`: row r's sum of the groups `c` mod 4.
             let mut acc = _mm512_setzero_ps();
