@@ -87,6 +87,20 @@ pub(crate) fn kernels(s: Simd, dtype: DType) -> Option<Kernels> {
     }
 }
 
+/// The most activation rows [`rows`] takes; more go to [`gemm`]. Decode's
+/// kernel reads each weight once per row (or group of rows), and the
+/// prefill kernel repacks the weights first, which pays off only over many
+/// rows.
+pub(crate) fn rows_max(s: Simd, dtype: DType) -> usize {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(Kernels::Avx2) = kernels(s, dtype) {
+        if let Some(n) = super::x86_i16_avx2::rows_max(dtype) {
+            return n;
+        }
+    }
+    super::exact::fused_max_rows(s)
+}
+
 /// Values per group of one weight scale (see the module docs): Q6_K's
 /// sub-blocks of 16, else 32.
 pub(crate) const fn group_len(dtype: DType) -> usize {
@@ -775,6 +789,9 @@ mod tests {
                 // block into chains 2 and 3 (AVX2 decode).
                 (7, 7, 3),
                 (5, 11, 2),
+                // A group of 4 activation rows, then one of 2 (AVX2 decode
+                // of a short prompt), with a lone block.
+                (9, 3, 6),
             ] {
                 let cols = blocks * dtype.block_len();
                 let nb = cols / BLOCK;

@@ -364,7 +364,7 @@ pub fn matmul_q(
     let base = unsafe { Out::new(y.as_mut_ptr(), rows, 0) };
     if i16::applies(s, dtype) {
         // Exact products that round activations to int16 do it once, here.
-        let gemm = m > exact::fused_max_rows(s);
+        let gemm = m > i16::rows_max(s, dtype);
         // Only decode's kernel takes the activations' byte split.
         let split = !gemm && i16::decode_splits(s, dtype);
         i16::with_acts(s, threads, x, split, |acts| {

@@ -19,7 +19,8 @@
 //!   `vphaddd` give the 8 exact block sums of the 4 rows (Q5_0's stored
 //!   quants are `w + 16`: minus 16 times the activation block's sum), and
 //!   group `g` (block, or K-quant group) goes to chain `g mod 4` of the
-//!   reference's arithmetic.
+//!   reference's arithmetic. A few rows of activations (a short prompt) go
+//!   through it too, up to 4 per tile, which share the weights' words.
 //! - Prefill ([`gemm`]): 16 weight rows are repacked as int16 pairs (a
 //!   transpose, so that one vector holds a pair of 8 rows), and each pair of
 //!   activations, broadcast, meets them with `vpmaddwd`: 16 rows' group sums
@@ -750,29 +751,32 @@ pub(super) unsafe fn pair_x(x: &Pair) -> [__m256i; 4] {
 }
 
 /// One pair's terms for 4 weight rows (`row[r]`, `off` bytes to the pair's
-/// first block, `next` to its second), added to the two chains in `acc`'s
-/// halves.
+/// first block, `next` to its second) and `R` activation rows (their pairs
+/// `x[k]`), added to the two chains in the halves of `acc[k]`. The weights
+/// become words once for all `R` rows; each row's operations are those it
+/// has alone (`R = 1`), so a row's bits do not depend on `R`.
 ///
 /// # Safety
 /// Whole blocks at `row[r] + off` and `+ next`; the caller has this
 /// module's features.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn pair_step<F: Blocks>(
+unsafe fn pair_step<F: Blocks, const R: usize>(
     row: &[*const u8; 4],
     off: usize,
     next: usize,
-    x: &Pair,
-    acc: __m256,
-) -> __m256 {
+    x: [&Pair; R],
+    acc: [__m256; R],
+) -> [__m256; R] {
     // SAFETY: readable blocks (the contract); aligned loads of `x` (a `Pair`
     // is 32-byte aligned); register-only instructions otherwise.
     unsafe {
-        let xv = pair_x(x);
+        let xv = x.map(|xk| pair_x(xk));
         // Row r's scale (and min) f16 of both blocks, moved to word r (and
         // 4 + r) of each half by a byte shuffle of the blocks' first bytes.
         let mut sep = _mm256_setzero_si256();
-        let prod: [__m256i; 4] = core::array::from_fn(|r| {
+        let mut prod = [[_mm256_setzero_si256(); 4]; R];
+        for r in 0..4 {
             let (a, b) = (row[r].add(off), row[r].add(next));
             let head = halves(a, b, 0);
             let (z, d0, d1, m0, m1) = (-1i8, 0i8, 1i8, 2i8, 3i8);
@@ -783,31 +787,37 @@ unsafe fn pair_step<F: Blocks>(
             ctl[8 + 2 * r + 1] = m1;
             let ctl = _mm_loadu_si128(ctl.as_ptr().cast());
             sep = _mm256_or_si256(sep, _mm256_shuffle_epi8(head, _mm256_set_m128i(ctl, ctl)));
-            let (lo, hi) = madd_halves(&F::pair_words(a, b, head), &xv);
-            _mm256_add_epi32(lo, hi)
-        });
-        // Lanes r and 4 + r: row r's sums of the first and second block.
-        let s = row_sums(&prod);
-        let sums = _mm256_load_ps(x.sums.as_ptr());
-        // The integer weights are `q - OFFSET`: minus OFFSET times the
-        // block's sum (exact integers, as the sums are).
-        let s = if F::OFFSET == 0 {
-            s
-        } else {
-            let offset = _mm256_mullo_epi32(_mm256_cvtps_epi32(sums), _mm256_set1_epi32(F::OFFSET));
-            _mm256_sub_epi32(s, offset)
-        };
-        let sep = _mm256_permute4x64_epi64::<0b11_01_10_00>(sep);
-        let dx = _mm256_load_ps(x.d.as_ptr());
-        let dw = _mm256_cvtph_ps(_mm256_castsi256_si128(sep));
-        let acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(dw, dx), acc);
-        if !F::MINS {
-            return acc;
+            let words = F::pair_words(a, b, head);
+            for (pk, xk) in prod.iter_mut().zip(&xv) {
+                let (lo, hi) = madd_halves(&words, xk);
+                pk[r] = _mm256_add_epi32(lo, hi);
+            }
         }
+        let sep = _mm256_permute4x64_epi64::<0b11_01_10_00>(sep);
+        let dw = _mm256_cvtph_ps(_mm256_castsi256_si128(sep));
         // `w = d q + m`: the reference's min is `-m`, exactly.
         let m = _mm256_cvtph_ps(_mm256_extracti128_si256::<1>(sep));
         let m = _mm256_xor_ps(m, _mm256_set1_ps(-0.0));
-        _mm256_fnmadd_ps(sums, _mm256_mul_ps(m, dx), acc)
+        core::array::from_fn(|k| {
+            // Lanes r and 4 + r: row r's sums of the first and second block.
+            let s = row_sums(&prod[k]);
+            let sums = _mm256_load_ps(x[k].sums.as_ptr());
+            // The integer weights are `q - OFFSET`: minus OFFSET times the
+            // block's sum (exact integers, as the sums are).
+            let s = if F::OFFSET == 0 {
+                s
+            } else {
+                let offset =
+                    _mm256_mullo_epi32(_mm256_cvtps_epi32(sums), _mm256_set1_epi32(F::OFFSET));
+                _mm256_sub_epi32(s, offset)
+            };
+            let dx = _mm256_load_ps(x[k].d.as_ptr());
+            let acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(dw, dx), acc[k]);
+            if !F::MINS {
+                return acc;
+            }
+            _mm256_fnmadd_ps(sums, _mm256_mul_ps(m, dx), acc)
+        })
     }
 }
 
@@ -817,10 +827,120 @@ unsafe fn pair_step<F: Blocks>(
 /// 5% faster at 2 and 4 KB than at 8 KB, and 10-30% slower at 16-32 KB.
 pub(super) const PREFETCH: usize = 4096;
 
-/// Decode products of Q8_0, Q4_1 or Q5_0 (`F`): 4 weight rows and 2 blocks at a time (see the
-/// module docs), every row of `acts` against a tile while it is in L1.
-/// Pair `p` feeds the chains `2p mod 4` and `2p + 1 mod 4` in the two
+/// Activation rows that decode's pair formats take through one tile
+/// together ([`PairTile`]): the weights become words once for all of them.
+const GROUP: usize = 4;
+
+/// The most activation rows for which [`rows`] (decode's kernel, with
+/// [`GROUP`] rows per tile) runs instead of [`gemm`], whose repacking of
+/// the weights costs as much as the products of a few rows: one group. On
+/// an AMD EPYC (AVX2), SmolLM2's prefill of 4 tokens ran 1.24x faster this
+/// way at 1 thread and 0.98-1.17x at 2 (medians of 12, alternating
+/// rounds); of 5 and 6 tokens, 1.07-1.10x at 1 thread but 0.94-1.02x at 2.
+pub(crate) fn rows_max(dtype: DType) -> Option<usize> {
+    matches!(dtype, DType::Q8_0 | DType::Q4_1 | DType::Q5_0).then_some(GROUP)
+}
+
+/// A decode tile's products for groups of activation rows ([`each_tile`]).
+pub(super) trait TileRows {
+    /// The chains ([`put_chains`]) of activation rows `i0..i0 + R` (their
+    /// pairs `x[k]`) against the tile of 4 weight rows starting at `row`,
+    /// prefetching `dist` ahead when `i0 == 0` (the other rows find the
+    /// tile in L1).
+    ///
+    /// # Safety
+    /// The CPU has this module's features; the rows and pairs are those
+    /// [`each_tile`] gives.
+    unsafe fn chains<const R: usize>(
+        &mut self,
+        row: &[*const u8; 4],
+        dist: usize,
+        i0: usize,
+        x: [&[Pair]; R],
+    ) -> [[__m256; 2]; R];
+}
+
+/// [`TileRows`] from a tile of one activation row: `f(row, dist, i, x)`,
+/// called for each row of a group.
+pub(super) struct EachRow<T>(pub(super) T);
+
+impl<T: FnMut(&[*const u8; 4], usize, usize, &[Pair]) -> [__m256; 2]> TileRows for EachRow<T> {
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn chains<const R: usize>(
+        &mut self,
+        row: &[*const u8; 4],
+        dist: usize,
+        i0: usize,
+        x: [&[Pair]; R],
+    ) -> [[__m256; 2]; R] {
+        core::array::from_fn(|k| (self.0)(row, dist, i0 + k, x[k]))
+    }
+}
+
+/// Decode products of Q8_0, Q4_1 or Q5_0 (`F`): 4 weight rows and 2 blocks
+/// at a time (see the module docs), for up to [`GROUP`] rows of `acts` at
+/// once. Pair `p` feeds the chains `2p mod 4` and `2p + 1 mod 4` in the two
 /// halves of one accumulator; a lone last block only its chain's half.
+struct PairTile<F> {
+    /// Bytes per block.
+    bb: usize,
+    /// Blocks per row.
+    blocks: usize,
+    format: core::marker::PhantomData<F>,
+}
+
+impl<F: Blocks> TileRows for PairTile<F> {
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn chains<const R: usize>(
+        &mut self,
+        row: &[*const u8; 4],
+        dist: usize,
+        i0: usize,
+        x: [&[Pair]; R],
+    ) -> [[__m256; 2]; R] {
+        let (bb, blocks) = (self.bb, self.blocks);
+        let full = blocks / 2;
+        let at = |p: usize| x.map(|xk| &xk[p]);
+        let (mut acc0, mut acc1) = ([_mm256_setzero_ps(); R], [_mm256_setzero_ps(); R]);
+        let mut p = 0;
+        // SAFETY: pairs p < full have both blocks in every row, the lone
+        // last block (p = full) its first, and each `x[k]` holds its row's
+        // pairs (`each_tile`).
+        unsafe {
+            while p + 2 <= full {
+                let off = 2 * p * bb;
+                if i0 == 0 {
+                    // These 4 blocks of each row, `dist` ahead.
+                    prefetch(row, off + dist, 4 * bb);
+                }
+                acc0 = pair_step::<F, R>(row, off, off + bb, at(p), acc0);
+                acc1 = pair_step::<F, R>(row, off + 2 * bb, off + 3 * bb, at(p + 1), acc1);
+                p += 2;
+            }
+            if p < full {
+                let off = 2 * p * bb;
+                acc0 = pair_step::<F, R>(row, off, off + bb, at(p), acc0);
+                p += 1;
+            }
+            if blocks % 2 == 1 {
+                let off = 2 * p * bb;
+                let old = if p % 2 == 0 { acc0 } else { acc1 };
+                let new = pair_step::<F, R>(row, off, off, at(p), old);
+                let new = core::array::from_fn(|k| _mm256_blend_ps::<0xF0>(new[k], old[k]));
+                if p % 2 == 0 {
+                    acc0 = new;
+                } else {
+                    acc1 = new;
+                }
+            }
+        }
+        core::array::from_fn(|k| [acc0[k], acc1[k]])
+    }
+}
+
+/// Decode products of Q8_0, Q4_1 or Q5_0 (`F`): [`PairTile`]s.
 ///
 /// # Safety
 /// The CPU has this module's features, and `dims` was checked by
@@ -829,52 +949,20 @@ pub(super) const PREFETCH: usize = 4096;
 unsafe fn rows_pairs<F: Blocks>(w: &[u8], dims: &Shape, acts: &ActsI16, out: Out) {
     let (bb, blocks) = (dims.block_bytes, dims.blocks);
     assert_eq!(bb, F::DTYPE.block_bytes(), "the format's block length");
-    let (full, np) = (blocks / 2, blocks.div_ceil(2));
-    let tile = |row: &[*const u8; 4], dist: usize, i: usize, x: &[Pair]| {
-        let (mut acc0, mut acc1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-        let mut p = 0;
-        // SAFETY: pairs p < full have both blocks in every row, the lone
-        // last block (p = full) its first, and `x` holds np pairs.
-        unsafe {
-            while p + 2 <= full {
-                let off = 2 * p * bb;
-                if i == 0 {
-                    // These 4 blocks of each row, `dist` ahead.
-                    prefetch(row, off + dist, 4 * bb);
-                }
-                acc0 = pair_step::<F>(row, off, off + bb, &x[p], acc0);
-                acc1 = pair_step::<F>(row, off + 2 * bb, off + 3 * bb, &x[p + 1], acc1);
-                p += 2;
-            }
-            if p < full {
-                let off = 2 * p * bb;
-                acc0 = pair_step::<F>(row, off, off + bb, &x[p], acc0);
-                p += 1;
-            }
-            if blocks % 2 == 1 {
-                let off = 2 * p * bb;
-                let old = if p % 2 == 0 { acc0 } else { acc1 };
-                let new = pair_step::<F>(row, off, off, &x[p], old);
-                let new = _mm256_blend_ps::<0xF0>(new, old);
-                if p % 2 == 0 {
-                    acc0 = new;
-                } else {
-                    acc1 = new;
-                }
-            }
-        }
-        [acc0, acc1]
+    let tile = PairTile::<F> {
+        bb,
+        blocks,
+        format: core::marker::PhantomData,
     };
     // SAFETY: forwarded (the contract).
-    unsafe { each_tile(w, dims, acts, np, out, tile) }
+    unsafe { each_tile(w, dims, acts, blocks.div_ceil(2), out, tile) }
 }
 
 /// Decode's walk over tiles of 4 weight rows (`dims`' rows of `w`; rows
 /// past the end repeat the last one, their outputs dropped): for each tile
-/// and each row `i` of `acts` (`np` pairs, see [`with_pairs`]), `tile(row,
-/// dist, i, x)` gives the chains ([`put_chains`]) from the 4 rows' starts
-/// `row`, the distance `dist` to prefetch ahead (by row `i == 0`, while the
-/// others find the tile in L1) and row `i`'s pairs `x`.
+/// and each group of up to [`GROUP`] rows of `acts` (`np` pairs each, see
+/// [`with_pairs`]), `tile` gives the chains ([`put_chains`]) from the 4
+/// rows' starts and the distance to prefetch ahead.
 ///
 /// # Safety
 /// The CPU has this module's features, and `dims` was checked by
@@ -887,7 +975,7 @@ pub(super) unsafe fn each_tile(
     acts: &ActsI16,
     np: usize,
     out: Out,
-    mut tile: impl FnMut(&[*const u8; 4], usize, usize, &[Pair]) -> [__m256; 2],
+    mut tile: impl TileRows,
 ) {
     let nrows = dims.nrows;
     let ahead = super::x86::Ahead::at_least(PREFETCH, dims.row_bytes);
@@ -897,15 +985,50 @@ pub(super) unsafe fn each_tile(
         let mut j = 0;
         while j < nrows {
             let (row, dist) = super::x86_i16::tile_rows(w, dims, ahead, j);
-            // Rows by index: `chunks_exact` would divide once per tile.
-            for i in 0..rows {
-                let [acc0, acc1] = tile(&row, dist, i, &pairs[i * np..(i + 1) * np]);
-                put_chains(acc0, acc1, out, i, j, nrows);
+            let mut i = 0;
+            while i < rows {
+                // SAFETY: forwarded (the contract); rows i.. of `acts`.
+                unsafe {
+                    match rows - i {
+                        1 => group::<1>(&mut tile, &row, dist, i, pairs, np, out, j, nrows),
+                        2 => group::<2>(&mut tile, &row, dist, i, pairs, np, out, j, nrows),
+                        3 => group::<3>(&mut tile, &row, dist, i, pairs, np, out, j, nrows),
+                        _ => group::<GROUP>(&mut tile, &row, dist, i, pairs, np, out, j, nrows),
+                    }
+                }
+                i += GROUP;
             }
             j += 4;
         }
     };
     with_pairs(acts, run);
+}
+
+/// Rows `i0..i0 + R` of the activations (`np` pairs each in `pairs`)
+/// against the tile at rows `j..` of `nrows`, written out.
+///
+/// # Safety
+/// As for [`TileRows::chains`], with rows `i0..i0 + R` in `pairs`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn group<const R: usize>(
+    tile: &mut impl TileRows,
+    row: &[*const u8; 4],
+    dist: usize,
+    i0: usize,
+    pairs: &[Pair],
+    np: usize,
+    out: Out,
+    j: usize,
+    nrows: usize,
+) {
+    let x = core::array::from_fn(|k| &pairs[(i0 + k) * np..(i0 + k + 1) * np]);
+    // SAFETY: forwarded (the contract).
+    let chains = unsafe { tile.chains::<R>(row, dist, i0, x) };
+    for (k, [acc0, acc1]) in chains.into_iter().enumerate() {
+        put_chains(acc0, acc1, out, i0 + k, j, nrows);
+    }
 }
 
 /// Prefetches the cache lines of `len` bytes at `off` past each of `row`

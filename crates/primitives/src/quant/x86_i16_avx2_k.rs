@@ -22,7 +22,8 @@
 
 use super::i16::{ActsI16, Shape};
 use super::x86_i16_avx2::{
-    each_tile, halves, madd_halves, pair_x, prefetch, row_sums, transpose8, Packed, Pair, PANEL,
+    each_tile, halves, madd_halves, pair_x, prefetch, row_sums, transpose8, EachRow, Packed, Pair,
+    PANEL,
 };
 use crate::dtype::DType;
 use crate::matmul::Out;
@@ -73,7 +74,7 @@ pub(super) unsafe fn rows_k<const Q6: bool>(w: &[u8], dims: &Shape, acts: &ActsI
         }
     };
     // SAFETY: forwarded (the contract).
-    unsafe { each_tile(w, dims, acts, np, out, tile) }
+    unsafe { each_tile(w, dims, acts, np, out, EachRow(tile)) }
 }
 
 /// The bytes of 4 rows' 16-byte runs (rows 0 and 2 in the halves of
