@@ -830,13 +830,15 @@ pub(super) const PREFETCH: usize = 4096;
 /// Activation rows that decode's pair formats take through one tile
 /// together ([`PairTile`]): the weights become words once for all of them.
 const GROUP: usize = 4;
+const _: () = assert!(GROUP == 4, "each_tile's groups are of 1 to 4 rows");
 
 /// The most activation rows for which [`rows`] (decode's kernel, with
 /// [`GROUP`] rows per tile) runs instead of [`gemm`], whose repacking of
 /// the weights costs as much as the products of a few rows: one group. On
-/// an AMD EPYC (AVX2), SmolLM2's prefill of 4 tokens ran 1.24x faster this
-/// way at 1 thread and 0.98-1.17x at 2 (medians of 12, alternating
-/// rounds); of 5 and 6 tokens, 1.07-1.10x at 1 thread but 0.94-1.02x at 2.
+/// an AMD EPYC (AVX2), prefill of 4 tokens ran this way 1.24x faster at 1
+/// thread and 1.13x at 2 on SmolLM2, 1.16x and 1.13x on Qwen2.5, 1.05x and
+/// 1.03x on Gemma 3 (medians of 3 alternating rounds); SmolLM2's of 5 and
+/// 6 tokens, 1.07-1.10x at 1 thread but 0.94-1.02x at 2.
 pub(crate) fn rows_max(dtype: DType) -> Option<usize> {
     matches!(dtype, DType::Q8_0 | DType::Q4_1 | DType::Q5_0).then_some(GROUP)
 }
@@ -845,8 +847,7 @@ pub(crate) fn rows_max(dtype: DType) -> Option<usize> {
 pub(super) trait TileRows {
     /// The chains ([`put_chains`]) of activation rows `i0..i0 + R` (their
     /// pairs `x[k]`) against the tile of 4 weight rows starting at `row`,
-    /// prefetching `dist` ahead when `i0 == 0` (the other rows find the
-    /// tile in L1).
+    /// prefetching `dist` ahead when `i0 == 0`.
     ///
     /// # Safety
     /// The CPU has this module's features; the rows and pairs are those
@@ -959,10 +960,11 @@ unsafe fn rows_pairs<F: Blocks>(w: &[u8], dims: &Shape, acts: &ActsI16, out: Out
 }
 
 /// Decode's walk over tiles of 4 weight rows (`dims`' rows of `w`; rows
-/// past the end repeat the last one, their outputs dropped): for each tile
-/// and each group of up to [`GROUP`] rows of `acts` (`np` pairs each, see
-/// [`with_pairs`]), `tile` gives the chains ([`put_chains`]) from the 4
-/// rows' starts and the distance to prefetch ahead.
+/// past the end repeat the last one, their outputs dropped), once for each
+/// group of up to [`GROUP`] rows of `acts` (`np` pairs each, see
+/// [`with_pairs`]): `tile` gives the chains ([`put_chains`]) from the 4
+/// rows' starts and the distance to prefetch ahead. Callers give at most a
+/// group ([`rows_max`]); more rows read the weights again per group.
 ///
 /// # Safety
 /// The CPU has this module's features, and `dims` was checked by
@@ -977,57 +979,54 @@ pub(super) unsafe fn each_tile(
     out: Out,
     mut tile: impl TileRows,
 ) {
-    let nrows = dims.nrows;
-    let ahead = super::x86::Ahead::at_least(PREFETCH, dims.row_bytes);
-    // Once: `rows` divides, and the tile loop need not.
     let rows = acts.rows();
     let run = |pairs: &[Pair]| {
-        let mut j = 0;
-        while j < nrows {
-            let (row, dist) = super::x86_i16::tile_rows(w, dims, ahead, j);
-            let mut i = 0;
-            while i < rows {
-                // SAFETY: forwarded (the contract); rows i.. of `acts`.
-                unsafe {
-                    match rows - i {
-                        1 => group::<1>(&mut tile, &row, dist, i, pairs, np, out, j, nrows),
-                        2 => group::<2>(&mut tile, &row, dist, i, pairs, np, out, j, nrows),
-                        3 => group::<3>(&mut tile, &row, dist, i, pairs, np, out, j, nrows),
-                        _ => group::<GROUP>(&mut tile, &row, dist, i, pairs, np, out, j, nrows),
-                    }
+        let mut i = 0;
+        while i < rows {
+            // SAFETY: forwarded (the contract); rows i.. of `acts`.
+            unsafe {
+                match rows - i {
+                    1 => walk::<1>(&mut tile, w, dims, i, pairs, np, out),
+                    2 => walk::<2>(&mut tile, w, dims, i, pairs, np, out),
+                    3 => walk::<3>(&mut tile, w, dims, i, pairs, np, out),
+                    _ => walk::<GROUP>(&mut tile, w, dims, i, pairs, np, out),
                 }
-                i += GROUP;
             }
-            j += 4;
+            i += GROUP;
         }
     };
     with_pairs(acts, run);
 }
 
 /// Rows `i0..i0 + R` of the activations (`np` pairs each in `pairs`)
-/// against the tile at rows `j..` of `nrows`, written out.
+/// against every tile, written out. Not inlined: each group size gets its
+/// own registers (one function for all of them made decode 3-4% slower).
 ///
 /// # Safety
-/// As for [`TileRows::chains`], with rows `i0..i0 + R` in `pairs`.
-#[inline]
+/// As for [`each_tile`], with rows `i0..i0 + R` in `pairs`.
+#[inline(never)]
 #[target_feature(enable = "avx2,fma,f16c")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn group<const R: usize>(
+unsafe fn walk<const R: usize>(
     tile: &mut impl TileRows,
-    row: &[*const u8; 4],
-    dist: usize,
+    w: &[u8],
+    dims: &Shape,
     i0: usize,
     pairs: &[Pair],
     np: usize,
     out: Out,
-    j: usize,
-    nrows: usize,
 ) {
+    let nrows = dims.nrows;
+    let ahead = super::x86::Ahead::at_least(PREFETCH, dims.row_bytes);
     let x = core::array::from_fn(|k| &pairs[(i0 + k) * np..(i0 + k + 1) * np]);
-    // SAFETY: forwarded (the contract).
-    let chains = unsafe { tile.chains::<R>(row, dist, i0, x) };
-    for (k, [acc0, acc1]) in chains.into_iter().enumerate() {
-        put_chains(acc0, acc1, out, i0 + k, j, nrows);
+    let mut j = 0;
+    while j < nrows {
+        let (row, dist) = super::x86_i16::tile_rows(w, dims, ahead, j);
+        // SAFETY: forwarded (the contract).
+        let chains = unsafe { tile.chains::<R>(&row, dist, i0, x) };
+        for (k, [acc0, acc1]) in chains.into_iter().enumerate() {
+            put_chains(acc0, acc1, out, i0 + k, j, nrows);
+        }
+        j += 4;
     }
 }
 
