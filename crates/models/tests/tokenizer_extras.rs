@@ -15,6 +15,35 @@ fn load(name: &str) -> Tokenizer {
     Tokenizer::load(&p).unwrap()
 }
 
+/// A session builds a GGUF model's tokenizer from the parse of the file it
+/// made for the network: it must be the tokenizer the file gives alone.
+#[test]
+fn gguf_tokenizer_from_the_parsed_file_is_the_files() {
+    let x = extras();
+    let texts = x["texts"].as_array().unwrap();
+    for name in ["smollm2-135m", "qwen2.5-0.5b", "gemma3-270m"] {
+        let m = catalog::known(name).unwrap();
+        let p: PathBuf = catalog::models_dir().join(m.file);
+        assert!(p.exists(), "{}", catalog::fetch_hint(name));
+        let alone = Tokenizer::load(&p).unwrap();
+        let gguf = patchbay_models::formats::gguf::Gguf::open(&p).unwrap();
+        let parsed = Tokenizer::from_parsed_gguf(&gguf).unwrap();
+        assert_eq!(parsed.vocab_size(), alone.vocab_size(), "{name}");
+        assert_eq!(
+            (parsed.bos(), parsed.eos()),
+            (alone.bos(), alone.eos()),
+            "{name}"
+        );
+        assert_eq!(parsed.chat_template(), alone.chat_template(), "{name}");
+        for t in texts {
+            let t = t.as_str().unwrap();
+            let ids = alone.encode_with(t, true, true);
+            assert_eq!(parsed.encode_with(t, true, true), ids, "{name}: {t:?}");
+            assert_eq!(parsed.decode_special(&ids), alone.decode_special(&ids));
+        }
+    }
+}
+
 fn extras() -> serde_json::Value {
     let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/tokenizer_extras.json");
     serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()

@@ -243,14 +243,18 @@ pub fn with_session<J: SessionJob>(
     }
     let t0 = Instant::now();
     // The tokenizer (a vocabulary of 10^5 texts to index) is built on a second
-    // thread while this one maps the weights and builds the network: both
-    // are needed before the first token, and neither needs the other.
+    // thread while this one builds the network: both are needed before the
+    // first token, and neither needs the other. A GGUF file's tokenizer comes
+    // from the one parse of the file.
+    let source = families::open(path)?;
     std::thread::scope(|scope| {
         let tokenizer = std::thread::Builder::new()
             .name("tokenizer".into())
-            .spawn_scoped(scope, || Tokenizer::load(path))
+            .spawn_scoped(scope, || match source.gguf() {
+                Some(gguf) => Tokenizer::from_parsed_gguf(gguf),
+                None => Tokenizer::load(path),
+            })
             .map_err(|e| ModelError::io(path, e))?;
-        let source = families::open(path)?;
         let build = BuildOptions {
             max_context: opts.max_context,
             ..opts.build.clone()

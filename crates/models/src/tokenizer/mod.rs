@@ -479,6 +479,11 @@ impl Tokenizer {
         Self::from_vocab(gguf_vocab::read_vocab(path)?)
     }
 
+    /// The tokenizer of a GGUF file already parsed (for its network).
+    pub fn from_parsed_gguf(gguf: &crate::formats::gguf::Gguf) -> Result<Self, TokenizerError> {
+        Self::from_vocab(gguf_vocab::vocab_of(gguf)?)
+    }
+
     /// Reads a llama2.c `tokenizer.bin`.
     pub fn from_llama2c(path: &Path) -> Result<Self, TokenizerError> {
         Ok(Tokenizer::Llama2c(Llama2cTokenizer::from_file(path)?))
