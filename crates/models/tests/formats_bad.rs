@@ -857,3 +857,20 @@ fn gguf_impossible_hyper_parameters_are_rejected_at_open_naming_key_and_file() {
     ModelSource::open(&p).unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A GGUF file that does not parse gives its tokenizer's reader the shared
+/// reader's error, naming the file once.
+#[test]
+fn tokenizer_of_a_corrupt_gguf_names_the_file_once() {
+    let dir = temp_dir("tokenizer");
+    let p = dir.join("bad-version.gguf");
+    let mut bytes = b"GGUF".to_vec();
+    bytes.extend_from_slice(&[9, 0, 0, 0]);
+    bytes.extend_from_slice(&[0; 16]);
+    std::fs::write(&p, &bytes).unwrap();
+    let e = patchbay_models::tokenizer::Tokenizer::load(&p)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("unsupported GGUF version 9"), "{e}");
+    assert_eq!(e.matches("bad-version.gguf").count(), 1, "{e}");
+}

@@ -13,8 +13,7 @@ pub fn mmap_file(path: &Path) -> Result<Arc<Storage>, ModelError> {
     map_read_only(path).map_err(|e| ModelError::io(path, e))
 }
 
-/// [`mmap_file`] with the bare I/O error (for readers with their own error type).
-pub(crate) fn map_read_only(path: &Path) -> std::io::Result<Arc<Storage>> {
+fn map_read_only(path: &Path) -> std::io::Result<Arc<Storage>> {
     let file = std::fs::File::open(path)?;
     // SAFETY: the map is read-only and patchbay never writes weight files; like
     // every mmap-based loader we rely on no other process truncating or

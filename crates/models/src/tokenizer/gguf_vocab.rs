@@ -12,10 +12,7 @@ use super::{TokenizerError, Vocab};
 /// Flags missing from the file get llama.cpp's defaults for the tokenizer
 /// model (`llama`: add BOS; `gpt2`: no BOS).
 pub fn read_vocab(path: &Path) -> Result<Vocab, TokenizerError> {
-    let gguf = Gguf::open(path).map_err(|e| TokenizerError::Format {
-        path: path.to_path_buf(),
-        msg: e.to_string(),
-    })?;
+    let gguf = Gguf::open(path).map_err(|e| TokenizerError::File(Box::new(e)))?;
     vocab_of(&gguf)
 }
 

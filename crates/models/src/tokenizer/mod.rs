@@ -37,6 +37,10 @@ pub enum TokenizerError {
         /// The I/O error.
         source: std::io::Error,
     },
+    /// The model file holding the tokenizer could not be read (it names
+    /// the file).
+    #[error(transparent)]
+    File(Box<crate::error::ModelError>),
     /// The file is not in the expected format.
     #[error("{path}: {msg}")]
     Format {
