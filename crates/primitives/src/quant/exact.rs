@@ -241,10 +241,10 @@ pub(crate) fn fused_rows(
         return;
     }
     if super::i16::applies(s, dtype) {
-        let split = super::i16::decode_splits(s, dtype);
+        let layout = super::i16::decode_layout(s, dtype);
         // At most 4 rows: rounded on this thread.
         let one = crate::threads::Threads::single();
-        return super::i16::with_acts(s, &one, x, split, |acts| {
+        return super::i16::with_acts(s, &one, x, layout, |acts| {
             super::i16::rows(s, dtype, w, row_bytes, acts, out)
         });
     }

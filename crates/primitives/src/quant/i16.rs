@@ -116,11 +116,27 @@ pub(crate) const fn has_mins(dtype: DType) -> bool {
     matches!(dtype, DType::Q4_1 | DType::Q4_K)
 }
 
-/// Whether the decode products of `dtype` at level `s` ([`rows`]) read the
-/// activations' byte split (the AVX-512 byte products of Q5_0, Q4_1, Q4_K
-/// and Q6_K do; Q8_0's word products and the AVX2 kernels do not).
-pub(crate) fn decode_splits(s: Simd, dtype: DType) -> bool {
-    kernels(s, dtype) == Some(Kernels::Avx512) && byte_products(dtype)
+/// What decode's kernel ([`rows`]) reads of the activations besides their
+/// rounded values, scales and sums: laid out once per product in
+/// [`with_acts`], not once per task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Layout {
+    /// Nothing more (prefill's kernels, the portable reference, Q8_0's
+    /// word products at AVX-512).
+    Plain,
+    /// The byte split (the AVX-512 byte products of Q5_0, Q4_1, Q4_K, Q6_K).
+    Split,
+    /// The values in pairs of blocks (the AVX2 kernels).
+    Pairs,
+}
+
+/// The [`Layout`] that the decode products of `dtype` at level `s` read.
+pub(crate) fn decode_layout(s: Simd, dtype: DType) -> Layout {
+    match kernels(s, dtype) {
+        Some(Kernels::Avx512) if byte_products(dtype) => Layout::Split,
+        Some(Kernels::Avx2) => Layout::Pairs,
+        _ => Layout::Plain,
+    }
 }
 
 /// Whether the AVX-512 decode products of `dtype` meet the activations'
@@ -148,14 +164,24 @@ pub(crate) struct ActsI16 {
     pub hi: Vec<i8>,
     /// Minus the sum of each 4 consecutive `q` (`rows x cols / 4`).
     pub neg_quad_q: Vec<i32>,
+    /// The rows in pairs of blocks for the AVX2 decode kernels
+    /// ([`Layout::Pairs`]; empty otherwise, never stale).
+    #[cfg(target_arch = "x86_64")]
+    pub pairs: Vec<super::x86_i16_avx2::Pair>,
 }
 
 impl ActsI16 {
     /// Sizes the buffers for `rows x cols` values, with room for their byte
-    /// split when `split` (left empty otherwise, never stale).
-    fn reshape(&mut self, rows: usize, cols: usize, split: bool) {
+    /// split for [`Layout::Split`] (left empty otherwise, never stale); the
+    /// pairs are emptied but for [`Layout::Pairs`], which [`quantize`] lays
+    /// out over them.
+    fn reshape(&mut self, rows: usize, cols: usize, layout: Layout) {
         let (nb, c4) = (cols / BLOCK, cols / 4);
-        let split_rows = if split { rows } else { 0 };
+        let split_rows = if layout == Layout::Split { rows } else { 0 };
+        #[cfg(target_arch = "x86_64")]
+        if layout != Layout::Pairs {
+            self.pairs.clear();
+        }
         self.cols = cols;
         self.q.resize(rows * cols, 0);
         self.d.resize(rows * nb, 0.0);
@@ -343,14 +369,15 @@ pub(crate) fn split_row_ref(q: &[i16], lo: &mut [u8], hi: &mut [i8], neg_quad_q:
 }
 
 /// Rounds the rows of `x` (columns a multiple of [`BLOCK`]) into `acts`,
-/// with their byte split when `split` (decode, [`rows`], needs it; prefill,
-/// [`gemm`], does not). Without it the split is left empty, never stale.
+/// with the `layout` decode's kernel reads ([`decode_layout`]; prefill,
+/// [`gemm`], reads none). Other layouts are left empty, never stale.
 /// Level `s` caps the kernels used (the same bits at every level), so that
 /// a run capped at AVX2 runs only AVX2 code.
-pub(crate) fn quantize(s: Simd, x: MatRef<'_>, split: bool, acts: &mut ActsI16) {
+pub(crate) fn quantize(s: Simd, x: MatRef<'_>, layout: Layout, acts: &mut ActsI16) {
     let (rows, cols) = (x.rows(), x.cols());
     let (nb, c4) = (cols / BLOCK, cols / 4);
-    acts.reshape(rows, cols, split);
+    let split = layout == Layout::Split;
+    acts.reshape(rows, cols, layout);
     for i in 0..rows {
         let q = &mut acts.q[i * cols..(i + 1) * cols];
         let d = &mut acts.d[i * nb..(i + 1) * nb];
@@ -368,6 +395,12 @@ pub(crate) fn quantize(s: Simd, x: MatRef<'_>, split: bool, acts: &mut ActsI16) 
         }
         split_row_ref(q, lo, hi, nq);
     }
+    #[cfg(target_arch = "x86_64")]
+    if layout == Layout::Pairs {
+        let mut pairs = core::mem::take(&mut acts.pairs);
+        super::x86_i16_avx2::lay_out_pairs(acts, &mut pairs);
+        acts.pairs = pairs;
+    }
 }
 
 /// Rows of `x` from which [`quantize_on`] spreads them over the threads:
@@ -375,22 +408,22 @@ pub(crate) fn quantize(s: Simd, x: MatRef<'_>, split: bool, acts: &mut ActsI16) 
 const SPREAD_ROWS: usize = 16;
 
 /// [`quantize`], with the rows spread over `threads` when there are at
-/// least [`SPREAD_ROWS`] and no split (prefill): rounded on the calling
-/// thread alone, they were a serial step before every product. Each row is
-/// rounded by the same code wherever it runs: the same bits.
+/// least [`SPREAD_ROWS`] and no other layout (prefill): rounded on the
+/// calling thread alone, they were a serial step before every product. Each
+/// row is rounded by the same code wherever it runs: the same bits.
 pub(crate) fn quantize_on(
     s: Simd,
     threads: &Threads,
     x: MatRef<'_>,
-    split: bool,
+    layout: Layout,
     acts: &mut ActsI16,
 ) {
     let (rows, cols) = (x.rows(), x.cols());
-    if split || threads.count() < 2 || rows < SPREAD_ROWS || cols == 0 {
-        return quantize(s, x, split, acts);
+    if layout != Layout::Plain || threads.count() < 2 || rows < SPREAD_ROWS || cols == 0 {
+        return quantize(s, x, layout, acts);
     }
     let nb = cols / BLOCK;
-    acts.reshape(rows, cols, false);
+    acts.reshape(rows, cols, Layout::Plain);
     // Contiguous runs of rows, one per thread.
     let per = rows.div_ceil(threads.count());
     let mut runs: Vec<RowsMut<'_>> = acts
@@ -443,25 +476,24 @@ thread_local! {
     static ACTS: std::cell::RefCell<ActsI16> = std::cell::RefCell::new(ActsI16::default());
 }
 
-/// Rounds `x` (see [`quantize_on`]: with the byte split when `split`, and
-/// prefill's rows on the pool of `threads`) into this thread's buffer and
-/// runs `f` on it. Never nested by the kernels; a nested call gets a buffer
-/// of its own.
+/// Rounds `x` (see [`quantize_on`]: with `layout`, and prefill's rows on
+/// the pool of `threads`) into this thread's buffer and runs `f` on it.
+/// Never nested by the kernels; a nested call gets a buffer of its own.
 pub(crate) fn with_acts<R>(
     s: Simd,
     threads: &Threads,
     x: MatRef<'_>,
-    split: bool,
+    layout: Layout,
     f: impl FnOnce(&ActsI16) -> R,
 ) -> R {
     ACTS.with(|cell| match cell.try_borrow_mut() {
         Ok(mut acts) => {
-            quantize_on(s, threads, x, split, &mut acts);
+            quantize_on(s, threads, x, layout, &mut acts);
             f(&acts)
         }
         Err(_) => {
             let mut acts = ActsI16::default();
-            quantize_on(s, threads, x, split, &mut acts);
+            quantize_on(s, threads, x, layout, &mut acts);
             f(&acts)
         }
     })
@@ -657,23 +689,22 @@ mod tests {
         let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
         for threads in [1, 2, 3] {
             let t = Threads::new(threads);
-            // Calls with fewer rows than the last, spread or not, and a
-            // first call with the byte split: nothing stale may stay.
+            // Calls with fewer rows than the last, spread or not, and
+            // first calls with the byte split and the pairs: nothing stale
+            // may stay.
             let mut spread = ActsI16::default();
             let xs: Vec<f32> = (0..2 * cols).map(|_| rng.f()).collect();
-            quantize(
-                Simd::detect(),
-                MatRef::new(&xs, 2, cols).unwrap(),
-                true,
-                &mut spread,
-            );
+            for layout in [Layout::Pairs, Layout::Split] {
+                let xm = MatRef::new(&xs, 2, cols).unwrap();
+                quantize(Simd::detect(), xm, layout, &mut spread);
+            }
             for m in [40, 33, 1, SPREAD_ROWS - 1, SPREAD_ROWS, SPREAD_ROWS + 1] {
                 let x: Vec<f32> = (0..m * cols).map(|_| rng.f() * 10.0).collect();
                 let xm = MatRef::new(&x, m, cols).unwrap();
                 for s in Simd::available() {
                     let mut one = ActsI16::default();
-                    quantize(s, xm, false, &mut one);
-                    quantize_on(s, &t, xm, false, &mut spread);
+                    quantize(s, xm, Layout::Plain, &mut one);
+                    quantize_on(s, &t, xm, Layout::Plain, &mut spread);
                     let what = format!("{m} rows on {threads} threads at {s:?}");
                     assert_eq!(spread.cols, cols, "{what}");
                     assert_eq!(spread.q, one.q, "values of {what}");
@@ -681,7 +712,33 @@ mod tests {
                     assert_eq!(bits(&spread.sums), bits(&one.sums), "sums of {what}");
                     let split = (spread.lo.len(), spread.hi.len(), spread.neg_quad_q.len());
                     assert_eq!(split, (0, 0, 0), "byte split of {what}");
+                    #[cfg(target_arch = "x86_64")]
+                    assert!(spread.pairs.is_empty(), "pairs of {what}");
                 }
+            }
+        }
+        // Pairs laid out over those of a larger call are those of a fresh one.
+        #[cfg(target_arch = "x86_64")]
+        {
+            let mut reused = ActsI16::default();
+            for (m, c) in [(3, 5 * BLOCK), (1, 3 * BLOCK), (2, BLOCK)] {
+                let x: Vec<f32> = (0..m * c).map(|_| rng.f()).collect();
+                let xm = MatRef::new(&x, m, c).unwrap();
+                let mut fresh = ActsI16::default();
+                quantize(Simd::detect(), xm, Layout::Pairs, &mut fresh);
+                quantize(Simd::detect(), xm, Layout::Pairs, &mut reused);
+                // Every field of every pair, as bits.
+                let key = |a: &ActsI16| -> Vec<u32> {
+                    let mut k = Vec::new();
+                    for p in &a.pairs {
+                        k.extend(p.q.iter().map(|v| u32::from(*v as u16)));
+                        k.extend(p.half_sums.iter().map(|v| *v as u32));
+                        k.extend(p.d.iter().chain(&p.sums).map(|v| v.to_bits()));
+                    }
+                    k
+                };
+                assert_eq!(key(&reused), key(&fresh), "pairs of {m} x {c}");
+                assert_eq!(fresh.pairs.len(), m * (c / BLOCK).div_ceil(2));
             }
         }
     }
@@ -710,7 +767,7 @@ mod tests {
                 } else {
                     super::super::x86_i16::rows(dtype, w, rb, acts, out)
                 };
-                let split = !acts.lo.is_empty() || !decode_splits(s, dtype);
+                let split = !acts.lo.is_empty() || decode_layout(s, dtype) != Layout::Split;
                 assert_eq!(ran, gemm || split, "{dtype} kernel ran (gemm {gemm})");
                 if ran {
                     return y;
@@ -805,13 +862,13 @@ mod tests {
                 x[cols - BLOCK..cols].fill(0.0);
                 let xm = MatRef::new(&x, m, cols).unwrap();
                 let mut acts = ActsI16::default();
-                quantize(Simd::detect(), xm, true, &mut acts);
+                quantize(Simd::detect(), xm, Layout::Split, &mut acts);
                 // Every level rounds to the same bits (checked against the
                 // reference below).
                 let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
                 for s in Simd::available() {
                     let mut at = ActsI16::default();
-                    quantize(s, xm, true, &mut at);
+                    quantize(s, xm, Layout::Split, &mut at);
                     assert_eq!(at.q, acts.q, "{dtype} values at {s:?}");
                     assert_eq!(bits(&at.d), bits(&acts.d), "{dtype} scales at {s:?}");
                     assert_eq!(bits(&at.sums), bits(&acts.sums), "{dtype} sums at {s:?}");
@@ -854,19 +911,28 @@ mod tests {
                     }
                 }
                 // Without the byte split (prefill's rounding) decode still
-                // has the bits, from the reference where it needs the split.
+                // has the bits, from the reference where it needs the split;
+                // with the values laid out in pairs too (the AVX2 kernels
+                // lay them out themselves otherwise).
                 let mut unsplit = acts.clone();
-                quantize(Simd::detect(), xm, false, &mut unsplit);
+                quantize(Simd::detect(), xm, Layout::Plain, &mut unsplit);
                 assert!(unsplit.lo.is_empty() && unsplit.neg_quad_q.is_empty());
+                let mut paired = ActsI16::default();
+                quantize(Simd::detect(), xm, Layout::Pairs, &mut paired);
+                #[cfg(target_arch = "x86_64")]
+                assert_eq!(paired.pairs.len(), m * nb.div_ceil(2), "{dtype} pairs");
                 for s in Simd::available() {
                     let dec = products(s, dtype, &w, rb, &acts, n, false);
                     let pre = products(s, dtype, &w, rb, &acts, n, true);
-                    let dec_unsplit = products(s, dtype, &w, rb, &unsplit, n, false);
-                    assert_eq!(
-                        bits(&dec_unsplit),
-                        bits(&dec),
-                        "{dtype} decode without the split at {s:?}"
-                    );
+                    for (other, what) in [(&unsplit, "without the split"), (&paired, "with pairs")]
+                    {
+                        let dec_other = products(s, dtype, &w, rb, other, n, false);
+                        assert_eq!(
+                            bits(&dec_other),
+                            bits(&dec),
+                            "{dtype} decode {what} at {s:?}"
+                        );
+                    }
                     for (k, (dv, pv)) in dec.iter().zip(&pre).enumerate() {
                         let (i, j) = (k / n, k % n);
                         let r = &w[j * rb..(j + 1) * rb];
@@ -920,7 +986,7 @@ mod tests {
             quantize(
                 Simd::detect(),
                 MatRef::new(&x, m, cols).unwrap(),
-                true,
+                Layout::Split,
                 &mut acts,
             );
             for (s, gemm) in Simd::available()

@@ -252,43 +252,102 @@ pub fn matvec_q(
         return Ok(());
     }
     let xm = MatRef::new(x, 1, cols).expect("x.len() == cols (checked)");
-    let chunk = matvec_chunk_rows(rows, threads.count());
+    // SAFETY: `y` (one row of `rows`) is exclusively borrowed here; each task
+    // below writes its own range of it.
+    let base = unsafe { Out::new(y.as_mut_ptr(), rows, 0) };
     if i16::applies(s, dtype) {
         // Exact products that round activations to int16 do it once, here.
-        i16::with_acts(s, threads, xm, i16::decode_splits(s, dtype), |acts| {
-            threads.for_each_chunk(y, chunk, |ci, yc| {
-                let r0 = ci * chunk;
-                let wc = &w[r0 * row_bytes..(r0 + yc.len()) * row_bytes];
-                // SAFETY: `yc` is this task's exclusive chunk of `y`; one row
-                // of `x`, so only `yc[j]` for j < yc.len() is written.
-                let out = unsafe { Out::new(yc.as_mut_ptr(), yc.len(), 0) };
-                i16::rows(s, dtype, wc, row_bytes, acts, out);
-            })
+        i16::with_acts(s, threads, xm, i16::decode_layout(s, dtype), |acts| {
+            // SAFETY: `base` holds a column per row of `w` (see above).
+            unsafe {
+                each_decode_task(threads, w, row_bytes, base, |wc, out| {
+                    i16::rows(s, dtype, wc, row_bytes, acts, out)
+                })
+            }
         });
         return Ok(());
     }
-    threads.for_each_chunk(y, chunk, |ci, yc| {
-        let r0 = ci * chunk;
-        let wc = &w[r0 * row_bytes..(r0 + yc.len()) * row_bytes];
-        // SAFETY: `yc` is this task's exclusive chunk of `y`; one row of `x`,
-        // so only `yc[j]` for j < yc.len() (rows of `wc`) is written.
-        let out = unsafe { Out::new(yc.as_mut_ptr(), yc.len(), 0) };
-        exact::fused_rows(s, dtype, wc, row_bytes, xm, out);
-    });
+    // SAFETY: as above.
+    unsafe {
+        each_decode_task(threads, w, row_bytes, base, |wc, out| {
+            exact::fused_rows(s, dtype, wc, row_bytes, xm, out)
+        })
+    };
     Ok(())
 }
 
-/// Rows per task of [`matvec_q`]: a multiple of [`MATVEC_CHUNK_ROWS`], about
-/// four tasks per thread (few hand-offs, still some balancing). Any split
-/// gives the same bits: each row's dot product never depends on its neighbours.
-fn matvec_chunk_rows(rows: usize, threads: usize) -> usize {
-    if threads <= 1 {
-        return rows.max(1);
+/// Runs `f` on each of decode's tasks ([`DecodeTasks`]) over the rows of
+/// `w` (`row_bytes` each): the task's rows, and `base` moved to their
+/// first column.
+///
+/// # Safety
+/// `base` may be written, by these tasks alone, at the columns of every
+/// row of `w` in the rows `f` writes.
+unsafe fn each_decode_task(
+    threads: &Threads,
+    w: &[u8],
+    row_bytes: usize,
+    base: Out,
+    f: impl Fn(&[u8], Out) + Sync,
+) {
+    let tasks = DecodeTasks::new(w.len() / row_bytes, threads.count());
+    threads.for_each_index(tasks.count, |t| {
+        let r = tasks.range(t);
+        // SAFETY: columns `r`, this task's own (the contract).
+        let out = unsafe { base.shifted(r.start) };
+        f(&w[r.start * row_bytes..r.end * row_bytes], out);
+    });
+}
+
+/// The row ranges of decode's tasks ([`matvec_q`], and [`matmul_q`] for a
+/// few rows): claimed in order, each a multiple of [`MATVEC_CHUNK_ROWS`] but
+/// the last, and shrinking with the rows left (half a thread's share of
+/// them), so that the last tasks claimed are small and no thread waits out
+/// a large one of another's (guided scheduling). Tasks of equal size, about
+/// a quarter of a thread's share, left one of 2 threads idle for about 6%
+/// of SmolLM2's decode (`perf`: spinning workers, waiting callers).
+/// Any split gives the same bits: each row's dot product never depends on
+/// its neighbours.
+struct DecodeTasks {
+    /// Task `t` holds rows `starts[t]..starts[t + 1]`.
+    starts: [usize; DecodeTasks::MAX + 1],
+    /// Tasks.
+    count: usize,
+}
+
+impl DecodeTasks {
+    /// Most tasks of one product (an output projection of 262144 rows takes
+    /// 32 at 2 threads, 117 at 8); the last of them takes every row left.
+    const MAX: usize = 128;
+
+    fn new(rows: usize, threads: usize) -> DecodeTasks {
+        let mut tasks = DecodeTasks {
+            starts: [rows; DecodeTasks::MAX + 1],
+            count: 1,
+        };
+        tasks.starts[0] = 0;
+        if threads <= 1 {
+            return tasks;
+        }
+        let (g, share) = (MATVEC_CHUNK_ROWS, threads.saturating_mul(2));
+        let mut start = 0;
+        while start < rows && tasks.count < DecodeTasks::MAX {
+            let left = rows - start;
+            let len = left.div_ceil(share).div_ceil(g).saturating_mul(g);
+            start += len.min(left);
+            tasks.starts[tasks.count] = start;
+            tasks.count += 1;
+        }
+        // Loop ended on the last row or on the cap (whose task keeps `rows`).
+        tasks.count -= 1;
+        tasks.starts[tasks.count] = rows;
+        tasks
     }
-    rows.div_ceil(threads.saturating_mul(4))
-        .div_ceil(MATVEC_CHUNK_ROWS)
-        .max(1)
-        * MATVEC_CHUNK_ROWS
+
+    /// Rows of task `t`.
+    fn range(&self, t: usize) -> core::ops::Range<usize> {
+        self.starts[t]..self.starts[t + 1]
+    }
 }
 
 /// Product `y (m x rows) = x (m x cols) · Wᵀ` for a `rows x cols` weight
@@ -365,47 +424,42 @@ pub fn matmul_q(
     if i16::applies(s, dtype) {
         // Exact products that round activations to int16 do it once, here.
         let gemm = m > i16::rows_max(s, dtype);
-        // Only decode's kernel takes the activations' byte split.
-        let split = !gemm && i16::decode_splits(s, dtype);
-        i16::with_acts(s, threads, x, split, |acts| {
-            let chunk = if gemm {
-                I16_GEMM_TASK_ROWS
-            } else {
-                matvec_chunk_rows(rows, threads.count())
-            };
-            threads.for_each_index(rows.div_ceil(chunk), |c| {
-                let r0 = c * chunk;
-                let nr = chunk.min(rows - r0);
-                // SAFETY: columns r0..r0 + nr of `y`, this task's own (see `base`).
-                let out = unsafe { base.shifted(r0) };
-                let wc = &w[r0 * row_bytes..(r0 + nr) * row_bytes];
-                if gemm {
+        // Only decode's kernel reads a layout besides the rounded values.
+        let layout = if gemm {
+            i16::Layout::Plain
+        } else {
+            i16::decode_layout(s, dtype)
+        };
+        i16::with_acts(s, threads, x, layout, |acts| {
+            if gemm {
+                let chunk = I16_GEMM_TASK_ROWS;
+                threads.for_each_index(rows.div_ceil(chunk), |c| {
+                    let (r0, nr) = (c * chunk, chunk.min(rows - c * chunk));
+                    // SAFETY: columns r0..r0 + nr of `y`, this task's own (see `base`).
+                    let out = unsafe { base.shifted(r0) };
+                    let wc = &w[r0 * row_bytes..(r0 + nr) * row_bytes];
                     i16::gemm(s, dtype, wc, row_bytes, acts, out);
-                } else {
-                    i16::rows(s, dtype, wc, row_bytes, acts, out);
-                }
-            });
+                });
+                return;
+            }
+            // SAFETY: `base` holds a column per row of `w` (see above).
+            unsafe {
+                each_decode_task(threads, w, row_bytes, base, |wc, out| {
+                    i16::rows(s, dtype, wc, row_bytes, acts, out)
+                })
+            }
         });
         return Ok(());
     }
     if m <= exact::fused_max_rows(s) {
         // Few rows (a decode step of a few sequences): dequantise each stretch
         // of weights once, in L1, for all rows of `x`.
-        let chunk = matvec_chunk_rows(rows, threads.count());
-        threads.for_each_index(rows.div_ceil(chunk), |c| {
-            let r0 = c * chunk;
-            let nr = chunk.min(rows - r0);
-            // SAFETY: columns r0..r0 + nr of `y`, this task's own (see `base`).
-            let out = unsafe { base.shifted(r0) };
-            exact::fused_rows(
-                s,
-                dtype,
-                &w[r0 * row_bytes..(r0 + nr) * row_bytes],
-                row_bytes,
-                x,
-                out,
-            );
-        });
+        // SAFETY: `base` holds a column per row of `w` (see above).
+        unsafe {
+            each_decode_task(threads, w, row_bytes, base, |wc, out| {
+                exact::fused_rows(s, dtype, wc, row_bytes, x, out)
+            })
+        };
         return Ok(());
     }
     let panel_len = MATMUL_PANEL_ROWS
@@ -478,6 +532,35 @@ fn with_panel<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    proptest::proptest! {
+        /// Decode's tasks cover every row once, in order, in multiples of
+        /// the granule but the last, no larger than the task before, and
+        /// within the cap; one task for one thread.
+        #[test]
+        fn decode_tasks_cover_the_rows_once(rows in 1usize..300_000, threads in 1usize..9) {
+            let tasks = DecodeTasks::new(rows, threads);
+            proptest::prop_assert!(tasks.count >= 1 && tasks.count < DecodeTasks::MAX);
+            if threads == 1 {
+                proptest::prop_assert_eq!(tasks.count, 1);
+            }
+            let mut next = 0;
+            let mut last_len = usize::MAX;
+            for t in 0..tasks.count {
+                let r = tasks.range(t);
+                proptest::prop_assert_eq!(r.start, next);
+                proptest::prop_assert!(r.end > r.start, "task {} empty", t);
+                let len = r.len();
+                if t + 1 < tasks.count {
+                    proptest::prop_assert_eq!(len % MATVEC_CHUNK_ROWS, 0);
+                    proptest::prop_assert!(len <= last_len, "task {} grew", t);
+                }
+                last_len = len;
+                next = r.end;
+            }
+            proptest::prop_assert_eq!(next, rows);
+        }
+    }
 
     /// A small deterministic generator (xorshift64*).
     pub(super) struct Rng(pub(super) u64);

@@ -570,7 +570,7 @@ unsafe fn rows_impl<const F: u8>(w: &[u8], shape: &Shape, acts: &ActsI16, out: O
     while j < nrows {
         let (row, dist) = tile_rows(w, shape, ahead, j);
         for i in 0..rows {
-            // Q8_0 does not read the byte split (`super::i16::decode_splits`).
+            // Q8_0 does not read the byte split (`super::i16::decode_layout`).
             let x = SplitRow::of(acts, i, F != F_Q8_0);
             // Lane `bb * 4 + r`: row r's sum of the blocks `bb` mod 4.
             let mut acc = _mm512_setzero_ps();

@@ -15,7 +15,7 @@
 //!   blocks share a vector, one per 128-bit half, and their quants become
 //!   int16 by shifts and masks alone (Q5_0's fifth bits by a byte shuffle
 //!   and a compare per 16 values), with no byte-widening shuffles: the
-//!   activations are reordered once per call to match ([`Pair`]). Three
+//!   activations are reordered once per product to match ([`Pair`]). Three
 //!   `vphaddd` give the 8 exact block sums of the 4 rows (Q5_0's stored
 //!   quants are `w + 16`: minus 16 times the activation block's sum), and
 //!   group `g` (block, or K-quant group) goes to chain `g mod 4` of the
@@ -645,9 +645,9 @@ unsafe fn tile<const MINS: bool, const GP: usize, const T: usize>(
 /// One pair of activation blocks `(2p, 2p + 1)` laid out for decode
 /// ([`rows_pairs`], `rows_k`; the last block paired with itself when their number is
 /// odd).
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Debug)]
 #[repr(C, align(32))]
-pub(super) struct Pair {
+pub(crate) struct Pair {
     /// Values at even offsets 0..16, odd 0..16, even 16..32 and odd 16..32
     /// of the blocks: 8 of block `2p`, then the same 8 of block `2p + 1`.
     pub(super) q: [i16; 64],
@@ -671,29 +671,87 @@ impl Pair {
 
 /// Every row of `acts` as pairs: row `i`'s pair `p` at `pairs[i * np + p]`
 /// with `np` pairs per row.
-pub(super) fn lay_out_pairs(acts: &ActsI16, pairs: &mut Vec<Pair>) {
+pub(crate) fn lay_out_pairs(acts: &ActsI16, pairs: &mut Vec<Pair>) {
     let nb = acts.cols / BLOCK;
     let np = nb.div_ceil(2);
-    pairs.clear();
+    if np == 0 {
+        pairs.clear();
+        return;
+    }
+    // Every field of every pair is written below: nothing stale stays.
     pairs.resize(acts.rows() * np, Pair::ZERO);
+    let simd = available();
     for (i, row) in pairs.chunks_exact_mut(np).enumerate() {
         let (q, d, sums) = (acts.q_row(i), acts.d_row(i), acts.sums_row(i));
         for (p, pair) in row.iter_mut().enumerate() {
-            for h in 0..2 {
-                let blk = (2 * p + h).min(nb - 1);
-                let qb = &q[blk * BLOCK..(blk + 1) * BLOCK];
-                for (v, start) in [0, 1, 16, 17].into_iter().enumerate() {
-                    for k in 0..8 {
-                        pair.q[v * 16 + h * 8 + k] = qb[start + 2 * k];
-                    }
-                }
-                pair.d[h * 4..h * 4 + 4].fill(d[blk]);
-                pair.sums[h * 4..h * 4 + 4].fill(sums[blk]);
-                for (k, half) in qb.chunks_exact(16).enumerate() {
-                    let sum = half.iter().map(|v| i32::from(*v)).sum::<i32>();
-                    pair.half_sums[8 * k + 4 * h..8 * k + 4 * h + 4].fill(sum);
-                }
+            let blk = [2 * p, (2 * p + 1).min(nb - 1)];
+            let qb = blk.map(|b| &q[b * BLOCK..(b + 1) * BLOCK]);
+            if simd {
+                // SAFETY: `available` found the features.
+                unsafe { pair_values(qb, pair) };
+            } else {
+                pair_values_ref(qb, pair);
             }
+            for (h, b) in blk.into_iter().enumerate() {
+                pair.d[h * 4..h * 4 + 4].fill(d[b]);
+                pair.sums[h * 4..h * 4 + 4].fill(sums[b]);
+            }
+        }
+    }
+}
+
+/// [`Pair::q`] and [`Pair::half_sums`] of the blocks `qb`, in portable code
+/// (the reference of [`pair_values`]).
+fn pair_values_ref(qb: [&[i16]; 2], pair: &mut Pair) {
+    for (h, qb) in qb.into_iter().enumerate() {
+        for (v, start) in [0, 1, 16, 17].into_iter().enumerate() {
+            for k in 0..8 {
+                pair.q[v * 16 + h * 8 + k] = qb[start + 2 * k];
+            }
+        }
+        for (k, half) in qb.chunks_exact(16).enumerate() {
+            let sum = half.iter().map(|v| i32::from(*v)).sum::<i32>();
+            pair.half_sums[8 * k + 4 * h..8 * k + 4 * h + 4].fill(sum);
+        }
+    }
+}
+
+/// [`pair_values_ref`] with byte shuffles: laid out once per product, but
+/// on the calling thread while the others wait (1% of SmolLM2's decode at
+/// 2 threads in scalar code).
+///
+/// # Safety
+/// The CPU has this module's features.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn pair_values(qb: [&[i16]; 2], pair: &mut Pair) {
+    assert!(
+        qb.iter().all(|b| b.len() == BLOCK),
+        "blocks of {BLOCK} values"
+    );
+    // Per 128-bit lane, words 0 2 4 6 then 1 3 5 7.
+    let ctl = _mm_setr_epi8(0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15);
+    let ctl = _mm256_set_m128i(ctl, ctl);
+    let ones = _mm256_set1_epi16(1);
+    // Per block, per half of 16 values: the even values, then the odd ones.
+    let mut parts = [[_mm256_setzero_si256(); 2]; 2];
+    for (h, b) in qb.into_iter().enumerate() {
+        for (k, part) in parts[h].iter_mut().enumerate() {
+            // SAFETY: 16 readable values at `16 k` (asserted above).
+            let v = unsafe { _mm256_loadu_si256(b.as_ptr().add(16 * k).cast()) };
+            let grouped = _mm256_shuffle_epi8(v, ctl);
+            *part = _mm256_permute4x64_epi64::<0b11_01_10_00>(grouped);
+            // Integer adds: exact in any order.
+            let sum = hsum8(_mm256_madd_epi16(v, ones));
+            pair.half_sums[8 * k + 4 * h..8 * k + 4 * h + 4].fill(sum);
+        }
+    }
+    for (k, (a, b)) in parts[0].into_iter().zip(parts[1]).enumerate() {
+        let even = _mm256_permute2x128_si256::<0x20>(a, b);
+        let odd = _mm256_permute2x128_si256::<0x31>(a, b);
+        // SAFETY: words 32 k .. 32 k + 32 of `q` are writable.
+        unsafe {
+            _mm256_storeu_si256(pair.q.as_mut_ptr().add(32 * k).cast(), even);
+            _mm256_storeu_si256(pair.q.as_mut_ptr().add(32 * k + 16).cast(), odd);
         }
     }
 }
@@ -980,7 +1038,7 @@ pub(super) unsafe fn each_tile(
     mut tile: impl TileRows,
 ) {
     let rows = acts.rows();
-    let run = |pairs: &[Pair]| {
+    let mut run = |pairs: &[Pair]| {
         let mut i = 0;
         while i < rows {
             // SAFETY: forwarded (the contract); rows i.. of `acts`.
@@ -995,7 +1053,13 @@ pub(super) unsafe fn each_tile(
             i += GROUP;
         }
     };
-    with_pairs(acts, run);
+    // Laid out once per product where the caller asked for them
+    // ([`super::i16::Layout::Pairs`]); else here, for this task alone.
+    if acts.pairs.len() == rows * np && np == (acts.cols / BLOCK).div_ceil(2) {
+        run(&acts.pairs)
+    } else {
+        with_pairs(acts, run);
+    }
 }
 
 /// Rows `i0..i0 + R` of the activations (`np` pairs each in `pairs`)
@@ -1080,6 +1144,45 @@ pub(super) fn put_chains(acc0: __m256, acc1: __m256, out: Out, i: usize, j: usiz
     } else {
         for (r, vr) in v.iter().enumerate().take(nrows - j) {
             out.put(i, j + r, *vr);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The shuffled pair layout has the portable one's values and half sums,
+    /// extremes included.
+    #[test]
+    fn pair_values_have_the_reference_layout() {
+        if !available() {
+            return;
+        }
+        let mut state = 0x9e37_79b9_u32;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 17;
+            state ^= state << 5;
+            state as i16
+        };
+        for case in 0..64 {
+            let blocks: [Vec<i16>; 2] = core::array::from_fn(|h| {
+                (0..BLOCK)
+                    .map(|l| match (case + h + l) % 9 {
+                        0 => i16::MAX,
+                        1 => -i16::MAX,
+                        _ => next(),
+                    })
+                    .collect()
+            });
+            let qb = [&blocks[0][..], &blocks[1][..]];
+            let (mut want, mut got) = (Pair::ZERO, Pair::ZERO);
+            pair_values_ref(qb, &mut want);
+            // SAFETY: `available` found the features.
+            unsafe { pair_values(qb, &mut got) };
+            assert_eq!(got.q, want.q, "values, case {case}");
+            assert_eq!(got.half_sums, want.half_sums, "half sums, case {case}");
         }
     }
 }
