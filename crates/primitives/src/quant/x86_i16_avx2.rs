@@ -21,8 +21,9 @@
 //!   group `g` (block, or K-quant group) goes to chain `g mod 4` of the
 //!   reference's arithmetic. A few rows of activations (a short prompt) go
 //!   through it too, up to 4 per tile, which share the weights' words.
-//! - Prefill ([`gemm`]): 16 weight rows are repacked as int16 pairs (a
-//!   transpose, so that one vector holds a pair of 8 rows), and each pair of
+//! - Prefill ([`gemm`]): 16 weight rows are repacked as int16 pairs (their
+//!   quants transposed as bytes, then widened, so that one vector holds a
+//!   pair of 8 rows; prefetched ahead), and each pair of
 //!   activations, broadcast, meets them with `vpmaddwd`: 16 rows' group sums
 //!   in lanes (per block of 32, or K-quant group of 32 or 16), scaled per
 //!   group as decode scales them.
@@ -137,12 +138,19 @@ trait Blocks {
     /// The bias of the stored quants `q` (Q5_0's 16).
     const OFFSET: i32;
 
-    /// The block's integer weights `q - OFFSET` as int16, values 0..16 and
-    /// 16..32.
+    /// The block's stored quants `q` as bytes: byte `l` of the first vector
+    /// is value `l`, of the second value `16 + l`.
     ///
     /// # Safety
     /// `b` points to a whole block; the caller has this module's features.
-    unsafe fn block_words(b: *const u8) -> (__m256i, __m256i);
+    unsafe fn block_bytes(b: *const u8) -> (__m128i, __m128i);
+
+    /// 16 stored quants (bytes, as [`Blocks::block_bytes`] gives them) as
+    /// the integer weights `q - OFFSET` in int16.
+    ///
+    /// # Safety
+    /// The caller has this module's features.
+    unsafe fn widen(q: __m128i) -> __m256i;
 
     /// The stored quants `q` of the blocks at `a` and `b` in the order of
     /// [`Pair::q`] (`head`: the first 16 bytes of each, as [`halves`]).
@@ -163,15 +171,21 @@ impl Blocks for Q41 {
 
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn block_words(b: *const u8) -> (__m256i, __m256i) {
+    unsafe fn block_bytes(b: *const u8) -> (__m128i, __m128i) {
         // SAFETY: the block is readable (the contract); an unaligned load
         // within it.
         let qs = unsafe { _mm_loadu_si128(b.add(4).cast()) };
         let low = _mm_set1_epi8(0x0F);
         (
-            _mm256_cvtepu8_epi16(_mm_and_si128(qs, low)),
-            _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16::<4>(qs), low)),
+            _mm_and_si128(qs, low),
+            _mm_and_si128(_mm_srli_epi16::<4>(qs), low),
         )
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn widen(q: __m128i) -> __m256i {
+        _mm256_cvtepu8_epi16(q)
     }
 
     #[inline]
@@ -202,7 +216,7 @@ impl Blocks for Q50 {
 
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn block_words(b: *const u8) -> (__m256i, __m256i) {
+    unsafe fn block_bytes(b: *const u8) -> (__m128i, __m128i) {
         // SAFETY: the block is readable (the contract); unaligned loads
         // within it.
         let (qs, qh) = unsafe {
@@ -231,11 +245,13 @@ impl Blocks for Q50 {
             _mm_and_si128(_mm_srli_epi16::<4>(qs), low),
             fifth(sel(0x0202_0202_0202_0202)),
         );
-        let bias = _mm256_set1_epi16(16);
-        (
-            _mm256_sub_epi16(_mm256_cvtepu8_epi16(lo), bias),
-            _mm256_sub_epi16(_mm256_cvtepu8_epi16(hi), bias),
-        )
+        (lo, hi)
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn widen(q: __m128i) -> __m256i {
+        _mm256_sub_epi16(_mm256_cvtepu8_epi16(q), _mm256_set1_epi16(16))
     }
 
     #[inline]
@@ -284,15 +300,21 @@ impl Blocks for Q80 {
 
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn block_words(b: *const u8) -> (__m256i, __m256i) {
+    unsafe fn block_bytes(b: *const u8) -> (__m128i, __m128i) {
         // SAFETY: the block is readable (the contract); unaligned loads
         // within it.
         unsafe {
             (
-                _mm256_cvtepi8_epi16(_mm_loadu_si128(b.add(2).cast())),
-                _mm256_cvtepi8_epi16(_mm_loadu_si128(b.add(18).cast())),
+                _mm_loadu_si128(b.add(2).cast()),
+                _mm_loadu_si128(b.add(18).cast()),
             )
         }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn widen(q: __m128i) -> __m256i {
+        _mm256_cvtepi8_epi16(q)
     }
 
     #[inline]
@@ -444,26 +466,33 @@ unsafe fn pack<F: Blocks>(w: &[u8], dims: &Shape, j: usize, p: &mut Packed) {
         });
         for b in 0..dims.blocks {
             let blk: [*const u8; 8] = core::array::from_fn(|r| row[r].wrapping_add(b * bb));
-            let (mut lo, mut hi) = ([_mm256_setzero_si256(); 8], [_mm256_setzero_si256(); 8]);
+            for r in blk {
+                // A prefetch never faults: the address may lie past `w`.
+                _mm_prefetch::<_MM_HINT_T0>(r.wrapping_add(PACK_PREFETCH).cast());
+            }
+            let (mut lo, mut hi) = ([_mm_setzero_si128(); 8], [_mm_setzero_si128(); 8]);
             let (mut d, mut m) = ([0i16; 8], [0i16; 8]);
             for r in 0..8 {
                 // SAFETY: a whole block within `w` (row < nrows, b < blocks).
                 unsafe {
-                    (lo[r], hi[r]) = F::block_words(blk[r]);
+                    (lo[r], hi[r]) = F::block_bytes(blk[r]);
                     d[r] = blk[r].cast::<i16>().read_unaligned();
                     m[r] = blk[r].add(2).cast::<i16>().read_unaligned();
                 }
             }
-            // Column p of the 8 x 8 pairs is pair p of the 8 rows.
-            let (tl, th) = (transpose8(&lo), transpose8(&hi));
+            // Byte pair p of the 8 rows is pair p of their values, so the
+            // bytes are transposed before they are widened: in-lane 128-bit
+            // shuffles, where a transpose of the widened int16 crossed
+            // 256-bit lanes (`vperm2i128`, 8 micro-ops each on Zen 1).
+            let (tl, th) = (transpose_words(&lo), transpose_words(&hi));
             // SAFETY: in bounds (asserted above): 8 i32s from
             // (b * 16 + p) * PANEL + half * 8, and 8 f32s from
             // b * PANEL + half * 8.
             unsafe {
                 let at = pairs.as_mut_ptr().add(b * 16 * PANEL + half * 8);
                 for (p, (l, h)) in tl.iter().zip(&th).enumerate() {
-                    _mm256_storeu_si256(at.add(p * PANEL).cast(), *l);
-                    _mm256_storeu_si256(at.add((p + 8) * PANEL).cast(), *h);
+                    _mm256_storeu_si256(at.add(p * PANEL).cast(), F::widen(*l));
+                    _mm256_storeu_si256(at.add((p + 8) * PANEL).cast(), F::widen(*h));
                 }
                 let dv = _mm256_cvtph_ps(_mm_loadu_si128(d.as_ptr().cast()));
                 _mm256_storeu_ps(scales.as_mut_ptr().add(b * PANEL + half * 8), dv);
@@ -479,34 +508,38 @@ unsafe fn pack<F: Blocks>(w: &[u8], dims: &Shape, j: usize, p: &mut Packed) {
     }
 }
 
-/// The 8 x 8 transpose of 32-bit lanes: lane `r` of result `c` is lane `c`
+/// How far ahead of its blocks [`pack`] prefetches each row, in bytes.
+pub(super) const PACK_PREFETCH: usize = 512;
+
+/// The 8 x 8 transpose of 16-bit lanes: lane `r` of result `c` is lane `c`
 /// of `v[r]`.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) fn transpose8(v: &[__m256i; 8]) -> [__m256i; 8] {
-    let t: [__m256i; 8] = core::array::from_fn(|k| {
+pub(super) fn transpose_words(v: &[__m128i; 8]) -> [__m128i; 8] {
+    // t[2k], t[2k + 1]: lanes 0..4 and 4..8 of rows 2k and 2k + 1, interleaved.
+    let t: [__m128i; 8] = core::array::from_fn(|k| {
         let (a, b) = (v[k / 2 * 2], v[k / 2 * 2 + 1]);
         if k % 2 == 0 {
-            _mm256_unpacklo_epi32(a, b)
+            _mm_unpacklo_epi16(a, b)
         } else {
-            _mm256_unpackhi_epi32(a, b)
+            _mm_unpackhi_epi16(a, b)
         }
     });
-    // s[4h + c], 128-bit lane l: lane 4l + c of rows 4h..4h + 4.
-    let s: [__m256i; 8] = core::array::from_fn(|k| {
+    // s[4h + c]: lanes 2c and 2c + 1 of rows 4h..4h + 4.
+    let s: [__m128i; 8] = core::array::from_fn(|k| {
         let (h, c) = (k / 4, k % 4);
         let (a, b) = (t[4 * h + c / 2], t[4 * h + 2 + c / 2]);
         if c % 2 == 0 {
-            _mm256_unpacklo_epi64(a, b)
+            _mm_unpacklo_epi32(a, b)
         } else {
-            _mm256_unpackhi_epi64(a, b)
+            _mm_unpackhi_epi32(a, b)
         }
     });
     core::array::from_fn(|c| {
-        if c < 4 {
-            _mm256_permute2x128_si256::<0x20>(s[c], s[4 + c])
+        if c % 2 == 0 {
+            _mm_unpacklo_epi64(s[c / 2], s[4 + c / 2])
         } else {
-            _mm256_permute2x128_si256::<0x31>(s[c - 4], s[c])
+            _mm_unpackhi_epi64(s[c / 2], s[4 + c / 2])
         }
     })
 }
@@ -1183,6 +1216,28 @@ mod tests {
             unsafe { pair_values(qb, &mut got) };
             assert_eq!(got.q, want.q, "values, case {case}");
             assert_eq!(got.half_sums, want.half_sums, "half sums, case {case}");
+        }
+    }
+
+    /// Lane `r` of the transpose's vector `c` is lane `c` of row `r`.
+    #[test]
+    fn transpose_words_transposes() {
+        if !available() {
+            return;
+        }
+        let rows: [[u16; 8]; 8] =
+            core::array::from_fn(|r| core::array::from_fn(|c| (r * 8 + c) as u16 * 0x0101 + 1));
+        // SAFETY: 8 readable u16s per row; `available` found the features.
+        let t = unsafe {
+            let v = rows.map(|row| _mm_loadu_si128(row.as_ptr().cast()));
+            transpose_words(&v)
+        };
+        for (c, tc) in t.iter().enumerate() {
+            let mut lanes = [0u16; 8];
+            // SAFETY: 8 writable u16s.
+            unsafe { _mm_storeu_si128(lanes.as_mut_ptr().cast(), *tc) };
+            let want: [u16; 8] = core::array::from_fn(|r| rows[r][c]);
+            assert_eq!(lanes, want, "vector {c}");
         }
     }
 }

@@ -22,8 +22,8 @@
 
 use super::i16::{ActsI16, Shape};
 use super::x86_i16_avx2::{
-    each_tile, halves, madd_halves, pair_x, prefetch, row_sums, transpose8, EachRow, Packed, Pair,
-    PANEL,
+    each_tile, halves, madd_halves, pair_x, prefetch, row_sums, transpose_words, EachRow, Packed,
+    Pair, PACK_PREFETCH, PANEL,
 };
 use crate::dtype::DType;
 use crate::matmul::Out;
@@ -297,23 +297,22 @@ unsafe fn q6k_step(sb: &[*const u8; 4], x: &[Pair; 4], acc: [__m256; 2]) -> [__m
     }
 }
 
-/// The 256 integer weights of a Q4_K (`Q6 = false`, the stored nibbles) or
-/// Q6_K block (the stored quants minus 32) at `b`, as int16: vector `k`
-/// holds values `16k..16k + 16`.
+/// The 256 stored quants of a Q4_K (`Q6 = false`, the nibbles) or Q6_K
+/// block (6 bits) at `b`, as bytes: vector `k` holds values `16k..16k + 16`
+/// ([`widen_k`] makes them the integer weights).
 ///
 /// # Safety
 /// A whole block at `b`; the caller has this module's features.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn block_words_k<const Q6: bool>(b: *const u8) -> [__m256i; 16] {
-    let mut v = [_mm256_setzero_si256(); 16];
+unsafe fn block_bytes_k<const Q6: bool>(b: *const u8) -> [__m128i; 16] {
+    let mut v = [_mm_setzero_si128(); 16];
     let nib = _mm_set1_epi8(0x0F);
-    let widen = |x: __m128i| _mm256_cvtepu8_epi16(x);
     // SAFETY: loads within the block (the contract): Q4_K's `qs` at
     // 16..144; Q6_K's `ql` at 0..128 and `qh` at 128..192.
     unsafe {
         if Q6 {
-            let (top, bias) = (_mm_set1_epi8(0x30), _mm256_set1_epi16(32));
+            let top = _mm_set1_epi8(0x30);
             for n in 0..2 {
                 for part in 0..2 {
                     let at = 64 * n + 16 * part;
@@ -335,8 +334,7 @@ unsafe fn block_words_k<const Q6: bool>(b: *const u8) -> [__m256i; 16] {
                         _mm_and_si128(_mm_srli_epi16::<2>(h), top),
                     ];
                     for m in 0..4 {
-                        let q = widen(_mm_or_si128(low[m], high[m]));
-                        v[8 * n + 2 * m + part] = _mm256_sub_epi16(q, bias);
+                        v[8 * n + 2 * m + part] = _mm_or_si128(low[m], high[m]);
                     }
                 }
             }
@@ -344,13 +342,26 @@ unsafe fn block_words_k<const Q6: bool>(b: *const u8) -> [__m256i; 16] {
             for c in 0..4 {
                 for part in 0..2 {
                     let q = _mm_loadu_si128(b.add(16 + 32 * c + 16 * part).cast());
-                    v[4 * c + part] = widen(_mm_and_si128(q, nib));
-                    v[4 * c + 2 + part] = widen(_mm_and_si128(_mm_srli_epi16::<4>(q), nib));
+                    v[4 * c + part] = _mm_and_si128(q, nib);
+                    v[4 * c + 2 + part] = _mm_and_si128(_mm_srli_epi16::<4>(q), nib);
                 }
             }
         }
     }
     v
+}
+
+/// 16 stored quants of [`block_bytes_k`] as the integer weights in int16:
+/// Q4_K's as they are, Q6_K's minus 32.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn widen_k<const Q6: bool>(q: __m128i) -> __m256i {
+    let q = _mm256_cvtepu8_epi16(q);
+    if Q6 {
+        _mm256_sub_epi16(q, _mm256_set1_epi16(32))
+    } else {
+        q
+    }
 }
 
 /// Repacks rows `j..j + PANEL` of Q4_K (`Q6 = false`) or Q6_K weights (the
@@ -383,22 +394,29 @@ pub(super) unsafe fn pack_k<const Q6: bool>(w: &[u8], dims: &Shape, j: usize, p:
         let rows: [usize; 8] = core::array::from_fn(|r| (j + half * 8 + r).min(dims.nrows - 1));
         for k in 0..dims.blocks {
             let blk = |r: usize| &w[rows[r] * dims.row_bytes + k * bb..][..bb];
+            for r in 0..8 {
+                let ahead = blk(r).as_ptr().wrapping_add(PACK_PREFETCH);
+                for line in (0..bb).step_by(64) {
+                    // A prefetch never faults: the address may lie past `w`.
+                    _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(line).cast());
+                }
+            }
             // SAFETY: a whole block (row < nrows, k < blocks).
-            let bw = |r: usize| unsafe { block_words_k::<Q6>(blk(r).as_ptr()) };
-            // Written out: `array::map` here was an outlined call, a copy
-            // and a fill of the 4 KB.
-            let words = [bw(0), bw(1), bw(2), bw(3), bw(4), bw(5), bw(6), bw(7)];
+            let bq = |r: usize| unsafe { block_bytes_k::<Q6>(blk(r).as_ptr()) };
+            // Written out: `array::map` here was an outlined call and a copy.
+            let bytes = [bq(0), bq(1), bq(2), bq(3), bq(4), bq(5), bq(6), bq(7)];
             // Vector v of the 8 rows (values 16v..16v + 16 of each block).
-            let column = |v: usize| -> [__m256i; 8] { core::array::from_fn(|r| words[r][v]) };
+            let column = |v: usize| -> [__m128i; 8] { core::array::from_fn(|r| bytes[r][v]) };
             for v in 0..16 {
-                // Column p of the 8 x 8 pairs is pair p of the 8 rows.
-                let t = transpose8(&column(v));
+                // Byte pair p of the 8 rows is their pair p: transposed as
+                // bytes, then widened (see `pack`).
+                let t = transpose_words(&column(v));
                 // Vector v: pairs 8v..8v + 8 of the block, 128 per block.
                 let at = (k * 128 + 8 * v) * PANEL + half * 8;
                 for (pi, tp) in t.iter().enumerate() {
                     let dst = &mut pairs[at + pi * PANEL..at + pi * PANEL + 8];
                     // SAFETY: 8 writable i32s.
-                    unsafe { _mm256_storeu_si256(dst.as_mut_ptr().cast(), *tp) };
+                    unsafe { _mm256_storeu_si256(dst.as_mut_ptr().cast(), widen_k::<Q6>(*tp)) };
                 }
             }
             for r in 0..8 {
