@@ -1,8 +1,10 @@
 //! [`Linear`]: `y = W x + b` over any weight format, read in place.
 
-use patchbay_combinators::{check_in, Capacity, Ctx, Layer, LayerError, Node, Rows};
+use patchbay_combinators::{
+    check_in, Capacity, Ctx, Layer, LayerError, Node, ProductRef, Products, Rows,
+};
 use patchbay_primitives::gemm::{self, PackedW};
-use patchbay_primitives::quant;
+use patchbay_primitives::quant::{self, QMatrix};
 use patchbay_primitives::{kernels, matmul, Act, DType, MatRef, ShapeError, Tensor};
 use std::sync::{Arc, OnceLock};
 
@@ -217,6 +219,21 @@ impl Layer for Linear {
         y.reshape(x.rows(), self.out_dim);
         self.project(x.view(), y.as_mut_slice(), ctx)?;
         Ok(())
+    }
+    fn products<'s>(&'s self, out: &mut Products<'s>) -> bool {
+        // Quantised weights only: f32 weights take the packed product.
+        let w = &self.weight;
+        w.dtype().is_quantized()
+            && out.push(ProductRef {
+                name: self.name,
+                matrix: QMatrix {
+                    dtype: w.dtype(),
+                    w: w.bytes(),
+                    rows: self.out_dim,
+                },
+                cols: self.in_dim,
+                bias: self.bias.as_deref(),
+            })
     }
     fn describe(&self) -> Node {
         let params = (self.in_dim * self.out_dim + self.bias.as_ref().map_or(0, Vec::len)) as u64;

@@ -2,7 +2,8 @@
 
 use std::cell::RefCell;
 
-use patchbay_primitives::{Act, ShapeError, Simd, Threads};
+use patchbay_primitives::quant::{self, QMatrix, MATVECS_MAX};
+use patchbay_primitives::{kernels, Act, ShapeError, Simd, Threads};
 
 /// Why a forward pass could not run.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -626,11 +627,141 @@ pub trait Layer {
     /// Describes this node and its children.
     fn describe(&self) -> Node;
 
+    /// Lists the matrix products of its input that this layer is, when it is
+    /// nothing else (a quantised `Linear`, a [`Parallel`](crate::Parallel) of
+    /// them), their outputs side by side in the order listed; `false` (the
+    /// default) when it is anything else or the list is full. Lets a fork run
+    /// its branches' products of one row in one pass over the pool
+    /// ([`Products::run`]).
+    fn products<'s>(&'s self, _out: &mut Products<'s>) -> bool {
+        false
+    }
+
+    /// Lists the products this layer starts with, when it starts with
+    /// products of its input alone: [`Layer::products`] (the default), or
+    /// the first stage's of a [`Series`](crate::Series). [`Layer::finish`]
+    /// computes the rest from their outputs.
+    fn lead_products<'s>(&'s self, out: &mut Products<'s>) -> bool {
+        self.products(out)
+    }
+
+    /// Computes `y = self(x)` from `p`, the outputs (side by side) of the
+    /// products that [`Layer::lead_products`] listed, for `x`. The default,
+    /// for a layer that is nothing but its products, copies `p`.
+    fn finish(
+        &self,
+        p: &Act,
+        y: &mut Act,
+        _state: &mut Self::State,
+        _ctx: &Ctx<'_>,
+    ) -> Result<(), LayerError> {
+        y.reshape(p.rows(), p.cols());
+        y.as_mut_slice().copy_from_slice(p.as_slice());
+        Ok(())
+    }
+
     /// Runs `self` on `x` into a fresh buffer (convenience; allocates).
     fn apply(&self, x: &Act, state: &mut Self::State, ctx: &Ctx<'_>) -> Result<Act, LayerError> {
         let mut y = Act::with_capacity(x.rows(), self.out_dim());
         self.forward(x, &mut y, state, ctx)?;
         Ok(y)
+    }
+}
+
+/// One matrix product of a layer's input, as [`Layer::products`] lists it:
+/// quantised weights (`rows x cols`, GGML layout) and an optional bias.
+#[derive(Debug, Clone, Copy)]
+pub struct ProductRef<'a> {
+    /// The layer's name, for errors.
+    pub name: &'static str,
+    /// The weights.
+    pub matrix: QMatrix<'a>,
+    /// Features per input row.
+    pub cols: usize,
+    /// Added to the output, one per row of the weights.
+    pub bias: Option<&'a [f32]>,
+}
+
+/// The products of one input that a fork runs together (see
+/// [`Layer::products`]): at most [`MATVECS_MAX`].
+#[derive(Debug, Clone, Default)]
+pub struct Products<'a> {
+    list: [Option<ProductRef<'a>>; MATVECS_MAX],
+    len: usize,
+}
+
+impl<'a> Products<'a> {
+    /// An empty list.
+    pub fn new() -> Products<'a> {
+        Products::default()
+    }
+
+    /// Appends `p`; `false` when the list is full.
+    pub fn push(&mut self, p: ProductRef<'a>) -> bool {
+        match self.list.get_mut(self.len) {
+            Some(slot) => {
+                *slot = Some(p);
+                self.len += 1;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Products listed.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether none is listed.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Output features of all the products, side by side.
+    pub fn out_cols(&self) -> usize {
+        self.iter().map(|p| p.matrix.rows).sum()
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &ProductRef<'a>> {
+        self.list[..self.len].iter().flatten()
+    }
+
+    /// Computes every product of the one row `x` into `y` (reshaped to one
+    /// row of [`Products::out_cols`]), in one pass over the pool
+    /// ([`quant::matvecs_q`]): the bits of each product computed alone.
+    pub fn run(&self, x: &Act, y: &mut Act, ctx: &Ctx<'_>) -> Result<(), LayerError> {
+        if x.rows() != 1 {
+            return Err(LayerError::Shape(ShapeError::Len {
+                what: "Products::run rows",
+                expected: 1,
+                found: x.rows(),
+            }));
+        }
+        // The matrices as one array without allocating: unlisted slots are
+        // empty matrices, which add no rows.
+        let none = QMatrix {
+            dtype: patchbay_primitives::DType::Q8_0,
+            w: &[],
+            rows: 0,
+        };
+        let mut mats = [none; MATVECS_MAX];
+        for (m, p) in mats.iter_mut().zip(self.iter()) {
+            check_in(p.name, p.cols, x)?;
+            *m = p.matrix;
+        }
+        y.reshape(1, self.out_cols());
+        let out = y.as_mut_slice();
+        quant::matvecs_q(ctx.simd, ctx.threads, &mats[..self.len], x.row(0), out)?;
+        let mut first = 0;
+        for p in self.iter() {
+            let rows = p.matrix.rows;
+            if let Some(b) = p.bias {
+                kernels::add_assign(ctx.simd, &mut out[first..first + rows], b);
+            }
+            first += rows;
+        }
+        Ok(())
     }
 }
 

@@ -1,7 +1,7 @@
 //! The combinators: [`Identity`], [`Series`], [`Parallel`], [`Sum`], [`Gate`],
 //! [`Stack`] and [`Loop`].
 
-use crate::layer::{check_in, Capacity, Ctx, Layer, LayerError, Node, Rows};
+use crate::layer::{check_in, Capacity, Ctx, Layer, LayerError, Node, Products, Rows};
 use crate::plan::{Merge, Plan, PlanStep};
 use patchbay_primitives::{kernels, Act};
 
@@ -119,6 +119,20 @@ impl<A: Layer, B: Layer> Layer for Series<A, B> {
         self.first.forward(x, &mut mid, &mut st.first, ctx)?;
         self.second.forward(&mid, y, &mut st.second, ctx)
     }
+    fn lead_products<'s>(&'s self, out: &mut Products<'s>) -> bool {
+        self.first.lead_products(out)
+    }
+    fn finish(
+        &self,
+        p: &Act,
+        y: &mut Act,
+        st: &mut Self::State,
+        ctx: &Ctx<'_>,
+    ) -> Result<(), LayerError> {
+        let mut mid = ctx.scratch.act();
+        self.first.finish(p, &mut mid, &mut st.first, ctx)?;
+        self.second.forward(&mid, y, &mut st.second, ctx)
+    }
     fn describe(&self) -> Node {
         // Flatten right- or left-nested chains so `series![A, B, C]` prints flat.
         let mut children = Vec::new();
@@ -197,6 +211,14 @@ impl<A: Layer, B: Layer> Layer for Parallel<A, B> {
         ctx: &Ctx<'_>,
     ) -> Result<(), LayerError> {
         check_in("Parallel", self.in_dim(), x)?;
+        if x.rows() == 1 {
+            // Decode: branches that are products of `x` alone (q, k and v)
+            // take one pass over the pool, straight into `y`.
+            let mut products = Products::new();
+            if self.products(&mut products) {
+                return products.run(x, y, ctx);
+            }
+        }
         let (mut a, mut b) = (ctx.scratch.act(), ctx.scratch.act());
         self.left.forward(x, &mut a, &mut st.left, ctx)?;
         self.right.forward(x, &mut b, &mut st.right, ctx)?;
@@ -221,6 +243,9 @@ impl<A: Layer, B: Layer> Layer for Parallel<A, B> {
             self.out_dim(),
             vec![self.left.describe(), self.right.describe()],
         )
+    }
+    fn products<'s>(&'s self, out: &mut Products<'s>) -> bool {
+        self.left.products(out) && self.right.products(out)
     }
 }
 
@@ -424,6 +449,44 @@ impl<A: Layer, B: Layer> Gate<A, B> {
     }
 }
 
+impl<A: Layer, B: Layer> Gate<A, B> {
+    /// Decode (one row) when both branches start with products of `x` alone
+    /// (gate and up): those products take one pass over the pool, and each
+    /// branch finishes from its share of their outputs, the gate's into `y`
+    /// and the value's into `b`. `false`: not so, nothing done.
+    fn forward_fused(
+        &self,
+        x: &Act,
+        y: &mut Act,
+        b: &mut Act,
+        st: &mut PairState<A::State, B::State>,
+        ctx: &Ctx<'_>,
+    ) -> Result<bool, LayerError> {
+        if x.rows() != 1 {
+            return Ok(false);
+        }
+        let mut products = Products::new();
+        if !self.gate.lead_products(&mut products) {
+            return Ok(false);
+        }
+        let split = products.out_cols();
+        if !self.value.lead_products(&mut products) {
+            return Ok(false);
+        }
+        let mut both = ctx.scratch.act();
+        products.run(x, &mut both, ctx)?;
+        let (mut p_gate, mut p_value) = (ctx.scratch.act(), ctx.scratch.act());
+        let row = both.row(0);
+        p_gate.reshape(1, split);
+        p_gate.as_mut_slice().copy_from_slice(&row[..split]);
+        p_value.reshape(1, row.len() - split);
+        p_value.as_mut_slice().copy_from_slice(&row[split..]);
+        self.gate.finish(&p_gate, y, &mut st.left, ctx)?;
+        self.value.finish(&p_value, b, &mut st.right, ctx)?;
+        Ok(true)
+    }
+}
+
 impl<A: Layer, B: Layer> Layer for Gate<A, B> {
     type State = PairState<A::State, B::State>;
 
@@ -452,9 +515,11 @@ impl<A: Layer, B: Layer> Layer for Gate<A, B> {
         ctx: &Ctx<'_>,
     ) -> Result<(), LayerError> {
         check_in("Gate", self.in_dim(), x)?;
-        self.gate.forward(x, y, &mut st.left, ctx)?;
         let mut b = ctx.scratch.act();
-        self.value.forward(x, &mut b, &mut st.right, ctx)?;
+        if !self.forward_fused(x, y, &mut b, st, ctx)? {
+            self.gate.forward(x, y, &mut st.left, ctx)?;
+            self.value.forward(x, &mut b, &mut st.right, ctx)?;
+        }
         if b.cols() != y.cols() || b.rows() != y.rows() {
             return Err(LayerError::InputDim {
                 layer: "Gate",
@@ -1107,5 +1172,20 @@ impl<L: Layer + ?Sized> Layer for &L {
     }
     fn describe(&self) -> Node {
         (**self).describe()
+    }
+    fn products<'s>(&'s self, out: &mut Products<'s>) -> bool {
+        (**self).products(out)
+    }
+    fn lead_products<'s>(&'s self, out: &mut Products<'s>) -> bool {
+        (**self).lead_products(out)
+    }
+    fn finish(
+        &self,
+        p: &Act,
+        y: &mut Act,
+        st: &mut Self::State,
+        ctx: &Ctx<'_>,
+    ) -> Result<(), LayerError> {
+        (**self).finish(p, y, st, ctx)
     }
 }

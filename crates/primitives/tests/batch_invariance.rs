@@ -12,6 +12,7 @@
 use patchbay_primitives::matmul::{matmul, matvec};
 use patchbay_primitives::quant::{
     dequantize_row_at, exact_rounding_bound, exact_rounds_activations, matmul_q, matvec_q,
+    matvecs_q, QMatrix,
 };
 use patchbay_primitives::{DType, MatRef, Simd, Threads};
 use proptest::prelude::*;
@@ -214,8 +215,59 @@ fn q_matvec(
 /// larger ragged counts.
 const OTHER_M: [usize; 7] = [2, 3, 4, 5, 7, 9, 17];
 
+/// The block formats, for products of several matrices with one input.
+const QUANTISED: [DType; 8] = [
+    DType::Q4_0,
+    DType::Q4_1,
+    DType::Q5_0,
+    DType::Q5_1,
+    DType::Q8_0,
+    DType::Q4_K,
+    DType::Q5_K,
+    DType::Q6_K,
+];
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(32))]
+
+    /// `matvecs_q` gives each matrix the bits of `matvec_q` alone, at every
+    /// level and for 1 and 2 threads: matrices of one format (one pass over
+    /// the pool, tasks across the matrices' boundaries) or of several
+    /// (Q4_K beside Q6_K as in Q4_K_M files, or any mix).
+    #[test]
+    fn products_of_one_input_have_the_bits_of_each_alone(seed in any::<u64>(), count in 1usize..5, mixed in any::<bool>(), superblocks in 1usize..3) {
+        let mut rng = Rng(seed);
+        let k = superblocks * 256;
+        let x = rng.vec(k);
+        let first = QUANTISED[rng.below(QUANTISED.len())];
+        let mats: Vec<(DType, usize, Vec<u8>)> = (0..count)
+            .map(|_| {
+                let dtype = if mixed { QUANTISED[rng.below(QUANTISED.len())] } else { first };
+                let rows = 1 + rng.below(150);
+                (dtype, rows, random_weights(&mut rng, dtype, rows, k))
+            })
+            .collect();
+        let views: Vec<QMatrix<'_>> = mats
+            .iter()
+            .map(|(dtype, rows, w)| QMatrix { dtype: *dtype, w, rows: *rows })
+            .collect();
+        let total: usize = mats.iter().map(|m| m.1).sum();
+        for s in Simd::available() {
+            let alone: Vec<f32> = mats
+                .iter()
+                .flat_map(|(dtype, rows, w)| q_matvec(s, &Threads::single(), *dtype, w, *rows, k, &x))
+                .collect();
+            for t in [Threads::single(), Threads::new(2)] {
+                let mut y = vec![f32::NAN; total];
+                matvecs_q(s, &t, &views, &x, &mut y).unwrap();
+                prop_assert_eq!(bits(&y), bits(&alone), "{:?} at {} with {} threads",
+                    mats.iter().map(|m| (m.0, m.1)).collect::<Vec<_>>(), s.level(), t.count());
+                let mut short = vec![0.0; total - 1];
+                prop_assert!(matvecs_q(s, &t, &views, &x, &mut short).is_err());
+                prop_assert!(matvecs_q(s, &t, &views, &x[1..], &mut y).is_err());
+            }
+        }
+    }
 
     /// f32 weights: every row of the m-row product, at every level and for 1
     /// and 2 threads, has the bits of the same row computed alone by `matvec`

@@ -276,6 +276,120 @@ pub fn matvec_q(
     Ok(())
 }
 
+/// One weight matrix of [`matvecs_q`]: `rows` rows of `dtype` (GGML layout),
+/// as many columns as the shared input has.
+#[derive(Debug, Clone, Copy)]
+pub struct QMatrix<'a> {
+    /// The weights' format.
+    pub dtype: DType,
+    /// The weights, row-major.
+    pub w: &'a [u8],
+    /// Output rows.
+    pub rows: usize,
+}
+
+/// `y = [W_0 · x, W_1 · x, ...]`: the products of several matrices with one
+/// input `x`, their outputs one after another in `y`, with the bits of
+/// [`matvec_q`] for each. When the matrices round activations alike (int16
+/// products of one layout) they take one pass over the pool: `x` is rounded
+/// once, and decode's tasks run over the rows of all of them, so the threads
+/// wait for each other once instead of once per matrix (a decoder layer's
+/// q, k and v, or gate and up). Otherwise each matrix is its own
+/// [`matvec_q`].
+pub fn matvecs_q(
+    s: Simd,
+    threads: &Threads,
+    mats: &[QMatrix<'_>],
+    x: &[f32],
+    y: &mut [f32],
+) -> Result<(), ShapeError> {
+    let cols = x.len();
+    let rows = mats.iter().try_fold(0usize, |n, m| {
+        n.checked_add(m.rows)
+            .ok_or(ShapeError::Overflow { what: "matvecs_q" })
+    })?;
+    if y.len() != rows {
+        return Err(ShapeError::Len {
+            what: "matvecs_q y",
+            expected: rows,
+            found: y.len(),
+        });
+    }
+    let layout = mats
+        .first()
+        .map(|m| (i16::applies(s, m.dtype), i16::decode_layout(s, m.dtype)));
+    let one_pass = cols > 0
+        && mats.iter().all(|m| {
+            i16::applies(s, m.dtype) && Some((true, i16::decode_layout(s, m.dtype))) == layout
+        });
+    if !one_pass {
+        let mut rest = &mut y[..];
+        for m in mats {
+            let (ym, tail) = rest.split_at_mut(m.rows);
+            matvec_q(s, threads, m.dtype, m.w, m.rows, cols, x, ym)?;
+            rest = tail;
+        }
+        return Ok(());
+    }
+    // Every matrix's shape is checked before any work starts.
+    let mut row_bytes = [0usize; MATVECS_MAX];
+    if mats.len() > MATVECS_MAX {
+        return Err(ShapeError::Mismatch {
+            what: "matvecs_q matrices vs most in one pass",
+            left: mats.len(),
+            right: MATVECS_MAX,
+        });
+    }
+    for (m, rb) in mats.iter().zip(&mut row_bytes) {
+        check_supported(m.dtype, "matvecs_q dtype")?;
+        *rb = m.dtype.bytes_for(cols).ok_or(ShapeError::Mismatch {
+            what: "matvecs_q cols vs block length",
+            left: cols,
+            right: m.dtype.block_len(),
+        })?;
+        let total = m
+            .rows
+            .checked_mul(*rb)
+            .ok_or(ShapeError::Overflow { what: "matvecs_q" })?;
+        if m.w.len() != total {
+            return Err(ShapeError::Len {
+                what: "matvecs_q weights (bytes)",
+                expected: total,
+                found: m.w.len(),
+            });
+        }
+    }
+    if rows == 0 {
+        return Ok(());
+    }
+    let xm = MatRef::new(x, 1, cols).expect("x.len() == cols");
+    let layout = i16::decode_layout(s, mats[0].dtype);
+    // SAFETY: `y` (one row of `rows`) is exclusively borrowed here; each task
+    // below writes its own range of it.
+    let base = unsafe { Out::new(y.as_mut_ptr(), rows, 0) };
+    let tasks = DecodeTasks::new(rows, threads.count());
+    i16::with_acts(s, threads, xm, layout, |acts| {
+        threads.for_each_index(tasks.count, |t| {
+            let r = tasks.range(t);
+            let mut first = 0;
+            for (m, &rb) in mats.iter().zip(&row_bytes) {
+                let (lo, hi) = (r.start.max(first), r.end.min(first + m.rows));
+                if lo < hi {
+                    // SAFETY: columns `lo..hi` of `y`, within this task's own `r`.
+                    let out = unsafe { base.shifted(lo) };
+                    let w = &m.w[(lo - first) * rb..(hi - first) * rb];
+                    i16::rows(s, m.dtype, w, rb, acts, out);
+                }
+                first += m.rows;
+            }
+        })
+    });
+    Ok(())
+}
+
+/// Most matrices [`matvecs_q`] takes in one pass.
+pub const MATVECS_MAX: usize = 8;
+
 /// Runs `f` on each of decode's tasks ([`DecodeTasks`]) over the rows of
 /// `w` (`row_bytes` each): the task's rows, and `base` moved to their
 /// first column.
