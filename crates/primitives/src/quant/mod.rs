@@ -315,13 +315,13 @@ pub fn matvecs_q(
             found: y.len(),
         });
     }
-    let layout = mats
-        .first()
-        .map(|m| (i16::applies(s, m.dtype), i16::decode_layout(s, m.dtype)));
+    // One pass takes matrices whose products round `x` alike.
+    let layout = mats.first().map(|m| i16::decode_layout(s, m.dtype));
     let one_pass = cols > 0
-        && mats.iter().all(|m| {
-            i16::applies(s, m.dtype) && Some((true, i16::decode_layout(s, m.dtype))) == layout
-        });
+        && mats.len() <= MATVECS_MAX
+        && mats
+            .iter()
+            .all(|m| i16::applies(s, m.dtype) && Some(i16::decode_layout(s, m.dtype)) == layout);
     if !one_pass {
         let mut rest = &mut y[..];
         for m in mats {
@@ -333,13 +333,6 @@ pub fn matvecs_q(
     }
     // Every matrix's shape is checked before any work starts.
     let mut row_bytes = [0usize; MATVECS_MAX];
-    if mats.len() > MATVECS_MAX {
-        return Err(ShapeError::Mismatch {
-            what: "matvecs_q matrices vs most in one pass",
-            left: mats.len(),
-            right: MATVECS_MAX,
-        });
-    }
     for (m, rb) in mats.iter().zip(&mut row_bytes) {
         check_supported(m.dtype, "matvecs_q dtype")?;
         *rb = m.dtype.bytes_for(cols).ok_or(ShapeError::Mismatch {
@@ -363,7 +356,9 @@ pub fn matvecs_q(
         return Ok(());
     }
     let xm = MatRef::new(x, 1, cols).expect("x.len() == cols");
-    let layout = i16::decode_layout(s, mats[0].dtype);
+    let Some(layout) = layout else {
+        return Ok(());
+    };
     // SAFETY: `y` (one row of `rows`) is exclusively borrowed here; each task
     // below writes its own range of it.
     let base = unsafe { Out::new(y.as_mut_ptr(), rows, 0) };
@@ -387,7 +382,7 @@ pub fn matvecs_q(
     Ok(())
 }
 
-/// Most matrices [`matvecs_q`] takes in one pass.
+/// Most matrices [`matvecs_q`] takes in one pass (more take one product each).
 pub const MATVECS_MAX: usize = 8;
 
 /// Runs `f` on each of decode's tasks ([`DecodeTasks`]) over the rows of
