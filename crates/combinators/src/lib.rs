@@ -42,6 +42,15 @@
 //! * **Weights** are immutable and owned by the layers (views into a memory
 //!   map), so one model value can serve many states (sequences).
 //!
+//! * **Products of one input run together** when decoding (one row): a
+//!   [`Parallel`] whose branches are all matrix products of its input (q, k
+//!   and v) and a [`Gate`] whose branches start with them (gate and up) list
+//!   them ([`Layer::products`], [`Layer::lead_products`]) and run them in one
+//!   pass over the worker pool ([`Products::run`]), so the threads meet once
+//!   per fork instead of once per product; a branch then finishes from its
+//!   share ([`Layer::finish`]). Each output has the bits of its product run
+//!   alone. A custom layer that wraps a product can list it too.
+//!
 //! Because a residual is `Sum<Identity, F>` and [`Layer::IS_IDENTITY`] is a
 //! constant, `Sum` compiles the residual case to `y = F(x); y += x` with no
 //! scratch copy.
