@@ -5,60 +5,17 @@
 //! and of each `Linear` applied alone, at every SIMD level and for 1 and 2
 //! threads, with and without biases, for one format or a mix of formats.
 
-use std::sync::Arc;
-
 use patchbay_blocks::{Linear, Silu};
 use patchbay_combinators::{Capacity, Ctx, Gate, Layer, Parallel, Scratch, Series};
-use patchbay_primitives::quant::quantize_row;
-use patchbay_primitives::{Act, DType, Simd, Storage, Tensor, Threads};
+use patchbay_primitives::{Act, DType, Simd, Threads};
 use proptest::prelude::*;
 
-/// Deterministic values in [-1, 1) from a seed (xorshift).
-fn values(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-        })
-        .collect()
-}
+mod support;
+use support::{values, weight};
 
-/// An `out x inp` `Linear` of `dtype` (quantised from random values), with a
-/// bias or not.
+/// An `out x inp` `Linear` of `dtype` ([`weight`]), with a bias or not.
 fn linear(dtype: DType, out: usize, inp: usize, bias: bool, seed: u64) -> Linear {
-    let v = values(out * inp, seed);
-    if dtype == DType::F32 {
-        let w = Tensor::from_f32(&v, vec![out, inp]).unwrap();
-        return Linear::new(w, bias.then(|| values(out, seed ^ 7))).unwrap();
-    }
-    let mut b = vec![0u8; dtype.bytes_for(out * inp).unwrap()];
-    // The K-quants have no quantiser here: random bytes with modest f16 scales.
-    let scales: &[usize] = match dtype {
-        DType::Q4_K => &[0, 2],
-        DType::Q6_K => &[208],
-        _ => {
-            quantize_row(dtype, &v, &mut b);
-            &[]
-        }
-    };
-    if !scales.is_empty() {
-        let noise = values(b.len(), seed ^ 11);
-        for (byte, r) in b.iter_mut().zip(noise) {
-            *byte = ((r + 1.0) * 127.5) as u8;
-        }
-        for block in b.chunks_exact_mut(dtype.block_bytes()) {
-            for &o in scales {
-                // An f16 of magnitude 2^-7 to 2^-6, either sign, from the
-                // random mantissa bits already there.
-                let d = 0x2000 | (u16::from_le_bytes([block[o], block[o + 1]]) & 0x83FF);
-                block[o..o + 2].copy_from_slice(&d.to_le_bytes());
-            }
-        }
-    }
-    let w = Tensor::new(Arc::new(Storage::from_bytes(&b)), 0, dtype, vec![out, inp]).unwrap();
+    let w = weight(dtype, out, inp, seed);
     Linear::new(w, bias.then(|| values(out, seed ^ 7))).unwrap()
 }
 

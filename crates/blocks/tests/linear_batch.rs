@@ -4,38 +4,15 @@
 //! every SIMD level and for 1 and 2 threads; and it agrees with an f64
 //! reference of the dequantised weights (plus bias).
 
-use std::sync::Arc;
-
 use patchbay_blocks::{Linear, SumOrder};
 use patchbay_combinators::{Capacity, Ctx, Layer, Scratch};
 use patchbay_primitives::gemm::matmul_sequential;
-use patchbay_primitives::quant::{dequantize_row, exact_rounding_bound, quantize_row};
-use patchbay_primitives::{Act, DType, MatRef, Simd, Storage, Tensor, Threads};
+use patchbay_primitives::quant::{dequantize_row, exact_rounding_bound};
+use patchbay_primitives::{Act, DType, MatRef, Simd, Tensor, Threads};
 use proptest::prelude::*;
 
-/// Deterministic values in [-1, 1) from a seed (xorshift).
-fn values(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-        })
-        .collect()
-}
-
-/// An `out x inp` weight of `dtype` (quantised from random values).
-fn weight(dtype: DType, out: usize, inp: usize, seed: u64) -> Tensor {
-    let v = values(out * inp, seed);
-    if dtype == DType::F32 {
-        return Tensor::from_f32(&v, vec![out, inp]).unwrap();
-    }
-    let mut b = vec![0u8; dtype.bytes_for(out * inp).unwrap()];
-    quantize_row(dtype, &v, &mut b);
-    Tensor::new(Arc::new(Storage::from_bytes(&b)), 0, dtype, vec![out, inp]).unwrap()
-}
+mod support;
+use support::{values, weight};
 
 fn run(lin: &Linear, s: Simd, t: &Threads, rows: usize, x: Vec<f32>) -> Vec<f32> {
     let scratch = Scratch::new();

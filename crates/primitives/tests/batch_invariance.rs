@@ -215,18 +215,6 @@ fn q_matvec(
 /// larger ragged counts.
 const OTHER_M: [usize; 7] = [2, 3, 4, 5, 7, 9, 17];
 
-/// The block formats, for products of several matrices with one input.
-const QUANTISED: [DType; 8] = [
-    DType::Q4_0,
-    DType::Q4_1,
-    DType::Q5_0,
-    DType::Q5_1,
-    DType::Q8_0,
-    DType::Q4_K,
-    DType::Q5_K,
-    DType::Q6_K,
-];
-
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(32))]
 
@@ -239,10 +227,12 @@ proptest! {
         let mut rng = Rng(seed);
         let k = superblocks * 256;
         let x = rng.vec(k);
-        let first = QUANTISED[rng.below(QUANTISED.len())];
+        // The block formats.
+        let quantised: Vec<DType> = ALL.into_iter().filter(|d| d.is_quantized()).collect();
+        let first = quantised[rng.below(quantised.len())];
         let mats: Vec<(DType, usize, Vec<u8>)> = (0..count)
             .map(|_| {
-                let dtype = if mixed { QUANTISED[rng.below(QUANTISED.len())] } else { first };
+                let dtype = if mixed { quantised[rng.below(quantised.len())] } else { first };
                 let rows = 1 + rng.below(150);
                 (dtype, rows, random_weights(&mut rng, dtype, rows, k))
             })

@@ -115,6 +115,56 @@ fn check_row(dtype: DType, bytes: usize, n: usize, what: &'static str) -> Result
     Ok(())
 }
 
+/// Checks a product's `rows x cols` weights `w` of `dtype` (a weight
+/// format, whole blocks per row, exactly the matrix's bytes) and gives the
+/// bytes per row; `names` (from `weight_checks!`) name the errors.
+fn weight_row_bytes(
+    dtype: DType,
+    w: &[u8],
+    rows: usize,
+    cols: usize,
+    names: WeightChecks,
+) -> Result<usize, ShapeError> {
+    check_supported(dtype, names.dtype)?;
+    let row_bytes = dtype.bytes_for(cols).ok_or(ShapeError::Mismatch {
+        what: names.cols,
+        left: cols,
+        right: dtype.block_len(),
+    })?;
+    let total = rows.checked_mul(row_bytes).ok_or(ShapeError::Overflow {
+        what: names.product,
+    })?;
+    if w.len() != total {
+        return Err(ShapeError::Len {
+            what: names.bytes,
+            expected: total,
+            found: w.len(),
+        });
+    }
+    Ok(row_bytes)
+}
+
+/// What [`weight_row_bytes`]'s errors name.
+struct WeightChecks {
+    dtype: &'static str,
+    cols: &'static str,
+    product: &'static str,
+    bytes: &'static str,
+}
+
+/// The [`WeightChecks`] of product `f`: "`f` dtype", "`f` cols vs block
+/// length", "`f`" and "`f` weights (bytes)".
+macro_rules! weight_checks {
+    ($f:literal) => {
+        WeightChecks {
+            dtype: concat!($f, " dtype"),
+            cols: concat!($f, " cols vs block length"),
+            product: $f,
+            bytes: concat!($f, " weights (bytes)"),
+        }
+    };
+}
+
 fn check_supported(dtype: DType, what: &'static str) -> Result<(), ShapeError> {
     if matches!(dtype, DType::I32 | DType::I64) {
         // Integer tensors are not weights; no dot product is defined on them.
@@ -214,22 +264,7 @@ pub fn matvec_q(
     x: &[f32],
     y: &mut [f32],
 ) -> Result<(), ShapeError> {
-    check_supported(dtype, "matvec_q dtype")?;
-    let row_bytes = dtype.bytes_for(cols).ok_or(ShapeError::Mismatch {
-        what: "matvec_q cols vs block length",
-        left: cols,
-        right: dtype.block_len(),
-    })?;
-    let total = rows
-        .checked_mul(row_bytes)
-        .ok_or(ShapeError::Overflow { what: "matvec_q" })?;
-    if w.len() != total {
-        return Err(ShapeError::Len {
-            what: "matvec_q weights (bytes)",
-            expected: total,
-            found: w.len(),
-        });
-    }
+    let row_bytes = weight_row_bytes(dtype, w, rows, cols, weight_checks!("matvec_q"))?;
     if x.len() != cols {
         return Err(ShapeError::Len {
             what: "matvec_q x",
@@ -252,22 +287,16 @@ pub fn matvec_q(
         return Ok(());
     }
     let xm = MatRef::new(x, 1, cols).expect("x.len() == cols (checked)");
+    if i16::applies(s, dtype) {
+        let one = [QMatrix { dtype, w, rows }];
+        let layout = i16::decode_layout(s, dtype);
+        int16_rows_in_one_pass(s, threads, &one, &[row_bytes], layout, xm, y);
+        return Ok(());
+    }
     // SAFETY: `y` (one row of `rows`) is exclusively borrowed here; each task
     // below writes its own range of it.
     let base = unsafe { Out::new(y.as_mut_ptr(), rows, 0) };
-    if i16::applies(s, dtype) {
-        // Exact products that round activations to int16 do it once, here.
-        i16::with_acts(s, threads, xm, i16::decode_layout(s, dtype), |acts| {
-            // SAFETY: `base` holds a column per row of `w` (see above).
-            unsafe {
-                each_decode_task(threads, w, row_bytes, base, |wc, out| {
-                    i16::rows(s, dtype, wc, row_bytes, acts, out)
-                })
-            }
-        });
-        return Ok(());
-    }
-    // SAFETY: as above.
+    // SAFETY: `base` holds a column per row of `w`.
     unsafe {
         each_decode_task(threads, w, row_bytes, base, |wc, out| {
             exact::fused_rows(s, dtype, wc, row_bytes, xm, out)
@@ -334,31 +363,32 @@ pub fn matvecs_q(
     // Every matrix's shape is checked before any work starts.
     let mut row_bytes = [0usize; MATVECS_MAX];
     for (m, rb) in mats.iter().zip(&mut row_bytes) {
-        check_supported(m.dtype, "matvecs_q dtype")?;
-        *rb = m.dtype.bytes_for(cols).ok_or(ShapeError::Mismatch {
-            what: "matvecs_q cols vs block length",
-            left: cols,
-            right: m.dtype.block_len(),
-        })?;
-        let total = m
-            .rows
-            .checked_mul(*rb)
-            .ok_or(ShapeError::Overflow { what: "matvecs_q" })?;
-        if m.w.len() != total {
-            return Err(ShapeError::Len {
-                what: "matvecs_q weights (bytes)",
-                expected: total,
-                found: m.w.len(),
-            });
-        }
+        *rb = weight_row_bytes(m.dtype, m.w, m.rows, cols, weight_checks!("matvecs_q"))?;
     }
     if rows == 0 {
         return Ok(());
     }
     let xm = MatRef::new(x, 1, cols).expect("x.len() == cols");
-    let Some(layout) = layout else {
-        return Ok(());
-    };
+    if let Some(layout) = layout {
+        int16_rows_in_one_pass(s, threads, mats, &row_bytes[..mats.len()], layout, xm, y);
+    }
+    Ok(())
+}
+
+/// The int16 products of one row `xm` with every matrix of `mats`
+/// (`row_bytes` per row, shapes checked), their outputs one after another
+/// in `y`: `xm` rounded once in `layout`, and decode's tasks over the rows of
+/// all the matrices.
+fn int16_rows_in_one_pass(
+    s: Simd,
+    threads: &Threads,
+    mats: &[QMatrix<'_>],
+    row_bytes: &[usize],
+    layout: i16::Layout,
+    xm: MatRef<'_>,
+    y: &mut [f32],
+) {
+    let rows = y.len();
     // SAFETY: `y` (one row of `rows`) is exclusively borrowed here; each task
     // below writes its own range of it.
     let base = unsafe { Out::new(y.as_mut_ptr(), rows, 0) };
@@ -367,7 +397,7 @@ pub fn matvecs_q(
         threads.for_each_index(tasks.count, |t| {
             let r = tasks.range(t);
             let mut first = 0;
-            for (m, &rb) in mats.iter().zip(&row_bytes) {
+            for (m, &rb) in mats.iter().zip(row_bytes) {
                 let (lo, hi) = (r.start.max(first), r.end.min(first + m.rows));
                 if lo < hi {
                     // SAFETY: columns `lo..hi` of `y`, within this task's own `r`.
@@ -379,7 +409,6 @@ pub fn matvecs_q(
             }
         })
     });
-    Ok(())
 }
 
 /// Most matrices [`matvecs_q`] takes in one pass (more take one product each).
@@ -485,22 +514,7 @@ pub fn matmul_q(
     x: MatRef<'_>,
     y: &mut [f32],
 ) -> Result<(), ShapeError> {
-    check_supported(dtype, "matmul_q dtype")?;
-    let row_bytes = dtype.bytes_for(cols).ok_or(ShapeError::Mismatch {
-        what: "matmul_q cols vs block length",
-        left: cols,
-        right: dtype.block_len(),
-    })?;
-    let total = rows
-        .checked_mul(row_bytes)
-        .ok_or(ShapeError::Overflow { what: "matmul_q" })?;
-    if w.len() != total {
-        return Err(ShapeError::Len {
-            what: "matmul_q weights (bytes)",
-            expected: total,
-            found: w.len(),
-        });
-    }
+    let row_bytes = weight_row_bytes(dtype, w, rows, cols, weight_checks!("matmul_q"))?;
     if x.cols() != cols {
         return Err(ShapeError::Mismatch {
             what: "matmul_q x cols vs weight cols",
