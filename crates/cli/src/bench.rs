@@ -32,6 +32,11 @@ pub struct BenchArgs {
     /// Repetitions: each is one sample; the table shows their mean ± stddev.
     #[arg(short = 'r', long, default_value_t = 5, value_parser = crate::common::positive, allow_negative_numbers = true)]
     pub repetitions: usize,
+    /// Tokens already in the context before each test, comma-separated, as
+    /// llama-bench's `-d`: pp and tg then run at positions `depth..`, their
+    /// attention over the earlier tokens too (the depth's prompt is not timed).
+    #[arg(short = 'd', long, value_delimiter = ',', default_value = "0", value_parser = crate::common::count, allow_negative_numbers = true)]
+    pub depth: Vec<usize>,
     /// Worker thread counts, comma-separated (0 = one per core).
     #[arg(short = 't', long, value_delimiter = ',', default_value = "0", value_parser = crate::common::count, allow_negative_numbers = true)]
     pub threads: Vec<usize>,
@@ -66,6 +71,8 @@ struct Record {
     threads: usize,
     simd: String,
     test: String,
+    /// Tokens in the context before the test (`-d`).
+    depth: usize,
     /// Throughput per repetition (tokens/s, or sentences/s for `embed`).
     samples: Vec<f64>,
     unit: &'static str,
@@ -100,6 +107,7 @@ impl Record {
             file_bytes,
             threads,
             simd: Simd::detect().level().to_string(),
+            depth: 0,
             test,
             samples,
             unit,
@@ -325,7 +333,11 @@ fn bench_encoder(
     Ok(r)
 }
 
-/// pp and tg of a causal model at one thread count.
+/// Rows per forward call when a depth's tokens fill the context, as
+/// llama.cpp's default micro-batch: bounds the scratch a deep context needs.
+const DEPTH_ROWS: usize = 512;
+
+/// pp and tg of a causal model at one thread count, at each depth.
 fn bench_causal(
     args: &BenchArgs,
     source: &ModelSource,
@@ -333,14 +345,27 @@ fn bench_causal(
     name: &str,
     file_bytes: u64,
 ) -> Result<Vec<Record>> {
-    // -p and -n share one KV cache: together they must fit the model's
-    // context (and a sane bound, should a file claim a huge one).
+    // The depth, -p and -n share one KV cache: together they must fit the
+    // model's context (and a sane bound, should a file claim a huge one).
     let limit = source.hparams().n_ctx.clamp(1, MAX_BENCH_TOKENS);
-    let ctx_len = args.n_prompt.saturating_add(args.n_gen);
+    let deepest = args.depth.iter().copied().max().unwrap_or(0);
+    let ctx_len = deepest
+        .saturating_add(args.n_prompt)
+        .saturating_add(args.n_gen);
     if ctx_len > limit {
+        let depth = if deepest > 0 {
+            format!("-d {deepest} + ")
+        } else {
+            String::new()
+        };
+        let which = if deepest > 0 {
+            "the deepest -d, -p and -n"
+        } else {
+            "-p and -n"
+        };
         anyhow::bail!(
-            "-p {} + -n {} = {ctx_len} tokens do not fit the model's context: \
-             -p and -n must add up to at most {limit}",
+            "{depth}-p {} + -n {} = {ctx_len} tokens do not fit the model's context: \
+             {which} must add up to at most {limit}",
             args.n_prompt,
             args.n_gen
         );
@@ -357,6 +382,7 @@ fn bench_causal(
             name,
             threads,
             file_bytes,
+            deepest,
         },
     )?
 }
@@ -366,6 +392,16 @@ struct Bench<'a> {
     name: &'a str,
     threads: &'a Threads,
     file_bytes: u64,
+    deepest: usize,
+}
+
+/// A test's name as llama-bench prints it: `tg64`, or `tg64 @ d1024`.
+fn test_name(kind: &str, tokens: usize, depth: usize) -> String {
+    if depth == 0 {
+        format!("{kind}{tokens}")
+    } else {
+        format!("{kind}{tokens} @ d{depth}")
+    }
 }
 
 impl CausalLmVisitor for Bench<'_> {
@@ -376,12 +412,13 @@ impl CausalLmVisitor for Bench<'_> {
             name,
             threads,
             file_bytes,
+            deepest,
         } = self;
-        let ctx_len = (args.n_prompt + args.n_gen).max(1);
+        let ctx_len = (deepest + args.n_prompt + args.n_gen).max(1);
         let scratch = Scratch::new();
         let simd = Simd::detect();
         let vocab = model.info.vocab;
-        let cap = Capacity::new(args.n_prompt.max(1), ctx_len);
+        let cap = Capacity::new(args.n_prompt.max(deepest.min(DEPTH_ROWS)), ctx_len);
         let mut st = model.net.new_state(cap);
         let mut out = Act::default();
         // Deterministic pseudo-random ids, as llama-bench uses random tokens.
@@ -393,43 +430,70 @@ impl CausalLmVisitor for Bench<'_> {
         let record = |test: String, samples: Vec<f64>| {
             Record::new(name, file_bytes, threads.count(), test, samples, "t/s")
         };
-        if args.n_prompt > 0 {
-            let x = Act::from_tokens(&ids[..args.n_prompt]);
-            let ctx = Ctx::new(simd, threads, &scratch).with_rows(Rows::Last);
-            model.net.forward(&x, &mut out, &mut st, &ctx)?; // warm-up
-            check_finite(&out, "pp")?;
-            let mut samples = Vec::with_capacity(reps);
-            for _ in 0..reps {
-                model.net.reset(&mut st);
-                let t0 = Instant::now();
-                model.net.forward(&x, &mut out, &mut st, &ctx)?;
-                samples.push(args.n_prompt as f64 / t0.elapsed().as_secs_f64().max(1e-9));
+        let ctx_at = |pos: usize| {
+            Ctx::new(simd, threads, &scratch)
+                .at(pos)
+                .with_rows(Rows::Last)
+        };
+        // A fresh context holding the first `depth` ids, in micro-batches.
+        // Each test then runs from position `depth`, which forgets whatever
+        // an earlier repetition left after it.
+        let fill = |st: &mut N::State, out: &mut Act, depth: usize| -> Result<()> {
+            model.net.reset(st);
+            for from in (0..depth).step_by(DEPTH_ROWS) {
+                let x = Act::from_tokens(&ids[from..depth.min(from + DEPTH_ROWS)]);
+                model.net.forward(&x, out, st, &ctx_at(from))?;
             }
-            records.push(record(format!("pp{}", args.n_prompt), samples));
-        }
-        if args.n_gen > 0 {
-            let mut x = Act::from_tokens(&[0]);
-            let mut samples = Vec::with_capacity(reps);
-            // One untimed pass first, as for pp: page in the weights.
-            for rep in 0..=reps {
-                model.net.reset(&mut st);
-                let t0 = Instant::now();
-                for (pos, &id) in ids.iter().enumerate().take(args.n_gen) {
-                    x.set_token(0, id);
-                    let ctx = Ctx::new(simd, threads, &scratch)
-                        .at(pos)
-                        .with_rows(Rows::Last);
-                    model.net.forward(&x, &mut out, &mut st, &ctx)?;
+            Ok(())
+        };
+        for &depth in &args.depth {
+            if args.n_prompt > 0 {
+                let x = Act::from_tokens(&ids[depth..depth + args.n_prompt]);
+                fill(&mut st, &mut out, depth)?;
+                model.net.forward(&x, &mut out, &mut st, &ctx_at(depth))?; // warm-up
+                check_finite(&out, "pp")?;
+                let mut samples = Vec::with_capacity(reps);
+                for _ in 0..reps {
+                    if depth == 0 {
+                        model.net.reset(&mut st);
+                    }
+                    let t0 = Instant::now();
+                    model.net.forward(&x, &mut out, &mut st, &ctx_at(depth))?;
+                    samples.push(args.n_prompt as f64 / t0.elapsed().as_secs_f64().max(1e-9));
                 }
-                if rep == 0 {
-                    check_finite(&out, "tg")?;
-                } else {
-                    samples.push(args.n_gen as f64 / t0.elapsed().as_secs_f64().max(1e-9));
-                }
+                let mut r = record(test_name("pp", args.n_prompt, depth), samples);
+                r.depth = depth;
+                records.push(r);
             }
-            let mut r = record(format!("tg{}", args.n_gen), samples);
-            r.bandwidth_gbs = Some(file_bytes as f64 * r.mean / 1e9);
-            records.push(r);
+            if args.n_gen > 0 {
+                let mut x = Act::from_tokens(&[0]);
+                let mut samples = Vec::with_capacity(reps);
+                fill(&mut st, &mut out, depth)?;
+                // One untimed pass first, as for pp: page in the weights.
+                for rep in 0..=reps {
+                    if depth == 0 {
+                        model.net.reset(&mut st);
+                    }
+                    let t0 = Instant::now();
+                    for (pos, &id) in ids.iter().enumerate().skip(depth).take(args.n_gen) {
+                        x.set_token(0, id);
+                        model.net.forward(&x, &mut out, &mut st, &ctx_at(pos))?;
+                    }
+                    if rep == 0 {
+                        check_finite(&out, "tg")?;
+                    } else {
+                        samples.push(args.n_gen as f64 / t0.elapsed().as_secs_f64().max(1e-9));
+                    }
+                }
+                let mut r = record(test_name("tg", args.n_gen, depth), samples);
+                // The file is read once per token; at depth the KV cache is
+                // read too, so the share of the probe says less: left out.
+                if depth == 0 {
+                    r.bandwidth_gbs = Some(file_bytes as f64 * r.mean / 1e9);
+                }
+                r.depth = depth;
+                records.push(r);
+            }
         }
         Ok(records)
     }

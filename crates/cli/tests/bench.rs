@@ -124,10 +124,71 @@ fn table_shows_mean_stddev_and_the_bandwidth_share() {
 }
 
 #[test]
+fn depths_run_each_test_after_that_many_tokens() {
+    require("stories260k");
+    let out = ok(
+        &patchbay(&[
+            "bench",
+            "-m",
+            "stories260k",
+            "-d",
+            "0,40",
+            "-p",
+            "8",
+            "-n",
+            "4",
+            "-r",
+            "2",
+            "--json",
+            "--no-probe",
+        ]),
+        "bench -d",
+    );
+    let recs: Vec<serde_json::Value> = serde_json::from_str(&out).expect("one JSON array");
+    let tests: Vec<(&str, u64)> = recs
+        .iter()
+        .map(|r| (r["test"].as_str().unwrap(), r["depth"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(
+        tests,
+        [("pp8", 0), ("tg4", 0), ("pp8 @ d40", 40), ("tg4 @ d40", 40)],
+        "{out}"
+    );
+    for r in &recs {
+        let samples = r["samples"].as_array().unwrap();
+        assert_eq!(samples.len(), 2, "{r}");
+        assert!(samples.iter().all(|s| s.as_f64().unwrap() > 0.0), "{r}");
+        // At depth the KV cache is read besides the file: no file-based share.
+        assert_eq!(r.get("bandwidth_gbs").is_some(), r["test"] == "tg4", "{r}");
+    }
+    // stories260K holds 512 positions: the deepest depth counts.
+    let o = patchbay(&[
+        "bench",
+        "-m",
+        "stories260k",
+        "-d",
+        "0,500",
+        "-p",
+        "8",
+        "-n",
+        "8",
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success()
+            && err.contains("-d 500 + -p 8 + -n 8 = 516 tokens do not fit the model's context"),
+        "{err}"
+    );
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(!stdout.contains("stories260K"), "nothing timed: {stdout}");
+}
+
+#[test]
 fn bad_lists_are_usage_errors() {
     for (args, says) in [
         (&["bench", "-t", "1,x"][..], "--threads"),
         (&["bench", "-t", "1,-2"][..], "--threads"),
+        (&["bench", "-d", "0,x"][..], "--depth"),
         (
             &["bench", "-m", "stories260k,nosuchmodel", "-r", "1"][..],
             "nosuchmodel",
