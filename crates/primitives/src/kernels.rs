@@ -798,9 +798,12 @@ fn axpy_rows_many_impl<S: PSimd>(
 ) {
     let mut r0 = 0;
     while r0 < nr {
-        // Six rows: 6 x 2 accumulators, two vectors of `rows` and a
-        // broadcast fill the 16 registers of AVX2.
-        let rt = (nr - r0).min(6);
+        // At most six rows: 6 x 2 accumulators, two vectors of `rows` and a
+        // broadcast fill the 16 registers of AVX2. Tiles of equal size, so
+        // that seven rows are not six and a lone one (whose two chains wait
+        // on the multiply-add's latency).
+        let left = nr - r0;
+        let rt = left.div_ceil(left.div_ceil(6));
         let w = |r: usize| &weights[(r0 + r) * w_ld..(r0 + r) * w_ld + n];
         let y = &mut y[r0 * y_ld..];
         match rt {
@@ -831,6 +834,17 @@ fn axpy_tile<S: PSimd, const RT: usize>(
     let lanes = S::F32_LANES;
     let nv = d / lanes;
     let mut c = 0;
+    // Few rows (one query's heads, or one row): four vectors of columns at
+    // a time, so that enough independent chains hide the multiply-add's
+    // latency. Registers: RT x 4 accumulators, four vectors of `rows` and a
+    // broadcast; 16 on AVX2 allow two rows, 32 on AVX-512 five.
+    let wide = if lanes >= 16 { 5 } else { 2 };
+    if RT <= wide {
+        while c + 4 <= nv {
+            axpy_cols::<S, RT, 4>(s, w, rows, rows_ld, y, y_ld, c * lanes, lanes);
+            c += 4;
+        }
+    }
     while c + 2 <= nv {
         axpy_cols::<S, RT, 2>(s, w, rows, rows_ld, y, y_ld, c * lanes, lanes);
         c += 2;
