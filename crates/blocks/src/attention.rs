@@ -368,6 +368,11 @@ impl Mask for Bidirectional {
 /// Most query rows whose scores are computed in one product.
 const RUN_ROWS: usize = 128;
 
+/// Position from which one row's heads are spread over the threads: a
+/// shorter context's attention costs less than handing it out (tg64 of
+/// Gemma 3 at 2 threads ran 5% slower with every row's heads spread).
+const SPLIT_HEADS_FROM: usize = 256;
+
 /// Rows from which a batch's keys and values are appended to the cache by
 /// every thread (fewer rows, as in decoding, are not worth a dispatch).
 const APPEND_SPLIT_ROWS: usize = 64;
@@ -638,15 +643,21 @@ impl<M: Mask> Layer for Attend<M> {
         y.reshape(m, qw);
         let (k_cache, v_cache, lens) = (&st.k, &st.v, &st.lens);
         let (scale, mask, simd) = (self.scale, &self.mask, ctx.simd);
-        // Rows are independent once the cache holds the batch: spread them
-        // over the threads in runs (a row's result never depends on the split).
-        let per_task = m.div_ceil(ctx.threads.count() * 4).max(1);
         let failed = std::sync::Mutex::new(None);
-        ctx.threads
-            .for_each_chunk(y.as_mut_slice(), per_task * qw, |task, out_rows| {
-                out_rows.fill(0.0);
-                let first = task * per_task;
-                let rows = out_rows.len() / qw;
+        let fail = |err: patchbay_primitives::ShapeError| {
+            if let Ok(mut f) = failed.lock() {
+                f.get_or_insert(err);
+            }
+        };
+        // A run's scores hold all heads of a group: fewer rows per run keep
+        // them as small as one head's run of `RUN_ROWS`.
+        let run_rows = (RUN_ROWS / group).max(1);
+        // Rows `first..first + rows`, heads `heads` (whole groups of `sub`
+        // heads sharing a kv head) into `out`: row `r`'s head `head` at
+        // `r * qw + (head - heads.start) * hd`.
+        let attend =
+            |first: usize, rows: usize, heads: Range<usize>, sub: usize, out: &mut [f32]| {
+                out.fill(0.0);
                 let one = Threads::single();
                 SCORES.with(|cell| {
                     let mut scores = cell.borrow_mut();
@@ -656,7 +667,7 @@ impl<M: Mask> Layer for Attend<M> {
                     while i < rows {
                         let seq = locate(first + i).0;
                         let mut e = i + 1;
-                        while e < rows && e - i < RUN_ROWS && locate(first + e).0 == seq {
+                        while e < rows && e - i < run_rows && locate(first + e).0 == seq {
                             e += 1;
                         }
                         let span = |r: usize| mask.visible(locate(first + r).1, lens[seq]);
@@ -668,11 +679,6 @@ impl<M: Mask> Layer for Attend<M> {
                         if nk == 0 {
                             i = e;
                             continue;
-                        }
-                        if scores.len() < nq * nk {
-                            // At least the whole cache, so a growing context
-                            // does not reallocate while decoding.
-                            scores.resize((nq * nk).max(cap), 0.0);
                         }
                         // Rows `from..from + len` of the sequence's keys
                         // (or values) for kv head `g`.
@@ -687,35 +693,55 @@ impl<M: Mask> Layer for Attend<M> {
                                 MatRef::new(&cache[at..at + len * hd], len, hd)
                             }
                         };
-                        for head in 0..h {
-                            let g = head / group;
-                            let sc = &mut scores[..nq * nk];
+                        // The heads of one kv head read the same keys and
+                        // values: their scores and weighted sums share the
+                        // loads. Head `j` of the group, row `r` of the run:
+                        // scores row `j * nq + r`.
+                        let need = sub * nq * nk;
+                        if scores.len() < need {
+                            // At least the whole cache, so a growing context
+                            // does not reallocate while decoding.
+                            scores.resize(need.max(sub * cap), 0.0);
+                        }
+                        for head0 in heads.clone().step_by(sub) {
+                            let g = head0 / group;
+                            let sc = &mut scores[..need];
+                            let keys = match kv_rows(false, g, lo, nk) {
+                                Ok(keys) => keys,
+                                Err(err) => return fail(err),
+                            };
                             // Scores in the order of a matrix product, which
                             // gives each one the same operations whatever the
-                            // run (one row decoding, or a whole prompt).
-                            let q = MatRef::with_stride(
-                                &xs[(first + i) * xw + head * hd..],
-                                nq,
-                                hd,
-                                xw,
-                            );
-                            let done = q.and_then(|q| {
-                                let keys = kv_rows(false, g, lo, nk)?;
-                                if whole {
-                                    gemm::matmul_sequential(simd, &one, q, keys, sc)
-                                } else {
-                                    matmul::matmul(simd, &one, q, keys, sc)
-                                }
-                            });
+                            // rows beside it (one row decoding, the heads of a
+                            // group, or a whole prompt).
+                            let score = |q: Result<MatRef<'_>, _>, out: &mut [f32]| {
+                                q.and_then(|q| {
+                                    if whole {
+                                        gemm::matmul_sequential(simd, &one, q, keys, out)
+                                    } else {
+                                        matmul::matmul(simd, &one, q, keys, out)
+                                    }
+                                })
+                            };
+                            let done = if nq == 1 {
+                                // One row: its heads are side by side.
+                                let at = (first + i) * xw + head0 * hd;
+                                score(MatRef::with_stride(&xs[at..], sub, hd, hd), sc)
+                            } else {
+                                sc.chunks_exact_mut(nq * nk)
+                                    .enumerate()
+                                    .try_for_each(|(j, out)| {
+                                        let at = (first + i) * xw + (head0 + j) * hd;
+                                        score(MatRef::with_stride(&xs[at..], nq, hd, xw), out)
+                                    })
+                            };
                             if let Err(err) = done {
-                                if let Ok(mut f) = failed.lock() {
-                                    f.get_or_insert(err);
-                                }
-                                return;
+                                return fail(err);
                             }
                             // Softmax over each row's own span, then the
-                            // weighted sum of values for rows sharing a span
-                            // at once.
+                            // weighted sum of values: for a row alone, of all
+                            // its group's heads at once; for rows sharing a
+                            // span, of those rows, head by head.
                             let mut r = i;
                             while r < e {
                                 let sp = span(r);
@@ -724,35 +750,73 @@ impl<M: Mask> Layer for Attend<M> {
                                     r2 += 1;
                                 }
                                 let off = sp.start - lo;
-                                for rr in r..r2 {
-                                    let row = &mut sc[(rr - i) * nk + off..][..sp.len()];
-                                    kernels::softmax_scaled(simd, row, scale);
+                                let row_of = |j: usize, rr: usize| (j * nq + rr - i) * nk + off;
+                                for j in 0..sub {
+                                    for rr in r..r2 {
+                                        let row = &mut sc[row_of(j, rr)..][..sp.len()];
+                                        kernels::softmax_scaled(simd, row, scale);
+                                    }
                                 }
                                 let vals = match kv_rows(true, g, sp.start, sp.len()) {
                                     Ok(v) => v,
-                                    Err(err) => {
-                                        if let Ok(mut f) = failed.lock() {
-                                            f.get_or_insert(err);
-                                        }
-                                        return;
-                                    }
+                                    Err(err) => return fail(err),
                                 };
-                                kernels::axpy_rows_many(
-                                    simd,
-                                    &sc[(r - i) * nk + off..],
-                                    nk,
-                                    r2 - r,
-                                    vals,
-                                    &mut out_rows[r * qw + head * hd..],
-                                    qw,
-                                );
+                                let y_at = |j: usize| r * qw + (head0 - heads.start + j) * hd;
+                                if r2 - r == 1 {
+                                    kernels::axpy_rows_many(
+                                        simd,
+                                        &sc[row_of(0, r)..],
+                                        nq * nk,
+                                        sub,
+                                        vals,
+                                        &mut out[y_at(0)..],
+                                        hd,
+                                    );
+                                } else {
+                                    for j in 0..sub {
+                                        kernels::axpy_rows_many(
+                                            simd,
+                                            &sc[row_of(j, r)..],
+                                            nk,
+                                            r2 - r,
+                                            vals,
+                                            &mut out[y_at(j)..],
+                                            qw,
+                                        );
+                                    }
+                                }
                                 r = r2;
                             }
                         }
                         i = e;
                     }
                 })
-            });
+            };
+        let threads = ctx.threads.count();
+        if m == 1 && threads > 1 && ctx.position(0) >= SPLIT_HEADS_FROM {
+            // One row (decoding): its heads spread over the threads, in
+            // tasks of `sub` heads of one group. The largest such tasks
+            // that still balance: as many as the threads (or a multiple),
+            // or at least two per thread.
+            let sub = (1..=group)
+                .rev()
+                .filter(|d| group.is_multiple_of(*d))
+                .find(|d| (h / d).is_multiple_of(threads) || h / d >= 2 * threads)
+                .unwrap_or(1);
+            ctx.threads
+                .for_each_chunk(y.as_mut_slice(), sub * hd, |task, out| {
+                    attend(0, 1, task * sub..(task + 1) * sub, sub, out)
+                });
+        } else {
+            // Rows are independent once the cache holds the batch: spread
+            // them over the threads in runs.
+            let per_task = m.div_ceil(threads * 4).max(1);
+            ctx.threads
+                .for_each_chunk(y.as_mut_slice(), per_task * qw, |task, out| {
+                    let rows = out.len() / qw;
+                    attend(task * per_task, rows, 0..h, group, out)
+                });
+        }
         if let Some(err) = failed.into_inner().ok().flatten() {
             return Err(err.into());
         }
@@ -764,5 +828,14 @@ impl<M: Mask> Layer for Attend<M> {
             self.heads.detail(),
             self.mask.describe()
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn decode_tests_reach_the_position_where_heads_spread() {
+        // tests/attention_decode.rs decodes rows 200..300 one at a time.
+        const { assert!(super::SPLIT_HEADS_FROM > 200 && super::SPLIT_HEADS_FROM < 290) };
     }
 }

@@ -1,0 +1,149 @@
+//! Causal attention over a KV cache, decoded row by row past the position
+//! from which one row's heads are spread over the threads (and the heads
+//! of a kv head share their products): close to an f64 reference, and bit
+//! for bit what one batch gives, for grouped-query shapes and 1 to 3
+//! threads, at every level.
+
+use patchbay_blocks::{Attend, Causal, Heads, SlidingWindow};
+use patchbay_combinators::{Capacity, Ctx, Layer, Scratch};
+use patchbay_primitives::{Act, Simd, Threads};
+use proptest::prelude::*;
+
+/// Rows decoded one at a time after the prompt: past the head-spreading
+/// position (256) with some room.
+const ROWS: usize = 300;
+
+/// `[q | k | v]` rows for `heads`, pseudo-random in [-2, 2).
+fn qkv(rows: usize, heads: Heads, seed: u64) -> Act {
+    let mut r = seed;
+    let data = (0..rows * heads.qkv_width())
+        .map(|_| {
+            r = r
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((r >> 40) as f32 / (1u64 << 24) as f32) * 4.0 - 2.0
+        })
+        .collect();
+    Act::from_vec(rows, heads.qkv_width(), data).unwrap()
+}
+
+/// Row `qi`'s causal attention (keys from `from` on), in f64.
+fn reference(x: &Act, heads: Heads, qi: usize, from: usize) -> Vec<f64> {
+    let (h, kv, hd) = (heads.n_heads, heads.n_kv_heads, heads.head_dim);
+    let (qw, kw) = (heads.q_width(), heads.kv_width());
+    let mut out = vec![0.0; qw];
+    for head in 0..h {
+        let g = head / (h / kv);
+        let q = &x.row(qi)[head * hd..][..hd];
+        let scores: Vec<f64> = (from..=qi)
+            .map(|ki| {
+                let k = &x.row(ki)[qw + g * hd..][..hd];
+                q.iter()
+                    .zip(k)
+                    .map(|(a, b)| *a as f64 * *b as f64)
+                    .sum::<f64>()
+                    / (hd as f64).sqrt()
+            })
+            .collect();
+        let m = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let e: Vec<f64> = scores.iter().map(|s| (s - m).exp()).collect();
+        let total: f64 = e.iter().sum();
+        for (j, ki) in (from..=qi).enumerate() {
+            let v = &x.row(ki)[qw + kw + g * hd..][..hd];
+            for d in 0..hd {
+                out[head * hd + d] += e[j] / total * v[d] as f64;
+            }
+        }
+    }
+    out
+}
+
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|f| f.to_bits()).collect()
+}
+
+/// The first element whose bits differ, with both values.
+fn first_difference(a: &[f32], b: &[f32]) -> Option<(usize, f32, f32)> {
+    let i = a
+        .iter()
+        .zip(b)
+        .position(|(x, y)| x.to_bits() != y.to_bits())?;
+    Some((i, a[i], b[i]))
+}
+
+/// The attention of every row: `prompt` rows in one call, then the rest
+/// one at a time.
+fn run<L: Layer>(attend: &L, x: &Act, prompt: usize, threads: usize, simd: Simd) -> Vec<f32> {
+    let (pool, scratch) = (Threads::new(threads), Scratch::new());
+    let rows = x.rows();
+    let mut state = attend.new_state(Capacity::new(rows, rows));
+    let mut out = Vec::with_capacity(rows * attend.out_dim());
+    let width = x.cols();
+    let mut pos = 0;
+    while pos < rows {
+        let n = if pos == 0 { prompt } else { 1 };
+        let part = Act::from_vec(
+            n,
+            width,
+            x.as_slice()[pos * width..(pos + n) * width].to_vec(),
+        )
+        .unwrap();
+        let ctx = Ctx::new(simd, &pool, &scratch).at(pos);
+        out.extend_from_slice(attend.apply(&part, &mut state, &ctx).unwrap().as_slice());
+        pos += n;
+    }
+    out
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(6))]
+
+    #[test]
+    fn decoded_rows_match_one_batch_and_the_reference(
+        kv_heads in 1usize..4,
+        group in prop_oneof![Just(1usize), Just(2), Just(3), Just(4), Just(7)],
+        hd in prop_oneof![Just(1usize), 5usize..20, Just(64)],
+        window in prop_oneof![Just(None), Just(Some(100usize))],
+        seed in any::<u64>(),
+    ) {
+        let heads = Heads::new(kv_heads * group, kv_heads, hd).unwrap();
+        let attend = Attend::new(heads, SlidingWindow { window });
+        let x = qkv(ROWS, heads, seed);
+        let qw = heads.q_width();
+        for s in Simd::available() {
+            let whole = run(&attend, &x, ROWS, 1, s);
+            for qi in [0, 255, 256, ROWS - 1] {
+                let from = window.map_or(0, |w| (qi + 1).saturating_sub(w));
+                let want = reference(&x, heads, qi, from);
+                for (d, (g, w)) in whole[qi * qw..][..qw].iter().zip(&want).enumerate() {
+                    prop_assert!((*g as f64 - w).abs() <= 1e-5 * (1.0 + w.abs()),
+                        "{} row {qi} element {d}: {g} vs {w}", s.level());
+                }
+            }
+            for threads in 1..=3 {
+                let decoded = run(&attend, &x, 200, threads, s);
+                prop_assert!(bits(&decoded) == bits(&whole),
+                    "{} heads {:?} window {:?}: decoded on {} thread(s) differs from one batch first at {:?}",
+                    s.level(), heads, window, threads, first_difference(&decoded, &whole));
+            }
+        }
+    }
+}
+
+/// Plain causal attention takes the same path as a window of `None`.
+#[test]
+fn causal_decodes_as_one_batch_on_two_threads() {
+    let heads = Heads::new(9, 3, 64).unwrap();
+    let attend = Attend::new(heads, Causal);
+    let x = qkv(ROWS, heads, 3);
+    for s in Simd::available() {
+        let whole = run(&attend, &x, ROWS, 1, s);
+        let decoded = run(&attend, &x, 1, 2, s);
+        assert!(
+            bits(&decoded) == bits(&whole),
+            "{}: first difference at {:?}",
+            s.level(),
+            first_difference(&decoded, &whole)
+        );
+    }
+}
