@@ -9,54 +9,12 @@ use patchbay_combinators::{Capacity, Ctx, Layer, Scratch};
 use patchbay_primitives::{Act, Simd, Threads};
 use proptest::prelude::*;
 
+mod support;
+use support::{attention_reference, qkv};
+
 /// Rows decoded one at a time after the prompt: past the head-spreading
 /// position (256) with some room.
 const ROWS: usize = 300;
-
-/// `[q | k | v]` rows for `heads`, pseudo-random in [-2, 2).
-fn qkv(rows: usize, heads: Heads, seed: u64) -> Act {
-    let mut r = seed;
-    let data = (0..rows * heads.qkv_width())
-        .map(|_| {
-            r = r
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((r >> 40) as f32 / (1u64 << 24) as f32) * 4.0 - 2.0
-        })
-        .collect();
-    Act::from_vec(rows, heads.qkv_width(), data).unwrap()
-}
-
-/// Row `qi`'s causal attention (keys from `from` on), in f64.
-fn reference(x: &Act, heads: Heads, qi: usize, from: usize) -> Vec<f64> {
-    let (h, kv, hd) = (heads.n_heads, heads.n_kv_heads, heads.head_dim);
-    let (qw, kw) = (heads.q_width(), heads.kv_width());
-    let mut out = vec![0.0; qw];
-    for head in 0..h {
-        let g = head / (h / kv);
-        let q = &x.row(qi)[head * hd..][..hd];
-        let scores: Vec<f64> = (from..=qi)
-            .map(|ki| {
-                let k = &x.row(ki)[qw + g * hd..][..hd];
-                q.iter()
-                    .zip(k)
-                    .map(|(a, b)| *a as f64 * *b as f64)
-                    .sum::<f64>()
-                    / (hd as f64).sqrt()
-            })
-            .collect();
-        let m = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-        let e: Vec<f64> = scores.iter().map(|s| (s - m).exp()).collect();
-        let total: f64 = e.iter().sum();
-        for (j, ki) in (from..=qi).enumerate() {
-            let v = &x.row(ki)[qw + kw + g * hd..][..hd];
-            for d in 0..hd {
-                out[head * hd + d] += e[j] / total * v[d] as f64;
-            }
-        }
-    }
-    out
-}
 
 fn bits(v: &[f32]) -> Vec<u32> {
     v.iter().map(|f| f.to_bits()).collect()
@@ -114,7 +72,7 @@ proptest! {
             let whole = run(&attend, &x, ROWS, 1, s);
             for qi in [0, 255, 256, ROWS - 1] {
                 let from = window.map_or(0, |w| (qi + 1).saturating_sub(w));
-                let want = reference(&x, heads, qi, from);
+                let want = attention_reference(&x, heads, qi, from..qi + 1);
                 for (d, (g, w)) in whole[qi * qw..][..qw].iter().zip(&want).enumerate() {
                     prop_assert!((*g as f64 - w).abs() <= 1e-5 * (1.0 + w.abs()),
                         "{} row {qi} element {d}: {g} vs {w}", s.level());

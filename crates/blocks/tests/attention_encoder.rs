@@ -7,51 +7,16 @@ use patchbay_combinators::{Capacity, Ctx, Layer, LayerError, RowMap, Scratch};
 use patchbay_primitives::{Act, Simd, Threads};
 use proptest::prelude::*;
 
-/// `[q | k | v]` rows for `heads`, pseudo-random in [-2, 2).
-fn qkv(rows: usize, heads: Heads, seed: u64) -> Act {
-    let mut r = seed;
-    let data = (0..rows * heads.qkv_width())
-        .map(|_| {
-            r = r
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((r >> 40) as f32 / (1u64 << 24) as f32) * 4.0 - 2.0
-        })
-        .collect();
-    Act::from_vec(rows, heads.qkv_width(), data).unwrap()
-}
+mod support;
+use support::{attention_reference, qkv};
 
 /// softmax(q kᵀ / sqrt(hd)) v within each sequence, in f64.
 fn reference(x: &Act, heads: Heads, lens: &[usize]) -> Vec<f64> {
-    let (h, kv, hd) = (heads.n_heads, heads.n_kv_heads, heads.head_dim);
-    let (qw, kw) = (heads.q_width(), heads.kv_width());
-    let mut out = vec![0.0; x.rows() * qw];
+    let mut out = Vec::with_capacity(x.rows() * heads.q_width());
     let mut start = 0;
     for &n in lens {
         for qi in start..start + n {
-            for head in 0..h {
-                let g = head / (h / kv);
-                let q = &x.row(qi)[head * hd..][..hd];
-                let scores: Vec<f64> = (start..start + n)
-                    .map(|ki| {
-                        let k = &x.row(ki)[qw + g * hd..][..hd];
-                        q.iter()
-                            .zip(k)
-                            .map(|(a, b)| *a as f64 * *b as f64)
-                            .sum::<f64>()
-                            / (hd as f64).sqrt()
-                    })
-                    .collect();
-                let m = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-                let e: Vec<f64> = scores.iter().map(|s| (s - m).exp()).collect();
-                let total: f64 = e.iter().sum();
-                for (j, ki) in (start..start + n).enumerate() {
-                    let v = &x.row(ki)[qw + kw + g * hd..][..hd];
-                    for d in 0..hd {
-                        out[qi * qw + head * hd + d] += e[j] / total * v[d] as f64;
-                    }
-                }
-            }
+            out.extend(attention_reference(x, heads, qi, start..start + n));
         }
         start += n;
     }

@@ -353,15 +353,10 @@ fn bench_causal(
         .saturating_add(args.n_prompt)
         .saturating_add(args.n_gen);
     if ctx_len > limit {
-        let depth = if deepest > 0 {
-            format!("-d {deepest} + ")
+        let (depth, which) = if deepest > 0 {
+            (format!("-d {deepest} + "), "the deepest -d, -p and -n")
         } else {
-            String::new()
-        };
-        let which = if deepest > 0 {
-            "the deepest -d, -p and -n"
-        } else {
-            "-p and -n"
+            (String::new(), "-p and -n")
         };
         anyhow::bail!(
             "{depth}-p {} + -n {} = {ctx_len} tokens do not fit the model's context: \
@@ -427,8 +422,16 @@ impl CausalLmVisitor for Bench<'_> {
             .collect();
         let reps = args.repetitions.max(1);
         let mut records = Vec::new();
-        let record = |test: String, samples: Vec<f64>| {
-            Record::new(name, file_bytes, threads.count(), test, samples, "t/s")
+        let record = |kind: &str, tokens: usize, depth: usize, samples: Vec<f64>| Record {
+            depth,
+            ..Record::new(
+                name,
+                file_bytes,
+                threads.count(),
+                test_name(kind, tokens, depth),
+                samples,
+                "t/s",
+            )
         };
         let ctx_at = |pos: usize| {
             Ctx::new(simd, threads, &scratch)
@@ -461,9 +464,7 @@ impl CausalLmVisitor for Bench<'_> {
                     model.net.forward(&x, &mut out, &mut st, &ctx_at(depth))?;
                     samples.push(args.n_prompt as f64 / t0.elapsed().as_secs_f64().max(1e-9));
                 }
-                let mut r = record(test_name("pp", args.n_prompt, depth), samples);
-                r.depth = depth;
-                records.push(r);
+                records.push(record("pp", args.n_prompt, depth, samples));
             }
             if args.n_gen > 0 {
                 let mut x = Act::from_tokens(&[0]);
@@ -485,13 +486,12 @@ impl CausalLmVisitor for Bench<'_> {
                         samples.push(args.n_gen as f64 / t0.elapsed().as_secs_f64().max(1e-9));
                     }
                 }
-                let mut r = record(test_name("tg", args.n_gen, depth), samples);
+                let mut r = record("tg", args.n_gen, depth, samples);
                 // The file is read once per token; at depth the KV cache is
                 // read too, so the share of the probe says less: left out.
                 if depth == 0 {
                     r.bandwidth_gbs = Some(file_bytes as f64 * r.mean / 1e9);
                 }
-                r.depth = depth;
                 records.push(r);
             }
         }

@@ -1,9 +1,12 @@
-//! Helpers shared by the blocks' integration tests.
+//! Helpers shared by the blocks' integration tests (each test uses some).
+#![allow(dead_code)]
 
+use std::ops::Range;
 use std::sync::Arc;
 
+use patchbay_blocks::Heads;
 use patchbay_primitives::quant::quantize_row;
-use patchbay_primitives::{DType, Storage, Tensor};
+use patchbay_primitives::{Act, DType, Storage, Tensor};
 
 /// Deterministic values in [-1, 1) from a seed (xorshift).
 pub fn values(n: usize, seed: u64) -> Vec<f32> {
@@ -50,4 +53,51 @@ pub fn weight(dtype: DType, out: usize, inp: usize, seed: u64) -> Tensor {
         }
     }
     Tensor::new(Arc::new(Storage::from_bytes(&b)), 0, dtype, vec![out, inp]).unwrap()
+}
+
+/// `[q | k | v]` rows for `heads`, pseudo-random in [-2, 2).
+pub fn qkv(rows: usize, heads: Heads, seed: u64) -> Act {
+    let mut r = seed;
+    let data = (0..rows * heads.qkv_width())
+        .map(|_| {
+            r = r
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((r >> 40) as f32 / (1u64 << 24) as f32) * 4.0 - 2.0
+        })
+        .collect();
+    Act::from_vec(rows, heads.qkv_width(), data).unwrap()
+}
+
+/// Row `qi`'s attention over the rows `keys` of `x` (`[q | k | v]` rows),
+/// `softmax(q kᵀ / sqrt(hd)) v` for each head, in f64.
+pub fn attention_reference(x: &Act, heads: Heads, qi: usize, keys: Range<usize>) -> Vec<f64> {
+    let (h, kv, hd) = (heads.n_heads, heads.n_kv_heads, heads.head_dim);
+    let (qw, kw) = (heads.q_width(), heads.kv_width());
+    let mut out = vec![0.0; qw];
+    for head in 0..h {
+        let g = head / (h / kv);
+        let q = &x.row(qi)[head * hd..][..hd];
+        let scores: Vec<f64> = keys
+            .clone()
+            .map(|ki| {
+                let k = &x.row(ki)[qw + g * hd..][..hd];
+                q.iter()
+                    .zip(k)
+                    .map(|(a, b)| *a as f64 * *b as f64)
+                    .sum::<f64>()
+                    / (hd as f64).sqrt()
+            })
+            .collect();
+        let m = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let e: Vec<f64> = scores.iter().map(|s| (s - m).exp()).collect();
+        let total: f64 = e.iter().sum();
+        for (j, ki) in keys.clone().enumerate() {
+            let v = &x.row(ki)[qw + kw + g * hd..][..hd];
+            for d in 0..hd {
+                out[head * hd + d] += e[j] / total * v[d] as f64;
+            }
+        }
+    }
+    out
 }
