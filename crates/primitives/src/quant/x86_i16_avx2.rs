@@ -1005,7 +1005,7 @@ impl<F: Blocks> TileRows for PairTile<F> {
                 let off = 2 * p * bb;
                 if i0 == 0 {
                     // These 4 blocks of each row, `dist` ahead.
-                    prefetch(row, off + dist, 4 * bb);
+                    prefetch(row, off + dist, 4 * F::DTYPE.block_bytes());
                 }
                 acc0 = pair_step::<F, R>(row, off, off + bb, at(p), acc0);
                 acc1 = pair_step::<F, R>(row, off + 2 * bb, off + 3 * bb, at(p + 1), acc1);
@@ -1128,7 +1128,11 @@ unsafe fn walk<const R: usize>(
 }
 
 /// Prefetches the cache lines of `len` bytes at `off` past each of `row`
-/// (a range's last line is often the next range's first).
+/// (a range's last line is often the next range's first). Callers give a
+/// constant `len` (the format's block length, not the shape's), so the
+/// lines unroll into straight prefetches: a run-time length left a loop per
+/// row in every tile step, and decode ran 5-15% slower (Intel Xeon, AVX2
+/// level, SmolLM2, Qwen2.5 and Gemma 3 at 1 and 2 threads).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) fn prefetch(row: &[*const u8; 4], off: usize, len: usize) {

@@ -49,7 +49,12 @@ pub(super) unsafe fn rows_k<const Q6: bool>(w: &[u8], dims: &Shape, acts: &ActsI
         let mut acc = [_mm256_setzero_ps(); 2];
         for s in 0..blocks {
             if i == 0 {
-                prefetch(row, s * bb + dist, bb);
+                // The format's length (a constant), so the lines unroll.
+                prefetch(
+                    row,
+                    s * bb + dist,
+                    if Q6 { DType::Q6_K } else { DType::Q4_K }.block_bytes(),
+                );
             }
             let sb: [*const u8; 4] = row.map(|r| r.wrapping_add(s * bb));
             let xs: &[Pair; 4] = x[4 * s..4 * s + 4].try_into().expect("4 pairs");
