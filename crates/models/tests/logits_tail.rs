@@ -1,5 +1,6 @@
-//! `Session::logits_tail` (what perplexity scores with): the logits of the
-//! last `keep` positions only, with the bits those positions have in
+//! `Session::logits_tail` and `Session::each_logits_tail` (what perplexity
+//! scores with, a few rows at a time): the logits of the last `keep`
+//! positions only, with the bits those positions have in
 //! `Session::logits`, whatever the batch size (one batch, or several with the
 //! tail starting inside one of them) and for a tail longer than the text.
 
@@ -48,6 +49,22 @@ impl SessionJob for Compare {
                 same,
                 "keep {keep}: the tail's logits differ from those of every position"
             );
+            // The same rows handed out a few at a time, in order, whole.
+            for per_call in [1, 5, 64] {
+                session.reset();
+                let mut got: Vec<u32> = Vec::new();
+                session
+                    .each_logits_tail(&tokens, keep, per_call, |i, part| {
+                        assert_eq!(i * vocab, got.len(), "keep {keep}: rows out of order");
+                        assert!(part.len() % vocab == 0 && part.len() <= per_call * vocab);
+                        got.extend(part.iter().map(|v| v.to_bits()));
+                    })
+                    .unwrap();
+                assert!(
+                    got == want,
+                    "keep {keep}, {per_call} rows per call: the logits differ from those of every position"
+                );
+            }
         }
     }
 }

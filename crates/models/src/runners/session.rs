@@ -364,7 +364,7 @@ impl<N: Layer> Session<N> {
     /// Every token still goes through the network (and the KV cache); only
     /// the head skips the other rows, which for a large vocabulary is most of
     /// the work and memory of scoring a text (perplexity scores the second
-    /// half of each chunk).
+    /// half of each chunk, a few rows at a time: [`Session::each_logits_tail`]).
     pub fn logits_tail(&mut self, tokens: &[u32], keep: usize) -> Result<&Act, ModelError> {
         self.check_room(tokens.len())?;
         let vocab = self.info.vocab;
@@ -381,37 +381,11 @@ impl<N: Layer> Session<N> {
             let c0 = c * self.batch;
             // Rows of this chunk at or after position `skip`.
             let wanted = (c0 + chunk.len()).saturating_sub(skip.max(c0));
-            self.load_ids(chunk);
-            // `Tail(chunk.len())` is every row.
-            let ctx = Ctx::new(self.simd, &self.threads, &self.scratch)
-                .at(self.pos)
-                .with_rows(Rows::Tail(wanted));
-            let net = &self.decoder.body.first.0;
             let out = if single { &mut all } else { &mut part };
-            net.forward(&self.ids, out, &mut self.state.body_mut().first, &ctx)?;
-            let replay = || {
-                if start == 0 {
-                    tokens.to_vec()
-                } else {
-                    Vec::new()
-                }
-            };
-            // A head that ignores `Rows` returns every row: the wanted ones
-            // are its last.
-            let got = out.rows().min(chunk.len());
-            check_logits(out, self.pos + chunk.len() - got, replay)?;
-            if got < wanted {
-                let e = patchbay_primitives::ShapeError::Len {
-                    what: "rows of logits the network returned",
-                    expected: wanted,
-                    found: got,
-                };
-                return Err(LayerError::Shape(e).into());
-            }
-            let from = (got - wanted) * vocab..got * vocab;
+            let from = self.forward_tail(chunk, wanted, out, (start, tokens))?;
             if single {
                 // Only a head that ignored `Rows` leaves rows to drop.
-                if got > wanted {
+                if from.start > 0 {
                     all.as_mut_slice().copy_within(from, 0);
                 }
                 all.reshape(wanted, vocab);
@@ -419,10 +393,82 @@ impl<N: Layer> Session<N> {
                 let at = (skip.max(c0) - skip) * vocab;
                 all.as_mut_slice()[at..at + wanted * vocab].copy_from_slice(&part.as_slice()[from]);
             }
-            self.pos += chunk.len();
         }
         self.logits = all;
         Ok(&self.logits)
+    }
+
+    /// [`Session::logits_tail`] handed out at most `rows` positions at a
+    /// time, so that no more than `rows x vocab` logits are held at once:
+    /// `f(i, logits)` gets the kept positions `i..i + n` (`logits` is `n`
+    /// whole rows of `vocab`, in order), with the bits [`Session::logits`]
+    /// gives them. The positions before the kept ones go through in batches
+    /// as usual; the kept ones in batches of at most `rows`.
+    pub fn each_logits_tail(
+        &mut self,
+        tokens: &[u32],
+        keep: usize,
+        rows: usize,
+        mut f: impl FnMut(usize, &[f32]),
+    ) -> Result<(), ModelError> {
+        self.check_room(tokens.len())?;
+        let keep = keep.min(tokens.len());
+        let (before, kept) = tokens.split_at(tokens.len() - keep);
+        let start = self.pos;
+        let mut part = Act::default();
+        for chunk in before.chunks(self.batch) {
+            self.forward_tail(chunk, 0, &mut part, (start, tokens))?;
+        }
+        let mut done = 0;
+        for chunk in kept.chunks(rows.clamp(1, self.batch)) {
+            let from = self.forward_tail(chunk, chunk.len(), &mut part, (start, tokens))?;
+            f(done, &part.as_slice()[from]);
+            done += chunk.len();
+        }
+        Ok(())
+    }
+
+    /// Runs `chunk` (at most a batch) at the current position into `out`,
+    /// with the head asked for its last `wanted` rows, and moves past it:
+    /// the range of `out` those rows are in. `(start, tokens)`: where the
+    /// caller's tokens began, and all of them (to replay a non-finite result
+    /// from the start).
+    fn forward_tail(
+        &mut self,
+        chunk: &[u32],
+        wanted: usize,
+        out: &mut Act,
+        (start, tokens): (usize, &[u32]),
+    ) -> Result<std::ops::Range<usize>, ModelError> {
+        let vocab = self.info.vocab;
+        self.load_ids(chunk);
+        // `Tail(chunk.len())` is every row.
+        let ctx = Ctx::new(self.simd, &self.threads, &self.scratch)
+            .at(self.pos)
+            .with_rows(Rows::Tail(wanted));
+        let net = &self.decoder.body.first.0;
+        net.forward(&self.ids, out, &mut self.state.body_mut().first, &ctx)?;
+        let replay = || {
+            if start == 0 {
+                tokens.to_vec()
+            } else {
+                Vec::new()
+            }
+        };
+        // A head that ignores `Rows` returns every row: the wanted ones
+        // are its last.
+        let got = out.rows().min(chunk.len());
+        check_logits(out, self.pos + chunk.len() - got, replay)?;
+        if got < wanted {
+            let e = patchbay_primitives::ShapeError::Len {
+                what: "rows of logits the network returned",
+                expected: wanted,
+                found: got,
+            };
+            return Err(LayerError::Shape(e).into());
+        }
+        self.pos += chunk.len();
+        Ok((got - wanted) * vocab..got * vocab)
     }
 
     /// Processes `prompt` and generates up to `max_tokens` tokens, calling
