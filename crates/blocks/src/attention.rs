@@ -20,9 +20,12 @@
 use std::ops::Range;
 use std::sync::Arc;
 
-use patchbay_combinators::{check_in, series, Capacity, Ctx, Layer, LayerError, Node, Parallel};
+use half::f16;
+use patchbay_combinators::{
+    check_in, series, Capacity, Ctx, KvType, Layer, LayerError, Node, Parallel,
+};
 use patchbay_primitives::rope::{self, RopeLayout, RopeTable};
-use patchbay_primitives::{gemm, kernels, matmul, Act, MatRef, Threads};
+use patchbay_primitives::{convert, gemm, kernels, matmul, Act, MatRef, Simd, Threads};
 
 use crate::{BlockError, Linear, RmsNorm};
 
@@ -368,6 +371,9 @@ impl Mask for Bidirectional {
 /// Most query rows whose scores are computed in one product.
 const RUN_ROWS: usize = 128;
 
+/// Bytes of f32 keys (or values) an f16 cache widens at a time for one row.
+const WIDE_BYTES: usize = 32 << 10;
+
 /// Position from which one row's heads are spread over the threads: a
 /// shorter context's attention costs less than handing it out (tg64 of
 /// Gemma 3 at 2 threads ran 5% slower with every row's heads spread).
@@ -381,6 +387,9 @@ thread_local! {
     /// Attention scores of a run of query rows, per worker thread (kept
     /// between calls, so decoding does not allocate).
     static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// One kv head's f16 keys, then values, widened to f32 for a run of
+    /// query rows, per worker thread (kept between calls, as `SCORES`).
+    static WIDE: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// Scaled dot-product attention over a KV cache: takes `[q | k | v]` rows,
@@ -420,12 +429,48 @@ pub struct Attend<M> {
 #[derive(Debug)]
 pub struct KvCache {
     /// Keys, `[slot][kv_head][position][head_dim]`.
-    k: Vec<f32>,
+    k: KvValues,
     /// Values, same layout.
-    v: Vec<f32>,
+    v: KvValues,
     max_context: usize,
     /// Positions held per slot.
     lens: Vec<usize>,
+}
+
+/// A cache's keys or values, as its [`KvType`] stores them.
+#[derive(Debug)]
+enum KvValues {
+    F32(Vec<f32>),
+    /// f16 bits: a zeroed `u16` vector is allocated zeroed (pages are
+    /// touched only when written), which a vector of `f16` is not.
+    F16(Vec<u16>),
+}
+
+impl KvValues {
+    fn new(kv: KvType, n: usize) -> KvValues {
+        match kv {
+            KvType::F32 => KvValues::F32(vec![0.0; n]),
+            KvType::F16 => KvValues::F16(vec![0; n]),
+        }
+    }
+
+    fn kv_type(&self) -> KvType {
+        match self {
+            KvValues::F32(_) => KvType::F32,
+            KvValues::F16(_) => KvType::F16,
+        }
+    }
+
+    /// Stores `src` from element `at` on (rounded to nearest even in f16).
+    fn put(&mut self, simd: Simd, at: usize, src: &[f32]) {
+        match self {
+            KvValues::F32(c) => c[at..at + src.len()].copy_from_slice(src),
+            KvValues::F16(c) => {
+                let dst = bytemuck::cast_slice_mut::<u16, f16>(&mut c[at..at + src.len()]);
+                convert::f32_to_f16(simd, src, dst);
+            }
+        }
+    }
 }
 
 impl KvCache {
@@ -459,6 +504,55 @@ impl KvCache {
     /// Positions the cache can hold.
     pub fn max_context(&self) -> usize {
         self.max_context
+    }
+
+    /// How it stores keys, and values.
+    pub fn kv_types(&self) -> (KvType, KvType) {
+        (self.k.kv_type(), self.v.kv_type())
+    }
+}
+
+/// A batch's keys (or values) on their way into the cache, many rows at once.
+struct CachedRows<'a, L> {
+    /// Runs of consecutive rows of one sequence: `(slot, rows)`.
+    runs: &'a [(usize, Range<usize>)],
+    /// Row `r`'s (slot, position).
+    locate: &'a L,
+    /// The batch's `[q | k | v]` rows, `xw` wide.
+    xs: &'a [f32],
+    xw: usize,
+    /// The column of kv head 0's keys (or values).
+    first_col: usize,
+    kv: usize,
+    hd: usize,
+}
+
+impl<L: Fn(usize) -> (usize, usize) + Sync> CachedRows<'_, L> {
+    /// Puts every row's `hd` values of each kv head into `cache` (slots of
+    /// `cap` positions) with `put(dst, src)`: one task per (slot, kv head),
+    /// whose positions are one contiguous region of the cache, so the tasks
+    /// never share a destination.
+    fn append<T: Send>(
+        &self,
+        threads: &Threads,
+        cache: &mut [T],
+        cap: usize,
+        put: impl Fn(&mut [T], &[f32]) + Sync,
+    ) {
+        let hd = self.hd;
+        threads.for_each_chunk(cache, cap * hd, |c, region| {
+            let (s, g) = (c / self.kv, c % self.kv);
+            let col = self.first_col + g * hd;
+            for (_, rows) in self.runs.iter().filter(|(seq, _)| *seq == s) {
+                for r in rows.clone() {
+                    let t = (self.locate)(r).1;
+                    put(
+                        &mut region[t * hd..][..hd],
+                        &self.xs[r * self.xw + col..][..hd],
+                    );
+                }
+            }
+        });
     }
 }
 
@@ -506,8 +600,8 @@ impl<M: Mask> Layer for Attend<M> {
             self.heads.kv_width() * cap.max_context * cap.max_seqs
         };
         KvCache {
-            k: vec![0.0; n],
-            v: vec![0.0; n],
+            k: KvValues::new(cap.key_type, n),
+            v: KvValues::new(cap.value_type, n),
             max_context: cap.max_context,
             lens: vec![0; cap.max_seqs],
         }
@@ -583,9 +677,8 @@ impl<M: Mask> Layer for Attend<M> {
                 r = e;
             }
         } else {
-            // Append this batch's keys and values to each row's slot. With many
-            // rows, one task per (slot, head): its positions are one contiguous
-            // region of the cache, so the tasks never share a destination.
+            // Append this batch's keys and values to each row's slot (with
+            // many rows, on every thread: see `CachedRows`).
             if m < APPEND_SPLIT_ROWS {
                 for r in 0..m {
                     let row = x.row(r);
@@ -593,8 +686,8 @@ impl<M: Mask> Layer for Attend<M> {
                     for g in 0..kv {
                         let dst = ((s * kv + g) * cap + t) * hd;
                         let src = qw + g * hd;
-                        st.k[dst..dst + hd].copy_from_slice(&row[src..src + hd]);
-                        st.v[dst..dst + hd].copy_from_slice(&row[src + kw..src + kw + hd]);
+                        st.k.put(ctx.simd, dst, &row[src..src + hd]);
+                        st.v.put(ctx.simd, dst, &row[src + kw..src + kw + hd]);
                     }
                 }
             } else {
@@ -609,20 +702,31 @@ impl<M: Mask> Layer for Attend<M> {
                     }
                 }
                 for (cache, first_col) in [(&mut st.k, qw), (&mut st.v, qw + kw)] {
-                    ctx.threads.for_each_chunk(cache, cap * hd, |c, region| {
-                        let (s, g) = (c / kv, c % kv);
-                        let col = first_col + g * hd;
-                        for (_, rows) in runs.iter().filter(|(seq, _)| *seq == s) {
-                            for r in rows.clone() {
-                                let t = locate(r).1;
-                                let src = &xs[r * xw + col..][..hd];
+                    let rows = CachedRows {
+                        runs: &runs,
+                        locate: &locate,
+                        xs,
+                        xw,
+                        first_col,
+                        kv,
+                        hd,
+                    };
+                    match cache {
+                        KvValues::F32(cache) => {
+                            rows.append(ctx.threads, cache, cap, |dst, src| {
                                 // A plain loop: a 32-value copy inline, not a call.
-                                for (d, v) in region[t * hd..][..hd].iter_mut().zip(src) {
+                                for (d, v) in dst.iter_mut().zip(src) {
                                     *d = *v;
                                 }
-                            }
+                            })
                         }
-                    });
+                        KvValues::F16(cache) => {
+                            let simd = ctx.simd;
+                            rows.append(ctx.threads, cache, cap, |dst, src| {
+                                convert::f32_to_f16(simd, src, bytemuck::cast_slice_mut(dst))
+                            })
+                        }
+                    }
                 }
             }
             // A sequence now holds everything up to its last row here; one
@@ -655,12 +759,17 @@ impl<M: Mask> Layer for Attend<M> {
         // Rows `first..first + rows`, heads `heads` (whole groups of `sub`
         // heads sharing a kv head) into `out`: row `r`'s head `head` at
         // `r * qw + (head - heads.start) * hd`.
-        let attend =
-            |first: usize, rows: usize, heads: Range<usize>, sub: usize, out: &mut [f32]| {
-                out.fill(0.0);
-                let one = Threads::single();
-                SCORES.with(|cell| {
+        let attend = |first: usize,
+                      rows: usize,
+                      heads: Range<usize>,
+                      sub: usize,
+                      out: &mut [f32]| {
+            out.fill(0.0);
+            let one = Threads::single();
+            SCORES.with(|cell| {
+                WIDE.with(|wide_cell| {
                     let mut scores = cell.borrow_mut();
+                    let mut wide = wide_cell.borrow_mut();
                     // Runs of consecutive rows of one sequence: their scores
                     // against the keys any of them sees form one product.
                     let mut i = 0;
@@ -681,18 +790,52 @@ impl<M: Mask> Layer for Attend<M> {
                             continue;
                         }
                         // Rows `from..from + len` of the sequence's keys
-                        // (or values) for kv head `g`.
+                        // (or values) for kv head `g`, where they lie: the
+                        // call's rows, or an f32 cache.
                         let kv_rows = |values: bool, g: usize, from: usize, len: usize| {
-                            if whole {
-                                let col = qw + usize::from(values) * kw + g * hd;
-                                let row = starts[seq] + from;
-                                MatRef::with_stride(&xs[row * xw + col..], len, hd, xw)
-                            } else {
-                                let cache = if values { v_cache } else { k_cache };
-                                let at = ((seq * kv + g) * cap + from) * hd;
-                                MatRef::new(&cache[at..at + len * hd], len, hd)
+                            let cache = if values { v_cache } else { k_cache };
+                            match cache {
+                                _ if whole => {
+                                    let col = qw + usize::from(values) * kw + g * hd;
+                                    let row = starts[seq] + from;
+                                    MatRef::with_stride(&xs[row * xw + col..], len, hd, xw)
+                                }
+                                KvValues::F32(cache) => {
+                                    let at = ((seq * kv + g) * cap + from) * hd;
+                                    MatRef::new(&cache[at..at + len * hd], len, hd)
+                                }
+                                KvValues::F16(_) => unreachable!("f16 rows are widened"),
                             }
                         };
+                        // Rows `from..from + len` of an f16 cache's keys (or
+                        // values) of kv head `g`, widened into the start of
+                        // `wide` (exactly: attention then runs on them as on
+                        // f32 ones); `None` where they are not f16.
+                        let widen = |values: bool,
+                                     g: usize,
+                                     from: usize,
+                                     len: usize,
+                                     wide: &mut Vec<f32>| {
+                            let cache = if values { v_cache } else { k_cache };
+                            let KvValues::F16(cache) = cache else {
+                                return None;
+                            };
+                            if whole {
+                                return None;
+                            }
+                            let at = ((seq * kv + g) * cap + from) * hd;
+                            if wide.len() < len * hd {
+                                wide.resize(len * hd, 0.0);
+                            }
+                            let src = bytemuck::cast_slice::<u16, f16>(&cache[at..at + len * hd]);
+                            convert::f16_to_f32(simd, src, &mut wide[..len * hd]);
+                            Some(())
+                        };
+                        let f16_keys = matches!(k_cache, KvValues::F16(_)) && !whole;
+                        let f16_values = matches!(v_cache, KvValues::F16(_)) && !whole;
+                        // Keys (values) per widened piece: about `WIDE_BYTES`
+                        // of f32s, so a piece stays in L1 or L2 while it is read.
+                        let piece = (WIDE_BYTES / 4 / hd.max(1)).max(1);
                         // The heads of one kv head read the same keys and
                         // values: their scores and weighted sums share the
                         // loads. Head `j` of the group, row `r` of the run:
@@ -706,34 +849,62 @@ impl<M: Mask> Layer for Attend<M> {
                         for head0 in heads.clone().step_by(sub) {
                             let g = head0 / group;
                             let sc = &mut scores[..need];
-                            let keys = match kv_rows(false, g, lo, nk) {
-                                Ok(keys) => keys,
-                                Err(err) => return fail(err),
-                            };
                             // Scores in the order of a matrix product, which
                             // gives each one the same operations whatever the
                             // rows beside it (one row decoding, the heads of a
-                            // group, or a whole prompt).
-                            let score = |q: Result<MatRef<'_>, _>, out: &mut [f32]| {
-                                q.and_then(|q| {
-                                    if whole {
-                                        gemm::matmul_sequential(simd, &one, q, keys, out)
-                                    } else {
-                                        matmul::matmul(simd, &one, q, keys, out)
-                                    }
-                                })
+                            // group, or a whole prompt), and whatever keys
+                            // beside it (f16 keys go in pieces).
+                            let score = |q: MatRef<'_>, keys: MatRef<'_>, out: &mut [f32]| {
+                                if whole {
+                                    gemm::matmul_sequential(simd, &one, q, keys, out)
+                                } else {
+                                    matmul::matmul(simd, &one, q, keys, out)
+                                }
                             };
-                            let done = if nq == 1 {
-                                // One row: its heads are side by side.
-                                let at = (first + i) * xw + head0 * hd;
-                                score(MatRef::with_stride(&xs[at..], sub, hd, hd), sc)
+                            // Query `j`'s rows (one row: its heads side by side,
+                            // as `j` = 0 of `sub` rows).
+                            let queries = |j: usize| {
+                                if nq == 1 {
+                                    let at = (first + i) * xw + head0 * hd;
+                                    MatRef::with_stride(&xs[at..], sub, hd, hd)
+                                } else {
+                                    let at = (first + i) * xw + (head0 + j) * hd;
+                                    MatRef::with_stride(&xs[at..], nq, hd, xw)
+                                }
+                            };
+                            let (n_queries, q_rows) = if nq == 1 { (1, sub) } else { (sub, nq) };
+                            let done = if f16_keys {
+                                // A piece of keys widened at a time; its scores
+                                // go to the end of `wide`, then to their rows.
+                                let at = piece * hd;
+                                if wide.len() < at + q_rows * piece {
+                                    wide.resize(at + q_rows * piece, 0.0);
+                                }
+                                (0..n_queries).try_for_each(|j| {
+                                    let q = queries(j)?;
+                                    let rows = &mut sc[j * q_rows * nk..][..q_rows * nk];
+                                    for c0 in (0..nk).step_by(piece) {
+                                        let len = piece.min(nk - c0);
+                                        widen(false, g, lo + c0, len, &mut wide);
+                                        let (keys, tmp) = wide.split_at_mut(at);
+                                        let keys = MatRef::new(&keys[..len * hd], len, hd)?;
+                                        let tmp = &mut tmp[..q_rows * len];
+                                        score(q, keys, tmp)?;
+                                        for (row, t) in
+                                            rows.chunks_exact_mut(nk).zip(tmp.chunks_exact(len))
+                                        {
+                                            row[c0..c0 + len].copy_from_slice(t);
+                                        }
+                                    }
+                                    Ok(())
+                                })
                             } else {
-                                sc.chunks_exact_mut(nq * nk)
-                                    .enumerate()
-                                    .try_for_each(|(j, out)| {
-                                        let at = (first + i) * xw + (head0 + j) * hd;
-                                        score(MatRef::with_stride(&xs[at..], nq, hd, xw), out)
+                                kv_rows(false, g, lo, nk).and_then(|keys| {
+                                    (0..n_queries).try_for_each(|j| {
+                                        let rows = &mut sc[j * q_rows * nk..][..q_rows * nk];
+                                        score(queries(j)?, keys, rows)
                                     })
+                                })
                             };
                             if let Err(err) = done {
                                 return fail(err);
@@ -742,30 +913,43 @@ impl<M: Mask> Layer for Attend<M> {
                             // weighted sum of values: for a row alone, of all
                             // its group's heads at once; for rows sharing a
                             // span, of those rows, head by head.
-                            let mut r = i;
-                            while r < e {
+                            let group_at = |r: usize| {
                                 let sp = span(r);
                                 let mut r2 = r + 1;
                                 while r2 < e && span(r2) == sp {
                                     r2 += 1;
                                 }
-                                let off = sp.start - lo;
-                                let row_of = |j: usize, rr: usize| (j * nq + rr - i) * nk + off;
+                                (sp, r2)
+                            };
+                            let mut r = i;
+                            while r < e {
+                                let (sp, r2) = group_at(r);
                                 for j in 0..sub {
                                     for rr in r..r2 {
-                                        let row = &mut sc[row_of(j, rr)..][..sp.len()];
-                                        kernels::softmax_scaled(simd, row, scale);
+                                        let at = (j * nq + rr - i) * nk + sp.start - lo;
+                                        kernels::softmax_scaled(
+                                            simd,
+                                            &mut sc[at..][..sp.len()],
+                                            scale,
+                                        );
                                     }
                                 }
-                                let vals = match kv_rows(true, g, sp.start, sp.len()) {
-                                    Ok(v) => v,
-                                    Err(err) => return fail(err),
-                                };
+                                r = r2;
+                            }
+                            // Rows `r..r2` (one span) weigh `vals`, the values
+                            // of positions `from..`.
+                            let weigh = |sc: &[f32],
+                                         out: &mut [f32],
+                                         r: usize,
+                                         r2: usize,
+                                         from: usize,
+                                         vals: MatRef<'_>| {
+                                let w_at = |j: usize| (j * nq + r - i) * nk + from - lo;
                                 let y_at = |j: usize| r * qw + (head0 - heads.start + j) * hd;
                                 if r2 - r == 1 {
                                     kernels::axpy_rows_many(
                                         simd,
-                                        &sc[row_of(0, r)..],
+                                        &sc[w_at(0)..],
                                         nq * nk,
                                         sub,
                                         vals,
@@ -776,7 +960,7 @@ impl<M: Mask> Layer for Attend<M> {
                                     for j in 0..sub {
                                         kernels::axpy_rows_many(
                                             simd,
-                                            &sc[row_of(j, r)..],
+                                            &sc[w_at(j)..],
                                             nk,
                                             r2 - r,
                                             vals,
@@ -785,13 +969,47 @@ impl<M: Mask> Layer for Attend<M> {
                                         );
                                     }
                                 }
-                                r = r2;
+                            };
+                            if !f16_values {
+                                let mut r = i;
+                                while r < e {
+                                    let (sp, r2) = group_at(r);
+                                    match kv_rows(true, g, sp.start, sp.len()) {
+                                        Ok(vals) => weigh(sc, out, r, r2, sp.start, vals),
+                                        Err(err) => return fail(err),
+                                    }
+                                    r = r2;
+                                }
+                                continue;
+                            }
+                            // f16 values: a piece widened at a time for every
+                            // row that sees it. Bit for bit the same: each
+                            // output still takes its multiply-adds in the order
+                            // of the keys, piece after piece.
+                            for c0 in (0..nk).step_by(piece) {
+                                let len = piece.min(nk - c0);
+                                let (a, b) = (lo + c0, lo + c0 + len);
+                                widen(true, g, a, len, &mut wide);
+                                let mut r = i;
+                                while r < e {
+                                    let (sp, r2) = group_at(r);
+                                    let (from, to) = (sp.start.max(a), sp.end.min(b));
+                                    if from < to {
+                                        let at = (from - a) * hd..(to - a) * hd;
+                                        match MatRef::new(&wide[at], to - from, hd) {
+                                            Ok(vals) => weigh(sc, out, r, r2, from, vals),
+                                            Err(err) => return fail(err),
+                                        }
+                                    }
+                                    r = r2;
+                                }
                             }
                         }
                         i = e;
                     }
                 })
-            };
+            })
+        };
         let threads = ctx.threads.count();
         if m == 1 && threads > 1 && ctx.position(0) >= SPLIT_HEADS_FROM {
             // One row (decoding): its heads spread over the threads, in

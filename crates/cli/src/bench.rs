@@ -9,7 +9,7 @@ use std::time::Instant;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use patchbay_combinators::{Capacity, Ctx, Layer, Rows, Scratch};
+use patchbay_combinators::{Capacity, Ctx, KvType, Layer, Rows, Scratch};
 use patchbay_models::catalog;
 use patchbay_models::families::{self, BuildOptions, CausalLmVisitor, Kind, Model};
 use patchbay_models::runners::embed::{Embedder, EmbedderOptions};
@@ -40,6 +40,25 @@ pub struct BenchArgs {
     /// Worker thread counts, comma-separated (0 = one per core).
     #[arg(short = 't', long, value_delimiter = ',', default_value = "0", value_parser = crate::common::count, allow_negative_numbers = true)]
     pub threads: Vec<usize>,
+    /// KV cache key types, comma-separated (f32, f16), as llama-bench's
+    /// `-ctk`: each is benchmarked with each value type.
+    #[arg(
+        long,
+        visible_alias = "ctk",
+        value_delimiter = ',',
+        default_value = "f32",
+        value_name = "f32|f16"
+    )]
+    pub cache_type_k: Vec<KvType>,
+    /// KV cache value types, comma-separated, as llama-bench's `-ctv`.
+    #[arg(
+        long,
+        visible_alias = "ctv",
+        value_delimiter = ',',
+        default_value = "f32",
+        value_name = "f32|f16"
+    )]
+    pub cache_type_v: Vec<KvType>,
     /// Print every sample as JSON (one array of records) instead of the table.
     #[arg(long)]
     pub json: bool,
@@ -73,6 +92,12 @@ struct Record {
     test: String,
     /// Tokens in the context before the test (`-d`).
     depth: usize,
+    /// How the KV cache stored keys (causal models).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    type_k: Option<&'static str>,
+    /// How the KV cache stored values (causal models).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    type_v: Option<&'static str>,
     /// Throughput per repetition (tokens/s, or sentences/s for `embed`).
     samples: Vec<f64>,
     unit: &'static str,
@@ -108,6 +133,8 @@ impl Record {
             threads,
             simd: Simd::detect().level().to_string(),
             depth: 0,
+            type_k: None,
+            type_v: None,
             test,
             samples,
             unit,
@@ -127,8 +154,13 @@ impl Record {
             (Some(bw), None) => format!("{bw:.2} | "),
             _ => " | ".to_owned(),
         };
+        // Only a cache other than the default is named, after the test.
+        let kv = match (self.type_k, self.type_v) {
+            (Some(k), Some(v)) if (k, v) != ("f32", "f32") => format!(" (k {k}, v {v})"),
+            _ => String::new(),
+        };
         format!(
-            "| {} | {} | {} | {} | {:.2} ± {:.2} {} | {share} |",
+            "| {} | {} | {} | {}{kv} | {:.2} ± {:.2} {} | {share} |",
             self.model, self.threads, self.simd, self.test, self.mean, self.stddev, self.unit
         )
     }
@@ -173,7 +205,14 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             let mut new = if *kind == Kind::Encoder {
                 vec![bench_encoder(args, path, &threads, &name, file_bytes)?]
             } else {
-                bench_causal(args, source, &threads, &name, file_bytes)?
+                let mut new = Vec::new();
+                for &k in &args.cache_type_k {
+                    for &v in &args.cache_type_v {
+                        let kv = (k, v);
+                        new.extend(bench_causal(args, source, &threads, kv, &name, file_bytes)?);
+                    }
+                }
+                new
             };
             for r in &mut new {
                 if r.bandwidth_gbs.is_some() && !args.no_probe {
@@ -342,6 +381,7 @@ fn bench_causal(
     args: &BenchArgs,
     source: &ModelSource,
     threads: &Threads,
+    kv: (KvType, KvType),
     name: &str,
     file_bytes: u64,
 ) -> Result<Vec<Record>> {
@@ -376,6 +416,7 @@ fn bench_causal(
             args,
             name,
             threads,
+            kv,
             file_bytes,
             deepest,
         },
@@ -386,6 +427,8 @@ struct Bench<'a> {
     args: &'a BenchArgs,
     name: &'a str,
     threads: &'a Threads,
+    /// Key and value types of the KV cache.
+    kv: (KvType, KvType),
     file_bytes: u64,
     deepest: usize,
 }
@@ -406,6 +449,7 @@ impl CausalLmVisitor for Bench<'_> {
             args,
             name,
             threads,
+            kv,
             file_bytes,
             deepest,
         } = self;
@@ -413,7 +457,8 @@ impl CausalLmVisitor for Bench<'_> {
         let scratch = Scratch::new();
         let simd = Simd::detect();
         let vocab = model.info.vocab;
-        let cap = Capacity::new(args.n_prompt.max(deepest.min(DEPTH_ROWS)), ctx_len);
+        let cap =
+            Capacity::new(args.n_prompt.max(deepest.min(DEPTH_ROWS)), ctx_len).with_kv(kv.0, kv.1);
         let mut st = model.net.new_state(cap);
         let mut out = Act::default();
         // Deterministic pseudo-random ids, as llama-bench uses random tokens.
@@ -424,6 +469,8 @@ impl CausalLmVisitor for Bench<'_> {
         let mut records = Vec::new();
         let record = |kind: &str, tokens: usize, depth: usize, samples: Vec<f64>| Record {
             depth,
+            type_k: Some(kv.0.name()),
+            type_v: Some(kv.1.name()),
             ..Record::new(
                 name,
                 file_bytes,

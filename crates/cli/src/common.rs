@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use patchbay_blocks::SamplerConfig;
-use patchbay_combinators::Plan;
+use patchbay_combinators::{KvType, Plan};
 use patchbay_models::catalog;
 use patchbay_models::families;
 use patchbay_models::formats::source::ModelSource;
@@ -55,6 +55,16 @@ pub struct ModelArgs {
     /// kernels are batch-invariant); only speed and scratch memory do.
     #[arg(long, default_value_t = 512, value_parser = crate::common::positive, allow_negative_numbers = true)]
     pub batch: usize,
+    /// How the KV cache stores keys: f32 (exactly as computed) or f16
+    /// (rounded as they are cached, as llama.cpp's default: half the memory,
+    /// and half the bytes attention over a long context reads). Rounded keys
+    /// move the attention scores (README, "KV cache in f16").
+    #[arg(long, visible_alias = "ctk", default_value_t = KvType::F32, value_name = "f32|f16")]
+    pub cache_type_k: KvType,
+    /// How the KV cache stores values: f32 or f16 (whose rounding barely
+    /// moves the logits).
+    #[arg(long, visible_alias = "ctv", default_value_t = KvType::F32, value_name = "f32|f16")]
+    pub cache_type_v: KvType,
     /// Re-wire the decoder layers: drop, repeat, re-order, run in parallel
     /// (e.g. `0-9,11-29`, `0-4,5x3,6-29`, `0-9,(10|11),12-29`; see below).
     #[arg(long, value_name = "PLAN")]
@@ -153,6 +163,8 @@ pub fn with_session<J: SessionJob<Output = Result<()>>>(
         threads: args.threads,
         max_context: args.max_context,
         batch: args.batch,
+        key_type: args.cache_type_k,
+        value_type: args.cache_type_v,
         sampler,
         ..SessionOptions::default()
     };

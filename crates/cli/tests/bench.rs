@@ -184,9 +184,67 @@ fn depths_run_each_test_after_that_many_tokens() {
 }
 
 #[test]
+fn each_kv_cache_type_is_benchmarked_in_turn() {
+    require("stories260k");
+    let args = [
+        "bench",
+        "-m",
+        "stories260k",
+        "-t",
+        "1",
+        "-p",
+        "8",
+        "-n",
+        "4",
+        "-d",
+        "16",
+        "-r",
+        "2",
+        "--ctk",
+        "f32,f16",
+        "--ctv",
+        "f16",
+        "--no-probe",
+    ];
+    let out = ok(
+        &patchbay(&[&args[..], &["--json"]].concat()),
+        "bench --ctk --json",
+    );
+    let recs: Vec<serde_json::Value> = serde_json::from_str(&out).expect("one JSON array");
+    let got: Vec<(&str, &str, &str)> = recs
+        .iter()
+        .map(|r| {
+            (
+                r["test"].as_str().unwrap(),
+                r["type_k"].as_str().unwrap(),
+                r["type_v"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("pp8 @ d16", "f32", "f16"),
+            ("tg4 @ d16", "f32", "f16"),
+            ("pp8 @ d16", "f16", "f16"),
+            ("tg4 @ d16", "f16", "f16"),
+        ],
+        "{out}"
+    );
+    let table = ok(&patchbay(&args), "bench --ctk");
+    for want in [
+        "| tg4 @ d16 (k f32, v f16) |",
+        "| tg4 @ d16 (k f16, v f16) |",
+    ] {
+        assert!(table.contains(want), "{want:?} in:\n{table}");
+    }
+}
+
+#[test]
 fn bad_lists_are_usage_errors() {
     for (args, says) in [
         (&["bench", "-t", "1,x"][..], "--threads"),
+        (&["bench", "--ctk", "f16,q4_0"][..], "--cache-type-k"),
         (&["bench", "-t", "1,-2"][..], "--threads"),
         (&["bench", "-d", "0,x"][..], "--depth"),
         (

@@ -377,6 +377,9 @@ fn hostile_inputs_get_clear_errors_and_exit_codes() {
         cm(&["generate", "-p", "hi", "--threads", "-1"], 2, "--threads <THREADS>': must be a whole number from 0 to"),
         cm(&["bench", "-p", "-5"], 2, "--n-prompt <N_PROMPT>': must be a whole number from 0 to"),
         cm(&["generate", "-p", "hi", "--max-context", "0"], 2, "--max-context <MAX_CONTEXT>': must be a whole number from 1 to"),
+        cm(&["generate", "-p", "hi", "--ctk", "q8_0"], 2, "invalid value 'q8_0' for '--cache-type-k <f32|f16>': \"q8_0\" is not a KV cache type (f32 or f16)"),
+        cm(&["perplexity", "-f", &text, "--cache-type-v", "F64"], 2, "invalid value 'F64' for '--cache-type-v <f32|f16>'"),
+        cm(&["bench", "--ctv", "f16,"], 2, "for '--cache-type-v <f32|f16>'"),
         // 5. Perplexity: a context too small to score, and --chunks 0 = all.
         cm(
             &["perplexity", "-f", &text, "--ctx", "2"],

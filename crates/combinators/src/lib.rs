@@ -65,8 +65,8 @@ mod wiring;
 
 pub use graph::{GraphFormat, UnknownGraphFormat};
 pub use layer::{
-    check_in, Borrowed, Capacity, Ctx, Layer, LayerError, Node, ProductRef, Products, RowMap, Rows,
-    Scratch, StackObserver,
+    check_in, Borrowed, Capacity, Ctx, KvType, Layer, LayerError, Node, ProductRef, Products,
+    RowMap, Rows, Scratch, StackObserver,
 };
 pub use plan::{
     Merge, Plan, PlanError, PlanLocation, PlanStep, MAX_APPLICATIONS, MAX_REPEAT, PLAN_HELP,

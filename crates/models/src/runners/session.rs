@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use patchbay_blocks::{Sampler, SamplerConfig, SamplerState};
 use patchbay_combinators::{
-    Capacity, Ctx, Layer, LayerError, Loop, LoopState, Node, RowMap, Rows, Scratch, Series,
+    Capacity, Ctx, KvType, Layer, LayerError, Loop, LoopState, Node, RowMap, Rows, Scratch, Series,
     SeriesState, Step,
 };
 use patchbay_primitives::{Act, Simd, Threads};
@@ -101,6 +101,10 @@ pub struct SessionOptions {
     pub max_context: usize,
     /// Most prompt tokens processed in one batch.
     pub batch: usize,
+    /// How the KV cache stores keys.
+    pub key_type: KvType,
+    /// How the KV cache stores values.
+    pub value_type: KvType,
     /// Sampling settings.
     pub sampler: SamplerConfig,
     /// Model build options.
@@ -113,6 +117,8 @@ impl Default for SessionOptions {
             threads: 0,
             max_context: 4096,
             batch: 512,
+            key_type: KvType::F32,
+            value_type: KvType::F32,
             sampler: SamplerConfig::default(),
             build: BuildOptions::default(),
         }
@@ -292,7 +298,8 @@ impl<N: Layer> Session<N> {
         // for rows that can never come.
         let batch = opts.batch.clamp(1, max_context);
         let decoder = Loop::autoregressive(Series::new(Finite(net), sampler), usize::MAX);
-        let state = decoder.new_state(Capacity::new(batch, max_context));
+        let state = decoder
+            .new_state(Capacity::new(batch, max_context).with_kv(opts.key_type, opts.value_type));
         Ok(Session {
             tokenizer: Arc::new(tokenizer),
             info,
