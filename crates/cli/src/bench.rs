@@ -23,12 +23,19 @@ pub struct BenchArgs {
     /// Model short names or paths, comma-separated (each is benchmarked in turn).
     #[arg(short, long, value_delimiter = ',', default_value = catalog::DEFAULT_MODEL)]
     pub model: Vec<String>,
-    /// Prompt tokens per prompt-processing run (0 to skip).
-    #[arg(short = 'p', long, default_value_t = 128, value_parser = crate::common::count, allow_negative_numbers = true)]
-    pub n_prompt: usize,
-    /// Tokens per generation run (0 to skip).
-    #[arg(short = 'n', long, default_value_t = 64, value_parser = crate::common::count, allow_negative_numbers = true)]
-    pub n_gen: usize,
+    /// Prompt tokens per prompt-processing run, comma-separated (each is a
+    /// test, as llama-bench's `-p`; 0 to skip).
+    #[arg(short = 'p', long, value_delimiter = ',', default_value = "128", value_parser = crate::common::count, allow_negative_numbers = true)]
+    pub n_prompt: Vec<usize>,
+    /// Tokens per generation run, comma-separated (each is a test, as
+    /// llama-bench's `-n`; 0 to skip).
+    #[arg(short = 'n', long, value_delimiter = ',', default_value = "64", value_parser = crate::common::count, allow_negative_numbers = true)]
+    pub n_gen: Vec<usize>,
+    /// A prompt of PP tokens then TG tokens generated, timed together as
+    /// one test (`ppPP+tgTG`, tokens/s over both), as llama-bench's `-pg`
+    /// (which is also accepted); repeat the flag for more.
+    #[arg(long = "pg", value_name = "PP,TG", value_parser = prompt_gen)]
+    pub prompt_gen: Vec<(usize, usize)>,
     /// Repetitions: each is one sample; the table shows their mean ± stddev.
     #[arg(short = 'r', long, default_value_t = 5, value_parser = crate::common::positive, allow_negative_numbers = true)]
     pub repetitions: usize,
@@ -92,6 +99,12 @@ struct Record {
     test: String,
     /// Tokens in the context before the test (`-d`).
     depth: usize,
+    /// Causal models: prompt tokens in one forward call (as llama-bench's
+    /// `n_prompt`), then tokens generated one by one (`n_gen`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    n_prompt: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    n_gen: Option<usize>,
     /// How the KV cache stored keys (causal models).
     #[serde(skip_serializing_if = "Option::is_none")]
     type_k: Option<&'static str>,
@@ -133,6 +146,8 @@ impl Record {
             threads,
             simd: Simd::detect().level().to_string(),
             depth: 0,
+            n_prompt: None,
+            n_gen: None,
             type_k: None,
             type_v: None,
             test,
@@ -156,7 +171,9 @@ impl Record {
         };
         // Only a cache other than the default is named, after the test.
         let kv = match (self.type_k, self.type_v) {
-            (Some(k), Some(v)) if (k, v) != ("f32", "f32") => format!(" (k {k}, v {v})"),
+            (Some(k), Some(v)) if (k, v) != (KvType::F32.name(), KvType::F32.name()) => {
+                format!(" (k {k}, v {v})")
+            }
             _ => String::new(),
         };
         format!(
@@ -385,28 +402,26 @@ fn bench_causal(
     name: &str,
     file_bytes: u64,
 ) -> Result<Vec<Record>> {
-    // The depth, -p and -n share one KV cache: together they must fit the
+    // Each test runs from its depth: its depth and tokens must fit the
     // model's context (and a sane bound, should a file claim a huge one).
     let limit = source.hparams().n_ctx.clamp(1, MAX_BENCH_TOKENS);
     let deepest = args.depth.iter().copied().max().unwrap_or(0);
-    let ctx_len = deepest
-        .saturating_add(args.n_prompt)
-        .saturating_add(args.n_gen);
+    let (longest, tokens) = longest_test(args);
+    let ctx_len = deepest.saturating_add(tokens);
     if ctx_len > limit {
-        let (depth, which) = if deepest > 0 {
-            (format!("-d {deepest} + "), "the deepest -d, -p and -n")
+        let depth = if deepest > 0 {
+            format!("-d {deepest} + ")
         } else {
-            (String::new(), "-p and -n")
+            String::new()
         };
         anyhow::bail!(
-            "{depth}-p {} + -n {} = {ctx_len} tokens do not fit the model's context: \
-             {which} must add up to at most {limit}",
-            args.n_prompt,
-            args.n_gen
+            "{depth}{longest} = {ctx_len} tokens do not fit the model's context: \
+             each test's tokens, after the deepest -d, must come to at most {limit}"
         );
     }
+    let ctx_len = ctx_len.max(1);
     let opts = BuildOptions {
-        max_context: ctx_len.max(1),
+        max_context: ctx_len,
         plan: None,
     };
     families::with_causal_lm(
@@ -419,6 +434,7 @@ fn bench_causal(
             kv,
             file_bytes,
             deepest,
+            ctx_len,
         },
     )?
 }
@@ -431,15 +447,42 @@ struct Bench<'a> {
     kv: (KvType, KvType),
     file_bytes: u64,
     deepest: usize,
+    /// Positions the KV cache holds: the deepest depth and the longest test.
+    ctx_len: usize,
 }
 
-/// A test's name as llama-bench prints it: `tg64`, or `tg64 @ d1024`.
-fn test_name(kind: &str, tokens: usize, depth: usize) -> String {
+/// A test's name as llama-bench prints it (`tg64`, `pp512+tg128`), with its
+/// depth when there is one (`tg64 @ d1024`).
+fn test_name(test: &str, depth: usize) -> String {
     if depth == 0 {
-        format!("{kind}{tokens}")
+        test.to_owned()
     } else {
-        format!("{kind}{tokens} @ d{depth}")
+        format!("{test} @ d{depth}")
     }
+}
+
+/// The test that runs over the most positions past its depth, as its flag
+/// says it (`-p 512`, `--pg 512,128`), and how many.
+fn longest_test(args: &BenchArgs) -> (String, usize) {
+    let pp = args.n_prompt.iter().map(|&n| (format!("-p {n}"), n));
+    let tg = args.n_gen.iter().map(|&n| (format!("-n {n}"), n));
+    let pg = (args.prompt_gen.iter()).map(|&(p, g)| (format!("--pg {p},{g}"), p.saturating_add(g)));
+    pp.chain(tg).chain(pg).fold(
+        (String::new(), 0),
+        |best, t| if t.1 > best.1 { t } else { best },
+    )
+}
+
+/// Parses `--pg PP,TG`: two whole numbers, each at least 1.
+fn prompt_gen(s: &str) -> std::result::Result<(usize, usize), String> {
+    let parts: Vec<&str> = s.split(',').collect();
+    let [pp, tg] = parts[..] else {
+        return Err("must be two counts PP,TG (prompt tokens, then tokens generated)".into());
+    };
+    Ok((
+        crate::common::positive(pp).map_err(|e| format!("PP {e}"))?,
+        crate::common::positive(tg).map_err(|e| format!("TG {e}"))?,
+    ))
 }
 
 impl CausalLmVisitor for Bench<'_> {
@@ -452,13 +495,17 @@ impl CausalLmVisitor for Bench<'_> {
             kv,
             file_bytes,
             deepest,
+            ctx_len,
         } = self;
-        let ctx_len = (deepest + args.n_prompt + args.n_gen).max(1);
         let scratch = Scratch::new();
         let simd = Simd::detect();
         let vocab = model.info.vocab;
+        let prompt_rows = (args.n_prompt.iter().copied())
+            .chain(args.prompt_gen.iter().map(|pg| pg.0))
+            .max()
+            .unwrap_or(0);
         let cap =
-            Capacity::new(args.n_prompt.max(deepest.min(DEPTH_ROWS)), ctx_len).with_kv(kv.0, kv.1);
+            Capacity::new(prompt_rows.max(deepest.min(DEPTH_ROWS)), ctx_len).with_kv(kv.0, kv.1);
         let mut st = model.net.new_state(cap);
         let mut out = Act::default();
         // Deterministic pseudo-random ids, as llama-bench uses random tokens.
@@ -467,15 +514,17 @@ impl CausalLmVisitor for Bench<'_> {
             .collect();
         let reps = args.repetitions.max(1);
         let mut records = Vec::new();
-        let record = |kind: &str, tokens: usize, depth: usize, samples: Vec<f64>| Record {
+        let record = |test: &str, depth: usize, (pp, tg), samples: Vec<f64>| Record {
             depth,
+            n_prompt: Some(pp),
+            n_gen: Some(tg),
             type_k: Some(kv.0.name()),
             type_v: Some(kv.1.name()),
             ..Record::new(
                 name,
                 file_bytes,
                 threads.count(),
-                test_name(kind, tokens, depth),
+                test_name(test, depth),
                 samples,
                 "t/s",
             )
@@ -496,47 +545,40 @@ impl CausalLmVisitor for Bench<'_> {
             }
             Ok(())
         };
-        for &depth in &args.depth {
-            if args.n_prompt > 0 {
-                let x = Act::from_tokens(&ids[depth..depth + args.n_prompt]);
-                fill(&mut st, &mut out, depth)?;
-                model.net.forward(&x, &mut out, &mut st, &ctx_at(depth))?; // warm-up
-                check_finite(&out, "pp")?;
-                let mut samples = Vec::with_capacity(reps);
-                for _ in 0..reps {
-                    if depth == 0 {
-                        model.net.reset(&mut st);
-                    }
-                    let t0 = Instant::now();
-                    model.net.forward(&x, &mut out, &mut st, &ctx_at(depth))?;
-                    samples.push(args.n_prompt as f64 / t0.elapsed().as_secs_f64().max(1e-9));
-                }
-                records.push(record("pp", args.n_prompt, depth, samples));
+        // One timed run: a prompt of `pp` ids in one forward call at `depth`,
+        // then `tg` ids one by one after it; tokens/s over both.
+        let mut token = Act::from_tokens(&[0]);
+        let mut run = |st: &mut N::State, out: &mut Act, depth: usize, pp: usize, tg: usize| {
+            if depth == 0 {
+                model.net.reset(st);
             }
-            if args.n_gen > 0 {
-                let mut x = Act::from_tokens(&[0]);
-                let mut samples = Vec::with_capacity(reps);
+            let t0 = Instant::now();
+            if pp > 0 {
+                let x = Act::from_tokens(&ids[depth..depth + pp]);
+                model.net.forward(&x, out, st, &ctx_at(depth))?;
+            }
+            for (pos, &id) in ids.iter().enumerate().skip(depth + pp).take(tg) {
+                token.set_token(0, id);
+                model.net.forward(&token, out, st, &ctx_at(pos))?;
+            }
+            Ok::<f64, anyhow::Error>((pp + tg) as f64 / t0.elapsed().as_secs_f64().max(1e-9))
+        };
+        for &depth in &args.depth {
+            let pp = (args.n_prompt.iter()).map(|&n| (n, 0, format!("pp{n}")));
+            let tg = args.n_gen.iter().map(|&n| (0, n, format!("tg{n}")));
+            let pg = (args.prompt_gen.iter()).map(|&(p, g)| (p, g, format!("pp{p}+tg{g}")));
+            for (pp, tg, test) in pp.chain(tg).chain(pg).filter(|t| t.0 + t.1 > 0) {
                 fill(&mut st, &mut out, depth)?;
-                // One untimed pass first, as for pp: page in the weights.
-                for rep in 0..=reps {
-                    if depth == 0 {
-                        model.net.reset(&mut st);
-                    }
-                    let t0 = Instant::now();
-                    for (pos, &id) in ids.iter().enumerate().skip(depth).take(args.n_gen) {
-                        x.set_token(0, id);
-                        model.net.forward(&x, &mut out, &mut st, &ctx_at(pos))?;
-                    }
-                    if rep == 0 {
-                        check_finite(&out, "tg")?;
-                    } else {
-                        samples.push(args.n_gen as f64 / t0.elapsed().as_secs_f64().max(1e-9));
-                    }
-                }
-                let mut r = record("tg", args.n_gen, depth, samples);
-                // The file is read once per token; at depth the KV cache is
-                // read too, so the share of the probe says less: left out.
-                if depth == 0 {
+                // One untimed run first: page in the weights.
+                run(&mut st, &mut out, depth, pp, tg)?;
+                check_finite(&out, &test)?;
+                let samples = (0..reps)
+                    .map(|_| run(&mut st, &mut out, depth, pp, tg))
+                    .collect::<Result<Vec<f64>>>()?;
+                let mut r = record(&test, depth, (pp, tg), samples);
+                // tg reads the file once per token; at depth it reads the KV
+                // cache too, so the share of the probe says less: left out.
+                if pp == 0 && depth == 0 {
                     r.bandwidth_gbs = Some(file_bytes as f64 * r.mean / 1e9);
                 }
                 records.push(r);

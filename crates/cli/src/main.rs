@@ -103,9 +103,25 @@ fn memory_bound_exceeded(what: &'static str, limit: usize) -> ! {
     patchbay_primitives::alloc::exit_on_exceeded(what, limit)
 }
 
+/// The command line with llama-bench's single-dash spellings of `bench`'s
+/// long flags (`-pg`, `-ctk`, `-ctv`) as their `--` forms, so a llama-bench
+/// command line runs as it is (clap would read `-pg` as `-p g`). Only for
+/// `bench`, whose arguments are never free text.
+fn llama_bench_spellings(args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    if args.get(1).is_none_or(|a| a != "bench") {
+        return args;
+    }
+    args.into_iter()
+        .map(|a| match a.to_str() {
+            Some("-pg" | "-ctk" | "-ctv") => format!("-{}", a.to_string_lossy()).into(),
+            _ => a,
+        })
+        .collect()
+}
+
 fn main() -> std::process::ExitCode {
     quiet_on_broken_pipe();
-    let cli = match Cli::try_parse() {
+    let cli = match Cli::try_parse_from(llama_bench_spellings(std::env::args_os().collect())) {
         Ok(cli) => cli,
         Err(e) => {
             report_peak_rss();

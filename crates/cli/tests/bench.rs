@@ -1,6 +1,7 @@
-//! `patchbay bench` like `llama-bench`: comma-separated model and thread
-//! lists, every sample in `--json`, mean ± stddev, and tg's bandwidth share of
-//! the read-bandwidth probe.
+//! `patchbay bench` like `llama-bench`: comma-separated model, thread,
+//! prompt and generation lists, prompt-then-generation tests (`-pg`), every
+//! sample in `--json`, mean ± stddev, and tg's bandwidth share of the
+//! read-bandwidth probe.
 
 mod support;
 use support::*;
@@ -167,16 +168,16 @@ fn depths_run_each_test_after_that_many_tokens() {
         "-m",
         "stories260k",
         "-d",
-        "0,500",
+        "0,505",
         "-p",
         "8",
         "-n",
-        "8",
+        "4",
     ]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
         !o.status.success()
-            && err.contains("-d 500 + -p 8 + -n 8 = 516 tokens do not fit the model's context"),
+            && err.contains("-d 505 + -p 8 = 513 tokens do not fit the model's context"),
         "{err}"
     );
     let stdout = String::from_utf8_lossy(&o.stdout);
@@ -260,4 +261,101 @@ fn bad_lists_are_usage_errors() {
             "{args:?}: nothing timed before the error"
         );
     }
+}
+
+#[test]
+fn prompt_and_generation_lists_and_pg_tests_run_in_turn() {
+    require("stories260k");
+    let out = ok(
+        &patchbay(&[
+            "bench",
+            "-m",
+            "stories260k",
+            "-t",
+            "1",
+            "-p",
+            "8,0,16",
+            "-n",
+            "4,2",
+            "-pg",
+            "8,4",
+            "--pg",
+            "3,5",
+            "-d",
+            "0,32",
+            "-r",
+            "2",
+            "--json",
+            "--no-probe",
+        ]),
+        "bench -p, -n lists and -pg",
+    );
+    let recs: Vec<serde_json::Value> = serde_json::from_str(&out).expect("one JSON array");
+    let got: Vec<(&str, u64, u64, u64)> = recs
+        .iter()
+        .map(|r| {
+            (
+                r["test"].as_str().unwrap(),
+                r["n_prompt"].as_u64().unwrap(),
+                r["n_gen"].as_u64().unwrap(),
+                r["depth"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    // Each depth runs the pp tests, the tg tests, then the pg tests, in the
+    // order given; a count of 0 is no test.
+    let mut want = Vec::new();
+    for (depth, at) in [(0, ""), (32, " @ d32")] {
+        for (name, pp, tg) in [
+            ("pp8", 8, 0),
+            ("pp16", 16, 0),
+            ("tg4", 0, 4),
+            ("tg2", 0, 2),
+            ("pp8+tg4", 8, 4),
+            ("pp3+tg5", 3, 5),
+        ] {
+            want.push((format!("{name}{at}"), pp, tg, depth));
+        }
+    }
+    let want: Vec<(&str, u64, u64, u64)> = want
+        .iter()
+        .map(|(n, p, t, d)| (n.as_str(), *p, *t, *d))
+        .collect();
+    assert_eq!(got, want, "{out}");
+    for r in &recs {
+        let samples = r["samples"].as_array().unwrap();
+        assert_eq!(samples.len(), 2, "{r}");
+        assert!(samples.iter().all(|s| s.as_f64().unwrap() > 0.0), "{r}");
+        // Only a pure tg test at depth 0 reads just the file per token.
+        let tg_only = r["n_prompt"] == 0 && r["depth"] == 0;
+        assert_eq!(r.get("bandwidth_gbs").is_some(), tg_only, "{r}");
+    }
+    // llama-bench's single-dash spellings of the cache types run too.
+    let table = ok(
+        &patchbay(&[
+            "bench",
+            "-m",
+            "stories260k",
+            "-p",
+            "0",
+            "-n",
+            "0",
+            "-pg",
+            "4,2",
+            "-ctk",
+            "f16",
+            "-ctv",
+            "f16",
+            "-r",
+            "1",
+            "--no-probe",
+        ]),
+        "bench -pg -ctk -ctv",
+    );
+    assert!(table.contains("| pp4+tg2 (k f16, v f16) |"), "{table}");
+    assert_eq!(
+        table.lines().filter(|l| l.contains("stories260K")).count(),
+        1,
+        "{table}"
+    );
 }

@@ -366,7 +366,12 @@ fn hostile_inputs_get_clear_errors_and_exit_codes() {
         cm(
             &["bench", "-p", "1000000000"],
             1,
-            "-p 1000000000 + -n 64 = 1000000064 tokens do not fit the model's context: -p and -n must add up to at most 512",
+            "-p 1000000000 = 1000000000 tokens do not fit the model's context: each test's tokens, after the deepest -d, must come to at most 512",
+        ),
+        cm(
+            &["bench", "-d", "500", "-p", "8", "-n", "4", "--pg", "8,8"],
+            1,
+            "-d 500 + --pg 8,8 = 516 tokens do not fit the model's context: each test's tokens, after the deepest -d, must come to at most 512",
         ),
         // 3. Flags that must be at least 1.
         cm(&["logits", "-p", "hi", "--top", "0"], 2, "--top <TOP>': must be a whole number from 1 to"),
@@ -376,6 +381,10 @@ fn hostile_inputs_get_clear_errors_and_exit_codes() {
         cm(&["generate", "-p", "hi", "--seed", "-1"], 2, "--seed <SEED>': must be a whole number from 0 to"),
         cm(&["generate", "-p", "hi", "--threads", "-1"], 2, "--threads <THREADS>': must be a whole number from 0 to"),
         cm(&["bench", "-p", "-5"], 2, "--n-prompt <N_PROMPT>': must be a whole number from 0 to"),
+        cm(&["bench", "-n", "8,-5"], 2, "--n-gen <N_GEN>': must be a whole number from 0 to"),
+        cm(&["bench", "--pg", "8"], 2, "for '--pg <PP,TG>': must be two counts PP,TG"),
+        cm(&["bench", "-pg", "8,0"], 2, "for '--pg <PP,TG>': TG must be a whole number from 1 to"),
+        cm(&["bench", "--pg", "x,8"], 2, "for '--pg <PP,TG>': PP must be a whole number from 1 to"),
         cm(&["generate", "-p", "hi", "--max-context", "0"], 2, "--max-context <MAX_CONTEXT>': must be a whole number from 1 to"),
         cm(&["generate", "-p", "hi", "--ctk", "q8_0"], 2, "invalid value 'q8_0' for '--cache-type-k <f32|f16>': \"q8_0\" is not a KV cache type (f32 or f16)"),
         cm(&["perplexity", "-f", &text, "--cache-type-v", "F64"], 2, "invalid value 'F64' for '--cache-type-v <f32|f16>'"),
@@ -451,7 +460,7 @@ fn hostile_inputs_get_clear_errors_and_exit_codes() {
         // 64-token chunk); the diagnosis still finds the first layer and position.
         case(&["perplexity", "-m", &nan_bin, "-f", &text, "--ctx", "64", "--chunks", "2"], 1, "the forward pass produced NaN logits at position 32: layer 2 is the first to produce NaN (at position 0)"),
         case(&["generate", "-m", &nan_bin, "-f", &two_prompts, "--batch-prompts", "-n", "4"], 1, "layer 2 is the first to produce NaN"),
-        case(&["bench", "-m", &nan_bin, "-p", "8", "-n", "4", "-r", "1"], 1, "pp: the forward pass produced NaN logits"),
+        case(&["bench", "-m", &nan_bin, "-p", "8", "-n", "4", "-r", "1"], 1, "pp8: the forward pass produced NaN logits"),
         case(&["generate", "-m", &inf_bin, "-p", "Once upon a time", "-n", "5"], 1, "layer 1 is the first to produce"),
         // A Q4_1 tensor labelled Q4_0 still fits the file (Q4_0 blocks are
         // smaller), so it opens; its garbage scales must not print garbage.

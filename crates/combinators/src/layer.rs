@@ -127,14 +127,6 @@ pub enum KvType {
 }
 
 impl KvType {
-    /// Bytes per cached value.
-    pub fn bytes(self) -> usize {
-        match self {
-            KvType::F32 => 4,
-            KvType::F16 => 2,
-        }
-    }
-
     /// The name the command line takes (`f32`, `f16`).
     pub fn name(self) -> &'static str {
         match self {
