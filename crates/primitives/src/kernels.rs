@@ -806,13 +806,16 @@ fn axpy_rows_many_impl<S: PSimd>(
         let rt = left.div_ceil(left.div_ceil(6));
         let w = |r: usize| &weights[(r0 + r) * w_ld..(r0 + r) * w_ld + n];
         let y = &mut y[r0 * y_ld..];
+        // The first tile reads many rows from memory (the others find them
+        // in cache): it fetches ahead.
+        let ahead = r0 == 0 && n * rows_ld * 4 >= crate::matmul::STREAM_FROM_BYTES;
         match rt {
-            6 => axpy_tile::<S, 6>(s, core::array::from_fn(w), rows, rows_ld, d, y, y_ld),
-            5 => axpy_tile::<S, 5>(s, core::array::from_fn(w), rows, rows_ld, d, y, y_ld),
-            4 => axpy_tile::<S, 4>(s, core::array::from_fn(w), rows, rows_ld, d, y, y_ld),
-            3 => axpy_tile::<S, 3>(s, core::array::from_fn(w), rows, rows_ld, d, y, y_ld),
-            2 => axpy_tile::<S, 2>(s, core::array::from_fn(w), rows, rows_ld, d, y, y_ld),
-            _ => axpy_tile::<S, 1>(s, core::array::from_fn(w), rows, rows_ld, d, y, y_ld),
+            6 => axpy_tile::<S, 6>(s, core::array::from_fn(w), rows, rows_ld, d, y, y_ld, ahead),
+            5 => axpy_tile::<S, 5>(s, core::array::from_fn(w), rows, rows_ld, d, y, y_ld, ahead),
+            4 => axpy_tile::<S, 4>(s, core::array::from_fn(w), rows, rows_ld, d, y, y_ld, ahead),
+            3 => axpy_tile::<S, 3>(s, core::array::from_fn(w), rows, rows_ld, d, y, y_ld, ahead),
+            2 => axpy_tile::<S, 2>(s, core::array::from_fn(w), rows, rows_ld, d, y, y_ld, ahead),
+            _ => axpy_tile::<S, 1>(s, core::array::from_fn(w), rows, rows_ld, d, y, y_ld, ahead),
         }
         r0 += rt;
     }
@@ -830,6 +833,7 @@ fn axpy_tile<S: PSimd, const RT: usize>(
     d: usize,
     y: &mut [f32],
     y_ld: usize,
+    ahead: bool,
 ) {
     let lanes = S::F32_LANES;
     let nv = d / lanes;
@@ -841,19 +845,19 @@ fn axpy_tile<S: PSimd, const RT: usize>(
     let wide = if lanes >= 16 { 5 } else { 2 };
     if RT <= wide {
         while c + 4 <= nv {
-            axpy_cols::<S, RT, 4>(s, w, rows, rows_ld, y, y_ld, c * lanes, lanes);
+            axpy_cols::<S, RT, 4>(s, w, rows, rows_ld, y, y_ld, c * lanes, lanes, ahead);
             c += 4;
         }
     }
     while c + 2 <= nv {
-        axpy_cols::<S, RT, 2>(s, w, rows, rows_ld, y, y_ld, c * lanes, lanes);
+        axpy_cols::<S, RT, 2>(s, w, rows, rows_ld, y, y_ld, c * lanes, lanes, ahead);
         c += 2;
     }
     if c < nv {
-        axpy_cols::<S, RT, 1>(s, w, rows, rows_ld, y, y_ld, c * lanes, lanes);
+        axpy_cols::<S, RT, 1>(s, w, rows, rows_ld, y, y_ld, c * lanes, lanes, ahead);
     }
     if !d.is_multiple_of(lanes) {
-        axpy_cols::<S, RT, 1>(s, w, rows, rows_ld, y, y_ld, nv * lanes, d % lanes);
+        axpy_cols::<S, RT, 1>(s, w, rows, rows_ld, y, y_ld, nv * lanes, d % lanes, ahead);
     }
 }
 
@@ -870,6 +874,7 @@ fn axpy_cols<S: PSimd, const RT: usize, const CV: usize>(
     y_ld: usize,
     c0: usize,
     width: usize,
+    ahead: bool,
 ) {
     let zero = s.splat_f32s(0.0);
     let mut acc = [[zero; CV]; RT];
@@ -882,6 +887,9 @@ fn axpy_cols<S: PSimd, const RT: usize, const CV: usize>(
     let n = if RT > 0 { w[0].len() } else { 0 };
     for t in 0..n {
         let src = &rows[t * rows_ld + c0..t * rows_ld + c0 + CV * width];
+        if ahead {
+            crate::matmul::prefetch_ahead(src);
+        }
         let mut xv = [zero; CV];
         for (v, x) in xv.iter_mut().enumerate() {
             *x = load_part(s, &src[v * width..(v + 1) * width]);

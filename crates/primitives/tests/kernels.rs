@@ -532,11 +532,12 @@ proptest! {
 
     /// axpy_rows_many (several queries' weighted sums of the same values):
     /// each output row bit for bit what axpy_rows gives it alone, with strided
-    /// weights, values and outputs, and close to an f64 reference.
+    /// weights, values and outputs, and close to an f64 reference; values
+    /// up to 130 KB, past the size from which they are fetched ahead.
     #[test]
     fn many_row_axpy_matches_one_row_at_a_time(
         d in prop_oneof![Just(1usize), 1usize..40, Just(32), Just(64), Just(80)],
-        n in prop_oneof![Just(1usize), 1usize..70],
+        n in prop_oneof![Just(1usize), 1usize..70, 200usize..400],
         nr in 1usize..10,
         pad in 0usize..5,
         seed in any::<u64>(),
